@@ -1,0 +1,294 @@
+//! The in-memory MVCC keyspace: every key with its history of revisions.
+//!
+//! A key's history is a list of entries ordered by revision. A delete leaves
+//! a tombstone, which ends one generation of the key; a later put starts the
+//! next. Reading "at revision R" takes the newest entry at or below R.
+
+use bytes::Bytes;
+use roster_api::mvccpb::{self, event::EventType};
+use roster_api::range::KeyRange;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// One revision of one key. `version == 0` marks a tombstone.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub mod_rev: i64,
+    pub create_rev: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Bytes,
+    /// Position of this change within its revision; orders a txn's events.
+    pub sub: u32,
+}
+
+impl Entry {
+    pub fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+
+    pub fn to_kv(&self, key: &Bytes) -> mvccpb::KeyValue {
+        mvccpb::KeyValue {
+            key: key.clone(),
+            create_revision: self.create_rev,
+            mod_revision: self.mod_rev,
+            version: self.version,
+            value: self.value.clone(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// The entries of one key, oldest first.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct History {
+    pub entries: Vec<Entry>,
+}
+
+impl History {
+    /// The live entry at `rev`, if the key existed then.
+    pub fn at(&self, rev: i64) -> Option<&Entry> {
+        let i = self.entries.partition_point(|e| e.mod_rev <= rev);
+        let e = self.entries.get(i.checked_sub(1)?)?;
+        (!e.is_tombstone()).then_some(e)
+    }
+
+    pub fn latest(&self) -> Option<&Entry> {
+        self.entries.last().filter(|e| !e.is_tombstone())
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct KeySpace {
+    keys: BTreeMap<Bytes, History>,
+    /// Keys alive at the newest revision.
+    live: u64,
+}
+
+impl KeySpace {
+    pub fn live_keys(&self) -> u64 {
+        self.live
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&History> {
+        self.keys.get(key)
+    }
+
+    /// Histories of the keys in `[key, range_end)` in etcd's encoding.
+    pub fn range<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a History)> + 'a> {
+        match KeyRange::new(key, range_end) {
+            KeyRange::Single(k) => Box::new(self.keys.get_key_value(k).into_iter()),
+            KeyRange::From(from) => {
+                Box::new(self.keys.range::<[u8], _>((Bound::Included(from), Bound::Unbounded)))
+            }
+            KeyRange::Between(from, to) if from < to => Box::new(
+                self.keys.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))),
+            ),
+            KeyRange::Between(..) => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// Writes `value` at `rev`; returns the new entry and the live entry it
+    /// replaced. The key and value are copied so that they do not pin the
+    /// request buffer they were decoded from.
+    /// Also returns the stored key, to share rather than copy.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64, rev: i64, sub: u32) -> (Bytes, Entry, Option<Entry>) {
+        let stored = match self.keys.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k = Bytes::copy_from_slice(key);
+                self.keys.insert(k.clone(), History { entries: Vec::with_capacity(1) });
+                k
+            }
+        };
+        let hist = self.keys.get_mut(key).expect("inserted above");
+        let prev = hist.latest().cloned();
+        let (create_rev, version) = match &prev {
+            Some(p) => (p.create_rev, p.version + 1),
+            None => (rev, 1),
+        };
+        if prev.is_none() {
+            self.live += 1;
+        }
+        let e = Entry { mod_rev: rev, create_rev, version, lease, value: Bytes::copy_from_slice(value), sub };
+        hist.entries.push(e.clone());
+        (stored, e, prev)
+    }
+
+    /// Tombstones a live key at `rev`; returns the entry it ended.
+    pub fn delete(&mut self, key: &[u8], rev: i64, sub: u32) -> Option<Entry> {
+        let hist = self.keys.get_mut(key)?;
+        let prev = hist.latest()?.clone();
+        hist.entries.push(Entry { mod_rev: rev, create_rev: 0, version: 0, lease: 0, value: Bytes::new(), sub });
+        self.live -= 1;
+        Some(prev)
+    }
+
+    /// Live keys in the range at the newest revision.
+    pub fn live_in(&self, key: &[u8], range_end: &[u8]) -> Vec<Bytes> {
+        self.range(key, range_end).filter(|(_, h)| h.latest().is_some()).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Drops history that no read at or after `rev` can see: for each key,
+    /// everything before its newest entry at or below `rev`, and that entry
+    /// too when it is a tombstone.
+    pub fn compact(&mut self, rev: i64) {
+        self.keys.retain(|_, h| {
+            let i = h.entries.partition_point(|e| e.mod_rev <= rev);
+            if i > 0 {
+                let keep_from = if h.entries[i - 1].is_tombstone() { i } else { i - 1 };
+                h.entries.drain(..keep_from);
+                h.entries.shrink_to_fit();
+            }
+            !h.entries.is_empty()
+        });
+    }
+
+    /// Events for keys in the range with revisions in `[from, to]`, in
+    /// revision order, stopping after `max_revs` distinct revisions.
+    /// `prev_floor` is the oldest revision a previous value may be read at.
+    pub fn events(&self, range: &OwnedRange, from: i64, to: i64, prev_kv: bool, prev_floor: i64, max_revs: usize) -> Vec<mvccpb::Event> {
+        let mut found: Vec<(i64, u32, mvccpb::Event)> = Vec::new();
+        for (key, hist) in self.range(&range.key, &range.end) {
+            let start = hist.entries.partition_point(|e| e.mod_rev < from);
+            for (i, e) in hist.entries.iter().enumerate().skip(start) {
+                if e.mod_rev > to {
+                    break;
+                }
+                let prev = if prev_kv && i > 0 && e.mod_rev > prev_floor {
+                    let p = &hist.entries[i - 1];
+                    (!p.is_tombstone()).then(|| p.to_kv(key))
+                } else {
+                    None
+                };
+                found.push((e.mod_rev, e.sub, make_event(key, e, prev)));
+            }
+        }
+        found.sort_by_key(|(rev, sub, _)| (*rev, *sub));
+        let mut revs = 0;
+        let mut last = None;
+        let mut out = Vec::with_capacity(found.len());
+        for (rev, _, ev) in found {
+            if last != Some(rev) {
+                revs += 1;
+                if revs > max_revs {
+                    break;
+                }
+                last = Some(rev);
+            }
+            out.push(ev);
+        }
+        out
+    }
+
+    /// Every key with its full retained history, for snapshots.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &History)> {
+        self.keys.iter()
+    }
+
+    /// Restores one key from a snapshot.
+    pub fn restore(&mut self, key: Bytes, entries: Vec<Entry>) {
+        if entries.last().is_some_and(|e| !e.is_tombstone()) {
+            self.live += 1;
+        }
+        self.keys.insert(key, History { entries });
+    }
+}
+
+/// The event a history entry stands for. Delete events carry only the key
+/// and the revision, as etcd's do.
+pub(crate) fn make_event(key: &Bytes, e: &Entry, prev_kv: Option<mvccpb::KeyValue>) -> mvccpb::Event {
+    if e.is_tombstone() {
+        mvccpb::Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(mvccpb::KeyValue { key: key.clone(), mod_revision: e.mod_rev, ..Default::default() }),
+            prev_kv,
+        }
+    } else {
+        mvccpb::Event { r#type: EventType::Put as i32, kv: Some(e.to_kv(key)), prev_kv }
+    }
+}
+
+/// A key range owned by a watcher.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnedRange {
+    pub key: Bytes,
+    pub end: Bytes,
+}
+
+impl OwnedRange {
+    pub fn contains(&self, k: &[u8]) -> bool {
+        KeyRange::new(&self.key, &self.end).contains(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_reads_at_revision_and_hides_tombstones() {
+        let mut ks = KeySpace::default();
+        ks.put(b"a", b"1", 0, 2, 0);
+        ks.put(b"a", b"2", 0, 3, 0);
+        ks.delete(b"a", 4, 0);
+        ks.put(b"a", b"3", 0, 5, 0);
+        let h = ks.get(b"a").unwrap();
+        assert!(h.at(1).is_none());
+        assert_eq!(h.at(2).unwrap().value, "1");
+        assert_eq!(h.at(3).unwrap().version, 2);
+        assert!(h.at(4).is_none());
+        let e = h.at(5).unwrap();
+        assert_eq!((e.create_rev, e.version), (5, 1), "a put after a delete starts a new generation");
+        assert_eq!(ks.live_keys(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_what_later_reads_need() {
+        let mut ks = KeySpace::default();
+        ks.put(b"a", b"1", 0, 2, 0);
+        ks.put(b"a", b"2", 0, 3, 0);
+        ks.put(b"b", b"1", 0, 4, 0);
+        ks.delete(b"b", 5, 0);
+        ks.put(b"a", b"3", 0, 6, 0);
+        ks.compact(5);
+        let a = ks.get(b"a").unwrap();
+        assert_eq!(a.entries.len(), 2, "entry at 3 is still the value at 5");
+        assert_eq!(a.at(5).unwrap().value, "2");
+        assert!(ks.get(b"b").is_none(), "a key deleted at or before the compaction is gone");
+    }
+
+    #[test]
+    fn inverted_and_from_key_ranges() {
+        let mut ks = KeySpace::default();
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            ks.put(k.as_bytes(), b"v", 0, 2 + i as i64, 0);
+        }
+        assert_eq!(ks.range(b"c", b"a").count(), 0);
+        assert_eq!(ks.range(b"b", b"b").count(), 0);
+        assert_eq!(ks.range(b"b", b"\0").count(), 2);
+        assert_eq!(ks.range(b"a", b"c").count(), 2);
+    }
+
+    #[test]
+    fn events_are_in_revision_order_with_prev() {
+        let mut ks = KeySpace::default();
+        ks.put(b"b", b"1", 0, 2, 0);
+        ks.put(b"a", b"1", 0, 3, 0);
+        ks.put(b"b", b"2", 0, 3, 1);
+        ks.delete(b"a", 4, 0);
+        let all = OwnedRange { key: Bytes::from_static(b"\0"), end: Bytes::from_static(b"\0") };
+        let evs = ks.events(&all, 3, 4, true, 0, usize::MAX);
+        let keys: Vec<_> = evs.iter().map(|e| (e.kv.as_ref().unwrap().key.clone(), e.kv.as_ref().unwrap().mod_revision)).collect();
+        assert_eq!(keys, vec![(Bytes::from("a"), 3), (Bytes::from("b"), 3), (Bytes::from("a"), 4)]);
+        assert!(evs[0].prev_kv.is_none(), "a creation has no previous value");
+        assert_eq!(evs[1].prev_kv.as_ref().unwrap().value, "1");
+        assert_eq!(evs[2].r#type, EventType::Delete as i32);
+        assert_eq!(evs[2].prev_kv.as_ref().unwrap().value, "1");
+        assert_eq!(ks.events(&all, 2, 4, false, 0, 1).len(), 1, "stops after max_revs revisions");
+    }
+}

@@ -1,0 +1,478 @@
+//! The store's behaviour through its public API, with a manual clock.
+
+use bytes::Bytes;
+use roster_store::pb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
+    response_op::Response,
+    *,
+};
+use roster_store::{mvccpb::event::EventType, EtcdError, ManualClock, Store, StoreConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn store() -> (Store, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::default());
+    (Store::in_memory_with_clock(clock.clone()), clock)
+}
+
+async fn put(s: &Store, k: &str, v: &str) -> i64 {
+    s.put(PutRequest { key: b(k), value: b(v), ..Default::default() }).await.unwrap().header.unwrap().revision
+}
+
+async fn put_lease(s: &Store, k: &str, lease: i64) -> Result<PutResponse, EtcdError> {
+    s.put(PutRequest { key: b(k), value: b("v"), lease, ..Default::default() }).await
+}
+
+async fn get(s: &Store, r: RangeRequest) -> RangeResponse {
+    s.range(r).await.unwrap()
+}
+
+fn range(k: &str, end: &str) -> RangeRequest {
+    RangeRequest { key: b(k), range_end: b(end), ..Default::default() }
+}
+
+fn keys(r: &RangeResponse) -> Vec<String> {
+    r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect()
+}
+
+fn op_put(k: &str, v: &str) -> RequestOp {
+    RequestOp { request: Some(Request::RequestPut(PutRequest { key: b(k), value: b(v), ..Default::default() })) }
+}
+
+fn op_range(k: &str) -> RequestOp {
+    RequestOp { request: Some(Request::RequestRange(range(k, ""))) }
+}
+
+fn cmp(k: &str, target: CompareTarget, result: CompareResult, u: TargetUnion) -> Compare {
+    Compare { key: b(k), target: target as i32, result: result as i32, target_union: Some(u), range_end: Bytes::new() }
+}
+
+// === revisions ===
+
+#[tokio::test]
+async fn fresh_store_is_at_revision_1_and_first_write_gets_2() {
+    let (s, _) = store();
+    assert_eq!(s.revision(), 1);
+    assert_eq!(put(&s, "a", "1").await, 2);
+    assert_eq!(put(&s, "a", "2").await, 3);
+    let r = get(&s, range("a", "")).await;
+    let kv = &r.kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(r.header.unwrap().revision, 3);
+}
+
+#[tokio::test]
+async fn only_real_changes_add_a_revision() {
+    let (s, _) = store();
+    put(&s, "a", "1").await;
+    let d = s.delete_range(DeleteRangeRequest { key: b("zzz"), ..Default::default() }).await.unwrap();
+    assert_eq!((d.deleted, d.header.unwrap().revision), (0, 2), "deleting nothing adds no revision");
+    let g = s.lease_grant(LeaseGrantRequest { ttl: 10, id: 0 }).await.unwrap();
+    assert_eq!(s.revision(), 2, "lease grant adds none");
+    s.lease_keep_alive(g.id);
+    assert_eq!(s.revision(), 2, "keepalive adds none");
+    let t = s.txn(TxnRequest { compare: vec![], success: vec![op_range("a")], failure: vec![] }).await.unwrap();
+    assert_eq!(t.header.unwrap().revision, 2, "read-only txn adds none");
+    let t = s.txn(TxnRequest { compare: vec![], success: vec![op_put("x", "1"), op_put("y", "1")], failure: vec![] }).await.unwrap();
+    assert_eq!(t.header.unwrap().revision, 3, "a write txn adds exactly one");
+    let d = s.delete_range(DeleteRangeRequest { key: b("x"), range_end: b("z"), ..Default::default() }).await.unwrap();
+    assert_eq!((d.deleted, d.header.unwrap().revision), (2, 4));
+}
+
+// === txn ===
+
+#[tokio::test]
+async fn range_inside_txn_sees_earlier_puts() {
+    let (s, _) = store();
+    let t = s
+        .txn(TxnRequest { compare: vec![], success: vec![op_range("k"), op_put("k", "v"), op_range("k")], failure: vec![] })
+        .await
+        .unwrap();
+    let ranges: Vec<&RangeResponse> = t
+        .responses
+        .iter()
+        .filter_map(|r| match &r.response {
+            Some(Response::ResponseRange(rr)) => Some(rr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ranges[0].kvs.len(), 0);
+    assert_eq!(ranges[0].header.as_ref().unwrap().revision, 1);
+    assert_eq!(ranges[1].kvs[0].value, "v");
+    assert_eq!(ranges[1].header.as_ref().unwrap().revision, 2);
+}
+
+#[tokio::test]
+async fn compares_on_missing_keys() {
+    let (s, _) = store();
+    let run = |c: Compare| {
+        let s = s.clone();
+        async move { s.txn(TxnRequest { compare: vec![c], success: vec![], failure: vec![] }).await.unwrap().succeeded }
+    };
+    assert!(!run(cmp("nope", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value(Bytes::new()))).await, "VALUE on a missing key is false");
+    assert!(run(cmp("nope", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))).await, "others compare with 0");
+    assert!(run(cmp("nope", CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(0))).await);
+    assert!(run(cmp("nope", CompareTarget::Lease, CompareResult::Equal, TargetUnion::Lease(0))).await);
+    put(&s, "a1", "x").await;
+    put(&s, "a2", "y").await;
+    let mut c = cmp("a", CompareTarget::Value, CompareResult::Greater, TargetUnion::Value(b("w")));
+    c.range_end = b("b");
+    assert!(run(c.clone()).await, "x and y are both > w");
+    c.target_union = Some(TargetUnion::Value(b("x")));
+    assert!(!run(c).await, "must hold for every key in the range");
+}
+
+#[tokio::test]
+async fn failed_txn_checks_change_nothing() {
+    let (s, _) = store();
+    let bad_lease = RequestOp { request: Some(Request::RequestPut(PutRequest { key: b("b"), lease: 99, ..Default::default() })) };
+    let err = s.txn(TxnRequest { compare: vec![], success: vec![op_put("a", "1"), bad_lease], failure: vec![] }).await.unwrap_err();
+    assert_eq!(err, EtcdError::LeaseNotFound);
+    assert_eq!(s.revision(), 1);
+    assert!(get(&s, range("a", "")).await.kvs.is_empty());
+}
+
+#[tokio::test]
+async fn nested_txn_compares_see_the_state_before_the_txn() {
+    let (s, _) = store();
+    let nested = TxnRequest {
+        compare: vec![cmp("k", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))],
+        success: vec![op_put("then", "1")],
+        failure: vec![op_put("else", "1")],
+    };
+    let t = s
+        .txn(TxnRequest {
+            compare: vec![],
+            success: vec![op_put("k", "v"), RequestOp { request: Some(Request::RequestTxn(nested)) }],
+            failure: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(get(&s, range("then", "")).await.kvs.len(), 1, "k did not exist when the txn began");
+    match &t.responses[1].response {
+        Some(Response::ResponseTxn(n)) => assert_eq!(n.header, Some(ResponseHeader::default()), "etcd leaves nested headers empty"),
+        other => panic!("{other:?}"),
+    }
+}
+
+// === put ===
+
+#[tokio::test]
+async fn put_flags_follow_etcd() {
+    let (s, _) = store();
+    let r = s.put(PutRequest { key: b("a"), ignore_value: true, ..Default::default() }).await;
+    assert_eq!(r.unwrap_err(), EtcdError::KeyNotFound);
+    assert_eq!(put_lease(&s, "a", 7).await.unwrap_err(), EtcdError::LeaseNotFound);
+    let l = s.lease_grant(LeaseGrantRequest { ttl: 10, id: 7 }).await.unwrap();
+    put_lease(&s, "a", l.id).await.unwrap();
+    let r = s.put(PutRequest { key: b("a"), value: b("new"), ignore_lease: true, prev_kv: true, ..Default::default() }).await.unwrap();
+    assert_eq!(r.prev_kv.unwrap().value, "v");
+    let kv = &get(&s, range("a", "")).await.kvs[0];
+    assert_eq!((kv.value.clone(), kv.lease), (b("new"), 7), "ignore_lease keeps the lease");
+    s.put(PutRequest { key: b("a"), ignore_value: true, ..Default::default() }).await.unwrap();
+    let kv = &get(&s, range("a", "")).await.kvs[0];
+    assert_eq!((kv.value.clone(), kv.lease), (b("new"), 0), "ignore_value keeps the value, lease cleared");
+}
+
+// === range ===
+
+#[tokio::test]
+async fn range_options() {
+    let (s, _) = store();
+    for (k, v) in [("a", "3"), ("b", "1"), ("c", "2"), ("d", "2")] {
+        put(&s, k, v).await;
+    }
+    put(&s, "b", "9").await;
+    let all = |f: fn(&mut RangeRequest)| {
+        let mut r = range("a", "\0");
+        f(&mut r);
+        r
+    };
+    let r = get(&s, all(|r| r.limit = 2)).await;
+    assert_eq!((keys(&r), r.more, r.count), (vec!["a".into(), "b".into()], true, 4));
+    let r = get(&s, all(|r| {
+        r.sort_target = SortTarget::Value as i32;
+        r.sort_order = SortOrder::Descend as i32;
+        r.limit = 2;
+    }))
+    .await;
+    assert_eq!(keys(&r), vec!["b", "a"], "sort happens before limit");
+    let r = get(&s, all(|r| r.sort_target = SortTarget::Mod as i32)).await;
+    assert_eq!(keys(&r), vec!["a", "c", "d", "b"], "a non-key target with no order sorts ascending");
+    let r = get(&s, all(|r| r.count_only = true)).await;
+    assert_eq!((r.kvs.len(), r.count), (0, 4));
+    let r = get(&s, all(|r| r.keys_only = true)).await;
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+    let r = get(&s, all(|r| {
+        r.min_mod_revision = 4;
+        r.limit = 1;
+    }))
+    .await;
+    assert_eq!((keys(&r), r.count, r.more), (vec!["b".into()], 4, true), "count is taken before filters");
+    let r = get(&s, all(|r| r.max_create_revision = 3)).await;
+    assert_eq!(keys(&r), vec!["a", "b"]);
+    let r = get(&s, all(|r| r.revision = 3)).await;
+    assert_eq!((keys(&r), r.header.unwrap().revision), (vec!["a".into(), "b".into()], 6));
+    assert_eq!(get(&s, range("c", "a")).await.kvs.len(), 0, "inverted range is empty");
+    let prefix = roster_api::range::prefix_end(b"a");
+    let r = get(&s, RangeRequest { key: b("a"), range_end: prefix.into(), ..Default::default() }).await;
+    assert_eq!(keys(&r), vec!["a"]);
+    assert_eq!(s.range(all(|r| r.revision = 7)).await.unwrap_err(), EtcdError::FutureRev);
+}
+
+// === compaction ===
+
+#[tokio::test]
+async fn compaction_rules() {
+    let (s, _) = store();
+    for i in 0..5 {
+        put(&s, "k", &i.to_string()).await;
+    }
+    let c = |rev| s.compact(CompactionRequest { revision: rev, physical: false });
+    assert_eq!(c(7).await.unwrap_err(), EtcdError::FutureRev);
+    c(4).await.unwrap();
+    assert_eq!(c(4).await.unwrap_err(), EtcdError::Compacted);
+    assert_eq!(c(3).await.unwrap_err(), EtcdError::Compacted);
+    let at = |rev| s.range(RangeRequest { key: b("k"), revision: rev, ..Default::default() });
+    assert_eq!(at(3).await.unwrap_err(), EtcdError::Compacted);
+    assert_eq!(at(4).await.unwrap().kvs[0].value, "2", "the compacted revision itself stays readable");
+    assert_eq!(at(6).await.unwrap().kvs[0].value, "4");
+}
+
+// === leases ===
+
+#[tokio::test]
+async fn lease_expiry_deletes_keys_in_one_revision() {
+    let (s, clock) = store();
+    let l = s.lease_grant(LeaseGrantRequest { ttl: 1, id: 0 }).await.unwrap();
+    assert_eq!(l.ttl, 2, "minimum TTL is 2 s");
+    put_lease(&s, "a", l.id).await.unwrap();
+    put_lease(&s, "b", l.id).await.unwrap();
+    let ttl = s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: true });
+    assert_eq!((ttl.ttl, ttl.granted_ttl, ttl.keys.len()), (2, 2, 2));
+    clock.advance(Duration::from_millis(1500));
+    assert_eq!(s.lease_keep_alive(l.id).ttl, 2);
+    clock.advance(Duration::from_millis(1999));
+    assert_eq!(s.expire_leases().await, 0, "the keepalive pushed the deadline out");
+    clock.advance(Duration::from_millis(1));
+    let before = s.revision();
+    assert_eq!(s.expire_leases().await, 1);
+    assert_eq!(s.revision(), before + 1, "both keys go in one revision");
+    assert_eq!(get(&s, range("a", "c")).await.count, 0);
+    assert_eq!(s.lease_keep_alive(l.id).ttl, 0, "keepalive on an unknown lease answers TTL 0");
+    assert_eq!(s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: false }).ttl, -1);
+    assert_eq!(s.lease_revoke(LeaseRevokeRequest { id: l.id }).await.unwrap_err(), EtcdError::LeaseNotFound);
+}
+
+#[tokio::test]
+async fn lease_grant_errors() {
+    let (s, _) = store();
+    s.lease_grant(LeaseGrantRequest { ttl: 5, id: 3 }).await.unwrap();
+    assert_eq!(s.lease_grant(LeaseGrantRequest { ttl: 5, id: 3 }).await.unwrap_err(), EtcdError::LeaseExists);
+    assert_eq!(s.lease_grant(LeaseGrantRequest { ttl: 9_000_000_001, id: 4 }).await.unwrap_err(), EtcdError::LeaseTtlTooLarge);
+    assert_eq!(s.lease_leases().leases.iter().map(|l| l.id).collect::<Vec<_>>(), vec![3]);
+}
+
+#[tokio::test]
+async fn moving_a_key_to_another_lease_detaches_it() {
+    let (s, _) = store();
+    s.lease_grant(LeaseGrantRequest { ttl: 5, id: 1 }).await.unwrap();
+    s.lease_grant(LeaseGrantRequest { ttl: 5, id: 2 }).await.unwrap();
+    put_lease(&s, "k", 1).await.unwrap();
+    put_lease(&s, "k", 2).await.unwrap();
+    s.lease_revoke(LeaseRevokeRequest { id: 1 }).await.unwrap();
+    assert_eq!(get(&s, range("k", "")).await.kvs.len(), 1, "k now belongs to lease 2");
+}
+
+// === watch ===
+
+async fn next(ev: &mut roster_store::WatchEvents) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(5), ev.next()).await.expect("watch response in time").expect("stream open")
+}
+
+#[tokio::test]
+async fn watch_sends_created_then_one_response_per_revision() {
+    let (s, _) = store();
+    let (ctl, mut ev) = s.watch_stream();
+    ctl.create(WatchCreateRequest { key: b("k"), range_end: b("l"), prev_kv: true, ..Default::default() }).await;
+    let created = next(&mut ev).await;
+    assert!(created.created && !created.canceled);
+    assert_eq!((created.watch_id, created.header.unwrap().revision), (0, 1), "ids start at 0");
+    s.txn(TxnRequest { compare: vec![], success: vec![op_put("k1", "a"), op_put("k2", "b")], failure: vec![] }).await.unwrap();
+    put(&s, "k1", "c").await;
+    s.delete_range(DeleteRangeRequest { key: b("k1"), ..Default::default() }).await.unwrap();
+    let r = next(&mut ev).await;
+    assert_eq!(r.events.len(), 2, "one revision, one response");
+    assert!(r.events.iter().all(|e| e.prev_kv.is_none()), "no prev_kv for creations");
+    let r = next(&mut ev).await;
+    assert_eq!(r.events[0].prev_kv.as_ref().unwrap().value, "a");
+    let r = next(&mut ev).await;
+    let e = &r.events[0];
+    assert_eq!(e.r#type, EventType::Delete as i32);
+    let kv = e.kv.as_ref().unwrap();
+    assert_eq!((kv.key.clone(), kv.mod_revision, kv.version), (b("k1"), 4, 0));
+    ctl.create(WatchCreateRequest { key: b("x"), ..Default::default() }).await;
+    assert_eq!(next(&mut ev).await.watch_id, 1);
+}
+
+#[tokio::test]
+async fn watch_from_the_past_replays_then_goes_live() {
+    let (s, _) = store();
+    for i in 0..10 {
+        put(&s, &format!("k{i}"), "v").await;
+    }
+    let (ctl, mut ev) = s.watch_stream();
+    ctl.create(WatchCreateRequest { key: b("k"), range_end: b("l"), start_revision: 3, ..Default::default() }).await;
+    assert!(next(&mut ev).await.created);
+    let r = next(&mut ev).await;
+    let revs: Vec<i64> = r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
+    assert_eq!(revs, (3..=11).collect::<Vec<_>>(), "catch-up batches many revisions");
+    put(&s, "k0", "live").await;
+    let r = next(&mut ev).await;
+    assert_eq!(r.events[0].kv.as_ref().unwrap().mod_revision, 12);
+}
+
+#[tokio::test]
+async fn watch_on_compacted_revision_is_canceled_with_compact_revision() {
+    let (s, _) = store();
+    for i in 0..5 {
+        put(&s, "k", &i.to_string()).await;
+    }
+    s.compact(CompactionRequest { revision: 4, physical: true }).await.unwrap();
+    let (ctl, mut ev) = s.watch_stream();
+    ctl.create(WatchCreateRequest { key: b("k"), start_revision: 2, ..Default::default() }).await;
+    assert!(next(&mut ev).await.created);
+    let r = next(&mut ev).await;
+    assert!(r.canceled);
+    assert_eq!(r.compact_revision, 4);
+}
+
+#[tokio::test]
+async fn watch_filters_and_bad_requests() {
+    let (s, _) = store();
+    let (ctl, mut ev) = s.watch_stream();
+    ctl.create(WatchCreateRequest { key: b("b"), range_end: b("a"), ..Default::default() }).await;
+    let r = next(&mut ev).await;
+    assert!(r.created && r.canceled);
+    assert_eq!((r.watch_id, r.cancel_reason.as_str()), (-1, "mvcc: watcher range is empty"));
+    ctl.create(WatchCreateRequest { key: b("k"), watch_id: 7, filters: vec![0], ..Default::default() }).await;
+    assert_eq!(next(&mut ev).await.watch_id, 7);
+    ctl.create(WatchCreateRequest { key: b("k"), watch_id: 7, ..Default::default() }).await;
+    let r = next(&mut ev).await;
+    assert_eq!(r.cancel_reason, "mvcc: duplicate watch ID provided on the WatchStream");
+    ctl.cancel(12345).await; // unknown: ignored, no response
+    put(&s, "k", "1").await; // filtered out (NOPUT)
+    s.delete_range(DeleteRangeRequest { key: b("k"), ..Default::default() }).await.unwrap();
+    let r = next(&mut ev).await;
+    assert_eq!((r.watch_id, r.events.len(), r.events[0].r#type), (7, 1, EventType::Delete as i32));
+    ctl.cancel(7).await;
+    let r = next(&mut ev).await;
+    assert!(r.canceled && r.watch_id == 7);
+}
+
+#[tokio::test]
+async fn slow_watcher_catches_up_without_loss_or_duplicates() {
+    let (s, _) = store();
+    let (ctl, mut ev) = s.watch_stream();
+    ctl.create(WatchCreateRequest { key: b("k"), ..Default::default() }).await;
+    next(&mut ev).await;
+    // Far more revisions than the stream buffers, with nobody reading.
+    let n = 2000;
+    for i in 0..n {
+        put(&s, "k", &i.to_string()).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let r = next(&mut ev).await;
+        seen.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+    }
+    assert_eq!(seen, (2..2 + n as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn concurrent_writes_and_watch_creation_lose_nothing() {
+    let (s, _) = store();
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 0..500 {
+                put(&s, &format!("k{}", i % 7), "v").await;
+            }
+        })
+    };
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let (ctl, mut ev) = s.watch_stream();
+        ctl.create(WatchCreateRequest { key: b("k"), range_end: b("l"), start_revision: 2, ..Default::default() }).await;
+        assert!(next(&mut ev).await.created);
+        streams.push((ctl, ev));
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    for (_ctl, mut ev) in streams {
+        let mut seen = Vec::new();
+        while seen.len() < 500 {
+            seen.extend(next(&mut ev).await.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        }
+        assert_eq!(seen, (2..502).collect::<Vec<_>>());
+    }
+}
+
+// === durability ===
+
+fn on_disk(dir: &std::path::Path, clock: Arc<ManualClock>, snapshot_min_bytes: u64) -> Store {
+    Store::open(StoreConfig { data_dir: Some(dir.to_owned()), clock, repair: false, snapshot_min_bytes }).unwrap()
+}
+
+#[tokio::test]
+async fn restart_recovers_writes_revisions_and_leases_with_full_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    for snapshot_min in [u64::MAX, 256] {
+        let sub = dir.path().join(snapshot_min.to_string());
+        let s = on_disk(&sub, clock.clone(), snapshot_min);
+        let l = s.lease_grant(LeaseGrantRequest { ttl: 10, id: 5 }).await.unwrap();
+        for i in 0..50 {
+            put(&s, &format!("k{i:02}"), &i.to_string()).await;
+        }
+        put_lease(&s, "leased", l.id).await.unwrap();
+        s.delete_range(DeleteRangeRequest { key: b("k00"), ..Default::default() }).await.unwrap();
+        s.compact(CompactionRequest { revision: 10, physical: true }).await.unwrap();
+        clock.advance(Duration::from_secs(8));
+        let rev = s.revision();
+        drop(s);
+
+        let s = on_disk(&sub, clock.clone(), snapshot_min);
+        assert_eq!(s.revision(), rev, "snapshot_min={snapshot_min}");
+        let r = get(&s, range("k", "l")).await;
+        assert_eq!(r.count, 49);
+        assert_eq!(s.range(RangeRequest { key: b("k"), revision: 9, ..Default::default() }).await.unwrap_err(), EtcdError::Compacted);
+        assert_eq!(get(&s, RangeRequest { key: b("k05"), revision: 20, ..Default::default() }).await.kvs[0].value, "5");
+        let t = s.lease_time_to_live(LeaseTimeToLiveRequest { id: 5, keys: true });
+        assert_eq!((t.ttl, t.keys), (10, vec![b("leased")]), "the lease has its full TTL again, keys attached");
+        assert_eq!(put(&s, "next", "x").await, rev + 1, "revisions continue");
+    }
+}
+
+#[tokio::test]
+async fn snapshots_bound_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let s = on_disk(dir.path(), clock, 64 << 10);
+    let value = "x".repeat(1000);
+    for i in 0..2000 {
+        put(&s, &format!("k{}", i % 10), &value).await;
+        if i % 500 == 499 {
+            s.compact(CompactionRequest { revision: s.revision(), physical: true }).await.unwrap();
+        }
+    }
+    let wal = std::fs::metadata(dir.path().join("wal")).unwrap().len();
+    let snap = std::fs::metadata(dir.path().join("snapshot")).unwrap().len();
+    assert!(wal + snap < 1 << 20, "2 MB written, disk holds {wal} + {snap}");
+}
