@@ -132,7 +132,7 @@ impl Write {
     }
 
     /// The revision a read inside this write sees.
-    fn read_rev(&self) -> i64 {
+    pub fn read_rev(&self) -> i64 {
         if self.changed() { self.rev() } else { self.begin }
     }
 

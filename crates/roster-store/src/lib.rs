@@ -273,13 +273,9 @@ impl Store {
     pub async fn lease_revoke(&self, r: pb::LeaseRevokeRequest) -> Result<pb::LeaseRevokeResponse, EtcdError> {
         self.write(|st, w, _| {
             st.lease_revoke(w, r.id)?;
-            Ok(pb::LeaseRevokeResponse { header: None })
+            Ok(pb::LeaseRevokeResponse { header: Some(pb::ResponseHeader { revision: w.read_rev(), ..Default::default() }) })
         })
         .await
-        .map(|mut resp| {
-            resp.header = Some(pb::ResponseHeader { revision: self.revision(), ..Default::default() });
-            resp
-        })
     }
 
     /// Renews a lease: its granted TTL, or 0 when unknown or expired.
