@@ -1,0 +1,309 @@
+//! Keeping one instance registered for as long as its handle lives.
+//!
+//! The task grants a lease, puts the instance's key on it, and renews the
+//! lease on one long-lived keepalive stream every TTL/3. It watches its own
+//! key. Whenever the registration is lost (keepalive answers TTL 0, the
+//! registry restarted, the key or lease was deleted by an admin, or the
+//! registry was unreachable for longer than the TTL) it grants a new lease
+//! and puts the key again, retrying forever with jittered backoff.
+
+use crate::backoff::Backoff;
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::instance::Instance;
+use roster_api::etcdserverpb::{
+    watch_request::RequestUnion, LeaseKeepAliveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+};
+use roster_api::mvccpb::event::EventType;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep, Instant};
+
+/// Where a registration stands; observe it with [`Registration::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistrationStatus {
+    /// Not registered yet, or registering again after a loss.
+    Registering,
+    /// The key is in the registry on this lease.
+    Registered { lease: i64 },
+    /// The registration was lost; a new one is on its way.
+    Lost { reason: String },
+    /// Withdrawn for draining; `resume` registers again.
+    Paused,
+    /// Withdrawn for good.
+    Deregistered,
+}
+
+enum Cmd {
+    Pause(oneshot::Sender<()>),
+    Resume,
+    Deregister(oneshot::Sender<Result<()>>),
+}
+
+/// A live registration. Dropping it withdraws the instance in the
+/// background; [`Registration::deregister`] does so and waits.
+pub struct Registration {
+    key: String,
+    cmds: mpsc::Sender<Cmd>,
+    status: watch::Receiver<RegistrationStatus>,
+}
+
+impl Registration {
+    pub(crate) fn spawn(client: Client, key: String, instance: Instance, ttl: Duration) -> Registration {
+        let (cmds, rx) = mpsc::channel(4);
+        let (tx, status) = watch::channel(RegistrationStatus::Registering);
+        let task = Task { client, key: key.clone(), value: instance.to_value(), ttl, cmds: rx, status: tx, lease: 0 };
+        tokio::spawn(task.run());
+        Registration { key, cmds, status }
+    }
+
+    /// The registry key, `<prefix>/<service>/<id>`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The current status, and a way to wait for changes.
+    pub fn status(&self) -> watch::Receiver<RegistrationStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the instance is registered, up to `timeout`.
+    pub async fn registered(&self, timeout: Duration) -> Result<i64> {
+        let mut st = self.status.clone();
+        let wait = st.wait_for(|s| matches!(s, RegistrationStatus::Registered { .. }));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) => match &*s {
+                RegistrationStatus::Registered { lease } => Ok(*lease),
+                _ => unreachable!("waited for Registered"),
+            },
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Withdraws the instance (revokes the lease) until [`resume`](Self::resume).
+    pub async fn pause(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Pause(tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    pub async fn resume(&self) -> Result<()> {
+        self.cmds.send(Cmd::Resume).await.map_err(|_| Error::Closed)
+    }
+
+    /// Revokes the lease, so the instance leaves every list at once, and
+    /// stops. Call it before the process stops serving.
+    pub async fn deregister(self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Deregister(tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+struct Task {
+    client: Client,
+    key: String,
+    value: String,
+    ttl: Duration,
+    cmds: mpsc::Receiver<Cmd>,
+    status: watch::Sender<RegistrationStatus>,
+    lease: i64,
+}
+
+/// Why a registered phase ended.
+enum Exit {
+    Lost(String),
+    Pause(oneshot::Sender<()>),
+    Stop(Option<oneshot::Sender<Result<()>>>),
+}
+
+impl Task {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let exit = match self.register().await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
+                    tracing::info!(key = %self.key, lease = self.lease, "registered");
+                    self.hold().await
+                }
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "registration failed; retrying");
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = sleep(delay) => continue,
+                        cmd = self.cmds.recv() => match cmd {
+                            Some(Cmd::Pause(done)) => Exit::Pause(done),
+                            Some(Cmd::Resume) => continue,
+                            Some(Cmd::Deregister(done)) => Exit::Stop(Some(done)),
+                            None => Exit::Stop(None),
+                        },
+                    }
+                }
+            };
+            match exit {
+                Exit::Lost(reason) => {
+                    tracing::warn!(key = %self.key, %reason, "registration lost; registering again");
+                    self.status.send_replace(RegistrationStatus::Lost { reason });
+                    self.lease = 0;
+                }
+                Exit::Pause(done) => {
+                    let _ = self.withdraw().await;
+                    self.status.send_replace(RegistrationStatus::Paused);
+                    let _ = done.send(());
+                    loop {
+                        match self.cmds.recv().await {
+                            Some(Cmd::Resume) => break,
+                            Some(Cmd::Pause(done)) => {
+                                let _ = done.send(());
+                            }
+                            Some(Cmd::Deregister(done)) => {
+                                self.status.send_replace(RegistrationStatus::Deregistered);
+                                let _ = done.send(Ok(()));
+                                return;
+                            }
+                            None => return,
+                        }
+                    }
+                    self.status.send_replace(RegistrationStatus::Registering);
+                }
+                Exit::Stop(done) => {
+                    let res = self.withdraw().await;
+                    self.status.send_replace(RegistrationStatus::Deregistered);
+                    tracing::info!(key = %self.key, "deregistered");
+                    if let Some(done) = done {
+                        let _ = done.send(res);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn register(&mut self) -> Result<()> {
+        let ttl = self.ttl.as_secs().max(1) as i64;
+        self.lease = self.client.lease_grant(ttl).await?.id;
+        self.put().await
+    }
+
+    async fn put(&self) -> Result<()> {
+        let req = PutRequest { key: self.key.clone().into(), value: self.value.clone().into(), lease: self.lease, ..Default::default() };
+        self.client.put(req).await.map(|_| ())
+    }
+
+    async fn key_exists(&self) -> Result<bool> {
+        let r = self.client.range(RangeRequest { key: self.key.clone().into(), count_only: true, ..Default::default() }).await?;
+        Ok(r.count > 0)
+    }
+
+    /// Revokes the lease; the key goes with it.
+    async fn withdraw(&mut self) -> Result<()> {
+        if self.lease == 0 {
+            return Ok(());
+        }
+        let res = self.client.lease_revoke(self.lease).await.map(|_| ());
+        if let Err(e) = &res {
+            tracing::warn!(key = %self.key, error = %e, "could not revoke lease; the key expires with its TTL");
+        }
+        self.lease = 0;
+        res
+    }
+
+    /// Keeps the lease alive and the key present until something ends the
+    /// registration.
+    async fn hold(&mut self) -> Exit {
+        let interval = (self.ttl / 3).max(Duration::from_millis(200));
+        let mut last_ok = Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        'reconnect: loop {
+            if last_ok.elapsed() > self.ttl {
+                return Exit::Lost("registry unreachable for longer than the TTL".into());
+            }
+            let streams = async { Ok::<_, Error>((self.client.keep_alive_stream().await?, self.client.watch_stream().await?)) };
+            let (mut ka, mut w) = match streams.await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(key = %self.key, error = %e, "cannot open keepalive/watch streams");
+                    tokio::select! {
+                        _ = sleep(backoff.next_delay()) => continue 'reconnect,
+                        cmd = self.cmds.recv() => match cmd_exit(cmd) {
+                            Some(exit) => return exit,
+                            None => continue 'reconnect,
+                        },
+                    }
+                }
+            };
+            let create = WatchCreateRequest { key: self.key.clone().into(), ..Default::default() };
+            let _ = w.requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
+            // The key may have gone while no watch was open.
+            match self.key_exists().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(key = %self.key, "own key missing; putting it back");
+                    if let Err(e) = self.put().await {
+                        return Exit::Lost(format!("key missing and lease gone: {e}"));
+                    }
+                }
+                Err(_) => continue 'reconnect,
+            }
+            // Renew at once: this also tells us whether the lease survived.
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if ka.requests.send(LeaseKeepAliveRequest { id: self.lease }).await.is_err() {
+                            continue 'reconnect;
+                        }
+                    }
+                    resp = ka.responses.message() => match resp {
+                        Ok(Some(r)) if r.ttl > 0 => {
+                            last_ok = Instant::now();
+                            backoff.reset();
+                        }
+                        Ok(Some(_)) => return Exit::Lost("lease expired or revoked (keepalive answered TTL 0)".into()),
+                        Ok(None) | Err(_) => {
+                            self.client.rotate();
+                            sleep(backoff.next_delay()).await;
+                            continue 'reconnect;
+                        }
+                    },
+                    resp = w.responses.message() => match resp {
+                        Ok(Some(r)) => {
+                            let deleted = r.events.iter().any(|e| e.r#type == EventType::Delete as i32);
+                            if deleted {
+                                tracing::warn!(key = %self.key, "own key deleted under a live registration; putting it back");
+                                if let Err(e) = self.put().await {
+                                    return Exit::Lost(format!("key deleted and lease gone: {e}"));
+                                }
+                            }
+                            if r.canceled && r.compact_revision == 0 {
+                                continue 'reconnect;
+                            }
+                        }
+                        Ok(None) | Err(_) => {
+                            self.client.rotate();
+                            sleep(backoff.next_delay()).await;
+                            continue 'reconnect;
+                        }
+                    },
+                    cmd = self.cmds.recv() => if let Some(exit) = cmd_exit(cmd) {
+                        return exit;
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// What a command does to a live registration; `None` changes nothing.
+fn cmd_exit(cmd: Option<Cmd>) -> Option<Exit> {
+    match cmd {
+        Some(Cmd::Pause(done)) => Some(Exit::Pause(done)),
+        Some(Cmd::Resume) => None,
+        Some(Cmd::Deregister(done)) => Some(Exit::Stop(Some(done))),
+        None => Some(Exit::Stop(None)),
+    }
+}

@@ -1,0 +1,75 @@
+//! The entry point: register instances and discover services.
+
+use crate::client::Client;
+use crate::discovery::Discovery;
+use crate::error::{Error, Result};
+use crate::instance::Instance;
+use crate::registration::{Registration, RegistrationStatus};
+use std::time::Duration;
+
+/// Default key prefix: instances live at `/services/<service>/<id>`.
+pub const DEFAULT_PREFIX: &str = "/services";
+/// Default lease TTL of a registration.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// Registers instances and discovers services on one registry.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    prefix: String,
+    ttl: Duration,
+}
+
+impl Registry {
+    pub fn new(client: Client) -> Self {
+        Registry { client, prefix: DEFAULT_PREFIX.into(), ttl: DEFAULT_TTL }
+    }
+
+    /// Uses another key prefix (no trailing slash).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// Sets the lease TTL of registrations (etcd's minimum is 2 s).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key an instance is registered under.
+    pub fn key_of(&self, service: &str, id: &str) -> String {
+        format!("{}/{}/{}", self.prefix, service, id)
+    }
+
+    /// Registers `instance` and keeps it registered until the handle is
+    /// dropped or deregistered. Waits for the first registration up to the
+    /// client's request timeout; past that it returns the handle anyway and
+    /// keeps retrying in the background (see [`Registration::status`]).
+    pub async fn register(&self, instance: Instance) -> Result<Registration> {
+        instance.validate().map_err(Error::Instance)?;
+        if self.ttl < Duration::from_secs(1) {
+            return Err(Error::Config(format!("TTL {:?} is below one second", self.ttl)));
+        }
+        let key = self.key_of(&instance.service, &instance.id);
+        let reg = Registration::spawn(self.client.clone(), key, instance, self.ttl);
+        let mut st = reg.status();
+        let first = st.wait_for(|s| !matches!(s, RegistrationStatus::Registering));
+        let _ = tokio::time::timeout(self.client.config().request_timeout, first).await;
+        Ok(reg)
+    }
+
+    /// Starts following `service`. Use [`Discovery::ready`] to wait for the
+    /// first list.
+    pub fn discover(&self, service: &str) -> Discovery {
+        Discovery::spawn(self.client.clone(), self.prefix.clone(), service.to_owned())
+    }
+}
