@@ -29,6 +29,7 @@
 //!
 //! The same code works against `roster serve` and against an etcd cluster.
 
+pub mod balance;
 pub mod client;
 mod backoff;
 mod discovery;

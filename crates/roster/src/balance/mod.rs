@@ -1,0 +1,308 @@
+//! Client-side load balancing over a discovered set of instances.
+//!
+//! A [`Balancer`] holds an immutable [`Set`] of endpoints behind an
+//! `ArcSwap`: picking is a lock-free load plus a few atomic operations, and
+//! a new set is swapped in when discovery reports a change. Per-endpoint
+//! statistics (in-flight count, latency EWMA, failures) survive a swap, so
+//! an instance keeps its history while others come and go.
+//!
+//! - [`Policy`]: round robin, smooth weighted round robin, random,
+//!   least-request (power of two choices) and consistent hash (ring with
+//!   virtual nodes).
+//! - Passive health ([`HealthConfig`]): consecutive failures eject an
+//!   endpoint for a backoff that grows; at most `max_ejected_percent` of the
+//!   set is ejected; when the backoff ends one probe request is let through
+//!   (half-open) and its outcome readmits or re-ejects the endpoint.
+//! - Zone preference: with a local zone set, endpoints in that zone are
+//!   used while at least half of them are healthy; otherwise all are.
+//!
+//! Randomness comes from a seedable generator, so tests are deterministic.
+
+mod endpoint;
+mod policy;
+
+pub use endpoint::{EndpointStats, Guard, HealthConfig};
+use endpoint::Ejections;
+pub use policy::Policy;
+
+use crate::instance::Instance;
+use arc_swap::ArcSwap;
+use endpoint::now_ms;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// One instance with its live statistics.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub instance: Instance,
+    pub stats: Arc<EndpointStats>,
+}
+
+/// The immutable set a pick reads.
+#[derive(Debug, Default)]
+pub struct Set {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Indices of endpoints in the caller's zone.
+    local: Vec<usize>,
+    /// Smooth weighted round-robin order, precomputed per set.
+    wrr: Vec<usize>,
+    /// Consistent-hash ring: (point, endpoint index), sorted by point.
+    ring: Vec<(u64, usize)>,
+}
+
+/// Picks endpoints for requests.
+pub struct Balancer {
+    policy: Policy,
+    health: HealthConfig,
+    zone: Option<String>,
+    set: ArcSwap<Set>,
+    /// Round-robin position.
+    cursor: AtomicUsize,
+    ejections: Arc<Ejections>,
+    /// State of a xorshift generator; seedable for tests.
+    rng: AtomicU64,
+}
+
+/// Virtual nodes per unit of weight (weight 100 gives 100 points).
+const RING_POINTS_PER_WEIGHT: u32 = 1;
+const MAX_WRR_LEN: usize = 4096;
+
+// === impl Balancer ===
+
+impl Balancer {
+    pub fn new(policy: Policy) -> Self {
+        Balancer {
+            policy,
+            health: HealthConfig::default(),
+            zone: None,
+            set: ArcSwap::from_pointee(Set::default()),
+            cursor: AtomicUsize::new(0),
+            ejections: Arc::default(),
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ now_ms()),
+        }
+    }
+
+    pub fn with_health(mut self, health: HealthConfig) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Prefers endpoints in `zone` while enough of them are healthy.
+    pub fn with_zone(mut self, zone: impl Into<String>) -> Self {
+        let z = zone.into();
+        self.zone = (!z.is_empty()).then_some(z);
+        self
+    }
+
+    /// Seeds the random choices (random, least-request) for reproducibility.
+    pub fn with_seed(self, seed: u64) -> Self {
+        self.rng.store(seed.max(1), Ordering::Relaxed);
+        self
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    pub fn health(&self) -> &HealthConfig {
+        &self.health
+    }
+
+    /// Replaces the set. Instances already known keep their statistics.
+    pub fn update(&self, instances: impl IntoIterator<Item = Instance>) {
+        let old = self.set.load();
+        let known: HashMap<&str, &Arc<Endpoint>> = old.endpoints.iter().map(|e| (e.instance.id.as_str(), e)).collect();
+        let mut endpoints: Vec<Arc<Endpoint>> = instances
+            .into_iter()
+            .map(|i| {
+                let stats = known.get(i.id.as_str()).map_or_else(Default::default, |e| e.stats.clone());
+                Arc::new(Endpoint { instance: i, stats })
+            })
+            .collect();
+        endpoints.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
+        let local = match &self.zone {
+            Some(z) => endpoints.iter().enumerate().filter(|(_, e)| &e.instance.zone == z).map(|(i, _)| i).collect(),
+            None => Vec::new(),
+        };
+        let wrr = if self.policy == Policy::WeightedRoundRobin { smooth_wrr(&endpoints) } else { Vec::new() };
+        let ring = if self.policy == Policy::ConsistentHash { build_ring(&endpoints) } else { Vec::new() };
+        drop(known);
+        self.ejections.size.store(endpoints.len(), Ordering::Relaxed);
+        self.ejections.ejected.store(endpoints.iter().filter(|e| e.stats.is_ejected()).count(), Ordering::Relaxed);
+        self.set.store(Arc::new(Set { endpoints, local, wrr, ring }));
+    }
+
+    /// The current set.
+    pub fn set(&self) -> Arc<Set> {
+        self.set.load_full()
+    }
+
+    /// Picks an endpoint. `key` is used by consistent hashing only. The
+    /// returned guard counts the request as in flight until it is dropped;
+    /// report its outcome with [`Guard::success`] or [`Guard::failure`].
+    pub fn pick(&self, key: Option<&[u8]>) -> Option<Guard> {
+        let set = self.set.load();
+        if set.endpoints.is_empty() {
+            return None;
+        }
+        let now = now_ms();
+        let local = self.use_local(&set, now);
+        let ok = |i: usize| {
+            let e = &set.endpoints[i];
+            (!local || e.instance.zone.as_str() == self.zone.as_deref().unwrap_or("")) && e.stats.available(now)
+        };
+        let idx = match self.policy {
+            Policy::RoundRobin => self.round_robin(&set, local, ok),
+            Policy::WeightedRoundRobin => self.weighted(&set, ok),
+            Policy::Random => self.random(&set, local, ok),
+            Policy::LeastRequest => self.least_request(&set, local, ok),
+            Policy::ConsistentHash => self.hashed(&set, key.unwrap_or_default(), ok),
+        }?;
+        let e = set.endpoints[idx].clone();
+        e.stats.admit(now);
+        Some(Guard::new(e, &self.health, self.ejections.clone()))
+    }
+
+    /// Local endpoints are preferred while at least half are healthy.
+    fn use_local(&self, set: &Set, now: u64) -> bool {
+        if set.local.is_empty() {
+            return false;
+        }
+        let healthy = set.local.iter().filter(|&&i| set.endpoints[i].stats.healthy(now)).count();
+        healthy * 2 >= set.local.len()
+    }
+
+    fn candidates<'a>(&self, set: &'a Set, local: bool) -> &'a [usize] {
+        if local { &set.local } else { &[] }
+    }
+
+    fn round_robin(&self, set: &Set, local: bool, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let sub = self.candidates(set, local);
+        let n = if local { sub.len() } else { set.endpoints.len() };
+        let at = |k: usize| if local { sub[k % n] } else { k % n };
+        (0..n).map(|k| at(start + k)).find(|&i| ok(i))
+    }
+
+    fn weighted(&self, set: &Set, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = set.wrr.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|k| set.wrr[(start + k) % n]).find(|&i| ok(i)).or_else(|| {
+            // Zone preference may exclude every weighted slot; fall back.
+            (0..set.endpoints.len()).find(|&i| set.endpoints[i].stats.available(now_ms()))
+        })
+    }
+
+    fn random_index(&self, n: usize) -> usize {
+        // xorshift64*, advanced atomically so concurrent picks never share a draw.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        loop {
+            let mut y = x;
+            y ^= y >> 12;
+            y ^= y << 25;
+            y ^= y >> 27;
+            match self.rng.compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return (y.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n,
+                Err(cur) => x = cur,
+            }
+        }
+    }
+
+    fn random(&self, set: &Set, local: bool, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let sub = self.candidates(set, local);
+        let n = if local { sub.len() } else { set.endpoints.len() };
+        let at = |k: usize| if local { sub[k % n] } else { k % n };
+        let start = self.random_index(n);
+        (0..n).map(|k| at(start + k)).find(|&i| ok(i))
+    }
+
+    /// Power of two choices: the better of two random endpoints, scored by
+    /// in-flight requests and latency.
+    fn least_request(&self, set: &Set, local: bool, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let a = self.random(set, local, &ok)?;
+        // The second choice is distinct from the first when possible.
+        let sub = self.candidates(set, local);
+        let n = if local { sub.len() } else { set.endpoints.len() };
+        let at = |k: usize| if local { sub[k % n] } else { k % n };
+        let offset = 1 + self.random_index(n.max(2) - 1);
+        let pos = if local { sub.iter().position(|&i| i == a).unwrap_or(0) } else { a };
+        let b = (0..n).map(|k| at(pos + offset + k)).find(|&i| i != a && ok(i)).unwrap_or(a);
+        let score = |i: usize| set.endpoints[i].stats.score();
+        Some(if score(b) < score(a) { b } else { a })
+    }
+
+    fn hashed(&self, set: &Set, key: &[u8], ok: impl Fn(usize) -> bool) -> Option<usize> {
+        if set.ring.is_empty() {
+            return None;
+        }
+        let h = hash64(key);
+        let start = set.ring.partition_point(|(p, _)| *p < h);
+        let n = set.ring.len();
+        (0..n).map(|k| set.ring[(start + k) % n].1).find(|&i| ok(i))
+    }
+}
+
+/// nginx's smooth weighted round robin, run once per set: each step adds
+/// every weight to its current value, picks the largest, and subtracts the
+/// total from it. Weights are scaled down so that a cycle stays short.
+fn smooth_wrr(endpoints: &[Arc<Endpoint>]) -> Vec<usize> {
+    let mut weights: Vec<u64> = endpoints.iter().map(|e| e.instance.weight.max(1) as u64).collect();
+    let g = weights.iter().copied().fold(0, gcd);
+    if g > 1 {
+        weights.iter_mut().for_each(|w| *w /= g);
+    }
+    let total: u64 = weights.iter().sum();
+    if total as usize > MAX_WRR_LEN {
+        let scale = total as f64 / MAX_WRR_LEN as f64;
+        weights.iter_mut().for_each(|w| *w = ((*w as f64 / scale).round() as u64).max(1));
+    }
+    let total: i64 = weights.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, w) in current.iter_mut().zip(&weights) {
+                *c += *w as i64;
+            }
+            let best = (0..current.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).expect("non-empty");
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn build_ring(endpoints: &[Arc<Endpoint>]) -> Vec<(u64, usize)> {
+    let mut ring = Vec::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let points = (e.instance.weight.max(1) * RING_POINTS_PER_WEIGHT).min(1000);
+        for v in 0..points {
+            ring.push((hash64(format!("{}#{v}", e.instance.id).as_bytes()), i));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// FNV-1a with a splitmix64 finish: stable across runs and platforms.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+use super::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn inst(id: &str, weight: u32, zone: &str) -> Instance {
+    Instance::new("svc", format!("127.0.0.1:{}", 1000 + id.len())).with_id(id).with_weight(weight).with_zone(zone)
+}
+
+fn balancer(policy: Policy, ids: &[(&str, u32)]) -> Balancer {
+    let b = Balancer::new(policy).with_seed(42);
+    b.update(ids.iter().map(|(id, w)| inst(id, *w, "")));
+    b
+}
+
+fn pick_ids(b: &Balancer, n: usize) -> Vec<String> {
+    (0..n).map(|_| b.pick(None).unwrap().instance().id.clone()).collect()
+}
+
+fn counts(ids: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for i in ids {
+        *m.entry(i.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn round_robin_takes_turns() {
+    let b = balancer(Policy::RoundRobin, &[("a", 1), ("b", 1), ("c", 1)]);
+    let seq = pick_ids(&b, 6);
+    assert_eq!(seq[..3], seq[3..]);
+    assert_eq!(counts(&seq).len(), 3);
+}
+
+#[test]
+fn weighted_round_robin_hits_exact_proportions_smoothly() {
+    let b = balancer(Policy::WeightedRoundRobin, &[("a", 5), ("b", 1), ("c", 1)]);
+    let seq = pick_ids(&b, 7);
+    let c = counts(&seq);
+    assert_eq!((c["a"], c["b"], c["c"]), (5, 1, 1));
+    assert!(!seq.windows(4).any(|w| w.iter().all(|x| x == "a")), "smooth: no long bursts, got {seq:?}");
+    // Over many cycles the proportions stay exact.
+    let c = counts(&pick_ids(&b, 700));
+    assert_eq!((c["a"], c["b"], c["c"]), (500, 100, 100));
+    let b = balancer(Policy::WeightedRoundRobin, &[("x", 300), ("y", 200)]);
+    let c = counts(&pick_ids(&b, 500));
+    assert_eq!((c["x"], c["y"]), (300, 200), "weights are reduced by their gcd");
+}
+
+#[test]
+fn random_is_reproducible_with_a_seed() {
+    let a = pick_ids(&balancer(Policy::Random, &[("a", 1), ("b", 1), ("c", 1)]), 50);
+    let b = pick_ids(&balancer(Policy::Random, &[("a", 1), ("b", 1), ("c", 1)]), 50);
+    assert_eq!(a, b);
+    assert_eq!(counts(&a).len(), 3);
+}
+
+#[test]
+fn consistent_hash_moves_about_one_nth_of_keys() {
+    let ids: Vec<String> = (0..10).map(|i| format!("node{i}")).collect();
+    let b = Balancer::new(Policy::ConsistentHash);
+    b.update(ids.iter().map(|id| inst(id, 100, "")));
+    let keys: Vec<String> = (0..10_000).map(|k| format!("user-{k}")).collect();
+    let place = |b: &Balancer| -> Vec<String> { keys.iter().map(|k| b.pick(Some(k.as_bytes())).unwrap().instance().id.clone()).collect() };
+    let before = place(&b);
+    let same = place(&b);
+    assert_eq!(before, same, "the same key goes to the same instance");
+    let spread = counts(&before);
+    assert!(spread.values().all(|&n| n > 500 && n < 1600), "roughly even: {spread:?}");
+    b.update(ids.iter().filter(|id| *id != "node3").map(|id| inst(id, 100, "")));
+    let after = place(&b);
+    let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+    assert!(before.iter().zip(&after).all(|(x, y)| x == y || x == "node3"), "only the leaving node's keys move");
+    assert!(moved as f64 <= 10_000.0 / 10.0 * 1.6, "moved {moved} of 10000 keys");
+}
+
+#[test]
+fn least_request_steers_away_from_a_slow_instance() {
+    let b = balancer(Policy::LeastRequest, &[("fast1", 1), ("fast2", 1), ("slow", 1)]);
+    let mut picks = Vec::new();
+    for _ in 0..3000 {
+        let mut g = b.pick(None).unwrap();
+        let slow = g.instance().id == "slow";
+        picks.push(g.instance().id.clone());
+        g.success_with(if slow { Duration::from_millis(100) } else { Duration::from_millis(1) });
+    }
+    let c = counts(&picks[300..].to_vec());
+    assert!(c.get("slow").copied().unwrap_or(0) < 2700 / 10, "slow got {:?}", c);
+    // In-flight load counts too: hold requests open on fast1.
+    let held: Vec<_> = (0..50).filter_map(|_| b.pick(None)).filter(|g| g.instance().id == "fast1").collect();
+    assert!(!held.is_empty());
+    let c = counts(&pick_ids(&b, 200));
+    assert!(c.get("fast2").copied().unwrap_or(0) > c.get("fast1").copied().unwrap_or(0), "{c:?}");
+}
+
+#[test]
+fn failures_eject_with_a_cap_and_a_probe_readmits() {
+    let health = HealthConfig {
+        consecutive_failures: 2,
+        base_ejection: Duration::from_millis(40),
+        max_ejection: Duration::from_secs(1),
+        max_ejected_percent: 50,
+    };
+    let b = Balancer::new(Policy::RoundRobin).with_health(health);
+    b.update(["a", "b", "c", "d"].iter().map(|id| inst(id, 1, "")));
+    let fail_on = |b: &Balancer, bad: &[&str], n: usize| {
+        for _ in 0..n {
+            let g = b.pick(None).unwrap();
+            if bad.contains(&g.instance().id.as_str()) { g.failure() } else { g.success() }
+        }
+    };
+    fail_on(&b, &["a", "b", "c"], 24);
+    let set = b.set();
+    let ejected: Vec<_> = set.endpoints.iter().filter(|e| e.stats.is_ejected()).map(|e| e.instance.id.clone()).collect();
+    assert_eq!(ejected.len(), 2, "at most 50% ejected, got {ejected:?}");
+    let seen = counts(&pick_ids(&b, 20));
+    assert!(ejected.iter().all(|id| !seen.contains_key(id)), "ejected endpoints get no traffic");
+    // After the backoff, exactly one probe goes through; success readmits.
+    std::thread::sleep(Duration::from_millis(60));
+    let probes: Vec<_> = (0..8).filter_map(|_| b.pick(None)).filter(|g| ejected.contains(&g.instance().id)).collect();
+    assert_eq!(probes.len(), ejected.len(), "one probe per ejected endpoint");
+    for p in probes {
+        p.success();
+    }
+    assert!(b.set().endpoints.iter().all(|e| !ejected.contains(&e.instance.id) || !e.stats.is_ejected()));
+}
+
+#[test]
+fn a_failed_probe_ejects_for_longer() {
+    let health = HealthConfig { consecutive_failures: 1, base_ejection: Duration::from_millis(30), max_ejection: Duration::from_secs(5), max_ejected_percent: 50 };
+    let b = Balancer::new(Policy::RoundRobin).with_health(health);
+    b.update(["a", "b"].iter().map(|id| inst(id, 1, "")));
+    loop {
+        let g = b.pick(None).unwrap();
+        if g.instance().id == "a" {
+            g.failure();
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(40));
+    let probe = (0..4).filter_map(|_| b.pick(None)).find(|g| g.instance().id == "a").expect("probe admitted");
+    probe.failure();
+    std::thread::sleep(Duration::from_millis(40));
+    assert!(pick_ids(&b, 6).iter().all(|id| id == "b"), "second ejection lasts 60 ms, not 30");
+}
+
+#[test]
+fn zone_preference_falls_back_when_the_zone_is_unhealthy() {
+    let health = HealthConfig { consecutive_failures: 1, max_ejected_percent: 100, ..Default::default() };
+    let b = Balancer::new(Policy::RoundRobin).with_zone("eu").with_health(health);
+    b.update([inst("e1", 1, "eu"), inst("e2", 1, "eu"), inst("u1", 1, "us"), inst("u2", 1, "us")]);
+    assert!(pick_ids(&b, 10).iter().all(|id| id.starts_with('e')));
+    // Eject one of two: half healthy is still enough.
+    let g = (0..4).filter_map(|_| b.pick(None)).find(|g| g.instance().id == "e1").unwrap();
+    g.failure();
+    assert!(pick_ids(&b, 10).iter().all(|id| id == "e2"));
+    let g = (0..4).filter_map(|_| b.pick(None)).find(|g| g.instance().id == "e2").unwrap();
+    g.failure();
+    let c = counts(&pick_ids(&b, 10));
+    assert!(c.contains_key("u1") && c.contains_key("u2"), "spread over all: {c:?}");
+}
+
+#[test]
+fn stats_survive_set_updates_and_empty_sets_pick_nothing() {
+    let b = balancer(Policy::RoundRobin, &[("a", 1)]);
+    let g = b.pick(None).unwrap();
+    b.update([inst("a", 1, ""), inst("b", 1, "")]);
+    let a = b.set().endpoints.iter().find(|e| e.instance.id == "a").unwrap().clone();
+    assert_eq!(a.stats.in_flight(), 1, "in-flight count carried over");
+    drop(g);
+    assert_eq!(a.stats.in_flight(), 0);
+    b.update([]);
+    assert!(b.pick(None).is_none());
+}
