@@ -1,1 +1,395 @@
-//! placeholder
+//! The etcd v3 gRPC API over a Roster [`Store`], plus health and metrics over
+//! HTTP: the serving half of `roster serve`.
+//!
+//! The caller binds the ports and owns shutdown; [`serve`] runs until the
+//! shutdown future resolves, drains, and closes the store.
+//!
+//! Modules:
+//! - `kv`, `watch`, `lease`, `cluster`, `maintenance`, `auth`: one per etcd
+//!   service. Each handler checks size, validates with etcd's exact errors,
+//!   calls the store, and fills the response header.
+//! - `http`: `GET /health` and `GET /metrics`.
+//! - `metrics`: the Prometheus registry.
+//! - `config`: [`ServerConfig`].
+//!
+//! Every gRPC service is implemented on one cheap `Clone` handle, `Server`,
+//! over an `Arc` of what all handlers share.
+
+mod auth;
+mod cluster;
+mod config;
+mod http;
+mod kv;
+mod lease;
+mod maintenance;
+mod metrics;
+mod watch;
+
+pub use config::ServerConfig;
+
+use metrics::Metrics;
+use roster_api::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
+};
+use roster_api::{GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
+use roster_store::Store;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
+use tonic::{Request, Response, Status};
+
+/// etcd's raft term; one node never holds an election after the first.
+const RAFT_TERM: u64 = 1;
+/// Largest response we will encode. Big ranges must still go out; etcd
+/// sets no send limit either.
+const MAX_ENCODING_BYTES: usize = usize::MAX;
+
+/// Services reported by `grpc.health.v1`, besides the overall "" status.
+const HEALTH_SERVICES: [&str; 6] = [
+    "etcdserverpb.KV",
+    "etcdserverpb.Watch",
+    "etcdserverpb.Lease",
+    "etcdserverpb.Cluster",
+    "etcdserverpb.Maintenance",
+    "etcdserverpb.Auth",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("invalid server config: {0}")]
+    Config(String),
+    #[error("gRPC server failed")]
+    Grpc(#[source] tonic::transport::Error),
+    #[error("HTTP server failed")]
+    Http(#[source] std::io::Error),
+}
+
+/// Serves the etcd v3 API on `grpc` (and health/metrics on `http`) until
+/// `shutdown` resolves. Then it stops accepting, lets in-flight calls finish
+/// (open Watch and KeepAlive streams are ended with "etcdserver: server
+/// stopped" so clients reconnect), stops background tasks and closes the
+/// store.
+pub async fn serve(
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let (stop_tx, stop_rx) = signal::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let server = Server::new(store.clone(), config, Stop(stop_rx));
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    }
+
+    // Turns the caller's shutdown into our stop signal. Aborted below if the
+    // server ends first, so it never outlives `serve`.
+    let trigger = tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown.await;
+            tracing::debug!("shutdown requested; draining");
+            // Load balancers polling health see us leave before we stop.
+            for name in HEALTH_SERVICES.into_iter().chain([""]) {
+                health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+            }
+            stop_tx.send_replace(true);
+        }
+    });
+
+    let background = [
+        tokio::spawn(lease_expiry(server.clone())),
+        tokio::spawn(progress_notify(server.clone())),
+    ];
+    let http_task = http.map(|l| tokio::spawn(http::serve(l, server.clone())));
+
+    let grpc_result = serve_grpc(grpc, server.clone(), health_svc).await;
+
+    // The gRPC server may have failed on its own: stop everything else too.
+    stop_tx.send_replace(true);
+    trigger.abort();
+    for task in background {
+        let _ = task.await;
+    }
+    let http_result = match http_task {
+        Some(t) => t.await.unwrap_or(Ok(())),
+        None => Ok(()),
+    };
+    store.close();
+    grpc_result.and(http_result)
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    server: Server,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Result<(), ServerError> {
+    // etcd accepts a gRPC message somewhat larger than its request limit, so
+    // that an oversized request gets etcd's own error rather than the
+    // transport's.
+    const MAX_DECODING: usize = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
+    macro_rules! svc {
+        ($s:ident) => {
+            $s::new(server.clone())
+                .max_decoding_message_size(MAX_DECODING)
+                .max_encoding_message_size(MAX_ENCODING_BYTES)
+        };
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stop = server.stop().clone();
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(svc!(KvServer))
+        .add_service(svc!(WatchServer))
+        .add_service(svc!(LeaseServer))
+        .add_service(svc!(ClusterServer))
+        .add_service(svc!(MaintenanceServer))
+        .add_service(svc!(AuthServer));
+    let run = router.serve_with_incoming_shutdown(incoming, async move { stop.wait().await });
+    let grace = server.config().shutdown_grace;
+    let stop = server.stop().clone();
+    with_grace(run, stop, grace, "gRPC").await.map_err(ServerError::Grpc)
+}
+
+/// Runs `fut`; once `stop` fires, waits at most `grace` more for it.
+/// Connections that outlive the grace period (a client that ignores GOAWAY,
+/// a health watch) are left to die with the process.
+async fn with_grace<E>(
+    fut: impl Future<Output = Result<(), E>>,
+    stop: Stop,
+    grace: std::time::Duration,
+    what: &str,
+) -> Result<(), E> {
+    tokio::select! {
+        r = fut => r,
+        () = async { stop.wait().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "{what} connections still open after the shutdown grace period; leaving them");
+            Ok(())
+        }
+    }
+}
+
+/// Revokes expired leases every tick until stopped.
+async fn lease_expiry(server: Server) {
+    let mut tick = tokio::time::interval(server.config().lease_tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = server.store().expire_leases().await;
+                if n > 0 {
+                    tracing::debug!(leases = n, "revoked expired leases");
+                }
+            }
+            () = server.stop().wait() => return,
+        }
+    }
+}
+
+/// Sends progress notifications to watchers that asked for them.
+async fn progress_notify(server: Server) {
+    let every = server.config().progress_notify_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => server.store().progress_notify(),
+            () = server.stop().wait() => return,
+        }
+    }
+}
+
+/// Resolves once the server is shutting down. Cheap to clone; every stream
+/// task holds one.
+#[derive(Clone)]
+pub(crate) struct Stop(signal::Receiver<bool>);
+
+// === impl Stop ===
+
+impl Stop {
+    pub(crate) async fn wait(&self) {
+        let mut rx = self.0.clone();
+        // A dropped sender also means "stop".
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// The handle every gRPC service is implemented on.
+#[derive(Clone)]
+pub(crate) struct Server {
+    shared: Arc<Shared>,
+}
+
+/// Read-only after start, so no lock: the store and metrics synchronise
+/// internally.
+struct Shared {
+    store: Store,
+    config: ServerConfig,
+    metrics: Metrics,
+    stop: Stop,
+}
+
+/// A response with an etcd `ResponseHeader`.
+pub(crate) trait Headed {
+    /// Whether a missing revision is filled with the current one. etcd's
+    /// ClusterServer sends ids and term only.
+    const FILL_REVISION: bool = true;
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
+}
+
+macro_rules! headed {
+    ($($t:ident),* $(,)?) => {
+        $(impl Headed for roster_api::etcdserverpb::$t {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        })*
+    };
+}
+
+headed!(
+    RangeResponse,
+    PutResponse,
+    DeleteRangeResponse,
+    TxnResponse,
+    CompactionResponse,
+    LeaseGrantResponse,
+    LeaseRevokeResponse,
+    LeaseKeepAliveResponse,
+    LeaseTimeToLiveResponse,
+    LeaseLeasesResponse,
+    StatusResponse,
+    AlarmResponse,
+    AuthenticateResponse,
+);
+
+impl Headed for roster_api::etcdserverpb::MemberListResponse {
+    const FILL_REVISION: bool = false;
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+        &mut self.header
+    }
+}
+
+// === impl Server ===
+
+impl Server {
+    fn new(store: Store, config: ServerConfig, stop: Stop) -> Self {
+        Server { shared: Arc::new(Shared { store, config, metrics: Metrics::new(), stop }) }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub(crate) fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub(crate) fn stop(&self) -> &Stop {
+        &self.shared.stop
+    }
+
+    /// Fills the top-level header the store left partial: ids, term, and the
+    /// current revision when the store gave none. Nested txn responses are
+    /// left alone, as etcd leaves them.
+    pub(crate) fn fill_header(&self, h: &mut Option<ResponseHeader>) {
+        let h = h.get_or_insert_with(ResponseHeader::default);
+        self.fill_ids(h);
+        if h.revision == 0 {
+            h.revision = self.store().revision();
+        }
+    }
+
+    /// Ids and term only. Watch responses keep the store's revision even when
+    /// it is 0 (etcd sends 0 with a compacted-watch cancel), and MemberList
+    /// carries no revision in etcd.
+    pub(crate) fn fill_ids(&self, h: &mut ResponseHeader) {
+        h.cluster_id = self.config().cluster_id;
+        h.member_id = self.config().member_id;
+        h.raft_term = RAFT_TERM;
+    }
+
+    /// One unary call: size check, then `f` (validation and the store call),
+    /// then the header, then metrics.
+    pub(crate) async fn unary<Req, Resp, Fut>(
+        &self,
+        method: &'static str,
+        req: Request<Req>,
+        f: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message,
+        Resp: Headed,
+        Fut: Future<Output = Result<Resp, Status>>,
+    {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let result = match roster_api::validate::check_size(req.encoded_len()) {
+            Err(e) => Err(Status::from(e)),
+            Ok(()) => f(req).await,
+        };
+        let result = result.map(|mut resp| {
+            if Resp::FILL_REVISION {
+                self.fill_header(resp.header_mut());
+            } else {
+                self.fill_ids(resp.header_mut().get_or_insert_with(ResponseHeader::default));
+            }
+            resp
+        });
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        if let Err(status) = &result {
+            tracing::debug!(method, code = ?status.code(), message = status.message(), "request failed");
+        }
+        self.metrics().observe(method, code, Some(started.elapsed()));
+        result.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> Server {
+        let (_tx, rx) = signal::channel(false);
+        let config = ServerConfig { cluster_id: 11, member_id: 22, ..Default::default() };
+        Server::new(Store::in_memory(), config, Stop(rx))
+    }
+
+    #[tokio::test]
+    async fn fill_header_sets_ids_and_keeps_store_revision() {
+        let s = server();
+        let mut h = Some(ResponseHeader { revision: 5, ..Default::default() });
+        s.fill_header(&mut h);
+        assert_eq!(h, Some(ResponseHeader { cluster_id: 11, member_id: 22, revision: 5, raft_term: 1 }));
+    }
+
+    #[tokio::test]
+    async fn fill_header_supplies_missing_revision() {
+        let s = server();
+        let mut h = None;
+        s.fill_header(&mut h);
+        let h = h.unwrap();
+        assert_eq!(h.revision, s.store().revision());
+        assert_eq!(h.revision, 1, "a fresh store is at revision 1");
+        assert_eq!((h.cluster_id, h.member_id, h.raft_term), (11, 22, 1));
+    }
+
+    #[tokio::test]
+    async fn stop_resolves_when_sender_drops() {
+        let (tx, rx) = signal::channel(false);
+        drop(tx);
+        Stop(rx).wait().await;
+    }
+}

@@ -1,0 +1,38 @@
+//! The HTTP side: `GET /health` in etcd's shape and `GET /metrics` for
+//! Prometheus.
+
+use crate::{Server, ServerError};
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+/// etcd 3.4's `/health` body for a healthy member.
+const HEALTHY: &str = r#"{"health":"true"}"#;
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub(crate) fn router(server: Server) -> Router {
+    Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(server)
+}
+
+pub(crate) async fn serve(listener: TcpListener, server: Server) -> Result<(), ServerError> {
+    let stop = server.stop().clone();
+    let grace = server.config().shutdown_grace;
+    let run = axum::serve(listener, router(server)).with_graceful_shutdown({
+        let stop = stop.clone();
+        async move { stop.wait().await }
+    });
+    crate::with_grace(run.into_future(), stop, grace, "HTTP").await.map_err(ServerError::Http)
+}
+
+/// A single node that answers is healthy: there is no quorum to lose.
+async fn health() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], HEALTHY)
+}
+
+async fn metrics(State(server): State<Server>) -> impl IntoResponse {
+    let text = server.metrics().render(&server.store().status());
+    ([(CONTENT_TYPE, OPENMETRICS)], text)
+}

@@ -1,0 +1,106 @@
+//! etcdserverpb.Watch: one bidirectional stream per call.
+//!
+//! Two tasks per stream. The reader turns client requests into calls on the
+//! store's [`WatchControl`]; the writer drains [`WatchEvents`] into a bounded
+//! channel that tonic sends from. When the client goes away tonic drops the
+//! channel's receiver, the writer sees it closed and ends, and the reader is
+//! ended with it, so a vanished client costs nothing for long.
+
+use crate::Server;
+use roster_api::etcdserverpb::{
+    watch_request::RequestUnion, watch_server::Watch, WatchRequest, WatchResponse,
+};
+use roster_api::EtcdError;
+use roster_store::{WatchControl, WatchEvents};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+const WATCH: &str = "/etcdserverpb.Watch/Watch";
+
+/// Responses queued for tonic per stream. The store keeps its own, larger
+/// queue behind this one and switches a slow stream to catch-up from
+/// history, so this only smooths the hand-off.
+const SEND_BUFFER: usize = 64;
+
+// === impl Server as Watch ===
+
+#[tonic::async_trait]
+impl Watch for Server {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = req.into_inner();
+        let (control, events) = self.store().watch_stream();
+        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        tokio::spawn(run(self.clone(), inbound, control, events, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Runs one stream until the client leaves or the server stops.
+async fn run(
+    server: Server,
+    inbound: Streaming<WatchRequest>,
+    control: WatchControl,
+    events: WatchEvents,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+) {
+    let _gauge = server.metrics().watch_stream();
+    // The writer holds a control clone too: a client that closes its send
+    // side keeps receiving events, as with etcd, until it goes away.
+    let reader = read_requests(inbound, control.clone());
+    let writer = write_responses(&server, events, &tx, control);
+    tokio::pin!(reader);
+    let code = tokio::select! {
+        code = writer => code,
+        () = server.stop().wait() => {
+            let _ = tx.try_send(Err(EtcdError::Stopped.into()));
+            Code::Unavailable
+        }
+        // Keep reading requests while the writer runs; a finished reader
+        // alone does not end the stream.
+        () = async { (&mut reader).await; std::future::pending::<()>().await } => unreachable!(),
+    };
+    server.metrics().observe(WATCH, code, None);
+}
+
+async fn read_requests(mut inbound: Streaming<WatchRequest>, control: WatchControl) {
+    loop {
+        let req = match inbound.message().await {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(%status, "watch stream broke");
+                return;
+            }
+        };
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => control.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) => control.cancel(c.watch_id).await,
+            Some(RequestUnion::ProgressRequest(_)) => control.progress().await,
+            // A kind from a newer etcd: ignored, as etcd ignores unknown ones.
+            None => {}
+        }
+    }
+}
+
+async fn write_responses(
+    server: &Server,
+    mut events: WatchEvents,
+    tx: &mpsc::Sender<Result<WatchResponse, Status>>,
+    _control: WatchControl,
+) -> Code {
+    loop {
+        let next = tokio::select! {
+            next = events.next() => next,
+            () = tx.closed() => return Code::Cancelled,
+        };
+        let Some(mut resp) = next else { return Code::Ok };
+        // etcd's watch header keeps the revision it was built with, even 0.
+        server.fill_ids(resp.header.get_or_insert_with(Default::default));
+        if tx.send(Ok(resp)).await.is_err() {
+            return Code::Cancelled;
+        }
+    }
+}
