@@ -31,6 +31,7 @@
 
 pub mod balance;
 pub mod client;
+pub mod grpc;
 mod backoff;
 mod discovery;
 mod error;

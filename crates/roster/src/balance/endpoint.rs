@@ -171,6 +171,25 @@ impl Guard {
         }
     }
 
+    /// The endpoint could not be reached at all: eject it at once, within
+    /// the cap, instead of waiting for more failures.
+    pub fn connect_failure(mut self) {
+        self.reported = true;
+        let now = now_ms();
+        let s = &self.endpoint.stats;
+        if s.ejected_until.load(Ordering::Relaxed) != 0 {
+            self.eject(now);
+            return;
+        }
+        let size = self.ejections.size.load(Ordering::Relaxed);
+        let cap = size * self.health.max_ejected_percent as usize / 100;
+        if self.ejections.ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).is_ok() {
+            self.eject(now);
+        } else {
+            s.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn eject(&self, now: u64) {
         let s = &self.endpoint.stats;
         let n = s.ejections.fetch_add(1, Ordering::Relaxed).min(16);
