@@ -1,1 +1,26 @@
-//! placeholder
+//! Test support: real `etcd`, `etcdctl` and `roster serve` processes on
+//! loopback.
+//!
+//! - [`Etcd`] and [`Roster`]: a server process on free `127.0.0.1` ports in
+//!   its own temporary directory, started and waited for (bounded), and
+//!   killed by its own PID on drop. Both hand out a connected tonic
+//!   [`Channel`](tonic::transport::Channel).
+//! - [`Etcdctl`]: runs the real `etcdctl` against an endpoint, with a
+//!   timeout, or in the background ([`Background`]) for the commands that
+//!   keep running (`watch`, `lease keep-alive`, `lock`, `elect`).
+//! - [`require_etcd`] / [`require_etcdctl`]: skip loudly when the tools are
+//!   missing, but never under `CI=true`.
+//!
+//! Every wait here is bounded and every process is stopped by its PID, so a
+//! failing test leaves nothing behind.
+
+mod etcdctl;
+mod server;
+mod tools;
+
+pub use etcdctl::{Background, CtlOutput, Etcdctl};
+pub use server::{Etcd, Roster, ServerLog, StartFailure};
+pub use tools::{free_port, require_etcd, require_etcdctl, which};
+
+/// How long a server may take to answer after it was spawned.
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

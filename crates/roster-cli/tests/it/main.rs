@@ -1,0 +1,20 @@
+//! Integration tests of the `roster` binary, one module per concern.
+//!
+//! - `differential`: seeded random operation sequences sent to real etcd and
+//!   to `roster serve`; every response must be identical (etcd-vs-etcd runs
+//!   too, which proves the harness honest).
+//! - `etcdctl`: the real `etcdctl` against `roster serve`, with the same
+//!   assertions run against real etcd as a conformance check.
+//! - `bad_input`: malformed and limit-breaking requests get etcd's exact
+//!   code and message.
+//! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
+//!   a torn WAL tail is handled.
+//!
+//! Tests that need etcd print a loud notice and skip when it is missing, but
+//! never under `CI=true`.
+
+mod bad_input;
+mod crash;
+mod differential;
+mod etcdctl;
+mod support;

@@ -1,0 +1,46 @@
+//! Finding the external tools, and skipping (loudly) without them.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// The first executable named `name` on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| {
+        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    })
+}
+
+fn require(tool: &str) -> Option<PathBuf> {
+    if let Some(p) = which(tool) {
+        return Some(p);
+    }
+    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    let msg = format!(
+        "!!! SKIPPED: `{tool}` not installed; install the Debian packages etcd-server etcd-client !!!"
+    );
+    if ci {
+        panic!("{msg} (CI=true: tests must not skip)");
+    }
+    eprintln!("\n{}\n{msg}\n{}\n", "!".repeat(msg.len()), "!".repeat(msg.len()));
+    None
+}
+
+/// The path of `etcd`, or `None` after a loud notice on stderr when it is not
+/// installed. Under `CI=true` a missing `etcd` panics: CI never skips.
+pub fn require_etcd() -> Option<PathBuf> {
+    require("etcd")
+}
+
+/// As [`require_etcd`], for `etcdctl`.
+pub fn require_etcdctl() -> Option<PathBuf> {
+    require("etcdctl")
+}
+
+/// A loopback port that was free a moment ago. The caller's server binds it
+/// next; a lost race shows up as a failed start, which the starters retry.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
