@@ -48,9 +48,11 @@ pub struct EndpointStats {
     probing: AtomicBool,
 }
 
-/// Shared ejection accounting of one balancer.
+/// What a balancer's guards share: the health settings and the ejection
+/// count that enforces the cap.
 #[derive(Debug, Default)]
 pub(crate) struct Ejections {
+    pub health: HealthConfig,
     pub ejected: AtomicUsize,
     pub size: AtomicUsize,
 }
@@ -66,7 +68,7 @@ impl EndpointStats {
         Duration::from_nanos(self.ewma_ns.load(Ordering::Relaxed))
     }
 
-    pub fn healthy(&self, _now: u64) -> bool {
+    pub fn healthy(&self) -> bool {
         self.ejected_until.load(Ordering::Relaxed) == 0
     }
 
@@ -75,16 +77,17 @@ impl EndpointStats {
     }
 
     /// Healthy, or ejected with the backoff over and no probe in flight.
-    pub(crate) fn available(&self, now: u64) -> bool {
+    /// The clock is read only for ejected endpoints: the hot path never.
+    pub(crate) fn available(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until == 0 || (now >= until && !self.probing.load(Ordering::Relaxed))
+        until == 0 || (now_ms() >= until && !self.probing.load(Ordering::Relaxed))
     }
 
     /// Counts a request; marks it as the probe when half-open.
-    pub(crate) fn admit(&self, now: u64) {
+    pub(crate) fn admit(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let until = self.ejected_until.load(Ordering::Relaxed);
-        if until != 0 && now >= until {
+        if until != 0 && now_ms() >= until {
             self.probing.store(true, Ordering::Relaxed);
         }
     }
@@ -108,17 +111,20 @@ impl EndpointStats {
 #[derive(Debug)]
 pub struct Guard {
     endpoint: Arc<Endpoint>,
-    health: HealthConfig,
-    ejections: Arc<Ejections>,
-    start: Instant,
+    /// Taken only where latency steers picks (least-request).
+    start: Option<Instant>,
     reported: bool,
 }
 
 // === impl Guard ===
 
 impl Guard {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, health: &HealthConfig, ejections: Arc<Ejections>) -> Self {
-        Guard { endpoint, health: health.clone(), ejections, start: Instant::now(), reported: false }
+    pub(crate) fn new(endpoint: Arc<Endpoint>, timed: bool) -> Self {
+        Guard { endpoint, start: timed.then(Instant::now), reported: false }
+    }
+
+    fn shared(&self) -> &Ejections {
+        &self.endpoint.ejections
     }
 
     pub fn endpoint(&self) -> &Arc<Endpoint> {
@@ -131,19 +137,28 @@ impl Guard {
 
     /// The request succeeded; a half-open endpoint is readmitted.
     pub fn success(mut self) {
-        self.success_with(self.start.elapsed());
+        self.reported = true;
+        let s = &self.endpoint.stats;
+        if let Some(start) = self.start {
+            s.record_latency(start.elapsed());
+        }
+        self.readmit();
     }
 
     /// As [`success`](Self::success), with a measured latency.
     pub fn success_with(&mut self, latency: Duration) {
         self.reported = true;
+        self.endpoint.stats.record_latency(latency);
+        self.readmit();
+    }
+
+    fn readmit(&self) {
         let s = &self.endpoint.stats;
-        s.record_latency(latency);
         s.failures.store(0, Ordering::Relaxed);
         if s.ejected_until.swap(0, Ordering::Relaxed) != 0 {
             s.probing.store(false, Ordering::Relaxed);
             let _ = s.ejections.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-            let _ = self.ejections.ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            let _ = self.shared().ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             tracing::info!(instance = %self.endpoint.instance.id, "readmitted after a successful probe");
         }
     }
@@ -152,7 +167,9 @@ impl Guard {
     pub fn failure(mut self) {
         self.reported = true;
         let s = &self.endpoint.stats;
-        s.record_latency(self.start.elapsed());
+        if let Some(start) = self.start {
+            s.record_latency(start.elapsed());
+        }
         let now = now_ms();
         if s.ejected_until.load(Ordering::Relaxed) != 0 {
             // A failed probe: out again, for longer.
@@ -160,12 +177,12 @@ impl Guard {
             return;
         }
         let failures = s.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures < self.health.consecutive_failures {
+        if failures < self.shared().health.consecutive_failures {
             return;
         }
-        let size = self.ejections.size.load(Ordering::Relaxed);
-        let cap = size * self.health.max_ejected_percent as usize / 100;
-        let reserved = self.ejections.ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1));
+        let size = self.shared().size.load(Ordering::Relaxed);
+        let cap = size * self.shared().health.max_ejected_percent as usize / 100;
+        let reserved = self.shared().ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1));
         if reserved.is_ok() {
             self.eject(now);
         }
@@ -181,9 +198,9 @@ impl Guard {
             self.eject(now);
             return;
         }
-        let size = self.ejections.size.load(Ordering::Relaxed);
-        let cap = size * self.health.max_ejected_percent as usize / 100;
-        if self.ejections.ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).is_ok() {
+        let size = self.shared().size.load(Ordering::Relaxed);
+        let cap = size * self.shared().health.max_ejected_percent as usize / 100;
+        if self.shared().ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).is_ok() {
             self.eject(now);
         } else {
             s.failures.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +210,7 @@ impl Guard {
     fn eject(&self, now: u64) {
         let s = &self.endpoint.stats;
         let n = s.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-        let d = self.health.base_ejection.saturating_mul(1 << n).min(self.health.max_ejection);
+        let d = self.shared().health.base_ejection.saturating_mul(1 << n).min(self.shared().health.max_ejection);
         s.ejected_until.store(now + d.as_millis() as u64, Ordering::Relaxed);
         s.probing.store(false, Ordering::Relaxed);
         s.failures.store(0, Ordering::Relaxed);

@@ -37,6 +37,7 @@ use std::sync::Arc;
 pub struct Endpoint {
     pub instance: Instance,
     pub stats: Arc<EndpointStats>,
+    ejections: Arc<Ejections>,
 }
 
 /// The immutable set a pick reads.
@@ -54,7 +55,6 @@ pub struct Set {
 /// Picks endpoints for requests.
 pub struct Balancer {
     policy: Policy,
-    health: HealthConfig,
     zone: Option<String>,
     set: ArcSwap<Set>,
     /// Round-robin position.
@@ -74,7 +74,6 @@ impl Balancer {
     pub fn new(policy: Policy) -> Self {
         Balancer {
             policy,
-            health: HealthConfig::default(),
             zone: None,
             set: ArcSwap::from_pointee(Set::default()),
             cursor: AtomicUsize::new(0),
@@ -84,7 +83,7 @@ impl Balancer {
     }
 
     pub fn with_health(mut self, health: HealthConfig) -> Self {
-        self.health = health;
+        self.ejections = Arc::new(Ejections { health, ..Default::default() });
         self
     }
 
@@ -106,7 +105,7 @@ impl Balancer {
     }
 
     pub fn health(&self) -> &HealthConfig {
-        &self.health
+        &self.ejections.health
     }
 
     /// Replaces the set. Instances already known keep their statistics.
@@ -117,7 +116,7 @@ impl Balancer {
             .into_iter()
             .map(|i| {
                 let stats = known.get(i.id.as_str()).map_or_else(Default::default, |e| e.stats.clone());
-                Arc::new(Endpoint { instance: i, stats })
+                Arc::new(Endpoint { instance: i, stats, ejections: self.ejections.clone() })
             })
             .collect();
         endpoints.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
@@ -146,11 +145,10 @@ impl Balancer {
         if set.endpoints.is_empty() {
             return None;
         }
-        let now = now_ms();
-        let local = self.use_local(&set, now);
+        let local = self.use_local(&set);
         let ok = |i: usize| {
             let e = &set.endpoints[i];
-            (!local || e.instance.zone.as_str() == self.zone.as_deref().unwrap_or("")) && e.stats.available(now)
+            (!local || e.instance.zone.as_str() == self.zone.as_deref().unwrap_or("")) && e.stats.available()
         };
         let idx = match self.policy {
             Policy::RoundRobin => self.round_robin(&set, local, ok),
@@ -160,16 +158,16 @@ impl Balancer {
             Policy::ConsistentHash => self.hashed(&set, key.unwrap_or_default(), ok),
         }?;
         let e = set.endpoints[idx].clone();
-        e.stats.admit(now);
-        Some(Guard::new(e, &self.health, self.ejections.clone()))
+        e.stats.admit();
+        Some(Guard::new(e, self.policy == Policy::LeastRequest))
     }
 
     /// Local endpoints are preferred while at least half are healthy.
-    fn use_local(&self, set: &Set, now: u64) -> bool {
+    fn use_local(&self, set: &Set) -> bool {
         if set.local.is_empty() {
             return false;
         }
-        let healthy = set.local.iter().filter(|&&i| set.endpoints[i].stats.healthy(now)).count();
+        let healthy = set.local.iter().filter(|&&i| set.endpoints[i].stats.healthy()).count();
         healthy * 2 >= set.local.len()
     }
 
@@ -193,23 +191,21 @@ impl Balancer {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         (0..n).map(|k| set.wrr[(start + k) % n]).find(|&i| ok(i)).or_else(|| {
             // Zone preference may exclude every weighted slot; fall back.
-            (0..set.endpoints.len()).find(|&i| set.endpoints[i].stats.available(now_ms()))
+            (0..set.endpoints.len()).find(|&i| set.endpoints[i].stats.available())
         })
     }
 
+    /// 64 random bits: a splitmix64 step over an atomic Weyl sequence, one
+    /// uncontended atomic add per draw and reproducible from the seed.
+    fn draw(&self) -> u64 {
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
     fn random_index(&self, n: usize) -> usize {
-        // xorshift64*, advanced atomically so concurrent picks never share a draw.
-        let mut x = self.rng.load(Ordering::Relaxed);
-        loop {
-            let mut y = x;
-            y ^= y >> 12;
-            y ^= y << 25;
-            y ^= y >> 27;
-            match self.rng.compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return (y.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n,
-                Err(cur) => x = cur,
-            }
-        }
+        below(self.draw() as u32, n)
     }
 
     fn random(&self, set: &Set, local: bool, ok: impl Fn(usize) -> bool) -> Option<usize> {
@@ -220,17 +216,23 @@ impl Balancer {
         (0..n).map(|k| at(start + k)).find(|&i| ok(i))
     }
 
-    /// Power of two choices: the better of two random endpoints, scored by
-    /// in-flight requests and latency.
+    /// Power of two choices: the better of two distinct random endpoints,
+    /// scored by in-flight requests and latency.
     fn least_request(&self, set: &Set, local: bool, ok: impl Fn(usize) -> bool) -> Option<usize> {
-        let a = self.random(set, local, &ok)?;
-        // The second choice is distinct from the first when possible.
         let sub = self.candidates(set, local);
         let n = if local { sub.len() } else { set.endpoints.len() };
         let at = |k: usize| if local { sub[k % n] } else { k % n };
-        let offset = 1 + self.random_index(n.max(2) - 1);
-        let pos = if local { sub.iter().position(|&i| i == a).unwrap_or(0) } else { a };
-        let b = (0..n).map(|k| at(pos + offset + k)).find(|&i| i != a && ok(i)).unwrap_or(a);
+        let r = self.draw();
+        let first = below(r as u32, n);
+        let a = at(first);
+        let b = if n > 1 { at(first + 1 + below((r >> 32) as u32, n - 1)) } else { a };
+        let (a, b) = match (ok(a), ok(b)) {
+            (true, true) => (a, b),
+            (true, false) => return Some(a),
+            (false, true) => return Some(b),
+            // Both unavailable: take the next available one in order.
+            (false, false) => return (0..n).map(|k| at(first + k)).find(|&i| ok(i)),
+        };
         let score = |i: usize| set.endpoints[i].stats.score();
         Some(if score(b) < score(a) { b } else { a })
     }
@@ -244,6 +246,11 @@ impl Balancer {
         let n = set.ring.len();
         (0..n).map(|k| set.ring[(start + k) % n].1).find(|&i| ok(i))
     }
+}
+
+/// A uniform index below `n` without division (Lemire's multiply-shift).
+fn below(r: u32, n: usize) -> usize {
+    ((r as u64 * n as u64) >> 32) as usize
 }
 
 /// nginx's smooth weighted round robin, run once per set: each step adds
