@@ -217,9 +217,14 @@ impl Client {
             .await
     }
 
-    /// Opens a watch stream with `hasleader` set, on the current endpoint.
-    pub async fn watch_stream(&self) -> Result<WatchStream> {
+    /// Opens a watch stream with `hasleader` set, on the current endpoint,
+    /// and creates its first watcher. The create request is queued before
+    /// the stream opens: etcd (grpc-go) sends the response headers only with
+    /// its first message, so waiting for them first would hang.
+    pub async fn watch_stream(&self, create: WatchCreateRequest) -> Result<WatchStream> {
         let (tx, rx) = mpsc::channel(16);
+        let first = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
+        tx.try_send(first).expect("a new channel has room");
         let (endpoint, ch) = self.current();
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
@@ -228,12 +233,14 @@ impl Client {
         Ok(WatchStream { requests: tx, responses, endpoint })
     }
 
-    /// Opens a lease keepalive stream on the current endpoint.
-    pub async fn keep_alive_stream(&self) -> Result<KeepAliveStream> {
+    /// Opens a keepalive stream for `lease` on the current endpoint, with
+    /// its first renewal already queued (see [`Client::watch_stream`]).
+    pub async fn keep_alive_stream(&self, lease: i64) -> Result<KeepAliveStream> {
         let (tx, rx) = mpsc::channel(4);
+        tx.try_send(LeaseKeepAliveRequest { id: lease }).expect("a new channel has room");
         let (_, ch) = self.current();
-        let mut lease = LeaseClient::new(ch);
-        let responses = self.open(lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
+        let mut client = LeaseClient::new(ch);
+        let responses = self.open(client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
         Ok(KeepAliveStream { requests: tx, responses })
     }
 

@@ -11,7 +11,7 @@ use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::instance::Instance;
 use arc_swap::ArcSwap;
-use roster_api::etcdserverpb::{watch_request::RequestUnion, RangeRequest, WatchCreateRequest, WatchRequest};
+use roster_api::etcdserverpb::{RangeRequest, WatchCreateRequest};
 use roster_api::mvccpb::{event::EventType, KeyValue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -181,7 +181,6 @@ impl Task {
 
     /// Applies watch events from `rev + 1` until the watch ends.
     async fn follow(&self, rev: i64) -> crate::Result<()> {
-        let mut w = self.client.watch_stream().await?;
         let end = roster_api::range::prefix_end(self.dir.as_bytes());
         let create = WatchCreateRequest {
             key: self.dir.clone().into(),
@@ -190,10 +189,7 @@ impl Task {
             prev_kv: true,
             ..Default::default()
         };
-        w.requests
-            .send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
-            .await
-            .map_err(|_| crate::Error::Closed)?;
+        let mut w = self.client.watch_stream(create).await?;
         while let Some(resp) = w.responses.message().await? {
             if resp.canceled {
                 tracing::info!(service = %self.cell.service, compact_revision = resp.compact_revision, reason = %resp.cancel_reason, "watch canceled; resyncing");

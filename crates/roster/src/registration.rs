@@ -12,7 +12,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 use roster_api::etcdserverpb::{
-    watch_request::RequestUnion, LeaseKeepAliveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+    LeaseKeepAliveRequest, PutRequest, RangeRequest, WatchCreateRequest,
 };
 use roster_api::mvccpb::event::EventType;
 use std::time::Duration;
@@ -222,7 +222,8 @@ impl Task {
             if last_ok.elapsed() > self.ttl {
                 return Exit::Lost("registry unreachable for longer than the TTL".into());
             }
-            let streams = async { Ok::<_, Error>((self.client.keep_alive_stream().await?, self.client.watch_stream().await?)) };
+            let create = WatchCreateRequest { key: self.key.clone().into(), ..Default::default() };
+            let streams = async { Ok::<_, Error>((self.client.keep_alive_stream(self.lease).await?, self.client.watch_stream(create).await?)) };
             let (mut ka, mut w) = match streams.await {
                 Ok(s) => s,
                 Err(e) => {
@@ -236,8 +237,6 @@ impl Task {
                     }
                 }
             };
-            let create = WatchCreateRequest { key: self.key.clone().into(), ..Default::default() };
-            let _ = w.requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
             // The key may have gone while no watch was open.
             match self.key_exists().await {
                 Ok(true) => {}

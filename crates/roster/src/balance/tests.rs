@@ -84,7 +84,7 @@ fn least_request_steers_away_from_a_slow_instance() {
         picks.push(g.instance().id.clone());
         g.success_with(if slow { Duration::from_millis(100) } else { Duration::from_millis(1) });
     }
-    let c = counts(&picks[300..].to_vec());
+    let c = counts(&picks[300..]);
     assert!(c.get("slow").copied().unwrap_or(0) < 2700 / 10, "slow got {:?}", c);
     // In-flight load counts too: hold requests open on fast1.
     let held: Vec<_> = (0..50).filter_map(|_| b.pick(None)).filter(|g| g.instance().id == "fast1").collect();
