@@ -239,6 +239,8 @@ pub struct Roster {
     log: ServerLog,
     proc: Option<Proc>,
     channel: Option<Channel>,
+    /// Appended to `roster serve ...` on every start.
+    extra_args: Vec<String>,
     _log_dir: TempDir,
 }
 
@@ -267,6 +269,19 @@ impl Roster {
         Ok(r)
     }
 
+    /// As [`Roster::try_start_in`], with extra `roster serve` arguments
+    /// (kept for restarts), such as `--repair-wal`.
+    pub async fn try_start_in_with_args(
+        bin: impl AsRef<Path>,
+        data_dir: impl Into<PathBuf>,
+        args: &[&str],
+    ) -> Result<Roster, StartFailure> {
+        let mut r = Self::unstarted(bin.as_ref(), DataDir::Given(data_dir.into()));
+        r.extra_args = args.iter().map(|a| a.to_string()).collect();
+        r.spawn_and_wait().await?;
+        Ok(r)
+    }
+
     async fn start_with(bin: &Path, data: DataDir) -> Roster {
         let mut r = Self::unstarted(bin, data);
         if let Err(e) = r.spawn_and_wait().await {
@@ -285,6 +300,7 @@ impl Roster {
             log: ServerLog { path: log_dir.path().join("roster.log") },
             proc: None,
             channel: None,
+            extra_args: Vec::new(),
             _log_dir: log_dir,
         }
     }
@@ -314,8 +330,9 @@ impl Roster {
                     cmd.arg("--in-memory");
                 }
             }
-            let mut proc = Proc::spawn(cmd, &self.log.path).map_err(|reason| StartFailure { status: None, log: String::new(), reason })?;
+            cmd.args(&self.extra_args);
             let before = self.log.read().len();
+            let mut proc = Proc::spawn(cmd, &self.log.path).map_err(|reason| StartFailure { status: None, log: String::new(), reason })?;
             match wait_ready(&mut proc, &self.endpoint(), &self.log).await {
                 Ok(channel) => {
                     self.proc = Some(proc);

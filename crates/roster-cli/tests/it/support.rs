@@ -1,20 +1,10 @@
 //! Helpers shared by the test modules.
 
 use roster_api::etcdserverpb::ResponseHeader;
-use std::future::Future;
-use std::time::Duration;
 
 /// The `roster` binary cargo built for these tests.
 pub fn roster_bin() -> &'static str {
     env!("CARGO_BIN_EXE_roster")
-}
-
-/// Bounds one RPC: a server that hangs fails the test instead of hanging it.
-pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(15), fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no answer within 15 s"),
-    }
 }
 
 /// The gRPC outcome reduced to what clients see: the message, or the error's
