@@ -1,1 +1,85 @@
-fn main() {}
+//! The `roster` command: parse, init tracing, run the subcommand. Errors are
+//! printed with their whole chain; a usage error exits 2 (clap), any other
+//! failure exits 1.
+
+mod bench;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Service registration and discovery on the etcd v3 API.
+#[derive(Debug, Parser)]
+#[command(name = "roster", version, propagate_version = true)]
+struct Cli {
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives such as `roster_server=debug,info`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_name = "FILTER")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run a single-node registry server speaking the etcd v3 gRPC API.
+    ///
+    /// Every write is on disk (fsync) before it is acknowledged. etcdctl and
+    /// etcd's clients work against it unchanged, for example
+    /// `etcdctl --endpoints 127.0.0.1:2379 put /services/hello/1 10.0.0.7:50051`.
+    /// SIGINT or SIGTERM stops it gracefully.
+    Serve(serve::ServeArgs),
+    /// Load-test any etcd v3 endpoint (roster serve or etcd).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_tracing(&cli.log) {
+        eprintln!("error: invalid --log filter {:?}: {e}", cli.log);
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return report(&anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Commands::Serve(args) => serve::run(args).await,
+            Commands::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+fn init_tracing(filter: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
+    // Colour only for a person at a terminal, not for log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    Ok(())
+}
+
+/// Prints the error and every cause under it, most general first.
+fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

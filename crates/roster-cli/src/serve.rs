@@ -1,0 +1,327 @@
+//! `roster serve`: bind the ports, open the store, hand both to
+//! `roster_server::serve`, and stop gracefully on SIGINT or SIGTERM.
+
+use anyhow::{bail, Context, Result};
+use roster_server::ServerConfig;
+use roster_store::{Store, StoreConfig, StoreError, SystemClock};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Options of `roster serve`; its help text is on `Commands::Serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address for the etcd gRPC API: `host:port` or `http://host:port`.
+    #[arg(long, default_value = "127.0.0.1:2379", value_name = "ADDR", value_parser = parse_listen)]
+    listen: ListenAddr,
+
+    /// Address for HTTP `/health` and `/metrics`: `host:port` or `http://host:port`.
+    #[arg(long, default_value = "127.0.0.1:2381", value_name = "ADDR", value_parser = parse_listen)]
+    http: ListenAddr,
+
+    /// Do not serve HTTP health and metrics.
+    #[arg(long, conflicts_with = "http")]
+    no_http: bool,
+
+    /// Directory for the write-ahead log, snapshots and the member identity.
+    /// Created if missing; only one server may use it at a time.
+    #[arg(long, default_value = "./roster-data", value_name = "DIR")]
+    data_dir: PathBuf,
+
+    /// Keep everything in memory: nothing survives a restart, and member
+    /// and cluster ids are new each start. For tests and demos.
+    #[arg(long, conflicts_with_all = ["data_dir", "repair_wal"])]
+    in_memory: bool,
+
+    /// Member name, as MemberList shows it.
+    #[arg(long, default_value = "default")]
+    name: String,
+
+    /// Client URLs to advertise in MemberList, comma-separated
+    /// [default: http://<the bound --listen address>].
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    advertise_client_urls: Vec<String>,
+
+    /// If the write-ahead log is corrupt, cut it at the first bad record
+    /// instead of refusing to start. Writes after that record are lost.
+    #[arg(long)]
+    repair_wal: bool,
+}
+
+/// A listen address as given, scheme stripped; resolved when binding so that
+/// host names such as `localhost` work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ListenAddr(String);
+
+/// Accepts `host:port` and `http://host:port[/]`; refuses other schemes and
+/// paths with a hint, so a URL copied from an etcd flag works.
+fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    let s = s.trim();
+    let rest = match s.split_once("://") {
+        None => s,
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+            return Err("TLS is not supported; use host:port or http://host:port".into());
+        }
+        Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?}; use host:port or http://host:port")),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') {
+        return Err("a listen address has no path; use host:port".into());
+    }
+    // The port is after the last colon, outside any [IPv6] brackets.
+    let port = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !port.contains(']') => port,
+        _ => return Err(format!("{rest:?} has no port; use host:port, e.g. 127.0.0.1:2379")),
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{port:?} is not a port number"));
+    }
+    Ok(ListenAddr(rest.to_owned()))
+}
+
+/// Ids that make this data dir one etcd member of one cluster, kept across
+/// restarts so clients see the same member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct MemberIdentity {
+    cluster_id: u64,
+    member_id: u64,
+}
+
+const MEMBER_FILE: &str = "member.json";
+
+// === impl MemberIdentity ===
+
+impl MemberIdentity {
+    fn random() -> Self {
+        MemberIdentity { cluster_id: nonzero_random(), member_id: nonzero_random() }
+    }
+
+    /// Reads `<dir>/member.json`, or creates it on first start.
+    fn load_or_create(dir: &Path) -> Result<Self> {
+        let path = dir.join(MEMBER_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let id: MemberIdentity = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not a valid member identity file", path.display()))?;
+                if id.cluster_id == 0 || id.member_id == 0 {
+                    bail!("{} has a zero cluster_id or member_id", path.display());
+                }
+                Ok(id)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = MemberIdentity::random();
+                id.write(&path).with_context(|| format!("cannot write {}", path.display()))?;
+                tracing::info!(path = %path.display(), member_id = %format_args!("{:x}", id.member_id), "created member identity");
+                Ok(id)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Write-then-rename with fsyncs, so a crash never leaves a torn file
+    /// that would change the ids on the next start.
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(self).map_err(std::io::Error::other)?.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+fn nonzero_random() -> u64 {
+    loop {
+        let v = rand::random::<u64>();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// Binds `addr`, trying each address a host name resolves to.
+async fn bind(addr: &ListenAddr) -> Result<TcpListener> {
+    let hint = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("cannot listen on {}: address already in use; is another roster or etcd running?", addr.0)
+        } else {
+            anyhow::Error::new(e).context(format!("cannot listen on {}", addr.0))
+        }
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&addr.0)
+        .await
+        .with_context(|| format!("cannot resolve listen address {}", addr.0))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => hint(e),
+        None => anyhow::anyhow!("listen address {} resolves to nothing", addr.0),
+    })
+}
+
+/// Opens the store in `dir` (`None`: in memory) with the system clock.
+fn open_store(dir: Option<&Path>, repair: bool) -> Result<Store> {
+    let Some(dir) = dir else { return Ok(Store::in_memory()) };
+    let config = StoreConfig {
+        data_dir: Some(dir.to_owned()),
+        clock: Arc::new(SystemClock::default()),
+        repair,
+        ..Default::default()
+    };
+    Store::open(config).map_err(|e| {
+        let hint = match &e {
+            StoreError::Locked { .. } => "cannot open the store: is another roster serve using this data dir?".to_owned(),
+            StoreError::Corrupt(_) => format!(
+                "the write-ahead log in {} is corrupt; `roster serve --repair-wal` cuts it at the first bad \
+                 record (the writes after it are lost)",
+                dir.display()
+            ),
+            _ => format!("cannot open the store in {}", dir.display()),
+        };
+        anyhow::Error::new(e).context(hint)
+    })
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let grpc = bind(&args.listen).await?;
+    let http = if args.no_http { None } else { Some(bind(&args.http).await?) };
+    let grpc_addr = grpc.local_addr().context("bound gRPC socket has no address")?;
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose().context("bound HTTP socket has no address")?;
+
+    // Replaying the log can take a while; keep it off the async workers.
+    let dir = (!args.in_memory).then(|| args.data_dir.clone());
+    let store = tokio::task::spawn_blocking({
+        let (dir, repair) = (dir.clone(), args.repair_wal);
+        move || open_store(dir.as_deref(), repair)
+    })
+    .await
+    .context("store open task failed")??;
+    // Only once the store holds the dir lock, so two servers never race here.
+    let identity = match &dir {
+        Some(d) => MemberIdentity::load_or_create(d)?,
+        None => MemberIdentity::random(),
+    };
+
+    let client_urls = if args.advertise_client_urls.is_empty() {
+        vec![format!("http://{grpc_addr}")]
+    } else {
+        args.advertise_client_urls.clone()
+    };
+    let config = ServerConfig {
+        cluster_id: identity.cluster_id,
+        member_id: identity.member_id,
+        name: args.name.clone(),
+        client_urls,
+        ..Default::default()
+    };
+    let shutdown = shutdown_signal()?;
+
+    let http_note = match http_addr {
+        Some(h) => format!("health and metrics on http://{h}"),
+        None => "HTTP health and metrics off".to_owned(),
+    };
+    tracing::info!(
+        name = %args.name,
+        member_id = %format_args!("{:x}", identity.member_id),
+        cluster_id = %format_args!("{:x}", identity.cluster_id),
+        data_dir = %dir.as_ref().map_or("(in memory)".to_owned(), |d| d.display().to_string()),
+        revision = store.revision(),
+        "roster serving etcd v3 API on {grpc_addr}; {http_note}"
+    );
+    roster_server::serve(grpc, http, store, config, shutdown).await.context("server failed")?;
+    tracing::info!("roster stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed now, so a
+/// signal that arrives during startup is not lost.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        Ok(async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!("{which} received; shutting down gracefully");
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("Ctrl-C received; shutting down gracefully");
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_accepts_host_port_and_http_urls() {
+        let ok = |s: &str| parse_listen(s).unwrap().0;
+        assert_eq!(ok("127.0.0.1:2379"), "127.0.0.1:2379");
+        assert_eq!(ok("http://127.0.0.1:2379"), "127.0.0.1:2379");
+        assert_eq!(ok("HTTP://localhost:2379/"), "localhost:2379");
+        assert_eq!(ok("[::1]:2379"), "[::1]:2379");
+        assert_eq!(ok("0.0.0.0:0"), "0.0.0.0:0");
+    }
+
+    #[test]
+    fn listen_refuses_what_it_cannot_serve() {
+        let err = |s: &str| parse_listen(s).unwrap_err();
+        assert!(err("https://127.0.0.1:2379").contains("TLS"));
+        assert!(err("unix:///tmp/x").contains("unsupported scheme"));
+        assert!(err("127.0.0.1").contains("no port"));
+        assert!(err("[::1]").contains("no port"));
+        assert!(err("http://h:2379/v3").contains("no path"));
+        assert!(err("h:http").contains("not a port"));
+    }
+
+    #[test]
+    fn member_identity_is_stable_per_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = MemberIdentity::load_or_create(dir.path()).unwrap();
+        assert_ne!(first.member_id, 0);
+        assert_ne!(first.cluster_id, 0);
+        let again = MemberIdentity::load_or_create(dir.path()).unwrap();
+        assert_eq!(first, again);
+        let other = MemberIdentity::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert_ne!(first.member_id, other.member_id);
+    }
+
+    #[test]
+    fn corrupt_member_file_is_an_error_not_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MEMBER_FILE), b"{not json").unwrap();
+        let err = MemberIdentity::load_or_create(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("member.json"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn port_in_use_has_a_helpful_message() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = ListenAddr(taken.local_addr().unwrap().to_string());
+        let err = bind(&addr).await.unwrap_err().to_string();
+        assert!(err.contains("address already in use; is another roster or etcd running?"), "{err}");
+    }
+}
