@@ -1,6 +1,6 @@
 //! etcdserverpb.Lease: Grant, Revoke, KeepAlive (stream), TimeToLive, Leases.
 
-use crate::Server;
+use crate::{check_raft_size, Server};
 use roster_api::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
@@ -26,11 +26,19 @@ const KEEP_ALIVE_BUFFER: usize = 16;
 #[tonic::async_trait]
 impl Lease for Server {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        self.unary(GRANT, req, |r| async move { Ok(self.store().lease_grant(r).await?) }).await
+        self.unary(GRANT, req, |r| async move {
+            check_raft_size(&r)?;
+            Ok(self.store().lease_grant(r).await?)
+        })
+        .await
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
-        self.unary(REVOKE, req, |r| async move { Ok(self.store().lease_revoke(r).await?) }).await
+        self.unary(REVOKE, req, |r| async move {
+            check_raft_size(&r)?;
+            Ok(self.store().lease_revoke(r).await?)
+        })
+        .await
     }
 
     type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;

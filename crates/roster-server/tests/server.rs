@@ -22,6 +22,8 @@ use tonic::Code;
 
 const CLUSTER_ID: u64 = 0xC1;
 const MEMBER_ID: u64 = 0x3E;
+/// What a fresh single-node etcd 3.4 reports.
+const RAFT_TERM: u64 = 2;
 
 /// A running server; stopped by [`TestServer::stop`] or on drop.
 struct TestServer {
@@ -89,11 +91,11 @@ async fn put_then_get_carries_full_header() {
     let mut kv = KvClient::new(srv.channel().await);
     let p = kv.put(put("a", "1")).await.unwrap().into_inner();
     let h = p.header.unwrap();
-    assert_eq!((h.cluster_id, h.member_id, h.raft_term, h.revision), (CLUSTER_ID, MEMBER_ID, 1, 2));
+    assert_eq!((h.cluster_id, h.member_id, h.raft_term, h.revision), (CLUSTER_ID, MEMBER_ID, RAFT_TERM, 2));
 
     let r = kv.range(RangeRequest { key: "a".into(), ..Default::default() }).await.unwrap().into_inner();
     let h = r.header.unwrap();
-    assert_eq!((h.cluster_id, h.member_id, h.raft_term, h.revision), (CLUSTER_ID, MEMBER_ID, 1, 2));
+    assert_eq!((h.cluster_id, h.member_id, h.raft_term, h.revision), (CLUSTER_ID, MEMBER_ID, RAFT_TERM, 2));
     assert_eq!(r.count, 1);
     assert_eq!(&r.kvs[0].value[..], b"1");
     srv.stop().await.unwrap();
@@ -106,7 +108,7 @@ async fn txn_fills_only_the_top_level_header() {
     let op = RequestOp { request: Some(request_op::Request::RequestPut(put("t", "v"))) };
     let t = kv.txn(TxnRequest { compare: vec![], success: vec![op], failure: vec![] }).await.unwrap().into_inner();
     let h = t.header.unwrap();
-    assert_eq!((h.cluster_id, h.member_id, h.raft_term), (CLUSTER_ID, MEMBER_ID, 1));
+    assert_eq!((h.cluster_id, h.member_id, h.raft_term), (CLUSTER_ID, MEMBER_ID, RAFT_TERM));
     let Some(response_op::Response::ResponsePut(p)) = &t.responses[0].response else { panic!("{t:?}") };
     if let Some(nested) = &p.header {
         assert_eq!((nested.cluster_id, nested.member_id), (0, 0), "etcd leaves nested headers as the store made them");
@@ -134,6 +136,14 @@ async fn oversized_request_is_too_large() {
     let err = kv.put(big).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.message(), "etcdserver: request is too large");
+
+    // Validation comes first, as in etcd.
+    let big_empty = PutRequest { value: vec![b'x'; MAX_REQUEST_BYTES + 1].into(), ..Default::default() };
+    assert_eq!(kv.put(big_empty).await.unwrap_err().message(), "etcdserver: key is not provided");
+
+    // Reads are not size-checked: etcd answers a range with a huge key.
+    let huge_key = RangeRequest { key: vec![b'k'; MAX_REQUEST_BYTES + 1].into(), ..Default::default() };
+    assert_eq!(kv.range(huge_key).await.unwrap().into_inner().count, 0);
     srv.stop().await.unwrap();
 }
 
@@ -145,7 +155,7 @@ async fn status_leader_is_the_listed_member() {
     let ml = ClusterClient::new(ch.clone()).member_list(MemberListRequest {}).await.unwrap().into_inner();
     assert_eq!(st.version, "3.4.0");
     assert_eq!(st.leader, MEMBER_ID);
-    assert_eq!(st.raft_term, 1);
+    assert_eq!(st.raft_term, RAFT_TERM);
     assert_eq!(ml.members.len(), 1);
     assert_eq!(ml.members[0].id, st.leader);
     assert_eq!(ml.members[0].name, "it");
@@ -181,7 +191,7 @@ async fn watch_answers_created_then_the_event() {
     assert!(created.created);
     assert_eq!(created.watch_id, 0);
     let h = created.header.unwrap();
-    assert_eq!((h.cluster_id, h.member_id, h.raft_term), (CLUSTER_ID, MEMBER_ID, 1));
+    assert_eq!((h.cluster_id, h.member_id, h.raft_term), (CLUSTER_ID, MEMBER_ID, RAFT_TERM));
 
     KvClient::new(ch).put(put("w", "v")).await.unwrap();
     let ev = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
