@@ -149,6 +149,9 @@ async fn serve_grpc(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = server.stop().clone();
     let router = tonic::transport::Server::builder()
+        // etcd clients multiplex every watch and call over one connection,
+        // and etcd sets no stream limit either.
+        .max_concurrent_streams(Some(u32::MAX))
         .add_service(health)
         .add_service(svc!(KvServer))
         .add_service(svc!(WatchServer))

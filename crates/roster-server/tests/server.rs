@@ -4,12 +4,13 @@
 use roster_api::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, request_op, response_op, watch_client::WatchClient,
-    watch_request::RequestUnion, AlarmRequest, AuthenticateRequest, LeaseKeepAliveRequest, MemberListRequest,
+    watch_request::RequestUnion, AlarmRequest, AuthenticateRequest, LeaseGrantRequest, LeaseKeepAliveRequest, MemberListRequest,
     PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use roster_api::MAX_REQUEST_BYTES;
 use roster_server::{serve, ServerConfig, ServerError};
-use roster_store::Store;
+use roster_store::{ManualClock, Store};
+use std::sync::Arc;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,21 +36,26 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> TestServer {
+        Self::start_with(Store::in_memory(), |_| {}).await
+    }
+
+    async fn start_with(store: Store, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let grpc_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc, http) = (grpc_l.local_addr().unwrap(), http_l.local_addr().unwrap());
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             cluster_id: CLUSTER_ID,
             member_id: MEMBER_ID,
             name: "it".into(),
             client_urls: vec![format!("http://{grpc}")],
             ..Default::default()
         };
+        tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(serve(grpc_l, Some(http_l), Store::in_memory(), config, shutdown));
+        let task = tokio::spawn(serve(grpc_l, Some(http_l), store, config, shutdown));
         TestServer { grpc, http, stop: Some(stop), task }
     }
 
@@ -280,4 +286,47 @@ async fn invalid_config_is_refused() {
     let config = ServerConfig { member_id: 0, ..Default::default() };
     let err = serve(l, None, Store::in_memory(), config, std::future::pending()).await.unwrap_err();
     assert!(matches!(err, ServerError::Config(_)), "{err}");
+}
+
+#[tokio::test]
+async fn progress_notify_reaches_watchers_that_asked() {
+    let srv = TestServer::start_with(Store::in_memory(), |c| c.progress_notify_interval = Duration::from_millis(50)).await;
+    let (tx, rx) = mpsc::channel(4);
+    let mut stream = WatchClient::new(srv.channel().await).watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let create = WatchCreateRequest { key: "p".into(), progress_notify: true, ..Default::default() };
+    tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    assert!(stream.message().await.unwrap().unwrap().created);
+
+    let progress = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    assert!(progress.events.is_empty() && !progress.created && !progress.canceled, "{progress:?}");
+    assert_eq!(progress.watch_id, 0);
+    let h = progress.header.unwrap();
+    assert_eq!((h.member_id, h.revision), (MEMBER_ID, 1));
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_leases_are_revoked_by_the_server() {
+    // The store's clock is moved by hand; only the server's tick is real.
+    let clock = Arc::new(ManualClock::default());
+    let store = Store::in_memory_with_clock(clock.clone());
+    let srv = TestServer::start_with(store, |c| c.lease_tick = Duration::from_millis(10)).await;
+    let ch = srv.channel().await;
+    let grant = LeaseClient::new(ch.clone()).lease_grant(LeaseGrantRequest { ttl: 2, id: 0 }).await.unwrap().into_inner();
+    let mut kv = KvClient::new(ch);
+    kv.put(PutRequest { lease: grant.id, ..put("leased", "v") }).await.unwrap();
+
+    clock.advance(Duration::from_secs(3));
+    let gone = async {
+        loop {
+            let r = kv.range(RangeRequest { key: "leased".into(), ..Default::default() }).await.unwrap().into_inner();
+            if r.count == 0 {
+                return r.header.unwrap().revision;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let rev = tokio::time::timeout(Duration::from_secs(5), gone).await.expect("the lease expired and took its key");
+    assert_eq!(rev, 3, "put at 2, expiry deletes in one revision");
+    srv.stop().await.unwrap();
 }
