@@ -120,10 +120,15 @@ pub async fn serve(
     stop_tx.send_replace(true);
     trigger.abort();
     for task in background {
-        let _ = task.await;
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "background task failed");
+        }
     }
     let http_result = match http_task {
-        Some(t) => t.await.unwrap_or(Ok(())),
+        Some(t) => t.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "HTTP server task failed");
+            Ok(())
+        }),
         None => Ok(()),
     };
     store.close();
