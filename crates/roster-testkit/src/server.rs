@@ -1,10 +1,10 @@
 //! Server processes: real etcd and `roster serve`, each on free loopback
 //! ports, each killed by its own PID when dropped.
 
-use crate::tools::{free_port, which};
 use crate::START_TIMEOUT;
-use roster_api::etcdserverpb::kv_client::KvClient;
+use crate::tools::{free_port, which};
 use roster_api::etcdserverpb::RangeRequest;
+use roster_api::etcdserverpb::kv_client::KvClient;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,7 +67,9 @@ pub struct ServerLog {
 impl ServerLog {
     /// The whole log.
     pub fn read(&self) -> String {
-        std::fs::read(&self.path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        std::fs::read(&self.path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// The last `n` lines.
@@ -100,7 +102,11 @@ impl StartFailure {
 
 impl std::fmt::Display for StartFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (status {:?}); log:\n{}", self.reason, self.status, self.log)
+        write!(
+            f,
+            "{} (status {:?}); log:\n{}",
+            self.reason, self.status, self.log
+        )
     }
 }
 
@@ -114,23 +120,37 @@ fn channel_to(endpoint: &str) -> Channel {
 
 /// Waits (bounded) until the server answers a linearizable Range, and fails
 /// early when the process exits.
-async fn wait_ready(proc: &mut Proc, endpoint: &str, log: &ServerLog) -> Result<Channel, StartFailure> {
+async fn wait_ready(
+    proc: &mut Proc,
+    endpoint: &str,
+    log: &ServerLog,
+) -> Result<Channel, StartFailure> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut last_err = String::new();
     loop {
         if let Some(status) = proc.exited() {
-            return Err(StartFailure { status: Some(status), log: log.read(), reason: "exited during start".into() });
+            return Err(StartFailure {
+                status: Some(status),
+                log: log.read(),
+                reason: "exited during start".into(),
+            });
         }
         if Instant::now() > deadline {
             return Err(StartFailure {
                 status: None,
                 log: log.read(),
-                reason: format!("no answer on {endpoint} within {START_TIMEOUT:?}; last error: {last_err}"),
+                reason: format!(
+                    "no answer on {endpoint} within {START_TIMEOUT:?}; last error: {last_err}"
+                ),
             });
         }
         let channel = channel_to(endpoint);
         let mut kv = KvClient::new(channel.clone());
-        let probe = kv.range(RangeRequest { key: "roster-testkit-probe".into(), count_only: true, ..Default::default() });
+        let probe = kv.range(RangeRequest {
+            key: "roster-testkit-probe".into(),
+            count_only: true,
+            ..Default::default()
+        });
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
             Ok(Ok(_)) => return Ok(channel),
             Ok(Err(status)) => last_err = format!("{status:?}"),
@@ -155,7 +175,9 @@ impl Etcd {
     /// it does not come up; call [`crate::require_etcd`] first to skip when
     /// etcd is not installed.
     pub async fn start() -> Etcd {
-        Self::try_start().await.unwrap_or_else(|e| panic!("etcd did not start: {e}"))
+        Self::try_start()
+            .await
+            .unwrap_or_else(|e| panic!("etcd did not start: {e}"))
     }
 
     pub async fn try_start() -> Result<Etcd, StartFailure> {
@@ -166,7 +188,10 @@ impl Etcd {
         })?;
         let mut last = None;
         for _ in 0..PORT_RETRIES {
-            let dir = tempfile::Builder::new().prefix("roster-testkit-etcd").tempdir().expect("tempdir");
+            let dir = tempfile::Builder::new()
+                .prefix("roster-testkit-etcd")
+                .tempdir()
+                .expect("tempdir");
             let (client_port, peer_port) = (free_port(), free_port());
             let client = format!("http://127.0.0.1:{client_port}");
             let peer = format!("http://127.0.0.1:{peer_port}");
@@ -185,11 +210,25 @@ impl Etcd {
                 // Never touch anything but loopback, never phone home.
                 .env_remove("ETCD_DISCOVERY")
                 .env_remove("ETCD_LISTEN_METRICS_URLS");
-            let log = ServerLog { path: dir.path().join("etcd.log") };
-            let mut proc = Proc::spawn(cmd, &log.path).map_err(|reason| StartFailure { status: None, log: String::new(), reason })?;
+            let log = ServerLog {
+                path: dir.path().join("etcd.log"),
+            };
+            let mut proc = Proc::spawn(cmd, &log.path).map_err(|reason| StartFailure {
+                status: None,
+                log: String::new(),
+                reason,
+            })?;
             let endpoint = format!("127.0.0.1:{client_port}");
             match wait_ready(&mut proc, &endpoint, &log).await {
-                Ok(channel) => return Ok(Etcd { client_port, channel, log, proc, _dir: dir }),
+                Ok(channel) => {
+                    return Ok(Etcd {
+                        client_port,
+                        channel,
+                        log,
+                        proc,
+                        _dir: dir,
+                    });
+                }
                 Err(e) if e.port_taken() => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -247,7 +286,10 @@ pub struct Roster {
 impl Roster {
     /// `roster serve` with a fresh temporary data dir.
     pub async fn start(bin: impl AsRef<Path>) -> Roster {
-        let dir = tempfile::Builder::new().prefix("roster-testkit-data").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("roster-testkit-data")
+            .tempdir()
+            .expect("tempdir");
         Self::start_with(bin.as_ref(), DataDir::Temp(dir)).await
     }
 
@@ -263,7 +305,10 @@ impl Roster {
 
     /// As [`Roster::start_in`], but a server that refuses to start is an
     /// `Err` carrying its exit status and output rather than a panic.
-    pub async fn try_start_in(bin: impl AsRef<Path>, data_dir: impl Into<PathBuf>) -> Result<Roster, StartFailure> {
+    pub async fn try_start_in(
+        bin: impl AsRef<Path>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Result<Roster, StartFailure> {
         let mut r = Self::unstarted(bin.as_ref(), DataDir::Given(data_dir.into()));
         r.spawn_and_wait().await?;
         Ok(r)
@@ -291,13 +336,18 @@ impl Roster {
     }
 
     fn unstarted(bin: &Path, data: DataDir) -> Roster {
-        let log_dir = tempfile::Builder::new().prefix("roster-testkit-log").tempdir().expect("tempdir");
+        let log_dir = tempfile::Builder::new()
+            .prefix("roster-testkit-log")
+            .tempdir()
+            .expect("tempdir");
         Roster {
             bin: bin.to_owned(),
             data,
             client_port: free_port(),
             http_port: free_port(),
-            log: ServerLog { path: log_dir.path().join("roster.log") },
+            log: ServerLog {
+                path: log_dir.path().join("roster.log"),
+            },
             proc: None,
             channel: None,
             extra_args: Vec::new(),
@@ -332,7 +382,11 @@ impl Roster {
             }
             cmd.args(&self.extra_args);
             let before = self.log.read().len();
-            let mut proc = Proc::spawn(cmd, &self.log.path).map_err(|reason| StartFailure { status: None, log: String::new(), reason })?;
+            let mut proc = Proc::spawn(cmd, &self.log.path).map_err(|reason| StartFailure {
+                status: None,
+                log: String::new(),
+                reason,
+            })?;
             match wait_ready(&mut proc, &self.endpoint(), &self.log).await {
                 Ok(channel) => {
                     self.proc = Some(proc);
@@ -341,7 +395,11 @@ impl Roster {
                 }
                 Err(mut e) => {
                     // Only this start's output counts for the port check.
-                    e.log = e.log.get(before.min(e.log.len())..).unwrap_or_default().to_owned();
+                    e.log = e
+                        .log
+                        .get(before.min(e.log.len())..)
+                        .unwrap_or_default()
+                        .to_owned();
                     if e.port_taken() {
                         last = Some(e);
                         continue;

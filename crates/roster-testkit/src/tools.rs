@@ -7,9 +7,13 @@ use std::path::PathBuf;
 pub fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| {
-        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    })
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 fn require(tool: &str) -> Option<PathBuf> {
@@ -23,7 +27,11 @@ fn require(tool: &str) -> Option<PathBuf> {
     if ci {
         panic!("{msg} (CI=true: tests must not skip)");
     }
-    eprintln!("\n{}\n{msg}\n{}\n", "!".repeat(msg.len()), "!".repeat(msg.len()));
+    eprintln!(
+        "\n{}\n{msg}\n{}\n",
+        "!".repeat(msg.len()),
+        "!".repeat(msg.len())
+    );
     None
 }
 

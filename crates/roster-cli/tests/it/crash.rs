@@ -36,14 +36,29 @@ struct Ack {
 /// Every key under `prefix`, as key -> (value, create_revision, mod_revision).
 async fn dump(ch: &Channel, prefix: &str) -> (i64, BTreeMap<String, (String, i64, i64)>) {
     let mut kv = KvClient::new(ch.clone()).max_decoding_message_size(256 << 20);
-    let req = RangeRequest { key: prefix.as_bytes().to_vec().into(), range_end: prefix_end(prefix.as_bytes()).into(), ..Default::default() };
-    let resp = tokio::time::timeout(Duration::from_secs(15), kv.range(req)).await.expect("range answered").expect("range ok").into_inner();
+    let req = RangeRequest {
+        key: prefix.as_bytes().to_vec().into(),
+        range_end: prefix_end(prefix.as_bytes()).into(),
+        ..Default::default()
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(15), kv.range(req))
+        .await
+        .expect("range answered")
+        .expect("range ok")
+        .into_inner();
     let rev = resp.header.map_or(0, |h| h.revision);
     let kvs = resp
         .kvs
         .into_iter()
         .map(|kv| {
-            (String::from_utf8(kv.key.to_vec()).unwrap(), (String::from_utf8(kv.value.to_vec()).unwrap(), kv.create_revision, kv.mod_revision))
+            (
+                String::from_utf8(kv.key.to_vec()).unwrap(),
+                (
+                    String::from_utf8(kv.value.to_vec()).unwrap(),
+                    kv.create_revision,
+                    kv.mod_revision,
+                ),
+            )
         })
         .collect();
     (rev, kvs)
@@ -51,7 +66,12 @@ async fn dump(ch: &Channel, prefix: &str) -> (i64, BTreeMap<String, (String, i64
 
 /// Writes unique keys from `WRITERS` concurrent clients until `stop`, and
 /// records each acknowledged put.
-fn spawn_writers(ch: Channel, cycle: usize, stop: Arc<AtomicBool>, acks: Arc<Mutex<Vec<Ack>>>) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_writers(
+    ch: Channel,
+    cycle: usize,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..WRITERS)
         .map(|w| {
             let (ch, stop, acks) = (ch.clone(), stop.clone(), acks.clone());
@@ -63,11 +83,19 @@ fn spawn_writers(ch: Channel, cycle: usize, stop: Arc<AtomicBool>, acks: Arc<Mut
                     }
                     let key = format!("crash/{cycle}/{w:02}/{i:06}");
                     let value = format!("v-{cycle}-{w}-{i}");
-                    let req = PutRequest { key: key.clone().into(), value: value.clone().into(), ..Default::default() };
+                    let req = PutRequest {
+                        key: key.clone().into(),
+                        value: value.clone().into(),
+                        ..Default::default()
+                    };
                     match tokio::time::timeout(Duration::from_secs(5), kv.put(req)).await {
                         Ok(Ok(resp)) => {
                             let revision = resp.into_inner().header.map_or(0, |h| h.revision);
-                            acks.lock().unwrap().push(Ack { key, value, revision });
+                            acks.lock().unwrap().push(Ack {
+                                key,
+                                value,
+                                revision,
+                            });
                         }
                         // The server is gone (or hung): this writer is done.
                         _ => break,
@@ -83,11 +111,20 @@ async fn kill_9_loses_no_acknowledged_write() {
     let seed: u64 = std::env::var("ROSTER_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000
+        });
     eprintln!("crash test seed {seed} (ROSTER_CRASH_SEED={seed} reproduces the kill delays)");
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("roster-crash").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("roster-crash")
+        .tempdir()
+        .unwrap();
     let mut server = Roster::start_in(roster_bin(), dir.path()).await;
     let mut all: Vec<Ack> = Vec::new();
     let mut last_rev = 0i64;
@@ -101,10 +138,17 @@ async fn kill_9_loses_no_acknowledged_write() {
         server.kill_9();
         stop.store(true, Ordering::Relaxed);
         for w in writers {
-            tokio::time::timeout(Duration::from_secs(10), w).await.expect("writer stops after the kill").unwrap();
+            tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .expect("writer stops after the kill")
+                .unwrap();
         }
         let acked = std::mem::take(&mut *acks.lock().unwrap());
-        assert!(!acked.is_empty(), "cycle {cycle}: no write was acknowledged in {delay:?}; log:\n{}", server.log().tail(20));
+        assert!(
+            !acked.is_empty(),
+            "cycle {cycle}: no write was acknowledged in {delay:?}; log:\n{}",
+            server.log().tail(20)
+        );
         all.extend(acked.iter().cloned());
 
         server.restart().await;
@@ -114,7 +158,8 @@ async fn kill_9_loses_no_acknowledged_write() {
         let mut missing = Vec::new();
         for a in &all {
             match kvs.get(&a.key) {
-                Some((v, create, modr)) if *v == a.value && *create == a.revision && *modr == a.revision => {}
+                Some((v, create, modr))
+                    if *v == a.value && *create == a.revision && *modr == a.revision => {}
                 other => missing.push(format!("{a:?} -> {other:?}")),
             }
         }
@@ -123,18 +168,41 @@ async fn kill_9_loses_no_acknowledged_write() {
             "cycle {cycle} (seed {seed}, kill after {delay:?}): {} of {} acknowledged puts lost or changed, e.g.:\n{}\nlog:\n{}",
             missing.len(),
             all.len(),
-            missing.iter().take(10).cloned().collect::<Vec<_>>().join("\n"),
+            missing
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n"),
             server.log().tail(30)
         );
-        assert!(rev >= max_acked, "cycle {cycle}: store revision {rev} < highest acknowledged revision {max_acked}");
-        assert!(rev >= last_rev, "cycle {cycle}: revision went backwards across a restart: {last_rev} -> {rev}");
+        assert!(
+            rev >= max_acked,
+            "cycle {cycle}: store revision {rev} < highest acknowledged revision {max_acked}"
+        );
+        assert!(
+            rev >= last_rev,
+            "cycle {cycle}: revision went backwards across a restart: {last_rev} -> {rev}"
+        );
         last_rev = rev;
-        eprintln!("cycle {cycle}: killed after {delay:?}; {} acked this cycle, {} in all, all present; revision {rev}", acked.len(), all.len());
+        eprintln!(
+            "cycle {cycle}: killed after {delay:?}; {} acked this cycle, {} in all, all present; revision {rev}",
+            acked.len(),
+            all.len()
+        );
     }
     // Every acknowledged put got a revision of its own.
     let revs: HashSet<i64> = all.iter().map(|a| a.revision).collect();
-    assert_eq!(revs.len(), all.len(), "two acknowledged puts share a revision");
-    assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
+    assert_eq!(
+        revs.len(),
+        all.len(),
+        "two acknowledged puts share a revision"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Puts `n` keys, acknowledged, then crashes the server.
@@ -144,8 +212,19 @@ async fn write_then_crash(dir: &Path, n: usize) -> Vec<Ack> {
     let mut acks = Vec::new();
     for i in 0..n {
         let (key, value) = (format!("wal/{i:03}"), format!("value-{i}"));
-        let resp = kv.put(PutRequest { key: key.clone().into(), value: value.clone().into(), ..Default::default() }).await.unwrap();
-        acks.push(Ack { key, value, revision: resp.into_inner().header.unwrap().revision });
+        let resp = kv
+            .put(PutRequest {
+                key: key.clone().into(),
+                value: value.clone().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        acks.push(Ack {
+            key,
+            value,
+            revision: resp.into_inner().header.unwrap().revision,
+        });
     }
     server.kill_9();
     acks
@@ -155,13 +234,21 @@ async fn assert_all_present(server: &Roster, acks: &[Ack]) {
     let (rev, kvs) = dump(&server.channel(), "wal/").await;
     for a in acks {
         let got = kvs.get(&a.key);
-        assert_eq!(got.map(|(v, _, m)| (v.as_str(), *m)), Some((a.value.as_str(), a.revision)), "{a:?}; log:\n{}", server.log().tail(20));
+        assert_eq!(
+            got.map(|(v, _, m)| (v.as_str(), *m)),
+            Some((a.value.as_str(), a.revision)),
+            "{a:?}; log:\n{}",
+            server.log().tail(20)
+        );
     }
     assert!(rev >= acks.last().map_or(0, |a| a.revision));
 }
 
 fn append(path: &Path, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     f.write_all(bytes).unwrap();
     f.sync_all().unwrap();
 }
@@ -173,7 +260,10 @@ fn assert_no_panic(server: &Roster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_wal_tail_is_cut_off() {
-    let dir = tempfile::Builder::new().prefix("roster-wal").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("roster-wal")
+        .tempdir()
+        .unwrap();
     let acks = write_then_crash(dir.path(), 20).await;
     let wal = dir.path().join("wal");
     assert!(wal.exists(), "the store keeps its log at <data-dir>/wal");
@@ -184,13 +274,31 @@ async fn torn_wal_tail_is_cut_off() {
     torn.extend_from_slice(&[7; 10]);
     append(&wal, &torn);
 
-    let mut server = Roster::try_start_in(roster_bin(), dir.path()).await.unwrap_or_else(|e| panic!("a torn tail must not stop the server: {e}"));
+    let mut server = Roster::try_start_in(roster_bin(), dir.path())
+        .await
+        .unwrap_or_else(|e| panic!("a torn tail must not stop the server: {e}"));
     assert_all_present(&server, &acks).await;
     // The log continues after the cut: a new write survives another crash.
     let mut kv = KvClient::new(server.channel());
-    let resp = kv.put(PutRequest { key: "wal/after".into(), value: "x".into(), ..Default::default() }).await.unwrap().into_inner();
-    let after = Ack { key: "wal/after".into(), value: "x".into(), revision: resp.header.unwrap().revision };
-    assert_eq!(after.revision, acks.last().unwrap().revision + 1, "revisions continue where the log was cut");
+    let resp = kv
+        .put(PutRequest {
+            key: "wal/after".into(),
+            value: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let after = Ack {
+        key: "wal/after".into(),
+        value: "x".into(),
+        revision: resp.header.unwrap().revision,
+    };
+    assert_eq!(
+        after.revision,
+        acks.last().unwrap().revision + 1,
+        "revisions continue where the log was cut"
+    );
     server.kill_9();
     server.restart().await;
     let mut expected = acks.clone();
@@ -201,13 +309,18 @@ async fn torn_wal_tail_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_wal_tail_is_cut_off() {
-    let dir = tempfile::Builder::new().prefix("roster-wal").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("roster-wal")
+        .tempdir()
+        .unwrap();
     let acks = write_then_crash(dir.path(), 20).await;
     let wal = dir.path().join("wal");
     let mut rng = StdRng::seed_from_u64(7);
     let garbage: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
     append(&wal, &garbage);
-    let server = Roster::try_start_in(roster_bin(), dir.path()).await.unwrap_or_else(|e| panic!("a garbage tail must not stop the server: {e}"));
+    let server = Roster::try_start_in(roster_bin(), dir.path())
+        .await
+        .unwrap_or_else(|e| panic!("a garbage tail must not stop the server: {e}"));
     assert_all_present(&server, &acks).await;
     assert_no_panic(&server);
     // And zeros (a preallocated or torn tail) too.
@@ -221,7 +334,10 @@ async fn garbage_wal_tail_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_wal_record_before_valid_ones_refuses_to_start_clearly() {
-    let dir = tempfile::Builder::new().prefix("roster-wal").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("roster-wal")
+        .tempdir()
+        .unwrap();
     let acks = write_then_crash(dir.path(), 20).await;
     let wal = dir.path().join("wal");
     let mut bytes = std::fs::read(&wal).unwrap();
@@ -231,11 +347,25 @@ async fn corrupt_wal_record_before_valid_ones_refuses_to_start_clearly() {
     std::fs::write(&wal, &bytes).unwrap();
 
     match Roster::try_start_in(roster_bin(), dir.path()).await {
-        Ok(server) => panic!("started on a log with damage before valid records; log:\n{}", server.log().read()),
+        Ok(server) => panic!(
+            "started on a log with damage before valid records; log:\n{}",
+            server.log().read()
+        ),
         Err(e) => {
-            assert!(e.status.is_some_and(|s| !s.success()), "must exit with an error status: {e}");
-            assert!(!e.log.contains("panicked"), "must refuse cleanly, not panic:\n{}", e.log);
-            assert!(e.log.contains("corrupt") && e.log.contains("--repair-wal"), "must say the log is corrupt and how to repair:\n{}", e.log);
+            assert!(
+                e.status.is_some_and(|s| !s.success()),
+                "must exit with an error status: {e}"
+            );
+            assert!(
+                !e.log.contains("panicked"),
+                "must refuse cleanly, not panic:\n{}",
+                e.log
+            );
+            assert!(
+                e.log.contains("corrupt") && e.log.contains("--repair-wal"),
+                "must say the log is corrupt and how to repair:\n{}",
+                e.log
+            );
         }
     }
     // Asked to repair, it cuts the log at the damage and starts: nothing
@@ -244,6 +374,10 @@ async fn corrupt_wal_record_before_valid_ones_refuses_to_start_clearly() {
         .await
         .unwrap_or_else(|e| panic!("--repair-wal must start: {e}"));
     let (_, kvs) = dump(&server.channel(), "wal/").await;
-    assert!(kvs.len() < acks.len(), "repair cut the log at the damaged record: {} keys", kvs.len());
+    assert!(
+        kvs.len() < acks.len(),
+        "repair cut the log at the damaged record: {} keys",
+        kvs.len()
+    );
     assert_no_panic(&server);
 }
