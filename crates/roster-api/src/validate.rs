@@ -113,7 +113,6 @@ fn collect_writes(ops: &[RequestOp]) -> Result<Writes<'_>, EtcdError> {
             w.dels.push(Deleted { from: &d.key, to });
         }
     }
-    let mut child_dels = Vec::new();
     for op in ops {
         let Some(Request::RequestTxn(t)) = &op.request else { continue };
         let then = collect_writes(&t.success)?;
@@ -131,10 +130,10 @@ fn collect_writes(ops: &[RequestOp]) -> Result<Writes<'_>, EtcdError> {
             }
             w.puts.insert(k);
         }
-        child_dels.extend(then.dels);
-        child_dels.extend(other.dels);
+        // A later sibling's puts are checked against these deletes too.
+        w.dels.extend(then.dels);
+        w.dels.extend(other.dels);
     }
-    w.dels.extend(child_dels);
     for op in ops {
         let Some(Request::RequestPut(p)) = &op.request else { continue };
         let k = &p.key[..];
@@ -191,6 +190,8 @@ mod tests {
         assert_eq!(check(vec![txn(vec![put("a")], vec![put("a")])]), Ok(()));
         assert_eq!(check(vec![put("a"), txn(vec![put("a")], vec![])]), Err(EtcdError::DuplicateKey));
         assert_eq!(check(vec![del("a", "b"), txn(vec![put("a")], vec![])]), Err(EtcdError::DuplicateKey));
+        // A delete in one nested txn conflicts with a put in a later one.
+        assert_eq!(check(vec![txn(vec![del("a", "")], vec![]), txn(vec![put("a")], vec![])]), Err(EtcdError::DuplicateKey));
         // A delete in a child conflicts with a put at this level.
         assert_eq!(check(vec![txn(vec![del("a", "b")], vec![]), put("a")]), Err(EtcdError::DuplicateKey));
     }

@@ -3,6 +3,7 @@
 //! failure exits 1.
 
 mod bench;
+mod registry_cmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,18 @@ enum Commands {
     Serve(serve::ServeArgs),
     /// Load-test any etcd v3 endpoint (roster serve or etcd).
     Bench(bench::BenchArgs),
+    /// Register a service instance and keep it registered until stopped.
+    ///
+    /// The instance lives under `<prefix>/<service>/<id>` on a lease that is
+    /// kept alive every TTL/3; if the registration is lost it is made again.
+    /// With `--check`, the instance is withdrawn while its health check
+    /// fails. Ctrl-C or SIGTERM revokes the lease, so it leaves every list
+    /// at once.
+    Register(registry_cmd::RegisterArgs),
+    /// List services and their instances, with the lease TTL remaining.
+    Ls(registry_cmd::LsArgs),
+    /// Print a service's instances, then each change as it happens.
+    Watch(registry_cmd::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +61,9 @@ fn main() -> ExitCode {
         match cli.command {
             Commands::Serve(args) => serve::run(args).await,
             Commands::Bench(args) => bench::run(args).await,
+            Commands::Register(args) => registry_cmd::register(args, serve::shutdown_signal()?).await,
+            Commands::Ls(args) => registry_cmd::ls(args).await,
+            Commands::Watch(args) => registry_cmd::watch(args, serve::shutdown_signal()?).await,
         }
     });
     match result {

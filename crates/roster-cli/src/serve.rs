@@ -249,7 +249,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed now, so a
 /// signal that arrives during startup is not lost.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

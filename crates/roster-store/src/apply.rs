@@ -66,6 +66,12 @@ impl State {
             keep(e.mod_rev, r.min_mod_revision, r.max_mod_revision)
                 && keep(e.create_rev, r.min_create_revision, r.max_create_revision)
         });
+        // With no explicit order and no filters, etcd reads only limit + 1
+        // keys (in key order) and sorts just those by the target.
+        let filtered = r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0;
+        if r.limit > 0 && r.sort_order == SortOrder::None as i32 && !filtered {
+            found.truncate(r.limit as usize + 1);
+        }
         sort(&mut found, r);
         let more = r.limit > 0 && found.len() as i64 > r.limit;
         if more {
@@ -158,6 +164,7 @@ impl State {
         let rev = w.rev();
         let (key, new, prev) = self.kv.put(key, value, lease, rev, w.sub);
         w.sub += 1;
+        let event_prev = self.prev_for_event(&key, w.begin);
         if let Some(p) = &prev
             && p.lease != 0 && p.lease != lease {
                 self.leases.detach(p.lease, &key);
@@ -166,7 +173,7 @@ impl State {
             self.leases.attach(lease, &key);
         }
         w.record.changes.push(Change { key: key.clone(), value: new.value.clone(), lease, delete: false });
-        w.events.push(make_event(&key, &new, prev.as_ref().map(|p| p.to_kv(&key))));
+        w.events.push(make_event(&key, &new, event_prev));
         prev
     }
 
@@ -179,8 +186,20 @@ impl State {
             self.leases.detach(prev.lease, key);
         }
         w.record.changes.push(Change { key: key.clone(), value: Bytes::new(), lease: 0, delete: true });
-        w.events.push(make_event(key, &tomb, Some(prev.to_kv(key))));
+        let event_prev = self.prev_for_event(key, w.begin);
+        w.events.push(make_event(key, &tomb, event_prev));
         Some(prev)
+    }
+
+    /// A watch event's previous value is the key as it was before the
+    /// write's revision (etcd reads it at revision - 1), not a value put
+    /// earlier in the same txn.
+    fn prev_for_event(&self, key: &[u8], before: i64) -> Option<mvccpb::KeyValue> {
+        if before < self.compact_rev {
+            return None;
+        }
+        let (k, h) = self.kv.get_key_value(key)?;
+        h.at(before).map(|e| e.to_kv(k))
     }
 
     /// The checks etcd makes on a put before applying anything.
@@ -219,7 +238,12 @@ impl State {
         PutResponse { header: header(w.rev()), prev_kv }
     }
 
+    /// A standalone put. etcd looks the lease up before the key here,
+    /// unlike inside a txn.
     pub fn put(&mut self, w: &mut Write, p: &PutRequest) -> Result<PutResponse, EtcdError> {
+        if p.lease != 0 && !self.leases.contains(p.lease) {
+            return Err(EtcdError::LeaseNotFound);
+        }
         self.check_put(p)?;
         Ok(self.apply_put(w, p))
     }

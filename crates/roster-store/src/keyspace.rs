@@ -74,6 +74,10 @@ impl KeySpace {
         self.keys.get(key)
     }
 
+    pub fn get_key_value(&self, key: &[u8]) -> Option<(&Bytes, &History)> {
+        self.keys.get_key_value(key)
+    }
+
     /// Histories of the keys in `[key, range_end)` in etcd's encoding.
     pub fn range<'a>(
         &'a self,
@@ -159,9 +163,10 @@ impl KeySpace {
                 if e.mod_rev > to {
                     break;
                 }
+                // The value at revision - 1: a txn may have written the key
+                // twice in one revision.
                 let prev = if prev_kv && i > 0 && e.mod_rev > prev_floor {
-                    let p = &hist.entries[i - 1];
-                    (!p.is_tombstone()).then(|| p.to_kv(key))
+                    hist.at(e.mod_rev - 1).map(|p| p.to_kv(key))
                 } else {
                     None
                 };

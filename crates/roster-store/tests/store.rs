@@ -169,6 +169,8 @@ async fn put_flags_follow_etcd() {
     let r = s.put(PutRequest { key: b("a"), ignore_value: true, ..Default::default() }).await;
     assert_eq!(r.unwrap_err(), EtcdError::KeyNotFound);
     assert_eq!(put_lease(&s, "a", 7).await.unwrap_err(), EtcdError::LeaseNotFound);
+    let both = PutRequest { key: b("a"), lease: 7, ignore_value: true, ..Default::default() };
+    assert_eq!(s.put(both).await.unwrap_err(), EtcdError::LeaseNotFound, "a standalone put checks the lease first");
     let l = s.lease_grant(LeaseGrantRequest { ttl: 10, id: 7 }).await.unwrap();
     put_lease(&s, "a", l.id).await.unwrap();
     let r = s.put(PutRequest { key: b("a"), value: b("new"), ignore_lease: true, prev_kv: true, ..Default::default() }).await.unwrap();

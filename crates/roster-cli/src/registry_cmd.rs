@@ -1,0 +1,334 @@
+//! `roster register`, `roster ls` and `roster watch`: the registry from the
+//! command line, through the SDK.
+
+use anyhow::{bail, Context, Result};
+use roster::{Change, Client, ClientConfig, Instance, Registry, RegistrationStatus};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+
+/// Where the registry is; shared by every registry command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Registry endpoints, comma-separated (roster serve or etcd members).
+    #[arg(long, env = "ROSTER_ENDPOINTS", default_value = "127.0.0.1:2379", global = true)]
+    pub endpoints: String,
+    /// Key prefix services live under.
+    #[arg(long, default_value = roster::DEFAULT_PREFIX, global = true)]
+    pub prefix: String,
+    /// Timeout of each registry call, in seconds.
+    #[arg(long, default_value_t = 5, global = true)]
+    pub timeout: u64,
+}
+
+impl RegistryArgs {
+    pub fn client(&self) -> Result<Client> {
+        let mut cfg = ClientConfig::from_list(&self.endpoints);
+        cfg.request_timeout = Duration::from_secs(self.timeout.max(1));
+        Client::new(cfg).with_context(|| format!("bad --endpoints {:?}", self.endpoints))
+    }
+
+    fn registry(&self) -> Result<Registry> {
+        Ok(Registry::new(self.client()?).with_prefix(self.prefix.clone()))
+    }
+}
+
+/// Keep an instance registered until stopped (Ctrl-C or SIGTERM withdraws it at once).
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// Service name, e.g. `hello`.
+    pub service: String,
+    /// Address callers connect to, `host:port`.
+    pub addr: String,
+    /// Lease TTL in seconds: how long a dead instance stays listed.
+    #[arg(long, default_value_t = 10)]
+    pub ttl: u64,
+    /// Instance id (default: the address).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub weight: u32,
+    #[arg(long, default_value = "")]
+    pub zone: String,
+    /// Version of the service build, e.g. `1.4.2`.
+    #[arg(long, default_value = "")]
+    pub service_version: String,
+    /// Protocol spoken at the address, e.g. `grpc` or `http`.
+    #[arg(long, default_value = "")]
+    pub protocol: String,
+    /// A tag; repeat for more.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Free metadata `k=v`; repeat for more.
+    #[arg(long = "meta", value_parser = parse_kv)]
+    pub meta: Vec<(String, String)>,
+    /// Active health check: `http://host:port/path`, `tcp://host:port` or
+    /// `grpc://host:port`. The instance is withdrawn while it fails.
+    #[arg(long)]
+    pub check: Option<String>,
+    /// Seconds between health checks.
+    #[arg(long, default_value_t = 2)]
+    pub check_interval: u64,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// List services and their instances, with the lease TTL remaining.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// Only this service.
+    pub service: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Print a service's instances, then every change as it happens.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    pub service: String,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected k=v, got {s:?}"))?;
+    if k.is_empty() {
+        return Err(format!("empty key in {s:?}"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+// === register ===
+
+pub async fn register(args: RegisterArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let mut inst = Instance::new(&args.service, &args.addr).with_weight(args.weight).with_zone(&args.zone);
+    inst.id = args.id.clone().unwrap_or_else(|| args.addr.clone());
+    inst.version = args.service_version.clone();
+    inst.protocol = args.protocol.clone();
+    inst.tags = args.tags.clone();
+    inst.meta = args.meta.iter().cloned().collect();
+    inst.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let check = args.check.as_deref().map(Check::parse).transpose()?;
+    if args.ttl < 2 {
+        bail!("--ttl must be at least 2 seconds (etcd's minimum lease TTL)");
+    }
+    let registry = args.registry.registry()?.with_ttl(Duration::from_secs(args.ttl));
+
+    let reg = registry.register(inst).await?;
+    eprintln!("registering {} at {} (ttl {}s) on {}", reg.key(), args.addr, args.ttl, args.registry.endpoints);
+    let mut status = reg.status();
+    let mut healthy = true;
+    let mut tick = tokio::time::interval(Duration::from_secs(args.check_interval.max(1)));
+    tokio::pin!(shutdown);
+    print_status(&status.borrow_and_update());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = status.changed() => {
+                if changed.is_err() { break }
+                print_status(&status.borrow_and_update());
+            }
+            _ = tick.tick(), if check.is_some() => {
+                let ok = check.as_ref().expect("guarded").probe().await;
+                match (healthy, &ok) {
+                    (true, Err(e)) => {
+                        eprintln!("health check failed ({e}); withdrawing the instance");
+                        reg.pause().await?;
+                    }
+                    (false, Ok(())) => {
+                        eprintln!("health check passes again; restoring the instance");
+                        reg.resume().await?;
+                    }
+                    _ => {}
+                }
+                healthy = ok.is_ok();
+            }
+        }
+    }
+    eprintln!("stopping: revoking the lease");
+    reg.deregister().await.context("could not deregister; the key expires with its lease")?;
+    Ok(())
+}
+
+fn print_status(s: &RegistrationStatus) {
+    match s {
+        RegistrationStatus::Registering => eprintln!("status: registering"),
+        RegistrationStatus::Registered { lease } => eprintln!("status: registered (lease {lease:x})"),
+        RegistrationStatus::Lost { reason } => eprintln!("status: lost ({reason}); registering again"),
+        RegistrationStatus::Paused => eprintln!("status: withdrawn"),
+        RegistrationStatus::Deregistered => eprintln!("status: deregistered"),
+        other => eprintln!("status: {other:?}"),
+    }
+}
+
+/// An active health check.
+enum Check {
+    Tcp(String),
+    Http { host: String, path: String },
+    Grpc(String),
+}
+
+impl Check {
+    fn parse(url: &str) -> Result<Check> {
+        let (scheme, rest) = url.split_once("://").with_context(|| format!("--check {url:?}: expected scheme://host:port"))?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if !host.contains(':') {
+            bail!("--check {url:?}: the address needs a port");
+        }
+        Ok(match scheme {
+            "tcp" => Check::Tcp(host.into()),
+            "http" => Check::Http { host: host.into(), path: path.into() },
+            "grpc" => Check::Grpc(host.into()),
+            other => bail!("--check {url:?}: unsupported scheme {other:?} (use http, tcp or grpc)"),
+        })
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let limit = Duration::from_secs(2);
+        let run = async {
+            match self {
+                Check::Tcp(addr) => tokio::net::TcpStream::connect(addr).await.map(|_| ()).map_err(|e| e.to_string()),
+                Check::Http { host, path } => http_get(host, path).await,
+                Check::Grpc(addr) => grpc_health(addr).await,
+            }
+        };
+        tokio::time::timeout(limit, run).await.map_err(|_| "timed out".to_owned())?
+    }
+}
+
+async fn http_get(host: &str, path: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(host).await.map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: roster-check\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("not an HTTP response")?;
+    if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP {code}")) }
+}
+
+async fn grpc_health(addr: &str) -> Result<(), String> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
+    let r = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.map_err(|e| e.message().to_owned())?;
+    if r.into_inner().status == ServingStatus::Serving as i32 { Ok(()) } else { Err("not serving".into()) }
+}
+
+// === ls ===
+
+pub async fn ls(args: LsArgs) -> Result<()> {
+    let client = args.registry.client()?;
+    let prefix = format!("{}/", args.registry.prefix.trim_end_matches('/'));
+    let dir = match &args.service {
+        Some(s) => format!("{prefix}{s}/"),
+        None => prefix.clone(),
+    };
+    let end = roster_api::range::prefix_end(dir.as_bytes());
+    let resp = client
+        .range(roster_api::etcdserverpb::RangeRequest { key: dir.clone().into(), range_end: end.into(), ..Default::default() })
+        .await
+        .with_context(|| format!("cannot list {dir} on {}", args.registry.endpoints))?;
+    let mut ttls: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for kv in &resp.kvs {
+        let key = String::from_utf8_lossy(&kv.key);
+        let Some((service, id)) = key.strip_prefix(&prefix).and_then(|r| r.split_once('/')) else { continue };
+        match Instance::from_value(service, id, &kv.value) {
+            Ok(inst) => {
+                if kv.lease != 0 && !ttls.contains_key(&kv.lease) {
+                    let ttl = client.lease_time_to_live(kv.lease, false).await.map(|r| r.ttl).unwrap_or(-1);
+                    ttls.insert(kv.lease, ttl);
+                }
+                rows.push((inst, kv.lease));
+            }
+            Err(e) => eprintln!("warning: skipping {key}: {e}"),
+        }
+    }
+    let ttl_of = |lease: i64| if lease == 0 { None } else { ttls.get(&lease).copied() };
+    if args.json {
+        let out: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(i, lease)| {
+                let mut v = serde_json::to_value(i).expect("serializable");
+                v["lease"] = serde_json::json!(format!("{lease:x}"));
+                v["ttl_remaining"] = serde_json::json!(ttl_of(*lease));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("no instances under {dir}");
+        return Ok(());
+    }
+    println!("{:<20} {:<24} {:<22} {:>6} {:<8} {:<8} {:>5}", "SERVICE", "ID", "ADDR", "WEIGHT", "ZONE", "VERSION", "TTL");
+    for (i, lease) in &rows {
+        let ttl = ttl_of(*lease).map_or("-".to_owned(), |t| format!("{t}s"));
+        println!("{:<20} {:<24} {:<22} {:>6} {:<8} {:<8} {:>5}", i.service, i.id, i.addr, i.weight, i.zone, i.version, ttl);
+    }
+    Ok(())
+}
+
+// === watch ===
+
+pub async fn watch(args: WatchArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let registry = args.registry.registry()?;
+    let d = registry.discover(&args.service);
+    let mut changes = Box::pin(d.changes());
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = d.ready() => {}
+        _ = &mut shutdown => return Ok(()),
+        _ = tokio::time::sleep(Duration::from_secs(args.registry.timeout.max(1))) => {
+            eprintln!("warning: no answer from {} yet; still trying", args.registry.endpoints);
+            d.ready().await;
+        }
+    }
+    // Changes before `ready` describe the first list; print it as a whole.
+    let snap = d.snapshot();
+    if !args.json {
+        eprintln!("{} instance(s) of {} at revision {}", snap.instances.len(), args.service, snap.revision);
+    }
+    for i in snap.instances.values() {
+        print_change(&Change::Added(i.clone()), args.json);
+    }
+    let mut seen_first = snap.instances.clone();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            c = changes.next() => {
+                let Some(c) = c else { return Ok(()) };
+                // Skip replays of the first list already printed.
+                if let Change::Added(i) = &c {
+                    if seen_first.remove(&i.id).as_ref() == Some(i) { continue }
+                }
+                seen_first.clear();
+                print_change(&c, args.json);
+            }
+        }
+    }
+}
+
+fn print_change(c: &Change, json: bool) {
+    let (sign, kind, i) = match c {
+        Change::Added(i) => ('+', "added", i),
+        Change::Updated(i) => ('~', "updated", i),
+        Change::Removed(i) => ('-', "removed", i),
+    };
+    if json {
+        println!("{}", serde_json::json!({"change": kind, "instance": i}));
+    } else {
+        println!("{sign} {}/{} {} weight={} zone={}", i.service, i.id, i.addr, i.weight, i.zone);
+    }
+}
