@@ -164,7 +164,8 @@ impl State {
         let rev = w.rev();
         let (key, new, prev) = self.kv.put(key, value, lease, rev, w.sub);
         w.sub += 1;
-        let event_prev = self.prev_for_event(&key, w.begin);
+        // etcd sends no previous value with a creation, whatever came before.
+        let event_prev = if new.create_rev == rev { None } else { self.prev_for_event(&key, w.begin) };
         if let Some(p) = &prev
             && p.lease != 0 && p.lease != lease {
                 self.leases.detach(p.lease, &key);

@@ -159,13 +159,14 @@ impl KeySpace {
         let mut found: Vec<(i64, u32, mvccpb::Event)> = Vec::new();
         for (key, hist) in self.range(&range.key, &range.end) {
             let start = hist.entries.partition_point(|e| e.mod_rev < from);
-            for (i, e) in hist.entries.iter().enumerate().skip(start) {
+            for e in &hist.entries[start..] {
                 if e.mod_rev > to {
                     break;
                 }
                 // The value at revision - 1: a txn may have written the key
                 // twice in one revision.
-                let prev = if prev_kv && i > 0 && e.mod_rev > prev_floor {
+                let creation = !e.is_tombstone() && e.create_rev == e.mod_rev;
+                let prev = if prev_kv && !creation && e.mod_rev > prev_floor {
                     hist.at(e.mod_rev - 1).map(|p| p.to_kv(key))
                 } else {
                     None
