@@ -162,10 +162,12 @@ impl Write {
 impl State {
     fn do_put(&mut self, w: &mut Write, key: &[u8], value: &[u8], lease: i64) -> Option<Entry> {
         let rev = w.rev();
-        let (key, new, prev) = self.kv.put(key, value, lease, rev, w.sub);
+        let crate::keyspace::Put { key, new, prev, before } = self.kv.put(key, value, lease, rev, w.sub, w.begin);
         w.sub += 1;
-        // etcd sends no previous value with a creation, whatever came before.
-        let event_prev = if new.create_rev == rev { None } else { self.prev_for_event(&key, w.begin) };
+        // etcd sends no previous value with a creation, whatever came before,
+        // and otherwise the value as of the revision before this write.
+        let readable = w.begin >= self.compact_rev;
+        let event_prev = if new.create_rev == rev || !readable { None } else { before.map(|b| b.to_kv(&key)) };
         if let Some(p) = &prev
             && p.lease != 0 && p.lease != lease {
                 self.leases.detach(p.lease, &key);
@@ -225,7 +227,7 @@ impl State {
     }
 
     fn apply_put(&mut self, w: &mut Write, p: &PutRequest) -> PutResponse {
-        let cur = self.kv.get(&p.key).and_then(|h| h.latest()).cloned();
+        let cur = if p.ignore_value || p.ignore_lease { self.kv.get(&p.key).and_then(|h| h.latest()).cloned() } else { None };
         let value = match (&cur, p.ignore_value) {
             (Some(c), true) => c.value.clone(),
             _ => p.value.clone(),

@@ -39,6 +39,16 @@ impl Entry {
     }
 }
 
+/// What a put did.
+pub(crate) struct Put {
+    pub key: Bytes,
+    pub new: Entry,
+    /// The live entry it replaced.
+    pub prev: Option<Entry>,
+    /// The live entry as of the revision before the write.
+    pub before: Option<Entry>,
+}
+
 /// The entries of one key, oldest first.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct History {
@@ -96,21 +106,23 @@ impl KeySpace {
         }
     }
 
-    /// Writes `value` at `rev`; returns the new entry and the live entry it
-    /// replaced. The key and value are copied so that they do not pin the
-    /// request buffer they were decoded from.
-    /// Also returns the stored key, to share rather than copy.
-    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64, rev: i64, sub: u32) -> (Bytes, Entry, Option<Entry>) {
-        let stored = match self.keys.get_key_value(key) {
-            Some((k, _)) => k.clone(),
+    /// Writes `value` at `rev`; returns the stored key (shared rather than
+    /// copied), the new entry, the live entry it replaced, and the live
+    /// entry as of revision `before`. The key and value are copied so that
+    /// they do not pin the request buffer they were decoded from.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64, rev: i64, sub: u32, before: i64) -> Put {
+        // One lookup for an existing key; two only when inserting.
+        let found = self.keys.range_mut::<[u8], _>((Bound::Included(key), Bound::Included(key))).next();
+        let (stored, hist) = match found {
+            Some((k, h)) => (k.clone(), h),
             None => {
                 let k = Bytes::copy_from_slice(key);
-                self.keys.insert(k.clone(), History { entries: Vec::with_capacity(1) });
-                k
+                let h = self.keys.entry(k.clone()).or_insert_with(|| History { entries: Vec::with_capacity(1) });
+                (k, h)
             }
         };
-        let hist = self.keys.get_mut(key).expect("inserted above");
         let prev = hist.latest().cloned();
+        let before = hist.at(before).cloned();
         let (create_rev, version) = match &prev {
             Some(p) => (p.create_rev, p.version + 1),
             None => (rev, 1),
@@ -120,7 +132,7 @@ impl KeySpace {
         }
         let e = Entry { mod_rev: rev, create_rev, version, lease, value: Bytes::copy_from_slice(value), sub };
         hist.entries.push(e.clone());
-        (stored, e, prev)
+        Put { key: stored, new: e, prev, before }
     }
 
     /// Tombstones a live key at `rev`; returns the entry it ended.
@@ -236,13 +248,19 @@ impl OwnedRange {
 mod tests {
     use super::*;
 
+    impl KeySpace {
+        fn put_at(&mut self, key: &[u8], value: &[u8], lease: i64, rev: i64, sub: u32) {
+            self.put(key, value, lease, rev, sub, rev - 1);
+        }
+    }
+
     #[test]
     fn history_reads_at_revision_and_hides_tombstones() {
         let mut ks = KeySpace::default();
-        ks.put(b"a", b"1", 0, 2, 0);
-        ks.put(b"a", b"2", 0, 3, 0);
+        ks.put_at(b"a", b"1", 0, 2, 0);
+        ks.put_at(b"a", b"2", 0, 3, 0);
         ks.delete(b"a", 4, 0);
-        ks.put(b"a", b"3", 0, 5, 0);
+        ks.put_at(b"a", b"3", 0, 5, 0);
         let h = ks.get(b"a").unwrap();
         assert!(h.at(1).is_none());
         assert_eq!(h.at(2).unwrap().value, "1");
@@ -256,11 +274,11 @@ mod tests {
     #[test]
     fn compaction_keeps_what_later_reads_need() {
         let mut ks = KeySpace::default();
-        ks.put(b"a", b"1", 0, 2, 0);
-        ks.put(b"a", b"2", 0, 3, 0);
-        ks.put(b"b", b"1", 0, 4, 0);
+        ks.put_at(b"a", b"1", 0, 2, 0);
+        ks.put_at(b"a", b"2", 0, 3, 0);
+        ks.put_at(b"b", b"1", 0, 4, 0);
         ks.delete(b"b", 5, 0);
-        ks.put(b"a", b"3", 0, 6, 0);
+        ks.put_at(b"a", b"3", 0, 6, 0);
         ks.compact(5);
         let a = ks.get(b"a").unwrap();
         assert_eq!(a.entries.len(), 2, "entry at 3 is still the value at 5");
@@ -272,7 +290,7 @@ mod tests {
     fn inverted_and_from_key_ranges() {
         let mut ks = KeySpace::default();
         for (i, k) in ["a", "b", "c"].iter().enumerate() {
-            ks.put(k.as_bytes(), b"v", 0, 2 + i as i64, 0);
+            ks.put_at(k.as_bytes(), b"v", 0, 2 + i as i64, 0);
         }
         assert_eq!(ks.range(b"c", b"a").count(), 0);
         assert_eq!(ks.range(b"b", b"b").count(), 0);
@@ -283,9 +301,9 @@ mod tests {
     #[test]
     fn events_are_in_revision_order_with_prev() {
         let mut ks = KeySpace::default();
-        ks.put(b"b", b"1", 0, 2, 0);
-        ks.put(b"a", b"1", 0, 3, 0);
-        ks.put(b"b", b"2", 0, 3, 1);
+        ks.put_at(b"b", b"1", 0, 2, 0);
+        ks.put_at(b"a", b"1", 0, 3, 0);
+        ks.put_at(b"b", b"2", 0, 3, 1);
         ks.delete(b"a", 4, 0);
         let all = OwnedRange { key: Bytes::from_static(b"\0"), end: Bytes::from_static(b"\0") };
         let evs = ks.events(&all, 3, 4, true, 0, usize::MAX);

@@ -90,8 +90,10 @@ impl Instance {
         if self.id.is_empty() || self.id.contains('/') {
             return Err(format!("instance id {:?} must be non-empty and contain no '/'", self.id));
         }
-        if self.addr.is_empty() {
-            return Err("address must not be empty".into());
+        let port = self.addr.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+        match port {
+            Some((host, Ok(p))) if !host.is_empty() && p != 0 => {}
+            _ => return Err(format!("address {:?} must be host:port", self.addr)),
         }
         Ok(())
     }
@@ -172,6 +174,9 @@ mod tests {
     fn validation() {
         assert!(Instance::new("hel/lo", "a:1").validate().is_err());
         assert!(Instance::new("hello", "").validate().is_err());
+        assert!(Instance::new("hello", "nope").validate().is_err());
+        assert!(Instance::new("hello", "host:0").validate().is_err());
+        assert!(Instance::new("hello", "[::1]:80").validate().is_ok());
         assert!(Instance::new("hello", "a:1").validate().is_ok());
     }
 }
