@@ -19,12 +19,21 @@ pub struct RegistryArgs {
     /// Timeout of each registry call, in seconds.
     #[arg(long, default_value_t = 5, global = true)]
     pub timeout: u64,
+    /// CA certificate (PEM) to trust for `https://` endpoints; without it
+    /// the system's roots are used.
+    #[arg(long, env = "ROSTER_CACERT", global = true)]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 impl RegistryArgs {
     pub fn client(&self) -> Result<Client> {
         let mut cfg = ClientConfig::from_list(&self.endpoints);
         cfg.request_timeout = Duration::from_secs(self.timeout.max(1));
+        if let Some(path) = &self.cacert {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read --cacert {}", path.display()))?;
+            let ca = tonic::transport::Certificate::from_pem(pem);
+            cfg.tls = Some(tonic::transport::ClientTlsConfig::new().ca_certificate(ca));
+        }
         Client::new(cfg).with_context(|| format!("bad --endpoints {:?}", self.endpoints))
     }
 

@@ -7,6 +7,7 @@
 //!   assertions run against real etcd as a conformance check.
 //! - `bad_input`: malformed and limit-breaking requests get etcd's exact
 //!   code and message.
+//! - `registry_cli`: `roster register`, `ls` and `watch`, on roster and etcd.
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
 //!
@@ -17,4 +18,5 @@ mod bad_input;
 mod crash;
 mod differential;
 mod etcdctl;
+mod registry_cli;
 mod support;

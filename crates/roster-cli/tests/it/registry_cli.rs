@@ -1,0 +1,181 @@
+//! `roster register`, `roster ls` and `roster watch` as a user runs them,
+//! against `roster serve` and against real etcd.
+
+use crate::support::roster_bin;
+use roster_testkit::{require_etcd, Etcd, Roster};
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+async fn ls_json(endpoint: &str) -> Vec<Value> {
+    let out = Command::new(roster_bin()).args(["--log", "warn", "ls", "--json", "--endpoints", endpoint]).output().await.unwrap();
+    assert!(out.status.success(), "roster ls failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+fn register(endpoint: &str, args: &[&str]) -> Child {
+    Command::new(roster_bin())
+        .args(["--log", "warn", "register", "--endpoints", endpoint])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn until(what: &str, limit: Duration, endpoint: &str, f: impl Fn(&[Value]) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f(&ls_json(endpoint).await) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
+async fn scenario(endpoint: String) {
+    // A watcher started first sees the instance arrive and leave.
+    let mut watch = Command::new(roster_bin())
+        .args(["--log", "warn", "watch", "hello", "--json", "--endpoints", &endpoint])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+
+    let reg = register(&endpoint, &["hello", "127.0.0.1:50051", "--id", "a", "--ttl", "5", "--zone", "eu-1", "--meta", "k=v"]);
+    until("registered", Duration::from_secs(10), &endpoint, |l| l.len() == 1).await;
+    let listed = ls_json(&endpoint).await;
+    let i = &listed[0];
+    assert_eq!((i["service"].as_str(), i["id"].as_str(), i["addr"].as_str()), (Some("hello"), Some("a"), Some("127.0.0.1:50051")));
+    assert_eq!((i["zone"].as_str(), i["meta"]["k"].as_str()), (Some("eu-1"), Some("v")));
+    let ttl = i["ttl_remaining"].as_i64().unwrap();
+    assert!((1..=5).contains(&ttl), "lease TTL remaining {ttl}");
+
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((v["change"].as_str(), v["instance"]["id"].as_str()), (Some("added"), Some("a")));
+
+    // SIGTERM revokes at once.
+    sigterm(&reg);
+    let took = until("gone after SIGTERM", Duration::from_secs(3), &endpoint, |l| l.is_empty()).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(line.contains("\"removed\""), "{line}");
+
+    // A failing health check withdraws the instance while the process lives.
+    let port = roster_testkit::free_port();
+    let check = format!("tcp://127.0.0.1:{port}");
+    let _checked = register(&endpoint, &["hello", "127.0.0.1:50052", "--id", "b", "--check", &check, "--check-interval", "1"]);
+    until("withdrawn while the check fails", Duration::from_secs(10), &endpoint, |l| l.is_empty()).await;
+    let _listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    until("restored once the check passes", Duration::from_secs(10), &endpoint, |l| l.iter().any(|i| i["id"] == "b")).await;
+    let _ = watch.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_ls_watch_roster() {
+    let r = Roster::start(roster_bin()).await;
+    scenario(r.endpoint()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_ls_watch_etcd() {
+    if require_etcd().is_none() {
+        return;
+    }
+    let e = Etcd::start().await;
+    scenario(e.endpoint()).await;
+}
+
+#[tokio::test]
+async fn bad_arguments_get_helpful_errors() {
+    for (args, want) in [
+        (vec!["register", "hello", "nope"], "must be host:port"),
+        (vec!["register", "hello", "127.0.0.1:1", "--meta", "novalue"], "expected k=v"),
+        (vec!["register", "hello", "127.0.0.1:1", "--ttl", "1"], "at least 2 seconds"),
+        (vec!["register", "hello", "127.0.0.1:1", "--check", "ftp://x:1"], "unsupported scheme"),
+        (vec!["ls", "--endpoints", "127.0.0.1:1"], "cannot reach any registry endpoint"),
+    ] {
+        let out = Command::new(roster_bin()).args(&args).output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=roster-test-ca"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.ext"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_and_lists_over_tls_against_etcd() {
+    let Some(etcd_bin) = require_etcd() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let (client, peer) = (roster_testkit::free_port(), roster_testkit::free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let _etcd = Command::new(etcd_bin)
+        .current_dir(dir.path())
+        .args(["--name", "tls", "--data-dir", "data", "--log-level", "error"])
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("tls={peer_url}")])
+        .args(["--cert-file", "server.pem", "--key-file", "server.key"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ca = dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let ls = |extra: Vec<String>| {
+        let url = url.clone();
+        async move {
+            Command::new(roster_bin()).args(["--log", "warn", "ls", "--json", "--endpoints", &url, "--timeout", "2"]).args(extra).output().await.unwrap()
+        }
+    };
+    let start = Instant::now();
+    while !ls(vec!["--cacert".into(), ca.into()]).await.status.success() {
+        assert!(start.elapsed() < Duration::from_secs(30), "etcd with TLS did not come up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _reg = Command::new(roster_bin())
+        .args(["--log", "warn", "register", "hello", "127.0.0.1:50051", "--id", "tls", "--endpoints", &url, "--cacert", ca])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let out = ls(vec!["--cacert".into(), ca.into()]).await;
+        let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if listed.iter().any(|i| i["id"] == "tls") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "not registered over TLS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let untrusted = ls(vec![]).await;
+    assert!(!untrusted.status.success(), "a server signed by an unknown CA must be refused");
+}
