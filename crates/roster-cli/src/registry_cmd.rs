@@ -319,8 +319,8 @@ pub async fn watch(args: WatchArgs, shutdown: impl std::future::Future<Output = 
             c = changes.next() => {
                 let Some(c) = c else { return Ok(()) };
                 // Skip replays of the first list already printed.
-                if let Change::Added(i) = &c {
-                    if seen_first.remove(&i.id).as_ref() == Some(i) { continue }
+                if let Change::Added(i) = &c && seen_first.remove(&i.id).as_ref() == Some(i) {
+                    continue;
                 }
                 seen_first.clear();
                 print_change(&c, args.json);

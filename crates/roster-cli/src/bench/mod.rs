@@ -92,6 +92,17 @@ enum Workload {
         #[arg(long, default_value_t = 2000)]
         total: u64,
     },
+    /// Registration to discovery: how long until every one of `--watchers`
+    /// SDK discoveries sees a newly registered instance.
+    Discovery {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Instances registered one after another.
+        #[arg(long, default_value_t = 50)]
+        instances: u64,
+    },
     /// Keys of `--val-size` bytes, each on its own lease, then server RSS.
     Memory {
         #[command(flatten)]
@@ -104,7 +115,8 @@ enum Workload {
         #[arg(long = "pid", value_parser = target::parse_pid)]
         pids: Vec<(String, u32)>,
     },
-    /// The suite: put 10x100 and 1x1, range s/l 10x100, keepalive, watch fan-out.
+    /// The suite: put 10x100 and 1x1, range s/l 10x100, keepalive,
+    /// watch fan-out, and registration-to-discovery latency.
     All {
         #[command(flatten)]
         common: Common,
@@ -133,6 +145,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let w = workloads::Watch { watchers, total };
             table.compare(&common, &format!("watch 1->{}", w.watchers), |t| w.run(t, &common)).await?;
         }
+        Workload::Discovery { common, watchers, instances } => {
+            let w = workloads::Appearance { watchers, instances };
+            table.compare(&common, &format!("appear ->{watchers} watchers"), |t| w.run(t, &common)).await?;
+        }
         Workload::Memory { common, keys, val_size, pids } => {
             let w = workloads::Memory { keys, val_size, pids };
             table.compare(&common, &format!("memory {}k keys+leases", keys / 1000), |t| w.run(t, &common)).await?;
@@ -151,6 +167,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             table.compare(&common, "keepalive 1000", |t| ka.run(t, &common)).await?;
             let w = workloads::Watch { watchers: 100, total: 2000 };
             table.compare(&common, "watch 1->100", |t| w.run(t, &common)).await?;
+            let a = workloads::Appearance { watchers: 100, instances: 50 };
+            table.compare(&common, "appear ->100 watchers", |t| a.run(t, &common)).await?;
         }
     }
     table.print_summary();

@@ -287,3 +287,56 @@ impl Memory {
         Ok(o)
     }
 }
+
+#[derive(Debug, Clone)]
+pub struct Appearance {
+    pub watchers: usize,
+    pub instances: u64,
+}
+
+impl Appearance {
+    /// Registers instances one at a time through the SDK and records, for
+    /// every watcher, the time from `register` returning to the instance
+    /// being in that watcher's list.
+    pub async fn run(&self, t: Target, common: &Common) -> Result<Outcome> {
+        let client = roster::Client::connect([t.addr.clone()])?;
+        let service = format!("bench-appear-{}", std::process::id());
+        let registry = roster::Registry::new(client);
+        let discoveries: Vec<roster::Discovery> = (0..self.watchers).map(|_| registry.discover(&service)).collect();
+        for d in &discoveries {
+            tokio::time::timeout(Duration::from_secs(10), d.ready()).await.context("discovery did not list in time")?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(common.max_duration);
+        let mut hist = histogram();
+        let mut errors = 0;
+        let start = Instant::now();
+        let mut last = Instant::now();
+        for n in 0..self.instances {
+            let id = format!("i{n}");
+            let inst = roster::Instance::new(&service, format!("127.0.0.1:{}", 20000 + n)).with_id(&id);
+            let reg = registry.register(inst).await?;
+            let registered = Instant::now();
+            // Poll every watcher together; each one's first sighting counts.
+            let mut pending: Vec<&roster::Discovery> = discoveries.iter().collect();
+            while !pending.is_empty() && registered.elapsed() < Duration::from_secs(5) {
+                pending.retain(|d| {
+                    let seen = d.snapshot().instances.contains_key(&id);
+                    if seen {
+                        let _ = hist.record(registered.elapsed().as_micros().max(1) as u64);
+                    }
+                    !seen
+                });
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+            errors += pending.len() as u64;
+            reg.deregister().await?;
+            progress("registrations", n + 1, self.instances, &mut last);
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        let mut o = Outcome::new(hist.clone(), hist.len(), start.elapsed(), errors);
+        o.note = "sightings/s; latency is register-to-listed, over every watcher".into();
+        Ok(o)
+    }
+}
