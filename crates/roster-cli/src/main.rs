@@ -3,6 +3,7 @@
 //! failure exits 1.
 
 mod bench;
+mod demo;
 mod registry_cmd;
 mod serve;
 
@@ -45,6 +46,10 @@ enum Commands {
     Ls(registry_cmd::LsArgs),
     /// Print a service's instances, then each change as it happens.
     Watch(registry_cmd::WatchArgs),
+    /// A guided tour in one process: an embedded registry, three hello
+    /// servers and a balancing client; one server crashes, traffic moves,
+    /// a fourth joins. Takes about ten seconds and exits by itself.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
             Commands::Bench(args) => bench::run(args).await,
             Commands::Register(args) => registry_cmd::register(args, serve::shutdown_signal()?).await,
             Commands::Ls(args) => registry_cmd::ls(args).await,
+            Commands::Demo(args) => demo::run(args).await,
             Commands::Watch(args) => registry_cmd::watch(args, serve::shutdown_signal()?).await,
         }
     });

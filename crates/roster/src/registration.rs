@@ -39,6 +39,7 @@ enum Cmd {
     Pause(oneshot::Sender<()>),
     Resume,
     Deregister(oneshot::Sender<Result<()>>),
+    Abandon,
 }
 
 /// A live registration. Dropping it withdraws the instance in the
@@ -93,6 +94,12 @@ impl Registration {
         self.cmds.send(Cmd::Resume).await.map_err(|_| Error::Closed)
     }
 
+    /// Stops renewing without revoking: the key stays until its lease
+    /// expires, exactly as when the process dies. For demos and tests.
+    pub async fn abandon(self) {
+        let _ = self.cmds.send(Cmd::Abandon).await;
+    }
+
     /// Revokes the lease, so the instance leaves every list at once, and
     /// stops. Call it before the process stops serving.
     pub async fn deregister(self) -> Result<()> {
@@ -117,6 +124,8 @@ enum Exit {
     Lost(String),
     Pause(oneshot::Sender<()>),
     Stop(Option<oneshot::Sender<Result<()>>>),
+    /// Stop without revoking.
+    Abandon,
 }
 
 impl Task {
@@ -139,6 +148,7 @@ impl Task {
                             Some(Cmd::Pause(done)) => Exit::Pause(done),
                             Some(Cmd::Resume) => continue,
                             Some(Cmd::Deregister(done)) => Exit::Stop(Some(done)),
+                            Some(Cmd::Abandon) => return,
                             None => Exit::Stop(None),
                         },
                     }
@@ -165,10 +175,14 @@ impl Task {
                                 let _ = done.send(Ok(()));
                                 return;
                             }
-                            None => return,
+                            Some(Cmd::Abandon) | None => return,
                         }
                     }
                     self.status.send_replace(RegistrationStatus::Registering);
+                }
+                Exit::Abandon => {
+                    tracing::info!(key = %self.key, "abandoned; the key expires with its lease");
+                    return;
                 }
                 Exit::Stop(done) => {
                     let res = self.withdraw().await;
@@ -303,6 +317,7 @@ fn cmd_exit(cmd: Option<Cmd>) -> Option<Exit> {
         Some(Cmd::Pause(done)) => Some(Exit::Pause(done)),
         Some(Cmd::Resume) => None,
         Some(Cmd::Deregister(done)) => Some(Exit::Stop(Some(done))),
+        Some(Cmd::Abandon) => Some(Exit::Abandon),
         None => Some(Exit::Stop(None)),
     }
 }

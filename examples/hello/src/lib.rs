@@ -14,20 +14,35 @@ use pb::hello_server::{Hello, HelloServer};
 use pb::{SayReply, SayRequest};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The service name instances register under.
 pub const SERVICE: &str = "hello";
 
 /// One greeter instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Greeter {
     pub id: String,
+    /// Extra time each answer takes, in microseconds; benches and demos
+    /// make one instance slow with it.
+    pub delay_us: Arc<AtomicU64>,
+}
+
+impl Greeter {
+    pub fn new(id: impl Into<String>) -> Self {
+        Greeter { id: id.into(), ..Default::default() }
+    }
 }
 
 #[tonic::async_trait]
 impl Hello for Greeter {
     async fn say(&self, req: tonic::Request<SayRequest>) -> Result<tonic::Response<SayReply>, tonic::Status> {
+        let delay = self.delay_us.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
         let name = req.into_inner().name;
         Ok(tonic::Response::new(SayReply { message: format!("hello, {name}"), instance: self.id.clone() }))
     }
@@ -35,8 +50,12 @@ impl Hello for Greeter {
 
 /// Serves a greeter on `listener` until `shutdown` resolves.
 pub async fn serve(listener: tokio::net::TcpListener, id: String, shutdown: impl Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
+    serve_greeter(listener, Greeter::new(id), shutdown).await
+}
+
+pub async fn serve_greeter(listener: tokio::net::TcpListener, greeter: Greeter, shutdown: impl Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(HelloServer::new(Greeter { id }))
+        .add_service(HelloServer::new(greeter))
         .serve_with_incoming_shutdown(tokio_stream_wrap(listener), shutdown)
         .await
 }

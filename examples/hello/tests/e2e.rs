@@ -199,12 +199,11 @@ async fn new_server_gets_calls_within_100ms(backend: Backend) {
         let mut seen_tx = Some(seen_tx);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(id) = hello::say(&mut client, "t", Duration::from_secs(1)).await {
-                if id == "new" {
+            if let Ok(id) = hello::say(&mut client, "t", Duration::from_secs(1)).await
+                && id == "new" {
                     let _ = seen_tx.take().expect("once").send(Instant::now());
                     return;
                 }
-            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     });

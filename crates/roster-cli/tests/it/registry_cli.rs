@@ -227,3 +227,21 @@ async fn registry_kill_9_and_restart_keeps_every_registration() {
         assert!(matches!(*r.status().borrow(), RegistrationStatus::Registered { .. }));
     }
 }
+
+#[tokio::test]
+async fn demo_exits_by_itself_and_shows_traffic_moving() {
+    let out = tokio::time::timeout(Duration::from_secs(60), Command::new(roster_bin()).args(["--log", "error", "demo"]).output())
+        .await
+        .expect("demo ends within a minute")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("hello-2 crashes"), "{stdout}");
+    let last = stdout.lines().find(|l| l.contains("final tally")).expect("a final tally");
+    let count = |name: &str| -> u64 {
+        last.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    assert!(count("hello-4") > 0, "the new server got calls: {last}");
+    assert!(count("hello-1") > count("hello-2") && count("hello-3") > count("hello-2"), "traffic moved off the crashed one: {last}");
+    assert!(count("errors") <= 3, "only the calls that found hello-2 dead fail: {last}");
+}

@@ -175,12 +175,13 @@ impl Balancer {
         if local { &set.local } else { &[] }
     }
 
+    /// Skipped (ejected) endpoints advance the shared cursor too, so their
+    /// turns spread over all the others instead of falling to the next one.
     fn round_robin(&self, set: &Set, local: bool, ok: impl Fn(usize) -> bool) -> Option<usize> {
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let sub = self.candidates(set, local);
         let n = if local { sub.len() } else { set.endpoints.len() };
         let at = |k: usize| if local { sub[k % n] } else { k % n };
-        (0..n).map(|k| at(start + k)).find(|&i| ok(i))
+        (0..n).map(|_| at(self.cursor.fetch_add(1, Ordering::Relaxed))).find(|&i| ok(i))
     }
 
     fn weighted(&self, set: &Set, ok: impl Fn(usize) -> bool) -> Option<usize> {

@@ -115,6 +115,7 @@ fn failures_eject_with_a_cap_and_a_probe_readmits() {
     assert_eq!(ejected.len(), 2, "at most 50% ejected, got {ejected:?}");
     let seen = counts(&pick_ids(&b, 20));
     assert!(ejected.iter().all(|id| !seen.contains_key(id)), "ejected endpoints get no traffic");
+    assert_eq!(seen.values().copied().collect::<std::collections::BTreeSet<_>>(), [10].into(), "the others share evenly: {seen:?}");
     // After the backoff, exactly one probe goes through; success readmits.
     std::thread::sleep(Duration::from_millis(60));
     let probes: Vec<_> = (0..8).filter_map(|_| b.pick(None)).filter(|g| ejected.contains(&g.instance().id)).collect();
