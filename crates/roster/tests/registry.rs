@@ -248,3 +248,16 @@ async fn futures_join<F: std::future::Future<Output = roster::Result<roster::Reg
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_withdraws_the_instance() {
+    let server = Server::start(None).await;
+    let reg = server.registry(10);
+    let d = reg.discover("hello");
+    d.ready().await;
+    let r = reg.register(Instance::new("hello", "127.0.0.1:5001").with_id("a")).await.unwrap();
+    eventually("registered", Duration::from_secs(5), || ids(&d).contains("a")).await;
+    drop(r);
+    let took = eventually("gone after drop", Duration::from_secs(3), || ids(&d).is_empty()).await;
+    assert!(took < Duration::from_secs(2), "dropping revokes in the background, well before the TTL ({took:?})");
+}

@@ -245,3 +245,26 @@ async fn demo_exits_by_itself_and_shows_traffic_moving() {
     assert!(count("hello-1") > count("hello-2") && count("hello-3") > count("hello-2"), "traffic moved off the crashed one: {last}");
     assert!(count("errors") <= 3, "only the calls that found hello-2 dead fail: {last}");
 }
+
+/// The HTTP and gRPC checks, pointed at roster serve's own `/health` and
+/// `grpc.health.v1`; a wrong HTTP path fails the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_grpc_health_checks() {
+    let r = Roster::start(roster_bin()).await;
+    let endpoint = r.endpoint();
+    let http = format!("{}/health", r.http_url());
+    let grpc = format!("grpc://{endpoint}");
+    let bad = format!("{}/no-such-page", r.http_url());
+    let _a = register(&endpoint, &["svc", "127.0.0.1:1001", "--id", "http", "--check", &http, "--check-interval", "1"]);
+    let _b = register(&endpoint, &["svc", "127.0.0.1:1002", "--id", "grpc", "--check", &grpc, "--check-interval", "1"]);
+    let _c = register(&endpoint, &["svc", "127.0.0.1:1003", "--id", "bad", "--check", &bad, "--check-interval", "1"]);
+    until("http and grpc checks pass", Duration::from_secs(10), &endpoint, |l| {
+        l.iter().any(|i| i["id"] == "http") && l.iter().any(|i| i["id"] == "grpc")
+    })
+    .await;
+    // Past a few check rounds, the failing one stays withdrawn.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let listed = ls_json(&endpoint).await;
+    let ids: Vec<&str> = listed.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert!(ids.contains(&"http") && ids.contains(&"grpc") && !ids.contains(&"bad"), "{ids:?}");
+}
