@@ -1,71 +1,119 @@
 #!/usr/bin/env bash
-# Runs `roster bench all` against roster serve and etcd side by side, on the
-# same disk with fsync on for both, then the memory workload on fresh
-# servers. Prints each workload's figures and the roster/etcd ratio.
+# Runs `roster bench all` against `roster serve` and etcd side by side, their
+# data dirs in one temp dir on the same disk, fsync on for both; then restarts
+# both fresh and runs the memory workload with their PIDs. Prints every
+# workload's figures and the roster/etcd ratio. Loopback only; stops only the
+# servers it started, by PID; bounded in time (--limit seconds per bench run).
 #
-#   scripts/bench-vs-etcd.sh [--total N] [--keys N]
+#   scripts/bench-vs-etcd.sh [--total N] [--keys N] [--limit SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOTAL=50000
-KEYS=100000
+
+TOTAL=50000   # requests per throughput workload
+KEYS=100000   # keys (each on its own lease) for the memory workload
+LIMIT=900     # seconds each bench invocation may take before it is stopped
 while [ $# -gt 0 ]; do
     case "$1" in
         --total) TOTAL=$2; shift 2 ;;
         --keys) KEYS=$2; shift 2 ;;
-        *) echo "usage: $0 [--total N] [--keys N]" >&2; exit 2 ;;
+        --limit) LIMIT=$2; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "usage: $0 [--total N] [--keys N] [--limit SECS]" >&2; exit 2 ;;
     esac
 done
 command -v etcd >/dev/null || { echo "etcd is not installed (Debian: apt-get install etcd-server)" >&2; exit 1; }
+command -v etcdctl >/dev/null || { echo "etcdctl is not installed (Debian: apt-get install etcd-client)" >&2; exit 1; }
 
+echo "== building roster (release)" >&2
 cargo build --release -q -p roster-cli
-ROSTER=target/release/roster
+ROSTER="${CARGO_TARGET_DIR:-target}/release/roster"
+[ -x "$ROSTER" ] || { echo "no $ROSTER after the build" >&2; exit 1; }
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/roster-bench.XXXXXX")
-PIDS=()
+ROSTER_PID=""
+ETCD_PID=""
+running() { # pid: alive and not yet a zombie
+    local state
+    state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+stop() { # pid...: SIGTERM, SIGKILL after 10 s; only the PIDs given (our children)
+    local p
+    for p in "$@"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    for p in "$@"; do
+        [ -n "$p" ] || continue
+        for _ in $(seq 1 100); do running "$p" || break; sleep 0.1; done
+        running "$p" && kill -9 "$p" 2>/dev/null
+        wait "$p" 2>/dev/null || true
+    done
+}
 cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop "$ROSTER_PID" "$ETCD_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free loopback port: bind port 0 and read what the kernel chose.
+port() {
+    if command -v python3 >/dev/null; then
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    else
+        echo $((20000 + RANDOM % 30000))
+    fi
+}
 
-wait_up() { # name addr pid
-    for _ in $(seq 1 100); do
-        if ETCDCTL_API=3 etcdctl --endpoints "$2" --command-timeout=1s endpoint health >/dev/null 2>&1; then return 0; fi
-        kill -0 "$3" 2>/dev/null || { echo "$1 died on start" >&2; exit 1; }
+wait_up() { # name addr pid log
+    for _ in $(seq 1 150); do
+        if ETCDCTL_API=3 etcdctl --endpoints "$2" --dial-timeout=1s --command-timeout=1s endpoint health >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! kill -0 "$3" 2>/dev/null; then
+            echo "$1 exited on start; its log:" >&2; tail -20 "$4" >&2; exit 1
+        fi
         sleep 0.1
     done
-    echo "$1 did not come up" >&2; exit 1
+    echo "$1 did not answer on $2 within 15 s; its log:" >&2; tail -20 "$4" >&2; exit 1
 }
 
 start_both() { # tag
     RP=$(port); RH=$(port); EP=$(port); EPP=$(port)
-    "$ROSTER" serve --listen "127.0.0.1:$RP" --http "127.0.0.1:$RH" --data-dir "$WORK/roster-$1" --log warn \
+    "$ROSTER" --log warn serve --listen "127.0.0.1:$RP" --http "127.0.0.1:$RH" --data-dir "$WORK/roster-$1" \
         >"$WORK/roster-$1.log" 2>&1 &
     ROSTER_PID=$!
+    # etcd with its defaults (fsync on), but a backend quota of 8 GiB so the
+    # bench cannot run into NOSPACE.
     etcd --name bench --data-dir "$WORK/etcd-$1" \
         --listen-client-urls "http://127.0.0.1:$EP" --advertise-client-urls "http://127.0.0.1:$EP" \
         --listen-peer-urls "http://127.0.0.1:$EPP" --initial-advertise-peer-urls "http://127.0.0.1:$EPP" \
         --initial-cluster "bench=http://127.0.0.1:$EPP" --quota-backend-bytes 8589934592 \
         --log-level error >"$WORK/etcd-$1.log" 2>&1 &
     ETCD_PID=$!
-    PIDS+=("$ROSTER_PID" "$ETCD_PID")
-    wait_up roster "127.0.0.1:$RP" "$ROSTER_PID"
-    wait_up etcd "127.0.0.1:$EP" "$ETCD_PID"
+    wait_up roster "127.0.0.1:$RP" "$ROSTER_PID" "$WORK/roster-$1.log"
+    wait_up etcd "127.0.0.1:$EP" "$ETCD_PID" "$WORK/etcd-$1.log"
 }
 
 stop_both() {
-    kill "$ROSTER_PID" "$ETCD_PID" 2>/dev/null || true
-    wait "$ROSTER_PID" "$ETCD_PID" 2>/dev/null || true
+    stop "$ROSTER_PID" "$ETCD_PID"
+    ROSTER_PID=""
+    ETCD_PID=""
 }
 
-echo "== machine: $(nproc) cores; data dirs under $WORK ($(df -h "$WORK" | awk 'NR==2{print $1}')); etcd $(etcd --version | head -1 | awk '{print $3}')"
+bench() { # args...: one bench run, stopped after $LIMIT seconds
+    timeout --kill-after=10 "$LIMIT" "$ROSTER" --log warn bench "$@"
+}
+
+echo "== machine: $(nproc) cores, $(uname -r); data dirs under $WORK ($(df -P "$WORK" | awk 'NR==2{print $1}'))"
+echo "== $("$ROSTER" --version); etcd $(etcd --version | awk '/etcd Version/{print $3}')"
+
 start_both run
-"$ROSTER" --log warn bench all --total "$TOTAL" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP"
+echo "== roster pid $ROSTER_PID on 127.0.0.1:$RP, etcd pid $ETCD_PID on 127.0.0.1:$EP"
+bench all --total "$TOTAL" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP"
 stop_both
 
+echo
 start_both mem
-"$ROSTER" --log warn bench memory --keys "$KEYS" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP" \
+echo "== fresh servers: roster pid $ROSTER_PID, etcd pid $ETCD_PID"
+bench memory --keys "$KEYS" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP" \
     --pid "roster=$ROSTER_PID" --pid "etcd=$ETCD_PID"
 stop_both

@@ -3,172 +3,228 @@
 //! Workloads follow etcd's own `benchmark` tool: `--conns` gRPC connections
 //! shared by `--clients` concurrent clients in total. Given two `--target`s,
 //! each workload runs on one, then the other (never both at once: the
-//! machine is shared), and a ratio line compares them.
+//! machine is shared), and a ratio line compares them. Every workload is
+//! bounded by its request count and by `--max-duration`, and stops by
+//! itself.
 //!
-//! Files: `target.rs` (endpoints and connections), `report.rs` (histograms
-//! and the table), `workloads.rs` (put, range, keepalive, watch, memory).
+//! Module layout:
+//!
+//! - `mod.rs`: the command line and the dispatch.
+//! - `target.rs`: endpoints, connections, and a server's RSS.
+//! - `driver.rs`: the closed loop of `--clients` over `--conns`.
+//! - `report.rs`: histograms, progress on stderr, and the results table.
+//! - one file per workload: `put.rs`, `range.rs`, `keepalive.rs`,
+//!   `watch.rs`, `memory.rs`, `discovery.rs`.
 
+mod discovery;
+mod driver;
+mod keepalive;
+mod memory;
+mod put;
+mod range;
 mod report;
 mod target;
-mod workloads;
+mod watch;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
+use report::{Outcome, Table};
+use std::time::Duration;
 use target::Target;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  roster bench put --conns 10 --clients 100 --total 50000 \\
+      --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
+  roster bench range --consistency s --target roster=127.0.0.1:2379
+  roster bench watch --watchers 100 --total 2000
+  roster bench memory --keys 100000 --target roster=127.0.0.1:2379 --pid roster=$(pgrep -f 'roster serve')
+  roster bench all --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
+
+Results go to stdout as a table, progress to stderr.")]
 pub struct BenchArgs {
     #[command(subcommand)]
-    workload: Workload,
+    workload: Command,
 }
 
 /// Where to send load, shared by every workload.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// `NAME=HOST:PORT`; give two to compare them (the ratio is first/second).
-    #[arg(long = "target", value_parser = Target::parse, default_value = "roster=127.0.0.1:2379")]
+    /// `NAME=HOST:PORT` of an etcd v3 endpoint. Give it twice to compare two
+    /// servers: they run one after the other, and the ratio is first/second.
+    #[arg(long = "target", value_name = "NAME=HOST:PORT", value_parser = Target::parse, default_value = "roster=127.0.0.1:2379")]
     targets: Vec<Target>,
-    /// Stop a workload after this many seconds even if `--total` is not reached.
-    #[arg(long, default_value_t = 60)]
+    /// Stop a workload after this many seconds (per target) even if
+    /// `--total` is not reached.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     max_duration: u64,
 }
 
+impl Common {
+    fn validate(&self) -> Result<()> {
+        for (i, t) in self.targets.iter().enumerate() {
+            if self.targets[..i].iter().any(|o| o.name == t.name) {
+                bail!(
+                    "two targets are named {:?}; give each --target a distinct NAME=",
+                    t.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn max(&self) -> Duration {
+        Duration::from_secs(self.max_duration)
+    }
+}
+
+/// The closed-loop load shape of etcd's `benchmark` tool.
 #[derive(Debug, Clone, Args)]
 pub struct Load {
-    /// gRPC connections.
-    #[arg(long, default_value_t = 10)]
-    conns: usize,
-    /// Concurrent clients in total, spread over the connections.
-    #[arg(long, default_value_t = 100)]
-    clients: usize,
+    /// gRPC connections (each its own TCP connection).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    conns: u64,
+    /// Concurrent clients in total, spread over the connections; each one
+    /// waits for its answer before it sends the next request.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    clients: u64,
     /// Requests in total.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     total: u64,
 }
 
+impl Load {
+    fn new(conns: u64, clients: u64, total: u64) -> Load {
+        Load {
+            conns,
+            clients,
+            total,
+        }
+    }
+}
+
+/// One workload, runnable against any target.
+pub trait Workload {
+    /// The row label, for example `put 10x100`.
+    fn name(&self) -> String;
+    /// Runs once against `t`, for at most about `max`.
+    async fn run(&self, t: &Target, max: Duration) -> Result<Outcome>;
+}
+
 #[derive(Debug, Subcommand)]
-enum Workload {
-    /// Durable puts of random keys.
+enum Command {
+    /// Durable puts: random (or sequential) keys of `--key-size` bytes out
+    /// of `--key-space`, values of `--val-size` bytes.
     Put {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
-        load: Load,
-        #[arg(long, default_value_t = 8)]
-        key_size: usize,
-        #[arg(long, default_value_t = 256)]
-        val_size: usize,
-        /// Distinct keys written.
-        #[arg(long, default_value_t = 100_000)]
-        key_space: u64,
+        put: put::Put,
     },
-    /// Ranges over one key: serializable (`s`) or linearizable (`l`).
+    /// Single-key ranges over keys the workload writes first:
+    /// serializable (`--consistency s`) or linearizable (`l`).
     Range {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
-        load: Load,
-        #[arg(long, default_value = "l", value_parser = ["s", "l"])]
-        consistency: String,
+        range: range::Range,
     },
-    /// Lease keepalive round trips over `--clients` streams.
+    /// `--leases` leases renewed over `--clients` keepalive streams:
+    /// keepalive round trips per second and their latency.
     Keepalive {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
-        load: Load,
-        /// Leases kept alive.
-        #[arg(long, default_value_t = 1000)]
-        leases: usize,
+        keepalive: keepalive::Keepalive,
     },
-    /// One writer, many watchers: notification latency and delivery.
+    /// One writer, `--watchers` watch streams on one key (or a prefix):
+    /// put-to-notify latency, delivered events per second, and any event
+    /// a watcher missed or got twice.
     Watch {
         #[command(flatten)]
         common: Common,
-        /// Watch streams on the key.
-        #[arg(long, default_value_t = 100)]
-        watchers: usize,
-        /// Puts by the writer.
-        #[arg(long, default_value_t = 2000)]
-        total: u64,
+        #[command(flatten)]
+        watch: watch::Watch,
     },
     /// Registration to discovery: how long until every one of `--watchers`
-    /// SDK discoveries sees a newly registered instance.
+    /// SDK discoveries lists a newly registered instance.
     Discovery {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 100)]
-        watchers: usize,
-        /// Instances registered one after another.
-        #[arg(long, default_value_t = 50)]
-        instances: u64,
+        #[command(flatten)]
+        discovery: discovery::Discovery,
     },
-    /// Keys of `--val-size` bytes, each on its own lease, then server RSS.
+    /// `--keys` keys of `--val-size` bytes, each on its own lease, then the
+    /// server's RSS (VmRSS of `--pid NAME=PID`).
     Memory {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 100_000)]
-        keys: u64,
-        #[arg(long, default_value_t = 256)]
-        val_size: usize,
-        /// `NAME=PID` of each target's server process, to read its RSS.
-        #[arg(long = "pid", value_parser = target::parse_pid)]
-        pids: Vec<(String, u32)>,
+        #[command(flatten)]
+        memory: memory::Memory,
     },
-    /// The issue's suite: put 10x100 and 1x1, range s/l 10x100, keepalive,
-    /// watch fan-out, and registration-to-discovery latency.
+    /// The whole suite: put 10x100 and 1x1, range serializable and
+    /// linearizable 10x100, keepalive of 1000 leases, watch fan-out to 100,
+    /// and registration-to-discovery latency.
     All {
         #[command(flatten)]
         common: Common,
-        /// Requests per throughput workload.
-        #[arg(long, default_value_t = 50_000)]
+        /// Requests per throughput workload (put 1x1 does a twentieth, at
+        /// least 500; ranges do twice as many).
+        #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
         total: u64,
+        /// Leave out registration-to-discovery latency.
+        #[arg(long)]
+        no_discovery: bool,
     },
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let mut table = report::Table::default();
+    let mut table = Table::default();
     match args.workload {
-        Workload::Put { common, load, key_size, val_size, key_space } => {
-            let w = workloads::Put { load, key_size, val_size, key_space };
-            table.compare(&common, &format!("put {}x{}", w.load.conns, w.load.clients), |t| w.run(t, &common)).await?;
+        Command::Put { common, put } => table.compare(&common, &put).await?,
+        Command::Range { common, range } => table.compare(&common, &range).await?,
+        Command::Keepalive { common, keepalive } => table.compare(&common, &keepalive).await?,
+        Command::Watch { common, watch } => table.compare(&common, &watch).await?,
+        Command::Discovery { common, discovery } => table.compare(&common, &discovery).await?,
+        Command::Memory { common, memory } => {
+            memory.validate(&common)?;
+            table.compare(&common, &memory).await?
         }
-        Workload::Range { common, load, consistency } => {
-            let w = workloads::Range { load, serializable: consistency == "s" };
-            table.compare(&common, &w.name(), |t| w.run(t, &common)).await?;
-        }
-        Workload::Keepalive { common, load, leases } => {
-            let w = workloads::Keepalive { load, leases };
-            table.compare(&common, &format!("keepalive {}", w.leases), |t| w.run(t, &common)).await?;
-        }
-        Workload::Watch { common, watchers, total } => {
-            let w = workloads::Watch { watchers, total };
-            table.compare(&common, &format!("watch 1->{}", w.watchers), |t| w.run(t, &common)).await?;
-        }
-        Workload::Discovery { common, watchers, instances } => {
-            let w = workloads::Appearance { watchers, instances };
-            table.compare(&common, &format!("appear ->{watchers} watchers"), |t| w.run(t, &common)).await?;
-        }
-        Workload::Memory { common, keys, val_size, pids } => {
-            let w = workloads::Memory { keys, val_size, pids };
-            table.compare(&common, &format!("memory {}k keys+leases", keys / 1000), |t| w.run(t, &common)).await?;
-        }
-        Workload::All { common, total } => {
-            let load = |conns, clients, total| Load { conns, clients, total };
-            let put = workloads::Put { load: load(10, 100, total), key_size: 8, val_size: 256, key_space: 100_000 };
-            table.compare(&common, "put 10x100", |t| put.run(t, &common)).await?;
-            let single = workloads::Put { load: load(1, 1, (total / 20).max(500)), ..put.clone() };
-            table.compare(&common, "put 1x1", |t| single.run(t, &common)).await?;
-            for serializable in [true, false] {
-                let r = workloads::Range { load: load(10, 100, total * 2), serializable };
-                table.compare(&common, &r.name(), |t| r.run(t, &common)).await?;
+        Command::All {
+            common,
+            total,
+            no_discovery,
+        } => {
+            let put = put::Put::new(Load::new(10, 100, total));
+            table.compare(&common, &put).await?;
+            let single = put::Put::new(Load::new(1, 1, (total / 20).max(500)));
+            table.compare(&common, &single).await?;
+            for consistency in [
+                range::Consistency::Serializable,
+                range::Consistency::Linearizable,
+            ] {
+                table
+                    .compare(
+                        &common,
+                        &range::Range::new(Load::new(10, 100, total * 2), consistency),
+                    )
+                    .await?;
             }
-            let ka = workloads::Keepalive { load: load(10, 100, total), leases: 1000 };
-            table.compare(&common, "keepalive 1000", |t| ka.run(t, &common)).await?;
-            let w = workloads::Watch { watchers: 100, total: 2000 };
-            table.compare(&common, "watch 1->100", |t| w.run(t, &common)).await?;
-            let a = workloads::Appearance { watchers: 100, instances: 50 };
-            table.compare(&common, "appear ->100 watchers", |t| a.run(t, &common)).await?;
+            table
+                .compare(
+                    &common,
+                    &keepalive::Keepalive::new(Load::new(10, 100, total), 1000),
+                )
+                .await?;
+            table
+                .compare(&common, &watch::Watch::new(100, 2000))
+                .await?;
+            if !no_discovery {
+                table
+                    .compare(&common, &discovery::Discovery::new(100, 50))
+                    .await?;
+            }
         }
     }
     table.print_summary();

@@ -1,91 +1,238 @@
-//! Latency histograms, progress, and the results table.
+//! Latency histograms, progress on stderr, and the results table on stdout.
+//!
+//! The table has a fixed layout, one row per workload and target, then a
+//! ratio line when there are two targets:
+//!
+//! ```text
+//! workload                 target            ops/s    p50 ms    p99 ms   errors  note
+//! put 10x100               roster            15414      5.91     13.75        0
+//! put 10x100               etcd              10282      9.12     24.91        0
+//!   ratio roster/etcd: throughput 1.50x, p50 0.65x, p99 0.55x
+//! ```
 
 use super::target::Target;
-use super::Common;
+use super::{Common, Workload};
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A latency histogram in microseconds, from 1 µs to 10 minutes, 3
+/// significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Records the time since `t0` in `hist`.
+pub fn record_since(hist: &mut Histogram<u64>, t0: Instant) {
+    hist.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+}
 
 /// What one workload measured on one target.
 #[derive(Debug)]
 pub struct Outcome {
+    /// Operations that succeeded.
     pub ops: u64,
     pub elapsed: Duration,
     /// Latencies in microseconds.
     pub hist: Histogram<u64>,
     pub errors: u64,
+    /// The first error seen, to tell the reader what went wrong.
+    pub first_error: Option<String>,
     /// A figure that is not a rate (memory), shown instead of ops/s.
-    pub gauge: Option<(String, f64)>,
-    /// Anything the workload wants the reader to know (missing events).
+    pub gauge: Option<Gauge>,
+    /// Anything else the reader should know (missing watch events).
     pub note: String,
 }
 
+#[derive(Debug, Clone)]
+pub struct Gauge {
+    /// What is measured, for the ratio line: `RSS`.
+    pub label: &'static str,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+// === impl Outcome ===
+
 impl Outcome {
-    pub fn new(hist: Histogram<u64>, ops: u64, elapsed: Duration, errors: u64) -> Self {
-        Outcome { ops, elapsed, hist, errors, gauge: None, note: String::new() }
+    pub fn new(hist: Histogram<u64>, elapsed: Duration, errors: u64) -> Self {
+        Outcome {
+            ops: hist.len(),
+            elapsed,
+            hist,
+            errors,
+            first_error: None,
+            gauge: None,
+            note: String::new(),
+        }
     }
 
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    fn ms(&self, q: f64) -> f64 {
-        self.hist.value_at_quantile(q) as f64 / 1000.0
+    /// The latency at quantile `q`, in milliseconds; `None` with no samples.
+    pub fn ms(&self, q: f64) -> Option<f64> {
+        (!self.hist.is_empty()).then(|| self.hist.value_at_quantile(q) as f64 / 1000.0)
+    }
+
+    fn figure(&self) -> String {
+        match &self.gauge {
+            Some(g) => format!("{:.1} {}", g.value, g.unit),
+            None => format!("{:.0}", self.rate()),
+        }
+    }
+
+    fn notes(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.note.is_empty() {
+            parts.push(self.note.clone());
+        }
+        if let Some(e) = &self.first_error {
+            let mut e = e.replace('\n', " ");
+            if e.len() > 100 {
+                let mut cut = 100;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+                e.push('…');
+            }
+            parts.push(format!("first error: {e}"));
+        }
+        parts.join("; ")
     }
 }
 
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+/// Keeps the first error message that many tasks may report.
+#[derive(Debug, Default, Clone)]
+pub struct FirstError(Arc<std::sync::OnceLock<String>>);
+
+impl FirstError {
+    pub fn set(&self, e: impl std::fmt::Display) {
+        let _ = self.0.get_or_init(|| e.to_string());
+    }
+
+    pub fn status(&self, s: &tonic::Status) {
+        let _ = self
+            .0
+            .get_or_init(|| format!("{:?}: {}", s.code(), s.message()));
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.get().cloned()
+    }
 }
 
+/// A progress line on stderr once a second while it lives:
+/// `   put: 23000/50000 (11250/s)`.
+pub struct Progress {
+    done: Arc<AtomicU64>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+// === impl Progress ===
+
+impl Progress {
+    pub fn start(what: impl Into<String>, total: u64) -> Progress {
+        let what = what.into();
+        let done = Arc::new(AtomicU64::new(0));
+        let seen = done.clone();
+        let ticker = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut before = 0;
+            loop {
+                tick.tick().await;
+                let now = seen.load(Ordering::Relaxed);
+                eprintln!(
+                    "   {what}: {now}/{total} ({}/s)",
+                    now.saturating_sub(before)
+                );
+                before = now;
+            }
+        });
+        Progress { done, ticker }
+    }
+
+    /// The shared count of finished operations.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.done.clone()
+    }
+
+    pub fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+/// The rows printed so far, for a summary at the end of a long run.
 #[derive(Default)]
 pub struct Table {
     lines: Vec<String>,
+    workloads: usize,
 }
 
+// === impl Table ===
+
 impl Table {
-    /// Runs `f` on each target in turn and prints a row each, plus a ratio.
-    pub async fn compare<F, Fut>(&mut self, common: &Common, name: &str, f: F) -> anyhow::Result<()>
-    where
-        F: Fn(Target) -> Fut,
-        Fut: Future<Output = anyhow::Result<Outcome>>,
-    {
-        if self.lines.is_empty() {
-            self.push(format!("{:<24} {:<8} {:>12} {:>9} {:>9} {:>7}  {}", "workload", "target", "ops/s", "p50 ms", "p99 ms", "errors", "note"));
-        }
-        let mut results = Vec::new();
+    /// Runs `w` on each target in turn, prints a row for each and, with
+    /// several targets, the ratio of the first to each other one.
+    pub async fn compare<W: Workload>(&mut self, common: &Common, w: &W) -> Result<()> {
+        common.validate()?;
+        let name = w.name();
+        let mut results: Vec<(&Target, Outcome)> = Vec::new();
         for t in &common.targets {
             eprintln!("== {name} on {} ({})", t.name, t.addr);
-            let o = f(t.clone()).await?;
-            let figure = match &o.gauge {
-                Some((unit, v)) => format!("{v:.1} {unit}"),
-                None => format!("{:.0}", o.rate()),
-            };
-            self.push(format!("{:<24} {:<8} {:>12} {:>9.2} {:>9.2} {:>7}  {}", name, t.name, figure, o.ms(0.5), o.ms(0.99), o.errors, o.note));
-            results.push((t.name.clone(), o));
+            let o = w
+                .run(t, common.max())
+                .await
+                .with_context(|| format!("{name} on {} ({})", t.name, t.addr))?;
+            if self.lines.is_empty() {
+                self.push(format!(
+                    "{:<24} {:<10} {:>12} {:>9} {:>9} {:>8}  {}",
+                    "workload", "target", "ops/s", "p50 ms", "p99 ms", "errors", "note"
+                ));
+            }
+            let ms = |q| o.ms(q).map_or("-".to_owned(), |v| format!("{v:.2}"));
+            self.push(format!(
+                "{:<24} {:<10} {:>12} {:>9} {:>9} {:>8}  {}",
+                name,
+                t.name,
+                o.figure(),
+                ms(0.5),
+                ms(0.99),
+                o.errors,
+                o.notes()
+            ));
+            results.push((t, o));
         }
-        if let [(a, x), (b, y)] = &results[..] {
-            let line = match (&x.gauge, &y.gauge) {
-                (Some((_, vx)), Some((_, vy))) => format!("  ratio {a}/{b}: {:.2}x", vx / vy),
-                _ => format!(
-                    "  ratio {a}/{b}: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-                    x.rate() / y.rate(),
-                    x.ms(0.5) / y.ms(0.5).max(1e-6),
-                    x.ms(0.99) / y.ms(0.99).max(1e-6)
-                ),
-            };
-            self.push(line);
+        if let Some(((a, x), rest)) = results.split_first() {
+            for (b, y) in rest {
+                self.push(format!("  ratio {}/{}: {}", a.name, b.name, ratio(x, y)));
+            }
         }
+        self.workloads += 1;
         Ok(())
     }
 
-    fn push(&mut self, line: String) {
+    fn push(&mut self, mut line: String) {
+        line.truncate(line.trim_end().len());
         println!("{line}");
         self.lines.push(line);
     }
 
+    /// Prints every row again after a run of several workloads, since
+    /// progress lines on a terminal scroll them away.
     pub fn print_summary(&self) {
-        if self.lines.len() > 3 {
+        if self.workloads > 1 {
             println!("\nsummary:");
             for l in &self.lines {
                 println!("{l}");
@@ -94,10 +241,65 @@ impl Table {
     }
 }
 
-/// A progress line on stderr about once a second.
-pub fn progress(what: &str, done: u64, total: u64, last: &mut std::time::Instant) {
-    if last.elapsed() >= Duration::from_secs(1) {
-        *last = std::time::Instant::now();
-        eprintln!("   {what}: {done}/{total}");
+/// `throughput 1.50x, p50 0.65x, p99 0.55x`, or `RSS 0.27x` for gauges.
+fn ratio(x: &Outcome, y: &Outcome) -> String {
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".to_owned(),
+    };
+    match (&x.gauge, &y.gauge) {
+        (Some(gx), Some(gy)) => format!("{} {}", gx.label, div(Some(gx.value), Some(gy.value))),
+        _ => format!(
+            "throughput {}, p50 {}, p99 {}",
+            div(Some(x.rate()), Some(y.rate())),
+            div(x.ms(0.5), y.ms(0.5)),
+            div(x.ms(0.99), y.ms(0.99))
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(lat_us: &[u64], secs: u64) -> Outcome {
+        let mut h = histogram();
+        for &v in lat_us {
+            h.record(v).unwrap();
+        }
+        Outcome::new(h, Duration::from_secs(secs), 0)
+    }
+
+    #[test]
+    fn ratio_line_compares_rate_and_latency() {
+        let x = outcome(&[1000, 1000, 1000, 1000], 1);
+        let y = outcome(&[2000, 4000], 1);
+        assert_eq!(ratio(&x, &y), "throughput 2.00x, p50 0.50x, p99 0.25x");
+        let empty = outcome(&[], 1);
+        assert_eq!(ratio(&x, &empty), "throughput -, p50 -, p99 -");
+    }
+
+    #[test]
+    fn gauges_compare_as_a_plain_ratio() {
+        let mut x = outcome(&[1], 1);
+        let mut y = outcome(&[1], 1);
+        x.gauge = Some(Gauge {
+            label: "RSS",
+            value: 50.0,
+            unit: "MiB",
+        });
+        y.gauge = Some(Gauge {
+            label: "RSS",
+            value: 200.0,
+            unit: "MiB",
+        });
+        assert_eq!(ratio(&x, &y), "RSS 0.25x");
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_char_boundary() {
+        let mut o = outcome(&[1], 1);
+        o.first_error = Some("é".repeat(80));
+        assert!(o.notes().ends_with('…'));
     }
 }

@@ -1,0 +1,115 @@
+//! `memory`: `--keys` keys, each on its own long lease, then the server's
+//! resident memory, read from `/proc/<pid>/status` of `--pid NAME=PID`.
+
+use super::Common;
+use super::driver::closed_loop;
+use super::report::{Gauge, Outcome};
+use super::target::{Target, parse_pid, rss_bytes};
+use super::{Load, Workload};
+use anyhow::{Result, bail};
+use bytes::Bytes;
+use clap::Args;
+use roster_api::etcdserverpb::{
+    LeaseGrantRequest, PutRequest, kv_client::KvClient, lease_client::LeaseClient,
+};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct Memory {
+    /// Keys written, each on its own lease.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub val_size: u64,
+    /// TTL of each lease, in seconds (longer than the run, so none expires).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(2..))]
+    pub ttl: i64,
+    /// `NAME=PID` of a target's server process, to read its RSS; once per
+    /// target.
+    #[arg(long = "pid", value_name = "NAME=PID", value_parser = parse_pid)]
+    pub pids: Vec<(String, u32)>,
+}
+
+impl Memory {
+    /// Every `--pid` must name a `--target`.
+    pub fn validate(&self, common: &Common) -> Result<()> {
+        for (name, _) in &self.pids {
+            if !common.targets.iter().any(|t| &t.name == name) {
+                bail!(
+                    "--pid {name}=... names no --target (targets: {})",
+                    common
+                        .targets
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+impl Workload for Memory {
+    fn name(&self) -> String {
+        format!("memory {} keys", self.keys)
+    }
+
+    async fn run(&self, t: &Target, max: Duration) -> Result<Outcome> {
+        let pid = self
+            .pids
+            .iter()
+            .find(|(name, _)| *name == t.name)
+            .map(|&(_, pid)| pid);
+        let before = pid.map(rss_bytes).transpose()?;
+        let value = Bytes::from(vec![b'm'; self.val_size as usize]);
+        let ttl = self.ttl;
+        let load = Load {
+            conns: 4,
+            clients: 64,
+            total: self.keys,
+        };
+        let mut o = closed_loop("lease+put", t, &load, max, move |ch, n| {
+            let value = value.clone();
+            async move {
+                let lease = LeaseClient::new(ch.clone())
+                    .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+                    .await?
+                    .into_inner()
+                    .id;
+                let key = Bytes::from(format!("/bench/mem/{n:09}"));
+                KvClient::new(ch)
+                    .put(PutRequest {
+                        key,
+                        value,
+                        lease,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+            }
+        })
+        .await?;
+        match (pid, before) {
+            (Some(pid), Some(before)) => {
+                // Let the server settle (background flushes) before reading.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let after = rss_bytes(pid)?;
+                o.gauge = Some(Gauge {
+                    label: "RSS",
+                    value: after as f64 / MIB,
+                    unit: "MiB",
+                });
+                o.note = format!(
+                    "MiB RSS of pid {pid} ({:.1} before); each key on its own lease; latency grant+put",
+                    before as f64 / MIB
+                );
+            }
+            _ => o.note = format!("pass --pid {}=PID to read the server's RSS", t.name),
+        }
+        Ok(o)
+    }
+}

@@ -1,0 +1,89 @@
+//! `put`: durable puts in a closed loop, as `benchmark put` in etcd.
+
+use super::driver::closed_loop;
+use super::report::Outcome;
+use super::target::Target;
+use super::{Load, Workload};
+use anyhow::Result;
+use bytes::Bytes;
+use clap::Args;
+use roster_api::etcdserverpb::{PutRequest, kv_client::KvClient};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct Put {
+    #[command(flatten)]
+    pub load: Load,
+    /// Bytes per key.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub key_size: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub val_size: u64,
+    /// Distinct keys written.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub key_space: u64,
+    /// Write keys 0, 1, 2, ... (wrapping at `--key-space`) instead of
+    /// picking each key at random.
+    #[arg(long)]
+    pub sequential_keys: bool,
+}
+
+impl Put {
+    /// Random 8-byte keys out of 100,000, values of 256 bytes.
+    pub fn new(load: Load) -> Put {
+        Put {
+            load,
+            key_size: 8,
+            val_size: 256,
+            key_space: 100_000,
+            sequential_keys: false,
+        }
+    }
+}
+
+impl Workload for Put {
+    fn name(&self) -> String {
+        let seq = if self.sequential_keys { " seq" } else { "" };
+        format!("put {}x{}{seq}", self.load.conns, self.load.clients)
+    }
+
+    async fn run(&self, t: &Target, max: Duration) -> Result<Outcome> {
+        let value = Bytes::from(vec![b'v'; self.val_size as usize]);
+        let (key_size, space, sequential) =
+            (self.key_size as usize, self.key_space, self.sequential_keys);
+        closed_loop("put", t, &self.load, max, move |ch, n| {
+            let k = if sequential {
+                n % space
+            } else {
+                rand::random_range(0..space)
+            };
+            let req = PutRequest {
+                key: key(k, key_size),
+                value: value.clone(),
+                ..Default::default()
+            };
+            async move { KvClient::new(ch).put(req).await.map(drop) }
+        })
+        .await
+    }
+}
+
+/// Key number `n` as `size` decimal digits, zero-padded (the low digits
+/// when `n` has more).
+pub fn key(n: u64, size: usize) -> Bytes {
+    let digits = format!("{n:0size$}");
+    Bytes::copy_from_slice(&digits.as_bytes()[digits.len() - size..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key;
+
+    #[test]
+    fn keys_have_the_asked_size() {
+        assert_eq!(&key(42, 8)[..], b"00000042");
+        assert_eq!(&key(123_456, 3)[..], b"456");
+        assert_eq!(&key(7, 1)[..], b"7");
+    }
+}
