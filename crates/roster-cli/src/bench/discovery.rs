@@ -11,6 +11,8 @@ use clap::Args;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Args)]
+// No arg group: the subcommand variant of the same name already owns that id.
+#[group(skip)]
 pub struct Discovery {
     /// SDK discoveries watching the service.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]

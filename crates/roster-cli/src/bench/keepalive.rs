@@ -18,6 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Args)]
+// No arg group: the subcommand variant of the same name already owns that id.
+#[group(skip)]
 pub struct Keepalive {
     /// `--clients` is the number of keepalive streams (at most one per
     /// lease) and `--total` the number of renewals in all.

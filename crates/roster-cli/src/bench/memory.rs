@@ -15,6 +15,8 @@ use roster_api::etcdserverpb::{
 use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
+// No arg group: the subcommand variant of the same name already owns that id.
+#[group(skip)]
 pub struct Memory {
     /// Keys written, each on its own lease.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]

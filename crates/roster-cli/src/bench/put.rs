@@ -11,6 +11,8 @@ use roster_api::etcdserverpb::{PutRequest, kv_client::KvClient};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
+// No arg group: the subcommand variant of the same name already owns that id.
+#[group(skip)]
 pub struct Put {
     #[command(flatten)]
     pub load: Load,

@@ -22,6 +22,8 @@ pub enum Consistency {
 }
 
 #[derive(Debug, Clone, Args)]
+// No arg group: the subcommand variant of the same name already owns that id.
+#[group(skip)]
 pub struct Range {
     #[command(flatten)]
     pub load: Load,

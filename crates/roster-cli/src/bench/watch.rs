@@ -24,6 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Args)]
+// No arg group: the subcommand variant of the same name already owns that id.
+#[group(skip)]
 pub struct Watch {
     /// Watch streams, one watcher each.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
