@@ -1,22 +1,19 @@
 //! Finding the live instances of a service and following changes.
 //!
-//! The task lists `<prefix>/<service>/`, then watches it from the listed
-//! revision + 1 with `prev_kv`, so there is neither a gap nor a duplicate.
-//! When the watch is compacted away, canceled, or its connection breaks, it
-//! resyncs: lists again, diffs against the local copy, emits the differences
-//! as changes, and watches again. Errors never empty the list: the last
-//! known good set is kept and marked stale until the registry answers again.
+//! A background task mirrors `<prefix>/<service>/` (see [`crate::mirror`]):
+//! every listing is diffed against the local copy and the differences are
+//! emitted as changes, so a resync after a compaction or an outage misses
+//! nothing. Errors never empty the list: the last known good set is kept
+//! and marked stale until the registry answers again.
 
-use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::instance::Instance;
+use crate::mirror::{self, Mirror};
 use arc_swap::ArcSwap;
-use roster_api::etcdserverpb::{RangeRequest, WatchCreateRequest};
-use roster_api::mvccpb::{event::EventType, KeyValue};
+use roster_api::mvccpb::{event::EventType, Event, KeyValue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
@@ -44,7 +41,7 @@ pub struct Snapshot {
 #[derive(Clone)]
 pub struct Discovery {
     cell: Arc<Cell>,
-    _stop: Arc<StopOnDrop>,
+    _stop: Arc<mirror::Stop>,
 }
 
 /// What the task publishes and handles read.
@@ -55,16 +52,6 @@ struct Cell {
     ready: watch::Sender<bool>,
 }
 
-struct StopOnDrop(Option<oneshot::Sender<()>>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        if let Some(stop) = self.0.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
 // === impl Discovery ===
 
 impl Discovery {
@@ -72,15 +59,10 @@ impl Discovery {
         let (changes, _) = broadcast::channel(1024);
         let (ready, _) = watch::channel(false);
         let cell = Arc::new(Cell { service: service.clone(), snapshot: ArcSwap::from_pointee(Snapshot::default()), changes, ready });
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = Task { client, dir: format!("{prefix}/{service}/"), cell: cell.clone() };
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = task.run() => {}
-                _ = stop_rx => {}
-            }
-        });
-        Discovery { cell, _stop: Arc::new(StopOnDrop(Some(stop_tx))) }
+        let dir = format!("{prefix}/{service}/");
+        let range = mirror::Range::prefix(&dir);
+        let stop = mirror::spawn(client, range, Arc::new(Task { dir, cell: cell.clone() }));
+        Discovery { cell, _stop: Arc::new(stop) }
     }
 
     pub fn service(&self) -> &str {
@@ -116,47 +98,20 @@ impl Discovery {
 }
 
 struct Task {
-    client: Client,
     /// `<prefix>/<service>/`, with the slash, so `hello` never matches `hello-admin`.
     dir: String,
     cell: Arc<Cell>,
 }
 
-impl Task {
-    async fn run(self) {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        loop {
-            match self.list().await {
-                Ok(rev) => {
-                    backoff.reset();
-                    match self.follow(rev).await {
-                        Ok(()) => continue, // canceled or compacted: resync now
-                        Err(e) => tracing::warn!(service = %self.cell.service, error = %e, "discovery watch broke; resyncing"),
-                    }
-                }
-                Err(e) => tracing::warn!(service = %self.cell.service, error = %e, "cannot list instances; keeping the last known set"),
-            }
-            self.mark_stale();
-            self.client.rotate();
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
+impl Mirror for Task {
+    fn label(&self) -> &str {
+        &self.dir
     }
 
-    fn mark_stale(&self) {
-        let cur = self.cell.snapshot.load();
-        if !cur.stale {
-            self.cell.snapshot.store(Arc::new(Snapshot { stale: true, ..(**cur).clone() }));
-        }
-    }
-
-    /// Lists the service and replaces the local set, emitting the
-    /// differences. Returns the revision listed at.
-    async fn list(&self) -> crate::Result<i64> {
-        let end = roster_api::range::prefix_end(self.dir.as_bytes());
-        let resp = self.client.range(RangeRequest { key: self.dir.clone().into(), range_end: end.into(), ..Default::default() }).await?;
-        let rev = resp.header.map_or(0, |h| h.revision);
+    /// Replaces the local set, emitting the differences.
+    fn reset(&self, kvs: &[KeyValue], revision: i64) {
         let mut fresh = BTreeMap::new();
-        for kv in &resp.kvs {
+        for kv in kvs {
             if let Some(inst) = self.parse(kv) {
                 fresh.insert(inst.id.clone(), inst);
             }
@@ -174,54 +129,42 @@ impl Task {
                 self.emit(Change::Removed(inst.clone()));
             }
         }
-        self.cell.snapshot.store(Arc::new(Snapshot { instances: fresh, revision: rev, stale: false }));
+        self.cell.snapshot.store(Arc::new(Snapshot { instances: fresh, revision, stale: false }));
         self.cell.ready.send_replace(true);
-        Ok(rev)
     }
 
-    /// Applies watch events from `rev + 1` until the watch ends.
-    async fn follow(&self, rev: i64) -> crate::Result<()> {
-        let end = roster_api::range::prefix_end(self.dir.as_bytes());
-        let create = WatchCreateRequest {
-            key: self.dir.clone().into(),
-            range_end: end.into(),
-            start_revision: rev + 1,
-            prev_kv: true,
-            ..Default::default()
-        };
-        let mut w = self.client.watch_stream(create).await?;
-        while let Some(resp) = w.responses.message().await? {
-            if resp.canceled {
-                tracing::info!(service = %self.cell.service, compact_revision = resp.compact_revision, reason = %resp.cancel_reason, "watch canceled; resyncing");
-                return Ok(());
-            }
-            if resp.events.is_empty() {
-                continue;
-            }
-            let cur = self.cell.snapshot.load_full();
-            let mut next = (*cur).clone();
-            for ev in &resp.events {
-                let Some(kv) = &ev.kv else { continue };
-                let Some(id) = self.id_of(&kv.key) else { continue };
-                if ev.r#type == EventType::Delete as i32 {
-                    if let Some(gone) = next.instances.remove(id) {
-                        self.emit(Change::Removed(gone));
-                    }
-                } else if let Some(inst) = self.parse(kv) {
-                    match next.instances.insert(inst.id.clone(), inst.clone()) {
-                        None => self.emit(Change::Added(inst)),
-                        Some(prev) if prev != inst => self.emit(Change::Updated(inst)),
-                        Some(_) => {}
-                    }
+    fn apply(&self, events: &[Event], revision: i64) {
+        let cur = self.cell.snapshot.load_full();
+        let mut next = (*cur).clone();
+        for ev in events {
+            let Some(kv) = &ev.kv else { continue };
+            let Some(id) = self.id_of(&kv.key) else { continue };
+            if ev.r#type == EventType::Delete as i32 {
+                if let Some(gone) = next.instances.remove(id) {
+                    self.emit(Change::Removed(gone));
+                }
+            } else if let Some(inst) = self.parse(kv) {
+                match next.instances.insert(inst.id.clone(), inst.clone()) {
+                    None => self.emit(Change::Added(inst)),
+                    Some(prev) if prev != inst => self.emit(Change::Updated(inst)),
+                    Some(_) => {}
                 }
             }
-            next.revision = resp.header.map_or(next.revision, |h| h.revision);
-            next.stale = false;
-            self.cell.snapshot.store(Arc::new(next));
         }
-        Err(crate::Error::Unreachable { endpoints: w.endpoint, reason: "watch stream ended".into() })
+        next.revision = revision.max(next.revision);
+        next.stale = false;
+        self.cell.snapshot.store(Arc::new(next));
     }
 
+    fn unreachable(&self) {
+        let cur = self.cell.snapshot.load();
+        if !cur.stale {
+            self.cell.snapshot.store(Arc::new(Snapshot { stale: true, ..(**cur).clone() }));
+        }
+    }
+}
+
+impl Task {
     fn id_of<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
         let id = std::str::from_utf8(key.strip_prefix(self.dir.as_bytes())?).ok()?;
         (!id.is_empty() && !id.contains('/')).then_some(id)

@@ -31,11 +31,13 @@
 
 pub mod balance;
 pub mod client;
+pub mod config;
 pub mod grpc;
 mod backoff;
 mod discovery;
 mod error;
 mod instance;
+mod mirror;
 mod registration;
 mod registry;
 

@@ -1,0 +1,112 @@
+//! Keeping a local copy of a key range current.
+//!
+//! List the range, then watch it from the listed revision + 1 with
+//! `prev_kv`, so there is neither a gap nor a duplicate. When the watch is
+//! compacted away, canceled, or its connection breaks, list again: the
+//! listing replaces the copy, and the owner diffs it against what it had.
+//! Errors never empty the copy; the owner is told the registry is
+//! unreachable and keeps its last state.
+
+use crate::backoff::Backoff;
+use crate::client::Client;
+use roster_api::etcdserverpb::{RangeRequest, WatchCreateRequest};
+use roster_api::mvccpb::{Event, KeyValue};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a mirrored range is fed into.
+pub(crate) trait Mirror: Send + Sync {
+    /// Names the range in logs.
+    fn label(&self) -> &str;
+    /// A full listing at `revision`; it replaces whatever was known.
+    fn reset(&self, kvs: &[KeyValue], revision: i64);
+    /// One watch response's events, in revision order.
+    fn apply(&self, events: &[Event], revision: i64);
+    /// The registry cannot be reached; the last state stays.
+    fn unreachable(&self);
+}
+
+/// A key, or a range `[key, range_end)` in etcd's sense.
+#[derive(Debug, Clone)]
+pub(crate) struct Range {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+}
+
+impl Range {
+    pub fn key(key: &str) -> Range {
+        Range { key: key.as_bytes().to_vec(), range_end: Vec::new() }
+    }
+
+    pub fn prefix(prefix: &str) -> Range {
+        Range { key: prefix.as_bytes().to_vec(), range_end: roster_api::range::prefix_end(prefix.as_bytes()) }
+    }
+}
+
+/// Stops the mirroring task when the last handle that owns it is dropped.
+#[derive(Debug)]
+pub(crate) struct Stop(tokio::task::AbortHandle);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Mirrors `range` into `m` in a background task.
+pub(crate) fn spawn<M: Mirror + 'static>(client: Client, range: Range, m: Arc<M>) -> Stop {
+    let task = tokio::spawn(async move { run(&client, &range, &*m).await });
+    Stop(task.abort_handle())
+}
+
+/// Mirrors `range` into `m` until the future is dropped.
+pub(crate) async fn run(client: &Client, range: &Range, m: &impl Mirror) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        match list(client, range, m).await {
+            Ok(rev) => {
+                backoff.reset();
+                match follow(client, range, rev, m).await {
+                    Ok(()) => continue, // canceled or compacted: list again now
+                    Err(e) => tracing::warn!(range = m.label(), error = %e, "watch broke; listing again"),
+                }
+            }
+            Err(e) => tracing::warn!(range = m.label(), error = %e, "cannot list; keeping the last known state"),
+        }
+        m.unreachable();
+        client.rotate();
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Lists the range into `m`; returns the revision listed at.
+pub(crate) async fn list(client: &Client, range: &Range, m: &impl Mirror) -> crate::Result<i64> {
+    let req = RangeRequest { key: range.key.clone().into(), range_end: range.range_end.clone().into(), ..Default::default() };
+    let resp = client.range(req).await?;
+    let rev = resp.header.map_or(0, |h| h.revision);
+    m.reset(&resp.kvs, rev);
+    Ok(rev)
+}
+
+/// Feeds watch events from `rev + 1` into `m` until the watch ends.
+/// `Ok(())` means the server canceled it (compaction): list again.
+async fn follow(client: &Client, range: &Range, rev: i64, m: &impl Mirror) -> crate::Result<()> {
+    let create = WatchCreateRequest {
+        key: range.key.clone().into(),
+        range_end: range.range_end.clone().into(),
+        start_revision: rev + 1,
+        prev_kv: true,
+        ..Default::default()
+    };
+    let mut w = client.watch_stream(create).await?;
+    while let Some(resp) = w.responses.message().await? {
+        if resp.canceled {
+            tracing::info!(range = m.label(), compact_revision = resp.compact_revision, reason = %resp.cancel_reason, "watch canceled; listing again");
+            return Ok(());
+        }
+        if !resp.events.is_empty() {
+            m.apply(&resp.events, resp.header.map_or(0, |h| h.revision));
+        }
+    }
+    Err(crate::Error::Unreachable { endpoints: w.endpoint, reason: "watch stream ended".into() })
+}
