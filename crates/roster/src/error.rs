@@ -17,6 +17,19 @@ pub enum Error {
     /// An instance description was malformed.
     #[error("invalid instance: {0}")]
     Instance(String),
+    /// A lock is no longer held: its session lease expired or was revoked,
+    /// or its key was deleted. Writes fenced by it are refused.
+    #[error("lock {key} is no longer held (its session ended or its key was deleted)")]
+    LockLost { key: String },
+    /// The session's lease expired or was revoked.
+    #[error("session lease {lease:x} is gone (expired or revoked)")]
+    SessionLost { lease: i64 },
+    /// An election call by a candidate that is not (or no longer) leader.
+    #[error("election: not leader")]
+    NotLeader,
+    /// Nobody has campaigned in the election.
+    #[error("election: no leader")]
+    NoLeader,
     /// The handle was closed.
     #[error("closed")]
     Closed,

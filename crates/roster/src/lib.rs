@@ -33,6 +33,7 @@ pub mod balance;
 pub mod client;
 pub mod config;
 pub mod grpc;
+pub mod sync;
 mod backoff;
 mod discovery;
 mod error;

@@ -1,84 +1,15 @@
 //! Registration and discovery scenarios against an in-process `roster serve`
 //! (and, where the scenario needs etcd itself, a real etcd).
 
-use roster::{Change, Client, ClientConfig, Instance, Registry, RegistrationStatus};
+mod support;
+
+use roster::{Change, Instance, RegistrationStatus};
+use support::{eventually, Server};
 use roster_api::etcdserverpb::{DeleteRangeRequest, RangeRequest};
 use roster_store::{Store, StoreConfig};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
-
-/// An in-process registry server on a fixed loopback address, restartable.
-struct Server {
-    addr: SocketAddr,
-    data: Option<PathBuf>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Server {
-    async fn start(data: Option<PathBuf>) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut s = Server { addr, data, stop: None, task: None };
-        s.serve(listener);
-        s
-    }
-
-    fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let store = match &self.data {
-            Some(dir) => Store::open(StoreConfig { data_dir: Some(dir.clone()), ..Default::default() }).unwrap(),
-            None => Store::in_memory(),
-        };
-        let (tx, rx) = oneshot::channel();
-        let config = roster_server::ServerConfig::default();
-        self.stop = Some(tx);
-        self.task = Some(tokio::spawn(async move {
-            roster_server::serve(listener, None, store, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        }));
-    }
-
-    async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.stop().await;
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-
-    fn endpoint(&self) -> String {
-        self.addr.to_string()
-    }
-
-    fn registry(&self, ttl: u64) -> Registry {
-        let mut cfg = ClientConfig::new([self.endpoint()]);
-        cfg.request_timeout = Duration::from_secs(2);
-        Registry::new(Client::new(cfg).unwrap()).with_ttl(Duration::from_secs(ttl))
-    }
-}
-
-async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
-}
 
 fn ids(d: &roster::Discovery) -> BTreeSet<String> {
     d.instances().into_iter().map(|i| i.id).collect()
