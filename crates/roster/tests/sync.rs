@@ -6,34 +6,14 @@
 mod support;
 
 use roster::sync::{put_op, Election, Mutex, Session};
-use roster::{Client, ClientConfig, Error};
+use roster::{Client, Error};
 use roster_api::etcdserverpb::RangeRequest;
 use roster_testkit::Etcdctl;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::Server;
+use support::{client, on_roster_and_etcd};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_stream::StreamExt;
-
-fn client(endpoint: &str) -> Client {
-    let mut cfg = ClientConfig::new([endpoint.to_owned()]);
-    cfg.request_timeout = Duration::from_secs(3);
-    Client::new(cfg).unwrap()
-}
-
-/// Runs `scenario` against an in-process roster, then a real etcd.
-async fn on_roster_and_etcd<F, Fut>(scenario: F)
-where
-    F: Fn(&'static str, String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let server = Server::start(None).await;
-    scenario("roster", server.endpoint()).await;
-    if roster_testkit::require_etcd().is_some() {
-        let etcd = roster_testkit::Etcd::start().await;
-        scenario("etcd", etcd.endpoint()).await;
-    }
-}
 
 async fn counter(c: &Client, key: &str) -> u64 {
     let r = c.range(RangeRequest { key: key.as_bytes().to_vec().into(), ..Default::default() }).await.unwrap();

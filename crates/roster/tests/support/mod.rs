@@ -83,3 +83,23 @@ pub async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool
     start.elapsed()
 }
 
+
+pub fn client(endpoint: &str) -> Client {
+    let mut cfg = ClientConfig::new([endpoint.to_owned()]);
+    cfg.request_timeout = Duration::from_secs(3);
+    Client::new(cfg).unwrap()
+}
+
+/// Runs `scenario` against an in-process roster, then a real etcd.
+pub async fn on_roster_and_etcd<F, Fut>(scenario: F)
+where
+    F: Fn(&'static str, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let server = Server::start(None).await;
+    scenario("roster", server.endpoint()).await;
+    if roster_testkit::require_etcd().is_some() {
+        let etcd = roster_testkit::Etcd::start().await;
+        scenario("etcd", etcd.endpoint()).await;
+    }
+}
