@@ -3,6 +3,7 @@
 //! failure exits 1.
 
 mod bench;
+mod config_cmd;
 mod demo;
 mod registry_cmd;
 mod serve;
@@ -46,6 +47,8 @@ enum Commands {
     Ls(registry_cmd::LsArgs),
     /// Print a service's instances, then each change as it happens.
     Watch(registry_cmd::WatchArgs),
+    /// Dynamic configuration: set (checked before it is written), get, watch.
+    Config(config_cmd::ConfigArgs),
     /// A guided tour in one process: an embedded registry, three hello
     /// servers and a balancing client; one server crashes, traffic moves,
     /// a fourth joins. Takes about ten seconds and exits by itself.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Commands::Register(args) => registry_cmd::register(args, serve::shutdown_signal()?).await,
             Commands::Ls(args) => registry_cmd::ls(args).await,
             Commands::Demo(args) => demo::run(args).await,
+            Commands::Config(args) => config_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Watch(args) => registry_cmd::watch(args, serve::shutdown_signal()?).await,
         }
     });

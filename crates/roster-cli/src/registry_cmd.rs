@@ -7,15 +7,31 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 
-/// Where the registry is; shared by every registry command.
+/// Where the registry is and which services prefix to use; shared by the
+/// service commands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
-    /// Registry endpoints, comma-separated (roster serve or etcd members).
-    #[arg(long, env = "ROSTER_ENDPOINTS", default_value = "127.0.0.1:2379", global = true)]
-    pub endpoints: String,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
     /// Key prefix services live under.
     #[arg(long, default_value = roster::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
+}
+
+impl std::ops::Deref for RegistryArgs {
+    type Target = ConnectArgs;
+
+    fn deref(&self) -> &ConnectArgs {
+        &self.conn
+    }
+}
+
+/// How to reach the registry; shared by every command that talks to one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Registry endpoints, comma-separated (roster serve or etcd members).
+    #[arg(long, env = "ROSTER_ENDPOINTS", default_value = "127.0.0.1:2379", global = true)]
+    pub endpoints: String,
     /// Timeout of each registry call, in seconds.
     #[arg(long, default_value_t = 5, global = true)]
     pub timeout: u64,
@@ -25,7 +41,7 @@ pub struct RegistryArgs {
     pub cacert: Option<std::path::PathBuf>,
 }
 
-impl RegistryArgs {
+impl ConnectArgs {
     pub fn client(&self) -> Result<Client> {
         let mut cfg = ClientConfig::from_list(&self.endpoints);
         cfg.request_timeout = Duration::from_secs(self.timeout.max(1));
@@ -36,7 +52,9 @@ impl RegistryArgs {
         }
         Client::new(cfg).with_context(|| format!("bad --endpoints {:?}", self.endpoints))
     }
+}
 
+impl RegistryArgs {
     fn registry(&self) -> Result<Registry> {
         Ok(Registry::new(self.client()?).with_prefix(self.prefix.clone()))
     }

@@ -238,6 +238,12 @@ impl<T: Send + Sync + 'static> Config<T> {
         entries.values.get(&self.key).expect("a Config always holds its key").value.clone()
     }
 
+    /// The text of the value in effect, as it is stored.
+    pub fn raw(&self) -> Arc<str> {
+        let entries = self.core.entries.load();
+        entries.values.get(&self.key).expect("a Config always holds its key").raw.clone()
+    }
+
     /// The revision at which the value in effect was written.
     pub fn revision(&self) -> i64 {
         self.core.entries.load().values.get(&self.key).map_or(0, |e| e.mod_revision)

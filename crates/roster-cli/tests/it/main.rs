@@ -8,6 +8,7 @@
 //! - `bad_input`: malformed and limit-breaking requests get etcd's exact
 //!   code and message.
 //! - `registry_cli`: `roster register`, `ls` and `watch`, on roster and etcd.
+//! - `config_cli`: `roster config set`, `get` and `watch`, on roster and etcd.
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
 //!
@@ -15,6 +16,7 @@
 //! never under `CI=true`.
 
 mod bad_input;
+mod config_cli;
 mod crash;
 mod differential;
 mod etcdctl;
