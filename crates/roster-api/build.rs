@@ -3,7 +3,12 @@
 //! of crates that need just the messages.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/etcd/kv.proto", "proto/etcd/rpc.proto"];
+    let protos = [
+        "proto/etcd/kv.proto",
+        "proto/etcd/rpc.proto",
+        "proto/etcd/v3lock.proto",
+        "proto/etcd/v3election.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -20,7 +20,21 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
 
+/// The server-side lock service (`etcdctl` does not use it; etcd's gRPC
+/// gateway and some clients do).
+pub mod v3lockpb {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+
+/// The server-side election service.
+pub mod v3electionpb {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+}
+
 mod error;
+pub mod ops;
 pub mod range;
 pub mod validate;
 

@@ -9,6 +9,8 @@
 //!   service. Each handler validates with etcd's exact errors, checks the
 //!   size of requests that etcd would put through raft, calls the store, and
 //!   fills the response header.
+//! - `concurrency`: the Lock and Election services, etcd's lock and election
+//!   recipes run over the store on the caller's lease.
 //! - `http`: `GET /health` and `GET /metrics`.
 //! - `metrics`: the Prometheus registry.
 //! - `config`: [`ServerConfig`].
@@ -18,6 +20,7 @@
 
 mod auth;
 mod cluster;
+mod concurrency;
 mod config;
 mod http;
 mod kv;
@@ -33,6 +36,8 @@ use roster_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
 };
+use roster_api::v3electionpb::election_server::ElectionServer;
+use roster_api::v3lockpb::lock_server::LockServer;
 use roster_api::{GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
 use roster_store::Store;
 use std::future::Future;
@@ -163,7 +168,9 @@ async fn serve_grpc(
         .add_service(svc!(LeaseServer))
         .add_service(svc!(ClusterServer))
         .add_service(svc!(MaintenanceServer))
-        .add_service(svc!(AuthServer));
+        .add_service(svc!(AuthServer))
+        .add_service(svc!(LockServer))
+        .add_service(svc!(ElectionServer));
     let run = router.serve_with_incoming_shutdown(incoming, async move { stop.wait().await });
     let grace = server.config().shutdown_grace;
     let stop = server.stop().clone();
@@ -281,6 +288,19 @@ headed!(
     AlarmResponse,
     AuthenticateResponse,
 );
+
+macro_rules! headed_in {
+    ($m:ident: $($t:ident),* $(,)?) => {
+        $(impl Headed for roster_api::$m::$t {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        })*
+    };
+}
+
+headed_in!(v3lockpb: LockResponse, UnlockResponse);
+headed_in!(v3electionpb: CampaignResponse, ProclaimResponse, LeaderResponse, ResignResponse);
 
 impl Headed for roster_api::etcdserverpb::MemberListResponse {
     const FILL_REVISION: bool = false;

@@ -8,6 +8,8 @@
 //! - `bad_input`: malformed and limit-breaking requests get etcd's exact
 //!   code and message.
 //! - `registry_cli`: `roster register`, `ls` and `watch`, on roster and etcd.
+//! - `lock_election`: the server-side Lock and Election services, scripted
+//!   against etcd and roster with identical transcripts.
 //! - `config_cli`: `roster config set`, `get` and `watch`, on roster and etcd.
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
@@ -20,5 +22,6 @@ mod config_cli;
 mod crash;
 mod differential;
 mod etcdctl;
+mod lock_election;
 mod registry_cli;
 mod support;

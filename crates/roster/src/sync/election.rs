@@ -1,6 +1,7 @@
 //! Leader election.
 
-use super::{created_at, delete_op, first_created, get, kvs_of, put_with_lease, range_op, wait_deletes, Session};
+use super::{wait_deletes, Session};
+use roster_api::ops::{created_at, delete_op, first_created, get, kvs_of, put_op as put_with_lease, range_op};
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -47,7 +48,7 @@ impl Election {
         let value: Vec<u8> = value.into();
         let key = format!("{}{:x}", self.prefix, session.lease());
         let put = put_with_lease(key.as_str(), value.clone(), session.lease());
-        let txn = TxnRequest { compare: vec![created_at(&key, 0)], success: vec![put], failure: vec![range_op(get(&key))] };
+        let txn = TxnRequest { compare: vec![created_at(key.as_str(), 0)], success: vec![put], failure: vec![range_op(get(key.as_str()))] };
         let resp = self.client.txn(txn).await?;
         let mut leader = LeaderKey { name: self.name().to_owned(), key, revision: 0, lease: session.lease() };
         if resp.succeeded {
@@ -74,15 +75,15 @@ impl Election {
     /// [`Error::NotLeader`] if `leader` no longer leads.
     pub async fn proclaim(&self, leader: &LeaderKey, value: impl Into<Vec<u8>>) -> Result<()> {
         let put = put_with_lease(leader.key.as_str(), value.into(), leader.lease);
-        let txn = TxnRequest { compare: vec![created_at(&leader.key, leader.revision)], success: vec![put], failure: vec![] };
+        let txn = TxnRequest { compare: vec![created_at(leader.key.as_str(), leader.revision)], success: vec![put], failure: vec![] };
         if self.client.txn(txn).await?.succeeded { Ok(()) } else { Err(Error::NotLeader) }
     }
 
     /// Steps down, so the next candidate is elected at once. Resigning a
     /// candidacy that already ended is not an error.
     pub async fn resign(&self, leader: &LeaderKey) -> Result<()> {
-        let del = delete_op(&leader.key);
-        let txn = TxnRequest { compare: vec![created_at(&leader.key, leader.revision)], success: vec![del], failure: vec![] };
+        let del = delete_op(leader.key.as_str());
+        let txn = TxnRequest { compare: vec![created_at(leader.key.as_str(), leader.revision)], success: vec![del], failure: vec![] };
         self.client.txn(txn).await?;
         Ok(())
     }
@@ -90,7 +91,7 @@ impl Election {
     /// The current leader's key and value; [`Error::NoLeader`] if nobody
     /// leads.
     pub async fn leader(&self) -> Result<KeyValue> {
-        let resp = self.client.range(first_created(&self.prefix)).await?;
+        let resp = self.client.range(first_created(self.prefix.as_bytes())).await?;
         resp.kvs.into_iter().next().ok_or(Error::NoLeader)
     }
 
@@ -119,7 +120,7 @@ impl Election {
     /// `last` suppresses repeats after a reconnect.
     async fn observe_once(&self, tx: &mpsc::Sender<KeyValue>, last: &mut Option<(Vec<u8>, i64)>) -> Result<()> {
         loop {
-            let resp = self.client.range(first_created(&self.prefix)).await?;
+            let resp = self.client.range(first_created(self.prefix.as_bytes())).await?;
             let rev = resp.header.map_or(0, |h| h.revision);
             let (leader, from) = match resp.kvs.into_iter().next() {
                 Some(kv) => (kv, rev + 1),

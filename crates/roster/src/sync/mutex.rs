@@ -1,6 +1,7 @@
 //! A distributed mutex with fencing.
 
-use super::{created_at, delete_op, first_created, get, kvs_of, put_with_lease, range_op, wait_deletes, Session};
+use super::{wait_deletes, Session};
+use roster_api::ops::{created_at, delete_op, first_created, get, kvs_of, put_op as put_with_lease, range_op};
 use crate::error::{Error, Result};
 use roster_api::etcdserverpb::{Compare, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest};
 use roster_api::mvccpb::event::EventType;
@@ -47,7 +48,7 @@ impl Mutex {
                 _ = self.session.lost() => return Err(self.session.lost_error()),
             }
             // The session may have ended while waiting: make sure the key is ours still.
-            let still = self.session.client().range(get(&self.key())).await?;
+            let still = self.session.client().range(get(self.key())).await?;
             if still.kvs.first().map(|kv| kv.create_revision) != Some(rev) {
                 return Err(self.session.lost_error());
             }
@@ -74,10 +75,10 @@ impl Mutex {
             return Err(self.session.lost_error());
         }
         let key = self.key();
-        let absent = created_at(&key, 0);
+        let absent = created_at(key.as_str(), 0);
         let put = put_with_lease(key.as_str(), Vec::new(), self.session.lease());
-        let owner = range_op(first_created(&self.prefix));
-        let txn = TxnRequest { compare: vec![absent], success: vec![put, owner.clone()], failure: vec![range_op(get(&key)), owner] };
+        let owner = range_op(first_created(self.prefix.as_bytes()));
+        let txn = TxnRequest { compare: vec![absent], success: vec![put, owner.clone()], failure: vec![range_op(get(key.as_str())), owner] };
         let resp = self.session.client().txn(txn).await?;
         let rev = if resp.succeeded {
             resp.header.as_ref().map_or(0, |h| h.revision)
@@ -103,7 +104,7 @@ impl MutexGuard {
     /// The compare that holds only while this guard's lock is held; put it
     /// in every transaction the lock protects.
     pub fn fence(&self) -> Compare {
-        created_at(&self.key, self.revision)
+        created_at(self.key.as_str(), self.revision)
     }
 
     /// Runs `then` if the lock is still held and every one of `compares`
@@ -114,7 +115,7 @@ impl MutexGuard {
         let n = then.len();
         let mut all = vec![self.fence()];
         all.extend(compares);
-        let txn = TxnRequest { compare: all, success: then, failure: vec![range_op(get(&self.key))] };
+        let txn = TxnRequest { compare: all, success: then, failure: vec![range_op(get(self.key.as_str()))] };
         let mut resp = self.session.client().txn(txn).await?;
         if !resp.succeeded {
             let held = kvs_of(resp.responses.last()).first().is_some_and(|kv| kv.create_revision == self.revision);
@@ -164,7 +165,7 @@ impl MutexGuard {
 
     /// Asks the registry whether the lock is still held.
     pub async fn held(&self) -> Result<bool> {
-        let resp = self.session.client().range(get(&self.key)).await?;
+        let resp = self.session.client().range(get(self.key.as_str())).await?;
         Ok(resp.kvs.first().is_some_and(|kv| kv.create_revision == self.revision))
     }
 
