@@ -5,6 +5,7 @@
 mod bench;
 mod config_cmd;
 mod demo;
+mod gateway_cmd;
 mod registry_cmd;
 mod serve;
 
@@ -47,6 +48,9 @@ enum Commands {
     Ls(registry_cmd::LsArgs),
     /// Print a service's instances, then each change as it happens.
     Watch(registry_cmd::WatchArgs),
+    /// Reverse proxy (HTTP/1.1, h2c, gRPC) that routes by service name to
+    /// discovered instances, with balancing, retries and passive ejection.
+    Gateway(gateway_cmd::GatewayArgs),
     /// Dynamic configuration: set (checked before it is written), get, watch.
     Config(config_cmd::ConfigArgs),
     /// A guided tour in one process: an embedded registry, three hello
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             Commands::Register(args) => registry_cmd::register(args, serve::shutdown_signal()?).await,
             Commands::Ls(args) => registry_cmd::ls(args).await,
             Commands::Demo(args) => demo::run(args).await,
+            Commands::Gateway(args) => gateway_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Config(args) => config_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Watch(args) => registry_cmd::watch(args, serve::shutdown_signal()?).await,
         }

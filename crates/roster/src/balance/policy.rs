@@ -1,5 +1,5 @@
 /// How a [`Balancer`](super::Balancer) chooses among endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum Policy {
     /// Each endpoint in turn.
     RoundRobin,

@@ -1,0 +1,279 @@
+//! `gateway.toml`: routes and their policies. Every field is optional; with
+//! no file at all, `/<service>/<rest>` routes to any registered service.
+//!
+//! ```toml
+//! domain = "svc.local"             # Host <service>.svc.local → <service>
+//!
+//! [defaults]
+//! policy = "least-request"
+//! retries = 2
+//! per_try_timeout_ms = 5000
+//! timeout_ms = 15000
+//!
+//! [[route]]
+//! service = "hello"
+//! path_prefix = "/api/hello"       # default /<service>
+//! strip_prefix = true              # /api/hello/x → /x
+//! grpc = ["hello.Hello"]           # gRPC calls to /hello.Hello/* → hello
+//! policy = "round-robin"
+//! ```
+
+use roster::balance::Policy;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Why a configuration was refused; the message says where and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The whole file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Route `/<service>/<rest>` to any registered service (default true).
+    pub auto_routes: Option<bool>,
+    /// With `domain = "svc.local"`, `Host: hello.svc.local` routes to `hello`.
+    pub domain: Option<String>,
+    /// Where instances are registered (default `/services`).
+    pub prefix: Option<String>,
+    /// Most distinct services the gateway follows at once (default 1024).
+    pub max_services: Option<usize>,
+    /// A client must send its request head within this time (default 10 s).
+    pub header_read_timeout_ms: Option<u64>,
+    /// Largest request head accepted, in bytes (default 16 KiB).
+    pub max_header_bytes: Option<usize>,
+    #[serde(default)]
+    pub defaults: RouteOptions,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Per-route settings; unset ones come from `[defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOptions {
+    pub policy: Option<String>,
+    /// Header whose value is the consistent-hash key.
+    pub hash_header: Option<String>,
+    /// Attempts after the first (default 2).
+    pub retries: Option<u32>,
+    pub per_try_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub strip_prefix: Option<bool>,
+    /// Retries may add at most this share of requests (default 20).
+    pub retry_budget_percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub service: String,
+    pub path_prefix: Option<String>,
+    /// An exact `Host` (port ignored) that routes here.
+    pub host: Option<String>,
+    /// Fully qualified gRPC services (`pkg.Service`) that route here.
+    #[serde(default)]
+    pub grpc: Vec<String>,
+    #[serde(flatten)]
+    pub options: RouteOptions,
+}
+
+/// One route's settings, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policies {
+    pub policy: Policy,
+    pub hash_header: Option<http::HeaderName>,
+    pub retries: u32,
+    pub per_try_timeout: Duration,
+    pub timeout: Duration,
+    pub strip_prefix: bool,
+    pub retry_budget_percent: u32,
+}
+
+/// The configuration the gateway runs with: validated, defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub auto_routes: bool,
+    pub domain: Option<String>,
+    pub prefix: String,
+    pub max_services: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub defaults: Policies,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub service: String,
+    /// Without a trailing slash; `/hello` matches `/hello` and `/hello/…`.
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub grpc: Vec<String>,
+    pub policies: Policies,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_file(FileConfig::default()).expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text. `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {}", e.to_string().trim_end())))?;
+        Config::from_file(file).map_err(|e| ConfigError(format!("{origin}: {e}")))
+    }
+
+    pub fn from_file(f: FileConfig) -> Result<Config, ConfigError> {
+        let builtin = Policies {
+            policy: Policy::LeastRequest,
+            hash_header: None,
+            retries: 2,
+            per_try_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+            strip_prefix: true,
+            retry_budget_percent: 20,
+        };
+        let defaults = resolve(&builtin, &f.defaults, "[defaults]")?;
+        let mut routes = Vec::with_capacity(f.routes.len());
+        for (i, r) in f.routes.iter().enumerate() {
+            let at = format!("[[route]] #{} ({:?})", i + 1, r.service);
+            if !valid_service(&r.service) {
+                return Err(ConfigError(format!("{at}: service name must be letters, digits, '.', '-' or '_'")));
+            }
+            let path_prefix = r.path_prefix.clone().unwrap_or_else(|| format!("/{}", r.service));
+            if !path_prefix.starts_with('/') {
+                return Err(ConfigError(format!("{at}: path_prefix {path_prefix:?} must start with '/'")));
+            }
+            for g in &r.grpc {
+                if g.is_empty() || g.contains('/') {
+                    return Err(ConfigError(format!("{at}: grpc entry {g:?} must be a service name like \"pkg.Service\"")));
+                }
+            }
+            routes.push(Route {
+                service: r.service.clone(),
+                path_prefix: path_prefix.trim_end_matches('/').to_owned(),
+                host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                grpc: r.grpc.clone(),
+                policies: resolve(&defaults, &r.options, &at)?,
+            });
+        }
+        // Longest prefix first, so `/api/hello` wins over `/api`.
+        routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+        let prefix = f.prefix.unwrap_or_else(|| roster::DEFAULT_PREFIX.to_owned());
+        if !prefix.starts_with('/') {
+            return Err(ConfigError(format!("prefix {prefix:?} must start with '/'")));
+        }
+        Ok(Config {
+            auto_routes: f.auto_routes.unwrap_or(true),
+            domain: f.domain.map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            max_services: f.max_services.unwrap_or(1024).max(1),
+            header_read_timeout: Duration::from_millis(f.header_read_timeout_ms.unwrap_or(10_000).max(1)),
+            max_header_bytes: f.max_header_bytes.unwrap_or(16 * 1024).clamp(1024, 1024 * 1024),
+            defaults,
+            routes,
+        })
+    }
+}
+
+fn resolve(base: &Policies, o: &RouteOptions, at: &str) -> Result<Policies, ConfigError> {
+    let policy = match &o.policy {
+        Some(p) => p.parse::<Policy>().map_err(|e| ConfigError(format!("{at}: {e}")))?,
+        None => base.policy,
+    };
+    let hash_header = match &o.hash_header {
+        Some(h) => Some(
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| ConfigError(format!("{at}: hash_header {h:?} is not a valid header name")))?,
+        ),
+        None => base.hash_header.clone(),
+    };
+    let ms = |v: Option<u64>, d: Duration, name: &str| -> Result<Duration, ConfigError> {
+        match v {
+            Some(0) => Err(ConfigError(format!("{at}: {name} must be at least 1"))),
+            Some(v) => Ok(Duration::from_millis(v)),
+            None => Ok(d),
+        }
+    };
+    let p = Policies {
+        policy,
+        hash_header,
+        retries: o.retries.unwrap_or(base.retries).min(10),
+        per_try_timeout: ms(o.per_try_timeout_ms, base.per_try_timeout, "per_try_timeout_ms")?,
+        timeout: ms(o.timeout_ms, base.timeout, "timeout_ms")?,
+        strip_prefix: o.strip_prefix.unwrap_or(base.strip_prefix),
+        retry_budget_percent: o.retry_budget_percent.unwrap_or(base.retry_budget_percent).min(100),
+    };
+    if p.per_try_timeout > p.timeout {
+        return Err(ConfigError(format!(
+            "{at}: per_try_timeout_ms ({:?}) is longer than timeout_ms ({:?})",
+            p.per_try_timeout, p.timeout
+        )));
+    }
+    Ok(p)
+}
+
+/// A service name as it may appear in a path segment or a host label.
+pub fn valid_service(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_routes_every_service_by_path() {
+        let c = Config::parse("", "gateway.toml").unwrap();
+        assert!(c.auto_routes);
+        assert_eq!(c.prefix, "/services");
+        assert_eq!(c.defaults.retries, 2);
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn routes_inherit_defaults_and_sort_longest_first() {
+        let c = Config::parse(
+            r#"
+            [defaults]
+            policy = "round-robin"
+            retries = 1
+            [[route]]
+            service = "api"
+            path_prefix = "/api/"
+            [[route]]
+            service = "hello"
+            path_prefix = "/api/hello"
+            policy = "random"
+            strip_prefix = false
+            grpc = ["hello.Hello"]
+            "#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].path_prefix, "/api/hello");
+        assert_eq!(c.routes[0].policies.policy, Policy::Random);
+        assert!(!c.routes[0].policies.strip_prefix);
+        assert_eq!(c.routes[1].path_prefix, "/api");
+        assert_eq!((c.routes[1].policies.policy, c.routes[1].policies.retries), (Policy::RoundRobin, 1));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = Config::parse("[[route]]\nservice = \"a\"\npolicy = \"fastest\"\n", "gw.toml").unwrap_err().0;
+        assert!(e.starts_with("gw.toml: [[route]] #1 (\"a\"): unknown policy \"fastest\""), "{e}");
+        let e = Config::parse("[[route]]\nservice = \"a b\"\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("service name must be"), "{e}");
+        let e = Config::parse("retries = 3\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("unknown field `retries`"), "{e}");
+        let e = Config::parse("[defaults]\nper_try_timeout_ms = 9000\ntimeout_ms = 1000\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("longer than timeout_ms"), "{e}");
+        let e = Config::parse("[[route]]\nservice = \"a\"\npath_prefix = \"a\"\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("must start with '/'"), "{e}");
+    }
+}

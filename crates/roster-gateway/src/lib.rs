@@ -1,0 +1,67 @@
+//! `roster gateway`: an HTTP/1.1 and HTTP/2 (h2c, so gRPC too) reverse
+//! proxy that routes by service name to the instances discovery reports.
+//!
+//! - [`config`]: `gateway.toml`, validated with errors that name the place.
+//! - [`route`]: which service a request goes to (gRPC service, host, path).
+//! - `upstream`: a discovery and a `roster::balance::Balancer` per service,
+//!   with passive ejection and a retry budget.
+//! - `proxy`: forwarding with retries, timeouts, streaming bodies,
+//!   forwarding headers; JSON errors for HTTP callers, `grpc-status` for
+//!   gRPC callers.
+//! - `server`: the listener (HTTP/1.1 + h2c, bounded heads, graceful
+//!   drain) and the admin listener (`/metrics`, `/health`).
+
+pub mod config;
+mod metrics;
+mod proxy;
+pub mod route;
+mod server;
+mod upstream;
+
+pub use config::{Config, ConfigError};
+pub use server::DEFAULT_DRAIN;
+
+use roster::balance::HealthConfig;
+use roster::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A gateway over one registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    proxy: Arc<proxy::Proxy>,
+}
+
+impl Gateway {
+    /// `registry` is where instances are discovered; its prefix is
+    /// replaced by the config's.
+    pub fn new(registry: Registry, config: Config) -> Gateway {
+        let registry = registry.with_prefix(config.prefix.clone());
+        let health = HealthConfig { consecutive_failures: 1, ..HealthConfig::default() };
+        let upstreams = upstream::Upstreams::new(registry, health, config.max_services);
+        Gateway { proxy: Arc::new(proxy::Proxy::new(config, upstreams)) }
+    }
+
+    /// Swaps in a new configuration; requests already routed keep the old.
+    /// The listener's limits (head size and timeout) apply from the next
+    /// start.
+    pub fn reload(&self, config: Config) {
+        self.proxy.config.store(Arc::new(config));
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.proxy.config.load_full()
+    }
+
+    /// Serves until `shutdown` resolves, then drains for up to `drain`.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        drain: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server::serve(listener, admin, self.proxy.clone(), drain, shutdown).await
+    }
+}

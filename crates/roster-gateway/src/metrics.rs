@@ -1,0 +1,74 @@
+//! Prometheus metrics: requests, latency and retries per service and
+//! instance, rendered at `GET /metrics` on the admin listener.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    service: String,
+    instance: String,
+    code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Instance {
+    service: String,
+    instance: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Service {
+    service: String,
+}
+
+/// 100 µs to ~6.5 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Request, Counter>,
+    latency: Family<Service, Histogram, fn() -> Histogram>,
+    retries: Family<Instance, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("roster_gateway");
+        let requests = Family::<Request, Counter>::default();
+        let latency = Family::<Service, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let retries = Family::<Instance, Counter>::default();
+        registry.register("requests", "Requests answered, by service, instance that answered (\"-\" for none) and HTTP status", requests.clone());
+        registry.register("request_duration_seconds", "Time to the response head, retries included", latency.clone());
+        registry.register("retries", "Attempts retried, by the instance that failed", retries.clone());
+        Metrics { registry, requests, latency, retries }
+    }
+
+    pub fn request(&self, service: &str, instance: &str, code: u16, took: Duration) {
+        let labels = Request { service: service.to_owned(), instance: instance.to_owned(), code };
+        self.requests.get_or_create(&labels).inc();
+        self.latency.get_or_create(&Service { service: service.to_owned() }).observe(took.as_secs_f64());
+    }
+
+    pub fn retry(&self, service: &str, instance: &str) {
+        self.retries.get_or_create(&Instance { service: service.to_owned(), instance: instance.to_owned() }).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,104 @@
+//! Accepting connections: HTTP/1.1 and h2c on one port, bounded request
+//! heads, graceful drain; and the admin port with `/metrics` and `/health`.
+
+use crate::proxy::{empty, full, Body, Proxy};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long in-flight requests may take to finish after shutdown begins.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `proxy` on `listener` (and the admin endpoints on `admin`) until
+/// `shutdown` resolves, then drains in-flight requests for up to `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+    drain: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = proxy.config.load_full();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        // hyper answers 431 past this (its floor is 8 KiB).
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).max_concurrent_streams(1024);
+    let graceful = GracefulShutdown::new();
+    let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, proxy.clone())));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(?drain, "gateway stopping; draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "requests still in flight after the drain period; closing them");
+    }
+    if let Some(t) = admin_task {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let proxy = proxy.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(admin(&proxy, &req)) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn admin(proxy: &Proxy, req: &Request<Incoming>) -> Response<Body> {
+    let (status, body, ctype) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, full(Bytes::from(proxy.metrics.render())), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "/health" => (StatusCode::OK, full(Bytes::from_static(b"{\"health\":\"true\"}\n")), "application/json"),
+        _ => (StatusCode::NOT_FOUND, empty(), "text/plain"),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}

@@ -1,0 +1,142 @@
+//! The instances behind each service: one discovery and one balancer per
+//! (service, policy), created on the first request that needs them.
+
+use parking_lot::Mutex;
+use roster::balance::{Balancer, HealthConfig, Policy};
+use roster::{Discovery, Registry};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+
+pub struct Upstream {
+    pub balancer: Arc<Balancer>,
+    pub budget: RetryBudget,
+    /// Keeps the instance list followed.
+    _discovery: Discovery,
+    follow: tokio::task::AbortHandle,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.follow.abort();
+    }
+}
+
+/// Every upstream the gateway follows.
+pub struct Upstreams {
+    registry: Registry,
+    health: HealthConfig,
+    max: usize,
+    map: Mutex<HashMap<(String, Policy), Arc<Upstream>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway already follows {0} services (max_services)")]
+pub struct TooMany(pub usize);
+
+impl Upstreams {
+    pub fn new(registry: Registry, health: HealthConfig, max: usize) -> Upstreams {
+        Upstreams { registry, health, max, map: Mutex::new(HashMap::new()) }
+    }
+
+    /// The upstream for `service`, waiting up to `wait` for its first list
+    /// if it is new.
+    pub async fn get(&self, service: &str, policy: Policy, wait: Duration) -> Result<Arc<Upstream>, TooMany> {
+        let key = (service.to_owned(), policy);
+        let (up, fresh) = {
+            let mut map = self.map.lock();
+            match map.get(&key) {
+                Some(u) => (u.clone(), false),
+                None => {
+                    if map.len() >= self.max {
+                        return Err(TooMany(self.max));
+                    }
+                    let up = self.start(service, policy);
+                    map.insert(key, up.clone());
+                    (up, true)
+                }
+            }
+        };
+        if fresh || up.balancer.set().endpoints.is_empty() {
+            let _ = tokio::time::timeout(wait, up._discovery.ready()).await;
+            // The follower task may not have run yet.
+            if up.balancer.set().endpoints.is_empty() {
+                up.balancer.update(up._discovery.instances());
+            }
+        }
+        Ok(up)
+    }
+
+    fn start(&self, service: &str, policy: Policy) -> Arc<Upstream> {
+        let discovery = self.registry.discover(service);
+        let balancer = Arc::new(Balancer::new(policy).with_health(self.health.clone()));
+        let (d, b) = (discovery.clone(), balancer.clone());
+        let follow = tokio::spawn(async move {
+            let mut changes = Box::pin(d.changes());
+            d.ready().await;
+            b.update(d.instances());
+            while changes.next().await.is_some() {
+                b.update(d.instances());
+            }
+        })
+        .abort_handle();
+        Arc::new(Upstream { balancer, budget: RetryBudget::new(), _discovery: discovery, follow })
+    }
+}
+
+/// Retries may add at most a share of the requests: each request deposits
+/// `percent/100` of a token, each retry takes one. A small reserve lets a
+/// quiet service retry at all.
+pub struct RetryBudget {
+    tokens: Mutex<f64>,
+}
+
+impl RetryBudget {
+    const RESERVE: f64 = 10.0;
+
+    pub fn new() -> RetryBudget {
+        RetryBudget { tokens: Mutex::new(Self::RESERVE) }
+    }
+
+    pub fn deposit(&self, percent: u32) {
+        let mut t = self.tokens.lock();
+        *t = (*t + f64::from(percent) / 100.0).min(Self::RESERVE.max(100.0));
+    }
+
+    pub fn withdraw(&self) -> bool {
+        let mut t = self.tokens.lock();
+        if *t >= 1.0 {
+            *t -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_caps_retries_at_the_share_plus_the_reserve() {
+        for per_request in [1, 3] {
+            let b = RetryBudget::new();
+            let mut granted = 0;
+            for _ in 0..1000 {
+                b.deposit(20);
+                for _ in 0..per_request {
+                    granted += usize::from(b.withdraw());
+                }
+            }
+            assert!((205..=210).contains(&granted), "20% of 1000 plus the reserve of 10, got {granted}");
+        }
+    }
+}
