@@ -5,7 +5,7 @@
 //! domain = "svc.local"             # Host <service>.svc.local → <service>
 //!
 //! [defaults]
-//! policy = "least-request"
+//! policy = "least-request"        # default round-robin
 //! retries = 2
 //! per_try_timeout_ms = 5000
 //! timeout_ms = 15000
@@ -130,7 +130,8 @@ impl Config {
 
     pub fn from_file(f: FileConfig) -> Result<Config, ConfigError> {
         let builtin = Policies {
-            policy: Policy::LeastRequest,
+            // nginx's default too; least-request is one line of config away.
+            policy: Policy::RoundRobin,
             hash_header: None,
             retries: 2,
             per_try_timeout: Duration::from_secs(5),
@@ -163,7 +164,7 @@ impl Config {
             });
         }
         // Longest prefix first, so `/api/hello` wins over `/api`.
-        routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         let prefix = f.prefix.unwrap_or_else(|| roster::DEFAULT_PREFIX.to_owned());
         if !prefix.starts_with('/') {
             return Err(ConfigError(format!("prefix {prefix:?} must start with '/'")));

@@ -32,12 +32,18 @@ pub struct Proxy {
     pub config: ArcSwap<Config>,
     pub upstreams: Upstreams,
     pub metrics: Metrics,
+}
+
+/// Connection pools to the instances. Each worker thread has its own, so a
+/// request and its upstream connection stay on one thread.
+#[derive(Clone)]
+pub struct Pools {
     http1: Client<HttpConnector, Body>,
     http2: Client<HttpConnector, Body>,
 }
 
-impl Proxy {
-    pub fn new(config: Config, upstreams: Upstreams) -> Proxy {
+impl Pools {
+    pub fn new() -> Pools {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -45,15 +51,21 @@ impl Proxy {
         builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(30));
         let http1 = builder.clone().pool_max_idle_per_host(1024).build(connector.clone());
         let http2 = builder.http2_only(true).build(connector);
-        Proxy { config: ArcSwap::from_pointee(config), upstreams, metrics: Metrics::new(), http1, http2 }
+        Pools { http1, http2 }
+    }
+}
+
+impl Proxy {
+    pub fn new(config: Config, upstreams: Upstreams) -> Proxy {
+        Proxy { config: ArcSwap::from_pointee(config), upstreams, metrics: Metrics::new() }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, pools: &Pools, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
         let method = req.method().clone();
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let outcome = self.forward(req, client, grpc, &path).await;
+        let outcome = self.forward(pools, req, client, grpc, &path).await;
         let (resp, service, instance, retries) = match outcome {
             Ok(done) => (done.response, done.service, done.instance, done.retries),
             Err(fail) => (fail.response(grpc), fail.service().to_owned(), "-".to_owned(), fail.retries()),
@@ -72,7 +84,7 @@ impl Proxy {
         resp
     }
 
-    async fn forward(&self, req: Request<Incoming>, client: SocketAddr, grpc: bool, path: &str) -> Result<Done, Failure> {
+    async fn forward(&self, pools: &Pools, req: Request<Incoming>, client: SocketAddr, grpc: bool, path: &str) -> Result<Done, Failure> {
         let config = self.config.load_full();
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str())).map(str::to_owned);
         let Some(target) = route(&config, host.as_deref(), path, grpc) else {
@@ -118,7 +130,7 @@ impl Proxy {
             *up.version_mut() = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
             let left = deadline.saturating_duration_since(Instant::now());
             let try_started = Instant::now();
-            let sent = if use_h2 { self.http2.request(up) } else { self.http1.request(up) };
+            let sent = if use_h2 { pools.http2.request(up) } else { pools.http1.request(up) };
             let result = tokio::time::timeout(policies.per_try_timeout.min(left), sent).await;
             let (retryable, error) = match result {
                 Err(_) => {
@@ -147,6 +159,11 @@ impl Proxy {
                         retries += 1;
                         last = LastError::Status(status);
                         continue;
+                    }
+                    if unavailable && !grpc {
+                        // Retries spent (or refused by the budget): the caller gets 502.
+                        guard.failure();
+                        return Err(Failure::Upstream { service, retries, last: LastError::Status(status) });
                     }
                     if status.is_server_error() || unavailable {
                         guard.failure();

@@ -1,7 +1,7 @@
 //! Accepting connections: HTTP/1.1 and h2c on one port, bounded request
 //! heads, graceful drain; and the admin port with `/metrics` and `/health`.
 
-use crate::proxy::{empty, full, Body, Proxy};
+use crate::proxy::{empty, full, Body, Pools, Proxy};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,6 +20,10 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves `proxy` on `listener` (and the admin endpoints on `admin`) until
 /// `shutdown` resolves, then drains in-flight requests for up to `drain`.
+///
+/// Like nginx's worker processes, one thread per core accepts and serves
+/// its own connections on a single-threaded runtime with its own upstream
+/// pools, so a request never hops threads between client and instance.
 pub async fn serve(
     listener: TcpListener,
     admin: Option<TcpListener>,
@@ -27,6 +31,43 @@ pub async fn serve(
     drain: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let listener = listener.try_clone()?;
+        let (proxy, stop) = (proxy.clone(), stop_rx.clone());
+        let thread = std::thread::Builder::new().name(format!("gateway-{i}")).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                worker(listener, proxy, drain, stop).await;
+                Ok::<_, std::io::Error>(())
+            })
+        })?;
+        threads.push(thread);
+    }
+    drop(listener);
+    let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, proxy.clone())));
+    shutdown.await;
+    tracing::info!(?drain, "gateway stopping; draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let joined = tokio::task::spawn_blocking(move || threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()).await;
+    if let Some(t) = admin_task {
+        t.abort();
+    }
+    for r in joined.map_err(std::io::Error::other)? {
+        match r {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::Error::other("a gateway worker thread panicked")),
+        }
+    }
+    Ok(())
+}
+
+/// One worker: accept, serve, and on stop drain its own connections.
+async fn worker(listener: TcpListener, proxy: Arc<Proxy>, drain: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let config = proxy.config.load_full();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -36,9 +77,8 @@ pub async fn serve(
         // hyper answers 431 past this (its floor is 8 KiB).
         .max_buf_size(config.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).max_concurrent_streams(1024);
+    let pools = Pools::new();
     let graceful = GracefulShutdown::new();
-    let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, proxy.clone())));
-    tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -50,13 +90,13 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            _ = stop.wait_for(|s| *s) => break,
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
+        let (proxy, pools) = (proxy.clone(), pools.clone());
         let svc = service_fn(move |req: Request<Incoming>| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            let (proxy, pools) = (proxy.clone(), pools.clone());
+            async move { Ok::<_, Infallible>(proxy.handle(&pools, req, peer).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn.into_owned());
@@ -67,14 +107,9 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!(?drain, "gateway stopping; draining in-flight requests");
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain, "requests still in flight after the drain period; closing them");
     }
-    if let Some(t) = admin_task {
-        t.abort();
-    }
-    Ok(())
 }
 
 async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
