@@ -75,8 +75,29 @@ pub struct RouteConfig {
     /// Fully qualified gRPC services (`pkg.Service`) that route here.
     #[serde(default)]
     pub grpc: Vec<String>,
-    #[serde(flatten)]
-    pub options: RouteOptions,
+    // The fields of `RouteOptions`, spelled out: `#[serde(flatten)]` would
+    // lose the field name and line from parse errors.
+    pub policy: Option<String>,
+    pub hash_header: Option<String>,
+    pub retries: Option<u32>,
+    pub per_try_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub strip_prefix: Option<bool>,
+    pub retry_budget_percent: Option<u32>,
+}
+
+impl RouteConfig {
+    pub fn options(&self) -> RouteOptions {
+        RouteOptions {
+            policy: self.policy.clone(),
+            hash_header: self.hash_header.clone(),
+            retries: self.retries,
+            per_try_timeout_ms: self.per_try_timeout_ms,
+            timeout_ms: self.timeout_ms,
+            strip_prefix: self.strip_prefix,
+            retry_budget_percent: self.retry_budget_percent,
+        }
+    }
 }
 
 /// One route's settings, resolved.
@@ -160,7 +181,7 @@ impl Config {
                 path_prefix: path_prefix.trim_end_matches('/').to_owned(),
                 host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 grpc: r.grpc.clone(),
-                policies: resolve(&defaults, &r.options, &at)?,
+                policies: resolve(&defaults, &r.options(), &at)?,
             });
         }
         // Longest prefix first, so `/api/hello` wins over `/api`.
@@ -270,6 +291,8 @@ mod tests {
         assert!(e.starts_with("gw.toml: [[route]] #1 (\"a\"): unknown policy \"fastest\""), "{e}");
         let e = Config::parse("[[route]]\nservice = \"a b\"\n", "gw.toml").unwrap_err().0;
         assert!(e.contains("service name must be"), "{e}");
+        let e = Config::parse("[[route]]\nservice = \"x\"\nretries = \"many\"\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("line 3") && e.contains("retries"), "{e}");
         let e = Config::parse("retries = 3\n", "gw.toml").unwrap_err().0;
         assert!(e.contains("unknown field `retries`"), "{e}");
         let e = Config::parse("[defaults]\nper_try_timeout_ms = 9000\ntimeout_ms = 1000\n", "gw.toml").unwrap_err().0;

@@ -6,6 +6,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +38,15 @@ pub struct Metrics {
     requests: Family<Request, Counter>,
     latency: Family<Service, Histogram, fn() -> Histogram>,
     retries: Family<Instance, Counter>,
+    /// Handles already looked up, by borrowed names, so that counting a
+    /// request allocates nothing once its labels have been seen.
+    cache: RwLock<HashMap<String, Cached>>,
+}
+
+#[derive(Default)]
+struct Cached {
+    latency: Option<Histogram>,
+    requests: HashMap<String, HashMap<u16, Counter>>,
 }
 
 impl Metrics {
@@ -47,13 +58,30 @@ impl Metrics {
         registry.register("requests", "Requests answered, by service, instance that answered (\"-\" for none) and HTTP status", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, retries included", latency.clone());
         registry.register("retries", "Attempts retried, by the instance that failed", retries.clone());
-        Metrics { registry, requests, latency, retries }
+        Metrics { registry, requests, latency, retries, cache: RwLock::new(HashMap::new()) }
     }
 
     pub fn request(&self, service: &str, instance: &str, code: u16, took: Duration) {
+        {
+            let cache = self.cache.read();
+            if let Some(c) = cache.get(service)
+                && let Some(latency) = &c.latency
+                && let Some(counter) = c.requests.get(instance).and_then(|by_code| by_code.get(&code))
+            {
+                counter.inc();
+                latency.observe(took.as_secs_f64());
+                return;
+            }
+        }
         let labels = Request { service: service.to_owned(), instance: instance.to_owned(), code };
-        self.requests.get_or_create(&labels).inc();
-        self.latency.get_or_create(&Service { service: service.to_owned() }).observe(took.as_secs_f64());
+        let counter = self.requests.get_or_create(&labels).clone();
+        let latency = self.latency.get_or_create(&Service { service: service.to_owned() }).clone();
+        counter.inc();
+        latency.observe(took.as_secs_f64());
+        let mut cache = self.cache.write();
+        let c = cache.entry(service.to_owned()).or_default();
+        c.latency = Some(latency);
+        c.requests.entry(instance.to_owned()).or_default().insert(code, counter);
     }
 
     pub fn retry(&self, service: &str, instance: &str) {

@@ -85,7 +85,7 @@ impl Proxy {
     }
 
     async fn forward(&self, pools: &Pools, req: Request<Incoming>, client: SocketAddr, grpc: bool, path: &str) -> Result<Done, Failure> {
-        let config = self.config.load_full();
+        let config = self.config.load();
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str())).map(str::to_owned);
         let Some(target) = route(&config, host.as_deref(), path, grpc) else {
             return Err(Failure::NoRoute { path: path.to_owned() });

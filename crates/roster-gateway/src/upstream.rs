@@ -1,7 +1,7 @@
 //! The instances behind each service: one discovery and one balancer per
 //! (service, policy), created on the first request that needs them.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use roster::balance::{Balancer, HealthConfig, Policy};
 use roster::{Discovery, Registry};
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ pub struct Upstreams {
     registry: Registry,
     health: HealthConfig,
     max: usize,
-    map: Mutex<HashMap<(String, Policy), Arc<Upstream>>>,
+    map: RwLock<HashMap<String, Vec<(Policy, Arc<Upstream>)>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,24 +37,28 @@ pub struct TooMany(pub usize);
 
 impl Upstreams {
     pub fn new(registry: Registry, health: HealthConfig, max: usize) -> Upstreams {
-        Upstreams { registry, health, max, map: Mutex::new(HashMap::new()) }
+        Upstreams { registry, health, max, map: RwLock::new(HashMap::new()) }
     }
 
     /// The upstream for `service`, waiting up to `wait` for its first list
     /// if it is new.
     pub async fn get(&self, service: &str, policy: Policy, wait: Duration) -> Result<Arc<Upstream>, TooMany> {
-        let key = (service.to_owned(), policy);
-        let (up, fresh) = {
-            let mut map = self.map.lock();
-            match map.get(&key) {
-                Some(u) => (u.clone(), false),
-                None => {
-                    if map.len() >= self.max {
-                        return Err(TooMany(self.max));
+        // The hot path: a shared lock and no allocation.
+        let known = self.map.read().get(service).and_then(|by_policy| by_policy.iter().find(|(p, _)| *p == policy).map(|(_, u)| u.clone()));
+        let (up, fresh) = match known {
+            Some(u) => (u, false),
+            None => {
+                let mut map = self.map.write();
+                let count: usize = map.values().map(Vec::len).sum();
+                let by_policy = map.entry(service.to_owned()).or_default();
+                match by_policy.iter().find(|(p, _)| *p == policy) {
+                    Some((_, u)) => (u.clone(), false),
+                    None if count >= self.max => return Err(TooMany(self.max)),
+                    None => {
+                        let up = self.start(service, policy);
+                        by_policy.push((policy, up.clone()));
+                        (up, true)
                     }
-                    let up = self.start(service, policy);
-                    map.insert(key, up.clone());
-                    (up, true)
                 }
             }
         };

@@ -10,6 +10,7 @@
 //! - `registry_cli`: `roster register`, `ls` and `watch`, on roster and etcd.
 //! - `lock_election`: the server-side Lock and Election services, scripted
 //!   against etcd and roster with identical transcripts.
+//! - `gateway_cli`: `roster gateway` following its config key and SIGHUP.
 //! - `config_cli`: `roster config set`, `get` and `watch`, on roster and etcd.
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
@@ -22,6 +23,7 @@ mod config_cli;
 mod crash;
 mod differential;
 mod etcdctl;
+mod gateway_cli;
 mod lock_election;
 mod registry_cli;
 mod support;
