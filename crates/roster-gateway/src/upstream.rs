@@ -23,12 +23,15 @@ impl Drop for Upstream {
     }
 }
 
+/// One service's upstreams, one per policy some route uses.
+type ByPolicy = Vec<(Policy, Arc<Upstream>)>;
+
 /// Every upstream the gateway follows.
 pub struct Upstreams {
     registry: Registry,
     health: HealthConfig,
     max: usize,
-    map: RwLock<HashMap<String, Vec<(Policy, Arc<Upstream>)>>>,
+    map: RwLock<HashMap<String, ByPolicy>>,
 }
 
 #[derive(Debug, thiserror::Error)]
