@@ -10,6 +10,11 @@ mod registry_cmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the proxy and server paths allocate small buffers per request,
+/// and glibc's malloc showed up at ~10% of the gateway's CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 /// Service registration and discovery on the etcd v3 API.
