@@ -60,8 +60,11 @@ pub struct Balancer {
     /// Round-robin position.
     cursor: AtomicUsize,
     ejections: Arc<Ejections>,
-    /// State of a xorshift generator; seedable for tests.
+    /// Generator state, used only when seeded (tests want reproducible
+    /// picks); otherwise each thread draws from its own state, which spares
+    /// every pick a contended atomic.
     rng: AtomicU64,
+    seeded: bool,
 }
 
 /// Virtual nodes per unit of weight (weight 100 gives 100 points).
@@ -79,6 +82,7 @@ impl Balancer {
             cursor: AtomicUsize::new(0),
             ejections: Arc::default(),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ now_ms()),
+            seeded: false,
         }
     }
 
@@ -97,7 +101,7 @@ impl Balancer {
     /// Seeds the random choices (random, least-request) for reproducibility.
     pub fn with_seed(self, seed: u64) -> Self {
         self.rng.store(seed.max(1), Ordering::Relaxed);
-        self
+        Balancer { seeded: true, ..self }
     }
 
     pub fn policy(&self) -> Policy {
@@ -199,7 +203,22 @@ impl Balancer {
     /// 64 random bits: a splitmix64 step over an atomic Weyl sequence, one
     /// uncontended atomic add per draw and reproducible from the seed.
     fn draw(&self) -> u64 {
-        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+        thread_local! {
+            static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new().build_hasher().finish()
+            });
+        }
+        let mut z = if self.seeded {
+            self.rng.fetch_add(GOLDEN, Ordering::Relaxed)
+        } else {
+            STATE.with(|s| {
+                let z = s.get().wrapping_add(GOLDEN);
+                s.set(z);
+                z
+            })
+        };
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -222,7 +241,10 @@ impl Balancer {
     fn least_request(&self, set: &Set, local: bool, ok: impl Fn(usize) -> bool) -> Option<usize> {
         let sub = self.candidates(set, local);
         let n = if local { sub.len() } else { set.endpoints.len() };
-        let at = |k: usize| if local { sub[k % n] } else { k % n };
+        // Every k here is below 2n: wrap by subtraction, not by a division
+        // (which was a tenth of the pick).
+        let wrap = |k: usize| if k >= n { k - n } else { k };
+        let at = |k: usize| if local { sub[wrap(k)] } else { wrap(k) };
         let r = self.draw();
         let first = below(r as u32, n);
         let a = at(first);
@@ -234,8 +256,9 @@ impl Balancer {
             // Both unavailable: take the next available one in order.
             (false, false) => return (0..n).map(|k| at(first + k)).find(|&i| ok(i)),
         };
-        let score = |i: usize| set.endpoints[i].stats.score();
-        Some(if score(b) < score(a) { b } else { a })
+        // Scores are read from the stats `ok` just touched, still in cache.
+        let (sa, sb) = (&set.endpoints[a].stats, &set.endpoints[b].stats);
+        Some(if sb.score() < sa.score() { b } else { a })
     }
 
     fn hashed(&self, set: &Set, key: &[u8], ok: impl Fn(usize) -> bool) -> Option<usize> {
