@@ -27,6 +27,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod metrics;
+mod oversize;
 mod watch;
 
 pub use config::ServerConfig;
@@ -162,6 +163,7 @@ async fn serve_grpc(
         // etcd clients multiplex every watch and call over one connection,
         // and etcd sets no stream limit either.
         .max_concurrent_streams(Some(u32::MAX))
+        .layer(oversize::OversizeLayer)
         .add_service(health)
         .add_service(svc!(KvServer))
         .add_service(svc!(WatchServer))

@@ -550,6 +550,18 @@ async fn bad_input_gets_etcds_codes_and_messages() {
         }
     }
     check_cases(late_cases(), etcd.as_ref(), &roster, &mut problems).await;
+    // Over gRPC's receive limit: grpc-go's code and words, as etcd answers.
+    let huge = PutRequest { key: b"huge".to_vec().into(), value: vec![b'x'; 3_000_000].into(), ..Default::default() };
+    let limit = roster_api::MAX_REQUEST_BYTES + roster_api::GRPC_OVERHEAD_BYTES;
+    let want = Err((Code::ResourceExhausted, format!("grpc: received message larger than max ({} vs. {limit})", prost::Message::encoded_len(&huge))));
+    let mut targets = vec![("roster", roster.channel())];
+    targets.extend(etcd.as_ref().map(|e| ("etcd", e.channel())));
+    for (name, ch) in targets {
+        let got = outcome(KvClient::new(ch).put(huge.clone()).await).map(drop);
+        if got != want {
+            problems.push(format!("{name}: put over the gRPC limit:\n    want {want:?}\n    got  {got:?}"));
+        }
+    }
     check_cancel_of_unknown_watch_is_ignored(roster.channel()).await;
     // After all of it, the server still answers.
     let mut kv = KvClient::new(roster.channel());
