@@ -21,9 +21,10 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 /// Serves `proxy` on `listener` (and the admin endpoints on `admin`) until
 /// `shutdown` resolves, then drains in-flight requests for up to `drain`.
 ///
-/// Like nginx's worker processes, one thread per core accepts and serves
-/// its own connections on a single-threaded runtime with its own upstream
-/// pools, so a request never hops threads between client and instance.
+/// Like nginx's worker processes, one thread per core serves the
+/// connections it is handed on a single-threaded runtime with its own
+/// upstream pools, so a request never hops threads between client and
+/// instance.
 pub async fn serve(
     listener: TcpListener,
     admin: Option<TcpListener>,
@@ -32,27 +33,50 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let listener = listener.into_std()?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut inboxes = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
-        let listener = listener.try_clone()?;
-        let (proxy, stop) = (proxy.clone(), stop_rx.clone());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let proxy = proxy.clone();
         let thread = std::thread::Builder::new().name(format!("gateway-{i}")).spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(listener)?;
-                worker(listener, proxy, drain, stop).await;
-                Ok::<_, std::io::Error>(())
-            })
+            rt.block_on(worker(rx, proxy, drain));
+            Ok::<_, std::io::Error>(())
         })?;
+        inboxes.push(tx);
         threads.push(thread);
     }
-    drop(listener);
     let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, proxy.clone())));
-    shutdown.await;
+    // One acceptor deals connections to the workers in turn, so load stays
+    // even however the kernel would have woken them.
+    tokio::pin!(shutdown);
+    let mut next = 0usize;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        match stream.into_std() {
+            Ok(std) => {
+                let _ = inboxes[next % workers].send((std, peer));
+                next = next.wrapping_add(1);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+        }
+    }
+    drop(listener);
     tracing::info!(?drain, "gateway stopping; draining in-flight requests");
-    let _ = stop_tx.send(true);
+    // Closing the inboxes tells the workers to drain and stop.
+    drop(inboxes);
     let joined = tokio::task::spawn_blocking(move || threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()).await;
     if let Some(t) = admin_task {
         t.abort();
@@ -66,8 +90,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// One worker: accept, serve, and on stop drain its own connections.
-async fn worker(listener: TcpListener, proxy: Arc<Proxy>, drain: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+type Inbox = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, std::net::SocketAddr)>;
+
+/// One worker: serve the connections it is handed; when the inbox closes,
+/// drain them.
+async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
     let config = proxy.config.load_full();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -79,20 +106,14 @@ async fn worker(listener: TcpListener, proxy: Arc<Proxy>, drain: Duration, mut s
     builder.http2().timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).max_concurrent_streams(1024);
     let pools = Pools::new();
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.wait_for(|s| *s) => break,
+    while let Some((std, peer)) = inbox.recv().await {
+        let stream = match tokio::net::TcpStream::from_std(std) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(client = %peer, error = %e, "cannot take over a connection");
+                continue;
+            }
         };
-        let _ = stream.set_nodelay(true);
         let (proxy, pools) = (proxy.clone(), pools.clone());
         let svc = service_fn(move |req: Request<Incoming>| {
             let (proxy, pools) = (proxy.clone(), pools.clone());
@@ -106,7 +127,6 @@ async fn worker(listener: TcpListener, proxy: Arc<Proxy>, drain: Duration, mut s
             }
         });
     }
-    drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain, "requests still in flight after the drain period; closing them");
     }
