@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Runs `roster bench all` against `roster serve` and etcd side by side, their
 # data dirs in one temp dir on the same disk, fsync on for both; then restarts
-# both fresh and runs the memory workload with their PIDs. Prints every
-# workload's figures and the roster/etcd ratio. Loopback only; stops only the
-# servers it started, by PID; bounded in time (--limit seconds per bench run).
+# both fresh for the memory workload, and again for holding --instances SDK
+# registrations with live keepalives, both read with the servers' PIDs.
+# Prints every workload's figures and the roster/etcd ratio. Loopback only;
+# stops only the servers it started, by PID; bounded in time (--limit seconds
+# per bench run).
 #
-#   scripts/bench-vs-etcd.sh [--total N] [--keys N] [--limit SECS]
+#   scripts/bench-vs-etcd.sh [--total N] [--keys N] [--instances N] [--limit SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOTAL=50000   # requests per throughput workload
 KEYS=100000   # keys (each on its own lease) for the memory workload
+INSTANCES=10000 # SDK registrations held with live keepalives
 LIMIT=900     # seconds each bench invocation may take before it is stopped
 while [ $# -gt 0 ]; do
     case "$1" in
         --total) TOTAL=$2; shift 2 ;;
         --keys) KEYS=$2; shift 2 ;;
+        --instances) INSTANCES=$2; shift 2 ;;
         --limit) LIMIT=$2; shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-        *) echo "usage: $0 [--total N] [--keys N] [--limit SECS]" >&2; exit 2 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "usage: $0 [--total N] [--keys N] [--instances N] [--limit SECS]" >&2; exit 2 ;;
     esac
 done
 command -v etcd >/dev/null || { echo "etcd is not installed (Debian: apt-get install etcd-server)" >&2; exit 1; }
@@ -115,5 +119,12 @@ echo
 start_both mem
 echo "== fresh servers: roster pid $ROSTER_PID, etcd pid $ETCD_PID"
 bench memory --keys "$KEYS" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP" \
+    --pid "roster=$ROSTER_PID" --pid "etcd=$ETCD_PID"
+stop_both
+
+echo
+start_both hold
+echo "== fresh servers: roster pid $ROSTER_PID, etcd pid $ETCD_PID"
+bench hold --instances "$INSTANCES" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP" \
     --pid "roster=$ROSTER_PID" --pid "etcd=$ETCD_PID"
 stop_both

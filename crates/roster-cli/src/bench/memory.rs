@@ -1,12 +1,11 @@
 //! `memory`: `--keys` keys, each on its own long lease, then the server's
 //! resident memory, read from `/proc/<pid>/status` of `--pid NAME=PID`.
 
-use super::Common;
 use super::driver::closed_loop;
 use super::report::{Gauge, Outcome};
-use super::target::{Target, parse_pid, rss_bytes};
+use super::target::{ServerPids, Target, rss_bytes};
 use super::{Load, Workload};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
 use roster_api::etcdserverpb::{
@@ -27,33 +26,11 @@ pub struct Memory {
     /// TTL of each lease, in seconds (longer than the run, so none expires).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(2..))]
     pub ttl: i64,
-    /// `NAME=PID` of a target's server process, to read its RSS; once per
-    /// target.
-    #[arg(long = "pid", value_name = "NAME=PID", value_parser = parse_pid)]
-    pub pids: Vec<(String, u32)>,
+    #[command(flatten)]
+    pub pids: ServerPids,
 }
 
-impl Memory {
-    /// Every `--pid` must name a `--target`.
-    pub fn validate(&self, common: &Common) -> Result<()> {
-        for (name, _) in &self.pids {
-            if !common.targets.iter().any(|t| &t.name == name) {
-                bail!(
-                    "--pid {name}=... names no --target (targets: {})",
-                    common
-                        .targets
-                        .iter()
-                        .map(|t| t.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-const MIB: f64 = (1 << 20) as f64;
+pub const MIB: f64 = (1 << 20) as f64;
 
 impl Workload for Memory {
     fn name(&self) -> String {
@@ -61,11 +38,7 @@ impl Workload for Memory {
     }
 
     async fn run(&self, t: &Target, max: Duration) -> Result<Outcome> {
-        let pid = self
-            .pids
-            .iter()
-            .find(|(name, _)| *name == t.name)
-            .map(|&(_, pid)| pid);
+        let pid = self.pids.of(t);
         let before = pid.map(rss_bytes).transpose()?;
         let value = Bytes::from(vec![b'm'; self.val_size as usize]);
         let ttl = self.ttl;
@@ -100,11 +73,11 @@ impl Workload for Memory {
                 // Let the server settle (background flushes) before reading.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let after = rss_bytes(pid)?;
-                o.gauge = Some(Gauge {
+                o.gauges = vec![Gauge {
                     label: "RSS",
                     value: after as f64 / MIB,
                     unit: "MiB",
-                });
+                }];
                 o.note = format!(
                     "MiB RSS of pid {pid} ({:.1} before); each key on its own lease; latency grant+put",
                     before as f64 / MIB

@@ -14,10 +14,11 @@
 //! - `driver.rs`: the closed loop of `--clients` over `--conns`.
 //! - `report.rs`: histograms, progress on stderr, and the results table.
 //! - one file per workload: `put.rs`, `range.rs`, `keepalive.rs`,
-//!   `watch.rs`, `memory.rs`, `discovery.rs`.
+//!   `watch.rs`, `memory.rs`, `discovery.rs`, `hold.rs`.
 
 mod discovery;
 mod driver;
+mod hold;
 mod keepalive;
 mod memory;
 mod put;
@@ -40,6 +41,8 @@ Examples:
   roster bench range --consistency s --target roster=127.0.0.1:2379
   roster bench watch --watchers 100 --total 2000
   roster bench memory --keys 100000 --target roster=127.0.0.1:2379 --pid roster=$(pgrep -f 'roster serve')
+  roster bench discovery --watchers 1000 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
+  roster bench hold --instances 10000 --target roster=127.0.0.1:2379 --pid roster=$(pgrep -f 'roster serve')
   roster bench all --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
 
 Results go to stdout as a table, progress to stderr.")]
@@ -155,6 +158,15 @@ enum Command {
         #[command(flatten)]
         discovery: discovery::Discovery,
     },
+    /// `--instances` SDK registrations (lease, keepalive stream, watch on
+    /// its key) held for `--hold` seconds: the server's CPU over the hold
+    /// and its RSS (of `--pid NAME=PID`), and any registration lost.
+    Hold {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        hold: hold::Hold,
+    },
     /// `--keys` keys of `--val-size` bytes, each on its own lease, then the
     /// server's RSS (VmRSS of `--pid NAME=PID`).
     Memory {
@@ -165,7 +177,7 @@ enum Command {
     },
     /// The whole suite: put 10x100 and 1x1, range serializable and
     /// linearizable 10x100, keepalive of 1000 leases, watch fan-out to 100,
-    /// and registration-to-discovery latency.
+    /// and registration-to-discovery latency over 1000 SDK watchers.
     All {
         #[command(flatten)]
         common: Common,
@@ -187,8 +199,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Command::Keepalive { common, keepalive } => table.compare(&common, &keepalive).await?,
         Command::Watch { common, watch } => table.compare(&common, &watch).await?,
         Command::Discovery { common, discovery } => table.compare(&common, &discovery).await?,
+        Command::Hold { common, hold } => {
+            hold.pids.validate(&common)?;
+            table.compare(&common, &hold).await?
+        }
         Command::Memory { common, memory } => {
-            memory.validate(&common)?;
+            memory.pids.validate(&common)?;
             table.compare(&common, &memory).await?
         }
         Command::All {
@@ -222,7 +238,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .await?;
             if !no_discovery {
                 table
-                    .compare(&common, &discovery::Discovery::new(100, 50))
+                    .compare(&common, &discovery::Discovery::new(1000, 10, 50))
                     .await?;
             }
         }

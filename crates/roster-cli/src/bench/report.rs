@@ -40,8 +40,9 @@ pub struct Outcome {
     pub errors: u64,
     /// The first error seen, to tell the reader what went wrong.
     pub first_error: Option<String>,
-    /// A figure that is not a rate (memory), shown instead of ops/s.
-    pub gauge: Option<Gauge>,
+    /// Figures that are not a rate (memory, CPU); the first is shown
+    /// instead of ops/s, each one gets a ratio.
+    pub gauges: Vec<Gauge>,
     /// Anything else the reader should know (missing watch events).
     pub note: String,
 }
@@ -64,7 +65,7 @@ impl Outcome {
             hist,
             errors,
             first_error: None,
-            gauge: None,
+            gauges: Vec::new(),
             note: String::new(),
         }
     }
@@ -79,14 +80,19 @@ impl Outcome {
     }
 
     fn figure(&self) -> String {
-        match &self.gauge {
+        match self.gauges.first() {
             Some(g) => format!("{:.1} {}", g.value, g.unit),
             None => format!("{:.0}", self.rate()),
         }
     }
 
     fn notes(&self) -> String {
-        let mut parts = Vec::new();
+        let mut parts: Vec<String> = self
+            .gauges
+            .iter()
+            .skip(1)
+            .map(|g| format!("{} {:.1} {}", g.label, g.value, g.unit))
+            .collect();
         if !self.note.is_empty() {
             parts.push(self.note.clone());
         }
@@ -241,14 +247,23 @@ impl Table {
     }
 }
 
-/// `throughput 1.50x, p50 0.65x, p99 0.55x`, or `RSS 0.27x` for gauges.
+/// `throughput 1.50x, p50 0.65x, p99 0.55x`, or `CPU 0.40x, RSS 0.27x` for
+/// gauges (each one against the other side's gauge of the same label).
 fn ratio(x: &Outcome, y: &Outcome) -> String {
     let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
         _ => "-".to_owned(),
     };
-    match (&x.gauge, &y.gauge) {
-        (Some(gx), Some(gy)) => format!("{} {}", gx.label, div(Some(gx.value), Some(gy.value))),
+    match (x.gauges.is_empty(), y.gauges.is_empty()) {
+        (false, false) => x
+            .gauges
+            .iter()
+            .map(|gx| {
+                let gy = y.gauges.iter().find(|g| g.label == gx.label);
+                format!("{} {}", gx.label, div(Some(gx.value), gy.map(|g| g.value)))
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         _ => format!(
             "throughput {}, p50 {}, p99 {}",
             div(Some(x.rate()), Some(y.rate())),
@@ -283,17 +298,35 @@ mod tests {
     fn gauges_compare_as_a_plain_ratio() {
         let mut x = outcome(&[1], 1);
         let mut y = outcome(&[1], 1);
-        x.gauge = Some(Gauge {
-            label: "RSS",
-            value: 50.0,
-            unit: "MiB",
-        });
-        y.gauge = Some(Gauge {
-            label: "RSS",
-            value: 200.0,
-            unit: "MiB",
-        });
-        assert_eq!(ratio(&x, &y), "RSS 0.25x");
+        x.gauges = vec![
+            Gauge {
+                label: "CPU",
+                value: 30.0,
+                unit: "%",
+            },
+            Gauge {
+                label: "RSS",
+                value: 50.0,
+                unit: "MiB",
+            },
+        ];
+        y.gauges = vec![
+            Gauge {
+                label: "RSS",
+                value: 200.0,
+                unit: "MiB",
+            },
+            Gauge {
+                label: "CPU",
+                value: 60.0,
+                unit: "%",
+            },
+        ];
+        assert_eq!(ratio(&x, &y), "CPU 0.50x, RSS 0.25x");
+        assert_eq!(x.figure(), "30.0 %");
+        assert_eq!(x.notes(), "RSS 50.0 MiB");
+        y.gauges.truncate(1);
+        assert_eq!(ratio(&x, &y), "CPU -, RSS 0.25x");
     }
 
     #[test]

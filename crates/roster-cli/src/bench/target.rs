@@ -1,4 +1,5 @@
-//! Endpoints under test, their connections, and a server's resident memory.
+//! Endpoints under test, their connections, and a server's resident memory
+//! and CPU time.
 
 use anyhow::{Context, Result, bail};
 use std::time::Duration;
@@ -81,6 +82,69 @@ pub fn parse_pid(s: &str) -> Result<(String, u32), String> {
     Ok((name.trim().to_owned(), pid))
 }
 
+/// `--pid NAME=PID`: the server process behind a target, whose memory and
+/// CPU time a workload reads from `/proc`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerPids {
+    /// `NAME=PID` of a target's server process, to read its RSS (and CPU
+    /// time); once per target.
+    #[arg(long = "pid", value_name = "NAME=PID", value_parser = parse_pid)]
+    pub pids: Vec<(String, u32)>,
+}
+
+impl ServerPids {
+    /// Every `--pid` must name a `--target`.
+    pub fn validate(&self, common: &super::Common) -> Result<()> {
+        for (name, _) in &self.pids {
+            if !common.targets.iter().any(|t| &t.name == name) {
+                bail!(
+                    "--pid {name}=... names no --target (targets: {})",
+                    common
+                        .targets
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The PID given for `t`, if any.
+    pub fn of(&self, t: &Target) -> Option<u32> {
+        self.pids
+            .iter()
+            .find(|(name, _)| *name == t.name)
+            .map(|&(_, pid)| pid)
+    }
+}
+
+/// User plus system CPU time a process has used so far (`utime` + `stime`
+/// in `/proc/<pid>/stat`, all its threads).
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    // Linux reports these in USER_HZ, which its ABI fixes at 100 per second.
+    const USER_HZ: u64 = 100;
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {path}: is process {pid} running?"))?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("unreadable {path}: {stat:?}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("unreadable field {i} in {path}: {stat:?}"))
+    };
+    let total = ticks(14)? + ticks(15)?;
+    Ok(Duration::from_millis(total * 1000 / USER_HZ))
+}
+
 /// Resident memory of a process (`VmRSS` in `/proc/<pid>/status`), in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -127,5 +191,19 @@ mod tests {
     #[test]
     fn reads_own_rss() {
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn reads_own_cpu_time_and_it_grows() {
+        let me = std::process::id();
+        let before = cpu_time(me).unwrap();
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = cpu_time(me).unwrap();
+        assert!(after >= before + Duration::from_millis(100), "{before:?} -> {after:?}");
+        assert!(cpu_time(u32::MAX).is_err());
     }
 }

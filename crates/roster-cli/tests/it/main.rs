@@ -12,6 +12,8 @@
 //!   against etcd and roster with identical transcripts.
 //! - `gateway_cli`: `roster gateway` following its config key and SIGHUP.
 //! - `config_cli`: `roster config set`, `get` and `watch`, on roster and etcd.
+//! - `bench_cli`: small runs of `roster bench hold` and `discovery`: their
+//!   table rows, and that they leave nothing registered.
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
 //!
@@ -19,6 +21,7 @@
 //! never under `CI=true`.
 
 mod bad_input;
+mod bench_cli;
 mod config_cli;
 mod crash;
 mod differential;

@@ -73,6 +73,25 @@ async fn scenario(endpoint: String) {
     let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await.unwrap().unwrap().unwrap();
     assert!(line.contains("\"removed\""), "{line}");
 
+    // A registering process killed with -9 cannot revoke: its instance
+    // leaves the list and the watcher when the lease runs out, within TTL + 1 s.
+    let mut dead = register(&endpoint, &["hello", "127.0.0.1:50053", "--id", "c", "--ttl", "3"]);
+    until("c registered", Duration::from_secs(10), &endpoint, |l| l.iter().any(|i| i["id"] == "c")).await;
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(line.contains("\"added\"") && line.contains("\"c\""), "{line}");
+    dead.start_kill().unwrap();
+    let killed = Instant::now();
+    let within = Duration::from_secs(3 + 1);
+    until("c gone after kill -9", within, &endpoint, |l| l.is_empty()).await;
+    let line = tokio::time::timeout(within.saturating_sub(killed.elapsed()), lines.next_line())
+        .await
+        .expect("the watcher saw no removal within TTL + 1 s of kill -9")
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("\"removed\"") && line.contains("\"c\""), "{line}");
+    assert!(killed.elapsed() <= within, "removal seen {:?} after kill -9", killed.elapsed());
+    let _ = dead.wait().await;
+
     // A failing health check withdraws the instance while the process lives.
     let port = roster_testkit::free_port();
     let check = format!("tcp://127.0.0.1:{port}");
