@@ -7,6 +7,7 @@
 //!   these strings are wire facts.
 //! - [`validate`]: the request checks etcd makes before it touches the store.
 //! - [`range`]: key-range helpers shared by the store and clients.
+//! - `codec` (with `grpc`): the codec every generated service uses.
 
 #![allow(clippy::doc_lazy_continuation)]
 
@@ -33,6 +34,8 @@ pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
 }
 
+#[cfg(feature = "grpc")]
+pub mod codec;
 mod error;
 pub mod ops;
 pub mod range;

@@ -7,8 +7,7 @@ use roster_api::etcdserverpb::{
     LeaseTimeToLiveResponse,
 };
 use roster_api::EtcdError;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use crate::responses::{self, Feed, Responses};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 const GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
@@ -41,16 +40,16 @@ impl Lease for Server {
         .await
     }
 
-    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream = Responses<LeaseKeepAliveResponse>;
 
     async fn lease_keep_alive(
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(KEEP_ALIVE_BUFFER);
+        let (tx, rx) = responses::queue(KEEP_ALIVE_BUFFER);
         tokio::spawn(keep_alive(self.clone(), inbound, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 
     async fn lease_time_to_live(
@@ -71,7 +70,7 @@ impl Lease for Server {
 async fn keep_alive(
     server: Server,
     mut inbound: Streaming<LeaseKeepAliveRequest>,
-    tx: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
+    tx: Feed<LeaseKeepAliveResponse>,
 ) {
     let _gauge = server.metrics().keepalive_stream();
     let serve = async {

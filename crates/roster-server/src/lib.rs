@@ -28,6 +28,7 @@ mod lease;
 mod maintenance;
 mod metrics;
 mod oversize;
+mod responses;
 mod watch;
 
 pub use config::ServerConfig;

@@ -12,8 +12,7 @@ use roster_api::etcdserverpb::{
 };
 use roster_api::EtcdError;
 use roster_store::{WatchControl, WatchEvents};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use crate::responses::{self, Feed, Responses};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 const WATCH: &str = "/etcdserverpb.Watch/Watch";
@@ -27,14 +26,14 @@ const SEND_BUFFER: usize = 64;
 
 #[tonic::async_trait]
 impl Watch for Server {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = Responses<WatchResponse>;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let inbound = req.into_inner();
         let (control, events) = self.store().watch_stream();
-        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        let (tx, rx) = responses::queue(SEND_BUFFER);
         tokio::spawn(run(self.clone(), inbound, control, events, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }
 
@@ -44,7 +43,7 @@ async fn run(
     inbound: Streaming<WatchRequest>,
     control: WatchControl,
     events: WatchEvents,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    tx: Feed<WatchResponse>,
 ) {
     let _gauge = server.metrics().watch_stream();
     // The writer holds a control clone too: a client that closes its send
@@ -88,7 +87,7 @@ async fn read_requests(mut inbound: Streaming<WatchRequest>, control: WatchContr
 async fn write_responses(
     server: &Server,
     mut events: WatchEvents,
-    tx: &mpsc::Sender<Result<WatchResponse, Status>>,
+    tx: &Feed<WatchResponse>,
     _control: WatchControl,
 ) -> Code {
     loop {

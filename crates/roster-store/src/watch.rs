@@ -23,6 +23,11 @@ use tokio::sync::{mpsc, Notify};
 
 /// Responses queued per stream before its watchers fall behind.
 const STREAM_BUFFER: usize = 256;
+
+/// A queued response, boxed: the queue allocates its slots 32 at a time,
+/// up front, and a registry holds one queue per watch stream (one per
+/// registered instance), so each slot is kept to a pointer.
+type Queued = Box<WatchResponse>;
 /// Revisions per catch-up response, as in etcd.
 const CATCH_UP_REVS: usize = 1000;
 
@@ -38,7 +43,7 @@ pub(crate) struct Hub {
 }
 
 struct Slot {
-    tx: mpsc::Sender<WatchResponse>,
+    tx: mpsc::Sender<Queued>,
     wake: Arc<Notify>,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
@@ -98,7 +103,7 @@ impl Hub {
                     continue;
                 }
                 let resp = WatchResponse { header: header(rev), watch_id: *id, events: evs, ..Default::default() };
-                if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(resp) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(Box::new(resp)) {
                     w.behind = Some(rev);
                     slot.wake.notify_one();
                 }
@@ -112,7 +117,7 @@ impl Hub {
         for slot in self.streams.values_mut() {
             for (id, w) in &slot.watchers {
                 if w.announced && w.behind.is_none() && w.progress_notify {
-                    let _ = slot.tx.try_send(WatchResponse { header: header(rev), watch_id: *id, ..Default::default() });
+                    let _ = slot.tx.try_send(Box::new(WatchResponse { header: header(rev), watch_id: *id, ..Default::default() }));
                 }
             }
         }
@@ -154,7 +159,7 @@ pub struct WatchControl {
 struct ControlInner {
     shared: Arc<Shared>,
     stream: u64,
-    tx: mpsc::Sender<WatchResponse>,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl Drop for ControlInner {
@@ -218,7 +223,7 @@ impl WatchControl {
             cancel_reason: refused.unwrap_or_default().to_owned(),
             ..Default::default()
         };
-        if inner.tx.send(created).await.is_err() || refused.is_some() {
+        if inner.tx.send(Box::new(created)).await.is_err() || refused.is_some() {
             return;
         }
         // Now events may flow; the reader replays anything from `start` on.
@@ -246,14 +251,14 @@ impl WatchControl {
         };
         if existed {
             let resp = WatchResponse { header: header(rev), watch_id, canceled: true, ..Default::default() };
-            let _ = inner.tx.send(resp).await;
+            let _ = inner.tx.send(Box::new(resp)).await;
         }
     }
 
     /// Answers a progress request with the current revision.
     pub async fn progress(&self) {
         let rev = self.inner.shared.hub.lock().visible;
-        let _ = self.inner.tx.send(WatchResponse { header: header(rev), watch_id: -1, ..Default::default() }).await;
+        let _ = self.inner.tx.send(Box::new(WatchResponse { header: header(rev), watch_id: -1, ..Default::default() })).await;
     }
 }
 
@@ -261,7 +266,7 @@ impl WatchControl {
 pub struct WatchEvents {
     shared: Arc<Shared>,
     stream: u64,
-    rx: mpsc::Receiver<WatchResponse>,
+    rx: mpsc::Receiver<Queued>,
     wake: Arc<Notify>,
 }
 
@@ -273,7 +278,7 @@ impl WatchEvents {
     pub async fn next(&mut self) -> Option<WatchResponse> {
         loop {
             match self.rx.try_recv() {
-                Ok(r) => return Some(r),
+                Ok(r) => return Some(*r),
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
@@ -283,7 +288,7 @@ impl WatchEvents {
                 return Some(r);
             }
             tokio::select! {
-                r = self.rx.recv() => return r,
+                r = self.rx.recv() => return r.map(|r| *r),
                 _ = self.wake.notified() => {}
             }
         }

@@ -9,8 +9,7 @@ use roster_api::v3electionpb::{
     election_server::Election, CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse,
     ProclaimRequest, ProclaimResponse, ResignRequest, ResignResponse,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use crate::responses::{self, Feed, Responses};
 use tonic::{Request, Response, Status};
 
 const CAMPAIGN: &str = "/v3electionpb.Election/Campaign";
@@ -76,11 +75,11 @@ impl Election for Server {
         .await
     }
 
-    type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
+    type ObserveStream = Responses<LeaderResponse>;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
         let prefix = ops::prefix_of(&req.into_inner().name);
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = responses::queue(16);
         let server = self.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -91,7 +90,7 @@ impl Election for Server {
                 () = server.stop().wait() => {}
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
@@ -116,7 +115,7 @@ async fn proclaim(server: &Server, key: &[u8], rev: i64, lease: i64, value: &[u8
 
 /// Sends the leader, then each new value, then the next leader, and so on,
 /// until the receiver goes away.
-async fn observe(server: &Server, prefix: &[u8], tx: &mpsc::Sender<Result<LeaderResponse, Status>>) -> Result<(), Status> {
+async fn observe(server: &Server, prefix: &[u8], tx: &Feed<LeaderResponse>) -> Result<(), Status> {
     let store = server.store();
     loop {
         let (mut header, found) = leader(store, prefix).await?;
