@@ -5,6 +5,9 @@
 //!   its own temporary directory, started and waited for (bounded), and
 //!   killed by its own PID on drop. Both hand out a connected tonic
 //!   [`Channel`](tonic::transport::Channel).
+//! - [`EtcdCluster`]: three etcd members on loopback whose members can be
+//!   killed, stopped (`SIGSTOP`, partition-like), resumed and restarted,
+//!   for failover tests.
 //! - [`Etcdctl`]: runs the real `etcdctl` against an endpoint, with a
 //!   timeout, or in the background ([`Background`]) for the commands that
 //!   keep running (`watch`, `lease keep-alive`, `lock`, `elect`).
@@ -14,10 +17,12 @@
 //! Every wait here is bounded and every process is stopped by its PID, so a
 //! failing test leaves nothing behind.
 
+mod cluster;
 mod etcdctl;
 mod server;
 mod tools;
 
+pub use cluster::{CLUSTER_SIZE, EtcdCluster};
 pub use etcdctl::{Background, CtlOutput, Etcdctl};
 pub use server::{Etcd, Roster, ServerLog, StartFailure};
 pub use tools::{free_port, require_etcd, require_etcdctl, which};

@@ -14,15 +14,15 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How many times a start is retried when a freshly picked port was taken
 /// by someone else in the meantime.
-const PORT_RETRIES: usize = 3;
+pub(crate) const PORT_RETRIES: usize = 3;
 
 /// A spawned server. Dropping it kills the process by its PID and reaps it.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> Result<Proc, String> {
+    pub(crate) fn spawn(mut cmd: Command, log: &Path) -> Result<Proc, String> {
         let out = OpenOptions::new()
             .create(true)
             .append(true)
@@ -34,17 +34,17 @@ impl Proc {
         Ok(Proc { child })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// `Some(status)` once the process has exited.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// SIGKILL (by PID) and reap.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -61,7 +61,7 @@ impl Drop for Proc {
 /// The output a server wrote, for failure messages.
 #[derive(Debug, Clone)]
 pub struct ServerLog {
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl ServerLog {
@@ -95,7 +95,7 @@ pub struct StartFailure {
 }
 
 impl StartFailure {
-    fn port_taken(&self) -> bool {
+    pub(crate) fn port_taken(&self) -> bool {
         self.log.contains("address already in use") || self.log.contains("Address already in use")
     }
 }
@@ -111,7 +111,7 @@ impl std::fmt::Display for StartFailure {
 }
 
 /// A lazily connecting channel to `127.0.0.1:port`.
-fn channel_to(endpoint: &str) -> Channel {
+pub(crate) fn channel_to(endpoint: &str) -> Channel {
     Endpoint::from_shared(format!("http://{endpoint}"))
         .expect("valid uri")
         .connect_timeout(Duration::from_secs(2))
@@ -120,7 +120,7 @@ fn channel_to(endpoint: &str) -> Channel {
 
 /// Waits (bounded) until the server answers a linearizable Range, and fails
 /// early when the process exits.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     proc: &mut Proc,
     endpoint: &str,
     log: &ServerLog,

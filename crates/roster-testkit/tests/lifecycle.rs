@@ -1,6 +1,6 @@
 //! The testkit leaves no process behind.
 
-use roster_testkit::{Etcd, Etcdctl, require_etcd, require_etcdctl};
+use roster_testkit::{Etcd, EtcdCluster, Etcdctl, require_etcd, require_etcdctl};
 use std::time::{Duration, Instant};
 
 /// Running (not exited, not a zombie).
@@ -59,4 +59,41 @@ async fn etcdctl_runs_and_background_runs_die_with_their_handle() {
         gone_within(pid, Duration::from_secs(5)).await,
         "etcdctl {pid} survived its handle"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_fails_over_and_dropping_it_kills_every_member_even_a_stopped_one() {
+    if require_etcd().is_none() {
+        return;
+    }
+    let mut cluster = EtcdCluster::start().await;
+    let endpoints = cluster.endpoints();
+    assert_eq!(endpoints.len(), 3);
+    assert_eq!(
+        endpoints
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3
+    );
+    let leader = cluster.leader().await;
+    let pids: Vec<u32> = (0..3).map(|i| cluster.pid(i).expect("running")).collect();
+
+    // A killed leader is replaced, and comes back as a member.
+    cluster.kill(leader);
+    assert!(!alive(pids[leader]), "killed by its PID and reaped");
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    cluster.restart(leader).await;
+    assert!(cluster.is_running(leader));
+
+    // A stopped member is passed over, and dropped cleanly.
+    cluster.stop(next);
+    assert!(!cluster.is_running(next));
+    assert_ne!(cluster.leader().await, next);
+    let pids: Vec<u32> = (0..3).map(|i| cluster.pid(i).expect("running")).collect();
+    drop(cluster);
+    for pid in pids {
+        assert!(!alive(pid), "etcd member {pid} survived its cluster handle");
+    }
 }

@@ -2,20 +2,30 @@
 //!
 //! Every unary call has a timeout. A call that fails because its endpoint is
 //! unreachable moves on to the next endpoint; the client then stays there.
+//! A member that is stopped (or cut off behind a firewall that drops
+//! packets) is the hard case: its connection stays open and it simply never
+//! answers. So with several endpoints each attempt gets only
+//! [`ClientConfig::attempt_timeout`], and an endpoint that failed is
+//! avoided for a while ([`FAILED_COOLDOWN`]).
+//!
 //! Streams (watch, keepalive) are opened on the current endpoint, and their
-//! owners reconnect through [`Client`] when they break. Watches carry the
+//! owners reconnect through [`Client`] when they break, after telling it
+//! which endpoint failed ([`Client::fail_over_from`]). Watches carry the
 //! `hasleader` metadata so that an etcd member cut off from its cluster
-//! refuses them instead of hanging.
+//! refuses them instead of hanging, and [`WatchStream::next`] probes a
+//! silent stream so that a stopped member is noticed within seconds rather
+//! than when HTTP/2 keepalive gives up.
 
 use crate::error::{Error, Result};
 use roster_api::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient, *,
 };
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -26,7 +36,22 @@ pub struct ClientConfig {
     pub endpoints: Vec<String>,
     /// Limit on each unary call, failover included.
     pub request_timeout: Duration,
+    /// Limit on one attempt on one endpoint (a unary call, or opening a
+    /// stream) when there are other endpoints to fail over to. A stopped or
+    /// cut-off member never answers; without this limit it would eat the
+    /// whole request timeout. Capped by `request_timeout`. A write whose
+    /// attempt timed out may still be applied, and is then applied again
+    /// elsewhere: for puts, deletes and revokes that changes nothing but the
+    /// revision (as when etcd's own client retries).
+    pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
+    /// With several endpoints, a watch stream silent for this long is probed
+    /// with a progress request (by [`WatchStream::next`], which discovery
+    /// and config use; one probe per stream, so per watched service, not per
+    /// registration); a probe unanswered for as long again means the member is
+    /// stopped or cut off, and the stream fails ([`Error::Stalled`]) so its
+    /// owner reconnects elsewhere. HTTP/2 keepalive would take 15 s.
+    pub watch_probe: Duration,
     /// TLS for `https://` endpoints.
     #[cfg(feature = "tls")]
     pub tls: Option<tonic::transport::ClientTlsConfig>,
@@ -37,7 +62,9 @@ impl Default for ClientConfig {
         ClientConfig {
             endpoints: vec!["127.0.0.1:2379".into()],
             request_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            watch_probe: Duration::from_secs(2),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -61,25 +88,46 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// How long an endpoint that failed is passed over when failing over, so
+/// that a stopped member is not tried again (and waited for) on every
+/// round. When every endpoint failed recently, the next one is used anyway.
+pub const FAILED_COOLDOWN: Duration = Duration::from_secs(10);
+
 struct Inner {
     endpoints: Vec<(String, Channel)>,
-    /// Index of the endpoint that last worked.
+    /// Index (always `< endpoints.len()`) of the endpoint that last worked.
+    /// Atomics rather than a lock: every call reads it, and racing
+    /// fail-overs settle by compare-and-swap.
     current: AtomicUsize,
+    /// Per endpoint, when it last failed, in milliseconds since `epoch`
+    /// plus one; 0 means never.
+    failed_at: Vec<AtomicU64>,
+    epoch: Instant,
     config: ClientConfig,
 }
 
-/// A watch stream: send create/cancel requests, read responses.
+/// A watch stream: send create/cancel requests, read responses with
+/// [`WatchStream::next`].
 pub struct WatchStream {
     pub requests: mpsc::Sender<WatchRequest>,
     pub responses: tonic::Streaming<WatchResponse>,
     /// The endpoint this stream is on.
     pub endpoint: String,
+    /// `None` with a single endpoint: there is nowhere else to go, so a
+    /// silent stream is simply waited on.
+    probe: Option<Duration>,
+    /// When the stream last delivered a response.
+    heard: Instant,
+    /// When the progress probe that is still unanswered was sent.
+    probed: Option<Instant>,
 }
 
 /// A keepalive stream for leases.
 pub struct KeepAliveStream {
     pub requests: mpsc::Sender<LeaseKeepAliveRequest>,
     pub responses: tonic::Streaming<LeaseKeepAliveResponse>,
+    /// The endpoint this stream is on.
+    pub endpoint: String,
 }
 
 fn is_unreachable(s: &tonic::Status) -> bool {
@@ -118,7 +166,10 @@ impl Client {
             }
             endpoints.push((ep.clone(), e.connect_lazy()));
         }
-        Ok(Client { inner: Arc::new(Inner { endpoints, current: AtomicUsize::new(0), config }) })
+        let failed_at = endpoints.iter().map(|_| AtomicU64::new(0)).collect();
+        Ok(Client {
+            inner: Arc::new(Inner { endpoints, current: AtomicUsize::new(0), failed_at, epoch: Instant::now(), config }),
+        })
     }
 
     /// A client for `endpoints` with default timeouts.
@@ -132,44 +183,101 @@ impl Client {
 
     /// The endpoint calls currently go to.
     pub fn current_endpoint(&self) -> &str {
-        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len();
-        &self.inner.endpoints[i].0
+        &self.inner.endpoints[self.index()].0
     }
 
-    /// Moves to the next endpoint; stream owners call this after a break.
+    /// Moves to the next endpoint (passing over those that failed
+    /// recently). Prefer [`Client::fail_over_from`], which does not move
+    /// off a good endpoint when many stream owners notice one break.
     pub fn rotate(&self) {
-        self.inner.current.fetch_add(1, Ordering::Relaxed);
+        let from = self.index();
+        let _ = self.inner.current.compare_exchange(from, self.next_after(from), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Reports that `endpoint` failed (a stream on it broke or stalled): it
+    /// is avoided for [`FAILED_COOLDOWN`], and if calls still go to it,
+    /// they move to the next endpoint. Unknown names are ignored.
+    pub fn fail_over_from(&self, endpoint: &str) {
+        if let Some(i) = self.inner.endpoints.iter().position(|(name, _)| name == endpoint) {
+            self.fail_over(i);
+        }
+    }
+
+    /// Whether there is another endpoint to move to. With one, a slow or
+    /// silent answer is waited for: reconnecting to the same member would
+    /// only add load to a registry that is already slow.
+    pub fn can_fail_over(&self) -> bool {
+        self.inner.endpoints.len() > 1
+    }
+
+    fn index(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed)
+    }
+
+    fn fail_over(&self, from: usize) {
+        if self.inner.endpoints.len() == 1 {
+            return;
+        }
+        let ms = self.inner.epoch.elapsed().as_millis() as u64 + 1;
+        self.inner.failed_at[from].store(ms, Ordering::Relaxed);
+        // Only the first of many owners noticing the same failure moves.
+        let _ = self.inner.current.compare_exchange(from, self.next_after(from), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The endpoint after `from` that has not failed recently, or simply
+    /// the next one when all have.
+    fn next_after(&self, from: usize) -> usize {
+        let n = self.inner.endpoints.len();
+        let now = self.inner.epoch.elapsed().as_millis() as u64 + 1;
+        let cooldown = FAILED_COOLDOWN.as_millis() as u64;
+        let healthy = |j: usize| {
+            let at = self.inner.failed_at[j].load(Ordering::Relaxed);
+            at == 0 || now.saturating_sub(at) > cooldown
+        };
+        (1..n).map(|k| (from + k) % n).find(|&j| healthy(j)).unwrap_or((from + 1) % n)
+    }
+
+    /// How long one attempt on one endpoint may take.
+    fn attempt_timeout(&self) -> Duration {
+        let c = &self.inner.config;
+        if self.inner.endpoints.len() > 1 { c.attempt_timeout.min(c.request_timeout) } else { c.request_timeout }
     }
 
     /// Runs `f` on the current endpoint, failing over to the others when
-    /// one is unreachable, all within the request timeout.
+    /// one is unreachable or does not answer within the attempt timeout,
+    /// all within the request timeout.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let timeout = self.inner.config.request_timeout;
+        let deadline = Instant::now() + timeout;
         let n = self.inner.endpoints.len();
-        let attempt = async {
-            let mut last = None;
-            for _ in 0..n {
-                let i = self.inner.current.load(Ordering::Relaxed) % n;
-                let (_, ch) = &self.inner.endpoints[i];
-                match f(ch.clone()).await {
-                    Ok(r) => return Ok(r.into_inner()),
-                    Err(s) if is_unreachable(&s) && n > 1 => {
-                        tracing::debug!(endpoint = %self.inner.endpoints[i].0, error = %s, "endpoint unreachable; failing over");
-                        let _ = self.inner.current.compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
-                        last = Some(s);
-                    }
-                    Err(s) if is_unreachable(&s) => last = Some(s),
-                    Err(s) => return Err(Error::Status(s)),
+        let mut last = None;
+        for _ in 0..n {
+            let i = self.index();
+            let (name, ch) = &self.inner.endpoints[i];
+            let until = (Instant::now() + self.attempt_timeout()).min(deadline);
+            match tokio::time::timeout_at(until, f(ch.clone())).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if is_unreachable(&s) => {
+                    tracing::debug!(endpoint = %name, error = %s, "endpoint unreachable; failing over");
+                    self.fail_over(i);
+                    last = Some(s.message().to_owned());
+                }
+                Ok(Err(s)) => return Err(Error::Status(s)),
+                Err(_) if Instant::now() >= deadline => return Err(Error::Timeout(timeout)),
+                Err(_) => {
+                    // Stopped or cut off: it keeps the connection and never answers.
+                    tracing::debug!(endpoint = %name, "no answer within the attempt timeout; failing over");
+                    self.fail_over(i);
+                    last = Some(format!("no answer from {name} within {:?}", self.attempt_timeout()));
                 }
             }
-            let s = last.expect("n >= 1 attempts");
-            Err(Error::Unreachable { endpoints: self.inner.config.endpoints.join(","), reason: s.message().to_owned() })
-        };
-        tokio::time::timeout(timeout, attempt).await.map_err(|_| Error::Timeout(timeout))?
+        }
+        let reason = last.expect("n >= 1 attempts");
+        Err(Error::Unreachable { endpoints: self.inner.config.endpoints.join(","), reason })
     }
 
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
@@ -225,12 +333,13 @@ impl Client {
         let (tx, rx) = mpsc::channel(16);
         let first = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
         tx.try_send(first).expect("a new channel has room");
-        let (endpoint, ch) = self.current();
+        let (i, endpoint, ch) = self.current();
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
         let mut watch = WatchClient::new(ch);
-        let responses = self.open(watch.watch(req)).await?;
-        Ok(WatchStream { requests: tx, responses, endpoint })
+        let responses = self.open(i, watch.watch(req)).await?;
+        let probe = self.can_fail_over().then_some(self.inner.config.watch_probe);
+        Ok(WatchStream { requests: tx, responses, endpoint, probe, heard: Instant::now(), probed: None })
     }
 
     /// Opens a keepalive stream for `lease` on the current endpoint, with
@@ -238,34 +347,85 @@ impl Client {
     pub async fn keep_alive_stream(&self, lease: i64) -> Result<KeepAliveStream> {
         let (tx, rx) = mpsc::channel(4);
         tx.try_send(LeaseKeepAliveRequest { id: lease }).expect("a new channel has room");
-        let (_, ch) = self.current();
+        let (i, endpoint, ch) = self.current();
         let mut client = LeaseClient::new(ch);
-        let responses = self.open(client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
-        Ok(KeepAliveStream { requests: tx, responses })
+        let responses = self.open(i, client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
+        Ok(KeepAliveStream { requests: tx, responses, endpoint })
     }
 
-    fn current(&self) -> (String, Channel) {
-        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len();
+    fn current(&self) -> (usize, String, Channel) {
+        let i = self.index();
         let (name, ch) = &self.inner.endpoints[i];
-        (name.clone(), ch.clone())
+        (i, name.clone(), ch.clone())
     }
 
-    /// Opens a stream once (its request half cannot be replayed); an
-    /// unreachable endpoint makes the next attempt use another one.
-    async fn open<T>(&self, open: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T> {
-        let timeout = self.inner.config.request_timeout;
+    /// Opens a stream on endpoint `i` once (its request half cannot be
+    /// replayed); an unreachable or silent endpoint makes the next attempt
+    /// use another one.
+    async fn open<T>(&self, i: usize, open: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T> {
+        let timeout = self.attempt_timeout();
         match tokio::time::timeout(timeout, open).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => {
                 if is_unreachable(&s) {
-                    self.rotate();
+                    self.fail_over(i);
                 }
                 Err(Error::Status(s))
             }
             Err(_) => {
-                self.rotate();
+                self.fail_over(i);
                 Err(Error::Timeout(timeout))
             }
         }
     }
+}
+
+// === impl WatchStream ===
+
+impl WatchStream {
+    /// The next response; `None` when the server ended the stream.
+    ///
+    /// With several endpoints, a stream silent for
+    /// [`ClientConfig::watch_probe`] is sent a progress request. If that is not answered within as long again, the member is
+    /// stopped or cut off (its connection stays open, so nothing else would
+    /// say so for a long while) and this fails with [`Error::Stalled`]. The
+    /// answers to these probes are consumed here. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<WatchResponse>> {
+        let Some(probe) = self.probe else {
+            return Ok(self.responses.message().await?);
+        };
+        loop {
+            let wake = self.probed.unwrap_or(self.heard) + probe;
+            tokio::select! {
+                // A response already there wins over an expired timer.
+                biased;
+                r = self.responses.message() => {
+                    self.heard = Instant::now();
+                    self.probed = None;
+                    match r? {
+                        Some(r) if is_probe_answer(&r) => continue,
+                        r => return Ok(r),
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if self.probed.is_some() {
+                        return Err(Error::Stalled { endpoint: self.endpoint.clone(), silent: self.heard.elapsed() });
+                    }
+                    let probe = WatchRequest {
+                        request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})),
+                    };
+                    // Never blocks: a full queue means requests are pending
+                    // already, and the deadline below still holds.
+                    let _ = self.requests.try_send(probe);
+                    self.probed = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// etcd answers a progress request with a response for watch id -1 that
+/// carries only a header.
+fn is_probe_answer(r: &WatchResponse) -> bool {
+    r.watch_id == -1 && r.events.is_empty() && !r.created && !r.canceled
 }

@@ -11,6 +11,10 @@ pub enum Error {
     /// A call took longer than the configured request timeout.
     #[error("registry call timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// A stream's endpoint stopped answering (the member is stopped or cut
+    /// off) although its connection is still open.
+    #[error("registry endpoint {endpoint} silent for {silent:?} (stopped or cut off)")]
+    Stalled { endpoint: String, silent: std::time::Duration },
     /// An endpoint or option was malformed.
     #[error("invalid configuration: {0}")]
     Config(String),

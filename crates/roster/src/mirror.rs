@@ -2,8 +2,11 @@
 //!
 //! List the range, then watch it from the listed revision + 1 with
 //! `prev_kv`, so there is neither a gap nor a duplicate. When the watch is
-//! compacted away, canceled, or its connection breaks, list again: the
-//! listing replaces the copy, and the owner diffs it against what it had.
+//! compacted away, canceled, or its connection breaks or stalls (a stopped
+//! member keeps the connection open and goes silent; see
+//! [`WatchStream::next`](crate::client::WatchStream::next)), list again,
+//! on another endpoint if this one failed: the listing replaces the copy,
+//! and the owner diffs it against what it had.
 //! Errors never empty the copy; the owner is told the registry is
 //! unreachable and keeps its last state.
 
@@ -71,10 +74,10 @@ pub(crate) async fn run(client: &Client, range: &Range, m: &impl Mirror) {
                     Err(e) => tracing::warn!(range = m.label(), error = %e, "watch broke; listing again"),
                 }
             }
+            // The call failed over by itself where that could help.
             Err(e) => tracing::warn!(range = m.label(), error = %e, "cannot list; keeping the last known state"),
         }
         m.unreachable();
-        client.rotate();
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }
@@ -89,7 +92,8 @@ pub(crate) async fn list(client: &Client, range: &Range, m: &impl Mirror) -> cra
 }
 
 /// Feeds watch events from `rev + 1` into `m` until the watch ends.
-/// `Ok(())` means the server canceled it (compaction): list again.
+/// `Ok(())` means the server canceled it (compaction): list again. A
+/// stream that breaks, ends or stalls moves the client off its endpoint.
 async fn follow(client: &Client, range: &Range, rev: i64, m: &impl Mirror) -> crate::Result<()> {
     let create = WatchCreateRequest {
         key: range.key.clone().into(),
@@ -99,7 +103,18 @@ async fn follow(client: &Client, range: &Range, rev: i64, m: &impl Mirror) -> cr
         ..Default::default()
     };
     let mut w = client.watch_stream(create).await?;
-    while let Some(resp) = w.responses.message().await? {
+    loop {
+        let resp = match w.next().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                client.fail_over_from(&w.endpoint);
+                return Err(crate::Error::Unreachable { endpoints: w.endpoint, reason: "watch stream ended".into() });
+            }
+            Err(e) => {
+                client.fail_over_from(&w.endpoint);
+                return Err(e);
+            }
+        };
         if resp.canceled {
             tracing::info!(range = m.label(), compact_revision = resp.compact_revision, reason = %resp.cancel_reason, "watch canceled; listing again");
             return Ok(());
@@ -108,5 +123,4 @@ async fn follow(client: &Client, range: &Range, rev: i64, m: &impl Mirror) -> cr
             m.apply(&resp.events, resp.header.map_or(0, |h| h.revision));
         }
     }
-    Err(crate::Error::Unreachable { endpoints: w.endpoint, reason: "watch stream ended".into() })
 }

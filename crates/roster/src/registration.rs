@@ -3,9 +3,17 @@
 //! The task grants a lease, puts the instance's key on it, and renews the
 //! lease on one long-lived keepalive stream every TTL/3. It watches its own
 //! key. Whenever the registration is lost (keepalive answers TTL 0, the
-//! registry restarted, the key or lease was deleted by an admin, or the
-//! registry was unreachable for longer than the TTL) it grants a new lease
-//! and puts the key again, retrying forever with jittered backoff.
+//! registry restarted, the key or lease was deleted by an admin) it grants a
+//! new lease and puts the key again, retrying forever with jittered
+//! backoff. When the registry was unreachable for longer than the TTL, the
+//! status says `Lost` at once, but the first member that answers decides:
+//! the lease may have lived on (a new etcd leader extends every lease), and
+//! then it is kept; otherwise that member answers TTL 0 and the instance
+//! registers again.
+//!
+//! A renewal that goes unanswered for TTL/6 moves the streams to another
+//! endpoint, so a stopped or cut-off member (which keeps its connections
+//! open and stays silent) costs no lease as long as another member answers.
 
 use crate::backoff::Backoff;
 use crate::client::Client;
@@ -15,7 +23,9 @@ use roster_api::etcdserverpb::{
     LeaseKeepAliveRequest, PutRequest, RangeRequest, WatchCreateRequest,
 };
 use roster_api::mvccpb::event::EventType;
+use std::collections::VecDeque;
 use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, Instant};
 
@@ -27,7 +37,9 @@ pub enum RegistrationStatus {
     Registering,
     /// The key is in the registry on this lease.
     Registered { lease: i64 },
-    /// The registration was lost; a new one is on its way.
+    /// The registration was lost, or may have been (no renewal answered
+    /// for longer than the TTL); a new one, or word that the lease lived
+    /// on, is on its way.
     Lost { reason: String },
     /// Withdrawn for draining; `resume` registers again.
     Paused,
@@ -230,18 +242,48 @@ impl Task {
     /// registration.
     async fn hold(&mut self) -> Exit {
         let interval = (self.ttl / 3).max(Duration::from_millis(200));
+        // A renewal unanswered for this long means the member is stopped or
+        // cut off: its connection stays open, so nothing else says so before
+        // the lease expires. A renewal is answered from memory, in
+        // milliseconds, when all is well; half an interval leaves half the
+        // TTL to renew elsewhere (and a floor spares a loaded machine).
+        // With a single endpoint there is nowhere else to renew: a slow
+        // answer is waited for, as reconnecting would only add load.
+        let answer_within = if self.client.can_fail_over() {
+            (interval / 2).max(Duration::from_millis(500)).min(interval)
+        } else {
+            self.ttl
+        };
         let mut last_ok = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         'reconnect: loop {
-            if last_ok.elapsed() > self.ttl {
-                return Exit::Lost("registry unreachable for longer than the TTL".into());
-            }
             let create = WatchCreateRequest { key: self.key.clone().into(), ..Default::default() };
+            let endpoint = self.client.current_endpoint().to_owned();
+            // When each renewal still unanswered was sent, oldest first: one
+            // answer comes for each, in order. The stream opens with one.
+            let mut unanswered = VecDeque::from([Instant::now()]);
+            // The keepalive stream opens with its first renewal answered, so
+            // opening is held to the same deadline as any renewal.
             let streams = async { Ok::<_, Error>((self.client.keep_alive_stream(self.lease).await?, self.client.watch_stream(create).await?)) };
-            let (mut ka, mut w) = match streams.await {
+            let opened = match tokio::time::timeout(answer_within, streams).await {
+                Ok(opened) => opened,
+                Err(_) => {
+                    self.client.fail_over_from(&endpoint);
+                    Err(Error::Stalled { endpoint, silent: answer_within })
+                }
+            };
+            let (mut ka, mut w) = match opened {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(key = %self.key, error = %e, "cannot open keepalive/watch streams");
+                    // The lease may be gone, but only a member can tell: the
+                    // next renewal that is answered says so (TTL 0), or that
+                    // it lives on (a new etcd leader extends every lease, so
+                    // it can outlast a TTL of silence).
+                    if last_ok.elapsed() > self.ttl && matches!(*self.status.borrow(), RegistrationStatus::Registered { .. }) {
+                        tracing::warn!(key = %self.key, "registry unreachable for longer than the TTL; the registration may be lost");
+                        self.status.send_replace(RegistrationStatus::Lost { reason: "registry unreachable for longer than the TTL".into() });
+                    }
                     tokio::select! {
                         _ = sleep(backoff.next_delay()) => continue 'reconnect,
                         cmd = self.cmds.recv() => match cmd_exit(cmd) {
@@ -265,24 +307,43 @@ impl Task {
             // Renew at once: this also tells us whether the lease survived.
             let mut tick = tokio::time::interval(interval);
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        if ka.requests.send(LeaseKeepAliveRequest { id: self.lease }).await.is_err() {
-                            continue 'reconnect;
-                        }
+                let overdue = async {
+                    match unanswered.front() {
+                        Some(sent) if self.client.can_fail_over() => tokio::time::sleep_until(*sent + answer_within).await,
+                        _ => std::future::pending().await,
                     }
+                };
+                tokio::select! {
+                    _ = tick.tick() => match ka.requests.try_send(LeaseKeepAliveRequest { id: self.lease }) {
+                        Ok(()) => unanswered.push_back(Instant::now()),
+                        // Not draining: the deadline of those queued applies.
+                        Err(TrySendError::Full(_)) => {}
+                        Err(TrySendError::Closed(_)) => continue 'reconnect,
+                    },
                     resp = ka.responses.message() => match resp {
                         Ok(Some(r)) if r.ttl > 0 => {
                             last_ok = Instant::now();
+                            unanswered.pop_front();
                             backoff.reset();
+                            if !matches!(*self.status.borrow(), RegistrationStatus::Registered { .. }) {
+                                tracing::info!(key = %self.key, lease = self.lease, "registry reachable again; the lease lived on");
+                                self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
+                            }
                         }
                         Ok(Some(_)) => return Exit::Lost("lease expired or revoked (keepalive answered TTL 0)".into()),
                         Ok(None) | Err(_) => {
-                            self.client.rotate();
+                            self.client.fail_over_from(&ka.endpoint);
                             sleep(backoff.next_delay()).await;
                             continue 'reconnect;
                         }
                     },
+                    _ = overdue => {
+                        tracing::warn!(key = %self.key, endpoint = %ka.endpoint, "keepalive unanswered for {answer_within:?}; renewing on another endpoint");
+                        self.client.fail_over_from(&ka.endpoint);
+                        continue 'reconnect;
+                    }
+                    // Read without probing: a stopped member shows in the
+                    // keepalive first, which then moves both streams.
                     resp = w.responses.message() => match resp {
                         Ok(Some(r)) => {
                             let deleted = r.events.iter().any(|e| e.r#type == EventType::Delete as i32);
@@ -297,7 +358,7 @@ impl Task {
                             }
                         }
                         Ok(None) | Err(_) => {
-                            self.client.rotate();
+                            self.client.fail_over_from(&w.endpoint);
                             sleep(backoff.next_delay()).await;
                             continue 'reconnect;
                         }

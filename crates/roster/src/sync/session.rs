@@ -132,8 +132,8 @@ impl KeepAlive {
                     tracing::warn!(lease = format_args!("{:x}", self.lease), "session lost: no renewal confirmed within the TTL");
                     break;
                 }
+                // `stream` moved the client off the endpoint that failed.
                 Err(None) | Ok(()) => {
-                    self.client.rotate();
                     tokio::time::sleep(backoff.next_delay().min(deadline.saturating_duration_since(Instant::now()))).await;
                 }
             }
@@ -142,32 +142,51 @@ impl KeepAlive {
     }
 
     /// One keepalive stream, given up at `deadline`. `Err(Some(reason))`:
-    /// the lease is gone. `Err(None)` or `Ok(())`: the stream broke or
+    /// the lease is gone. `Err(None)` or `Ok(())`: the stream broke, a
+    /// renewal went unanswered (the client then avoids that endpoint), or
     /// the deadline passed.
     async fn stream(&self, deadline: &mut Instant, period: Duration) -> Result<(), Option<&'static str>> {
+        // A stopped or cut-off member keeps the stream open and never
+        // answers: give up on it long before the lease is at risk. Renewals
+        // are answered from memory, in milliseconds, when all is well.
+        // With a single endpoint, only the lease's own deadline applies:
+        // there is nowhere else to renew.
+        let answer_within = self.client.can_fail_over().then(|| (period / 2).max(Duration::from_millis(500)).min(period));
+        let give_up = |deadline: Instant, sent: Instant| answer_within.map_or(deadline, |d| deadline.min(sent + d));
         let mut sent = Instant::now();
-        let open = tokio::time::timeout_at(*deadline, self.client.keep_alive_stream(self.lease));
+        let endpoint = self.client.current_endpoint().to_owned();
+        // The stream opens with its first renewal answered.
+        let open = tokio::time::timeout_at(give_up(*deadline, sent), self.client.keep_alive_stream(self.lease));
         let mut ka = match open.await {
             Ok(Ok(ka)) => ka,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "cannot open a keepalive stream");
                 return Err(None);
             }
-            Err(_) => return Err(None),
+            Err(_) => {
+                self.client.fail_over_from(&endpoint);
+                return Err(None);
+            }
         };
         loop {
-            let Ok(answer) = tokio::time::timeout_at(*deadline, ka.responses.message()).await else {
+            let Ok(answer) = tokio::time::timeout_at(give_up(*deadline, sent), ka.responses.message()).await else {
+                tracing::debug!(endpoint = %ka.endpoint, "keepalive unanswered; renewing on another endpoint");
+                self.client.fail_over_from(&ka.endpoint);
                 return Err(None);
             };
             match answer {
                 Ok(Some(r)) if r.ttl <= 0 => return Err(Some("the registry says the lease is gone")),
                 Ok(Some(r)) => *deadline = sent + Duration::from_secs(r.ttl as u64),
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    self.client.fail_over_from(&ka.endpoint);
+                    return Ok(());
+                }
                 Err(s) if s.message().contains("requested lease not found") => {
                     return Err(Some("the registry says the lease is gone"));
                 }
                 Err(s) => {
                     tracing::debug!(error = %s, "keepalive stream broke");
+                    self.client.fail_over_from(&ka.endpoint);
                     return Err(None);
                 }
             }
