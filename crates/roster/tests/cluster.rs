@@ -87,6 +87,57 @@ async fn a_session_outlives_a_stopped_member() {
     cluster.resume(target);
 }
 
+/// A lock waiter whose member is stopped while it waits still takes the
+/// lock when the holder releases it: its watch for the holder's delete is
+/// probed, moves to another member, and looks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_waiter_on_a_stopped_member_takes_the_lock_when_it_is_released() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = cluster().await else { return };
+    let leader = cluster.leader().await;
+    let target = (leader + 1) % CLUSTER_SIZE;
+    let holder_client = client(&first(&cluster, leader));
+    let holder_session = roster::sync::Session::new(&holder_client, TTL).await.unwrap();
+    let held = roster::sync::Mutex::new(&holder_session, "/locks/failover").lock().await.unwrap();
+
+    let waiter_client = client(&first(&cluster, target));
+    let waiter = tokio::spawn(async move {
+        let session = roster::sync::Session::new(&waiter_client, TTL).await.unwrap();
+        let guard = roster::sync::Mutex::new(&session, "/locks/failover").lock().await;
+        (guard.map(|g| g.token()), session)
+    });
+    // The waiter's own key is in place: it is waiting now.
+    let mut kv = KvClient::new(cluster.channel(leader));
+    let queued = Instant::now();
+    loop {
+        let req = RangeRequest {
+            key: "/locks/failover/".into(),
+            range_end: roster_api::range::prefix_end(b"/locks/failover/").into(),
+            count_only: true,
+            ..Default::default()
+        };
+        if kv.range(req).await.unwrap().into_inner().count == 2 {
+            break;
+        }
+        assert!(queued.elapsed() < Duration::from_secs(10), "the waiter never queued for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.stop(target);
+    let stopped_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let holder_token = held.token();
+    held.unlock().await.unwrap();
+    let (token, session) = tokio::time::timeout(CHANGE_LIMIT, waiter)
+        .await
+        .unwrap_or_else(|_| panic!("the waiter did not take the lock within {CHANGE_LIMIT:?} of the release; member stopped"))
+        .unwrap();
+    let token = token.expect("lock() failed instead of moving to another member");
+    assert!(token > holder_token, "the waiter's token {token} is not newer than the holder's {holder_token}");
+    println!("lock taken {:?} after the waiter's member was stopped", stopped_at.elapsed());
+    assert!(!session.is_lost(), "the waiter's session was lost");
+    cluster.resume(target);
+}
+
 async fn cluster() -> Option<EtcdCluster> {
     roster_testkit::require_etcd()?;
     Some(EtcdCluster::start().await)

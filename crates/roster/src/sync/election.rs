@@ -144,8 +144,14 @@ impl Election {
                     }
                     *last = Some(seen);
                 }
-                let Some(resp) = w.responses.message().await? else {
-                    return Err(Error::Unreachable { endpoints: w.endpoint, reason: "watch stream ended".into() });
+                let resp = match w.next().await {
+                    Ok(Some(resp)) => resp,
+                    // Ended, broken or stalled: look again, on another
+                    // member where there is one.
+                    Ok(None) | Err(_) => {
+                        self.client.fail_over_from(&w.endpoint);
+                        break;
+                    }
                 };
                 if resp.canceled {
                     break; // compacted: look again
@@ -182,7 +188,15 @@ impl Election {
             ..Default::default()
         };
         let mut w = self.client.watch_stream(create).await?;
-        while let Some(resp) = w.responses.message().await? {
+        loop {
+            let resp = match w.next().await {
+                Ok(Some(resp)) => resp,
+                // Ended, broken or stalled: the caller looks again.
+                Ok(None) | Err(_) => {
+                    self.client.fail_over_from(&w.endpoint);
+                    return Ok(None);
+                }
+            };
             if resp.canceled {
                 return Ok(None);
             }
@@ -190,7 +204,6 @@ impl Election {
                 return Ok(Some(kv));
             }
         }
-        Err(Error::Unreachable { endpoints: w.endpoint, reason: "watch stream ended".into() })
     }
 }
 

@@ -56,7 +56,16 @@ pub(crate) async fn wait_deletes(client: &Client, prefix: &str, max_create_rev: 
 async fn wait_delete(client: &Client, key: &[u8], from: i64) -> Result<()> {
     let create = WatchCreateRequest { key: key.to_vec().into(), start_revision: from, ..Default::default() };
     let mut w = client.watch_stream(create).await?;
-    while let Some(resp) = w.responses.message().await? {
+    loop {
+        let resp = match w.next().await {
+            Ok(Some(resp)) => resp,
+            // Ended, broken or stalled (a stopped member): the caller looks
+            // again, on another member where there is one.
+            Ok(None) | Err(_) => {
+                client.fail_over_from(&w.endpoint);
+                return Ok(());
+            }
+        };
         if resp.canceled {
             // Compacted past `from`: the caller looks again.
             return Ok(());
@@ -65,5 +74,4 @@ async fn wait_delete(client: &Client, key: &[u8], from: i64) -> Result<()> {
             return Ok(());
         }
     }
-    Err(crate::Error::Unreachable { endpoints: w.endpoint, reason: "watch stream ended".into() })
 }

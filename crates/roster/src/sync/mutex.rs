@@ -144,7 +144,7 @@ impl MutexGuard {
             };
             loop {
                 if let Ok(mut w) = self.session.client().watch_stream(create.clone()).await {
-                    while let Ok(Some(resp)) = w.responses.message().await {
+                    while let Ok(Some(resp)) = w.next().await {
                         let deleted = resp.events.iter().any(|e| e.r#type == EventType::Delete as i32);
                         if deleted || resp.canceled {
                             // A canceled watch means compaction passed our revision; check the key.
@@ -153,6 +153,8 @@ impl MutexGuard {
                             }
                         }
                     }
+                    // Ended, broken or stalled: watch again elsewhere.
+                    self.session.client().fail_over_from(&w.endpoint);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
