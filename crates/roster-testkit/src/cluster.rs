@@ -4,8 +4,8 @@
 //! answers), and restarted on their data dirs.
 
 use crate::START_TIMEOUT;
-use crate::server::{PORT_RETRIES, Proc, ServerLog, StartFailure, channel_to, wait_ready};
-use crate::tools::{free_port, which};
+use crate::server::{PORT_RETRIES, Proc, ServerLog, StartFailure, channel_to, etcd_bin, wait_ready};
+use crate::tools::free_port;
 use roster_api::etcdserverpb::StatusRequest;
 use roster_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use std::collections::BTreeSet;
@@ -75,11 +75,7 @@ impl EtcdCluster {
     }
 
     pub async fn try_start() -> Result<EtcdCluster, StartFailure> {
-        let bin = which("etcd").ok_or_else(|| StartFailure {
-            status: None,
-            log: String::new(),
-            reason: "etcd not on PATH".into(),
-        })?;
+        let bin = etcd_bin()?;
         let mut last = None;
         for _ in 0..PORT_RETRIES {
             let mut cluster = Self::unstarted(&bin);

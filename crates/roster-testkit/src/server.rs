@@ -160,6 +160,11 @@ pub(crate) async fn wait_ready(
     }
 }
 
+/// The etcd binary on PATH.
+pub(crate) fn etcd_bin() -> Result<PathBuf, StartFailure> {
+    which("etcd").ok_or_else(|| StartFailure { status: None, log: String::new(), reason: "etcd not on PATH".into() })
+}
+
 /// A real single-member etcd on free loopback ports, in a temporary data
 /// directory. Killed by its PID when dropped.
 pub struct Etcd {
@@ -181,11 +186,7 @@ impl Etcd {
     }
 
     pub async fn try_start() -> Result<Etcd, StartFailure> {
-        let bin = which("etcd").ok_or_else(|| StartFailure {
-            status: None,
-            log: String::new(),
-            reason: "etcd not on PATH".into(),
-        })?;
+        let bin = etcd_bin()?;
         let mut last = None;
         for _ in 0..PORT_RETRIES {
             let dir = tempfile::Builder::new()
