@@ -386,10 +386,12 @@ impl WatchStream {
     /// The next response; `None` when the server ended the stream.
     ///
     /// With several endpoints, a stream silent for
-    /// [`ClientConfig::watch_probe`] is sent a progress request. If that is not answered within as long again, the member is
-    /// stopped or cut off (its connection stays open, so nothing else would
-    /// say so for a long while) and this fails with [`Error::Stalled`]. The
-    /// answers to these probes are consumed here. Cancel-safe.
+    /// [`ClientConfig::watch_probe`] is sent a progress request. If that is
+    /// not answered within as long again, the member is stopped or cut off
+    /// (its connection stays open, so nothing else would say so for a long
+    /// while) and this fails with [`Error::Stalled`]. The answers to these
+    /// probes are consumed here. With one endpoint it simply waits.
+    /// Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<WatchResponse>> {
         let Some(probe) = self.probe else {
             return Ok(self.responses.message().await?);

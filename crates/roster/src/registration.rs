@@ -11,9 +11,11 @@
 //! then it is kept; otherwise that member answers TTL 0 and the instance
 //! registers again.
 //!
-//! A renewal that goes unanswered for TTL/6 moves the streams to another
-//! endpoint, so a stopped or cut-off member (which keeps its connections
-//! open and stays silent) costs no lease as long as another member answers.
+//! With several endpoints, a renewal that goes unanswered for TTL/6 moves
+//! the streams to another endpoint, so a stopped or cut-off member (which
+//! keeps its connections open and stays silent) costs no lease as long as
+//! another member answers. With one endpoint a slow answer is waited for:
+//! reconnecting would only add load to a registry that is already slow.
 
 use crate::backoff::Backoff;
 use crate::client::Client;
