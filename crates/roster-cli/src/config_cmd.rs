@@ -117,14 +117,21 @@ pub async fn run(args: ConfigArgs, shutdown: impl std::future::Future<Output = (
                 opts = opts.format(f);
             }
             let cfg = opts.watch(&client, &key).await?;
-            print_value(cfg.revision(), &cfg.raw());
+            // Subscribe before showing the value, so that no change after
+            // it can slip by unprinted.
             let mut events = Box::pin(cfg.changes());
+            let mut shown = cfg.revision();
+            print_value(shown, &cfg.raw());
             tokio::pin!(shutdown);
             loop {
                 tokio::select! {
                     ev = events.next() => match ev {
-                        // A later value may already be in effect; its own event prints it.
-                        Some(ConfigEvent::Updated { revision, .. }) if cfg.revision() == revision => print_value(revision, &cfg.raw()),
+                        // Print the value in effect, once per revision; a
+                        // later value's own event prints that one.
+                        Some(ConfigEvent::Updated { revision, .. }) if cfg.revision() == revision && revision > shown => {
+                            shown = revision;
+                            print_value(revision, &cfg.raw());
+                        }
                         Some(ConfigEvent::Updated { .. }) => {}
                         Some(ConfigEvent::Rejected { revision, error, .. }) => {
                             eprintln!("rejected at revision {revision}: {error} (watchers keep the value above)");

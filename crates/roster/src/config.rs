@@ -457,8 +457,9 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Core<T> {
     }
 
     /// Takes a new value for `kv.key` if it is good. Returns whether the
-    /// entries changed.
-    fn consider(&self, next: &mut Entries<T>, kv: &KeyValue) -> bool {
+    /// entries changed; what happened goes to `events`, sent once `next` is
+    /// published.
+    fn consider(&self, next: &mut Entries<T>, kv: &KeyValue, events: &mut Vec<ConfigEvent<T>>) -> bool {
         let key = String::from_utf8_lossy(&kv.key).into_owned();
         if next.values.get(&key).is_some_and(|e| e.mod_revision >= kv.mod_revision) {
             return false; // seen already (a listing after a resync)
@@ -470,32 +471,32 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Core<T> {
                 let value = Arc::new(v);
                 next.values.insert(key.clone(), Entry { value: value.clone(), mod_revision: kv.mod_revision, raw });
                 *self.last_error.lock() = None;
-                let _ = self.changes.send(ConfigEvent::Updated { key, value, revision: kv.mod_revision });
+                events.push(ConfigEvent::Updated { key, value, revision: kv.mod_revision });
                 true
             }
             (Err(error), _) => {
-                self.reject(key, kv.mod_revision, error);
+                self.reject(key, kv.mod_revision, error, events);
                 false
             }
             (Ok(_), Err(e)) => {
-                self.reject(key, kv.mod_revision, format!("not UTF-8 text: {e}"));
+                self.reject(key, kv.mod_revision, format!("not UTF-8 text: {e}"), events);
                 false
             }
         }
     }
 
-    fn reject(&self, key: String, revision: i64, error: String) {
+    fn reject(&self, key: String, revision: i64, error: String, events: &mut Vec<ConfigEvent<T>>) {
         tracing::warn!(key, revision, error = %error, "config value rejected; keeping the last good one");
         *self.last_error.lock() = Some(format!("config key {key:?} at revision {revision}: {error}"));
-        let _ = self.changes.send(ConfigEvent::Rejected { key, revision, error });
+        events.push(ConfigEvent::Rejected { key, revision, error });
     }
 
-    fn remove(&self, next: &mut Entries<T>, key: String, revision: i64) -> bool {
+    fn remove(&self, next: &mut Entries<T>, key: String, revision: i64, events: &mut Vec<ConfigEvent<T>>) -> bool {
         let had = next.values.contains_key(&key);
         if !had {
             return false;
         }
-        let _ = self.changes.send(ConfigEvent::Deleted { key: key.clone(), revision });
+        events.push(ConfigEvent::Deleted { key: key.clone(), revision });
         match self.mode {
             Mode::Key => {
                 tracing::warn!(key, revision, "config key deleted; keeping its last value");
@@ -508,11 +509,16 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Core<T> {
         }
     }
 
-    fn publish(&self, next: Entries<T>, changed: bool) {
+    /// Makes `next` current, then tells subscribers: a subscriber that
+    /// reads the value on an event must find the new one.
+    fn publish(&self, next: Entries<T>, changed: bool, events: Vec<ConfigEvent<T>>) {
         if changed {
             self.write_cache(&next);
         }
         self.entries.store(Arc::new(next));
+        for ev in events {
+            let _ = self.changes.send(ev);
+        }
     }
 }
 
@@ -524,33 +530,35 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Mirror for Core<T> {
     fn reset(&self, kvs: &[KeyValue], revision: i64) {
         let mut next = (**self.entries.load()).clone();
         let mut changed = false;
+        let mut events = Vec::new();
         for kv in kvs {
-            changed |= self.consider(&mut next, kv);
+            changed |= self.consider(&mut next, kv, &mut events);
         }
         let listed: std::collections::HashSet<&[u8]> = kvs.iter().map(|kv| &kv.key[..]).collect();
         let gone: Vec<String> = next.values.keys().filter(|k| !listed.contains(k.as_bytes())).cloned().collect();
         for key in gone {
-            changed |= self.remove(&mut next, key, revision);
+            changed |= self.remove(&mut next, key, revision, &mut events);
         }
         next.revision = revision;
         next.stale = false;
-        self.publish(next, changed);
+        self.publish(next, changed, events);
     }
 
     fn apply(&self, events: &[Event], revision: i64) {
         let mut next = (**self.entries.load()).clone();
         let mut changed = false;
+        let mut out = Vec::new();
         for ev in events {
             let Some(kv) = &ev.kv else { continue };
             if ev.r#type == EventType::Delete as i32 {
-                changed |= self.remove(&mut next, String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision);
+                changed |= self.remove(&mut next, String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision, &mut out);
             } else {
-                changed |= self.consider(&mut next, kv);
+                changed |= self.consider(&mut next, kv, &mut out);
             }
         }
         next.revision = revision.max(next.revision);
         next.stale = false;
-        self.publish(next, changed);
+        self.publish(next, changed, out);
     }
 
     fn unreachable(&self) {

@@ -117,43 +117,45 @@ impl Mirror for Task {
             }
         }
         let old = self.cell.snapshot.load_full();
+        let mut changes = Vec::new();
         for (id, inst) in &fresh {
             match old.instances.get(id) {
-                None => self.emit(Change::Added(inst.clone())),
-                Some(prev) if prev != inst => self.emit(Change::Updated(inst.clone())),
+                None => changes.push(Change::Added(inst.clone())),
+                Some(prev) if prev != inst => changes.push(Change::Updated(inst.clone())),
                 Some(_) => {}
             }
         }
         for (id, inst) in &old.instances {
             if !fresh.contains_key(id) {
-                self.emit(Change::Removed(inst.clone()));
+                changes.push(Change::Removed(inst.clone()));
             }
         }
-        self.cell.snapshot.store(Arc::new(Snapshot { instances: fresh, revision, stale: false }));
+        self.publish(Snapshot { instances: fresh, revision, stale: false }, changes);
         self.cell.ready.send_replace(true);
     }
 
     fn apply(&self, events: &[Event], revision: i64) {
         let cur = self.cell.snapshot.load_full();
         let mut next = (*cur).clone();
+        let mut changes = Vec::new();
         for ev in events {
             let Some(kv) = &ev.kv else { continue };
             let Some(id) = self.id_of(&kv.key) else { continue };
             if ev.r#type == EventType::Delete as i32 {
                 if let Some(gone) = next.instances.remove(id) {
-                    self.emit(Change::Removed(gone));
+                    changes.push(Change::Removed(gone));
                 }
             } else if let Some(inst) = self.parse(kv) {
                 match next.instances.insert(inst.id.clone(), inst.clone()) {
-                    None => self.emit(Change::Added(inst)),
-                    Some(prev) if prev != inst => self.emit(Change::Updated(inst)),
+                    None => changes.push(Change::Added(inst)),
+                    Some(prev) if prev != inst => changes.push(Change::Updated(inst)),
                     Some(_) => {}
                 }
             }
         }
         next.revision = revision.max(next.revision);
         next.stale = false;
-        self.cell.snapshot.store(Arc::new(next));
+        self.publish(next, changes);
     }
 
     fn unreachable(&self) {
@@ -182,7 +184,12 @@ impl Task {
         }
     }
 
-    fn emit(&self, c: Change) {
-        let _ = self.cell.changes.send(c);
+    /// Makes `next` the snapshot, then emits `changes`: a subscriber that
+    /// reads the snapshot on a change must find it there.
+    fn publish(&self, next: Snapshot, changes: Vec<Change>) {
+        self.cell.snapshot.store(Arc::new(next));
+        for c in changes {
+            let _ = self.cell.changes.send(c);
+        }
     }
 }

@@ -186,3 +186,26 @@ async fn the_prefix_form_keeps_a_whole_tree() {
     })
     .await;
 }
+
+/// An update is announced only once it is in effect: a subscriber that
+/// reads the value on the event (as `roster config watch` does) finds it,
+/// never the one before. Hundreds of updates, so that an event sent before
+/// the value is stored would be caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_update_is_in_effect_when_it_is_announced() {
+    const N: u32 = 200;
+    let server = Server::start(None).await;
+    let c = server.client();
+    put(&c, "/config/order.json", r#"{"workers": 1}"#).await;
+    let cfg = config::watch::<App>(&c, "/config/order.json").await.unwrap();
+    let reader = cfg.clone();
+    let checker = support::spin_read(cfg.changes(), N as usize, move |_, ev| {
+        let ConfigEvent::Updated { value, revision, .. } = ev else { panic!("unexpected {ev:?}") };
+        assert!(reader.revision() >= revision, "revision {revision} announced while {} is in effect", reader.revision());
+        assert!(reader.get().workers >= value.workers, "workers {} announced while {} is in effect", value.workers, reader.get().workers);
+    });
+    for n in 2..=N + 1 {
+        put(&c, "/config/order.json", &format!(r#"{{"workers": {n}}}"#)).await;
+    }
+    tokio::task::spawn_blocking(move || checker.join()).await.unwrap().expect("the reader saw an update before it was in effect");
+}

@@ -192,3 +192,33 @@ async fn dropping_the_handle_withdraws_the_instance() {
     let took = eventually("gone after drop", Duration::from_secs(3), || ids(&d).is_empty()).await;
     assert!(took < Duration::from_secs(2), "dropping revokes in the background, well before the TTL ({took:?})");
 }
+
+/// A change is emitted only once the snapshot holds it, so a subscriber
+/// that reads the snapshot on a change (a balancer rebuilding its list)
+/// finds the instance it was told about. Hundreds of changes, so that a
+/// change emitted before the snapshot is stored would be caught reading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_in_the_snapshot_when_it_is_emitted() {
+    const N: usize = 600;
+    let server = Server::start(None).await;
+    let reg = server.registry(10);
+    let d = reg.discover("order");
+    d.ready().await;
+    let reader = d.clone();
+    // Adds first, then removes: each kind is monotonic, so a late check
+    // cannot be fooled by a later change to the same id.
+    let checker = support::spin_read(d.changes(), 2 * N, move |n, change| match change {
+        Change::Added(i) => assert!(reader.snapshot().instances.contains_key(&i.id), "added {} was emitted before the snapshot held it", i.id),
+        Change::Removed(i) => assert!(!reader.snapshot().instances.contains_key(&i.id), "removal of {} was emitted before the snapshot dropped it", i.id),
+        other => panic!("change {n}: unexpected {other:?}"),
+    });
+    let client = reg.client().clone();
+    for n in 0..N {
+        client.put(put(&format!("/services/order/i{n}"), &format!("127.0.0.1:{}", 20000 + n))).await.unwrap();
+    }
+    for n in 0..N {
+        let key = format!("/services/order/i{n}");
+        client.delete_range(DeleteRangeRequest { key: key.into_bytes().into(), ..Default::default() }).await.unwrap();
+    }
+    tokio::task::spawn_blocking(move || checker.join()).await.unwrap().expect("the reader saw a change before its snapshot");
+}

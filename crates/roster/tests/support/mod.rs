@@ -103,3 +103,33 @@ where
         scenario("etcd", etcd.endpoint()).await;
     }
 }
+
+/// Reads `stream` on a thread of its own that polls without pause, calling
+/// `check` on each item until `count` items or 30 s. A reader that is
+/// always running sees an item the moment it is sent, so an item announced
+/// before the state it describes is stored gets caught reading that state.
+pub fn spin_read<S, F>(stream: S, count: usize, mut check: F) -> std::thread::JoinHandle<()>
+where
+    S: tokio_stream::Stream + Send + 'static,
+    F: FnMut(usize, S::Item) + Send + 'static,
+{
+    std::thread::spawn(move || {
+        let mut stream = Box::pin(stream);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut n = 0;
+        while n < count {
+            match stream.as_mut().poll_next(&mut cx) {
+                std::task::Poll::Ready(Some(item)) => {
+                    check(n, item);
+                    n += 1;
+                }
+                std::task::Poll::Ready(None) => panic!("the stream ended after {n} of {count} items"),
+                std::task::Poll::Pending => {
+                    assert!(Instant::now() < until, "only {n} of {count} items within 30 s");
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    })
+}
