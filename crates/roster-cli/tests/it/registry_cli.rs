@@ -2,7 +2,7 @@
 //! against `roster serve` and against real etcd.
 
 use crate::support::roster_bin;
-use roster_testkit::{require_etcd, Etcd, Roster};
+use roster_testkit::{require_etcd, require_etcdctl, Etcd, Etcdctl, Roster};
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -115,6 +115,65 @@ async fn register_ls_watch_etcd() {
     }
     let e = Etcd::start().await;
     scenario(e.endpoint()).await;
+}
+
+/// Instances written by `etcdctl` by hand, as plain `host:port` and as
+/// etcd's endpoint JSON, are listed and watched; a value that is neither is
+/// skipped without stopping the watch.
+async fn foreign_values(endpoint: String) {
+    let mut watch = Command::new(roster_bin())
+        .args(["--log", "error", "watch", "hello", "--json", "--endpoints", &endpoint])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    // The watcher is listening once `ls` works; a put before that is listed anyway.
+    until("registry answers", Duration::from_secs(10), &endpoint, |_| true).await;
+    let ctl = Etcdctl::new(endpoint.clone());
+    ctl.run(&["put", "/services/hello/bad", "not an address"]).await.ok();
+    ctl.run(&["put", "/services/hello/plain", "127.0.0.1:9000"]).await.ok();
+    ctl.run(&["put", "/services/hello/ep", r#"{"Op":0,"Addr":"127.0.0.1:9001","Metadata":{"zone":"z1"}}"#]).await.ok();
+    until("both foreign instances listed", Duration::from_secs(10), &endpoint, |l| l.len() == 2).await;
+    let listed = ls_json(&endpoint).await;
+    let by_id = |id: &str| listed.iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("{id} not listed: {listed:?}")).clone();
+    assert_eq!(by_id("plain")["addr"], "127.0.0.1:9000");
+    assert_eq!(by_id("ep")["addr"], "127.0.0.1:9001");
+    assert!(listed.iter().all(|i| i["id"] != "bad"), "{listed:?}");
+
+    let mut added = Vec::new();
+    while added.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the watcher did not report both foreign instances")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["change"], "added", "{line}");
+        added.push(v["instance"]["id"].as_str().unwrap().to_owned());
+    }
+    added.sort();
+    assert_eq!(added, ["ep", "plain"]);
+    let _ = watch.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_written_by_etcdctl_are_discovered_roster() {
+    if require_etcdctl().is_none() {
+        return;
+    }
+    let r = Roster::start(roster_bin()).await;
+    foreign_values(r.endpoint()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_written_by_etcdctl_are_discovered_etcd() {
+    if require_etcd().is_none() || require_etcdctl().is_none() {
+        return;
+    }
+    let e = Etcd::start().await;
+    foreign_values(e.endpoint()).await;
 }
 
 #[tokio::test]
