@@ -249,7 +249,8 @@ impl<T: Send + Sync + 'static> Config<T> {
         self.core.entries.load().values.get(&self.key).map_or(0, |e| e.mod_revision)
     }
 
-    /// Changes from now on.
+    /// Changes from now on. An update is announced once it is in effect:
+    /// [`get`](Self::get) on the event returns it (or a later value).
     pub fn changes(&self) -> impl Stream<Item = ConfigEvent<T>> + Send + 'static {
         self.core.subscribe()
     }
@@ -301,6 +302,7 @@ impl<T: Send + Sync + 'static> ConfigTree<T> {
         self.core.entries.load().values.get(&full).map(|e| e.value.clone())
     }
 
+    /// Changes from now on, announced once they are in effect.
     pub fn changes(&self) -> impl Stream<Item = ConfigEvent<T>> + Send + 'static {
         self.core.subscribe()
     }

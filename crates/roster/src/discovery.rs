@@ -79,8 +79,9 @@ impl Discovery {
         self.cell.snapshot.load().instances.values().cloned().collect()
     }
 
-    /// Changes from now on. A receiver that falls more than 1024 changes
-    /// behind skips ahead; read [`snapshot`](Self::snapshot) to resync.
+    /// Changes from now on, each emitted once [`snapshot`](Self::snapshot)
+    /// holds it. A receiver that falls more than 1024 changes behind skips
+    /// ahead; read the snapshot to resync.
     pub fn changes(&self) -> impl Stream<Item = Change> + Send + 'static {
         BroadcastStream::new(self.cell.changes.subscribe()).filter_map(|c| c.ok())
     }
