@@ -37,6 +37,19 @@ async fn until(what: &str, limit: Duration, endpoint: &str, f: impl Fn(&[Value])
     }
 }
 
+/// `roster watch hello --json`, and its output line by line.
+fn watch_json(endpoint: &str) -> (Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+    let mut watch = Command::new(roster_bin())
+        .args(["--log", "warn", "watch", "hello", "--json", "--endpoints", endpoint])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    (watch, lines)
+}
+
 fn sigterm(child: &Child) {
     let pid = child.id().expect("running").to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -44,14 +57,7 @@ fn sigterm(child: &Child) {
 
 async fn scenario(endpoint: String) {
     // A watcher started first sees the instance arrive and leave.
-    let mut watch = Command::new(roster_bin())
-        .args(["--log", "warn", "watch", "hello", "--json", "--endpoints", &endpoint])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (mut watch, mut lines) = watch_json(&endpoint);
 
     let reg = register(&endpoint, &["hello", "127.0.0.1:50051", "--id", "a", "--ttl", "5", "--zone", "eu-1", "--meta", "k=v"]);
     until("registered", Duration::from_secs(10), &endpoint, |l| l.len() == 1).await;
@@ -121,14 +127,7 @@ async fn register_ls_watch_etcd() {
 /// etcd's endpoint JSON, are listed and watched; a value that is neither is
 /// skipped without stopping the watch.
 async fn foreign_values(endpoint: String) {
-    let mut watch = Command::new(roster_bin())
-        .args(["--log", "error", "watch", "hello", "--json", "--endpoints", &endpoint])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (mut watch, mut lines) = watch_json(&endpoint);
     // The watcher is listening once `ls` works; a put before that is listed anyway.
     until("registry answers", Duration::from_secs(10), &endpoint, |_| true).await;
     let ctl = Etcdctl::new(endpoint.clone());
