@@ -5,10 +5,38 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+fn epoch() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// Milliseconds since the process started; 0 is never a real deadline.
 pub(crate) fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    ms_at(Instant::now())
+}
+
+fn ms_at(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_millis() as u64 + 1
+}
+
+/// A recent [`now_ms`], advanced by latency samples, so that a pick can
+/// age latency averages without reading the clock.
+static RECENT_MS: AtomicU64 = AtomicU64::new(0);
+
+fn advance_recent(now: u64) {
+    // Written at most once a millisecond: picks on every core read it.
+    if RECENT_MS.load(Ordering::Relaxed) < now {
+        RECENT_MS.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// `ewma_ns` aged by `idle_ms` without a sample: halved per half-life
+/// (0: no aging).
+fn aged(ewma_ns: u64, idle_ms: u64, half_life_ms: u64) -> u64 {
+    match half_life_ms {
+        0 => ewma_ns,
+        h => ewma_ns >> (idle_ms / h).min(63),
+    }
 }
 
 /// Latency is measured on one request in this many (per thread). Reading
@@ -30,6 +58,13 @@ fn sample_latency() -> bool {
 pub struct HealthConfig {
     /// Consecutive failures that eject an endpoint.
     pub consecutive_failures: u32,
+    /// A latency average halves for every this long without a new sample
+    /// (zero: never). Without it, an endpoint whose average was inflated
+    /// once (a slow connect, a pause) and that is idle since would lose
+    /// every least-request comparison for good and never be measured again.
+    /// A truly slow endpoint is tried again only about once per half-life,
+    /// on a few requests, which leaves the others' tail alone.
+    pub latency_half_life: Duration,
     /// First ejection; each further ejection doubles it.
     pub base_ejection: Duration,
     pub max_ejection: Duration,
@@ -41,6 +76,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             consecutive_failures: 3,
+            latency_half_life: Duration::from_secs(2),
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(30),
             max_ejected_percent: 50,
@@ -52,8 +88,11 @@ impl Default for HealthConfig {
 #[derive(Debug, Default)]
 pub struct EndpointStats {
     in_flight: AtomicUsize,
-    /// Exponentially weighted moving average of latency, in nanoseconds.
+    /// Exponentially weighted moving average of latency, in nanoseconds,
+    /// as of `sampled_ms`; it ages from there (see
+    /// [`HealthConfig::latency_half_life`]).
     ewma_ns: AtomicU64,
+    sampled_ms: AtomicU64,
     failures: AtomicU32,
     /// 0 when healthy; otherwise when the ejection ends (ms, see `now_ms`).
     ejected_until: AtomicU64,
@@ -78,8 +117,14 @@ impl EndpointStats {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// The latency average as of its last sample.
     pub fn latency_ewma(&self) -> Duration {
         Duration::from_nanos(self.ewma_ns.load(Ordering::Relaxed))
+    }
+
+    fn ewma_at(&self, now: u64, half_life_ms: u64) -> u64 {
+        let idle = now.saturating_sub(self.sampled_ms.load(Ordering::Relaxed));
+        aged(self.ewma_ns.load(Ordering::Relaxed), idle, half_life_ms)
     }
 
     pub fn healthy(&self) -> bool {
@@ -107,17 +152,36 @@ impl EndpointStats {
     }
 
     /// Lower is better: in-flight requests weighted by typical latency.
-    pub(crate) fn score(&self) -> u64 {
-        let lat = self.ewma_ns.load(Ordering::Relaxed).max(1_000);
+    pub(crate) fn score(&self, half_life_ms: u64) -> u64 {
+        self.score_at(RECENT_MS.load(Ordering::Relaxed), half_life_ms)
+    }
+
+    pub(crate) fn score_at(&self, now: u64, half_life_ms: u64) -> u64 {
+        let lat = self.ewma_at(now, half_life_ms).max(1_000);
         (self.in_flight.load(Ordering::Relaxed) as u64 + 1).saturating_mul(lat)
     }
 
-    fn record_latency(&self, d: Duration) {
+    /// Folds in a latency measured at `now` (see [`now_ms`]).
+    pub(crate) fn record_latency_at(&self, d: Duration, now: u64, half_life_ms: u64) {
         let sample = d.as_nanos().min(u64::MAX as u128) as u64;
-        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let old = self.ewma_at(now, half_life_ms);
         // alpha = 1/4: recent calls dominate within a handful of samples.
         let new = if old == 0 { sample } else { old - old / 4 + sample / 4 };
         self.ewma_ns.store(new, Ordering::Relaxed);
+        self.sampled_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Folds in a latency measured just now, and moves the picks' clock.
+    fn record(&self, d: Duration, now: u64, half_life_ms: u64) {
+        self.record_latency_at(d, now, half_life_ms);
+        advance_recent(now);
+    }
+
+    /// A sample timed from `start`: the end is `start + elapsed`, so the
+    /// clock is read once.
+    fn record_since(&self, start: Instant, half_life_ms: u64) {
+        let took = start.elapsed();
+        self.record(took, ms_at(start + took), half_life_ms);
     }
 }
 
@@ -142,6 +206,10 @@ impl Guard {
         &self.endpoint.ejections
     }
 
+    fn half_life_ms(&self) -> u64 {
+        self.shared().health.latency_half_life.as_millis() as u64
+    }
+
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
@@ -155,7 +223,7 @@ impl Guard {
         self.reported = true;
         let s = &self.endpoint.stats;
         if let Some(start) = self.start {
-            s.record_latency(start.elapsed());
+            s.record_since(start, self.half_life_ms());
         }
         self.readmit();
     }
@@ -163,7 +231,7 @@ impl Guard {
     /// As [`success`](Self::success), with a measured latency.
     pub fn success_with(&mut self, latency: Duration) {
         self.reported = true;
-        self.endpoint.stats.record_latency(latency);
+        self.endpoint.stats.record(latency, now_ms(), self.half_life_ms());
         self.readmit();
     }
 
@@ -183,7 +251,7 @@ impl Guard {
         self.reported = true;
         let s = &self.endpoint.stats;
         if let Some(start) = self.start {
-            s.record_latency(start.elapsed());
+            s.record_since(start, self.half_life_ms());
         }
         let now = now_ms();
         if s.ejected_until.load(Ordering::Relaxed) != 0 {

@@ -258,7 +258,8 @@ impl Balancer {
         };
         // Scores are read from the stats `ok` just touched, still in cache.
         let (sa, sb) = (&set.endpoints[a].stats, &set.endpoints[b].stats);
-        Some(if sb.score() < sa.score() { b } else { a })
+        let half_life = self.ejections.health.latency_half_life.as_millis() as u64;
+        Some(if sb.score(half_life) < sa.score(half_life) { b } else { a })
     }
 
     fn hashed(&self, set: &Set, key: &[u8], ok: impl Fn(usize) -> bool) -> Option<usize> {

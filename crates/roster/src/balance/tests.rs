@@ -94,12 +94,64 @@ fn least_request_steers_away_from_a_slow_instance() {
 }
 
 #[test]
+fn a_latency_average_halves_per_half_life_without_samples() {
+    let s = EndpointStats::default();
+    let h = 2_000;
+    s.record_latency_at(Duration::from_millis(8), 1_000, h);
+    assert_eq!(s.score_at(1_000, h), 8_000_000);
+    assert_eq!(s.score_at(1_000 + h - 1, h), 8_000_000);
+    assert_eq!(s.score_at(1_000 + h, h), 4_000_000);
+    assert_eq!(s.score_at(1_000 + 3 * h, h), 1_000_000);
+    // A new sample folds into the aged average: 1 ms - 1/4 + 1 ms/4.
+    s.record_latency_at(Duration::from_millis(1), 1_000 + 3 * h, h);
+    assert_eq!(s.score_at(1_000 + 3 * h, h), 1_000_000);
+    // Zero turns aging off; a clock behind the sample ages nothing.
+    assert_eq!(s.score_at(1_000_000, 0), 1_000_000);
+    assert_eq!(s.score_at(0, h), 1_000_000);
+}
+
+/// An endpoint measured slow once (a slow connect) and idle since is tried
+/// again once its average has aged, and measured afresh; before that it
+/// gets nothing.
+#[test]
+fn least_request_tries_a_once_slow_idle_endpoint_again_after_aging() {
+    let half_life = Duration::from_millis(40);
+    let b = Balancer::new(Policy::LeastRequest).with_health(HealthConfig { latency_half_life: half_life, ..Default::default() });
+    b.update([inst("a", 100, ""), inst("b", 100, ""), inst("c", 100, "")]);
+    // Every endpoint really answers in 0.2 ms.
+    let answer = |b: &Balancer, picks: usize| {
+        let mut ids = Vec::new();
+        for _ in 0..picks {
+            let mut g = b.pick(None).unwrap();
+            ids.push(g.instance().id.clone());
+            g.success_with(Duration::from_micros(200));
+        }
+        ids
+    };
+    // But c was measured once at 20 ms (its connect was slow).
+    let set = b.set();
+    let stats = |id: &str| set.endpoints.iter().find(|e| e.instance.id == id).unwrap().stats.clone();
+    let now = now_ms();
+    stats("c").record_latency_at(Duration::from_millis(20), now, 40);
+    stats("a").record_latency_at(Duration::from_micros(200), now, 40);
+    stats("b").record_latency_at(Duration::from_micros(200), now, 40);
+    let soon = counts(&answer(&b, 200));
+    assert_eq!(soon.get("c"), None, "c was picked while its slow sample was fresh: {soon:?}");
+    // 20 ms halves to below 0.2 ms in seven half-lives.
+    std::thread::sleep(half_life * 8);
+    let later = counts(&answer(&b, 200));
+    assert!(later.get("c").copied().unwrap_or(0) > 0, "c was never tried again: {later:?}");
+    assert!(stats("c").latency_ewma() < Duration::from_millis(20), "c was not measured again");
+}
+
+#[test]
 fn failures_eject_with_a_cap_and_a_probe_readmits() {
     let health = HealthConfig {
         consecutive_failures: 2,
         base_ejection: Duration::from_millis(40),
         max_ejection: Duration::from_secs(1),
         max_ejected_percent: 50,
+        ..Default::default()
     };
     let b = Balancer::new(Policy::RoundRobin).with_health(health);
     b.update(["a", "b", "c", "d"].iter().map(|id| inst(id, 1, "")));
@@ -128,7 +180,7 @@ fn failures_eject_with_a_cap_and_a_probe_readmits() {
 
 #[test]
 fn a_failed_probe_ejects_for_longer() {
-    let health = HealthConfig { consecutive_failures: 1, base_ejection: Duration::from_millis(30), max_ejection: Duration::from_secs(5), max_ejected_percent: 50 };
+    let health = HealthConfig { consecutive_failures: 1, base_ejection: Duration::from_millis(30), max_ejection: Duration::from_secs(5), max_ejected_percent: 50, ..Default::default() };
     let b = Balancer::new(Policy::RoundRobin).with_health(health);
     b.update(["a", "b"].iter().map(|id| inst(id, 1, "")));
     loop {
