@@ -210,16 +210,30 @@ impl Client {
         self.inner.endpoints.len() > 1
     }
 
+    /// How long a lease renewal sent every `period` may go unanswered
+    /// before its member is taken for stopped or cut off (its connection
+    /// stays open, so nothing else says so before the lease expires) and
+    /// renewing moves elsewhere: half a period, at least 0.5 s so that a
+    /// loaded machine is not mistaken for a stopped one. `None` with a
+    /// single endpoint: a slow answer is then waited for.
+    pub fn renewal_deadline(&self, period: Duration) -> Option<Duration> {
+        self.can_fail_over().then(|| (period / 2).max(Duration::from_millis(500)).min(period))
+    }
+
     fn index(&self) -> usize {
         self.inner.current.load(Ordering::Relaxed)
     }
 
+    /// Milliseconds since the client was made, plus one (0 is "never").
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64 + 1
+    }
+
     fn fail_over(&self, from: usize) {
-        if self.inner.endpoints.len() == 1 {
+        if !self.can_fail_over() {
             return;
         }
-        let ms = self.inner.epoch.elapsed().as_millis() as u64 + 1;
-        self.inner.failed_at[from].store(ms, Ordering::Relaxed);
+        self.inner.failed_at[from].store(self.now_ms(), Ordering::Relaxed);
         // Only the first of many owners noticing the same failure moves.
         let _ = self.inner.current.compare_exchange(from, self.next_after(from), Ordering::Relaxed, Ordering::Relaxed);
     }
@@ -228,7 +242,7 @@ impl Client {
     /// the next one when all have.
     fn next_after(&self, from: usize) -> usize {
         let n = self.inner.endpoints.len();
-        let now = self.inner.epoch.elapsed().as_millis() as u64 + 1;
+        let now = self.now_ms();
         let cooldown = FAILED_COOLDOWN.as_millis() as u64;
         let healthy = |j: usize| {
             let at = self.inner.failed_at[j].load(Ordering::Relaxed);
@@ -240,7 +254,7 @@ impl Client {
     /// How long one attempt on one endpoint may take.
     fn attempt_timeout(&self) -> Duration {
         let c = &self.inner.config;
-        if self.inner.endpoints.len() > 1 { c.attempt_timeout.min(c.request_timeout) } else { c.request_timeout }
+        if self.can_fail_over() { c.attempt_timeout.min(c.request_timeout) } else { c.request_timeout }
     }
 
     /// Runs `f` on the current endpoint, failing over to the others when

@@ -244,18 +244,11 @@ impl Task {
     /// registration.
     async fn hold(&mut self) -> Exit {
         let interval = (self.ttl / 3).max(Duration::from_millis(200));
-        // A renewal unanswered for this long means the member is stopped or
-        // cut off: its connection stays open, so nothing else says so before
-        // the lease expires. A renewal is answered from memory, in
-        // milliseconds, when all is well; half an interval leaves half the
-        // TTL to renew elsewhere (and a floor spares a loaded machine).
-        // With a single endpoint there is nowhere else to renew: a slow
-        // answer is waited for, as reconnecting would only add load.
-        let answer_within = if self.client.can_fail_over() {
-            (interval / 2).max(Duration::from_millis(500)).min(interval)
-        } else {
-            self.ttl
-        };
+        // Past this a renewal's member is taken for stopped; `None` (one
+        // endpoint): wait, as reconnecting would only add load.
+        let answer_within = self.client.renewal_deadline(interval);
+        // Opening the streams is held to the same deadline.
+        let open_within = answer_within.unwrap_or(self.ttl);
         let mut last_ok = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         'reconnect: loop {
@@ -267,11 +260,11 @@ impl Task {
             // The keepalive stream opens with its first renewal answered, so
             // opening is held to the same deadline as any renewal.
             let streams = async { Ok::<_, Error>((self.client.keep_alive_stream(self.lease).await?, self.client.watch_stream(create).await?)) };
-            let opened = match tokio::time::timeout(answer_within, streams).await {
+            let opened = match tokio::time::timeout(open_within, streams).await {
                 Ok(opened) => opened,
                 Err(_) => {
                     self.client.fail_over_from(&endpoint);
-                    Err(Error::Stalled { endpoint, silent: answer_within })
+                    Err(Error::Stalled { endpoint, silent: open_within })
                 }
             };
             let (mut ka, mut w) = match opened {
@@ -310,8 +303,8 @@ impl Task {
             let mut tick = tokio::time::interval(interval);
             loop {
                 let overdue = async {
-                    match unanswered.front() {
-                        Some(sent) if self.client.can_fail_over() => tokio::time::sleep_until(*sent + answer_within).await,
+                    match (unanswered.front(), answer_within) {
+                        (Some(sent), Some(within)) => tokio::time::sleep_until(*sent + within).await,
                         _ => std::future::pending().await,
                     }
                 };
@@ -340,7 +333,7 @@ impl Task {
                         }
                     },
                     _ = overdue => {
-                        tracing::warn!(key = %self.key, endpoint = %ka.endpoint, "keepalive unanswered for {answer_within:?}; renewing on another endpoint");
+                        tracing::warn!(key = %self.key, endpoint = %ka.endpoint, "keepalive unanswered for {:?}; renewing on another endpoint", open_within);
                         self.client.fail_over_from(&ka.endpoint);
                         continue 'reconnect;
                     }

@@ -146,12 +146,9 @@ impl KeepAlive {
     /// renewal went unanswered (the client then avoids that endpoint), or
     /// the deadline passed.
     async fn stream(&self, deadline: &mut Instant, period: Duration) -> Result<(), Option<&'static str>> {
-        // A stopped or cut-off member keeps the stream open and never
-        // answers: give up on it long before the lease is at risk. Renewals
-        // are answered from memory, in milliseconds, when all is well.
-        // With a single endpoint, only the lease's own deadline applies:
-        // there is nowhere else to renew.
-        let answer_within = self.client.can_fail_over().then(|| (period / 2).max(Duration::from_millis(500)).min(period));
+        // Give up on a silent member long before the lease is at risk; with
+        // a single endpoint only the lease's own deadline applies.
+        let answer_within = self.client.renewal_deadline(period);
         let give_up = |deadline: Instant, sent: Instant| answer_within.map_or(deadline, |d| deadline.min(sent + d));
         let mut sent = Instant::now();
         let endpoint = self.client.current_endpoint().to_owned();
