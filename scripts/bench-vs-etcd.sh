@@ -115,16 +115,15 @@ echo "== roster pid $ROSTER_PID on 127.0.0.1:$RP, etcd pid $ETCD_PID on 127.0.0.
 bench all --total "$TOTAL" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP"
 stop_both
 
-echo
-start_both mem
-echo "== fresh servers: roster pid $ROSTER_PID, etcd pid $ETCD_PID"
-bench memory --keys "$KEYS" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP" \
-    --pid "roster=$ROSTER_PID" --pid "etcd=$ETCD_PID"
-stop_both
-
-echo
-start_both hold
-echo "== fresh servers: roster pid $ROSTER_PID, etcd pid $ETCD_PID"
-bench hold --instances "$INSTANCES" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP" \
-    --pid "roster=$ROSTER_PID" --pid "etcd=$ETCD_PID"
-stop_both
+# workload args...: one workload that reads the servers' memory, on fresh
+# servers so that nothing earlier counts.
+on_fresh_servers() {
+    echo
+    start_both "$1"
+    echo "== fresh servers: roster pid $ROSTER_PID, etcd pid $ETCD_PID"
+    bench "$@" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP" \
+        --pid "roster=$ROSTER_PID" --pid "etcd=$ETCD_PID"
+    stop_both
+}
+on_fresh_servers memory --keys "$KEYS"
+on_fresh_servers hold --instances "$INSTANCES"
