@@ -12,6 +12,7 @@
 //!   drain) and the admin listener (`/metrics`, `/health`).
 
 pub mod config;
+mod h1;
 mod metrics;
 mod proxy;
 pub mod route;

@@ -23,9 +23,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Bodies up to this size are held so that the request can be retried.
-const REPLAY_LIMIT: usize = 64 * 1024;
+pub(crate) const REPLAY_LIMIT: usize = 64 * 1024;
 /// How long a new service may take to list its instances on first use.
-const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
 
 /// What every request shares.
 pub struct Proxy {
@@ -70,18 +70,22 @@ impl Proxy {
             Ok(done) => (done.response, done.service, done.instance, done.retries),
             Err(fail) => (fail.response(grpc), fail.service().to_owned(), "-".to_owned(), fail.retries()),
         };
-        let status = resp.status().as_u16();
-        let took = started.elapsed();
-        if !service.is_empty() {
-            self.metrics.request(&service, &instance, status, took);
+        let grpc_status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let access = Access { client, method: method.as_str(), path: &path, service: &service, instance: &instance, grpc_status, retries };
+        self.record(&access, resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    /// Counts an answered request and writes its access log line.
+    pub(crate) fn record(&self, a: &Access<'_>, status: u16, took: Duration) {
+        if !a.service.is_empty() {
+            self.metrics.request(a.service, a.instance, status, took);
         }
         tracing::info!(
             target: "roster_gateway::access",
-            client = %client.ip(), %method, path, service, instance, status,
-            grpc_status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or(""),
-            retries, micros = took.as_micros() as u64,
+            client = %a.client.ip(), method = a.method, path = a.path, service = a.service, instance = a.instance, status,
+            grpc_status = a.grpc_status, retries = a.retries, micros = took.as_micros() as u64,
         );
-        resp
     }
 
     async fn forward(&self, pools: &Pools, req: Request<Incoming>, client: SocketAddr, grpc: bool, path: &str) -> Result<Done, Failure> {
@@ -185,6 +189,17 @@ impl Proxy {
     }
 }
 
+/// What the access log says about a request, besides status and time.
+pub(crate) struct Access<'a> {
+    pub client: SocketAddr,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub service: &'a str,
+    pub instance: &'a str,
+    pub grpc_status: &'a str,
+    pub retries: u32,
+}
+
 struct Done {
     response: Response<Body>,
     service: String,
@@ -193,7 +208,7 @@ struct Done {
 }
 
 #[derive(Debug)]
-enum LastError {
+pub(crate) enum LastError {
     None,
     Timeout,
     Transport(String),
@@ -201,7 +216,7 @@ enum LastError {
 }
 
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     NoRoute { path: String },
     NoInstance { service: String, detail: String },
     BadRequest { service: String, detail: String },
@@ -209,24 +224,23 @@ enum Failure {
 }
 
 impl Failure {
-    fn service(&self) -> &str {
+    pub(crate) fn service(&self) -> &str {
         match self {
             Failure::NoRoute { .. } => "",
             Failure::NoInstance { service, .. } | Failure::BadRequest { service, .. } | Failure::Upstream { service, .. } => service,
         }
     }
 
-    fn retries(&self) -> u32 {
+    pub(crate) fn retries(&self) -> u32 {
         match self {
             Failure::Upstream { retries, .. } => *retries,
             _ => 0,
         }
     }
 
-    /// A JSON error for HTTP callers; for gRPC callers, a trailers-only
-    /// answer with the matching `grpc-status`.
-    fn response(&self, grpc: bool) -> Response<Body> {
-        let (status, grpc_code, body) = match self {
+    /// The HTTP status, the gRPC code and the JSON body that say it.
+    pub(crate) fn parts(&self) -> (StatusCode, u8, serde_json::Value) {
+        match self {
             Failure::NoRoute { path } => {
                 (StatusCode::NOT_FOUND, 12, serde_json::json!({"error": "no route", "path": path}))
             }
@@ -257,7 +271,13 @@ impl Failure {
                     serde_json::json!({"error": "upstream failed", "service": service, "retries": retries, "detail": detail}),
                 )
             }
-        };
+        }
+    }
+
+    /// A JSON error for HTTP callers; for gRPC callers, a trailers-only
+    /// answer with the matching `grpc-status`.
+    fn response(&self, grpc: bool) -> Response<Body> {
+        let (status, grpc_code, body) = self.parts();
         if grpc {
             let message = body.get("detail").and_then(|d| d.as_str()).filter(|d| !d.is_empty()).unwrap_or_else(|| body["error"].as_str().unwrap_or(""));
             let message = format!("roster gateway: {message}{}", match self.service() {
@@ -381,12 +401,12 @@ fn is_grpc(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn is_idempotent(m: &Method) -> bool {
+pub(crate) fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] =
+pub(crate) const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade"];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {

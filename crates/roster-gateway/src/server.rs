@@ -1,6 +1,7 @@
 //! Accepting connections: HTTP/1.1 and h2c on one port, bounded request
 //! heads, graceful drain; and the admin port with `/metrics` and `/health`.
 
+use crate::h1;
 use crate::proxy::{empty, full, Body, Pools, Proxy};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -105,8 +106,24 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
         .max_buf_size(config.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).max_concurrent_streams(1024);
     let pools = Pools::new();
+    let fast_pool = Arc::new(h1::Pool::default());
     let graceful = GracefulShutdown::new();
-    while let Some((std, peer)) = inbox.recv().await {
+    // Fast-path connections watch `draining` and hold a `done` sender each;
+    // the worker knows they are all gone when `finished` yields nothing.
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
+    let (done, mut finished) = tokio::sync::mpsc::channel::<()>(1);
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        let (std, peer) = tokio::select! {
+            next = inbox.recv() => match next {
+                Some(conn) => conn,
+                None => break,
+            },
+            _ = sweep.tick() => {
+                fast_pool.sweep();
+                continue;
+            }
+        };
         let stream = match tokio::net::TcpStream::from_std(std) {
             Ok(s) => s,
             Err(e) => {
@@ -114,20 +131,31 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
                 continue;
             }
         };
-        let (proxy, pools) = (proxy.clone(), pools.clone());
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let (proxy, pools) = (proxy.clone(), pools.clone());
-            async move { Ok::<_, Infallible>(proxy.handle(&pools, req, peer).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
+        let (proxy, pools, fast_pool, builder) = (proxy.clone(), pools.clone(), fast_pool.clone(), builder.clone());
+        let (watcher, draining, done) = (graceful.watcher(), draining.clone(), done.clone());
         tokio::spawn(async move {
+            let _done = done;
+            let (stream, buffered) = match h1::serve(stream, peer, &proxy, &fast_pool, draining).await {
+                h1::Handover::Done => return,
+                h1::Handover::Hyper(stream, buffered) => (stream, buffered),
+            };
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (proxy, pools) = (proxy.clone(), pools.clone());
+                async move { Ok::<_, Infallible>(proxy.handle(&pools, req, peer).await) }
+            });
+            let io = TokioIo::new(h1::Prefixed::new(buffered, stream));
+            let conn = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
             if let Err(e) = conn.await {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
         });
     }
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    let _ = draining_tx.send(true);
+    drop(done);
+    let all_finished = async {
+        tokio::join!(graceful.shutdown(), finished.recv());
+    };
+    if tokio::time::timeout(drain, all_finished).await.is_err() {
         tracing::warn!(?drain, "requests still in flight after the drain period; closing them");
     }
 }

@@ -380,3 +380,111 @@ async fn shutdown_drains_in_flight_requests() {
     assert!(TcpStream::connect(gw.addr).await.is_err(), "no longer accepting");
     let _ = gw.gateway.config();
 }
+
+/// A hand-written HTTP/1.1 backend, registered as `service`, that answers
+/// with each way a response body can end: `/chunked` (sent in pieces, with
+/// a trailer), `/close` (no length: the body ends when the connection
+/// does), `/hints` (a 103 before the answer), `/drop` (closes after each
+/// answer without saying so); any other path gets itself back with a
+/// length, or only the head for HEAD.
+async fn framing_backend(registry: &str, service: &str) -> (roster::Registration, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or("").to_owned(), words.next().unwrap_or("").to_owned());
+                    let pieces: Vec<String> = match path.as_str() {
+                        "/chunked" => vec![
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kind: chunked\r\n\r\n5\r\nhel".into(),
+                            "lo\r\n6\r\n world\r\n0\r\n".into(),
+                            "x-t: 1\r\n\r\n".into(),
+                        ],
+                        "/close" => vec!["HTTP/1.1 200 OK\r\nx-kind: close\r\n\r\nuntil ".into(), "close".into()],
+                        "/hints" => vec!["HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n".into(), "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()],
+                        "/drop" => vec!["HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndrop".into()],
+                        _ if method == "HEAD" => vec![format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", path.len())],
+                        _ => vec![format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}", path.len())],
+                    };
+                    for p in pieces {
+                        if s.write_all(p.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(15)).await;
+                    }
+                    if path == "/close" || path == "/drop" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let inst = roster::Instance::new(service, addr.to_string()).with_id("f1");
+    let registration = sdk(registry).register(inst).await.unwrap();
+    (registration, task)
+}
+
+async fn text(c: &HttpClient, url: &str) -> (StatusCode, http::HeaderMap, String) {
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.get(url.parse().unwrap())).await.expect("answered in time").unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(10), body.collect()).await.expect("body in time").unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_body_framing_is_relayed_and_connections_stay_in_step() {
+    let (reg, _stop) = registry().await;
+    let (_registration, _backend) = framing_backend(&reg, "framed").await;
+    let gw = Gw::start(&reg, "").await;
+    let c = http();
+
+    let (status, headers, body) = text(&c, &gw.url("/framed/chunked")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello world"));
+    assert_eq!(headers["x-kind"], "chunked");
+    let (status, headers, body) = text(&c, &gw.url("/framed/close")).await;
+    assert_eq!((status, body.as_str(), headers["x-kind"].to_str().unwrap()), (StatusCode::OK, "until close", "close"));
+    let (status, _, body) = text(&c, &gw.url("/framed/hints")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"), "the 103 is not passed on as the answer");
+    // Each of these leaves a pooled connection the backend has closed; the
+    // next request must not fail on it.
+    for i in 0..20 {
+        let (status, _, body) = text(&c, &gw.url("/framed/drop")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "drop"), "request {i}");
+    }
+
+    // Pipelined requests on one connection, a HEAD among them, the last
+    // asking to close: three answers in order, no body for the HEAD, then
+    // the gateway closes.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /framed/one HTTP/1.1\r\nHost: t\r\n\r\n\
+          HEAD /framed/two HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /framed/three HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("closed after the last answer").unwrap();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{out}");
+    let (one, three) = (out.find("\r\n\r\n/one").expect("first answer"), out.find("\r\n\r\n/three").expect("third answer"));
+    assert!(one < three, "{out}");
+    assert!(!out.contains("/two"), "a HEAD answer has no body: {out}");
+    assert!(out.contains("content-length: 4\r\n"), "the HEAD answer keeps its length: {out}");
+    assert!(out.ends_with("/three"), "{out}");
+}

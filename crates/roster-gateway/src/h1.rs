@@ -1,0 +1,905 @@
+//! The HTTP/1.1 fast path: plain requests are parsed with `httparse` and
+//! forwarded as bytes over pooled upstream connections, with the same
+//! routing, balancing, retries, timeouts and errors as [`crate::proxy`].
+//!
+//! Why: with hyper on both sides of the proxy, user space cost about as
+//! much per request as the kernel's loopback TCP path, and the gateway
+//! served fewer requests per second than nginx on the same cores. Here a
+//! request is one read from the client, one write and one read upstream,
+//! one write back, with little in between.
+//!
+//! Anything out of the ordinary goes to hyper instead, with the bytes read
+//! so far: h2c (and so gRPC), HTTP/1.0, `Upgrade`, `Expect`, chunked or
+//! large (> 64 KiB) request bodies, and request targets that are not a
+//! path. The hand-over happens between requests, so hyper starts clean.
+
+use crate::config::{Config, Policies};
+use crate::proxy::{is_idempotent, Access, Failure, LastError, Proxy, FIRST_LIST_WAIT, HOP_BY_HOP, REPLAY_LIMIT};
+use crate::route::route;
+use bytes::{Buf, BytesMut};
+use http::{Method, StatusCode};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+const MAX_HEADERS: usize = 128;
+/// How long a kept-alive client connection may sit idle between requests.
+const CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// Pooled upstream connections idle longer than this are closed.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+const POOL_MAX_PER_INSTANCE: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// An instance's response head larger than this is a failed attempt.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Bound on reading a small request body after its head.
+const MIN_BODY_READ: Duration = Duration::from_secs(10);
+
+/// Idle keep-alive connections to instances, by address. One per worker
+/// thread, so the lock is never contended.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
+}
+
+impl Pool {
+    /// A pooled connection that still looks open.
+    fn take(&self, addr: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(addr)?;
+        while let Some((s, since)) = list.pop() {
+            if since.elapsed() > POOL_IDLE {
+                continue;
+            }
+            // An instance that closed the connection has left EOF (or a
+            // reset) to read; a live idle one has nothing.
+            let mut probe = [0u8; 1];
+            match s.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(s),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: &str, s: TcpStream) {
+        let mut idle = self.idle.lock();
+        let list = match idle.get_mut(addr) {
+            Some(l) => l,
+            None => idle.entry(addr.to_owned()).or_default(),
+        };
+        if list.len() < POOL_MAX_PER_INSTANCE {
+            list.push((s, Instant::now()));
+        }
+    }
+
+    /// Closes connections idle past [`POOL_IDLE`], including those to
+    /// instances that are gone.
+    pub fn sweep(&self) {
+        let mut idle = self.idle.lock();
+        idle.retain(|_, list| {
+            list.retain(|(_, since)| since.elapsed() <= POOL_IDLE);
+            !list.is_empty()
+        });
+    }
+}
+
+/// What the fast path leaves behind.
+pub enum Handover {
+    /// The connection is finished.
+    Done,
+    /// hyper serves the rest of the connection, starting with `buffered`.
+    Hyper(TcpStream, BytesMut),
+}
+
+/// Serves requests on `client` until it closes, the gateway drains, or a
+/// request needs hyper.
+pub async fn serve(mut client: TcpStream, peer: SocketAddr, proxy: &Proxy, pool: &Pool, mut drain: watch::Receiver<bool>) -> Handover {
+    let (header_timeout, max_head) = {
+        let c = proxy.config.load();
+        (c.header_read_timeout, c.max_header_bytes.max(8192))
+    };
+    let mut buf = BytesMut::with_capacity(4096);
+    // The first head is bounded from the accept; later ones from their first byte.
+    let mut head_started = Some(Instant::now());
+    loop {
+        let idle_since = Instant::now();
+        let head = loop {
+            if !buf.is_empty() {
+                // The HTTP/2 preface (h2c with prior knowledge) starts "PRI ".
+                let maybe_h2 = b"PRI ".starts_with(&buf[..buf.len().min(4)]);
+                if maybe_h2 && buf.len() >= 4 {
+                    return Handover::Hyper(client, buf);
+                }
+                if !maybe_h2 {
+                    match parse_request(&buf, &proxy.config.load(), peer) {
+                        Parsed::Complete(head) => break head,
+                        Parsed::Hyper => return Handover::Hyper(client, buf),
+                        Parsed::Partial if buf.len() >= max_head => {
+                            answer_error(&mut client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large").await;
+                            return Handover::Done;
+                        }
+                        Parsed::Partial => {}
+                        Parsed::TooManyHeaders => {
+                            answer_error(&mut client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields").await;
+                            return Handover::Done;
+                        }
+                        Parsed::Bad(why) => {
+                            answer_error(&mut client, StatusCode::BAD_REQUEST, why).await;
+                            return Handover::Done;
+                        }
+                    }
+                }
+                head_started.get_or_insert_with(Instant::now);
+            }
+            if buf.is_empty() && *drain.borrow() {
+                return Handover::Done;
+            }
+            let deadline = match head_started {
+                Some(t) => t + header_timeout,
+                None => idle_since + CLIENT_IDLE,
+            };
+            buf.reserve(4096);
+            tokio::select! {
+                read = client.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return Handover::Done,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if head_started.is_some() && !buf.is_empty() {
+                        answer_error(&mut client, StatusCode::REQUEST_TIMEOUT, "request head not received in time").await;
+                    }
+                    return Handover::Done;
+                }
+                _ = drain.changed(), if buf.is_empty() => return Handover::Done,
+            }
+        };
+        if head.content_length > REPLAY_LIMIT as u64 {
+            // Large bodies stream through hyper instead of being held.
+            return Handover::Hyper(client, buf);
+        }
+        buf.advance(head.head_len);
+        let body_len = head.content_length as usize;
+        if buf.len() < body_len {
+            let limit = header_timeout.max(MIN_BODY_READ);
+            let read = tokio::time::timeout(limit, async {
+                while buf.len() < body_len {
+                    buf.reserve(body_len - buf.len());
+                    if client.read_buf(&mut buf).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Ok::<_, io::Error>(())
+            })
+            .await;
+            match read {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Handover::Done,
+                Err(_) => {
+                    answer_error(&mut client, StatusCode::REQUEST_TIMEOUT, "request body not received in time").await;
+                    return Handover::Done;
+                }
+            }
+        }
+        let body = buf.split_to(body_len);
+        head_started = None;
+        match exchange(&mut client, peer, proxy, pool, head.routed, &head.asked, &body).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Handover::Done,
+        }
+        if *drain.borrow() && buf.is_empty() {
+            return Handover::Done;
+        }
+    }
+}
+
+/// A request head, read and already rewritten for the instance.
+struct RequestHead {
+    head_len: usize,
+    content_length: u64,
+    asked: Asked,
+    routed: Result<Routed, Failure>,
+}
+
+/// What the client asked, as the access log and error answers need it.
+struct Asked {
+    method: Method,
+    /// The path and query as the client sent them.
+    path: String,
+    /// The client asked to close after this request.
+    close: bool,
+}
+
+struct Routed {
+    service: String,
+    policies: Policies,
+    hash_key: Option<Vec<u8>>,
+    /// `<METHOD> <path> HTTP/1.1\r\n`
+    request_line: Vec<u8>,
+    /// Every header line to send after `host:`, ending with the blank line.
+    headers: Vec<u8>,
+}
+
+// Short-lived on the stack; boxing would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Complete(RequestHead),
+    Partial,
+    Hyper,
+    TooManyHeaders,
+    Bad(&'static str),
+}
+
+fn parse_request(buf: &[u8], config: &Config, peer: SocketAddr) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooManyHeaders,
+        Err(_) => return Parsed::Bad("malformed request head"),
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        // HTTP/1.0 keep-alive rules and the like: hyper knows them.
+        return Parsed::Hyper;
+    };
+    if !target.starts_with('/') || method == "CONNECT" {
+        return Parsed::Hyper;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Bad("malformed method") };
+    let mut host = None;
+    let mut content_length: Option<u64> = None;
+    let mut close = false;
+    let mut xff: Option<&[u8]> = None;
+    let mut connection_named: Vec<&str> = Vec::new();
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Parsed::Bad("more than one Host header");
+            }
+            host = Some(std::str::from_utf8(h.value).unwrap_or(""));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+                return Parsed::Bad("invalid Content-Length");
+            };
+            if content_length.is_some_and(|m| m != n) {
+                return Parsed::Bad("conflicting Content-Length headers");
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+            || (name.eq_ignore_ascii_case("content-type") && h.value.starts_with(b"application/grpc"))
+        {
+            return Parsed::Hyper;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in std::str::from_utf8(h.value).unwrap_or("").split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+                connection_named.push(token);
+            }
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") && xff.is_none() {
+            xff = Some(h.value);
+        }
+    }
+    let path = target.to_owned();
+    let routed = match route(config, host, &path, false) {
+        None => Err(Failure::NoRoute { path: path.clone() }),
+        Some(t) => {
+            let hash_key = t.policies.hash_header.as_ref().and_then(|name| {
+                req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name.as_str())).map(|h| h.value.to_vec())
+            });
+            let mut request_line = Vec::with_capacity(t.path.len() + 24);
+            request_line.extend_from_slice(method.as_str().as_bytes());
+            request_line.push(b' ');
+            request_line.extend_from_slice(t.path.as_bytes());
+            request_line.extend_from_slice(b" HTTP/1.1\r\n");
+            let mut headers = Vec::with_capacity(head_len + 128);
+            for h in req.headers.iter() {
+                let n = h.name;
+                let hop = HOP_BY_HOP.iter().any(|hop| n.eq_ignore_ascii_case(hop))
+                    || connection_named.iter().any(|c| n.eq_ignore_ascii_case(c))
+                    || n.eq_ignore_ascii_case("host")
+                    || n.eq_ignore_ascii_case("x-forwarded-for")
+                    || n.eq_ignore_ascii_case("x-forwarded-proto")
+                    || n.eq_ignore_ascii_case("x-forwarded-host");
+                if !hop {
+                    header_line(&mut headers, n.as_bytes(), h.value);
+                }
+            }
+            headers.extend_from_slice(b"x-forwarded-for: ");
+            if let Some(prev) = xff {
+                headers.extend_from_slice(prev);
+                headers.extend_from_slice(b", ");
+            }
+            headers.extend_from_slice(peer.ip().to_string().as_bytes());
+            headers.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+            if let Some(h) = host {
+                header_line(&mut headers, b"x-forwarded-host", h.as_bytes());
+            }
+            headers.extend_from_slice(b"\r\n");
+            Ok(Routed { service: t.service.into_owned(), policies: t.policies.clone(), hash_key, request_line, headers })
+        }
+    };
+    Parsed::Complete(RequestHead { head_len, content_length: content_length.unwrap_or(0), asked: Asked { method, path, close }, routed })
+}
+
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One request: pick, forward with retries, relay the answer. `Ok(true)`
+/// keeps the client connection for another request.
+async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool: &Pool, routed: Result<Routed, Failure>, head: &Asked, body: &[u8]) -> io::Result<bool> {
+    let started = Instant::now();
+    let routed = match routed {
+        Ok(r) => r,
+        Err(fail) => return answer_failure(client, proxy, peer, head, started, fail).await,
+    };
+    let upstream = match proxy.upstreams.get(&routed.service, routed.policies.policy, FIRST_LIST_WAIT).await {
+        Ok(u) => u,
+        Err(e) => {
+            let fail = Failure::NoInstance { service: routed.service, detail: e.to_string() };
+            return answer_failure(client, proxy, peer, head, started, fail).await;
+        }
+    };
+    let policies = &routed.policies;
+    upstream.budget.deposit(policies.retry_budget_percent);
+    let idempotent = is_idempotent(&head.method);
+    let deadline = started + policies.timeout;
+    let mut retries = 0u32;
+    let mut last = LastError::None;
+    let mut rbuf = BytesMut::with_capacity(4096);
+    loop {
+        let Some(guard) = upstream.balancer.pick(routed.hash_key.as_deref()) else {
+            let service = routed.service.clone();
+            let fail = match last {
+                LastError::None => Failure::NoInstance { service, detail: "no instance is registered or healthy".into() },
+                other => Failure::Upstream { service, retries, last: other },
+            };
+            return answer_failure(client, proxy, peer, head, started, fail).await;
+        };
+        let instance = guard.instance().addr.clone();
+        let mut request = Vec::with_capacity(routed.request_line.len() + instance.len() + routed.headers.len() + body.len() + 8);
+        request.extend_from_slice(&routed.request_line);
+        header_line(&mut request, b"host", instance.as_bytes());
+        request.extend_from_slice(&routed.headers);
+        request.extend_from_slice(body);
+
+        let left = deadline.saturating_duration_since(Instant::now());
+        let try_started = Instant::now();
+        rbuf.clear();
+        let attempt = tokio::time::timeout(policies.per_try_timeout.min(left), send(pool, &instance, &request, &mut rbuf, idempotent)).await;
+        let (retryable, error) = match attempt {
+            Err(_) => {
+                guard.failure();
+                (idempotent, LastError::Timeout)
+            }
+            Ok(Err(SendError::Connect(e))) => {
+                guard.connect_failure();
+                (true, LastError::Transport(format!("cannot connect to {instance}: {e}")))
+            }
+            Ok(Err(SendError::Exchange(e))) => {
+                guard.failure();
+                (idempotent, LastError::Transport(format!("{instance}: {e}")))
+            }
+            Ok(Ok((upstream_conn, resp))) => {
+                let status = resp.status;
+                let unavailable = idempotent && matches!(status, 502 | 503);
+                let can_retry = unavailable && retries < policies.retries && Instant::now() < deadline;
+                if can_retry && upstream.budget.withdraw() {
+                    guard.failure();
+                    proxy.metrics.retry(&routed.service, &instance);
+                    retries += 1;
+                    last = LastError::Status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+                    continue;
+                }
+                if unavailable {
+                    // Retries spent (or refused by the budget): the caller gets 502.
+                    guard.failure();
+                    let last = LastError::Status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+                    let fail = Failure::Upstream { service: routed.service.clone(), retries, last };
+                    return answer_failure(client, proxy, peer, head, started, fail).await;
+                }
+                if status >= 500 {
+                    guard.failure();
+                } else {
+                    let mut guard = guard;
+                    guard.success_with(try_started.elapsed());
+                }
+                let took = started.elapsed();
+                let access = Access { client: peer, method: head.method.as_str(), path: &head.path, service: &routed.service, instance: &instance, grpc_status: "", retries };
+                proxy.record(&access, status, took);
+                let no_body = head.method == Method::HEAD;
+                return relay(client, pool, &instance, upstream_conn, resp, rbuf, no_body, head.close).await;
+            }
+        };
+        last = error;
+        let more = retryable && retries < policies.retries && Instant::now() < deadline;
+        if !more || !upstream.budget.withdraw() {
+            let fail = Failure::Upstream { service: routed.service.clone(), retries, last };
+            return answer_failure(client, proxy, peer, head, started, fail).await;
+        }
+        proxy.metrics.retry(&routed.service, &instance);
+        retries += 1;
+    }
+}
+
+enum SendError {
+    Connect(io::Error),
+    Exchange(io::Error),
+}
+
+/// Writes the request to the instance and reads the response head into
+/// `rbuf`. A pooled connection the instance closed meanwhile is replaced by
+/// a fresh one for an idempotent request.
+async fn send(pool: &Pool, addr: &str, request: &[u8], rbuf: &mut BytesMut, idempotent: bool) -> Result<(TcpStream, ResponseHead), SendError> {
+    let mut reused = pool.take(addr);
+    loop {
+        let was_pooled = reused.is_some();
+        let mut conn = match reused.take() {
+            Some(c) => c,
+            None => connect(addr).await.map_err(SendError::Connect)?,
+        };
+        rbuf.clear();
+        match write_and_read_head(&mut conn, request, rbuf).await {
+            Ok(resp) => return Ok((conn, resp)),
+            // Nothing came back on a connection the instance had closed: the
+            // request was not processed.
+            Err(e) if was_pooled && idempotent && rbuf.is_empty() && is_closed(&e) => continue,
+            Err(e) => return Err(SendError::Exchange(e)),
+        }
+    }
+}
+
+fn is_closed(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted)
+}
+
+async fn connect(addr: &str) -> io::Result<TcpStream> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct ResponseHead {
+    status: u16,
+    head_len: usize,
+    framing: Framing,
+    /// The instance will close the connection after this response.
+    upstream_close: bool,
+    /// Status line and headers for the client, hop-by-hop headers removed,
+    /// without the blank line.
+    head: Vec<u8>,
+}
+
+async fn write_and_read_head(conn: &mut TcpStream, request: &[u8], rbuf: &mut BytesMut) -> io::Result<ResponseHead> {
+    conn.write_all(request).await?;
+    loop {
+        rbuf.reserve(4096);
+        if conn.read_buf(rbuf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // Informational answers (103 Early Hints) are dropped; the final one follows.
+        loop {
+            match parse_response(rbuf)? {
+                Some(resp) if (100..200).contains(&resp.status) => rbuf.advance(resp.head_len),
+                Some(resp) => return Ok(resp),
+                None => break,
+            }
+        }
+        if rbuf.len() > MAX_RESPONSE_HEAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
+        }
+    }
+}
+
+fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("invalid response: {what}"));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(invalid(&e.to_string())),
+    };
+    let status = resp.code.ok_or_else(|| invalid("no status"))?;
+    if status == 101 {
+        return Err(invalid("101 Switching Protocols without an upgrade request"));
+    }
+    let http10 = resp.version == Some(0);
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
+    let mut upstream_close = http10;
+    let mut connection_named: Vec<&str> = Vec::new();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let v = std::str::from_utf8(h.value).unwrap_or("");
+            chunked = v.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            if !chunked {
+                upstream_close = true;
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| invalid("Content-Length"))?;
+            if length.is_some_and(|m| m != n) {
+                return Err(invalid("conflicting Content-Length headers"));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in std::str::from_utf8(h.value).unwrap_or("").split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    upstream_close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                    upstream_close = false;
+                }
+                connection_named.push(token);
+            }
+        }
+    }
+    let framing = if status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        upstream_close = true;
+        Framing::UntilClose
+    };
+    let mut head = Vec::with_capacity(head_len + 32);
+    head.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or("")).as_bytes());
+    for h in resp.headers.iter() {
+        let n = h.name;
+        let drop = HOP_BY_HOP.iter().any(|hop| n.eq_ignore_ascii_case(hop))
+            || connection_named.iter().any(|c| n.eq_ignore_ascii_case(c))
+            || (n.eq_ignore_ascii_case("content-length") && chunked)
+            || (n.eq_ignore_ascii_case("transfer-encoding") && !chunked);
+        if !drop {
+            header_line(&mut head, n.as_bytes(), h.value);
+        }
+    }
+    Ok(Some(ResponseHead { status, head_len, framing, upstream_close, head }))
+}
+
+/// Sends the response head and relays the body as it arrives. Returns
+/// whether the client connection stays open.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    client: &mut TcpStream,
+    pool: &Pool,
+    addr: &str,
+    mut conn: TcpStream,
+    resp: ResponseHead,
+    mut rbuf: BytesMut,
+    no_body: bool,
+    client_close: bool,
+) -> io::Result<bool> {
+    let framing = if no_body { Framing::Empty } else { resp.framing };
+    let close = client_close || framing == Framing::UntilClose;
+    let mut out = resp.head;
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    rbuf.advance(resp.head_len);
+    // Relay what is there; `done` says the body is complete, `extra` that
+    // the instance sent more than the body.
+    let mut chunks = ChunkedEnd::default();
+    let mut remaining = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut take = |data: &[u8]| -> (usize, bool) {
+        match framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let n = remaining.min(data.len() as u64) as usize;
+                remaining -= n as u64;
+                (n, remaining == 0)
+            }
+            Framing::Chunked => match chunks.feed(data) {
+                Ok(Some(n)) => (n, true),
+                Ok(None) => (data.len(), false),
+                Err(()) => (usize::MAX, true),
+            },
+            Framing::UntilClose => (data.len(), false),
+        }
+    };
+    let (n, mut done) = take(&rbuf);
+    if n == usize::MAX {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunked body from the instance"));
+    }
+    let mut extra = n < rbuf.len();
+    out.extend_from_slice(&rbuf[..n]);
+    client.write_all(&out).await?;
+    while !done {
+        rbuf.clear();
+        rbuf.reserve(16 * 1024);
+        let got = conn.read_buf(&mut rbuf).await?;
+        if got == 0 {
+            if framing == Framing::UntilClose {
+                break;
+            }
+            // Cut short by the instance: the client sees the connection end.
+            return Ok(false);
+        }
+        let (n, end) = take(&rbuf);
+        if n == usize::MAX {
+            return Ok(false);
+        }
+        done = end;
+        extra = n < rbuf.len();
+        client.write_all(&rbuf[..n]).await?;
+    }
+    if framing != Framing::UntilClose && !resp.upstream_close && !extra {
+        pool.put(addr, conn);
+    }
+    if close {
+        let _ = client.shutdown().await;
+    }
+    Ok(!close)
+}
+
+/// Finds the end of a chunked body in the bytes that pass through.
+#[derive(Default)]
+struct ChunkedEnd {
+    state: ChunkState,
+    size: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// In the trailer section; `true` at the start of a line.
+    Trailer(bool),
+    TrailerLf(bool),
+    Done,
+}
+
+impl ChunkedEnd {
+    /// Consumes `data`; `Some(n)` when the body ended after `n` bytes.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let digit = (b as char).to_digit(16).expect("a hex digit") as u64;
+                        self.size = self.size.checked_mul(16).and_then(|s| s.checked_add(digit)).ok_or(())?;
+                    }
+                    b';' | b' ' | b'\t' => self.state = ChunkState::Extension,
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::Extension => {
+                    if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    }
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = if self.size == 0 { ChunkState::Trailer(true) } else { ChunkState::Data };
+                }
+                ChunkState::Data => {
+                    let n = self.size.min((data.len() - i) as u64);
+                    self.size -= n;
+                    i += n as usize;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => self.state = if b == b'\r' { ChunkState::DataLf } else { return Err(()) },
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailer(line_start) => {
+                    self.state = if b == b'\r' { ChunkState::TrailerLf(line_start) } else { ChunkState::Trailer(false) };
+                }
+                ChunkState::TrailerLf(blank) => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    if blank {
+                        self.state = ChunkState::Done;
+                        return Ok(Some(i + 1));
+                    }
+                    self.state = ChunkState::Trailer(true);
+                }
+                ChunkState::Done => return Ok(Some(i)),
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+/// Answers with the JSON error `fail` stands for and records it.
+async fn answer_failure(client: &mut TcpStream, proxy: &Proxy, peer: SocketAddr, head: &Asked, started: Instant, fail: Failure) -> io::Result<bool> {
+    let (status, _, body) = fail.parts();
+    let took = started.elapsed();
+    let access =
+        Access { client: peer, method: head.method.as_str(), path: &head.path, service: fail.service(), instance: "-", grpc_status: "", retries: fail.retries() };
+    proxy.record(&access, status.as_u16(), took);
+    let body = body.to_string() + "\n";
+    let text = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        if head.close { "connection: close\r\n" } else { "" },
+    );
+    client.write_all(text.as_bytes()).await?;
+    if head.close {
+        let _ = client.shutdown().await;
+    }
+    Ok(!head.close)
+}
+
+/// An error before a request could be read; the connection closes after it.
+async fn answer_error(client: &mut TcpStream, status: StatusCode, message: &str) {
+    let body = serde_json::json!({ "error": message }).to_string() + "\n";
+    let text = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = client.write_all(text.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
+/// A connection handed to hyper: reads start with the bytes the fast path
+/// had already taken in.
+pub struct Prefixed {
+    prefix: BytesMut,
+    stream: TcpStream,
+}
+
+impl Prefixed {
+    pub fn new(prefix: BytesMut, stream: TcpStream) -> Prefixed {
+        Prefixed { prefix, stream }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_chunked_body_is_found_across_splits() {
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for split in 0..body.len() {
+            let mut c = ChunkedEnd::default();
+            let first = c.feed(&body[..split]).unwrap();
+            let end = match first {
+                Some(n) => n,
+                None => split + c.feed(&body[split..]).unwrap().expect("ends in the second part"),
+            };
+            assert_eq!(end, body.len(), "split at {split}");
+        }
+        let mut c = ChunkedEnd::default();
+        assert_eq!(c.feed(b"0\r\n\r\nNEXT").unwrap(), Some(5), "bytes after the body are not part of it");
+        assert!(ChunkedEnd::default().feed(b"zz\r\n").is_err());
+        assert!(ChunkedEnd::default().feed(b"3\r\nabcX").is_err(), "data must end with CRLF");
+    }
+
+    #[test]
+    fn response_heads_give_framing_and_drop_hop_by_hop_headers() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-app: 2\r\n\r\nhello").unwrap().unwrap();
+        assert_eq!((r.status, r.framing, r.upstream_close), (200, Framing::Length(5), false));
+        let text = String::from_utf8(r.head).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("x-app: 2\r\n") && text.contains("Content-Length: 5"), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("connection") && !text.contains("x-hop"), "{text}");
+
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(!String::from_utf8(r.head).unwrap().contains("Content-Length"), "chunked wins over a length");
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!((r.framing, r.upstream_close), (Framing::UntilClose, true));
+        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.framing, Framing::Empty);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-").unwrap().is_none());
+    }
+
+    #[test]
+    fn requests_are_rewritten_for_the_instance_or_left_to_hyper() {
+        let config = Config::default();
+        let peer: SocketAddr = "127.0.0.7:4000".parse().unwrap();
+        let req = b"GET /echo/a/b?x=1 HTTP/1.1\r\nHost: gw:8080\r\nConnection: x-secret\r\nx-secret: 1\r\nX-Forwarded-For: 10.0.0.1\r\nx-app: kept\r\n\r\n";
+        let Parsed::Complete(head) = parse_request(req, &config, peer) else { panic!("a complete head") };
+        assert_eq!((head.head_len, head.asked.path.as_str(), head.asked.close), (req.len(), "/echo/a/b?x=1", false));
+        let routed = head.routed.expect("routed to echo");
+        assert_eq!(routed.service, "echo");
+        assert_eq!(routed.request_line, b"GET /a/b?x=1 HTTP/1.1\r\n");
+        let headers = String::from_utf8(routed.headers).unwrap();
+        assert_eq!(
+            headers,
+            "x-app: kept\r\nx-forwarded-for: 10.0.0.1, 127.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw:8080\r\n\r\n"
+        );
+
+        for hyper_case in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"POST /echo/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /echo/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST /echo/x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"GET http://example/x HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(parse_request(hyper_case, &config, peer), Parsed::Hyper), "{}", String::from_utf8_lossy(hyper_case));
+        }
+        assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nHost: a\r\n", &config, peer), Parsed::Partial));
+        assert!(matches!(parse_request(b"NOT A REQUEST\r\n\r\n", &config, peer), Parsed::Bad(_)));
+        assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &config, peer), Parsed::Bad(_)));
+        let Parsed::Complete(h) = parse_request(b"GET /nowhere%% HTTP/1.1\r\nConnection: close\r\n\r\n", &config, peer) else { panic!() };
+        assert!(h.asked.close);
+    }
+}
