@@ -65,6 +65,7 @@ for b in "${BACKENDS[@]}"; do wait_port "${b#*:}"; done
 GW=$(port)
 "$BIN/roster" gateway --listen "127.0.0.1:$GW" --no-admin --endpoints "127.0.0.1:$REG" --log warn &
 PIDS+=($!)
+GW_PID=$!
 wait_port "$GW"
 
 NG=$(port)
@@ -84,6 +85,7 @@ mkdir -p "$WORK/nginx/logs"
 } > "$WORK/nginx/nginx.conf"
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
+NGINX_PID=$!
 wait_port "$NG"
 
 # Both must answer from a backend before measuring.
@@ -92,18 +94,32 @@ for u in "http://127.0.0.1:$GW/echo/x" "http://127.0.0.1:$NG/echo/x"; do
     curl -sf "$u" | grep -q '"id":"b' || { echo "$u does not reach a backend" >&2; exit 1; }
 done
 
-# wrk --latency output → "rps p50_ms p99_ms"
+# CPU time (user + system, in clock ticks) of the given processes.
+ticks() {
+    local t=0 p
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$t"
+}
+
+# wrk --latency output → "rps p50_ms p99_ms cpu_us_per_request"; the CPU is
+# that of the proxy processes given after the URL, read from /proc.
 measure() {
-    local out rps p50 p99
-    out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "$1")
+    local url=$1 out rps p50 p99 t0 t1 reqs
+    shift
+    t0=$(ticks "$@")
+    out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "$url")
+    t1=$(ticks "$@")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
-        echo "wrk reported errors for $1:" >&2
+        echo "wrk reported errors for $url:" >&2
         grep "Non-2xx\|Socket errors" <<<"$out" >&2
     fi
-    echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+    echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
 }
 to_ms() { # wrk prints 512.00us, 1.20ms or 2.00s
     awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
@@ -113,13 +129,13 @@ echo "== warm-up" >&2
 wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$GW/echo/bench" >/dev/null
 wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$NG/echo/bench" >/dev/null
 
-printf "%-8s %-10s %12s %10s %10s\n" round proxy "req/s" "p50 ms" "p99 ms"
-best_g=""; best_n=""
+printf "%-8s %-10s %12s %10s %10s %12s\n" round proxy "req/s" "p50 ms" "p99 ms" "CPU us/req"
 for r in $(seq 1 "$ROUNDS"); do
-    read -r g_rps g_p50 g_p99 < <(measure "http://127.0.0.1:$GW/echo/bench")
-    read -r n_rps n_p50 n_p99 < <(measure "http://127.0.0.1:$NG/echo/bench")
-    printf "%-8s %-10s %12s %10s %10s\n" "$r" gateway "$g_rps" "$g_p50" "$g_p99" "$r" nginx "$n_rps" "$n_p50" "$n_p99"
-    awk -v a="$g_rps" -v b="$n_rps" -v c="$g_p99" -v d="$n_p99" -v r="$r" \
-        'BEGIN { printf "%-8s ratio      throughput %.2fx   p99 %.2fx (gateway/nginx)\n", r, a/b, c/d }'
+    # nginx's workers are its children; its master is counted too.
+    read -r g_rps g_p50 g_p99 g_cpu < <(measure "http://127.0.0.1:$GW/echo/bench" "$GW_PID")
+    read -r n_rps n_p50 n_p99 n_cpu < <(measure "http://127.0.0.1:$NG/echo/bench" "$NGINX_PID" $(pgrep -P "$NGINX_PID"))
+    printf "%-8s %-10s %12s %10s %10s %12s\n" "$r" gateway "$g_rps" "$g_p50" "$g_p99" "$g_cpu" "$r" nginx "$n_rps" "$n_p50" "$n_p99" "$n_cpu"
+    awk -v a="$g_rps" -v b="$n_rps" -v c="$g_p99" -v d="$n_p99" -v e="$g_cpu" -v f="$n_cpu" -v r="$r" \
+        'BEGIN { printf "%-8s ratio      throughput %.2fx   p99 %.2fx   CPU per request %.2fx (gateway/nginx)\n", r, a/b, c/d, e/f }'
 done
 echo "(wrk -t2 -c$CONNS -d${DURATION}s, 3 gateway-echo backends, $(nproc) cores)"

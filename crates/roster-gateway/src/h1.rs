@@ -20,7 +20,7 @@ use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -320,7 +320,7 @@ fn parse_request(buf: &[u8], config: &Config, peer: SocketAddr) -> Parsed {
                 headers.extend_from_slice(prev);
                 headers.extend_from_slice(b", ");
             }
-            headers.extend_from_slice(peer.ip().to_string().as_bytes());
+            let _ = write!(headers, "{}", peer.ip());
             headers.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
             if let Some(h) = host {
                 header_line(&mut headers, b"x-forwarded-host", h.as_bytes());
@@ -569,7 +569,7 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
         Framing::UntilClose
     };
     let mut head = Vec::with_capacity(head_len + 32);
-    head.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or("")).as_bytes());
+    let _ = write!(head, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
     for h in resp.headers.iter() {
         let n = h.name;
         let drop = HOP_BY_HOP.iter().any(|hop| n.eq_ignore_ascii_case(hop))
