@@ -5,6 +5,9 @@
 //! - [`route`]: which service a request goes to (gRPC service, host, path).
 //! - `upstream`: a discovery and a `roster::balance::Balancer` per service,
 //!   with passive ejection and a retry budget.
+//! - `h1`: the HTTP/1.1 fast path: plain requests parsed with `httparse`
+//!   and relayed as bytes over per-thread upstream pools; the rest go to
+//!   hyper and `proxy`.
 //! - `proxy`: forwarding with retries, timeouts, streaming bodies,
 //!   forwarding headers; JSON errors for HTTP callers, `grpc-status` for
 //!   gRPC callers.
