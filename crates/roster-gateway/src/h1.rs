@@ -118,13 +118,19 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
                     return Handover::Hyper(client, buf);
                 }
                 if !maybe_h2 {
-                    match parse_request(&buf, &proxy.config.load(), peer) {
+                    let parsed = parse_request(&buf, &proxy.config.load(), peer);
+                    let too_large = match &parsed {
+                        Parsed::Complete(head) => head.head_len > max_head,
+                        Parsed::Partial => buf.len() >= max_head,
+                        _ => false,
+                    };
+                    if too_large {
+                        answer_error(&mut client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large").await;
+                        return Handover::Done;
+                    }
+                    match parsed {
                         Parsed::Complete(head) => break head,
                         Parsed::Hyper => return Handover::Hyper(client, buf),
-                        Parsed::Partial if buf.len() >= max_head => {
-                            answer_error(&mut client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large").await;
-                            return Handover::Done;
-                        }
                         Parsed::Partial => {}
                         Parsed::TooManyHeaders => {
                             answer_error(&mut client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields").await;
