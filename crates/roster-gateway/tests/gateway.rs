@@ -488,3 +488,42 @@ async fn every_body_framing_is_relayed_and_connections_stay_in_step() {
     assert!(out.contains("content-length: 4\r\n"), "the HEAD answer keeps its length: {out}");
     assert!(out.ends_with("/three"), "{out}");
 }
+
+/// Reads one answer with a Content-Length body from a raw connection.
+async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + len {
+                let answer = String::from_utf8_lossy(&buf[..end + len]).into_owned();
+                buf.drain(..end + len);
+                return answer;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk)).await.expect("an answer in time").unwrap();
+        assert!(n > 0, "connection closed before a whole answer: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_moves_from_the_fast_path_to_hyper_between_requests() {
+    let (reg, _stop) = registry().await;
+    let _b = Backend::start(&reg, "echo", "m1").await;
+    let gw = Gw::start(&reg, "").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /echo/first HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let a = read_answer(&mut s, &mut buf).await;
+    assert!(a.starts_with("HTTP/1.1 200") && a.contains("\"path\":\"/first\""), "{a}");
+    // A chunked body is hyper's to read: the same connection carries on.
+    s.write_all(b"POST /echo/second HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await.unwrap();
+    let a = read_answer(&mut s, &mut buf).await;
+    assert!(a.starts_with("HTTP/1.1 200") && a.contains("\"path\":\"/second\"") && a.contains("\"body_len\":3"), "{a}");
+    s.write_all(b"GET /echo/third HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let a = read_answer(&mut s, &mut buf).await;
+    assert!(a.starts_with("HTTP/1.1 200") && a.contains("\"path\":\"/third\""), "{a}");
+}
