@@ -527,3 +527,35 @@ async fn a_connection_moves_from_the_fast_path_to_hyper_between_requests() {
     let a = read_answer(&mut s, &mut buf).await;
     assert!(a.starts_with("HTTP/1.1 200") && a.contains("\"path\":\"/third\""), "{a}");
 }
+
+/// A bidirectional gRPC stream through the gateway: etcd's Watch, served by
+/// the in-process registry, which is registered as a service itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_grpc_stream_flows_through_the_gateway() {
+    use roster_api::etcdserverpb::{kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion};
+    use roster_api::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
+    let (reg, _stop) = registry().await;
+    let _self = sdk(&reg).register(roster::Instance::new("etcd-api", reg.clone()).with_id("r1")).await.unwrap();
+    let gw = Gw::start(&reg, "[[route]]\nservice = \"etcd-api\"\ngrpc = [\"etcdserverpb.Watch\", \"etcdserverpb.KV\"]\n").await;
+    let ch = tonic::transport::Channel::from_shared(gw.url("")).unwrap().connect().await.unwrap();
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut events = WatchClient::new(ch.clone()).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut kv = KvClient::new(ch);
+    // Two watches created one after the other on the open stream, each
+    // seeing its own put: messages flow both ways for the stream's life.
+    for (id, key) in [(0, "a"), (1, "b")] {
+        let create = WatchCreateRequest { key: key.into(), ..Default::default() };
+        tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+        let created = next_message(&mut events).await;
+        assert!(created.created && created.watch_id == id, "{created:?}");
+        kv.put(PutRequest { key: key.into(), value: Bytes::from_static(b"v"), ..Default::default() }).await.unwrap();
+        let ev = next_message(&mut events).await;
+        assert_eq!((ev.watch_id, ev.events.len()), (id, 1), "{ev:?}");
+        assert_eq!(ev.events[0].kv.as_ref().unwrap().key, key.as_bytes());
+    }
+}
+
+async fn next_message<T>(s: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), s.message()).await.expect("a message in time").unwrap().expect("stream open")
+}
