@@ -32,6 +32,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).init();
     let args = Args::parse();
+    // Installed before registering: a SIGTERM that lands right after the
+    // registration must still deregister, not kill the process outright.
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
     let addr = listener.local_addr()?.to_string();
     let id = args.id.clone().unwrap_or_else(|| addr.clone());
@@ -46,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     let server = tokio::spawn(hello::serve(listener, id.clone(), async {
         let _ = stop_rx.await;
     }));
-    shutdown_signal().await;
+    shutdown.await;
     // Leave the list first, so no new calls arrive, then drain.
     println!("hello-server {id}: deregistering");
     if let Err(e) = reg.deregister().await {
@@ -57,10 +60,15 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Resolves on SIGTERM or SIGINT; the handlers are in place on return.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
