@@ -14,7 +14,7 @@
 //! path. The hand-over happens between requests, so hyper starts clean.
 
 use crate::config::{Config, Policies};
-use crate::proxy::{is_idempotent, Access, Failure, LastError, Proxy, FIRST_LIST_WAIT, HOP_BY_HOP, REPLAY_LIMIT};
+use crate::proxy::{is_idempotent, Access, Answered, Attempts, Failure, Fault, Proxy, FIRST_LIST_WAIT, HOP_BY_HOP, REPLAY_LIMIT};
 use crate::route::route;
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
@@ -361,19 +361,13 @@ async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
         }
     };
     let policies = &routed.policies;
-    upstream.budget.deposit(policies.retry_budget_percent);
     let idempotent = is_idempotent(&head.method);
     let deadline = started + policies.timeout;
-    let mut retries = 0u32;
-    let mut last = LastError::None;
+    let mut attempts = Attempts::new(&proxy.metrics, &upstream.budget, &routed.service, policies, deadline, idempotent, true);
     let mut rbuf = BytesMut::with_capacity(4096);
     loop {
         let Some(guard) = upstream.balancer.pick(routed.hash_key.as_deref()) else {
-            let service = routed.service.clone();
-            let fail = match last {
-                LastError::None => Failure::NoInstance { service, detail: "no instance is registered or healthy".into() },
-                other => Failure::Upstream { service, retries, last: other },
-            };
+            let fail = attempts.exhausted();
             return answer_failure(client, proxy, peer, head, started, fail).await;
         };
         let instance = guard.instance().addr.clone();
@@ -383,62 +377,38 @@ async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
         request.extend_from_slice(&routed.headers);
         request.extend_from_slice(body);
 
-        let left = deadline.saturating_duration_since(Instant::now());
         let try_started = Instant::now();
         rbuf.clear();
-        let attempt = tokio::time::timeout(policies.per_try_timeout.min(left), send(pool, &instance, &request, &mut rbuf, idempotent)).await;
-        let (retryable, error) = match attempt {
-            Err(_) => {
-                guard.failure();
-                (idempotent, LastError::Timeout)
-            }
-            Ok(Err(SendError::Connect(e))) => {
-                guard.connect_failure();
-                (true, LastError::Transport(format!("cannot connect to {instance}: {e}")))
-            }
-            Ok(Err(SendError::Exchange(e))) => {
-                guard.failure();
-                (idempotent, LastError::Transport(format!("{instance}: {e}")))
-            }
+        let sent = send(pool, &instance, &request, &mut rbuf, idempotent);
+        let fault = match tokio::time::timeout(policies.per_try_timeout.min(attempts.left()), sent).await {
+            Err(_) => Fault::Timeout,
+            Ok(Err(SendError::Connect(e))) => Fault::Connect(format!("cannot connect to {instance}: {e}")),
+            Ok(Err(SendError::Exchange(e))) => Fault::Transport(format!("{instance}: {e}")),
             Ok(Ok((upstream_conn, resp))) => {
-                let status = resp.status;
-                let unavailable = idempotent && matches!(status, 502 | 503);
-                let can_retry = unavailable && retries < policies.retries && Instant::now() < deadline;
-                if can_retry && upstream.budget.withdraw() {
-                    guard.failure();
-                    proxy.metrics.retry(&routed.service, &instance);
-                    retries += 1;
-                    last = LastError::Status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
-                    continue;
+                let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let unavailable = idempotent && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
+                match attempts.answered(guard, &instance, status, unavailable, false, try_started.elapsed()) {
+                    Answered::Retry => continue,
+                    Answered::Fail(fail) => return answer_failure(client, proxy, peer, head, started, fail).await,
+                    Answered::Deliver => {}
                 }
-                if unavailable {
-                    // Retries spent (or refused by the budget): the caller gets 502.
-                    guard.failure();
-                    let last = LastError::Status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
-                    let fail = Failure::Upstream { service: routed.service.clone(), retries, last };
-                    return answer_failure(client, proxy, peer, head, started, fail).await;
-                }
-                if status >= 500 {
-                    guard.failure();
-                } else {
-                    let mut guard = guard;
-                    guard.success_with(try_started.elapsed());
-                }
-                let took = started.elapsed();
-                let access = Access { client: peer, method: head.method.as_str(), path: &head.path, service: &routed.service, instance: &instance, grpc_status: "", retries };
-                proxy.record(&access, status, took);
+                let access = Access {
+                    client: peer,
+                    method: head.method.as_str(),
+                    path: &head.path,
+                    service: &routed.service,
+                    instance: &instance,
+                    grpc_status: "",
+                    retries: attempts.retries(),
+                };
+                proxy.record(&access, resp.status, started.elapsed());
                 let no_body = head.method == Method::HEAD;
                 return relay(client, pool, &instance, upstream_conn, resp, rbuf, no_body, head.close).await;
             }
         };
-        last = error;
-        let more = retryable && retries < policies.retries && Instant::now() < deadline;
-        if !more || !upstream.budget.withdraw() {
-            let fail = Failure::Upstream { service: routed.service.clone(), retries, last };
+        if let Err(fail) = attempts.failed(guard, &instance, fault) {
             return answer_failure(client, proxy, peer, head, started, fail).await;
         }
-        proxy.metrics.retry(&routed.service, &instance);
-        retries += 1;
     }
 }
 
@@ -612,31 +582,8 @@ async fn relay(
     rbuf.advance(resp.head_len);
     // Relay what is there; `done` says the body is complete, `extra` that
     // the instance sent more than the body.
-    let mut chunks = ChunkedEnd::default();
-    let mut remaining = match framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    let mut take = |data: &[u8]| -> (usize, bool) {
-        match framing {
-            Framing::Empty => (0, true),
-            Framing::Length(_) => {
-                let n = remaining.min(data.len() as u64) as usize;
-                remaining -= n as u64;
-                (n, remaining == 0)
-            }
-            Framing::Chunked => match chunks.feed(data) {
-                Ok(Some(n)) => (n, true),
-                Ok(None) => (data.len(), false),
-                Err(()) => (usize::MAX, true),
-            },
-            Framing::UntilClose => (data.len(), false),
-        }
-    };
-    let (n, mut done) = take(&rbuf);
-    if n == usize::MAX {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunked body from the instance"));
-    }
+    let mut end = BodyEnd::new(framing);
+    let (n, mut done) = end.take(&rbuf)?;
     let mut extra = n < rbuf.len();
     out.extend_from_slice(&rbuf[..n]);
     client.write_all(&out).await?;
@@ -651,11 +598,9 @@ async fn relay(
             // Cut short by the instance: the client sees the connection end.
             return Ok(false);
         }
-        let (n, end) = take(&rbuf);
-        if n == usize::MAX {
-            return Ok(false);
-        }
-        done = end;
+        // A broken body after the head has gone: the client sees the connection end.
+        let Ok((n, complete)) = end.take(&rbuf) else { return Ok(false) };
+        done = complete;
         extra = n < rbuf.len();
         client.write_all(&rbuf[..n]).await?;
     }
@@ -666,6 +611,43 @@ async fn relay(
         let _ = client.shutdown().await;
     }
     Ok(!close)
+}
+
+/// Where a response body ends, followed over the bytes that pass through.
+enum BodyEnd {
+    Empty,
+    Length(u64),
+    Chunked(ChunkedEnd),
+    UntilClose,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing) -> BodyEnd {
+        match framing {
+            Framing::Empty => BodyEnd::Empty,
+            Framing::Length(n) => BodyEnd::Length(n),
+            Framing::Chunked => BodyEnd::Chunked(ChunkedEnd::default()),
+            Framing::UntilClose => BodyEnd::UntilClose,
+        }
+    }
+
+    /// How many bytes of `data` belong to the body, and whether it is complete.
+    fn take(&mut self, data: &[u8]) -> io::Result<(usize, bool)> {
+        Ok(match self {
+            BodyEnd::Empty => (0, true),
+            BodyEnd::Length(remaining) => {
+                let n = (*remaining).min(data.len() as u64);
+                *remaining -= n;
+                (n as usize, *remaining == 0)
+            }
+            BodyEnd::Chunked(chunks) => match chunks.feed(data) {
+                Ok(Some(n)) => (n, true),
+                Ok(None) => (data.len(), false),
+                Err(()) => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunked body from the instance")),
+            },
+            BodyEnd::UntilClose => (data.len(), false),
+        })
+    }
 }
 
 /// Finds the end of a chunked body in the bytes that pass through.

@@ -4,7 +4,7 @@
 use crate::config::{Config, Policies};
 use crate::metrics::Metrics;
 use crate::route::route;
-use crate::upstream::Upstreams;
+use crate::upstream::{RetryBudget, Upstreams};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -15,6 +15,7 @@ use hyper::body::{Body as _, Frame, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use roster::balance::Guard;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
@@ -101,8 +102,6 @@ impl Proxy {
             .get(&service, policies.policy, FIRST_LIST_WAIT)
             .await
             .map_err(|e| Failure::NoInstance { service: service.clone(), detail: e.to_string() })?;
-        upstream.budget.deposit(policies.retry_budget_percent);
-
         let (mut parts, body) = req.into_parts();
         let hash_key = policies.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
         prepare_headers(&mut parts.headers, client, host.as_deref(), grpc);
@@ -111,44 +110,29 @@ impl Proxy {
         let mut body = RequestBody::read(body).await.map_err(|e| Failure::BadRequest { service: service.clone(), detail: e })?;
 
         let deadline = Instant::now() + policies.timeout;
-        let mut retries = 0u32;
-        let mut last = LastError::None;
+        let mut attempts = Attempts::new(&self.metrics, &upstream.budget, &service, policies, deadline, idempotent, body.replayable());
         loop {
             let Some(guard) = upstream.balancer.pick(hash_key.as_deref()) else {
-                return Err(match last {
-                    LastError::None => Failure::NoInstance { service, detail: "no instance is registered or healthy".into() },
-                    other => Failure::Upstream { service, retries, last: other },
-                });
+                return Err(attempts.exhausted());
             };
             let instance = guard.instance().addr.clone();
             let uri: Uri = match format!("http://{instance}{}", target.path).parse() {
                 Ok(u) => u,
                 Err(e) => {
                     guard.failure();
-                    return Err(Failure::Upstream { service, retries, last: LastError::Transport(format!("bad instance address {instance}: {e}")) });
+                    return Err(attempts.give_up(LastError::Transport(format!("bad instance address {instance}: {e}"))));
                 }
             };
             let mut up = Request::from_parts(parts.clone(), body.take());
             *up.uri_mut() = uri;
             let use_h2 = grpc || version == Version::HTTP_2;
             *up.version_mut() = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-            let left = deadline.saturating_duration_since(Instant::now());
             let try_started = Instant::now();
             let sent = if use_h2 { pools.http2.request(up) } else { pools.http1.request(up) };
-            let result = tokio::time::timeout(policies.per_try_timeout.min(left), sent).await;
-            let (retryable, error) = match result {
-                Err(_) => {
-                    guard.failure();
-                    (idempotent, LastError::Timeout)
-                }
-                Ok(Err(e)) if e.is_connect() => {
-                    guard.connect_failure();
-                    (true, LastError::Transport(format!("cannot connect to {instance}: {}", source_text(&e))))
-                }
-                Ok(Err(e)) => {
-                    guard.failure();
-                    (idempotent, LastError::Transport(format!("{instance}: {}", source_text(&e))))
-                }
+            let fault = match tokio::time::timeout(policies.per_try_timeout.min(attempts.left()), sent).await {
+                Err(_) => Fault::Timeout,
+                Ok(Err(e)) if e.is_connect() => Fault::Connect(format!("cannot connect to {instance}: {}", source_text(&e))),
+                Ok(Err(e)) => Fault::Transport(format!("{instance}: {}", source_text(&e))),
                 Ok(Ok(resp)) => {
                     let status = resp.status();
                     let unavailable = if grpc {
@@ -156,36 +140,147 @@ impl Proxy {
                     } else {
                         idempotent && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
                     };
-                    let can_retry = unavailable && body.replayable() && retries < policies.retries && Instant::now() < deadline;
-                    if can_retry && upstream.budget.withdraw() {
-                        guard.failure();
-                        self.metrics.retry(&service, &instance);
-                        retries += 1;
-                        last = LastError::Status(status);
-                        continue;
+                    match attempts.answered(guard, &instance, status, unavailable, grpc, try_started.elapsed()) {
+                        Answered::Retry => continue,
+                        Answered::Fail(f) => return Err(f),
+                        Answered::Deliver => {
+                            let retries = attempts.retries();
+                            return Ok(Done { response: finish_response(resp), service, instance, retries });
+                        }
                     }
-                    if unavailable && !grpc {
-                        // Retries spent (or refused by the budget): the caller gets 502.
-                        guard.failure();
-                        return Err(Failure::Upstream { service, retries, last: LastError::Status(status) });
-                    }
-                    if status.is_server_error() || unavailable {
-                        guard.failure();
-                    } else {
-                        let mut guard = guard;
-                        guard.success_with(try_started.elapsed());
-                    }
-                    return Ok(Done { response: finish_response(resp), service, instance, retries });
                 }
             };
-            last = error;
-            let more = retryable && body.replayable() && retries < policies.retries && Instant::now() < deadline;
-            if !more || !upstream.budget.withdraw() {
-                return Err(Failure::Upstream { service, retries, last });
-            }
-            self.metrics.retry(&service, &instance);
-            retries += 1;
+            attempts.failed(guard, &instance, fault)?;
         }
+    }
+}
+
+/// How an attempt failed before an answer came.
+pub(crate) enum Fault {
+    Timeout,
+    Connect(String),
+    Transport(String),
+}
+
+/// What to do with an answer.
+pub(crate) enum Answered {
+    /// Pass it to the caller.
+    Deliver,
+    /// Try another instance.
+    Retry,
+    /// Answer the caller with this instead.
+    Fail(Failure),
+}
+
+/// One request's attempts, the same for both engines: after each one it
+/// tells the balancer how the instance did and decides whether another
+/// instance is tried, within the count, the deadline and the budget.
+pub(crate) struct Attempts<'a> {
+    metrics: &'a Metrics,
+    budget: &'a RetryBudget,
+    service: &'a str,
+    max: u32,
+    deadline: Instant,
+    idempotent: bool,
+    replayable: bool,
+    retries: u32,
+    last: LastError,
+}
+
+impl<'a> Attempts<'a> {
+    /// Starts a request's attempts; the request pays into the retry budget.
+    pub(crate) fn new(
+        metrics: &'a Metrics,
+        budget: &'a RetryBudget,
+        service: &'a str,
+        policies: &Policies,
+        deadline: Instant,
+        idempotent: bool,
+        replayable: bool,
+    ) -> Self {
+        budget.deposit(policies.retry_budget_percent);
+        Attempts { metrics, budget, service, max: policies.retries, deadline, idempotent, replayable, retries: 0, last: LastError::None }
+    }
+
+    pub(crate) fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// Time left before the overall timeout.
+    pub(crate) fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether one more attempt is allowed: counts the retry if so.
+    fn another(&mut self, wanted: bool, instance: &str) -> bool {
+        let allowed = wanted && self.replayable && self.retries < self.max && Instant::now() < self.deadline;
+        if !allowed || !self.budget.withdraw() {
+            return false;
+        }
+        self.metrics.retry(self.service, instance);
+        self.retries += 1;
+        true
+    }
+
+    /// The attempt failed before an answer: `Ok` to try another instance,
+    /// or the failure to answer with.
+    pub(crate) fn failed(&mut self, guard: Guard, instance: &str, fault: Fault) -> Result<(), Failure> {
+        // A refused connection never reached the instance: safe to retry anything.
+        let (retryable, last) = match fault {
+            Fault::Timeout => {
+                guard.failure();
+                (self.idempotent, LastError::Timeout)
+            }
+            Fault::Connect(why) => {
+                guard.connect_failure();
+                (true, LastError::Transport(why))
+            }
+            Fault::Transport(why) => {
+                guard.failure();
+                (self.idempotent, LastError::Transport(why))
+            }
+        };
+        if self.another(retryable, instance) {
+            self.last = last;
+            Ok(())
+        } else {
+            Err(self.give_up(last))
+        }
+    }
+
+    /// An answer came. An unavailable one (502/503 for idempotent HTTP,
+    /// `UNAVAILABLE` for gRPC) is retried while allowed; after that an HTTP
+    /// caller gets 502 and a gRPC caller the answer itself.
+    pub(crate) fn answered(&mut self, guard: Guard, instance: &str, status: StatusCode, unavailable: bool, grpc: bool, latency: Duration) -> Answered {
+        if unavailable && self.another(true, instance) {
+            guard.failure();
+            self.last = LastError::Status(status);
+            return Answered::Retry;
+        }
+        if unavailable && !grpc {
+            guard.failure();
+            return Answered::Fail(self.give_up(LastError::Status(status)));
+        }
+        if status.is_server_error() || unavailable {
+            guard.failure();
+        } else {
+            let mut guard = guard;
+            guard.success_with(latency);
+        }
+        Answered::Deliver
+    }
+
+    /// No instance left to pick.
+    pub(crate) fn exhausted(self) -> Failure {
+        match self.last {
+            LastError::None => Failure::NoInstance { service: self.service.to_owned(), detail: "no instance is registered or healthy".into() },
+            last => Failure::Upstream { service: self.service.to_owned(), retries: self.retries, last },
+        }
+    }
+
+    /// Stops with `last` as the reason.
+    pub(crate) fn give_up(&self, last: LastError) -> Failure {
+        Failure::Upstream { service: self.service.to_owned(), retries: self.retries, last }
     }
 }
 
