@@ -202,14 +202,16 @@ where
             stop: Mutex::new(None),
         });
         let cached = core.load_cache();
-        if let Err(e) = mirror::list(client, &range, &*core).await {
-            if !cached {
-                return Err(e);
+        let listed = match mirror::list(client, &range, &*core).await {
+            Ok(rev) => Some(rev),
+            Err(e) if cached => {
+                tracing::warn!(config = label, error = %e, "registry unreachable; starting from the cache file");
+                core.unreachable();
+                None
             }
-            tracing::warn!(config = label, error = %e, "registry unreachable; starting from the cache file");
-            core.unreachable();
-        }
-        let stop = mirror::spawn(client.clone(), range, core.clone());
+            Err(e) => return Err(e),
+        };
+        let stop = mirror::spawn(client.clone(), range, core.clone(), listed);
         *core.stop.lock() = Some(stop);
         Ok(core)
     }

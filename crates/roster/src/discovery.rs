@@ -61,7 +61,7 @@ impl Discovery {
         let cell = Arc::new(Cell { service: service.clone(), snapshot: ArcSwap::from_pointee(Snapshot::default()), changes, ready });
         let dir = format!("{prefix}/{service}/");
         let range = mirror::Range::prefix(&dir);
-        let stop = mirror::spawn(client, range, Arc::new(Task { dir, cell: cell.clone() }));
+        let stop = mirror::spawn(client, range, Arc::new(Task { dir, cell: cell.clone() }), None);
         Discovery { cell, _stop: Arc::new(stop) }
     }
 

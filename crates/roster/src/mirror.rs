@@ -56,17 +56,23 @@ impl Drop for Stop {
     }
 }
 
-/// Mirrors `range` into `m` in a background task.
-pub(crate) fn spawn<M: Mirror + 'static>(client: Client, range: Range, m: Arc<M>) -> Stop {
-    let task = tokio::spawn(async move { run(&client, &range, &*m).await });
+/// Mirrors `range` into `m` in a background task. `listed` is the revision
+/// `m` was already listed at, if it was: the watch starts right after it, so
+/// no update made since is folded into a second listing.
+pub(crate) fn spawn<M: Mirror + 'static>(client: Client, range: Range, m: Arc<M>, listed: Option<i64>) -> Stop {
+    let task = tokio::spawn(async move { run(&client, &range, &*m, listed).await });
     Stop(task.abort_handle())
 }
 
 /// Mirrors `range` into `m` until the future is dropped.
-pub(crate) async fn run(client: &Client, range: &Range, m: &impl Mirror) {
+async fn run(client: &Client, range: &Range, m: &impl Mirror, mut listed: Option<i64>) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
-        match list(client, range, m).await {
+        let listing = match listed.take() {
+            Some(rev) => Ok(rev),
+            None => list(client, range, m).await,
+        };
+        match listing {
             Ok(rev) => {
                 backoff.reset();
                 match follow(client, range, rev, m).await {
