@@ -130,12 +130,21 @@ wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$GW/echo/bench" >/dev/null
 wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$NG/echo/bench" >/dev/null
 
 printf "%-8s %-10s %12s %10s %10s %12s\n" round proxy "req/s" "p50 ms" "p99 ms" "CPU us/req"
+RATIOS=()
 for r in $(seq 1 "$ROUNDS"); do
     # nginx's workers are its children; its master is counted too.
     read -r g_rps g_p50 g_p99 g_cpu < <(measure "http://127.0.0.1:$GW/echo/bench" "$GW_PID")
     read -r n_rps n_p50 n_p99 n_cpu < <(measure "http://127.0.0.1:$NG/echo/bench" "$NGINX_PID" $(pgrep -P "$NGINX_PID"))
     printf "%-8s %-10s %12s %10s %10s %12s\n" "$r" gateway "$g_rps" "$g_p50" "$g_p99" "$g_cpu" "$r" nginx "$n_rps" "$n_p50" "$n_p99" "$n_cpu"
-    awk -v a="$g_rps" -v b="$n_rps" -v c="$g_p99" -v d="$n_p99" -v e="$g_cpu" -v f="$n_cpu" -v r="$r" \
-        'BEGIN { printf "%-8s ratio      throughput %.2fx   p99 %.2fx   CPU per request %.2fx (gateway/nginx)\n", r, a/b, c/d, e/f }'
+    read -r t_ratio p_ratio c_ratio < <(awk -v a="$g_rps" -v b="$n_rps" -v c="$g_p99" -v d="$n_p99" -v e="$g_cpu" -v f="$n_cpu" \
+        'BEGIN { printf "%.4f %.4f %.4f\n", a/b, c/d, e/f }')
+    printf "%-8s ratio      throughput %.2fx   p99 %.2fx   CPU per request %.2fx (gateway/nginx)\n" "$r" "$t_ratio" "$p_ratio" "$c_ratio"
+    RATIOS+=("$t_ratio $p_ratio")
 done
+# The machine may be shared: the median over rounds says more than any one.
+median() { # column: the median of that column of RATIOS
+    printf '%s\n' "${RATIOS[@]}" | awk -v c="$1" '{ print $c }' | sort -g |
+        awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); printf "%.2f", (NR % 2) ? v[m] : (v[m] + v[m + 1]) / 2 }'
+}
+echo "median   ratio      throughput $(median 1)x   p99 $(median 2)x over $ROUNDS rounds (gateway/nginx)"
 echo "(wrk -t2 -c$CONNS -d${DURATION}s, 3 gateway-echo backends, $(nproc) cores)"
