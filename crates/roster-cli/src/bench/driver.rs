@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
+use super::wire::Conn;
 
 /// How long a request sent just before the deadline may still take.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -26,10 +26,10 @@ pub async fn closed_loop<F, Fut>(
     op: F,
 ) -> Result<Outcome>
 where
-    F: Fn(Channel, u64) -> Fut + Send + Sync + 'static,
+    F: Fn(Conn, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
 {
-    let conns = t.connect(load.conns).await?;
+    let conns = t.connect_unary(load.conns).await?;
     let op = Arc::new(op);
     let next = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(format!("{what} on {}", t.name), load.total);
@@ -39,24 +39,33 @@ where
     let deadline = start + max;
     let mut clients = JoinSet::new();
     for c in 0..load.clients as usize {
-        let ch = conns[c % conns.len()].clone();
+        let conn = conns[c % conns.len()].clone();
         let (op, next, done, first) = (op.clone(), next.clone(), progress.counter(), first.clone());
         clients.spawn(async move {
             let mut hist = histogram();
             let mut errors = 0u64;
+            // One timer for the whole loop: a timeout per call would add and
+            // remove a timer entry every time.
+            let late = tokio::time::sleep_until((deadline + GRACE).into());
+            tokio::pin!(late);
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total || Instant::now() >= deadline {
                     break;
                 }
                 let t0 = Instant::now();
-                match tokio::time::timeout_at((deadline + GRACE).into(), op(ch.clone(), n)).await {
-                    Ok(Ok(())) => record_since(&mut hist, t0),
-                    Ok(Err(status)) => {
+                let answer = tokio::select! {
+                    biased;
+                    answer = op(conn.clone(), n) => Some(answer),
+                    () = &mut late => None,
+                };
+                match answer {
+                    Some(Ok(())) => record_since(&mut hist, t0),
+                    Some(Err(status)) => {
                         errors += 1;
                         first.status(&status);
                     }
-                    Err(_) => {
+                    None => {
                         errors += 1;
                         first.set("no answer within --max-duration");
                         break;

@@ -8,9 +8,8 @@ use super::{Load, Workload};
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
-use roster_api::etcdserverpb::{
-    LeaseGrantRequest, PutRequest, kv_client::KvClient, lease_client::LeaseClient,
-};
+use super::wire::{KV_PUT, LEASE_GRANT};
+use roster_api::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse, PutRequest, PutResponse};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
@@ -47,24 +46,21 @@ impl Workload for Memory {
             clients: 64,
             total: self.keys,
         };
-        let mut o = closed_loop("lease+put", t, &load, max, move |ch, n| {
+        let mut o = closed_loop("lease+put", t, &load, max, move |conn, n| {
             let value = value.clone();
             async move {
-                let lease = LeaseClient::new(ch.clone())
-                    .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+                let lease = conn
+                    .call::<_, LeaseGrantResponse>(LEASE_GRANT, &LeaseGrantRequest { ttl, id: 0 })
                     .await?
-                    .into_inner()
                     .id;
                 let key = Bytes::from(format!("/bench/mem/{n:09}"));
-                KvClient::new(ch)
-                    .put(PutRequest {
-                        key,
-                        value,
-                        lease,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop)
+                let put = PutRequest {
+                    key,
+                    value,
+                    lease,
+                    ..Default::default()
+                };
+                conn.call::<_, PutResponse>(KV_PUT, &put).await.map(drop)
             }
         })
         .await?;

@@ -26,6 +26,7 @@ mod range;
 mod report;
 mod target;
 mod watch;
+mod wire;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};

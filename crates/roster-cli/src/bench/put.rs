@@ -7,7 +7,8 @@ use super::{Load, Workload};
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
-use roster_api::etcdserverpb::{PutRequest, kv_client::KvClient};
+use super::wire::KV_PUT;
+use roster_api::etcdserverpb::{PutRequest, PutResponse};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
@@ -54,7 +55,7 @@ impl Workload for Put {
         let value = Bytes::from(vec![b'v'; self.val_size as usize]);
         let (key_size, space, sequential) =
             (self.key_size as usize, self.key_space, self.sequential_keys);
-        closed_loop("put", t, &self.load, max, move |ch, n| {
+        closed_loop("put", t, &self.load, max, move |conn, n| {
             let k = if sequential {
                 n % space
             } else {
@@ -65,7 +66,7 @@ impl Workload for Put {
                 value: value.clone(),
                 ..Default::default()
             };
-            async move { KvClient::new(ch).put(req).await.map(drop) }
+            async move { conn.call::<_, PutResponse>(KV_PUT, &req).await.map(drop) }
         })
         .await
     }

@@ -8,7 +8,8 @@ use super::{Load, Workload};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use roster_api::etcdserverpb::{PutRequest, RangeRequest, kv_client::KvClient};
+use super::wire::{KV_PUT, KV_RANGE};
+use roster_api::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,13 +72,13 @@ impl Workload for Range {
             clients: self.load.clients.min(32),
             total: self.keys,
         };
-        let filled = closed_loop("range: writing keys", t, &fill, max, move |ch, n| {
+        let filled = closed_loop("range: writing keys", t, &fill, max, move |conn, n| {
             let req = PutRequest {
                 key: key(n),
                 value: value.clone(),
                 ..Default::default()
             };
-            async move { KvClient::new(ch).put(req).await.map(drop) }
+            async move { conn.call::<_, PutResponse>(KV_PUT, &req).await.map(drop) }
         })
         .await?;
         if filled.errors > 0 {
@@ -89,14 +90,14 @@ impl Workload for Range {
             );
         }
         let (serializable, keys) = (self.consistency == Consistency::Serializable, self.keys);
-        closed_loop("range", t, &self.load, max, move |ch, _| {
+        closed_loop("range", t, &self.load, max, move |conn, _| {
             let req = RangeRequest {
                 key: key(rand::random_range(0..keys)),
                 serializable,
                 ..Default::default()
             };
             async move {
-                let kvs = KvClient::new(ch).range(req).await?.into_inner().kvs;
+                let kvs = conn.call::<_, RangeResponse>(KV_RANGE, &req).await?.kvs;
                 match kvs.len() {
                     1 => Ok(()),
                     n => Err(tonic::Status::data_loss(format!(

@@ -64,6 +64,21 @@ impl Target {
         Ok(out)
     }
 
+    /// `n` bare HTTP/2 connections for unary calls (see [`super::wire`]).
+    pub async fn connect_unary(&self, n: u64) -> Result<Vec<super::wire::Conn>> {
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n.max(1) {
+            let c = super::wire::Conn::connect(&self.addr).await.with_context(|| {
+                format!(
+                    "cannot connect to {} at {}; is the server running?",
+                    self.name, self.addr
+                )
+            })?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
     /// One channel.
     pub async fn connect_one(&self) -> Result<Channel> {
         Ok(self.connect(1).await?.remove(0))

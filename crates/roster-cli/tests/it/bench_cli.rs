@@ -1,11 +1,13 @@
 //! `roster bench` as a user runs it: small runs of the SDK workloads against
 //! `roster serve`, checking the table they print and that they leave
-//! nothing registered behind.
+//! nothing registered behind; and the closed-loop workloads against roster
+//! and etcd at once, checking that their writes were made.
 
 use crate::support::roster_bin;
 use roster_api::etcdserverpb::kv_client::KvClient;
 use roster_api::etcdserverpb::RangeRequest;
-use roster_testkit::Roster;
+use roster_testkit::{Etcd, Roster, require_etcd};
+use tonic::transport::Channel;
 use tokio::process::Command;
 
 async fn bench(args: &[&str]) -> (bool, String, String) {
@@ -18,6 +20,11 @@ async fn bench(args: &[&str]) -> (bool, String, String) {
 fn row<'a>(table: &'a str, workload: &str) -> Vec<&'a str> {
     let line = table.lines().find(|l| l.starts_with(workload)).unwrap_or_else(|| panic!("no {workload:?} row in:\n{table}"));
     line[workload.len()..].split_whitespace().collect()
+}
+
+/// As [`row`], for every target's row.
+fn rows<'a>(table: &'a str, workload: &str) -> Vec<Vec<&'a str>> {
+    table.lines().filter(|l| l.starts_with(workload)).map(|l| l[workload.len()..].split_whitespace().collect()).collect()
 }
 
 async fn registered_keys(r: &Roster) -> i64 {
@@ -63,6 +70,61 @@ async fn discovery_counts_every_watcher_sighting() {
     let p99: f64 = f[3].parse().unwrap();
     assert!(p99 < 5000.0, "{out}");
     assert_eq!(registered_keys(&r).await, 0, "bench discovery left registrations behind");
+}
+
+async fn keys_in(ch: Channel, prefix: &str) -> i64 {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    let req = RangeRequest { key: prefix.as_bytes().to_vec().into(), range_end: end.into(), count_only: true, ..Default::default() };
+    KvClient::new(ch).range(req).await.unwrap().into_inner().count
+}
+
+/// The closed-loop workloads side by side on roster and etcd: every call
+/// answered, the writes really made, and the ratio printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_range_and_memory_run_side_by_side_on_roster_and_etcd() {
+    if require_etcd().is_none() {
+        return;
+    }
+    let (r, e) = (Roster::start(roster_bin()).await, Etcd::start().await);
+    let targets = [format!("roster={}", r.endpoint()), format!("etcd={}", e.endpoint())];
+    let two = |args: &[&str]| {
+        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        for t in &targets {
+            v.extend(["--target".to_string(), t.clone()]);
+        }
+        v
+    };
+
+    // Sequential keys 0..300 (digits only): each server then holds exactly 300.
+    let args = two(&["put", "--total", "300", "--conns", "2", "--clients", "8", "--sequential-keys", "--key-space", "300", "--key-size", "6"]);
+    let (ok, out, err) = bench(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(ok, "bench put failed:\n{out}\n{err}");
+    let f = rows(&out, "put 2x8 seq");
+    assert_eq!(f.iter().map(|f| f[0]).collect::<Vec<_>>(), ["roster", "etcd"], "{out}");
+    for f in &f {
+        assert_eq!(f[4], "0", "errors: {out}");
+        assert!(f[1].parse::<f64>().unwrap() > 0.0, "{out}");
+    }
+    assert!(out.contains("ratio roster/etcd: throughput "), "{out}");
+    assert_eq!(keys_in(r.channel(), "0").await, 300, "roster");
+    assert_eq!(keys_in(e.channel(), "0").await, 300, "etcd");
+
+    // Each range checks that it got its one key back.
+    let args = two(&["range", "--keys", "40", "--total", "300", "--conns", "2", "--clients", "4", "--consistency", "s"]);
+    let (ok, out, err) = bench(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(ok, "bench range failed:\n{out}\n{err}");
+    let f = rows(&out, "range serial 2x4");
+    assert_eq!(f.iter().map(|f| (f[0], f[4])).collect::<Vec<_>>(), [("roster", "0"), ("etcd", "0")], "errors: {out}");
+    assert_eq!(keys_in(r.channel(), "/bench/range/").await, 40);
+    assert_eq!(keys_in(e.channel(), "/bench/range/").await, 40);
+
+    // A lease, then a put on it, per key.
+    let args = two(&["memory", "--keys", "120"]);
+    let (ok, out, err) = bench(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(ok, "bench memory failed:\n{out}\n{err}");
+    assert_eq!(keys_in(r.channel(), "/bench/mem/").await, 120, "{out}");
+    assert_eq!(keys_in(e.channel(), "/bench/mem/").await, 120, "{out}");
 }
 
 #[tokio::test]

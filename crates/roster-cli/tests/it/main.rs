@@ -12,8 +12,9 @@
 //!   against etcd and roster with identical transcripts.
 //! - `gateway_cli`: `roster gateway` following its config key and SIGHUP.
 //! - `config_cli`: `roster config set`, `get` and `watch`, on roster and etcd.
-//! - `bench_cli`: small runs of `roster bench hold` and `discovery`: their
-//!   table rows, and that they leave nothing registered.
+//! - `bench_cli`: small runs of `roster bench hold` and `discovery` (their
+//!   table rows, and that they leave nothing registered), and of `put`,
+//!   `range` and `memory` on roster and etcd side by side.
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
 //!
