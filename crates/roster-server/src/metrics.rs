@@ -42,6 +42,7 @@ pub(crate) struct Metrics {
     keys: Gauge,
     leases: Gauge,
     db_size: Gauge,
+    log_syncs: Gauge,
     watchers: Gauge,
     watch_streams: Gauge,
     keepalive_streams: Gauge,
@@ -60,6 +61,7 @@ impl Metrics {
             keys: Gauge::default(),
             leases: Gauge::default(),
             db_size: Gauge::default(),
+            log_syncs: Gauge::default(),
             watchers: Gauge::default(),
             watch_streams: Gauge::default(),
             keepalive_streams: Gauge::default(),
@@ -80,6 +82,11 @@ impl Metrics {
         r.register("store_keys", "Live keys", m.keys.clone());
         r.register("store_leases", "Live leases", m.leases.clone());
         r.register("store_db_size_bytes", "Bytes on disk (log and snapshot); 0 in memory", m.db_size.clone());
+        r.register(
+            "store_log_syncs",
+            "fsyncs of the log since start; each acknowledges a batch of writes",
+            m.log_syncs.clone(),
+        );
         r.register("watchers", "Registered watchers over all watch streams", m.watchers.clone());
         r.register("watch_streams", "Open Watch streams", m.watch_streams.clone());
         r.register("keepalive_streams", "Open LeaseKeepAlive streams", m.keepalive_streams.clone());
@@ -110,6 +117,7 @@ impl Metrics {
         self.keys.set(saturating_i64(status.keys));
         self.leases.set(saturating_i64(status.leases));
         self.db_size.set(status.db_size);
+        self.log_syncs.set(saturating_i64(status.log_syncs));
         self.watchers.set(saturating_i64(status.watchers));
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -462,6 +462,43 @@ async fn restart_recovers_writes_revisions_and_leases_with_full_ttl() {
     }
 }
 
+/// Concurrent writers share fsyncs, and every one of them is durable: a
+/// serial writer needs one fsync per put, 100 concurrent ones far fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let s = on_disk(dir.path(), clock.clone(), u64::MAX);
+    for i in 0..20 {
+        put(&s, &format!("serial{i}"), "v").await;
+    }
+    assert_eq!(s.status().log_syncs, 20, "a lone writer waits for its own fsync");
+
+    let (writers, each) = (100u64, 20u64);
+    let total = (writers * each) as i64;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    put(&s, &format!("w{w:03}/{i:02}"), "v").await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let syncs = s.status().log_syncs - 20;
+    assert!(syncs * 4 <= writers * each, "{syncs} fsyncs for {total} concurrent puts");
+    let rev = s.revision();
+    assert_eq!(rev, 1 + 20 + total);
+    drop(s);
+    let s = on_disk(dir.path(), clock, u64::MAX);
+    assert_eq!(get(&s, range("w", "x")).await.count, total, "every acknowledged put is on disk");
+    assert_eq!(s.revision(), rev);
+}
+
 #[tokio::test]
 async fn snapshots_bound_the_log() {
     let dir = tempfile::tempdir().unwrap();
