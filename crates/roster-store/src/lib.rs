@@ -203,6 +203,7 @@ impl Store {
             snapshot_min: config.snapshot_min_bytes,
             spare: Pending::default(),
             last_batch: 0,
+            last_sync: Duration::ZERO,
         };
         let thread = std::thread::Builder::new()
             .name("roster-commit".into())
@@ -470,14 +471,15 @@ impl Shared {
     }
 }
 
-/// A batch this large means writers are queueing: the next one waits
-/// [`GATHER`] before it is written, so that more writes share its fsync.
-/// Fewer, larger batches also let each connection send more answers per
-/// write. At 10 connections x 100 clients this took `roster serve` from
-/// about 46 to 41 µs of CPU per put, with a lower p99. Fewer writers than
-/// this (one client, ten clients) are never delayed.
+/// A batch this large means writers are queueing: the next one waits as
+/// long as the last fsync took (at most [`GATHER_MAX`]) before it is
+/// written, so that more writes share its fsync. Fewer, larger batches also
+/// let each connection send more answers per write. At 10 connections x 100
+/// clients this took `roster serve` from about 46 to 41 µs of CPU per put,
+/// with a lower p99. Fewer writers than this (one client, ten clients) are
+/// never delayed, and a fast disk delays them little.
 const GATHER_FROM: usize = 16;
-const GATHER: Duration = Duration::from_micros(250);
+const GATHER_MAX: Duration = Duration::from_micros(250);
 
 /// Owns the log; the only thread that writes it.
 struct Committer {
@@ -488,6 +490,8 @@ struct Committer {
     spare: Pending,
     /// Writers acknowledged by the last fsync.
     last_batch: usize,
+    /// How long the last write and fsync of the log took.
+    last_sync: Duration,
 }
 
 impl Committer {
@@ -504,17 +508,19 @@ impl Committer {
             if self.log.is_some() && self.last_batch >= GATHER_FROM {
                 // Busy: let the writers on their way join this fsync.
                 drop(p);
-                std::thread::sleep(GATHER);
+                std::thread::sleep(self.last_sync.min(GATHER_MAX));
                 p = s.pending.lock();
             }
             let mut batch = std::mem::replace(&mut *p, std::mem::take(&mut self.spare));
             drop(p);
             self.last_batch = batch.waiters.len();
             if let (Some(log), false) = (&mut self.log, batch.framed.is_empty()) {
+                let started = std::time::Instant::now();
                 if let Err(e) = log.append(&batch.framed) {
                     s.fail(&mut batch, format!("log write failed: {e}"));
                     continue;
                 }
+                self.last_sync = started.elapsed();
                 s.log_syncs.fetch_add(1, Ordering::Relaxed);
             }
             s.publish(&mut batch);
