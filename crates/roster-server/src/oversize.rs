@@ -54,7 +54,7 @@ fn rewrite(h: &mut tonic::codegen::http::HeaderMap) {
         return;
     }
     let Some(msg) = h.get("grpc-message").and_then(|m| m.to_str().ok()) else { return };
-    let Some(etcd) = etcd_text(&decode(msg)) else { return };
+    let Some(etcd) = etcd_text(&roster_api::codec::decode_grpc_message(msg.as_bytes())) else { return };
     h.insert("grpc-status", HeaderValue::from_static("8"));
     if let Ok(v) = HeaderValue::from_str(&etcd) {
         h.insert("grpc-message", v);
@@ -68,26 +68,6 @@ fn etcd_text(tonic: &str) -> Option<String> {
     let limit = rest.strip_suffix(" bytes")?;
     let (found, limit): (u64, u64) = (found.parse().ok()?, limit.parse().ok()?);
     Some(format!("grpc: received message larger than max ({found} vs. {limit})"))
-}
-
-/// grpc-message is percent-encoded.
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -114,6 +94,5 @@ mod tests {
         h.insert("grpc-message", HeaderValue::from_static("etcdserver: too large lease TTL"));
         rewrite(&mut h);
         assert_eq!((h["grpc-status"].to_str().unwrap(), h["grpc-message"].to_str().unwrap()), ("11", "etcdserver: too large lease TTL"));
-        assert_eq!(decode("a%20b%25"), "a b%");
     }
 }

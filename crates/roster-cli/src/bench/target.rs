@@ -53,12 +53,7 @@ impl Target {
             .tcp_nodelay(true);
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n.max(1) {
-            let ch = endpoint.connect().await.with_context(|| {
-                format!(
-                    "cannot connect to {} at {}; is the server running?",
-                    self.name, self.addr
-                )
-            })?;
+            let ch = endpoint.connect().await.with_context(|| self.unreachable())?;
             out.push(ch);
         }
         Ok(out)
@@ -68,15 +63,14 @@ impl Target {
     pub async fn connect_unary(&self, n: u64) -> Result<Vec<super::wire::Conn>> {
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n.max(1) {
-            let c = super::wire::Conn::connect(&self.addr).await.with_context(|| {
-                format!(
-                    "cannot connect to {} at {}; is the server running?",
-                    self.name, self.addr
-                )
-            })?;
+            let c = super::wire::Conn::connect(&self.addr).await.with_context(|| self.unreachable())?;
             out.push(c);
         }
         Ok(out)
+    }
+
+    fn unreachable(&self) -> String {
+        format!("cannot connect to {} at {}; is the server running?", self.name, self.addr)
     }
 
     /// One channel.

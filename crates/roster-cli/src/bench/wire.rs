@@ -141,29 +141,9 @@ fn grpc_status(h: &HeaderMap) -> Option<Result<(), Status>> {
     }
     let message = h
         .get("grpc-message")
-        .map(|m| percent_decode(m.as_bytes()))
+        .map(|m| roster_api::codec::decode_grpc_message(m.as_bytes()))
         .unwrap_or_default();
     Some(Err(Status::new(Code::from_i32(code), message)))
-}
-
-/// grpc-message is percent-encoded UTF-8.
-fn percent_decode(s: &[u8]) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (s[i], s.get(i + 1).copied().and_then(hex), s.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn transport(e: h2::Error) -> Status {
