@@ -10,7 +10,7 @@ use roster_testkit::{Etcd, Roster, require_etcd};
 use tonic::transport::Channel;
 use tokio::process::Command;
 
-async fn bench(args: &[&str]) -> (bool, String, String) {
+async fn bench<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = Command::new(roster_bin()).args(["--log", "warn", "bench"]).args(args).output().await.unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -98,7 +98,7 @@ async fn put_range_and_memory_run_side_by_side_on_roster_and_etcd() {
 
     // Sequential keys 0..300 (digits only): each server then holds exactly 300.
     let args = two(&["put", "--total", "300", "--conns", "2", "--clients", "8", "--sequential-keys", "--key-space", "300", "--key-size", "6"]);
-    let (ok, out, err) = bench(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (ok, out, err) = bench(&args).await;
     assert!(ok, "bench put failed:\n{out}\n{err}");
     let f = rows(&out, "put 2x8 seq");
     assert_eq!(f.iter().map(|f| f[0]).collect::<Vec<_>>(), ["roster", "etcd"], "{out}");
@@ -112,7 +112,7 @@ async fn put_range_and_memory_run_side_by_side_on_roster_and_etcd() {
 
     // Each range checks that it got its one key back.
     let args = two(&["range", "--keys", "40", "--total", "300", "--conns", "2", "--clients", "4", "--consistency", "s"]);
-    let (ok, out, err) = bench(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (ok, out, err) = bench(&args).await;
     assert!(ok, "bench range failed:\n{out}\n{err}");
     let f = rows(&out, "range serial 2x4");
     assert_eq!(f.iter().map(|f| (f[0], f[4])).collect::<Vec<_>>(), [("roster", "0"), ("etcd", "0")], "errors: {out}");
@@ -121,7 +121,7 @@ async fn put_range_and_memory_run_side_by_side_on_roster_and_etcd() {
 
     // A lease, then a put on it, per key.
     let args = two(&["memory", "--keys", "120"]);
-    let (ok, out, err) = bench(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (ok, out, err) = bench(&args).await;
     assert!(ok, "bench memory failed:\n{out}\n{err}");
     assert_eq!(keys_in(r.channel(), "/bench/mem/").await, 120, "{out}");
     assert_eq!(keys_in(e.channel(), "/bench/mem/").await, 120, "{out}");
