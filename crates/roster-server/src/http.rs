@@ -4,6 +4,7 @@
 use crate::{Server, ServerError};
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -27,9 +28,17 @@ pub(crate) async fn serve(listener: TcpListener, server: Server) -> Result<(), S
     crate::with_grace(run.into_future(), stop, grace, "HTTP").await.map_err(ServerError::Http)
 }
 
-/// A single node that answers is healthy: there is no quorum to lose.
-async fn health() -> impl IntoResponse {
-    ([(CONTENT_TYPE, "application/json")], HEALTHY)
+/// A single node that answers is healthy: there is no quorum to lose. It
+/// is unhealthy once its store has failed (it refuses writes until
+/// restarted); the body then says why, as etcd's does.
+async fn health(State(server): State<Server>) -> impl IntoResponse {
+    match server.store().failure() {
+        None => (StatusCode::OK, [(CONTENT_TYPE, "application/json")], HEALTHY.to_owned()),
+        Some(reason) => {
+            let body = serde_json::json!({ "health": "false", "reason": reason }).to_string();
+            (StatusCode::SERVICE_UNAVAILABLE, [(CONTENT_TYPE, "application/json")], body)
+        }
+    }
 }
 
 async fn metrics(State(server): State<Server>) -> impl IntoResponse {

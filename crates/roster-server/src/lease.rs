@@ -56,11 +56,11 @@ impl Lease for Server {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        self.unary(TIME_TO_LIVE, req, |r| async move { Ok(self.store().lease_time_to_live(r)) }).await
+        self.unary(TIME_TO_LIVE, req, |r| async move { Ok(self.store().lease_time_to_live(r)?) }).await
     }
 
     async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
-        self.unary(LEASES, req, |_| async move { Ok(self.store().lease_leases()) }).await
+        self.unary(LEASES, req, |_| async move { Ok(self.store().lease_leases()?) }).await
     }
 }
 
@@ -84,7 +84,15 @@ async fn keep_alive(
                     return Code::Cancelled;
                 }
             };
-            let mut resp = server.store().lease_keep_alive(req.id);
+            let mut resp = match server.store().lease_keep_alive(req.id) {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let status = tonic::Status::from(e);
+                    let code = status.code();
+                    let _ = tx.send(Err(status)).await;
+                    return code;
+                }
+            };
             server.fill_header(&mut resp.header);
             if tx.send(Ok(resp)).await.is_err() {
                 return Code::Cancelled;

@@ -40,7 +40,8 @@ impl Server {
             raft_index: s.writes,
             raft_term: RAFT_TERM,
             raft_applied_index: s.writes,
-            errors: vec![],
+            // Why the store refuses writes, as etcd lists its alarms here.
+            errors: s.failure.into_iter().collect(),
             db_size_in_use: s.db_size,
             is_learner: false,
         }

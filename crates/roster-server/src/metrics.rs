@@ -43,6 +43,7 @@ pub(crate) struct Metrics {
     leases: Gauge,
     db_size: Gauge,
     log_syncs: Gauge,
+    store_failed: Gauge,
     watchers: Gauge,
     watch_streams: Gauge,
     keepalive_streams: Gauge,
@@ -62,6 +63,7 @@ impl Metrics {
             leases: Gauge::default(),
             db_size: Gauge::default(),
             log_syncs: Gauge::default(),
+            store_failed: Gauge::default(),
             watchers: Gauge::default(),
             watch_streams: Gauge::default(),
             keepalive_streams: Gauge::default(),
@@ -86,6 +88,11 @@ impl Metrics {
             "store_log_syncs",
             "fsyncs of the log since start; each acknowledges a batch of writes",
             m.log_syncs.clone(),
+        );
+        r.register(
+            "store_failed",
+            "1 once a write, fsync or snapshot of the log failed: the store refuses writes until restarted",
+            m.store_failed.clone(),
         );
         r.register("watchers", "Registered watchers over all watch streams", m.watchers.clone());
         r.register("watch_streams", "Open Watch streams", m.watch_streams.clone());
@@ -118,6 +125,7 @@ impl Metrics {
         self.leases.set(saturating_i64(status.leases));
         self.db_size.set(status.db_size);
         self.log_syncs.set(saturating_i64(status.log_syncs));
+        self.store_failed.set(i64::from(status.failure.is_some()));
         self.watchers.set(saturating_i64(status.watchers));
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -183,6 +191,9 @@ mod tests {
         let text = m.render(&StoreStatus { revision: 7, keys: 3, ..Default::default() });
         assert!(text.contains("roster_store_revision 7"), "{text}");
         assert!(text.contains("roster_store_keys 3"), "{text}");
+        assert!(text.contains("roster_store_failed 0"), "{text}");
+        let text = m.render(&StoreStatus { failure: Some("disk gone".into()), ..Default::default() });
+        assert!(text.contains("roster_store_failed 1"), "{text}");
         assert!(text.contains("roster_watch_streams 1"), "{text}");
         assert!(
             text.contains(r#"roster_grpc_requests_total{method="/etcdserverpb.KV/Put",code="InvalidArgument"} 1"#),

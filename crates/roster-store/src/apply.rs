@@ -268,8 +268,8 @@ impl State {
     /// then are the ops applied in order.
     pub fn txn(&mut self, w: &mut Write, t: &TxnRequest) -> Result<TxnResponse, EtcdError> {
         let mut path = Vec::new();
-        self.compare_path(t, &mut path);
         let cur = w.begin;
+        self.compare_path(t, cur, &mut path);
         self.check_branch(t, &path, &mut 0, &|s, op| match op {
             Request::RequestPut(p) => s.check_put(p),
             _ => Ok(()),
@@ -283,14 +283,51 @@ impl State {
         Ok(resp)
     }
 
-    fn compare_path(&self, t: &TxnRequest, path: &mut Vec<bool>) {
-        let ok = t.compare.iter().all(|c| self.compare(c));
+    fn compare_path(&self, t: &TxnRequest, rev: i64, path: &mut Vec<bool>) {
+        let ok = t.compare.iter().all(|c| self.compare(c, rev));
         path.push(ok);
         for op in if ok { &t.success } else { &t.failure } {
             if let Some(Request::RequestTxn(nested)) = &op.request {
-                self.compare_path(nested, path);
+                self.compare_path(nested, rev, path);
             }
         }
+    }
+
+    /// A txn that cannot write (see [`is_read_only`]), run with shared
+    /// access at `cur`, the newest revision this reader may see.
+    pub fn txn_read(&self, t: &TxnRequest, cur: i64) -> Result<TxnResponse, EtcdError> {
+        let mut path = Vec::new();
+        self.compare_path(t, cur, &mut path);
+        self.check_branch(t, &path, &mut 0, &|s, op| match op {
+            Request::RequestRange(r) => s.check_range(r, cur),
+            _ => Ok(()),
+        })?;
+        let mut resp = self.read_txn(t, &path, &mut 0, cur);
+        resp.header = header(cur);
+        Ok(resp)
+    }
+
+    fn read_txn(&self, t: &TxnRequest, path: &[bool], at: &mut usize, cur: i64) -> TxnResponse {
+        let ok = path[*at];
+        *at += 1;
+        let ops: &[RequestOp] = if ok { &t.success } else { &t.failure };
+        let responses = ops
+            .iter()
+            .filter_map(|op| {
+                let response = match op.request.as_ref()? {
+                    // Checked above, so this cannot fail.
+                    Request::RequestRange(r) => Response::ResponseRange(self.range(r, cur).unwrap_or_default()),
+                    Request::RequestTxn(nested) => {
+                        let mut r = self.read_txn(nested, path, at, cur);
+                        r.header = Some(ResponseHeader::default());
+                        Response::ResponseTxn(r)
+                    }
+                    Request::RequestPut(_) | Request::RequestDeleteRange(_) => unreachable!("a read-only txn"),
+                };
+                Some(ResponseOp { response: Some(response) })
+            })
+            .collect();
+        TxnResponse { header: None, succeeded: ok, responses }
     }
 
     fn check_branch(
@@ -341,8 +378,7 @@ impl State {
 
     /// etcd's compare: a VALUE compare on a missing key is false; any other
     /// target compares against zero. With a range, every key must match.
-    fn compare(&self, c: &Compare) -> bool {
-        let rev = self.rev;
+    fn compare(&self, c: &Compare, rev: i64) -> bool {
         let kvs: Vec<(&Bytes, &Entry)> =
             self.kv.range(&c.key, &c.range_end).filter_map(|(k, h)| Some((k, h.at(rev)?))).collect();
         let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
@@ -354,6 +390,15 @@ impl State {
         }
         kvs.iter().all(|(_, e)| compare_one(c, target, Some(e)))
     }
+}
+
+/// Whether no branch of a txn, nested ones included, can write.
+pub(crate) fn is_read_only(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(Request::RequestPut(_) | Request::RequestDeleteRange(_)) => false,
+        Some(Request::RequestTxn(nested)) => is_read_only(nested),
+        Some(Request::RequestRange(_)) | None => true,
+    })
 }
 
 fn compare_one(c: &Compare, target: CompareTarget, e: Option<&Entry>) -> bool {

@@ -16,6 +16,7 @@
 
 mod apply;
 mod clock;
+pub mod fault;
 mod keyspace;
 mod lease;
 mod log;
@@ -23,6 +24,7 @@ mod record;
 mod watch;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use log::{Disk, FileKind, LogFile, OsDisk};
 pub use roster_api::etcdserverpb as pb;
 pub use roster_api::mvccpb;
 pub use roster_api::EtcdError;
@@ -56,6 +58,8 @@ pub struct StoreConfig {
     /// Write a snapshot (and start a new log) once the log exceeds both this
     /// and the size of the last snapshot.
     pub snapshot_min_bytes: u64,
+    /// Where the log and snapshots are written; tests inject faults here.
+    pub disk: Arc<dyn Disk>,
 }
 
 impl Default for StoreConfig {
@@ -65,6 +69,7 @@ impl Default for StoreConfig {
             clock: Arc::new(SystemClock::default()),
             repair: false,
             snapshot_min_bytes: 64 << 20,
+            disk: Arc::new(OsDisk),
         }
     }
 }
@@ -86,6 +91,9 @@ pub struct StoreStatus {
     pub log_syncs: u64,
     pub watchers: u64,
     pub watch_streams: u64,
+    /// Why the store stopped accepting writes (a failed write, fsync or
+    /// snapshot); `None` while healthy.
+    pub failure: Option<String>,
 }
 
 /// A handle to the store. Clones share one store; dropping the last one
@@ -165,10 +173,14 @@ impl Store {
         let (state, log) = match &config.data_dir {
             None => (State::new(), None),
             Some(dir) => {
-                let (log, rec) = log::Log::open(dir, config.repair)?;
+                let (mut log, rec) = log::Log::open(dir, config.repair, config.disk.clone())?;
                 let mut state = rec.snapshot.map(|s| State::restore(s, now)).unwrap_or_else(State::new);
                 for r in &rec.records {
                     state.replay(r, now);
+                }
+                if rec.rewrite {
+                    log.write_snapshot(&state.snapshot()).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+                    tracing::info!(dir = %dir.display(), "rewrote an old-format log as a snapshot");
                 }
                 tracing::info!(
                     dir = %dir.display(),
@@ -252,7 +264,15 @@ impl Store {
             log_syncs: s.log_syncs.load(Ordering::Relaxed),
             watchers,
             watch_streams,
+            failure: self.failure(),
         }
+    }
+
+    /// Why the store refuses writes, once a write, fsync or snapshot of its
+    /// log failed. It stays so until restarted: a failed fsync cannot be
+    /// retried safely, and a restart recovers exactly what was acknowledged.
+    pub fn failure(&self) -> Option<String> {
+        self.shared().failed.lock().clone()
     }
 
     /// Response headers carry only `revision`; the server fills the rest.
@@ -269,7 +289,13 @@ impl Store {
         self.write(|st, w, _| Ok(st.delete_range(w, &r))).await
     }
 
+    /// A txn that cannot write runs under the shared lock at the visible
+    /// revision, as a range does, so readers never queue behind writers.
     pub async fn txn(&self, r: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
+        if apply::is_read_only(&r) {
+            let st = self.shared().state.read();
+            return st.txn_read(&r, self.revision());
+        }
         self.write(|st, w, _| st.txn(w, &r)).await
     }
 
@@ -309,54 +335,77 @@ impl Store {
     }
 
     /// Renews a lease: its granted TTL, or 0 when unknown or expired.
-    pub fn lease_keep_alive(&self, id: i64) -> pb::LeaseKeepAliveResponse {
+    /// Takes only the shared lock, so a keepalive flood never holds up
+    /// writers. Refused once storage has failed: the lease table may then
+    /// hold grants that never became durable.
+    pub fn lease_keep_alive(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, EtcdError> {
         let s = self.shared();
-        let ttl = s.state.write().leases.renew(id, s.clock.now());
-        pb::LeaseKeepAliveResponse { header: None, id, ttl }
+        let st = s.state.read();
+        self.check_healthy()?;
+        let ttl = st.leases.renew(id, s.clock.now());
+        Ok(pb::LeaseKeepAliveResponse { header: None, id, ttl })
     }
 
     /// Remaining TTL in whole seconds (truncated, as etcd does); -1 when unknown.
-    pub fn lease_time_to_live(&self, r: pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse {
+    pub fn lease_time_to_live(&self, r: pb::LeaseTimeToLiveRequest) -> Result<pb::LeaseTimeToLiveResponse, EtcdError> {
         let s = self.shared();
         let now = s.clock.now();
         let st = s.state.read();
+        self.check_healthy()?;
         let Some(l) = st.leases.get(r.id) else {
-            return pb::LeaseTimeToLiveResponse { header: None, id: r.id, ttl: -1, granted_ttl: 0, keys: vec![] };
+            return Ok(pb::LeaseTimeToLiveResponse { header: None, id: r.id, ttl: -1, granted_ttl: 0, keys: vec![] });
         };
         let mut keys: Vec<bytes::Bytes> = if r.keys { l.keys.iter().cloned().collect() } else { vec![] };
         keys.sort();
-        let ttl = l.deadline.saturating_sub(now).as_secs() as i64;
-        pb::LeaseTimeToLiveResponse { header: None, id: r.id, ttl, granted_ttl: l.ttl, keys }
+        let ttl = l.deadline().saturating_sub(now).as_secs() as i64;
+        Ok(pb::LeaseTimeToLiveResponse { header: None, id: r.id, ttl, granted_ttl: l.ttl, keys })
     }
 
-    pub fn lease_leases(&self) -> pb::LeaseLeasesResponse {
+    pub fn lease_leases(&self) -> Result<pb::LeaseLeasesResponse, EtcdError> {
         let st = self.shared().state.read();
+        self.check_healthy()?;
         let mut ids: Vec<i64> = st.leases.ids().map(|(id, _)| id).collect();
         ids.sort();
-        pb::LeaseLeasesResponse { header: None, leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect() }
+        Ok(pb::LeaseLeasesResponse { header: None, leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect() })
     }
 
     /// Revokes every lease whose deadline has passed, each in its own
-    /// revision as etcd does; returns how many.
+    /// revision as etcd does, but all of them queued together so that they
+    /// share fsyncs; returns how many. The exclusive lock is let go every
+    /// [`EXPIRE_CHUNK`] leases so writers get a turn.
     pub async fn expire_leases(&self) -> usize {
         let s = self.shared();
-        let now = s.clock.now();
-        let expired = s.state.read().leases.expired(now);
+        let mut waiting = Vec::new();
+        while self.expire_chunk(&mut waiting) && !s.has_failed() {
+            tokio::task::yield_now().await;
+        }
         let mut n = 0;
-        for id in expired {
-            let res = self
-                .write(|st, w, now| match st.leases.get(id) {
-                    Some(l) if l.deadline <= now => st.lease_revoke(w, id).map(|_| true),
-                    _ => Ok(false),
-                })
-                .await;
-            match res {
-                Ok(true) => n += 1,
-                Ok(false) => {}
+        for (id, rx) in waiting {
+            match Self::durable(rx).await {
+                Ok(()) => n += 1,
                 Err(e) => tracing::warn!(lease = id, error = %e, "could not revoke expired lease"),
             }
         }
         n
+    }
+
+    /// Queues the revocation of up to [`EXPIRE_CHUNK`] expired leases under
+    /// one hold of the lock; returns whether more are due.
+    fn expire_chunk(&self, waiting: &mut Vec<(i64, Durable)>) -> bool {
+        let s = self.shared();
+        let mut st = s.state.write();
+        let due = st.leases.expired(s.clock.now());
+        let more = due.len() > EXPIRE_CHUNK;
+        for id in due.into_iter().take(EXPIRE_CHUNK) {
+            match self.apply(&mut st, |st, w, _| st.lease_revoke(w, id)) {
+                Ok(((), rx)) => waiting.push((id, rx)),
+                Err(e) => {
+                    tracing::warn!(lease = id, error = %e, "could not revoke expired lease");
+                    return false;
+                }
+            }
+        }
+        more
     }
 
     /// Time until the next lease deadline, if any lease exists.
@@ -382,48 +431,75 @@ impl Store {
         self.shared().close();
     }
 
+    /// Refuses reads of state that may hold what a failed batch applied.
+    fn check_healthy(&self) -> Result<(), EtcdError> {
+        match &*self.shared().failed.lock() {
+            Some(why) => Err(EtcdError::Internal(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Applies one write under the exclusive lock, queues it for the next
     /// fsync, and waits for that fsync. `f` must check everything before it
     /// changes anything: an error leaves the state untouched.
     async fn write<T>(&self, f: impl FnOnce(&mut State, &mut Write, Duration) -> Result<T, EtcdError>) -> Result<T, EtcdError> {
-        let s = self.shared();
         let (out, rx) = {
-            let mut st = s.state.write();
-            if s.closed.load(Ordering::Acquire) {
-                return Err(EtcdError::Stopped);
-            }
-            if let Some(why) = s.failed.lock().clone() {
-                return Err(EtcdError::Internal(why));
-            }
-            let mut w = Write::new(&st);
-            let out = f(&mut st, &mut w, s.clock.now())?;
-            let (record, events) = w.finish(&mut st);
-            if record.is_none() && st.rev == s.visible.load(Ordering::Acquire) {
-                // Read-only, and everything it read is durable already.
-                return Ok(out);
-            }
-            let (tx, rx) = oneshot::channel();
-            let mut p = s.pending.lock();
-            if let Some(r) = &record {
-                log::frame(r, &mut p.framed);
-                p.seq = r.seq;
-                p.compactions.extend(r.compact);
-            }
-            if !events.is_empty() {
-                p.events.push((st.rev, events));
-            }
-            p.rev = st.rev;
-            p.waiters.push(tx);
-            s.wake.notify_one();
-            (out, rx)
+            let mut st = self.shared().state.write();
+            self.apply(&mut st, f)?
         };
-        match rx.await {
-            Ok(Ok(())) => Ok(out),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(EtcdError::Stopped),
+        Self::durable(rx).await?;
+        Ok(out)
+    }
+
+    /// The part of [`Store::write`] done under the lock: apply, then queue
+    /// for the committer. The receiver answers once the write is durable.
+    fn apply<T>(
+        &self,
+        st: &mut State,
+        f: impl FnOnce(&mut State, &mut Write, Duration) -> Result<T, EtcdError>,
+    ) -> Result<(T, Durable), EtcdError> {
+        let s = self.shared();
+        if s.closed.load(Ordering::Acquire) {
+            return Err(EtcdError::Stopped);
+        }
+        self.check_healthy()?;
+        let mut w = Write::new(st);
+        let out = f(st, &mut w, s.clock.now())?;
+        let (record, events) = w.finish(st);
+        if record.is_none() && st.rev == s.visible.load(Ordering::Acquire) {
+            // Read-only, and everything it read is durable already.
+            return Ok((out, None));
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut p = s.pending.lock();
+        if let Some(r) = &record {
+            log::frame(r, &mut p.framed);
+            p.seq = r.seq;
+            p.compactions.extend(r.compact);
+        }
+        if !events.is_empty() {
+            p.events.push((st.rev, events));
+        }
+        p.rev = st.rev;
+        p.waiters.push(tx);
+        s.wake.notify_one();
+        Ok((out, Some(rx)))
+    }
+
+    async fn durable(rx: Durable) -> Result<(), EtcdError> {
+        match rx {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or(Err(EtcdError::Stopped)),
         }
     }
 }
+
+/// Answers once a queued write is durable (or failed); `None` when the
+/// write needed no fsync.
+type Durable = Option<oneshot::Receiver<Result<(), EtcdError>>>;
+
+/// Expired leases revoked per hold of the exclusive lock.
+const EXPIRE_CHUNK: usize = 1000;
 
 // === impl Shared ===
 
@@ -462,12 +538,26 @@ impl Shared {
         }
     }
 
+    /// Stops all writes for good: the batch that failed and everything
+    /// queued or written after it is refused, never acknowledged and never
+    /// made visible. Its effects stay in memory above the visible revision,
+    /// where no reader looks; a restart recovers exactly what was durable.
     fn fail(&self, batch: &mut Pending, why: String) {
-        tracing::error!(error = %why, "cannot write the log; refusing all writes from now on");
-        *self.failed.lock() = Some(why.clone());
+        let why = {
+            let mut failed = self.failed.lock();
+            if failed.is_none() {
+                tracing::error!(error = %why, "storage failed; refusing all writes until restarted");
+                *failed = Some(format!("storage failed, refusing writes until restarted: {why}"));
+            }
+            failed.clone().expect("just set")
+        };
         for w in batch.waiters.drain(..) {
             let _ = w.send(Err(EtcdError::Internal(why.clone())));
         }
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.lock().is_some()
     }
 }
 
@@ -501,6 +591,8 @@ impl Committer {
             let mut p = s.pending.lock();
             while p.waiters.is_empty() && p.framed.is_empty() {
                 if s.closed.load(Ordering::Acquire) {
+                    drop(p);
+                    self.seal();
                     return;
                 }
                 s.wake.wait(&mut p);
@@ -514,46 +606,78 @@ impl Committer {
             let mut batch = std::mem::replace(&mut *p, std::mem::take(&mut self.spare));
             drop(p);
             self.last_batch = batch.waiters.len();
-            if let (Some(log), false) = (&mut self.log, batch.framed.is_empty()) {
-                let started = std::time::Instant::now();
-                if let Err(e) = log.append(&batch.framed) {
-                    s.fail(&mut batch, format!("log write failed: {e}"));
-                    continue;
-                }
-                self.last_sync = started.elapsed();
-                s.log_syncs.fetch_add(1, Ordering::Relaxed);
+            if s.has_failed() {
+                // Fail-stop: nothing after a failure is written or shown.
+                s.fail(&mut batch, String::new());
+            } else if self.write(&mut batch) {
+                s.publish(&mut batch);
             }
-            s.publish(&mut batch);
             batch.clear();
             self.spare = batch;
             self.maybe_snapshot();
         }
     }
 
+    /// Writes and fsyncs a batch; on failure fails it and the store.
+    fn write(&mut self, batch: &mut Pending) -> bool {
+        let s = &self.shared;
+        let (Some(log), false) = (&mut self.log, batch.framed.is_empty()) else { return true };
+        let started = std::time::Instant::now();
+        if let Err(e) = log.append(&mut batch.framed) {
+            s.fail(batch, format!("cannot write the log: {e}"));
+            return false;
+        }
+        self.last_sync = started.elapsed();
+        s.log_syncs.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// On a clean close, vouches for the last batch (see `log`).
+    fn seal(&mut self) {
+        let Some(log) = &mut self.log else { return };
+        if self.shared.has_failed() {
+            return;
+        }
+        if let Err(e) = log.seal() {
+            tracing::warn!(error = %e, "could not seal the log on close; the next start treats its last batch as unconfirmed");
+        }
+    }
+
     /// Bounds the log: once it outgrows the last snapshot, fold everything
     /// into a new snapshot and start the log over.
     fn maybe_snapshot(&mut self) {
-        let s = &self.shared;
-        let Some(log) = &mut self.log else { return };
+        let s = self.shared.clone();
+        let Some(log) = &self.log else { return };
         s.disk_bytes.store(log.disk_bytes(), Ordering::Relaxed);
-        if log.wal_bytes < self.snapshot_min.max(log.snapshot_bytes) {
+        if log.wal_bytes < self.snapshot_min.max(log.snapshot_bytes) || s.has_failed() {
             return;
         }
-        // Writers are paused while the state is copied; whatever they had
-        // queued is in the snapshot, so it is acknowledged by it.
+        self.snapshot();
+    }
+
+    /// Writes a snapshot of the state now. Writers are paused while the
+    /// state is copied. What they had queued is written to the log first,
+    /// so the snapshot holds only durable writes: if it fails, nothing in
+    /// it was refused to a client, and if it succeeds, nothing is lost.
+    fn snapshot(&mut self) {
+        let s = self.shared.clone();
         let (snap, mut batch) = {
             let st = s.state.read();
-            let mut p = s.pending.lock();
-            (st.snapshot(), std::mem::take(&mut *p))
+            let mut batch = std::mem::take(&mut *s.pending.lock());
+            if !self.write(&mut batch) {
+                return;
+            }
+            (st.snapshot(), batch)
         };
+        s.publish(&mut batch);
+        let Some(log) = &mut self.log else { return };
         let started = std::time::Instant::now();
         match log.write_snapshot(&snap) {
             Ok(()) => {
                 tracing::info!(revision = snap.rev, bytes = log.snapshot_bytes, took = ?started.elapsed(), "wrote snapshot; log restarted");
                 s.disk_bytes.store(log.disk_bytes(), Ordering::Relaxed);
-                s.publish(&mut batch);
             }
-            Err(e) => s.fail(&mut batch, format!("snapshot failed: {e}")),
+            Err(e) => s.fail(&mut Pending::default(), format!("cannot write a snapshot: {e}")),
         }
     }
 }

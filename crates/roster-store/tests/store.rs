@@ -256,10 +256,10 @@ async fn lease_expiry_deletes_keys_in_one_revision() {
     assert_eq!(l.ttl, 2, "minimum TTL is 2 s");
     put_lease(&s, "a", l.id).await.unwrap();
     put_lease(&s, "b", l.id).await.unwrap();
-    let ttl = s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: true });
+    let ttl = s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: true }).unwrap();
     assert_eq!((ttl.ttl, ttl.granted_ttl, ttl.keys.len()), (2, 2, 2));
     clock.advance(Duration::from_millis(1500));
-    assert_eq!(s.lease_keep_alive(l.id).ttl, 2);
+    assert_eq!(s.lease_keep_alive(l.id).unwrap().ttl, 2);
     clock.advance(Duration::from_millis(1999));
     assert_eq!(s.expire_leases().await, 0, "the keepalive pushed the deadline out");
     clock.advance(Duration::from_millis(1));
@@ -267,8 +267,8 @@ async fn lease_expiry_deletes_keys_in_one_revision() {
     assert_eq!(s.expire_leases().await, 1);
     assert_eq!(s.revision(), before + 1, "both keys go in one revision");
     assert_eq!(get(&s, range("a", "c")).await.count, 0);
-    assert_eq!(s.lease_keep_alive(l.id).ttl, 0, "keepalive on an unknown lease answers TTL 0");
-    assert_eq!(s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: false }).ttl, -1);
+    assert_eq!(s.lease_keep_alive(l.id).unwrap().ttl, 0, "keepalive on an unknown lease answers TTL 0");
+    assert_eq!(s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: false }).unwrap().ttl, -1);
     assert_eq!(s.lease_revoke(LeaseRevokeRequest { id: l.id }).await.unwrap_err(), EtcdError::LeaseNotFound);
 }
 
@@ -278,7 +278,7 @@ async fn lease_grant_errors() {
     s.lease_grant(LeaseGrantRequest { ttl: 5, id: 3 }).await.unwrap();
     assert_eq!(s.lease_grant(LeaseGrantRequest { ttl: 5, id: 3 }).await.unwrap_err(), EtcdError::LeaseExists);
     assert_eq!(s.lease_grant(LeaseGrantRequest { ttl: 9_000_000_001, id: 4 }).await.unwrap_err(), EtcdError::LeaseTtlTooLarge);
-    assert_eq!(s.lease_leases().leases.iter().map(|l| l.id).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(s.lease_leases().unwrap().leases.iter().map(|l| l.id).collect::<Vec<_>>(), vec![3]);
 }
 
 #[tokio::test]
@@ -429,7 +429,7 @@ async fn concurrent_writes_and_watch_creation_lose_nothing() {
 // === durability ===
 
 fn on_disk(dir: &std::path::Path, clock: Arc<ManualClock>, snapshot_min_bytes: u64) -> Store {
-    Store::open(StoreConfig { data_dir: Some(dir.to_owned()), clock, repair: false, snapshot_min_bytes }).unwrap()
+    Store::open(StoreConfig { data_dir: Some(dir.to_owned()), clock, snapshot_min_bytes, ..Default::default() }).unwrap()
 }
 
 #[tokio::test]
@@ -456,7 +456,7 @@ async fn restart_recovers_writes_revisions_and_leases_with_full_ttl() {
         assert_eq!(r.count, 49);
         assert_eq!(s.range(RangeRequest { key: b("k"), revision: 9, ..Default::default() }).await.unwrap_err(), EtcdError::Compacted);
         assert_eq!(get(&s, RangeRequest { key: b("k05"), revision: 20, ..Default::default() }).await.kvs[0].value, "5");
-        let t = s.lease_time_to_live(LeaseTimeToLiveRequest { id: 5, keys: true });
+        let t = s.lease_time_to_live(LeaseTimeToLiveRequest { id: 5, keys: true }).unwrap();
         assert_eq!((t.ttl, t.keys), (10, vec![b("leased")]), "the lease has its full TTL again, keys attached");
         assert_eq!(put(&s, "next", "x").await, rev + 1, "revisions continue");
     }
