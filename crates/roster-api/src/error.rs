@@ -36,6 +36,10 @@ pub enum EtcdError {
     Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// The store is over `--quota-backend-bytes`, or the NOSPACE alarm is
+    /// raised: writes that add data are refused until it is disarmed.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// The store could not make a write durable; the write was not applied.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -49,6 +53,7 @@ pub enum ErrorCode {
     NotFound,
     FailedPrecondition,
     Unavailable,
+    ResourceExhausted,
     Internal,
 }
 
@@ -62,6 +67,7 @@ impl EtcdError {
             LeaseNotFound => ErrorCode::NotFound,
             LeaseExists | AuthNotEnabled => ErrorCode::FailedPrecondition,
             Timeout | Stopped => ErrorCode::Unavailable,
+            NoSpace => ErrorCode::ResourceExhausted,
             Internal(_) => ErrorCode::Internal,
         }
     }
@@ -76,6 +82,7 @@ impl From<EtcdError> for tonic::Status {
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Internal => tonic::Code::Internal,
         };
         tonic::Status::new(code, e.to_string())

@@ -20,11 +20,13 @@ pub mod fault;
 mod keyspace;
 mod lease;
 mod log;
+mod quota;
 mod record;
 mod watch;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use log::{Disk, FileKind, LogFile, OsDisk};
+pub use quota::{alarm_name, alarm_text};
 pub use roster_api::etcdserverpb as pb;
 pub use roster_api::mvccpb;
 pub use roster_api::EtcdError;
@@ -133,6 +135,8 @@ pub(crate) struct Shared {
     disk_bytes: AtomicU64,
     durable_seq: AtomicU64,
     log_syncs: AtomicU64,
+    /// Space quota, alarms and defragment requests (see `quota`).
+    quota: quota::Quota,
 }
 
 /// Writes applied in memory and waiting for the next fsync.
@@ -193,6 +197,8 @@ impl Store {
                 (state, Some(log))
             }
         };
+        // After the log, which holds the dir lock.
+        let quota = quota::Quota::open(config.data_dir.as_deref())?;
         let rev = state.rev;
         let seq = state.seq;
         let shared = Arc::new(Shared {
@@ -208,6 +214,7 @@ impl Store {
             disk_bytes: AtomicU64::new(log.as_ref().map_or(0, |l| l.disk_bytes())),
             durable_seq: AtomicU64::new(seq),
             log_syncs: AtomicU64::new(0),
+            quota,
         });
         let committer = Committer {
             shared: shared.clone(),
@@ -282,6 +289,7 @@ impl Store {
     }
 
     pub async fn put(&self, r: pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
+        self.admit(quota::put_cost(&r))?;
         self.write(|st, w, _| st.put(w, &r)).await
     }
 
@@ -296,6 +304,7 @@ impl Store {
             let st = self.shared().state.read();
             return st.txn_read(&r, self.revision());
         }
+        self.admit(quota::txn_cost(&r))?;
         self.write(|st, w, _| st.txn(w, &r)).await
     }
 
@@ -309,6 +318,7 @@ impl Store {
     }
 
     pub async fn lease_grant(&self, r: pb::LeaseGrantRequest) -> Result<pb::LeaseGrantResponse, EtcdError> {
+        self.admit(quota::lease_grant_cost())?;
         self.write(|st, w, now| {
             let mut id = r.id;
             while id == 0 || st.leases.contains(id) && r.id == 0 {
@@ -589,7 +599,7 @@ impl Committer {
         let s = self.shared.clone();
         loop {
             let mut p = s.pending.lock();
-            while p.waiters.is_empty() && p.framed.is_empty() {
+            while p.waiters.is_empty() && p.framed.is_empty() && !s.quota.defrag_wanted() {
                 if s.closed.load(Ordering::Acquire) {
                     drop(p);
                     self.seal();
@@ -649,10 +659,13 @@ impl Committer {
         let s = self.shared.clone();
         let Some(log) = &self.log else { return };
         s.disk_bytes.store(log.disk_bytes(), Ordering::Relaxed);
-        if log.wal_bytes < self.snapshot_min.max(log.snapshot_bytes) || s.has_failed() {
+        let defrag = s.quota.take_defrag();
+        if (defrag.is_empty() && log.wal_bytes < self.snapshot_min.max(log.snapshot_bytes)) || s.has_failed() {
+            quota::defragmented(defrag, &s);
             return;
         }
         self.snapshot();
+        quota::defragmented(defrag, &s);
     }
 
     /// Writes a snapshot of the state now. Writers are paused while the
