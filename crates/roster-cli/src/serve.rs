@@ -2,7 +2,7 @@
 //! `roster_server::serve`, and stop gracefully on SIGINT or SIGTERM.
 
 use anyhow::{bail, Context, Result};
-use roster_server::ServerConfig;
+use roster_server::{AutoCompaction, ServerConfig};
 use roster_store::{Store, StoreConfig, StoreError, SystemClock};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -49,6 +49,23 @@ pub struct ServeArgs {
     /// instead of refusing to start. Writes after that record are lost.
     #[arg(long)]
     repair_wal: bool,
+
+    /// Raise the NOSPACE alarm and refuse writes that add data once the data
+    /// dir (log and snapshot) would reach this many bytes, as etcd does.
+    /// 0 means etcd's default of 2 GiB; a negative value turns the quota off.
+    #[arg(long, default_value_t = 0, value_name = "BYTES", allow_negative_numbers = true)]
+    quota_backend_bytes: i64,
+
+    /// How `--auto-compaction-retention` is read: `periodic` (a duration)
+    /// or `revision` (a number of revisions).
+    #[arg(long, default_value = "periodic", value_name = "MODE")]
+    auto_compaction_mode: String,
+
+    /// History auto-compaction keeps: in periodic mode a duration such as
+    /// `1h` or `30m` (a bare number is hours), in revision mode a number of
+    /// revisions. 0 turns auto-compaction off.
+    #[arg(long, default_value = "0", value_name = "RETENTION")]
+    auto_compaction_retention: String,
 }
 
 /// A listen address as given, scheme stripped; resolved when binding so that
@@ -197,6 +214,8 @@ fn open_store(dir: Option<&Path>, repair: bool) -> Result<Store> {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
+    let auto_compaction = AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
+        .map_err(anyhow::Error::msg)?;
     let grpc = bind(&args.listen).await?;
     let http = if args.no_http { None } else { Some(bind(&args.http).await?) };
     let grpc_addr = grpc.local_addr().context("bound gRPC socket has no address")?;
@@ -226,6 +245,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         member_id: identity.member_id,
         name: args.name.clone(),
         client_urls,
+        quota_backend_bytes: args.quota_backend_bytes,
+        auto_compaction,
         ..Default::default()
     };
     let shutdown = shutdown_signal()?;

@@ -26,6 +26,30 @@ pub struct ServerConfig {
     /// After shutdown is requested, how long open connections may take to
     /// finish before the server stops waiting for them.
     pub shutdown_grace: Duration,
+    /// etcd's `--quota-backend-bytes`: 0 means etcd's default of 2 GiB, a
+    /// negative value turns the quota off. See [`ServerConfig::quota_bytes`].
+    pub quota_backend_bytes: i64,
+    /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`;
+    /// `None` (retention 0) compacts never.
+    pub auto_compaction: Option<AutoCompaction>,
+    /// How often revision-mode auto-compaction checks the revision (etcd:
+    /// 5 minutes, fixed). Periodic mode derives its timing from its period.
+    pub auto_compaction_check: Duration,
+}
+
+/// etcd's quota when `--quota-backend-bytes` is 0.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+/// Above this etcd warns that the quota exceeds what it supports well.
+pub const MAX_QUOTA_BYTES: u64 = 8 << 30;
+
+/// What auto-compaction keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much time of history: every `min(period, 1h)` (the first
+    /// time after `period`), compact to the revision of `period` ago.
+    Periodic(Duration),
+    /// Keep the last N revisions: on every check, compact to `current - N`.
+    Revision(i64),
 }
 
 impl Default for ServerConfig {
@@ -39,6 +63,9 @@ impl Default for ServerConfig {
             progress_notify_interval: Duration::from_secs(600),
             lease_tick: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
+            quota_backend_bytes: 0,
+            auto_compaction: None,
+            auto_compaction_check: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -62,8 +89,102 @@ impl ServerConfig {
         if self.lease_tick.is_zero() {
             return bad("lease_tick must be positive");
         }
+        if self.auto_compaction_check.is_zero() {
+            return bad("auto_compaction_check must be positive");
+        }
+        match self.auto_compaction {
+            Some(AutoCompaction::Periodic(p)) if p.is_zero() => return bad("a periodic auto-compaction needs a positive period"),
+            Some(AutoCompaction::Revision(n)) if n <= 0 => return bad("a revision auto-compaction needs a positive revision count"),
+            _ => {}
+        }
         Ok(())
     }
+
+    /// The quota in bytes as etcd reads `--quota-backend-bytes`: the default
+    /// for 0, none for a negative value.
+    pub fn quota_bytes(&self) -> Option<u64> {
+        match self.quota_backend_bytes {
+            0 => Some(DEFAULT_QUOTA_BYTES),
+            n if n < 0 => None,
+            n => Some(n as u64),
+        }
+    }
+}
+
+// === impl AutoCompaction ===
+
+impl AutoCompaction {
+    /// Reads etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
+    /// Retention "0" turns auto-compaction off. In periodic mode (the
+    /// default) it is a duration such as `1h`, `30m` or `1h30m`, and a bare
+    /// number means hours; in revision mode it is a number of revisions.
+    pub fn parse(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, String> {
+        let retention = retention.trim();
+        let retention = if retention.is_empty() { "0" } else { retention };
+        let count = retention.parse::<u64>().ok();
+        match mode {
+            "periodic" => {
+                let period = match count {
+                    Some(hours) => Duration::from_secs(hours.checked_mul(3600).ok_or("--auto-compaction-retention is too long")?),
+                    None => parse_go_duration(retention).map_err(|why| {
+                        format!(
+                            "invalid --auto-compaction-retention {retention:?} for periodic mode: {why}; \
+                             give a duration such as 1h, 30m or 1h30m, or a number of hours (0 turns it off)"
+                        )
+                    })?,
+                };
+                Ok((!period.is_zero()).then_some(AutoCompaction::Periodic(period)))
+            }
+            "revision" => match count {
+                Some(n) => Ok((n > 0).then(|| AutoCompaction::Revision(n.min(i64::MAX as u64) as i64))),
+                None => Err(format!(
+                    "invalid --auto-compaction-retention {retention:?} for revision mode: give the number of \
+                     revisions to keep, such as 1000 (0 turns it off); durations are for --auto-compaction-mode periodic"
+                )),
+            },
+            other => Err(format!("unknown --auto-compaction-mode {other:?}; use periodic or revision")),
+        }
+    }
+}
+
+/// Go's `time.ParseDuration`, which etcd uses for the retention: a sequence
+/// of decimal numbers, each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`,
+/// `h`), such as `1h30m` or `1.5h`. Negative durations are refused.
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    if s.starts_with('-') {
+        return Err("a retention cannot be negative".into());
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_end);
+        if num.is_empty() || num == "." {
+            return Err(format!("{s:?} is not a duration"));
+        }
+        let value: f64 = num.parse().map_err(|_| format!("{num:?} is not a number"))?;
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        let nanos = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => return Err(format!("missing unit in {s:?}")),
+            u => return Err(format!("unknown unit {u:?} in {s:?}")),
+        };
+        total += value * nanos;
+        rest = next;
+    }
+    if total > u64::MAX as f64 {
+        return Err(format!("{s:?} is too long"));
+    }
+    Ok(Duration::from_nanos(total as u64))
 }
 
 #[cfg(test)]
@@ -77,16 +198,69 @@ mod tests {
 
     #[test]
     fn zero_ids_and_intervals_are_rejected() {
-        let cases: [fn(&mut ServerConfig); 4] = [
+        let cases: [fn(&mut ServerConfig); 7] = [
             |c| c.member_id = 0,
             |c| c.cluster_id = 0,
             |c| c.lease_tick = Duration::ZERO,
             |c| c.name.clear(),
+            |c| c.auto_compaction_check = Duration::ZERO,
+            |c| c.auto_compaction = Some(AutoCompaction::Periodic(Duration::ZERO)),
+            |c| c.auto_compaction = Some(AutoCompaction::Revision(0)),
         ];
         for f in cases {
             let mut c = ServerConfig::default();
             f(&mut c);
             assert!(matches!(c.validate(), Err(ServerError::Config(_))));
         }
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+
+    fn parse(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, String> {
+        AutoCompaction::parse(mode, retention)
+    }
+
+    #[test]
+    fn quota_reads_as_etcd_does() {
+        let q = |n| ServerConfig { quota_backend_bytes: n, ..Default::default() }.quota_bytes();
+        assert_eq!(q(0), Some(2 << 30), "0 is etcd's default of 2 GiB");
+        assert_eq!(q(-1), None, "negative turns the quota off");
+        assert_eq!(q(1 << 20), Some(1 << 20));
+    }
+
+    #[test]
+    fn periodic_retention_is_a_duration_or_hours() {
+        let p = |s| parse("periodic", s).unwrap();
+        assert_eq!(p("0"), None, "0 turns auto-compaction off");
+        assert_eq!(p(""), None);
+        assert_eq!(p("1"), Some(AutoCompaction::Periodic(Duration::from_secs(3600))), "a bare number is hours");
+        assert_eq!(p("30m"), Some(AutoCompaction::Periodic(Duration::from_secs(1800))));
+        assert_eq!(p("1h30m"), Some(AutoCompaction::Periodic(Duration::from_secs(5400))));
+        assert_eq!(p("1.5h"), Some(AutoCompaction::Periodic(Duration::from_secs(5400))));
+        assert_eq!(p("2s"), Some(AutoCompaction::Periodic(Duration::from_secs(2))));
+        assert_eq!(p("250ms"), Some(AutoCompaction::Periodic(Duration::from_millis(250))));
+        assert_eq!(p("0s"), None);
+    }
+
+    #[test]
+    fn revision_retention_is_a_count() {
+        assert_eq!(parse("revision", "1000").unwrap(), Some(AutoCompaction::Revision(1000)));
+        assert_eq!(parse("revision", "0").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_compaction_flags_say_what_to_give() {
+        let err = |m, r| parse(m, r).unwrap_err();
+        assert!(err("bogus", "1").contains("unknown --auto-compaction-mode \"bogus\"; use periodic or revision"));
+        let e = err("periodic", "abc");
+        assert!(e.contains("invalid --auto-compaction-retention \"abc\"") && e.contains("1h, 30m"), "{e}");
+        assert!(err("periodic", "-1h").contains("negative"));
+        assert!(err("periodic", "10x").contains("unknown unit"));
+        assert!(err("periodic", "1h5").contains("missing unit"));
+        let e = err("revision", "1h");
+        assert!(e.contains("number of revisions") && e.contains("periodic"), "{e}");
     }
 }

@@ -14,12 +14,14 @@
 //! - `http`: `GET /health` and `GET /metrics`.
 //! - `metrics`: the Prometheus registry.
 //! - `config`: [`ServerConfig`].
+//! - `compactor`: etcd's periodic and revision auto-compaction.
 //!
 //! Every gRPC service is implemented on one cheap `Clone` handle, `Server`,
 //! over an `Arc` of what all handlers share.
 
 mod auth;
 mod cluster;
+mod compactor;
 mod concurrency;
 mod config;
 mod http;
@@ -31,7 +33,7 @@ mod oversize;
 mod responses;
 mod watch;
 
-pub use config::ServerConfig;
+pub use config::{AutoCompaction, ServerConfig, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES};
 
 use metrics::Metrics;
 use roster_api::etcdserverpb::{
@@ -115,10 +117,19 @@ pub async fn serve(
         }
     });
 
-    let background = [
+    let quota = server.config().quota_bytes();
+    if quota.is_some_and(|q| q > MAX_QUOTA_BYTES) {
+        tracing::warn!(quota, max = MAX_QUOTA_BYTES, "quota-backend-bytes exceeds the maximum etcd recommends");
+    }
+    store.set_quota(quota, server.config().member_id);
+    let mut background = vec![
         tokio::spawn(lease_expiry(server.clone())),
         tokio::spawn(progress_notify(server.clone())),
     ];
+    if let Some(mode) = server.config().auto_compaction {
+        let check = server.config().auto_compaction_check;
+        background.push(tokio::spawn(compactor::run(store.clone(), mode, check, server.stop().clone())));
+    }
     let http_task = http.map(|l| tokio::spawn(http::serve(l, server.clone())));
 
     let grpc_result = serve_grpc(grpc, server.clone(), health_svc).await;
@@ -289,6 +300,7 @@ headed!(
     LeaseLeasesResponse,
     StatusResponse,
     AlarmResponse,
+    DefragmentResponse,
     AuthenticateResponse,
 );
 

@@ -1,13 +1,19 @@
-//! etcdserverpb.Maintenance: Status and Alarm.
+//! etcdserverpb.Maintenance: Status, Alarm and Defragment.
+//!
+//! Alarms and defragment are the store's (`roster_store::quota`); this
+//! layer fills headers and renders alarms into `Status.errors` the way etcd
+//! does (`memberID:<id> alarm:NOSPACE `), after any storage failure.
 
 use crate::{Server, RAFT_TERM};
 use roster_api::etcdserverpb::{
-    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, StatusRequest, StatusResponse,
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
 const STATUS: &str = "/etcdserverpb.Maintenance/Status";
 const ALARM: &str = "/etcdserverpb.Maintenance/Alarm";
+const DEFRAGMENT: &str = "/etcdserverpb.Maintenance/Defragment";
 
 /// The etcd version we answer as: the 3.4 API is what we speak, and clients
 /// gate features on this string.
@@ -17,20 +23,37 @@ pub(crate) const ETCD_VERSION: &str = "3.4.0";
 
 #[tonic::async_trait]
 impl Maintenance for Server {
-    /// Roster raises no alarms (no quota, no corruption checks), so every
-    /// action answers an empty list; activating one is accepted and dropped.
+    /// GET, ACTIVATE and DEACTIVATE with etcd's answers; NOSPACE is also
+    /// raised by the store itself when the quota is reached.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        self.unary(ALARM, req, |_| async move { Ok(AlarmResponse { header: None, alarms: vec![] }) }).await
+        self.unary(ALARM, req, |r| async move { self.store().alarm(&r).map_err(Status::from) }).await
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         self.unary(STATUS, req, |_| async move { Ok(self.status()) }).await
     }
+
+    /// Writes a snapshot now and starts the log over, which is what frees
+    /// the space that compaction and deletes left in the log.
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        self.unary(DEFRAGMENT, req, |_| async move {
+            let started = std::time::Instant::now();
+            let before = self.store().status().db_size;
+            self.store().defragment().await.map_err(Status::from)?;
+            let after = self.store().status().db_size;
+            tracing::info!(before, after, took = ?started.elapsed(), "defragmented");
+            Ok(DefragmentResponse { header: None })
+        })
+        .await
+    }
 }
 
 impl Server {
     fn status(&self) -> StatusResponse {
-        let s = self.store().status();
+        let store = self.store();
+        let s = store.status();
+        // Why the store refuses writes, then the alarms, as etcd lists them.
+        let errors = s.failure.into_iter().chain(store.alarms().iter().map(roster_store::alarm_text)).collect();
         StatusResponse {
             header: None,
             version: ETCD_VERSION.to_owned(),
@@ -40,9 +63,8 @@ impl Server {
             raft_index: s.writes,
             raft_term: RAFT_TERM,
             raft_applied_index: s.writes,
-            // Why the store refuses writes, as etcd lists its alarms here.
-            errors: s.failure.into_iter().collect(),
-            db_size_in_use: s.db_size,
+            errors,
+            db_size_in_use: store.db_size_in_use(),
             is_learner: false,
         }
     }
