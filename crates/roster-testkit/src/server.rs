@@ -186,6 +186,18 @@ impl Etcd {
     }
 
     pub async fn try_start() -> Result<Etcd, StartFailure> {
+        Self::try_start_with_args(&[]).await
+    }
+
+    /// As [`Etcd::start`], with extra etcd flags such as
+    /// `--quota-backend-bytes=1048576`.
+    pub async fn start_with_args(args: &[&str]) -> Etcd {
+        Self::try_start_with_args(args)
+            .await
+            .unwrap_or_else(|e| panic!("etcd did not start: {e}"))
+    }
+
+    pub async fn try_start_with_args(args: &[&str]) -> Result<Etcd, StartFailure> {
         let bin = etcd_bin()?;
         let mut last = None;
         for _ in 0..PORT_RETRIES {
@@ -208,6 +220,7 @@ impl Etcd {
                 .arg("--initial-cluster-state=new")
                 .arg("--logger=zap")
                 .arg("--log-level=warn")
+                .args(args)
                 // Never touch anything but loopback, never phone home.
                 .env_remove("ETCD_DISCOVERY")
                 .env_remove("ETCD_LISTEN_METRICS_URLS");

@@ -17,6 +17,8 @@
 //!   `range` and `memory` on roster and etcd side by side.
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
+//! - `quota`: `--quota-backend-bytes`, the NOSPACE alarm, `etcdctl alarm`,
+//!   defragment and auto-compaction, with the same transcript on etcd.
 //!
 //! Tests that need etcd print a loud notice and skip when it is missing, but
 //! never under `CI=true`.
@@ -29,5 +31,6 @@ mod differential;
 mod etcdctl;
 mod gateway_cli;
 mod lock_election;
+mod quota;
 mod registry_cli;
 mod support;
