@@ -261,6 +261,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         cluster_id = %format_args!("{:x}", identity.cluster_id),
         data_dir = %dir.as_ref().map_or("(in memory)".to_owned(), |d| d.display().to_string()),
         revision = store.revision(),
+        quota_bytes = ?config.quota_bytes(),
+        auto_compaction = ?config.auto_compaction,
         "roster serving etcd v3 API on {grpc_addr}; {http_note}"
     );
     roster_server::serve(grpc, http, store, config, shutdown).await.context("server failed")?;
