@@ -17,6 +17,8 @@
 //!   `range` and `memory` on roster and etcd side by side.
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
+//! - `storage_faults`: a full disk (a tmpfs the test mounts) and a
+//!   DeleteRange over a million keys across `kill -9`.
 //!
 //! Tests that need etcd print a loud notice and skip when it is missing, but
 //! never under `CI=true`.
@@ -30,4 +32,5 @@ mod etcdctl;
 mod gateway_cli;
 mod lock_election;
 mod registry_cli;
+mod storage_faults;
 mod support;
