@@ -12,7 +12,8 @@
 
 use crate::support::roster_bin;
 use roster_api::etcdserverpb::kv_client::KvClient;
-use roster_api::etcdserverpb::{request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use roster_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use roster_api::etcdserverpb::{request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest};
 use roster_testkit::Roster;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -152,6 +153,8 @@ async fn disk_full_fails_stop_and_a_restart_on_a_larger_disk_has_every_acknowled
     assert!(reason.contains("No space left on device"), "{reason}");
     let (_, metrics) = http_get(&server.http_url(), "/metrics").await;
     assert!(metrics.contains("roster_store_failed 1"), "{metrics}");
+    let status = MaintenanceClient::new(server.channel()).status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.errors, vec![reason.to_owned()], "Status.errors says why");
     check(&server.channel(), &outcomes, "live").await;
 
     server.kill_9();
