@@ -6,13 +6,20 @@
 //!   committer thread has written and `fdatasync`ed that batch: concurrent
 //!   writers share one fsync (group commit).
 //! - Readers see only the durable revision, so nothing is visible that a
-//!   crash could take back.
+//!   crash could take back. Ranges, read-only txns and keepalives take the
+//!   shared lock only.
+//! - Storage errors fail-stop: after a failed write, fsync or snapshot the
+//!   store refuses every queued and later write, never shows the failed
+//!   batch, and never retries the fsync ([`Store::failure`] says why). A
+//!   restart recovers exactly what was acknowledged.
 //! - Watches ([`Store::watch_stream`]) fan out per revision; a slow watcher
 //!   falls back to catching up from history and never blocks writers.
 //! - Leases live in an expiry queue driven by an injected [`Clock`].
 //!
 //! Modules: `keyspace` (histories), `apply` (etcd's request semantics),
-//! `lease` (TTL table), `record` + `log` (durability), `watch` (fan-out).
+//! `lease` (TTL table), `record` + `log` (durability, the WAL format and
+//! the disk seam), `fault` (fault injection through that seam, for tests),
+//! `watch` (fan-out).
 
 mod apply;
 mod clock;
@@ -128,6 +135,8 @@ pub(crate) struct Shared {
     clock: Arc<dyn Clock>,
     /// Set when the log could not be written; every later write fails.
     failed: Mutex<Option<String>>,
+    /// Mirror of `failed.is_some()`, so the hot paths check it lock-free.
+    has_failed: AtomicBool,
     closed: AtomicBool,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     disk_bytes: AtomicU64,
@@ -203,6 +212,7 @@ impl Store {
             visible: AtomicI64::new(rev),
             clock: config.clock,
             failed: Mutex::new(None),
+            has_failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             committer: Mutex::new(None),
             disk_bytes: AtomicU64::new(log.as_ref().map_or(0, |l| l.disk_bytes())),
@@ -433,6 +443,9 @@ impl Store {
 
     /// Refuses reads of state that may hold what a failed batch applied.
     fn check_healthy(&self) -> Result<(), EtcdError> {
+        if !self.shared().has_failed() {
+            return Ok(());
+        }
         match &*self.shared().failed.lock() {
             Some(why) => Err(EtcdError::Internal(why.clone())),
             None => Ok(()),
@@ -548,6 +561,7 @@ impl Shared {
             if failed.is_none() {
                 tracing::error!(error = %why, "storage failed; refusing all writes until restarted");
                 *failed = Some(format!("storage failed, refusing writes until restarted: {why}"));
+                self.has_failed.store(true, Ordering::Release);
             }
             failed.clone().expect("just set")
         };
@@ -557,7 +571,7 @@ impl Shared {
     }
 
     fn has_failed(&self) -> bool {
-        self.failed.lock().is_some()
+        self.has_failed.load(Ordering::Acquire)
     }
 }
 
