@@ -406,16 +406,23 @@ impl Store {
         let mut st = s.state.write();
         let due = st.leases.expired(s.clock.now());
         let more = due.len() > EXPIRE_CHUNK;
+        // One hold of the batch for the whole chunk, so it goes out in one
+        // fsync rather than in whatever slices the committer grabs.
+        let mut p = s.pending.lock();
+        let mut ok = true;
         for id in due.into_iter().take(EXPIRE_CHUNK) {
-            match self.apply(&mut st, |st, w, _| st.lease_revoke(w, id)) {
-                Ok(((), rx)) => waiting.push((id, rx)),
+            match self.prepare(&mut st, |st, w, _| st.lease_revoke(w, id)) {
+                Ok(((), sealed)) => waiting.push((id, sealed.map(|w| w.queue(&mut p)))),
                 Err(e) => {
                     tracing::warn!(lease = id, error = %e, "could not revoke expired lease");
-                    return false;
+                    ok = false;
+                    break;
                 }
             }
         }
-        more
+        drop(p);
+        s.wake.notify_one();
+        more && ok
     }
 
     /// Time until the next lease deadline, if any lease exists.
@@ -471,6 +478,21 @@ impl Store {
         st: &mut State,
         f: impl FnOnce(&mut State, &mut Write, Duration) -> Result<T, EtcdError>,
     ) -> Result<(T, Durable), EtcdError> {
+        let (out, sealed) = self.prepare(st, f)?;
+        let Some(sealed) = sealed else { return Ok((out, None)) };
+        let s = self.shared();
+        let rx = sealed.queue(&mut s.pending.lock());
+        s.wake.notify_one();
+        Ok((out, Some(rx)))
+    }
+
+    /// Applies `f` to the state; returns what must be made durable, or
+    /// `None` when the write changed nothing and read only durable state.
+    fn prepare<T>(
+        &self,
+        st: &mut State,
+        f: impl FnOnce(&mut State, &mut Write, Duration) -> Result<T, EtcdError>,
+    ) -> Result<(T, Option<Sealed>), EtcdError> {
         let s = self.shared();
         if s.closed.load(Ordering::Acquire) {
             return Err(EtcdError::Stopped);
@@ -483,20 +505,7 @@ impl Store {
             // Read-only, and everything it read is durable already.
             return Ok((out, None));
         }
-        let (tx, rx) = oneshot::channel();
-        let mut p = s.pending.lock();
-        if let Some(r) = &record {
-            log::frame(r, &mut p.framed);
-            p.seq = r.seq;
-            p.compactions.extend(r.compact);
-        }
-        if !events.is_empty() {
-            p.events.push((st.rev, events));
-        }
-        p.rev = st.rev;
-        p.waiters.push(tx);
-        s.wake.notify_one();
-        Ok((out, Some(rx)))
+        Ok((out, Some(Sealed { record, events, rev: st.rev })))
     }
 
     async fn durable(rx: Durable) -> Result<(), EtcdError> {
@@ -504,6 +513,31 @@ impl Store {
             None => Ok(()),
             Some(rx) => rx.await.unwrap_or(Err(EtcdError::Stopped)),
         }
+    }
+}
+
+/// An applied write, ready to join the pending batch.
+struct Sealed {
+    record: Option<record::Record>,
+    events: Vec<mvccpb::Event>,
+    /// The state's revision after it.
+    rev: i64,
+}
+
+impl Sealed {
+    fn queue(self, p: &mut Pending) -> oneshot::Receiver<Result<(), EtcdError>> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(r) = &self.record {
+            log::frame(r, &mut p.framed);
+            p.seq = r.seq;
+            p.compactions.extend(r.compact);
+        }
+        if !self.events.is_empty() {
+            p.events.push((self.rev, self.events));
+        }
+        p.rev = self.rev;
+        p.waiters.push(tx);
+        rx
     }
 }
 
