@@ -207,7 +207,10 @@ enum Command {
 pub async fn run(args: BenchArgs) -> Result<()> {
     let mut table = Table::default();
     match args.workload {
-        Command::Put { common, put } => table.compare(&common, &put).await?,
+        Command::Put { common, put } => {
+            put.pids.validate(&common)?;
+            table.compare(&common, &put).await?
+        }
         Command::Range { common, range } => table.compare(&common, &range).await?,
         Command::Keepalive { common, keepalive } => table.compare(&common, &keepalive).await?,
         Command::Watch { common, watch } => table.compare(&common, &watch).await?,
