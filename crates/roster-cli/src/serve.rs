@@ -45,8 +45,9 @@ pub struct ServeArgs {
     #[arg(long, value_delimiter = ',', value_name = "URLS")]
     advertise_client_urls: Vec<String>,
 
-    /// If the write-ahead log is corrupt, cut it at the first bad record
-    /// instead of refusing to start. Writes after that record are lost.
+    /// If the write-ahead log is damaged, cut it at the damage instead of
+    /// refusing to start. The writes after that point are lost; the bytes
+    /// cut are kept in <DIR>/wal.cut-<offset>.
     #[arg(long)]
     repair_wal: bool,
 
@@ -202,11 +203,7 @@ fn open_store(dir: Option<&Path>, repair: bool) -> Result<Store> {
     Store::open(config).map_err(|e| {
         let hint = match &e {
             StoreError::Locked { .. } => "cannot open the store: is another roster serve using this data dir?".to_owned(),
-            StoreError::Corrupt(_) => format!(
-                "the write-ahead log in {} is corrupt; `roster serve --repair-wal` cuts it at the first bad \
-                 record (the writes after it are lost)",
-                dir.display()
-            ),
+            StoreError::Corrupt(_) => format!("refusing to start on damaged data in {}", dir.display()),
             _ => format!("cannot open the store in {}", dir.display()),
         };
         anyhow::Error::new(e).context(hint)

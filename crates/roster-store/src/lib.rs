@@ -6,13 +6,20 @@
 //!   committer thread has written and `fdatasync`ed that batch: concurrent
 //!   writers share one fsync (group commit).
 //! - Readers see only the durable revision, so nothing is visible that a
-//!   crash could take back.
+//!   crash could take back. Ranges, read-only txns and keepalives take the
+//!   shared lock only.
+//! - Storage errors fail-stop: after a failed write, fsync or snapshot the
+//!   store refuses every queued and later write, never shows the failed
+//!   batch, and never retries the fsync ([`Store::failure`] says why). A
+//!   restart recovers exactly what was acknowledged.
 //! - Watches ([`Store::watch_stream`]) fan out per revision; a slow watcher
 //!   falls back to catching up from history and never blocks writers.
 //! - Leases live in an expiry queue driven by an injected [`Clock`].
 //!
 //! Modules: `keyspace` (histories), `apply` (etcd's request semantics),
-//! `lease` (TTL table), `record` + `log` (durability), `watch` (fan-out).
+//! `lease` (TTL table), `record` + `log` (durability, the WAL format and
+//! the disk seam), `fault` (fault injection through that seam, for tests),
+//! `watch` (fan-out).
 
 mod apply;
 mod clock;
@@ -130,6 +137,8 @@ pub(crate) struct Shared {
     clock: Arc<dyn Clock>,
     /// Set when the log could not be written; every later write fails.
     failed: Mutex<Option<String>>,
+    /// Mirror of `failed.is_some()`, so the hot paths check it lock-free.
+    has_failed: AtomicBool,
     closed: AtomicBool,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     disk_bytes: AtomicU64,
@@ -209,6 +218,7 @@ impl Store {
             visible: AtomicI64::new(rev),
             clock: config.clock,
             failed: Mutex::new(None),
+            has_failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             committer: Mutex::new(None),
             disk_bytes: AtomicU64::new(log.as_ref().map_or(0, |l| l.disk_bytes())),
@@ -406,16 +416,23 @@ impl Store {
         let mut st = s.state.write();
         let due = st.leases.expired(s.clock.now());
         let more = due.len() > EXPIRE_CHUNK;
+        // One hold of the batch for the whole chunk, so it goes out in one
+        // fsync rather than in whatever slices the committer grabs.
+        let mut p = s.pending.lock();
+        let mut ok = true;
         for id in due.into_iter().take(EXPIRE_CHUNK) {
-            match self.apply(&mut st, |st, w, _| st.lease_revoke(w, id)) {
-                Ok(((), rx)) => waiting.push((id, rx)),
+            match self.prepare(&mut st, |st, w, _| st.lease_revoke(w, id)) {
+                Ok(((), sealed)) => waiting.push((id, sealed.map(|w| w.queue(&mut p)))),
                 Err(e) => {
                     tracing::warn!(lease = id, error = %e, "could not revoke expired lease");
-                    return false;
+                    ok = false;
+                    break;
                 }
             }
         }
-        more
+        drop(p);
+        s.wake.notify_one();
+        more && ok
     }
 
     /// Time until the next lease deadline, if any lease exists.
@@ -443,6 +460,9 @@ impl Store {
 
     /// Refuses reads of state that may hold what a failed batch applied.
     fn check_healthy(&self) -> Result<(), EtcdError> {
+        if !self.shared().has_failed() {
+            return Ok(());
+        }
         match &*self.shared().failed.lock() {
             Some(why) => Err(EtcdError::Internal(why.clone())),
             None => Ok(()),
@@ -468,6 +488,21 @@ impl Store {
         st: &mut State,
         f: impl FnOnce(&mut State, &mut Write, Duration) -> Result<T, EtcdError>,
     ) -> Result<(T, Durable), EtcdError> {
+        let (out, sealed) = self.prepare(st, f)?;
+        let Some(sealed) = sealed else { return Ok((out, None)) };
+        let s = self.shared();
+        let rx = sealed.queue(&mut s.pending.lock());
+        s.wake.notify_one();
+        Ok((out, Some(rx)))
+    }
+
+    /// Applies `f` to the state; returns what must be made durable, or
+    /// `None` when the write changed nothing and read only durable state.
+    fn prepare<T>(
+        &self,
+        st: &mut State,
+        f: impl FnOnce(&mut State, &mut Write, Duration) -> Result<T, EtcdError>,
+    ) -> Result<(T, Option<Sealed>), EtcdError> {
         let s = self.shared();
         if s.closed.load(Ordering::Acquire) {
             return Err(EtcdError::Stopped);
@@ -480,20 +515,7 @@ impl Store {
             // Read-only, and everything it read is durable already.
             return Ok((out, None));
         }
-        let (tx, rx) = oneshot::channel();
-        let mut p = s.pending.lock();
-        if let Some(r) = &record {
-            log::frame(r, &mut p.framed);
-            p.seq = r.seq;
-            p.compactions.extend(r.compact);
-        }
-        if !events.is_empty() {
-            p.events.push((st.rev, events));
-        }
-        p.rev = st.rev;
-        p.waiters.push(tx);
-        s.wake.notify_one();
-        Ok((out, Some(rx)))
+        Ok((out, Some(Sealed { record, events, rev: st.rev })))
     }
 
     async fn durable(rx: Durable) -> Result<(), EtcdError> {
@@ -501,6 +523,31 @@ impl Store {
             None => Ok(()),
             Some(rx) => rx.await.unwrap_or(Err(EtcdError::Stopped)),
         }
+    }
+}
+
+/// An applied write, ready to join the pending batch.
+struct Sealed {
+    record: Option<record::Record>,
+    events: Vec<mvccpb::Event>,
+    /// The state's revision after it.
+    rev: i64,
+}
+
+impl Sealed {
+    fn queue(self, p: &mut Pending) -> oneshot::Receiver<Result<(), EtcdError>> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(r) = &self.record {
+            log::frame(r, &mut p.framed);
+            p.seq = r.seq;
+            p.compactions.extend(r.compact);
+        }
+        if !self.events.is_empty() {
+            p.events.push((self.rev, self.events));
+        }
+        p.rev = self.rev;
+        p.waiters.push(tx);
+        rx
     }
 }
 
@@ -558,6 +605,7 @@ impl Shared {
             if failed.is_none() {
                 tracing::error!(error = %why, "storage failed; refusing all writes until restarted");
                 *failed = Some(format!("storage failed, refusing writes until restarted: {why}"));
+                self.has_failed.store(true, Ordering::Release);
             }
             failed.clone().expect("just set")
         };
@@ -567,7 +615,7 @@ impl Shared {
     }
 
     fn has_failed(&self) -> bool {
-        self.failed.lock().is_some()
+        self.has_failed.load(Ordering::Acquire)
     }
 }
 

@@ -14,7 +14,7 @@
 //!   24  prev   u32 LE: the previous batch's `crc` (0 for a file's first)
 //!   28  crc    u32 LE: crc32 of `prev` then the body (a chain)
 //!   32  hcrc   u32 LE: crc32 of bytes 0..32
-//!   36  zero   u32
+//!   36  zero   u32 (must be zero)
 //!   40  body   records, each a length-delimited protobuf
 //!   ```
 //! - `snapshot`: `[magic][crc32: u32 LE][len: u64 LE][snapshot]`, replaced
@@ -363,7 +363,7 @@ fn parse_header(h: &[u8]) -> Option<Header> {
     let h = h.get(..BATCH_HEADER)?;
     let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
-    if &h[..4] != BATCH_MAGIC || crc32fast::hash(&h[..32]) != u32_at(32) {
+    if &h[..4] != BATCH_MAGIC || crc32fast::hash(&h[..32]) != u32_at(32) || u32_at(36) != 0 {
         return None;
     }
     Some(Header { kind: h[4], seq: u64_at(8), len: u64_at(16), prev: u32_at(24), crc: u32_at(28) })

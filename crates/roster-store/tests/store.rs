@@ -75,7 +75,7 @@ async fn only_real_changes_add_a_revision() {
     assert_eq!((d.deleted, d.header.unwrap().revision), (0, 2), "deleting nothing adds no revision");
     let g = s.lease_grant(LeaseGrantRequest { ttl: 10, id: 0 }).await.unwrap();
     assert_eq!(s.revision(), 2, "lease grant adds none");
-    s.lease_keep_alive(g.id);
+    s.lease_keep_alive(g.id).unwrap();
     assert_eq!(s.revision(), 2, "keepalive adds none");
     let t = s.txn(TxnRequest { compare: vec![], success: vec![op_range("a")], failure: vec![] }).await.unwrap();
     assert_eq!(t.header.unwrap().revision, 2, "read-only txn adds none");
@@ -270,6 +270,53 @@ async fn lease_expiry_deletes_keys_in_one_revision() {
     assert_eq!(s.lease_keep_alive(l.id).unwrap().ttl, 0, "keepalive on an unknown lease answers TTL 0");
     assert_eq!(s.lease_time_to_live(LeaseTimeToLiveRequest { id: l.id, keys: false }).unwrap().ttl, -1);
     assert_eq!(s.lease_revoke(LeaseRevokeRequest { id: l.id }).await.unwrap_err(), EtcdError::LeaseNotFound);
+}
+
+/// 2,500 leases expiring at once: one revision per lease, as etcd makes,
+/// but a handful of fsyncs in all, not one per lease.
+#[tokio::test]
+async fn leases_expiring_together_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let s = on_disk(dir.path(), clock.clone(), u64::MAX);
+    let n = 2500;
+    for i in 0..n {
+        let l = s.lease_grant(LeaseGrantRequest { ttl: 10, id: i + 1 }).await.unwrap();
+        put_lease(&s, &format!("e/{i:05}"), l.id).await.unwrap();
+    }
+    let (before, syncs) = (s.revision(), s.status().log_syncs);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(s.expire_leases().await, n as usize);
+    assert_eq!(s.revision(), before + n, "one revision per lease");
+    let used = s.status().log_syncs - syncs;
+    assert!(used <= 10, "{used} fsyncs to revoke {n} leases");
+    assert_eq!(get(&s, range("e/", "e0")).await.count, 0);
+    assert!(s.lease_leases().unwrap().leases.is_empty());
+    drop(s);
+    let s = on_disk(dir.path(), clock, u64::MAX);
+    assert_eq!(get(&s, range("e/", "e0")).await.count, 0, "the revocations are durable");
+    assert_eq!(s.revision(), before + n);
+}
+
+/// A keepalive only stores a deadline: renewals while a writer holds the
+/// lock neither wait for it nor change what expiry does.
+#[tokio::test]
+async fn renewed_leases_outlive_their_first_deadline() {
+    let (s, clock) = store();
+    let a = s.lease_grant(LeaseGrantRequest { ttl: 5, id: 1 }).await.unwrap().id;
+    let b = s.lease_grant(LeaseGrantRequest { ttl: 5, id: 2 }).await.unwrap().id;
+    put_lease(&s, "a", a).await.unwrap();
+    put_lease(&s, "b", b).await.unwrap();
+    // At 3, 6, 9 and 12 s: only b's deadline (5 s) passes.
+    for expected in [0, 1, 0, 0] {
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(s.lease_keep_alive(a).unwrap().ttl, 5);
+        assert_eq!(s.expire_leases().await, expected);
+    }
+    assert_eq!(keys(&get(&s, range("a", "c")).await), vec!["a"], "b expired at 5 s; a, renewed every 3 s, lives");
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(s.expire_leases().await, 1);
+    assert_eq!(get(&s, range("a", "c")).await.count, 0);
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ use super::wire::Conn;
 /// How long a request sent just before the deadline may still take.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// Runs `op(channel, n)` for `n` in `0..load.total`, spread over the
-/// clients, and measures each call.
+/// Runs `op(connection, n)` for `n` in `0..load.total`, spread over the
+/// clients, and measures each call, on the bench's own h2 connections.
 pub async fn closed_loop<F, Fut>(
     what: &str,
     t: &Target,
@@ -30,6 +30,23 @@ where
     Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
 {
     let conns = t.connect_unary(load.conns).await?;
+    closed_loop_on(what, t, conns, load, max, op).await
+}
+
+/// [`closed_loop`] over any kind of connection, for example tonic channels.
+pub async fn closed_loop_on<C, F, Fut>(
+    what: &str,
+    t: &Target,
+    conns: Vec<C>,
+    load: &Load,
+    max: Duration,
+    op: F,
+) -> Result<Outcome>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
     let op = Arc::new(op);
     let next = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(format!("{what} on {}", t.name), load.total);

@@ -14,10 +14,11 @@
 //! - `driver.rs`: the closed loop of `--clients` over `--conns`.
 //! - `report.rs`: histograms, progress on stderr, and the results table.
 //! - one file per workload: `put.rs`, `range.rs`, `keepalive.rs`,
-//!   `watch.rs`, `memory.rs`, `discovery.rs`, `hold.rs`.
+//!   `watch.rs`, `memory.rs`, `discovery.rs`, `hold.rs`, `expiry.rs`.
 
 mod discovery;
 mod driver;
+mod expiry;
 mod hold;
 mod keepalive;
 mod memory;
@@ -44,6 +45,7 @@ Examples:
   roster bench memory --keys 100000 --target roster=127.0.0.1:2379 --pid roster=$(pgrep -f 'roster serve')
   roster bench discovery --watchers 1000 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench hold --instances 10000 --target roster=127.0.0.1:2379 --pid roster=$(pgrep -f 'roster serve')
+  roster bench expiry --leases 10000 --ttl 10 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench all --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
 
 Results go to stdout as a table, progress to stderr.")]
@@ -168,6 +170,16 @@ enum Command {
         #[command(flatten)]
         hold: hold::Hold,
     },
+    /// `--leases` leases granted together, each with a key, left to expire
+    /// together while `--writers` keep putting: how long after its deadline
+    /// each key is gone, and the writers' put p99 during the expiry against
+    /// before it.
+    Expiry {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        expiry: expiry::Expiry,
+    },
     /// `--keys` keys of `--val-size` bytes, each on its own lease, then the
     /// server's RSS (VmRSS of `--pid NAME=PID`).
     Memory {
@@ -195,7 +207,10 @@ enum Command {
 pub async fn run(args: BenchArgs) -> Result<()> {
     let mut table = Table::default();
     match args.workload {
-        Command::Put { common, put } => table.compare(&common, &put).await?,
+        Command::Put { common, put } => {
+            put.pids.validate(&common)?;
+            table.compare(&common, &put).await?
+        }
         Command::Range { common, range } => table.compare(&common, &range).await?,
         Command::Keepalive { common, keepalive } => table.compare(&common, &keepalive).await?,
         Command::Watch { common, watch } => table.compare(&common, &watch).await?,
@@ -204,6 +219,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             hold.pids.validate(&common)?;
             table.compare(&common, &hold).await?
         }
+        Command::Expiry { common, expiry } => table.compare(&common, &expiry).await?,
         Command::Memory { common, memory } => {
             memory.pids.validate(&common)?;
             table.compare(&common, &memory).await?

@@ -19,6 +19,8 @@
 //!   a torn WAL tail is handled.
 //! - `quota`: `--quota-backend-bytes`, the NOSPACE alarm, `etcdctl alarm`,
 //!   defragment and auto-compaction, with the same transcript on etcd.
+//! - `storage_faults`: a full disk (a tmpfs the test mounts) and a
+//!   DeleteRange over a million keys across `kill -9`.
 //!
 //! Tests that need etcd print a loud notice and skip when it is missing, but
 //! never under `CI=true`.
@@ -33,4 +35,5 @@ mod gateway_cli;
 mod lock_election;
 mod quota;
 mod registry_cli;
+mod storage_faults;
 mod support;
