@@ -132,7 +132,10 @@ impl Quota {
         }
         let limit = self.limit.load(Ordering::Relaxed);
         if limit > 0 && disk_bytes.saturating_add(cost) >= limit {
-            if self.activate(self.member.load(Ordering::Relaxed), pb::AlarmType::Nospace as i32).is_ok_and(|raised| raised) {
+            // Raised already: skip the table lock, which a raise holds
+            // through an fsync.
+            let member = self.member.load(Ordering::Relaxed);
+            if !self.nospace.load(Ordering::Acquire) && self.activate(member, pb::AlarmType::Nospace as i32) == Ok(true) {
                 tracing::warn!(disk_bytes, quota = limit, "database space exceeded; raised the NOSPACE alarm");
             }
             return Err(EtcdError::NoSpace);
@@ -508,6 +511,14 @@ mod tests {
         assert!(s.alarm(&disarm).unwrap().alarms.is_empty());
         s.put(put("k", "v")).await.unwrap();
         assert_eq!(alarm_text(&nospace(3319814642761637952)), "memberID:3319814642761637952 alarm:NOSPACE ");
+
+        // python-etcd3's alarm test: create, list and disarm for member 0.
+        let act0 = req(AlarmAction::Activate, 0, pb::AlarmType::Nospace);
+        assert_eq!(s.alarm(&act0).unwrap().alarms, vec![nospace(0)]);
+        assert_eq!(s.alarm(&only).unwrap().alarms, vec![nospace(0)]);
+        assert_eq!(alarm_text(&nospace(0)), "alarm:NOSPACE ", "etcd's text leaves out a zero member id");
+        s.alarm(&req(AlarmAction::Deactivate, 0, pb::AlarmType::Nospace)).unwrap();
+        assert!(s.alarm(&only).unwrap().alarms.is_empty());
     }
 
     #[tokio::test]
