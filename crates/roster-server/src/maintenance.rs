@@ -30,7 +30,13 @@ impl Maintenance for Server {
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        self.unary(STATUS, req, |_| async move { Ok(self.status()) }).await
+        self.unary(STATUS, req, |_| async move {
+            // After a compaction this walks the keyspace: not on a worker.
+            let store = self.store().clone();
+            let in_use = tokio::task::spawn_blocking(move || store.db_size_in_use()).await.unwrap_or_default();
+            Ok(self.status(in_use))
+        })
+        .await
     }
 
     /// Writes a snapshot now and starts the log over, which is what frees
@@ -49,7 +55,7 @@ impl Maintenance for Server {
 }
 
 impl Server {
-    fn status(&self) -> StatusResponse {
+    fn status(&self, db_size_in_use: i64) -> StatusResponse {
         let store = self.store();
         let s = store.status();
         // Why the store refuses writes, then the alarms, as etcd lists them.
@@ -64,7 +70,7 @@ impl Server {
             raft_term: RAFT_TERM,
             raft_applied_index: s.writes,
             errors,
-            db_size_in_use: store.db_size_in_use(),
+            db_size_in_use,
             is_learner: false,
         }
     }
