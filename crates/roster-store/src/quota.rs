@@ -138,6 +138,16 @@ impl Quota {
     /// etcd's quota check and capped applier in one: refuses a request
     /// costing `cost` when the store is at `disk_bytes`.
     pub(crate) fn admit(&self, cost: u64, disk_bytes: u64) -> Result<(), EtcdError> {
+        self.check_space(cost, disk_bytes)?;
+        if cost > 0 && self.nospace.load(Ordering::Acquire) {
+            return Err(EtcdError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// etcd's gRPC-layer check alone: refuses, and raises NOSPACE, when
+    /// `disk_bytes + cost` reaches the quota.
+    fn check_space(&self, cost: u64, disk_bytes: u64) -> Result<(), EtcdError> {
         if cost == 0 {
             return Ok(());
         }
@@ -149,9 +159,6 @@ impl Quota {
             if !self.nospace.load(Ordering::Acquire) && self.activate(member, pb::AlarmType::Nospace as i32) == Ok(true) {
                 tracing::warn!(disk_bytes, quota = limit, "database space exceeded; raised the NOSPACE alarm");
             }
-            return Err(EtcdError::NoSpace);
-        }
-        if self.nospace.load(Ordering::Acquire) {
             return Err(EtcdError::NoSpace);
         }
         Ok(())
@@ -248,6 +255,30 @@ impl Store {
     pub(crate) fn admit(&self, cost: u64) -> Result<(), EtcdError> {
         let s = self.shared();
         s.quota.admit(cost, s.disk_bytes.load(Ordering::Relaxed))
+    }
+
+    /// etcd checks the size against the quota before it validates a Put,
+    /// Txn or LeaseGrant (its quota interceptor wraps the KV and Lease
+    /// servers), so an invalid put over the quota gets NOSPACE. The server
+    /// may call these first to match that; the store checks again, with the
+    /// alarm, when it applies the request.
+    pub fn check_quota_put(&self, r: &pb::PutRequest) -> Result<(), EtcdError> {
+        self.check_space(put_cost(r))
+    }
+
+    /// See [`Store::check_quota_put`].
+    pub fn check_quota_txn(&self, r: &pb::TxnRequest) -> Result<(), EtcdError> {
+        self.check_space(txn_cost(r))
+    }
+
+    /// See [`Store::check_quota_put`].
+    pub fn check_quota_lease_grant(&self) -> Result<(), EtcdError> {
+        self.check_space(lease_grant_cost())
+    }
+
+    fn check_space(&self, cost: u64) -> Result<(), EtcdError> {
+        let s = self.shared();
+        s.quota.check_space(cost, s.disk_bytes.load(Ordering::Relaxed))
     }
 
     /// Every raised alarm, ordered by type, then member.
@@ -528,6 +559,7 @@ mod tests {
         assert_eq!(q.admit(200, 800), Err(EtcdError::NoSpace), "size + cost reaching the quota is refused");
         assert_eq!(q.get(0), vec![nospace(7)]);
         assert_eq!(q.admit(1, 10), Err(EtcdError::NoSpace), "refused while the alarm is raised, whatever the size");
+        assert_eq!(q.check_space(1, 10), Ok(()), "the size check alone passes: validation comes next in etcd");
         assert_eq!(q.admit(0, 10), Ok(()));
         assert_eq!(q.deactivate(7, pb::AlarmType::Nospace as i32), Ok(true));
         assert_eq!(q.admit(1, 10), Ok(()));
