@@ -171,12 +171,16 @@ impl KeySpace {
     /// the range in `[from, covered]` is in them. `prev_floor` is the oldest
     /// revision a previous value may be read at.
     ///
-    /// The work is bounded by the slice, not by the history: each key is
-    /// read from `from` only up to the current cut-off, which drops as the
-    /// slice fills, so a watcher far behind costs one bounded slice per call.
-    /// Each call still visits every key of the range once.
+    /// The work is bounded by the slice, not by the history: `limit.revs`
+    /// revisions from `from` can hold at most `limit.revs` distinct ones, so
+    /// the window ends there, and each key is read from `from` only up to a
+    /// cut-off that drops as the slice fills. A watcher far behind thus
+    /// costs one bounded slice per call. Each call still visits every key of
+    /// the range once, so a wide range over a sparse window costs a visit
+    /// per key for few events.
     pub fn events(&self, range: &OwnedRange, from: i64, to: i64, prev_kv: bool, prev_floor: i64, limit: EventLimit) -> (Vec<mvccpb::Event>, i64) {
-        let mut cutoff = to;
+        let max_revs = limit.revs.max(1);
+        let mut cutoff = to.min(from.saturating_add(i64::try_from(max_revs - 1).unwrap_or(i64::MAX)));
         // Estimated bytes per revision gathered so far.
         let mut revs: BTreeMap<i64, usize> = BTreeMap::new();
         let mut bytes = 0usize;
@@ -195,7 +199,7 @@ impl KeySpace {
                 found.push((e.mod_rev, e.sub, key, hist, i));
                 *revs.entry(e.mod_rev).or_default() += size;
                 bytes += size;
-                while revs.len() > 1 && (revs.len() > limit.revs.max(1) || bytes > limit.bytes) {
+                while revs.len() > 1 && (revs.len() > max_revs || bytes > limit.bytes) {
                     let Some((r, b)) = revs.pop_last() else { break };
                     bytes -= b;
                     cutoff = r - 1;
