@@ -437,8 +437,7 @@ enum Slice {
     Compacted(i64),
 }
 
-fn take(queued: &AtomicUsize, q: Queued) -> WatchResponse {
-    let (resp, size) = *q;
+fn take(queued: &AtomicUsize, (resp, size): (WatchResponse, usize)) -> WatchResponse {
     queued.fetch_sub(size, Ordering::AcqRel);
     resp
 }
@@ -455,7 +454,7 @@ impl WatchEvents {
     pub async fn next(&mut self) -> Option<WatchResponse> {
         loop {
             match self.rx.try_recv() {
-                Ok(r) => return Some(take(&self.queued, r)),
+                Ok(r) => return Some(take(&self.queued, *r)),
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
@@ -463,7 +462,7 @@ impl WatchEvents {
                 return Some(r);
             }
             tokio::select! {
-                r = self.rx.recv() => return r.map(|r| take(&self.queued, r)),
+                r = self.rx.recv() => return r.map(|r| take(&self.queued, *r)),
                 _ = self.wake.notified() => {}
             }
         }

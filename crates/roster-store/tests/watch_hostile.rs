@@ -498,3 +498,203 @@ async fn concurrent_writers_and_slow_readers_lose_nothing() {
     }
     assert!(behind > 0, "some watchers fell behind and caught up");
 }
+
+// === hostile readers ===
+
+async fn put_timed(store: &Store, key: Bytes, value: Bytes) -> (i64, Duration) {
+    let t = Instant::now();
+    let r = store.put(PutRequest { key, value, ..Default::default() }).await.unwrap();
+    (r.header.unwrap().revision, t.elapsed())
+}
+
+async fn idle_p99(store: &Store, key: &str, value: &Bytes, n: usize) -> Duration {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        lat.push(put_timed(store, b(key), value.clone()).await.1);
+    }
+    p99(lat)
+}
+
+/// Loose, so that a busy CI machine does not fail it, but far below what
+/// scanning every watcher, or replaying under the writers' locks, costs.
+fn assert_bounded(what: &str, idle: Duration, loaded: Duration) {
+    let bound = (idle * 10).max(Duration::from_millis(10));
+    eprintln!("{what}: put p99 idle {idle:?}, loaded {loaded:?} (bound {bound:?})");
+    assert!(loaded < bound, "{what}: put p99 {loaded:?} against {idle:?} idle");
+}
+
+/// 100,000 watchers on one stream, half on single keys and half on
+/// prefixes: a put costs the writer what its matching watchers cost, not a
+/// scan of all of them, and each watcher gets its own events only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_latency_holds_with_100k_watchers_on_one_stream() {
+    const N: usize = 50_000;
+    let store = Store::in_memory();
+    let v = b("v");
+    let idle = idle_p99(&store, "/x", &v, 1000).await;
+
+    let (ctl, mut ev) = store.watch_stream();
+    let (want_tx, mut want_rx) = tokio::sync::watch::channel(usize::MAX);
+    let reader = tokio::spawn(async move {
+        let mut events: HashMap<i64, Vec<i64>> = HashMap::new();
+        let (mut created, mut total, mut max_queued) = (0, 0, 0);
+        while total < *want_rx.borrow_and_update() || created < 2 * N {
+            tokio::select! {
+                r = ev.next() => {
+                    let r = r.expect("stream open");
+                    max_queued = max_queued.max(ev.queued_bytes());
+                    created += usize::from(r.created);
+                    total += r.events.len();
+                    events.entry(r.watch_id).or_default().extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+                }
+                _ = want_rx.changed() => {}
+            }
+        }
+        (events, max_queued)
+    });
+    let t = Instant::now();
+    for i in 0..N {
+        ctl.create(WatchCreateRequest { key: Bytes::from(format!("/w/{i}")), ..Default::default() }).await;
+    }
+    for i in 0..N {
+        let p = format!("/p/{i}/");
+        ctl.create(WatchCreateRequest { key: b(&p), range_end: Bytes::from(prefix_end(p.as_bytes())), ..Default::default() }).await;
+    }
+    eprintln!("created {} watchers in {:?}", 2 * N, t.elapsed());
+    assert_eq!(store.status().watchers, 2 * N as u64);
+
+    // Unwatched keys, single-key watchers (ids 0..N), prefix watchers (N..2N).
+    let mut lat = Vec::new();
+    let mut want: HashMap<i64, Vec<i64>> = HashMap::new();
+    for i in 0..2000usize {
+        let j = i * 7919 % N;
+        let (key, id) = match i % 4 {
+            1 => (format!("/w/{j}"), Some(j as i64)),
+            2 => (format!("/p/{j}/k{i}"), Some((N + j) as i64)),
+            _ => ("/x".to_owned(), None),
+        };
+        let (rev, took) = put_timed(&store, Bytes::from(key), v.clone()).await;
+        lat.push(took);
+        if let Some(id) = id {
+            want.entry(id).or_default().push(rev);
+        }
+    }
+    want_tx.send(want.values().map(Vec::len).sum()).unwrap();
+    let (mut got, max_queued) = tokio::time::timeout(Duration::from_secs(30), reader).await.expect("reader done in time").unwrap();
+    got.retain(|_, v| !v.is_empty());
+    assert_eq!(got, want, "each watcher got exactly the events of its keys");
+    assert!(max_queued <= WatchEvents::QUEUE_BYTES);
+    assert_bounded("100k watchers", idle, p99(lat));
+    drop(ctl);
+    assert_eq!(store.status().watchers, 0, "closing the stream drops its watchers from the index");
+}
+
+/// A watcher from revision 1 over 1,000,000 revisions catches up in slices
+/// while a writer puts: the writer is never held up for long, and the
+/// watcher gets every revision once, in order, then goes live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_revision_1_over_a_million_revisions_does_not_stall_writers() {
+    const REVS: usize = 1_000_000;
+    const TASKS: usize = 64;
+    let store = Store::in_memory();
+    let t = Instant::now();
+    let fill: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..REVS / TASKS {
+                    let key = Bytes::from(format!("h/{task:02}/{:02}", i % 16));
+                    store.put(PutRequest { key, ..Default::default() }).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for f in fill {
+        f.await.unwrap();
+    }
+    let filled = store.revision();
+    assert_eq!(filled, 1 + REVS as i64);
+    eprintln!("{REVS} revisions in {:?}", t.elapsed());
+    let v = b("v");
+    let idle = idle_p99(&store, "/x", &v, 500).await;
+
+    let (ctl, mut ev) = store.watch_stream();
+    ctl.create(WatchCreateRequest { key: b("\0"), range_end: Bytes::from_static(b"\0"), start_revision: 1, ..Default::default() }).await;
+    assert!(next(&mut ev).await.created);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            // Every revision from 2 on is one put: the watcher must see each once, in order.
+            let (mut expect, mut responses) = (2i64, 0usize);
+            let t = Instant::now();
+            loop {
+                let r = next(&mut ev).await;
+                responses += 1;
+                for e in &r.events {
+                    let rev = e.kv.as_ref().unwrap().mod_revision;
+                    assert_eq!(rev, expect, "every revision once, in order");
+                    expect += 1;
+                }
+                if expect > filled && !done.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    eprintln!("caught up over {} revisions in {:?}, {responses} responses", expect - 2, t.elapsed());
+                }
+                if expect > filled + 50_000 {
+                    return (ev, expect, responses);
+                }
+            }
+        })
+    };
+    let mut lat = Vec::new();
+    // The writer goes on until the watcher caught up, and some more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = 0;
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "the watcher catches up in time");
+        let (rev, took) = put_timed(&store, b("/x"), v.clone()).await;
+        lat.push(took);
+        last = rev;
+        if lat.len() >= 200_000 {
+            break;
+        }
+    }
+    let (_ev, expect, responses) = reader.await.unwrap();
+    assert!(expect > last || expect > filled + 50_000, "the watcher went live");
+    assert!(responses < REVS / 100, "catch-up batches revisions: {responses} responses");
+    assert!(done.load(std::sync::atomic::Ordering::Acquire));
+    assert_bounded("catch-up over 1M revisions", idle, p99(lat));
+}
+
+/// A stream whose reader never reads: writers go on as before, its queue
+/// stays within its byte budget, and when it finally reads it gets every
+/// event from history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_stays_under_its_byte_budget_and_does_not_slow_writers() {
+    let store = Store::in_memory();
+    let value = Bytes::from(vec![b'v'; 64 << 10]);
+    let idle = idle_p99(&store, "/idle", &value, 400).await;
+
+    let (ctl, mut ev) = store.watch_stream();
+    ctl.create(WatchCreateRequest { key: b("/y/"), range_end: b("/y0"), ..Default::default() }).await;
+    let mut lat = Vec::new();
+    let mut revs = Vec::new();
+    for i in 0..400 {
+        let (rev, took) = put_timed(&store, Bytes::from(format!("/y/{}", i % 10)), value.clone()).await;
+        lat.push(took);
+        revs.push(rev);
+        assert!(ev.queued_bytes() <= WatchEvents::QUEUE_BYTES, "{} bytes queued", ev.queued_bytes());
+    }
+    assert!(ev.queued_bytes() > WatchEvents::QUEUE_BYTES / 2, "the queue filled up to its budget: {}", ev.queued_bytes());
+    assert_bounded("a stream nobody reads", idle, p99(lat));
+    assert!(next(&mut ev).await.created);
+    let mut seen = Vec::new();
+    while seen.len() < revs.len() {
+        let r = next(&mut ev).await;
+        seen.extend(r.events.iter().map(|e| {
+            assert_eq!(e.kv.as_ref().unwrap().value.len(), value.len());
+            e.kv.as_ref().unwrap().mod_revision
+        }));
+    }
+    assert_eq!(seen, revs, "the queued events, then the rest from history");
+    assert!(try_next(&mut ev).await.is_none());
+}
