@@ -17,10 +17,11 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 const WATCH: &str = "/etcdserverpb.Watch/Watch";
 
-/// Responses queued for tonic per stream. The store keeps its own, larger
-/// queue behind this one and switches a slow stream to catch-up from
-/// history, so this only smooths the hand-off.
+/// Responses queued for tonic per stream, and their bytes at most. The
+/// store keeps its own, larger queue behind this one and switches a slow
+/// stream to catch-up from history, so this only smooths the hand-off.
 const SEND_BUFFER: usize = 64;
+const SEND_BYTES: u32 = 1 << 20;
 
 // === impl Server as Watch ===
 
@@ -31,7 +32,7 @@ impl Watch for Server {
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let inbound = req.into_inner();
         let (control, events) = self.store().watch_stream();
-        let (tx, rx) = responses::queue(SEND_BUFFER);
+        let (tx, rx) = responses::queue_with_bytes(SEND_BUFFER, SEND_BYTES);
         tokio::spawn(run(self.clone(), inbound, control, events, tx));
         Ok(Response::new(rx))
     }
@@ -98,7 +99,8 @@ async fn write_responses(
         let Some(mut resp) = next else { return Code::Ok };
         // etcd's watch header keeps the revision it was built with, even 0.
         server.fill_ids(resp.header.get_or_insert_with(Default::default));
-        if tx.send(Ok(resp)).await.is_err() {
+        let bytes = prost::Message::encoded_len(&resp);
+        if tx.send_sized(Ok(resp), bytes).await.is_err() {
             return Code::Cancelled;
         }
     }

@@ -165,16 +165,53 @@ impl KeySpace {
     }
 
     /// Events for keys in the range with revisions in `[from, to]`, in
-    /// revision order, stopping after `max_revs` distinct revisions.
-    /// `prev_floor` is the oldest revision a previous value may be read at.
-    pub fn events(&self, range: &OwnedRange, from: i64, to: i64, prev_kv: bool, prev_floor: i64, max_revs: usize) -> Vec<mvccpb::Event> {
-        let mut found: Vec<(i64, u32, mvccpb::Event)> = Vec::new();
+    /// revision order, cut after `limit.revs` distinct revisions or once they
+    /// hold about `limit.bytes`, but always whole revisions and at least one.
+    /// Returns the events and the revision they cover up to: every event of
+    /// the range in `[from, covered]` is in them. `prev_floor` is the oldest
+    /// revision a previous value may be read at.
+    ///
+    /// The work is bounded by the slice, not by the history: `limit.revs`
+    /// revisions from `from` can hold at most `limit.revs` distinct ones, so
+    /// the window ends there, and each key is read from `from` only up to a
+    /// cut-off that drops as the slice fills. A watcher far behind thus
+    /// costs one bounded slice per call. Each call still visits every key of
+    /// the range once, so a wide range over a sparse window costs a visit
+    /// per key for few events.
+    pub fn events(&self, range: &OwnedRange, from: i64, to: i64, prev_kv: bool, prev_floor: i64, limit: EventLimit) -> (Vec<mvccpb::Event>, i64) {
+        let max_revs = limit.revs.max(1);
+        let mut cutoff = to.min(from.saturating_add(i64::try_from(max_revs - 1).unwrap_or(i64::MAX)));
+        // Estimated bytes per revision gathered so far.
+        let mut revs: BTreeMap<i64, usize> = BTreeMap::new();
+        let mut bytes = 0usize;
+        let mut found: Vec<(i64, u32, &Bytes, &History, usize)> = Vec::new();
         for (key, hist) in self.range(&range.key, &range.end) {
+            if hist.entries.last().is_none_or(|e| e.mod_rev < from) {
+                continue;
+            }
             let start = hist.entries.partition_point(|e| e.mod_rev < from);
-            for e in &hist.entries[start..] {
-                if e.mod_rev > to {
+            for (i, e) in hist.entries.iter().enumerate().skip(start) {
+                if e.mod_rev > cutoff {
                     break;
                 }
+                let prev = if prev_kv && i > 0 { key.len() + hist.entries[i - 1].value.len() } else { 0 };
+                let size = EVENT_OVERHEAD + key.len() + e.value.len() + prev;
+                found.push((e.mod_rev, e.sub, key, hist, i));
+                *revs.entry(e.mod_rev).or_default() += size;
+                bytes += size;
+                while revs.len() > 1 && (revs.len() > max_revs || bytes > limit.bytes) {
+                    let Some((r, b)) = revs.pop_last() else { break };
+                    bytes -= b;
+                    cutoff = r - 1;
+                }
+            }
+        }
+        found.retain(|f| f.0 <= cutoff);
+        found.sort_by_key(|f| (f.0, f.1));
+        let out = found
+            .into_iter()
+            .map(|(_, _, key, hist, i)| {
+                let e = &hist.entries[i];
                 // The value at revision - 1: a txn may have written the key
                 // twice in one revision.
                 let creation = !e.is_tombstone() && e.create_rev == e.mod_rev;
@@ -183,24 +220,10 @@ impl KeySpace {
                 } else {
                     None
                 };
-                found.push((e.mod_rev, e.sub, make_event(key, e, prev)));
-            }
-        }
-        found.sort_by_key(|(rev, sub, _)| (*rev, *sub));
-        let mut revs = 0;
-        let mut last = None;
-        let mut out = Vec::with_capacity(found.len());
-        for (rev, _, ev) in found {
-            if last != Some(rev) {
-                revs += 1;
-                if revs > max_revs {
-                    break;
-                }
-                last = Some(rev);
-            }
-            out.push(ev);
-        }
-        out
+                make_event(key, e, prev)
+            })
+            .collect();
+        (out, cutoff)
     }
 
     /// Every key with its full retained history, for snapshots.
@@ -230,6 +253,17 @@ pub(crate) fn make_event(key: &Bytes, e: &Entry, prev_kv: Option<mvccpb::KeyValu
         mvccpb::Event { r#type: EventType::Put as i32, kv: Some(e.to_kv(key)), prev_kv }
     }
 }
+
+/// How much one call of [`KeySpace::events`] may gather.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventLimit {
+    pub revs: usize,
+    pub bytes: usize,
+}
+
+/// Bytes an event costs beyond its key and values: revisions, versions,
+/// lease and framing, roughly.
+const EVENT_OVERHEAD: usize = 48;
 
 /// A key range owned by a watcher.
 #[derive(Debug, Clone)]
@@ -306,13 +340,36 @@ mod tests {
         ks.put_at(b"b", b"2", 0, 3, 1);
         ks.delete(b"a", 4, 0);
         let all = OwnedRange { key: Bytes::from_static(b"\0"), end: Bytes::from_static(b"\0") };
-        let evs = ks.events(&all, 3, 4, true, 0, usize::MAX);
+        let no_limit = EventLimit { revs: usize::MAX, bytes: usize::MAX };
+        let (evs, covered) = ks.events(&all, 3, 4, true, 0, no_limit);
+        assert_eq!(covered, 4);
         let keys: Vec<_> = evs.iter().map(|e| (e.kv.as_ref().unwrap().key.clone(), e.kv.as_ref().unwrap().mod_revision)).collect();
         assert_eq!(keys, vec![(Bytes::from("a"), 3), (Bytes::from("b"), 3), (Bytes::from("a"), 4)]);
         assert!(evs[0].prev_kv.is_none(), "a creation has no previous value");
         assert_eq!(evs[1].prev_kv.as_ref().unwrap().value, "1");
         assert_eq!(evs[2].r#type, EventType::Delete as i32);
         assert_eq!(evs[2].prev_kv.as_ref().unwrap().value, "1");
-        assert_eq!(ks.events(&all, 2, 4, false, 0, 1).len(), 1, "stops after max_revs revisions");
+        let (evs, covered) = ks.events(&all, 2, 4, false, 0, EventLimit { revs: 1, bytes: usize::MAX });
+        assert_eq!((evs.len(), covered), (1, 2), "stops after limit.revs revisions");
+    }
+
+    #[test]
+    fn events_are_cut_at_whole_revisions_by_bytes() {
+        let mut ks = KeySpace::default();
+        let big = vec![b'x'; 1000];
+        for rev in 2..12 {
+            // Two keys per revision, as a txn writes them.
+            ks.put_at(b"a", &big, 0, rev, 0);
+            ks.put_at(b"b", &big, 0, rev, 1);
+        }
+        let all = OwnedRange { key: Bytes::from_static(b"\0"), end: Bytes::from_static(b"\0") };
+        let (evs, covered) = ks.events(&all, 2, 11, false, 0, EventLimit { revs: 1000, bytes: 4500 });
+        let revs: Vec<i64> = evs.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
+        assert_eq!(revs, vec![2, 2, 3, 3], "about 4.5 KB: two whole revisions");
+        assert_eq!(covered, 3);
+        let (evs, covered) = ks.events(&all, 2, 11, false, 0, EventLimit { revs: 1000, bytes: 10 });
+        assert_eq!((evs.len(), covered), (2, 2), "a revision larger than the limit still goes out whole");
+        let (evs, covered) = ks.events(&all, 12, 20, false, 0, EventLimit { revs: 1000, bytes: 10 });
+        assert_eq!((evs.len(), covered), (0, 20), "nothing in the window: all of it is covered");
     }
 }

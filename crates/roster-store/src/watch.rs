@@ -1,59 +1,108 @@
 //! Watch fan-out.
 //!
-//! Each gRPC Watch call is one stream with a bounded channel of responses.
-//! A watcher is either *synced*, receiving each new revision live, or
-//! *behind*, catching up from the keyspace's history. Publishing never
-//! waits: when a stream's channel is full its watcher falls behind, and the
-//! stream's reader replays the gap from history once it has drained what was
-//! queued. So a slow client costs memory bounded by its channel, and never
-//! blocks writers.
+//! Each gRPC Watch call is one stream with a bounded queue of responses,
+//! bounded both in messages ([`STREAM_BUFFER`]) and in bytes
+//! ([`STREAM_BYTES`]). A watcher is either *synced*, receiving each new
+//! revision live, or *behind*, catching up from the keyspace's history.
 //!
-//! A watcher is registered, replayed and switched to live delivery under the
-//! hub lock, which is also held while publishing, so no event is lost or
-//! doubled at the seams.
+//! Writers never wait on watchers:
+//! - Publishing finds the watchers of each changed key in an interval index
+//!   ([`index`]), so its cost follows the matching watchers only, not all
+//!   of them.
+//! - When a stream's queue is full, in messages or bytes, the watcher falls
+//!   behind instead: it is put on its stream's `lagging` list, and the
+//!   stream's reader replays the gap from history once it has drained what
+//!   was queued.
+//! - Replay happens in the reader, in slices bounded by revisions and bytes
+//!   ([`CATCH_UP_REVS`], [`CATCH_UP_BYTES`]), and never under the hub lock
+//!   that every acknowledgement needs: the reader picks a watcher and its
+//!   `from` under a short hub lock, reads the slice under the state read
+//!   lock alone, then re-takes the hub lock to advance the watcher.
+//!
+//! No event is lost or doubled at the seams because, while a watcher is
+//! behind, publishing skips it, and only its stream's reader (one task)
+//! moves it forward. The advance is committed only if the watcher is still
+//! the one picked (same `serial`, so not canceled and re-created) and still
+//! behind at the same `from`; it turns synced only when the slice reached
+//! the visible revision under the hub lock, which publishing also holds.
+//! Otherwise it stays behind from the slice's end. A watcher's queued
+//! responses (its `created`, its live events from before it fell behind)
+//! always go out before its replay: catch-up starts only on an empty queue.
 
-use crate::keyspace::OwnedRange;
+mod index;
+
+use crate::keyspace::{EventLimit, OwnedRange};
 use crate::Shared;
 use bytes::Bytes;
+use index::{End, Index};
+use prost::Message;
 use roster_api::etcdserverpb::{watch_create_request::FilterType, ResponseHeader, WatchCreateRequest, WatchResponse};
 use roster_api::mvccpb::{event::EventType, Event};
-use std::collections::HashMap;
+use roster_api::range::KeyRange;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 /// Responses queued per stream before its watchers fall behind.
 const STREAM_BUFFER: usize = 256;
+/// Encoded bytes of responses queued per stream before its watchers fall
+/// behind. One response larger than this still goes out, alone.
+pub(crate) const STREAM_BYTES: usize = 4 << 20;
 
-/// A queued response, boxed: the queue allocates its slots 32 at a time,
-/// up front, and a registry holds one queue per watch stream (one per
-/// registered instance), so each slot is kept to a pointer.
-type Queued = Box<WatchResponse>;
-/// Revisions per catch-up response, as in etcd.
+/// A queued response with its encoded size, boxed: the queue allocates its
+/// slots 32 at a time, up front, and a registry holds one queue per watch
+/// stream (one per registered instance), so each slot is kept to a pointer.
+type Queued = Box<(WatchResponse, usize)>;
+/// Revisions per catch-up response at most, as in etcd.
 const CATCH_UP_REVS: usize = 1000;
+/// Bytes per catch-up response, about; a larger revision still goes whole.
+const CATCH_UP_BYTES: usize = 1 << 20;
+/// Empty catch-up slices read in one go before the reader lets others run.
+const CATCH_UP_EMPTY_SLICES: usize = 64;
+/// Watchers unindexed per hub lock when a stream closes, so that closing a
+/// stream of 100,000 watchers does not hold writers up.
+const DROP_CHUNK: usize = 1024;
 
 const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// A watcher across all streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Wid {
+    stream: u64,
+    id: i64,
+}
 
 #[derive(Default)]
 pub(crate) struct Hub {
     /// The durable revision; events up to here have been published.
     pub visible: i64,
     next_stream: u64,
+    next_serial: u64,
     streams: HashMap<u64, Slot>,
+    index: Index<Wid>,
+    watchers: usize,
+    /// Reused by `publish`: (watcher, event) pairs of one revision.
+    scratch: Vec<(Wid, usize)>,
 }
 
 struct Slot {
     tx: mpsc::Sender<Queued>,
     wake: Arc<Notify>,
+    /// Encoded bytes in `tx`'s queue; the reader subtracts what it takes.
+    queued: Arc<AtomicUsize>,
     watchers: HashMap<i64, Watcher>,
+    /// Announced watchers that are behind, in the order they fell behind.
+    /// May also hold ids that have since been canceled or caught up; the
+    /// reader skips those.
+    lagging: VecDeque<i64>,
     next_id: i64,
 }
 
 struct Watcher {
     range: OwnedRange,
-    no_put: bool,
-    no_delete: bool,
-    prev_kv: bool,
+    shape: Shape,
     progress_notify: bool,
     /// Live events below this revision are not for this watcher.
     min_rev: i64,
@@ -61,19 +110,30 @@ struct Watcher {
     announced: bool,
     /// `Some(rev)`: behind, replaying history from `rev`.
     behind: Option<i64>,
+    /// Unique per hub: tells this watcher from a later one with its id.
+    serial: u64,
+}
+
+/// What a watcher keeps of an event.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
 }
 
 fn header(rev: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader { revision: rev, ..Default::default() })
 }
 
-// === impl Watcher ===
+// === impl Shape ===
 
-impl Watcher {
-    fn shape(&self, ev: &Event) -> Option<Event> {
-        let kv = ev.kv.as_ref()?;
+impl Shape {
+    /// The event as this watcher sees it; the caller has checked the key.
+    fn apply(self, ev: &Event) -> Option<Event> {
+        ev.kv.as_ref()?;
         let is_put = ev.r#type == EventType::Put as i32;
-        if (is_put && self.no_put) || (!is_put && self.no_delete) || !self.range.contains(&kv.key) {
+        if (is_put && self.no_put) || (!is_put && self.no_delete) {
             return None;
         }
         let mut ev = ev.clone();
@@ -91,24 +151,66 @@ impl Hub {
         Hub { visible, ..Default::default() }
     }
 
-    /// Delivers one revision's events to synced watchers. Never blocks.
+    /// Delivers one revision's events to the synced watchers of their keys.
+    /// Never blocks; costs one index lookup per event plus the matches.
     pub fn publish(&mut self, rev: i64, events: &[Event]) {
-        for slot in self.streams.values_mut() {
-            for (id, w) in slot.watchers.iter_mut() {
-                if !w.announced || w.behind.is_some() || rev < w.min_rev {
-                    continue;
+        if self.index.is_empty() {
+            return;
+        }
+        let mut hits = std::mem::take(&mut self.scratch);
+        for (i, ev) in events.iter().enumerate() {
+            if let Some(kv) = &ev.kv {
+                self.index.for_each_match(&kv.key, |w| hits.push((w, i)));
+            }
+        }
+        // Stable: each watcher's events stay in the revision's order.
+        hits.sort_by_key(|h| h.0);
+        let mut rest = &hits[..];
+        while let Some(&(wid, _)) = rest.first() {
+            let n = rest.iter().take_while(|h| h.0 == wid).count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            self.deliver(rev, wid, group.iter().map(|&(_, i)| &events[i]));
+        }
+        hits.clear();
+        if hits.capacity() > 4096 {
+            hits = Vec::new();
+        }
+        self.scratch = hits;
+    }
+
+    /// Queues one watcher's response for `rev`, or puts it behind.
+    fn deliver<'a>(&mut self, rev: i64, wid: Wid, evs: impl Iterator<Item = &'a Event>) {
+        let Some(slot) = self.streams.get_mut(&wid.stream) else { return };
+        let Some(w) = slot.watchers.get_mut(&wid.id) else { return };
+        if !w.announced || w.behind.is_some() || rev < w.min_rev {
+            return;
+        }
+        let events: Vec<Event> = evs.filter_map(|e| w.shape.apply(e)).collect();
+        debug_assert!(events.iter().all(|e| e.kv.as_ref().is_some_and(|kv| w.range.contains(&kv.key))), "the index matched {wid:?}");
+        if events.is_empty() {
+            return;
+        }
+        let resp = WatchResponse { header: header(rev), watch_id: wid.id, events, ..Default::default() };
+        let size = resp.encoded_len();
+        let queued = slot.queued.load(Ordering::Acquire);
+        if queued == 0 || queued.saturating_add(size) <= STREAM_BYTES {
+            // Counted before it can be taken, so the count never underflows.
+            slot.queued.fetch_add(size, Ordering::AcqRel);
+            match slot.tx.try_send(Box::new((resp, size))) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    slot.queued.fetch_sub(size, Ordering::AcqRel);
                 }
-                let evs: Vec<Event> = events.iter().filter_map(|e| w.shape(e)).collect();
-                if evs.is_empty() {
-                    continue;
-                }
-                let resp = WatchResponse { header: header(rev), watch_id: *id, events: evs, ..Default::default() };
-                if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(Box::new(resp)) {
-                    w.behind = Some(rev);
-                    slot.wake.notify_one();
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    slot.queued.fetch_sub(size, Ordering::AcqRel);
+                    return;
                 }
             }
         }
+        w.behind = Some(rev);
+        slot.lagging.push_back(wid.id);
+        slot.wake.notify_one();
     }
 
     /// Sends an empty response to synced watchers that asked for progress.
@@ -117,18 +219,42 @@ impl Hub {
         for slot in self.streams.values_mut() {
             for (id, w) in &slot.watchers {
                 if w.announced && w.behind.is_none() && w.progress_notify {
-                    let _ = slot.tx.try_send(Box::new(WatchResponse { header: header(rev), watch_id: *id, ..Default::default() }));
+                    let resp = WatchResponse { header: header(rev), watch_id: *id, ..Default::default() };
+                    let _ = slot.tx.try_send(Box::new((resp, 0)));
                 }
             }
         }
     }
 
     pub fn watchers(&self) -> usize {
-        self.streams.values().map(|s| s.watchers.len()).sum()
+        self.watchers
     }
 
     pub fn streams(&self) -> usize {
         self.streams.len()
+    }
+
+    fn index_watcher(&mut self, wid: Wid, range: &OwnedRange) {
+        match KeyRange::new(&range.key, &range.end) {
+            KeyRange::Single(_) => self.index.insert_key(range.key.clone(), wid),
+            KeyRange::From(_) => self.index.insert_range(range.key.clone(), End::Unbounded, wid),
+            KeyRange::Between(..) => self.index.insert_range(range.key.clone(), End::Key(range.end.clone()), wid),
+        }
+    }
+
+    fn unindex_watcher(&mut self, wid: Wid, range: &OwnedRange) {
+        match KeyRange::new(&range.key, &range.end) {
+            KeyRange::Single(k) => self.index.remove_key(k, wid),
+            _ => self.index.remove_range(&range.key, wid),
+        }
+    }
+
+    /// Removes a watcher; false when there was none.
+    fn remove_watcher(&mut self, stream: u64, id: i64) -> bool {
+        let Some(w) = self.streams.get_mut(&stream).and_then(|s| s.watchers.remove(&id)) else { return false };
+        self.unindex_watcher(Wid { stream, id }, &w.range);
+        self.watchers -= 1;
+        true
     }
 }
 
@@ -136,15 +262,24 @@ impl Hub {
 pub(crate) fn open(shared: &Arc<Shared>) -> (WatchControl, WatchEvents) {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let wake = Arc::new(Notify::new());
+    let queued = Arc::new(AtomicUsize::new(0));
     let id = {
         let mut hub = shared.hub.lock();
         hub.next_stream += 1;
         let id = hub.next_stream;
-        hub.streams.insert(id, Slot { tx: tx.clone(), wake: wake.clone(), watchers: HashMap::new(), next_id: 0 });
+        let slot = Slot {
+            tx: tx.clone(),
+            wake: wake.clone(),
+            queued: queued.clone(),
+            watchers: HashMap::new(),
+            lagging: VecDeque::new(),
+            next_id: 0,
+        };
+        hub.streams.insert(id, slot);
         id
     };
     let control = WatchControl { inner: Arc::new(ControlInner { shared: shared.clone(), stream: id, tx }) };
-    let events = WatchEvents { shared: shared.clone(), stream: id, rx, wake };
+    let events = WatchEvents { shared: shared.clone(), stream: id, rx, wake, queued };
     (control, events)
 }
 
@@ -164,7 +299,17 @@ struct ControlInner {
 
 impl Drop for ControlInner {
     fn drop(&mut self) {
-        self.shared.hub.lock().streams.remove(&self.stream);
+        // Out of the map first, so publishing skips the stream at once; then
+        // out of the index a chunk per lock.
+        let Some(slot) = self.shared.hub.lock().streams.remove(&self.stream) else { return };
+        let watchers: Vec<(i64, OwnedRange)> = slot.watchers.into_iter().map(|(id, w)| (id, w.range)).collect();
+        for chunk in watchers.chunks(DROP_CHUNK) {
+            let mut hub = self.shared.hub.lock();
+            for (id, range) in chunk {
+                hub.unindex_watcher(Wid { stream: self.stream, id: *id }, range);
+            }
+            hub.watchers -= chunk.len();
+        }
     }
 }
 
@@ -178,7 +323,8 @@ impl WatchControl {
         let end = r.range_end.clone();
         let inner = &self.inner;
         let (id, visible, refused) = {
-            let mut hub = inner.shared.hub.lock();
+            let mut guard = inner.shared.hub.lock();
+            let hub = &mut *guard;
             let visible = hub.visible;
             let Some(slot) = hub.streams.get_mut(&inner.stream) else { return };
             let refused = if !end.is_empty() && &end[..] != b"\0" && key >= end {
@@ -202,16 +348,20 @@ impl WatchControl {
             if refused.is_none() {
                 let filters = |f: FilterType| r.filters.contains(&(f as i32));
                 let start = if r.start_revision == 0 { visible + 1 } else { r.start_revision };
-                slot.watchers.insert(id, Watcher {
-                    range: OwnedRange { key, end },
-                    no_put: filters(FilterType::Noput),
-                    no_delete: filters(FilterType::Nodelete),
-                    prev_kv: r.prev_kv,
+                let range = OwnedRange { key, end };
+                hub.next_serial += 1;
+                let w = Watcher {
+                    range: range.clone(),
+                    shape: Shape { no_put: filters(FilterType::Noput), no_delete: filters(FilterType::Nodelete), prev_kv: r.prev_kv },
                     progress_notify: r.progress_notify,
                     min_rev: start,
                     announced: false,
                     behind: Some(start),
-                });
+                    serial: hub.next_serial,
+                };
+                slot.watchers.insert(id, w);
+                hub.watchers += 1;
+                hub.index_watcher(Wid { stream: inner.stream, id }, &range);
             }
             (id, visible, refused)
         };
@@ -223,20 +373,21 @@ impl WatchControl {
             cancel_reason: refused.unwrap_or_default().to_owned(),
             ..Default::default()
         };
-        if inner.tx.send(Box::new(created)).await.is_err() || refused.is_some() {
+        if inner.tx.send(Box::new((created, 0))).await.is_err() || refused.is_some() {
             return;
         }
         // Now events may flow; the reader replays anything from `start` on.
         let mut hub = inner.shared.hub.lock();
         let visible = hub.visible;
-        if let Some(w) = hub.streams.get_mut(&inner.stream).and_then(|s| s.watchers.get_mut(&id)) {
+        let Some(slot) = hub.streams.get_mut(&inner.stream) else { return };
+        if let Some(w) = slot.watchers.get_mut(&id).filter(|w| !w.announced) {
             w.announced = true;
             if w.min_rev > visible {
                 w.behind = None;
+            } else {
+                slot.lagging.push_back(id);
+                slot.wake.notify_one();
             }
-        }
-        if let Some(slot) = hub.streams.get(&inner.stream) {
-            slot.wake.notify_one();
         }
     }
 
@@ -245,20 +396,19 @@ impl WatchControl {
         let inner = &self.inner;
         let (existed, rev) = {
             let mut hub = inner.shared.hub.lock();
-            let rev = hub.visible;
-            let existed = hub.streams.get_mut(&inner.stream).is_some_and(|s| s.watchers.remove(&watch_id).is_some());
-            (existed, rev)
+            (hub.remove_watcher(inner.stream, watch_id), hub.visible)
         };
         if existed {
             let resp = WatchResponse { header: header(rev), watch_id, canceled: true, ..Default::default() };
-            let _ = inner.tx.send(Box::new(resp)).await;
+            let _ = inner.tx.send(Box::new((resp, 0))).await;
         }
     }
 
     /// Answers a progress request with the current revision.
     pub async fn progress(&self) {
         let rev = self.inner.shared.hub.lock().visible;
-        let _ = self.inner.tx.send(Box::new(WatchResponse { header: header(rev), watch_id: -1, ..Default::default() })).await;
+        let resp = WatchResponse { header: header(rev), watch_id: -1, ..Default::default() };
+        let _ = self.inner.tx.send(Box::new((resp, 0))).await;
     }
 }
 
@@ -268,73 +418,133 @@ pub struct WatchEvents {
     stream: u64,
     rx: mpsc::Receiver<Queued>,
     wake: Arc<Notify>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A watcher picked for one catch-up slice, copied out of the hub.
+struct Pick {
+    id: i64,
+    serial: u64,
+    from: i64,
+    to: i64,
+    range: OwnedRange,
+    shape: Shape,
+}
+
+/// What one slice read from history.
+enum Slice {
+    Events(Vec<Event>, i64),
+    Compacted(i64),
+}
+
+fn take(queued: &AtomicUsize, (resp, size): (WatchResponse, usize)) -> WatchResponse {
+    queued.fetch_sub(size, Ordering::AcqRel);
+    resp
 }
 
 // === impl WatchEvents ===
 
 impl WatchEvents {
+    /// Encoded bytes of events a stream queues before its watchers fall
+    /// behind and catch up from history instead.
+    pub const QUEUE_BYTES: usize = STREAM_BYTES;
+
     /// The next response; `None` once the control half is dropped and
     /// everything queued was delivered.
     pub async fn next(&mut self) -> Option<WatchResponse> {
         loop {
             match self.rx.try_recv() {
-                Ok(r) => return Some(*r),
+                Ok(r) => return Some(take(&self.queued, *r)),
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            // Only with the queue drained: a watcher's queued events precede
-            // its replay.
             if let Some(r) = self.catch_up() {
                 return Some(r);
             }
             tokio::select! {
-                r = self.rx.recv() => return r.map(|r| *r),
+                r = self.rx.recv() => return r.map(|r| take(&self.queued, *r)),
                 _ = self.wake.notified() => {}
             }
         }
     }
 
-    /// Replays history for one watcher that is behind. Returns a response
-    /// when there was something to send.
+    /// Encoded bytes of the responses queued for this stream now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Replays one slice of history for a watcher that is behind. Returns a
+    /// response when there was something to send; `None` when nothing is
+    /// behind, or the queue must be drained first.
     fn catch_up(&mut self) -> Option<WatchResponse> {
-        loop {
-            let mut hub = self.shared.hub.lock();
-            let visible = hub.visible;
-            let slot = hub.streams.get_mut(&self.stream)?;
-            let (&id, w) = slot.watchers.iter_mut().find(|(_, w)| w.announced && w.behind.is_some())?;
-            let from = w.behind.expect("found behind");
-            let st = self.shared.state.read();
-            if from < st.compact_rev {
-                let compact_revision = st.compact_rev;
-                slot.watchers.remove(&id);
-                // etcd sends this with a zero header revision.
-                return Some(WatchResponse {
-                    header: header(0),
-                    watch_id: id,
-                    canceled: true,
-                    compact_revision,
-                    ..Default::default()
-                });
+        for _ in 0..CATCH_UP_EMPTY_SLICES {
+            let pick = self.pick()?;
+            let slice = {
+                let st = self.shared.state.read();
+                let compact = st.compact_rev;
+                if pick.from < compact {
+                    Slice::Compacted(compact)
+                } else {
+                    let limit = EventLimit { revs: CATCH_UP_REVS, bytes: CATCH_UP_BYTES };
+                    let (all, covered) = st.kv.events(&pick.range, pick.from, pick.to, pick.shape.prev_kv, compact, limit);
+                    drop(st);
+                    Slice::Events(all.iter().filter_map(|e| pick.shape.apply(e)).collect(), covered)
+                }
+            };
+            if let Some(resp) = self.advance(&pick, slice) {
+                return Some(resp);
             }
+        }
+        // Many empty slices in a row: come back after other tasks ran.
+        self.wake.notify_one();
+        None
+    }
+
+    /// Under a short hub lock: the next watcher behind, with where it is.
+    fn pick(&mut self) -> Option<Pick> {
+        let mut hub = self.shared.hub.lock();
+        let visible = hub.visible;
+        let slot = hub.streams.get_mut(&self.stream)?;
+        // Queued responses go first. Checked under the hub lock: a watcher
+        // is announced, or put behind, only after its earlier responses
+        // were queued, under this lock.
+        if !self.rx.is_empty() {
+            return None;
+        }
+        loop {
+            let id = slot.lagging.pop_front()?;
+            let Some(w) = slot.watchers.get_mut(&id) else { continue };
+            let (true, Some(from)) = (w.announced, w.behind) else { continue };
             if from > visible {
                 w.behind = None;
                 continue;
             }
-            let all = st.kv.events(&w.range, from, visible, true, st.compact_rev, CATCH_UP_REVS);
-            drop(st);
-            let last = all.last().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision);
-            let mut revs: Vec<i64> = all.iter().filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision)).collect();
-            revs.dedup();
-            w.behind = match last {
-                Some(last) if revs.len() >= CATCH_UP_REVS && last < visible => Some(last + 1),
-                _ => None,
-            };
-            let events: Vec<Event> = all.iter().filter_map(|e| w.shape(e)).collect();
-            if w.behind.is_some() {
-                slot.wake.notify_one();
+            return Some(Pick { id, serial: w.serial, from, to: visible, range: w.range.clone(), shape: w.shape });
+        }
+    }
+
+    /// Under a short hub lock: moves the watcher past what `slice` read, if
+    /// it is still the watcher picked and still behind where it was.
+    fn advance(&mut self, pick: &Pick, slice: Slice) -> Option<WatchResponse> {
+        let mut guard = self.shared.hub.lock();
+        let hub = &mut *guard;
+        let visible = hub.visible;
+        let slot = hub.streams.get_mut(&self.stream)?;
+        // Not current: canceled (its `canceled` is queued) or replaced.
+        let w = slot.watchers.get_mut(&pick.id).filter(|w| w.serial == pick.serial && w.behind == Some(pick.from))?;
+        match slice {
+            Slice::Compacted(compact_revision) => {
+                hub.remove_watcher(self.stream, pick.id);
+                // etcd sends this with a zero header revision.
+                Some(WatchResponse { header: header(0), watch_id: pick.id, canceled: true, compact_revision, ..Default::default() })
             }
-            if !events.is_empty() {
-                return Some(WatchResponse { header: header(visible), watch_id: id, events, ..Default::default() });
+            Slice::Events(events, covered) => {
+                // Publishing skipped it for revisions after `covered`.
+                w.behind = (covered < visible).then_some(covered + 1);
+                if w.behind.is_some() {
+                    slot.lagging.push_back(pick.id);
+                }
+                (!events.is_empty()).then(|| WatchResponse { header: header(visible), watch_id: pick.id, events, ..Default::default() })
             }
         }
     }
