@@ -29,6 +29,8 @@ impl Kv for Server {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.unary(PUT, req, |r| async move {
+            // etcd's quota layer runs before validation.
+            self.store().check_quota_put(&r)?;
             validate::check_put(&r)?;
             check_raft_size(&r)?;
             Ok(self.store().put(r).await?)
@@ -47,6 +49,7 @@ impl Kv for Server {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         self.unary(TXN, req, |r| async move {
+            self.store().check_quota_txn(&r)?;
             validate::check_txn(&r)?;
             // A read-only txn is served like a Range, off the raft path.
             if !is_read_only(&r) {

@@ -26,6 +26,7 @@ const KEEP_ALIVE_BUFFER: usize = 16;
 impl Lease for Server {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         self.unary(GRANT, req, |r| async move {
+            self.store().check_quota_lease_grant()?;
             check_raft_size(&r)?;
             Ok(self.store().lease_grant(r).await?)
         })
