@@ -7,7 +7,12 @@
 # stops only the servers it started, by PID; bounded in time (--limit seconds
 # per bench run).
 #
-#   scripts/bench-vs-etcd.sh [--total N] [--keys N] [--instances N] [--limit SECS]
+#   scripts/bench-vs-etcd.sh [--total N] [--keys N] [--instances N] [--limit SECS] [--storage]
+#
+# --storage runs only the storage and hostile-load workloads, each on fresh
+# servers: put 10x100 on both client stacks with the servers' CPU per put,
+# 10,000 leases expiring together, the registration storm (hold), and the
+# hostile readers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,14 +20,16 @@ TOTAL=50000   # requests per throughput workload
 KEYS=100000   # keys (each on its own lease) for the memory workload
 INSTANCES=10000 # SDK registrations held with live keepalives
 LIMIT=900     # seconds each bench invocation may take before it is stopped
+STORAGE=""    # set by --storage
 while [ $# -gt 0 ]; do
     case "$1" in
         --total) TOTAL=$2; shift 2 ;;
         --keys) KEYS=$2; shift 2 ;;
         --instances) INSTANCES=$2; shift 2 ;;
         --limit) LIMIT=$2; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-        *) echo "usage: $0 [--total N] [--keys N] [--instances N] [--limit SECS]" >&2; exit 2 ;;
+        --storage) STORAGE=1; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "usage: $0 [--total N] [--keys N] [--instances N] [--limit SECS] [--storage]" >&2; exit 2 ;;
     esac
 done
 command -v etcd >/dev/null || { echo "etcd is not installed (Debian: apt-get install etcd-server)" >&2; exit 1; }
@@ -110,10 +117,12 @@ bench() { # args...: one bench run, stopped after $LIMIT seconds
 echo "== machine: $(nproc) cores, $(uname -r); data dirs under $WORK ($(df -P "$WORK" | awk 'NR==2{print $1}'))"
 echo "== $("$ROSTER" --version); etcd $(etcd --version | awk '/etcd Version/{print $3}')"
 
-start_both run
-echo "== roster pid $ROSTER_PID on 127.0.0.1:$RP, etcd pid $ETCD_PID on 127.0.0.1:$EP"
-bench all --total "$TOTAL" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP"
-stop_both
+if [ -z "$STORAGE" ]; then
+    start_both run
+    echo "== roster pid $ROSTER_PID on 127.0.0.1:$RP, etcd pid $ETCD_PID on 127.0.0.1:$EP"
+    bench all --total "$TOTAL" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP"
+    stop_both
+fi
 
 # workload args...: one workload that reads the servers' memory, on fresh
 # servers so that nothing earlier counts.
@@ -125,5 +134,20 @@ on_fresh_servers() {
         --pid "roster=$ROSTER_PID" --pid "etcd=$ETCD_PID"
     stop_both
 }
+# workload args...: one workload on fresh servers that does not read them.
+fresh() {
+    echo
+    start_both "$1"
+    bench "$@" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP"
+    stop_both
+}
+if [ -n "$STORAGE" ]; then
+    for client in h2 tonic; do
+        on_fresh_servers put --conns 10 --clients 100 --total "$TOTAL" --client "$client"
+    done
+    fresh expiry --leases 10000 --ttl 10
+    on_fresh_servers hold --instances "$INSTANCES"
+    exit 0
+fi
 on_fresh_servers memory --keys "$KEYS"
 on_fresh_servers hold --instances "$INSTANCES"
