@@ -126,9 +126,11 @@ fi
 
 # workload args...: one workload that reads the servers' memory, on fresh
 # servers so that nothing earlier counts.
+RUN=0
 on_fresh_servers() {
     echo
-    start_both "$1"
+    RUN=$((RUN + 1))
+    start_both "$1-$RUN"
     echo "== fresh servers: roster pid $ROSTER_PID, etcd pid $ETCD_PID"
     bench "$@" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP" \
         --pid "roster=$ROSTER_PID" --pid "etcd=$ETCD_PID"
@@ -137,7 +139,8 @@ on_fresh_servers() {
 # workload args...: one workload on fresh servers that does not read them.
 fresh() {
     echo
-    start_both "$1"
+    RUN=$((RUN + 1))
+    start_both "$1-$RUN"
     bench "$@" --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP"
     stop_both
 }
