@@ -3,7 +3,7 @@
 
 use parking_lot::{Mutex, RwLock};
 use roster::balance::{Balancer, HealthConfig, Policy};
-use roster::{Discovery, Registry};
+use roster::{Discovery, Instance, Registry};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +69,7 @@ impl Upstreams {
             let _ = tokio::time::timeout(wait, up._discovery.ready()).await;
             // The follower task may not have run yet.
             if up.balancer.set().endpoints.is_empty() {
-                up.balancer.update(up._discovery.instances());
+                up.balancer.update(usable(up._discovery.instances()));
             }
         }
         Ok(up)
@@ -82,14 +82,34 @@ impl Upstreams {
         let follow = tokio::spawn(async move {
             let mut changes = Box::pin(d.changes());
             d.ready().await;
-            b.update(d.instances());
+            b.update(usable(d.instances()));
             while changes.next().await.is_some() {
-                b.update(d.instances());
+                b.update(usable(d.instances()));
             }
         })
         .abort_handle();
         Arc::new(Upstream { balancer, budget: RetryBudget::new(), _discovery: discovery, follow })
     }
+}
+
+/// Instances whose address can be sent as a `Host` header and dialled.
+/// An address comes from whoever wrote the registry: one with CR, LF or
+/// anything else outside `host:port` would forge headers upstream.
+fn usable(instances: Vec<Instance>) -> Vec<Instance> {
+    let ok = |a: &str| !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:[]%".contains(&b));
+    if instances.iter().all(|i| ok(&i.addr)) {
+        return instances;
+    }
+    instances
+        .into_iter()
+        .filter(|i| {
+            let keep = ok(&i.addr);
+            if !keep {
+                tracing::warn!(service = %i.service, id = %i.id, addr = ?i.addr, "instance address is not host:port; not routed");
+            }
+            keep
+        })
+        .collect()
 }
 
 /// Retries may add at most a share of the requests: each request deposits
