@@ -14,6 +14,8 @@
 //! path. The hand-over happens between requests, so hyper starts clean.
 
 mod request;
+#[cfg(test)]
+mod fuzz;
 
 use crate::proxy::{is_idempotent, Access, Answered, Attempts, Failure, Fault, Proxy, FIRST_LIST_WAIT, HOP_BY_HOP, REPLAY_LIMIT};
 use request::{header_line, parse_length, parse_request, Asked, Parsed, Routed};
