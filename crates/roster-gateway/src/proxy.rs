@@ -4,7 +4,7 @@
 use crate::config::{Config, Policies};
 use crate::metrics::Metrics;
 use crate::route::route;
-use crate::upstream::{RetryBudget, Upstreams};
+use crate::upstream::{RetryBudget, Unavailable, Upstreams};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -27,6 +27,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub(crate) const REPLAY_LIMIT: usize = 64 * 1024;
 /// How long a new service may take to list its instances on first use.
 pub(crate) const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
+
+/// The metrics label of requests for no route or an unregistered name.
+pub(crate) const UNROUTED: &str = "-";
 
 /// What every request shares.
 pub struct Proxy {
@@ -79,9 +82,9 @@ impl Proxy {
 
     /// Counts an answered request and writes its access log line.
     pub(crate) fn record(&self, a: &Access<'_>, status: u16, took: Duration) {
-        if !a.service.is_empty() {
-            self.metrics.request(a.service, a.instance, status, took);
-        }
+        // No route and names nobody registered share one series.
+        let service = if a.service.is_empty() { UNROUTED } else { a.service };
+        self.metrics.request(service, a.instance, status, took);
         tracing::info!(
             target: "roster_gateway::access",
             client = %a.client.ip(), method = a.method, path = a.path, service = a.service, instance = a.instance, status,
@@ -99,9 +102,9 @@ impl Proxy {
         let policies: &Policies = target.policies;
         let upstream = self
             .upstreams
-            .get(&service, policies.policy, FIRST_LIST_WAIT)
+            .get(&service, policies.policy, FIRST_LIST_WAIT, target.configured)
             .await
-            .map_err(|e| Failure::NoInstance { service: service.clone(), detail: e.to_string() })?;
+            .map_err(|e| Failure::unavailable(service.clone(), e))?;
         let (mut parts, body) = req.into_parts();
         let hash_key = policies.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
         prepare_headers(&mut parts.headers, client, host.as_deref(), grpc);
@@ -314,14 +317,25 @@ pub(crate) enum LastError {
 pub(crate) enum Failure {
     NoRoute { path: String },
     NoInstance { service: String, detail: String },
+    /// No route names it and no instance is registered: nothing is kept
+    /// about the name, not even a metrics series.
+    Unknown { service: String },
     BadRequest { service: String, detail: String },
     Upstream { service: String, retries: u32, last: LastError },
 }
 
 impl Failure {
+    pub(crate) fn unavailable(service: String, e: Unavailable) -> Failure {
+        match e {
+            Unavailable::Unknown => Failure::Unknown { service },
+            e @ Unavailable::TooMany(_) => Failure::NoInstance { service, detail: e.to_string() },
+        }
+    }
+
+    /// The service for metrics and the access log: empty when unrouted.
     pub(crate) fn service(&self) -> &str {
         match self {
-            Failure::NoRoute { .. } => "",
+            Failure::NoRoute { .. } | Failure::Unknown { .. } => "",
             Failure::NoInstance { service, .. } | Failure::BadRequest { service, .. } | Failure::Upstream { service, .. } => service,
         }
     }
@@ -339,6 +353,11 @@ impl Failure {
             Failure::NoRoute { path } => {
                 (StatusCode::NOT_FOUND, 12, serde_json::json!({"error": "no route", "path": path}))
             }
+            Failure::Unknown { service } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                14,
+                serde_json::json!({"error": "no instance available", "service": service, "detail": "no instance is registered"}),
+            ),
             Failure::NoInstance { service, detail } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 14,
@@ -375,7 +394,11 @@ impl Failure {
         let (status, grpc_code, body) = self.parts();
         if grpc {
             let message = body.get("detail").and_then(|d| d.as_str()).filter(|d| !d.is_empty()).unwrap_or_else(|| body["error"].as_str().unwrap_or(""));
-            let message = format!("roster gateway: {message}{}", match self.service() {
+            let name = match self {
+                Failure::Unknown { service } => service,
+                other => other.service(),
+            };
+            let message = format!("roster gateway: {message}{}", match name {
                 "" => String::new(),
                 s => format!(" (service {s:?})"),
             });

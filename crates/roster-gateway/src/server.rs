@@ -121,6 +121,8 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
             },
             _ = sweep.tick() => {
                 fast_pool.sweep();
+                let config = proxy.config.load();
+                proxy.upstreams.sweep(|name| config.routes.iter().any(|r| r.service == name));
                 continue;
             }
         };
@@ -176,7 +178,11 @@ async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
 
 fn admin(proxy: &Proxy, req: &Request<Incoming>) -> Response<Body> {
     let (status, body, ctype) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, full(Bytes::from(proxy.metrics.render())), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "/metrics" => (StatusCode::OK, full(Bytes::from({
+            let (upstreams, directory) = proxy.upstreams.held();
+            proxy.metrics.held(upstreams, directory);
+            proxy.metrics.render()
+        })), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
         "/health" => (StatusCode::OK, full(Bytes::from_static(b"{\"health\":\"true\"}\n")), "application/json"),
         _ => (StatusCode::NOT_FOUND, empty(), "text/plain"),
     };

@@ -779,3 +779,93 @@ async fn crlf_in_an_instance_address_never_reaches_a_header() {
     assert!(answer.starts_with("HTTP/1.1 503") && !answer.contains("x-injected"), "{answer:?}");
     assert!(f.log.lock().is_empty());
 }
+
+// === Made-up names: bounded state ===
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+}
+
+/// Sends `count` pipelined requests for random names on one connection,
+/// `batch` at a time; returns how many answers had each status.
+async fn random_names(addr: SocketAddr, seed: u64, count: usize, batch: usize) -> std::collections::BTreeMap<u16, usize> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut x = seed | 1;
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    while sent < count {
+        let n = batch.min(count - sent);
+        let mut out = Vec::with_capacity(n * 48);
+        for _ in 0..n {
+            // xorshift64: a fresh name per request.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(format!("GET /n{x:x}/x HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        }
+        s.write_all(&out).await.unwrap();
+        for _ in 0..n {
+            let answer = read_answer(&mut s, &mut buf).await;
+            let status: u16 = answer[9..12].parse().unwrap();
+            *statuses.entry(status).or_default() += 1;
+        }
+        sent += n;
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_names_start_no_discovery_and_cannot_lock_out_a_real_service() {
+    let (reg, _stop) = registry().await;
+    let _real = Backend::start(&reg, "real", "r1").await;
+    let gw = Gw::start(&reg, "max_services = 4\n").await;
+    let c = http();
+    assert_eq!(get(&c, &gw.url("/real/x")).await.status, StatusCode::OK);
+    // Warm up allocator pools and metrics, then measure.
+    let warm = random_names(gw.addr, 7, 5_000, 200).await;
+    assert_eq!(warm.get(&503), Some(&5_000), "{warm:?}");
+    let before = rss();
+    let started = Instant::now();
+    let loads: Vec<_> = (0..4).map(|i| tokio::spawn(random_names(gw.addr, 1000 + i, 25_000, 200))).collect();
+    let mut total = 0;
+    for l in loads {
+        let statuses = tokio::time::timeout(Duration::from_secs(120), l).await.expect("load finished in time").unwrap();
+        assert_eq!(statuses.keys().collect::<Vec<_>>(), [&503], "every made-up name gets 503: {statuses:?}");
+        total += statuses[&503];
+    }
+    let grew = rss().saturating_sub(before);
+    eprintln!("{total} requests to made-up names in {:?}; resident memory grew {} KiB", started.elapsed(), grew / 1024);
+    assert_eq!(total, 100_000);
+    assert!(grew <= 4 << 20, "memory grew {} KiB", grew / 1024);
+
+    // /metrics holds no made-up name, and one upstream (real) is followed.
+    let m = get(&c, &format!("http://{}/metrics", gw.admin)).await.json;
+    let m = m.as_str().unwrap();
+    assert!(m.len() < 16 * 1024, "metrics grew to {} bytes", m.len());
+    assert!(!m.contains("service=\"n"), "a made-up name has a series");
+    assert!(m.contains("roster_gateway_requests_total{service=\"-\",instance=\"-\",code=\"503\"} 105000"), "{m}");
+    assert!(m.contains("roster_gateway_upstreams 1\n"), "{m}");
+
+    // max_services (4) was never filled: three more real services are routed,
+    // the last within 100 ms of registering.
+    let _a = Backend::start(&reg, "late-a", "a1").await;
+    let _b = Backend::start(&reg, "late-b", "b1").await;
+    assert_eq!(get(&c, &gw.url("/late-a/x")).await.status, StatusCode::OK);
+    assert_eq!(get(&c, &gw.url("/late-b/x")).await.status, StatusCode::OK);
+    let _late = Backend::start(&reg, "late", "l1").await;
+    let registered = Instant::now();
+    loop {
+        let a = get(&c, &gw.url("/late/x")).await;
+        if a.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(registered.elapsed() < Duration::from_secs(2), "never routed: {}", a.json);
+    }
+    let took = registered.elapsed();
+    eprintln!("a service registered after the made-up names was routed after {took:?}");
+    assert!(took <= Duration::from_millis(100), "routed after {took:?}");
+}

@@ -216,10 +216,10 @@ async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
         Ok(r) => r,
         Err(fail) => return answer_failure(client, proxy, peer, head, started, fail).await,
     };
-    let upstream = match proxy.upstreams.get(&routed.service, routed.policies.policy, FIRST_LIST_WAIT).await {
+    let upstream = match proxy.upstreams.get(&routed.service, routed.policies.policy, FIRST_LIST_WAIT, routed.configured).await {
         Ok(u) => u,
         Err(e) => {
-            let fail = Failure::NoInstance { service: routed.service, detail: e.to_string() };
+            let fail = Failure::unavailable(routed.service, e);
             return answer_failure(client, proxy, peer, head, started, fail).await;
         }
     };

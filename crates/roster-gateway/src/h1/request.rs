@@ -50,6 +50,8 @@ pub(super) struct Asked {
 
 pub(super) struct Routed {
     pub service: String,
+    /// A `[[route]]` names the service.
+    pub configured: bool,
     pub policies: Policies,
     pub hash_key: Option<Vec<u8>>,
     /// `<METHOD> <path> HTTP/1.1\r\n`
@@ -190,7 +192,7 @@ pub(super) fn parse_request(buf: &[u8], config: &Config, peer: SocketAddr) -> Pa
                 header_line(&mut headers, b"x-forwarded-host", h.as_bytes());
             }
             headers.extend_from_slice(b"\r\n");
-            Ok(Routed { service: t.service.into_owned(), policies: t.policies.clone(), hash_key, request_line, headers })
+            Ok(Routed { service: t.service.into_owned(), configured: t.configured, policies: t.policies.clone(), hash_key, request_line, headers })
         }
     };
     Parsed::Complete(RequestHead { head_len, content_length: content_length.unwrap_or(0), asked: Asked { method, path, close }, routed })
