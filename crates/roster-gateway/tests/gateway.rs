@@ -869,3 +869,40 @@ async fn made_up_names_start_no_discovery_and_cannot_lock_out_a_real_service() {
     eprintln!("a service registered after the made-up names was routed after {took:?}");
     assert!(took <= Duration::from_millis(100), "routed after {took:?}");
 }
+
+// === Trust ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_replaced_unless_from_trusted_proxies_on_both_engines() {
+    let (reg, _stop) = registry().await;
+    let _b = Backend::start(&reg, "echo", "t1").await;
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (toml, want) in [("", "127.0.0.1"), ("trusted_proxies = [\"127.0.0.0/8\"]\n", "6.6.6.6, 127.0.0.1")] {
+        let gw = Gw::start(&reg, toml).await;
+        for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
+            let req = Request::get(gw.url("/echo/x")).header("x-forwarded-for", "6.6.6.6").header("x-forwarded-proto", "https").body(Full::default()).unwrap();
+            let a = send(c, req).await;
+            assert_eq!(a.json["x_forwarded_for"], want, "{engine}, config {toml:?}");
+            assert_eq!(a.json["x_forwarded_proto"], if toml.is_empty() { "http" } else { "https" }, "{engine}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_never_show_instance_addresses_unless_debug_errors() {
+    let (reg, _stop) = registry().await;
+    // An instance registered at a port nothing listens on.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    let _r = sdk(&reg).register(roster::Instance::new("dead", dead.clone()).with_id("d1")).await.unwrap();
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (toml, shown) in [("", false), ("debug_errors = true\n", true)] {
+        let gw = Gw::start(&reg, toml).await;
+        for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
+            let a = get(c, &gw.url("/dead/x")).await;
+            assert_eq!((a.status, a.json["service"].as_str()), (StatusCode::BAD_GATEWAY, Some("dead")), "{engine}: {}", a.json);
+            assert_eq!(a.json.to_string().contains(&dead), shown, "{engine}, config {toml:?}: {}", a.json);
+        }
+    }
+}

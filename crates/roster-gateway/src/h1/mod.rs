@@ -610,7 +610,8 @@ impl ChunkedEnd {
 
 /// Answers with the JSON error `fail` stands for and records it.
 async fn answer_failure(client: &mut TcpStream, proxy: &Proxy, peer: SocketAddr, head: &Asked, started: Instant, fail: Failure) -> io::Result<bool> {
-    let (status, _, body) = fail.parts();
+    fail.log();
+    let (status, _, body) = fail.parts(proxy.config.load().debug_errors);
     let took = started.elapsed();
     let access =
         Access { client: peer, method: head.method.as_str(), path: &head.path, service: fail.service(), instance: "-", grpc_status: "", retries: fail.retries() };
@@ -745,7 +746,7 @@ mod tests {
         let headers = String::from_utf8(routed.headers).unwrap();
         assert_eq!(
             headers,
-            "x-app: kept\r\nx-forwarded-for: 10.0.0.1, 127.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw:8080\r\n\r\n"
+            "x-app: kept\r\nx-forwarded-for: 127.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw:8080\r\n\r\n"
         );
 
         for hyper_case in [

@@ -92,7 +92,11 @@ pub(super) fn parse_request(buf: &[u8], config: &Config, peer: SocketAddr) -> Pa
     let mut chunked = false;
     let mut close = false;
     let mut for_hyper = false;
-    let mut xff: Option<&[u8]> = None;
+    // Forwarding headers count only from a trusted proxy.
+    let trusted = !config.trusted_proxies.is_empty() && config.trusts(peer.ip());
+    let mut xff: Vec<&[u8]> = Vec::new();
+    let mut forwarded_proto: Option<&[u8]> = None;
+    let mut forwarded_host: Option<&[u8]> = None;
     let mut connection_named: Vec<&str> = Vec::new();
     for h in req.headers.iter() {
         let name = h.name;
@@ -131,8 +135,12 @@ pub(super) fn parse_request(buf: &[u8], config: &Config, peer: SocketAddr) -> Pa
                 close |= token.eq_ignore_ascii_case("close");
                 connection_named.push(token);
             }
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") && xff.is_none() {
-            xff = Some(h.value);
+        } else if trusted && name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff.push(h.value);
+        } else if trusted && name.eq_ignore_ascii_case("x-forwarded-proto") {
+            forwarded_proto.get_or_insert(h.value);
+        } else if trusted && name.eq_ignore_ascii_case("x-forwarded-host") {
+            forwarded_host.get_or_insert(h.value);
         }
     }
     if transfer_encoding {
@@ -182,14 +190,14 @@ pub(super) fn parse_request(buf: &[u8], config: &Config, peer: SocketAddr) -> Pa
                 let _ = write!(headers, "content-length: {n}\r\n");
             }
             headers.extend_from_slice(b"x-forwarded-for: ");
-            if let Some(prev) = xff {
+            for prev in &xff {
                 headers.extend_from_slice(prev);
                 headers.extend_from_slice(b", ");
             }
-            let _ = write!(headers, "{}", peer.ip());
-            headers.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-            if let Some(h) = host {
-                header_line(&mut headers, b"x-forwarded-host", h.as_bytes());
+            let _ = write!(headers, "{}\r\n", peer.ip());
+            header_line(&mut headers, b"x-forwarded-proto", forwarded_proto.unwrap_or(b"http"));
+            if let Some(h) = forwarded_host.or(host.map(str::as_bytes)) {
+                header_line(&mut headers, b"x-forwarded-host", h);
             }
             headers.extend_from_slice(b"\r\n");
             Ok(Routed { service: t.service.into_owned(), configured: t.configured, policies: t.policies.clone(), hash_key, request_line, headers })
@@ -389,6 +397,18 @@ mod tests {
         refused("GET /echo/x HTTP/1.1\r\nHost: a/b\r\n\r\n");
         refused("GET /echo/x HTTP/1.1\r\nHost: a b\r\n\r\n");
         assert!(matches!(parse("GET /echo/x HTTP/1.0\r\n\r\n"), Parsed::Hyper), "HTTP/1.0 needs no Host");
+    }
+
+    #[test]
+    fn forwarding_headers_are_replaced_unless_the_client_is_a_trusted_proxy() {
+        let head = "GET /echo/x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: b\r\n\r\n";
+        let (up, _) = forwarded(head);
+        assert!(up.ends_with("x-forwarded-for: 127.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"), "{up}");
+        assert!(!up.contains("6.6.6.6"), "{up}");
+        let config = Config::parse("trusted_proxies = [\"127.0.0.0/8\"]\n", "t").unwrap();
+        let Parsed::Complete(h) = parse_request(head.as_bytes(), &config, "127.0.0.9:4000".parse().unwrap()) else { panic!() };
+        let up = String::from_utf8(h.routed.unwrap().headers).unwrap();
+        assert_eq!(up, "x-forwarded-for: 6.6.6.6, 7.7.7.7, 127.0.0.9\r\nx-forwarded-proto: https\r\nx-forwarded-host: b\r\n\r\n");
     }
 
     #[test]
