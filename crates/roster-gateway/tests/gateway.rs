@@ -346,6 +346,12 @@ async fn bad_input_is_refused_cleanly_and_the_gateway_stays_up() {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await.expect("closed by the gateway");
     assert!(t.elapsed() < Duration::from_secs(3), "slow client held on for {:?}", t.elapsed());
+    // The admin listener drops one too.
+    let mut slow = TcpStream::connect(gw.admin).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let t = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await.expect("admin closed the slow client");
+    assert!(t.elapsed() < Duration::from_secs(3), "slow admin client held on for {:?}", t.elapsed());
     // An upstream that hangs: bounded by the timeouts, answered 504.
     let t = Instant::now();
     let a = get(&c, &gw.url("/echo/hang")).await;
@@ -905,4 +911,44 @@ async fn error_bodies_never_show_instance_addresses_unless_debug_errors() {
             assert_eq!(a.json.to_string().contains(&dead), shown, "{engine}, config {toml:?}: {}", a.json);
         }
     }
+}
+
+// === Limits ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_gives_up_its_upstream_connection_at_the_timeout() {
+    let (reg, _stop) = registry().await;
+    // A backend that sends an endless body and reports when its write fails.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (broke_tx, mut broke) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let broke = broke_tx.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000000\r\n\r\n").await;
+                let chunk = vec![b'x'; 64 * 1024];
+                // Bounded: 1 GiB at most, far more than the socket buffers hold.
+                for _ in 0..16 * 1024 {
+                    if s.write_all(&chunk).await.is_err() {
+                        let _ = broke.send(Instant::now());
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let _r = sdk(&reg).register(roster::Instance::new("endless", addr).with_id("e1")).await.unwrap();
+    let gw = Gw::start(&reg, "response_idle_timeout_ms = 300\n").await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client.write_all(b"GET /endless/x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let asked = Instant::now();
+    // The client never reads; the gateway's writes stall, then it lets go.
+    let at = tokio::time::timeout(Duration::from_secs(10), broke.recv()).await.expect("the upstream connection was closed").unwrap();
+    let held = at - asked;
+    eprintln!("upstream connection released {held:?} after the request");
+    assert!(held >= Duration::from_millis(300) && held < Duration::from_secs(3), "held for {held:?}");
+    drop(client);
 }

@@ -266,7 +266,8 @@ async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
                 };
                 proxy.record(&access, resp.status, started.elapsed());
                 let no_body = head.method == Method::HEAD;
-                return relay(client, pool, &instance, upstream_conn, resp, rbuf, no_body, head.close).await;
+                let idle = proxy.config.load().response_idle_timeout;
+                return relay(client, pool, &instance, upstream_conn, resp, rbuf, no_body, head.close, idle).await;
             }
         };
         if let Err(fail) = attempts.failed(guard, &instance, fault) {
@@ -443,7 +444,11 @@ async fn relay(
     mut rbuf: BytesMut,
     no_body: bool,
     client_close: bool,
+    idle: Duration,
 ) -> io::Result<bool> {
+    // A client that stops reading, or an instance that stops sending, gives
+    // up the upstream connection after `idle`: both are dropped on return.
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "response idle timeout");
     let framing = if no_body { Framing::Empty } else { resp.framing };
     let close = client_close || framing == Framing::UntilClose;
     let mut out = resp.head;
@@ -458,11 +463,11 @@ async fn relay(
     let (n, mut done) = end.take(&rbuf)?;
     let mut extra = n < rbuf.len();
     out.extend_from_slice(&rbuf[..n]);
-    client.write_all(&out).await?;
+    tokio::time::timeout(idle, client.write_all(&out)).await.map_err(|_| timed_out())??;
     while !done {
         rbuf.clear();
         rbuf.reserve(16 * 1024);
-        let got = conn.read_buf(&mut rbuf).await?;
+        let got = tokio::time::timeout(idle, conn.read_buf(&mut rbuf)).await.map_err(|_| timed_out())??;
         if got == 0 {
             if framing == Framing::UntilClose {
                 break;
@@ -474,7 +479,7 @@ async fn relay(
         let Ok((n, complete)) = end.take(&rbuf) else { return Ok(false) };
         done = complete;
         extra = n < rbuf.len();
-        client.write_all(&rbuf[..n]).await?;
+        tokio::time::timeout(idle, client.write_all(&rbuf[..n])).await.map_err(|_| timed_out())??;
     }
     if framing != Framing::UntilClose && !resp.upstream_close && !extra {
         pool.put(addr, conn);
