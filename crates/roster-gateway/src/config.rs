@@ -43,6 +43,16 @@ pub struct FileConfig {
     pub header_read_timeout_ms: Option<u64>,
     /// Largest request head accepted, in bytes (default 16 KiB).
     pub max_header_bytes: Option<usize>,
+    /// Clients (CIDRs) whose `X-Forwarded-*` headers are kept and extended;
+    /// from anyone else they are replaced (default none).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Error bodies show instance addresses and error text (default false:
+    /// they name the service only; the details go to the log).
+    pub debug_errors: Option<bool>,
+    /// A response is cut off when neither the instance sends nor the client
+    /// takes any of it for this long (default 60 s).
+    pub response_idle_timeout_ms: Option<u64>,
     #[serde(default)]
     pub defaults: RouteOptions,
     #[serde(default, rename = "route")]
@@ -121,6 +131,9 @@ pub struct Config {
     pub max_services: usize,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub trusted_proxies: Vec<Cidr>,
+    pub debug_errors: bool,
+    pub response_idle_timeout: Duration,
     pub defaults: Policies,
     pub routes: Vec<Route>,
 }
@@ -190,7 +203,11 @@ impl Config {
         if !prefix.starts_with('/') {
             return Err(ConfigError(format!("prefix {prefix:?} must start with '/'")));
         }
+        let trusted_proxies = f.trusted_proxies.iter().map(|c| c.parse()).collect::<Result<Vec<Cidr>, _>>()?;
         Ok(Config {
+            trusted_proxies,
+            debug_errors: f.debug_errors.unwrap_or(false),
+            response_idle_timeout: Duration::from_millis(f.response_idle_timeout_ms.unwrap_or(60_000).max(1)),
             auto_routes: f.auto_routes.unwrap_or(true),
             domain: f.domain.map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
             prefix: prefix.trim_end_matches('/').to_owned(),
@@ -200,6 +217,56 @@ impl Config {
             defaults,
             routes,
         })
+    }
+}
+
+/// An address block, `10.0.0.0/8` or `::1/128`; a bare address is one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    bits: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Cidr, ConfigError> {
+        let bad = || ConfigError(format!("trusted_proxies: {s:?} is not an address or CIDR block like \"10.0.0.0/8\""));
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        if bits > max {
+            return Err(bad());
+        }
+        Ok(Cidr { net, bits })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, ip, width) = match (self.net, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => (u128::from(u32::from(n)), u128::from(u32::from(i)), 32),
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = width - u32::from(self.bits);
+        shift >= width || (net >> shift) == (ip >> shift)
+    }
+}
+
+impl Config {
+    /// Whether `ip`'s forwarding headers are believed.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 }
 
@@ -283,6 +350,20 @@ mod tests {
         assert!(!c.routes[0].policies.strip_prefix);
         assert_eq!(c.routes[1].path_prefix, "/api");
         assert_eq!((c.routes[1].policies.policy, c.routes[1].policies.retries), (Policy::RoundRobin, 1));
+    }
+
+    #[test]
+    fn trusted_proxies_are_address_blocks() {
+        let c = Config::parse("trusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\"]\n", "t").unwrap();
+        for (ip, trusted) in [("10.1.2.3", true), ("11.0.0.1", false), ("192.168.1.7", true), ("192.168.1.8", false), ("fd12::1", true), ("fe80::1", false), ("::ffff:10.9.9.9", true)] {
+            assert_eq!(c.trusts(ip.parse().unwrap()), trusted, "{ip}");
+        }
+        assert!(!Config::default().trusts("127.0.0.1".parse().unwrap()), "nobody by default");
+        assert!(Config::parse("trusted_proxies = [\"0.0.0.0/0\"]\n", "t").unwrap().trusts("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "ten", "10.0.0.0/x"] {
+            let e = Config::parse(&format!("trusted_proxies = [{bad:?}]\n"), "gw.toml").unwrap_err().0;
+            assert!(e.contains("trusted_proxies") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! - [`config`]: `gateway.toml`, validated with errors that name the place.
 //! - [`route`]: which service a request goes to (gRPC service, host, path).
+//! - `directory`: which service names have instances, from one prefix
+//!   watch, so made-up names never start a discovery.
 //! - `upstream`: a discovery and a `roster::balance::Balancer` per service,
-//!   with passive ejection and a retry budget.
+//!   with passive ejection and a retry budget; unused ones are dropped.
 //! - `h1`: the HTTP/1.1 fast path: plain requests parsed with `httparse`
 //!   and relayed as bytes over per-thread upstream pools; the rest go to
 //!   hyper and `proxy`.
@@ -15,6 +17,7 @@
 //!   drain) and the admin listener (`/metrics`, `/health`).
 
 pub mod config;
+mod directory;
 mod h1;
 mod metrics;
 mod proxy;

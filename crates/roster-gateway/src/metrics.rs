@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use parking_lot::RwLock;
@@ -38,6 +39,8 @@ pub struct Metrics {
     requests: Family<Request, Counter>,
     latency: Family<Service, Histogram, fn() -> Histogram>,
     retries: Family<Instance, Counter>,
+    upstreams: Gauge,
+    directory: Gauge,
     /// Handles already looked up, by borrowed names, so that counting a
     /// request allocates nothing once its labels have been seen.
     cache: RwLock<HashMap<String, Cached>>,
@@ -58,7 +61,10 @@ impl Metrics {
         registry.register("requests", "Requests answered, by service, instance that answered (\"-\" for none) and HTTP status", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, retries included", latency.clone());
         registry.register("retries", "Attempts retried, by the instance that failed", retries.clone());
-        Metrics { registry, requests, latency, retries, cache: RwLock::new(HashMap::new()) }
+        let (upstreams, directory) = (Gauge::default(), Gauge::default());
+        registry.register("upstreams", "Services (by policy) the gateway follows with a discovery", upstreams.clone());
+        registry.register("directory_services", "Service names with instances in the registry", directory.clone());
+        Metrics { registry, requests, latency, retries, upstreams, directory, cache: RwLock::new(HashMap::new()) }
     }
 
     pub fn request(&self, service: &str, instance: &str, code: u16, took: Duration) {
@@ -86,6 +92,12 @@ impl Metrics {
 
     pub fn retry(&self, service: &str, instance: &str) {
         self.retries.get_or_create(&Instance { service: service.to_owned(), instance: instance.to_owned() }).inc();
+    }
+
+    /// Sets the gauges of what the gateway holds, before a render.
+    pub fn held(&self, upstreams: usize, directory: usize) {
+        self.upstreams.set(upstreams as i64);
+        self.directory.set(directory as i64);
     }
 
     pub fn render(&self) -> String {

@@ -4,7 +4,7 @@
 use crate::config::{Config, Policies};
 use crate::metrics::Metrics;
 use crate::route::route;
-use crate::upstream::{RetryBudget, Upstreams};
+use crate::upstream::{RetryBudget, Unavailable, Upstreams};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -27,6 +27,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub(crate) const REPLAY_LIMIT: usize = 64 * 1024;
 /// How long a new service may take to list its instances on first use.
 pub(crate) const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
+
+/// The metrics label of requests for no route or an unregistered name.
+pub(crate) const UNROUTED: &str = "-";
 
 /// What every request shares.
 pub struct Proxy {
@@ -69,7 +72,7 @@ impl Proxy {
         let outcome = self.forward(pools, req, client, grpc, &path).await;
         let (resp, service, instance, retries) = match outcome {
             Ok(done) => (done.response, done.service, done.instance, done.retries),
-            Err(fail) => (fail.response(grpc), fail.service().to_owned(), "-".to_owned(), fail.retries()),
+            Err(fail) => (fail.response(grpc, self.config.load().debug_errors), fail.service().to_owned(), "-".to_owned(), fail.retries()),
         };
         let grpc_status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
         let access = Access { client, method: method.as_str(), path: &path, service: &service, instance: &instance, grpc_status, retries };
@@ -79,9 +82,9 @@ impl Proxy {
 
     /// Counts an answered request and writes its access log line.
     pub(crate) fn record(&self, a: &Access<'_>, status: u16, took: Duration) {
-        if !a.service.is_empty() {
-            self.metrics.request(a.service, a.instance, status, took);
-        }
+        // No route and names nobody registered share one series.
+        let service = if a.service.is_empty() { UNROUTED } else { a.service };
+        self.metrics.request(service, a.instance, status, took);
         tracing::info!(
             target: "roster_gateway::access",
             client = %a.client.ip(), method = a.method, path = a.path, service = a.service, instance = a.instance, status,
@@ -99,12 +102,13 @@ impl Proxy {
         let policies: &Policies = target.policies;
         let upstream = self
             .upstreams
-            .get(&service, policies.policy, FIRST_LIST_WAIT)
+            .get(&service, policies.policy, FIRST_LIST_WAIT, target.configured)
             .await
-            .map_err(|e| Failure::NoInstance { service: service.clone(), detail: e.to_string() })?;
+            .map_err(|e| Failure::unavailable(service.clone(), e))?;
         let (mut parts, body) = req.into_parts();
         let hash_key = policies.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
-        prepare_headers(&mut parts.headers, client, host.as_deref(), grpc);
+        let trusted = !config.trusted_proxies.is_empty() && config.trusts(client.ip());
+        prepare_headers(&mut parts.headers, client, host.as_deref(), grpc, trusted);
         let version = parts.version;
         let idempotent = grpc || is_idempotent(&parts.method);
         let mut body = RequestBody::read(body).await.map_err(|e| Failure::BadRequest { service: service.clone(), detail: e })?;
@@ -314,14 +318,25 @@ pub(crate) enum LastError {
 pub(crate) enum Failure {
     NoRoute { path: String },
     NoInstance { service: String, detail: String },
+    /// No route names it and no instance is registered: nothing is kept
+    /// about the name, not even a metrics series.
+    Unknown { service: String },
     BadRequest { service: String, detail: String },
     Upstream { service: String, retries: u32, last: LastError },
 }
 
 impl Failure {
+    pub(crate) fn unavailable(service: String, e: Unavailable) -> Failure {
+        match e {
+            Unavailable::Unknown => Failure::Unknown { service },
+            e @ Unavailable::TooMany(_) => Failure::NoInstance { service, detail: e.to_string() },
+        }
+    }
+
+    /// The service for metrics and the access log: empty when unrouted.
     pub(crate) fn service(&self) -> &str {
         match self {
-            Failure::NoRoute { .. } => "",
+            Failure::NoRoute { .. } | Failure::Unknown { .. } => "",
             Failure::NoInstance { service, .. } | Failure::BadRequest { service, .. } | Failure::Upstream { service, .. } => service,
         }
     }
@@ -333,12 +348,25 @@ impl Failure {
         }
     }
 
-    /// The HTTP status, the gRPC code and the JSON body that say it.
-    pub(crate) fn parts(&self) -> (StatusCode, u8, serde_json::Value) {
+    /// Logs what the caller is not told: which instance failed and how.
+    pub(crate) fn log(&self) {
+        if let Failure::Upstream { service, retries, last: LastError::Transport(detail) } = self {
+            tracing::warn!(service, retries, error = detail, "upstream failed");
+        }
+    }
+
+    /// The HTTP status, the gRPC code and the JSON body that say it. Only
+    /// with `debug` does the body show instance addresses and error text.
+    pub(crate) fn parts(&self, debug: bool) -> (StatusCode, u8, serde_json::Value) {
         match self {
             Failure::NoRoute { path } => {
                 (StatusCode::NOT_FOUND, 12, serde_json::json!({"error": "no route", "path": path}))
             }
+            Failure::Unknown { service } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                14,
+                serde_json::json!({"error": "no instance available", "service": service, "detail": "no instance is registered"}),
+            ),
             Failure::NoInstance { service, detail } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 14,
@@ -356,7 +384,8 @@ impl Failure {
             ),
             Failure::Upstream { service, retries, last } => {
                 let detail = match last {
-                    LastError::Transport(t) => t.clone(),
+                    LastError::Transport(t) if debug => t.clone(),
+                    LastError::Transport(_) => "the instance could not be reached".to_owned(),
                     LastError::Status(s) => format!("upstream answered {s}"),
                     LastError::None | LastError::Timeout => String::new(),
                 };
@@ -371,11 +400,16 @@ impl Failure {
 
     /// A JSON error for HTTP callers; for gRPC callers, a trailers-only
     /// answer with the matching `grpc-status`.
-    fn response(&self, grpc: bool) -> Response<Body> {
-        let (status, grpc_code, body) = self.parts();
+    fn response(&self, grpc: bool, debug: bool) -> Response<Body> {
+        self.log();
+        let (status, grpc_code, body) = self.parts(debug);
         if grpc {
             let message = body.get("detail").and_then(|d| d.as_str()).filter(|d| !d.is_empty()).unwrap_or_else(|| body["error"].as_str().unwrap_or(""));
-            let message = format!("roster gateway: {message}{}", match self.service() {
+            let name = match self {
+                Failure::Unknown { service } => service,
+                other => other.service(),
+            };
+            let message = format!("roster gateway: {message}{}", match name {
                 "" => String::new(),
                 s => format!(" (service {s:?})"),
             });
@@ -526,19 +560,29 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
-fn prepare_headers(h: &mut HeaderMap, client: SocketAddr, host: Option<&str>, grpc: bool) {
+/// Sets the forwarding headers. A `trusted` client's are extended; anyone
+/// else's are replaced.
+fn prepare_headers(h: &mut HeaderMap, client: SocketAddr, host: Option<&str>, grpc: bool, trusted: bool) {
     strip_hop_by_hop(h, grpc);
-    let ip = client.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
+    let mut xff = String::new();
+    if trusted {
+        for prev in h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&client.ip().to_string());
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(v) = host.and_then(|host| HeaderValue::from_str(host).ok()) {
-        h.insert("x-forwarded-host", v);
+    if !(trusted && h.contains_key("x-forwarded-proto")) {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !(trusted && h.contains_key("x-forwarded-host")) {
+        match host.and_then(|host| HeaderValue::from_str(host).ok()) {
+            Some(v) => h.insert("x-forwarded-host", v),
+            None => h.remove("x-forwarded-host"),
+        };
     }
     // The client sets Host from the instance's address.
     h.remove(header::HOST);
@@ -568,17 +612,20 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert(header::HOST, HeaderValue::from_static("gw:8080"));
         h.insert("x-app", HeaderValue::from_static("kept"));
-        prepare_headers(&mut h, "127.0.0.9:5555".parse().unwrap(), Some("gw:8080"), false);
+        let mut trusted = h.clone();
+        prepare_headers(&mut h, "127.0.0.9:5555".parse().unwrap(), Some("gw:8080"), false, false);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get(header::CONNECTION).is_none());
         assert!(h.get(header::TE).is_none(), "te only survives for gRPC");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9", "an untrusted client's forwarding headers are replaced");
+        prepare_headers(&mut trusted, "127.0.0.9:5555".parse().unwrap(), Some("gw:8080"), false, true);
+        assert_eq!(trusted["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!((h["x-forwarded-proto"].to_str().unwrap(), h["x-forwarded-host"].to_str().unwrap()), ("http", "gw:8080"));
         assert_eq!(h["x-app"], "kept");
         assert!(h.get(header::HOST).is_none());
 
         let mut g = HeaderMap::new();
         g.insert(header::TE, HeaderValue::from_static("trailers"));
-        prepare_headers(&mut g, "127.0.0.1:1".parse().unwrap(), None, true);
+        prepare_headers(&mut g, "127.0.0.1:1".parse().unwrap(), None, true, false);
         assert_eq!(g[header::TE], "trailers");
     }
 

@@ -13,15 +13,13 @@ pub struct Target<'a> {
     /// The path and query to send upstream.
     pub path: String,
     pub policies: &'a Policies,
+    /// A `[[route]]` names the service (not only an auto route).
+    pub configured: bool,
 }
 
 /// Routes a request; `None` means no route (404).
 pub fn route<'a>(config: &'a Config, host: Option<&str>, path_and_query: &'a str, grpc: bool) -> Option<Target<'a>> {
-    let keep = |service: &'a str| Target {
-        service: Cow::Borrowed(service),
-        path: path_and_query.to_owned(),
-        policies: policies_of(config, service),
-    };
+    let keep = |service: &'a str| Target { service: Cow::Borrowed(service), path: path_and_query.to_owned(), policies: policies_of(config, service), configured: true };
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
@@ -47,7 +45,7 @@ pub fn route<'a>(config: &'a Config, host: Option<&str>, path_and_query: &'a str
             }
             if config.auto_routes {
                 let path = path_and_query.to_owned();
-                return Some(Target { service: Cow::Owned(label.to_owned()), path, policies: &config.defaults });
+                return Some(Target { service: Cow::Owned(label.to_owned()), path, policies: &config.defaults, configured: false });
             }
         }
     }
@@ -58,7 +56,7 @@ pub fn route<'a>(config: &'a Config, host: Option<&str>, path_and_query: &'a str
     for r in &config.routes {
         if let Some(rest) = under(path, &r.path_prefix) {
             let path = if r.policies.strip_prefix { rewrite(rest, query) } else { path_and_query.to_owned() };
-            return Some(Target { service: Cow::Borrowed(&r.service), path, policies: &r.policies });
+            return Some(Target { service: Cow::Borrowed(&r.service), path, policies: &r.policies, configured: true });
         }
     }
     if config.auto_routes {
@@ -68,9 +66,10 @@ pub fn route<'a>(config: &'a Config, host: Option<&str>, path_and_query: &'a str
             None => (trimmed, ""),
         };
         if valid_service(service) {
-            let policies = policies_of(config, service);
+            let route = config.routes.iter().find(|r| r.service == service);
+            let policies = route.map_or(&config.defaults, |r| &r.policies);
             let path = if policies.strip_prefix { rewrite(rest, query) } else { path_and_query.to_owned() };
-            return Some(Target { service: Cow::Borrowed(service), path, policies });
+            return Some(Target { service: Cow::Borrowed(service), path, policies, configured: route.is_some() });
         }
     }
     None

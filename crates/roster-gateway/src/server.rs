@@ -121,6 +121,8 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
             },
             _ = sweep.tick() => {
                 fast_pool.sweep();
+                let config = proxy.config.load();
+                proxy.upstreams.sweep(|name| config.routes.iter().any(|r| r.service == name));
                 continue;
             }
         };
@@ -161,22 +163,41 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
 }
 
 async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
+    let header_timeout = proxy.config.load().header_read_timeout;
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let proxy = proxy.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(admin(&proxy, &req)) }
         });
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            // A client that never finishes its head is dropped, as on the main listener.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
 fn admin(proxy: &Proxy, req: &Request<Incoming>) -> Response<Body> {
     let (status, body, ctype) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, full(Bytes::from(proxy.metrics.render())), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "/metrics" => (StatusCode::OK, full(Bytes::from({
+            let (upstreams, directory) = proxy.upstreams.held();
+            proxy.metrics.held(upstreams, directory);
+            proxy.metrics.render()
+        })), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
         "/health" => (StatusCode::OK, full(Bytes::from_static(b"{\"health\":\"true\"}\n")), "application/json"),
         _ => (StatusCode::NOT_FOUND, empty(), "text/plain"),
     };

@@ -1,12 +1,15 @@
 //! The instances behind each service: one discovery and one balancer per
-//! (service, policy), created on the first request that needs them.
+//! (service, policy), created on the first request that needs them, for
+//! names a route configures or the service directory lists.
 
 use parking_lot::{Mutex, RwLock};
 use roster::balance::{Balancer, HealthConfig, Policy};
-use roster::{Discovery, Registry};
+use roster::{Discovery, Instance, Registry};
 use std::collections::HashMap;
+use crate::directory::{Directory, DirectoryTask};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
 pub struct Upstream {
@@ -15,6 +18,10 @@ pub struct Upstream {
     /// Keeps the instance list followed.
     _discovery: Discovery,
     follow: tokio::task::AbortHandle,
+    /// Seconds since the gateway started, at the last request.
+    used: AtomicU64,
+    /// A route named the service when this was started.
+    configured: bool,
 }
 
 impl Drop for Upstream {
@@ -26,70 +33,166 @@ impl Drop for Upstream {
 /// One service's upstreams, one per policy some route uses.
 type ByPolicy = Vec<(Policy, Arc<Upstream>)>;
 
+/// An upstream no route names and no request used for this long is dropped.
+const IDLE: Duration = Duration::from_secs(600);
+
 /// Every upstream the gateway follows.
+///
+/// Only names a route configures, or that have instances in the
+/// [`Directory`], get an upstream, and unconfigured ones are dropped once
+/// their instances are gone or they sit idle: made-up names cost nothing
+/// and can never fill `max_services`.
 pub struct Upstreams {
     registry: Registry,
     health: HealthConfig,
     max: usize,
     map: RwLock<HashMap<String, ByPolicy>>,
+    directory: Directory,
+    _directory_task: DirectoryTask,
+    started: Instant,
+    /// Seconds since `started` at the last sweep.
+    swept: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the gateway already follows {0} services (max_services)")]
-pub struct TooMany(pub usize);
+pub enum Unavailable {
+    #[error("the gateway already follows {0} services (max_services)")]
+    TooMany(usize),
+    #[error("no instance is registered")]
+    Unknown,
+}
 
 impl Upstreams {
     pub fn new(registry: Registry, health: HealthConfig, max: usize) -> Upstreams {
-        Upstreams { registry, health, max, map: RwLock::new(HashMap::new()) }
+        let (directory, task) = Directory::spawn(registry.client().clone(), registry.prefix());
+        Upstreams {
+            registry,
+            health,
+            max,
+            map: RwLock::new(HashMap::new()),
+            directory,
+            _directory_task: task,
+            started: Instant::now(),
+            swept: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_secs()
     }
 
     /// The upstream for `service`, waiting up to `wait` for its first list
-    /// if it is new.
-    pub async fn get(&self, service: &str, policy: Policy, wait: Duration) -> Result<Arc<Upstream>, TooMany> {
+    /// if it is new. `configured` says a route names the service.
+    pub async fn get(&self, service: &str, policy: Policy, wait: Duration, configured: bool) -> Result<Arc<Upstream>, Unavailable> {
         // The hot path: a shared lock and no allocation.
         let known = self.map.read().get(service).and_then(|by_policy| by_policy.iter().find(|(p, _)| *p == policy).map(|(_, u)| u.clone()));
         let (up, fresh) = match known {
             Some(u) => (u, false),
             None => {
+                if !configured && !self.directory.has(service, wait).await {
+                    return Err(Unavailable::Unknown);
+                }
                 let mut map = self.map.write();
-                let count: usize = map.values().map(Vec::len).sum();
+                let mut count: usize = map.values().map(Vec::len).sum();
+                if count >= self.max {
+                    self.sweep_locked(&mut map, None);
+                    count = map.values().map(Vec::len).sum();
+                }
                 let by_policy = map.entry(service.to_owned()).or_default();
                 match by_policy.iter().find(|(p, _)| *p == policy) {
                     Some((_, u)) => (u.clone(), false),
-                    None if count >= self.max => return Err(TooMany(self.max)),
+                    None if count >= self.max => {
+                        if by_policy.is_empty() {
+                            map.remove(service);
+                        }
+                        return Err(Unavailable::TooMany(self.max));
+                    }
                     None => {
-                        let up = self.start(service, policy);
+                        let up = self.start(service, policy, configured);
                         by_policy.push((policy, up.clone()));
                         (up, true)
                     }
                 }
             }
         };
+        let now = self.now();
+        if up.used.load(Ordering::Relaxed) != now {
+            up.used.store(now, Ordering::Relaxed);
+        }
         if fresh || up.balancer.set().endpoints.is_empty() {
             let _ = tokio::time::timeout(wait, up._discovery.ready()).await;
             // The follower task may not have run yet.
             if up.balancer.set().endpoints.is_empty() {
-                up.balancer.update(up._discovery.instances());
+                up.balancer.update(usable(up._discovery.instances()));
             }
         }
         Ok(up)
     }
 
-    fn start(&self, service: &str, policy: Policy) -> Arc<Upstream> {
+    /// Drops upstreams that no route names once their service has no
+    /// instance or they went unused for [`IDLE`]. At most every few seconds.
+    pub fn sweep(&self, configured: impl Fn(&str) -> bool) {
+        let now = self.now();
+        let last = self.swept.load(Ordering::Relaxed);
+        if now < last + 5 || self.swept.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let mut map = self.map.write();
+        self.sweep_locked(&mut map, Some(&configured));
+    }
+
+    /// With `configured` unknown, keeps what was started as configured.
+    fn sweep_locked(&self, map: &mut HashMap<String, ByPolicy>, configured: Option<&dyn Fn(&str) -> bool>) {
+        let now = self.now();
+        map.retain(|name, by_policy| {
+            by_policy.retain(|(_, u)| {
+                let routed = configured.map_or(u.configured, |c| c(name));
+                routed || (self.directory.contains(name) && now.saturating_sub(u.used.load(Ordering::Relaxed)) < IDLE.as_secs())
+            });
+            !by_policy.is_empty()
+        });
+    }
+
+    /// How many upstreams are followed, and how many names the directory lists.
+    pub fn held(&self) -> (usize, usize) {
+        (self.map.read().values().map(Vec::len).sum(), self.directory.len())
+    }
+
+    fn start(&self, service: &str, policy: Policy, configured: bool) -> Arc<Upstream> {
         let discovery = self.registry.discover(service);
         let balancer = Arc::new(Balancer::new(policy).with_health(self.health.clone()));
         let (d, b) = (discovery.clone(), balancer.clone());
         let follow = tokio::spawn(async move {
             let mut changes = Box::pin(d.changes());
             d.ready().await;
-            b.update(d.instances());
+            b.update(usable(d.instances()));
             while changes.next().await.is_some() {
-                b.update(d.instances());
+                b.update(usable(d.instances()));
             }
         })
         .abort_handle();
-        Arc::new(Upstream { balancer, budget: RetryBudget::new(), _discovery: discovery, follow })
+        Arc::new(Upstream { balancer, budget: RetryBudget::new(), _discovery: discovery, follow, used: AtomicU64::new(self.now()), configured })
     }
+}
+
+/// Instances whose address can be sent as a `Host` header and dialled.
+/// An address comes from whoever wrote the registry: one with CR, LF or
+/// anything else outside `host:port` would forge headers upstream.
+fn usable(instances: Vec<Instance>) -> Vec<Instance> {
+    let ok = |a: &str| !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:[]%".contains(&b));
+    if instances.iter().all(|i| ok(&i.addr)) {
+        return instances;
+    }
+    instances
+        .into_iter()
+        .filter(|i| {
+            let keep = ok(&i.addr);
+            if !keep {
+                tracing::warn!(service = %i.service, id = %i.id, addr = ?i.addr, "instance address is not host:port; not routed");
+            }
+            keep
+        })
+        .collect()
 }
 
 /// Retries may add at most a share of the requests: each request deposits

@@ -346,6 +346,12 @@ async fn bad_input_is_refused_cleanly_and_the_gateway_stays_up() {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await.expect("closed by the gateway");
     assert!(t.elapsed() < Duration::from_secs(3), "slow client held on for {:?}", t.elapsed());
+    // The admin listener drops one too.
+    let mut slow = TcpStream::connect(gw.admin).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let t = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await.expect("admin closed the slow client");
+    assert!(t.elapsed() < Duration::from_secs(3), "slow admin client held on for {:?}", t.elapsed());
     // An upstream that hangs: bounded by the timeouts, answered 504.
     let t = Instant::now();
     let a = get(&c, &gw.url("/echo/hang")).await;
@@ -558,4 +564,391 @@ async fn a_bidirectional_grpc_stream_flows_through_the_gateway() {
 
 async fn next_message<T>(s: &mut tonic::Streaming<T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), s.message()).await.expect("a message in time").unwrap().expect("stream open")
+}
+
+// === Smuggling: the backend must see only what the gateway routed ===
+
+/// What a logging backend saw: one entry per request it read.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    method: String,
+    target: String,
+    host: String,
+    body_len: usize,
+    content_lengths: usize,
+}
+
+type Log = std::sync::Arc<parking_lot::Mutex<Vec<Seen>>>;
+
+/// A raw HTTP/1.1 backend that reads requests back to back by their
+/// Content-Length, as a naive server would, and logs each one; it answers
+/// 200 with the target as the body. A smuggled request shows in its log.
+async fn logging_backend(registry: &str, service: &str) -> (Log, roster::Registration) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let log = Log::default();
+    let seen = log.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let (entry, end) = loop {
+                        let mut slots = [httparse::EMPTY_HEADER; 64];
+                        let mut req = httparse::Request::new(&mut slots);
+                        if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                            let header = |name: &str| req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).into_owned()).collect::<Vec<_>>();
+                            let lengths = header("content-length");
+                            let body_len = lengths.first().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                            let entry = Seen {
+                                method: req.method.unwrap_or("").to_owned(),
+                                target: req.path.unwrap_or("").to_owned(),
+                                host: header("host").join(","),
+                                body_len,
+                                content_lengths: lengths.len(),
+                            };
+                            break (entry, n + body_len);
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buf.len() < end {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end);
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}", entry.target.len(), entry.target);
+                    seen.lock().push(entry);
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let registration = sdk(registry).register(roster::Instance::new(service, addr.to_string()).with_id("log1")).await.unwrap();
+    (log, registration)
+}
+
+struct Smuggle {
+    registry: String,
+    _stop: oneshot::Sender<()>,
+    _registration: roster::Registration,
+    log: Log,
+    gw: Gw,
+}
+
+async fn smuggle_fixture() -> Smuggle {
+    let (reg, stop) = registry().await;
+    let (log, registration) = logging_backend(&reg, "logged").await;
+    let gw = Gw::start(&reg, "").await;
+    // Warm up: the service is followed, and a pooled upstream connection exists.
+    let warm = raw(gw.addr, b"GET /logged/warm HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(warm.starts_with("HTTP/1.1 200"), "{warm}");
+    log.lock().clear();
+    Smuggle { registry: reg, _stop: stop, _registration: registration, log, gw }
+}
+
+impl Smuggle {
+    /// Sends `attack` then, on the same connection and on a new one, a
+    /// plain request; returns what came back on the first.
+    async fn attack(&self, attack: &[u8]) -> String {
+        let mut s = TcpStream::connect(self.gw.addr).await.unwrap();
+        s.write_all(attack).await.unwrap();
+        // Let a smuggled request, if any, reach the backend before the next one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = s.write_all(b"GET /logged/after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the gateway closes the connection");
+        let other = raw(self.gw.addr, b"GET /logged/other HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+        assert!(other.starts_with("HTTP/1.1 200") && other.ends_with("/other"), "{other}");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn targets(&self) -> Vec<String> {
+        self.log.lock().iter().map(|s| s.target.clone()).collect()
+    }
+
+    /// The attack got 400, the connection closed, and the backend saw only the other client.
+    async fn refused(&self, attack: &[u8]) {
+        let answer = self.attack(attack).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "nothing after the 400: {answer:?}");
+        assert_eq!(self.targets(), ["/other"], "{attack:?}");
+        self.log.lock().clear();
+    }
+}
+
+const SMUGGLED: &str = "GET /secret HTTP/1.1\r\nHost: internal\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_naming_content_length_cannot_smuggle_a_second_request() {
+    let f = smuggle_fixture().await;
+    for named in ["content-length", "Content-Length, close", "keep-alive, content-length"] {
+        let attack = format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nConnection: {named}\r\nContent-Length: {}\r\n\r\n{SMUGGLED}", SMUGGLED.len());
+        let answer = f.attack(attack.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\r\n\r\n/x"), "{answer:?}");
+        let log = std::mem::take(&mut *f.log.lock());
+        let first = &log[0];
+        assert_eq!((first.method.as_str(), first.target.as_str(), first.body_len, first.content_lengths), ("POST", "/x", SMUGGLED.len(), 1));
+        assert!(log.iter().all(|s| s.target != "/secret" && s.host != "internal"), "smuggled: {log:?}");
+        let targets: Vec<_> = log.iter().map(|s| s.target.as_str()).collect();
+        assert!(targets == ["/x", "/other"] || targets == ["/x", "/after", "/other"], "{targets:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_naming_transfer_encoding_cannot_smuggle_a_second_request() {
+    let f = smuggle_fixture().await;
+    let chunk = format!("{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len());
+    let attack = format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}");
+    let answer = f.attack(attack.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let log = f.log.lock().clone();
+    assert_eq!((log[0].target.as_str(), log[0].body_len), ("/x", SMUGGLED.len()), "{log:?}");
+    assert!(log.iter().all(|s| s.target != "/secret"), "smuggled: {log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_gets_400_and_close() {
+    let f = smuggle_fixture().await;
+    let chunk = format!("0\r\n\r\n{SMUGGLED}");
+    for head in [
+        format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n", chunk.len()),
+        format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: {}\r\n\r\n", chunk.len()),
+        format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: {}\r\n\r\n", chunk.len()),
+    ] {
+        f.refused(format!("{head}{chunk}").as_bytes()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_signed_content_length_get_400_and_close() {
+    let f = smuggle_fixture().await;
+    let n = SMUGGLED.len();
+    for lengths in [format!("Content-Length: 0\r\nContent-Length: {n}"), format!("Content-Length: {n}\r\nContent-Length: {n}"), format!("Content-Length: +{n}"), format!("Content-Length: {n}, 0")] {
+        f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\n{lengths}\r\n\r\n{SMUGGLED}").as_bytes()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obs_fold_gets_400_and_close() {
+    let f = smuggle_fixture().await;
+    let n = SMUGGLED.len();
+    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n Content-Length: {n}\r\n\r\n{SMUGGLED}").as_bytes()).await;
+    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\t{n}\r\n\r\n{SMUGGLED}").as_bytes()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_gets_400_and_close() {
+    let f = smuggle_fixture().await;
+    let n = SMUGGLED.len();
+    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\nContent-Length: {n}\r\n\r\n{SMUGGLED}").as_bytes()).await;
+    f.refused(format!("POST /logged/x HTTP/1.1\nHost: t\nContent-Length: {n}\n\n{SMUGGLED}").as_bytes()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whitespace_before_the_colon_gets_400_and_close() {
+    let f = smuggle_fixture().await;
+    let n = SMUGGLED.len();
+    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nContent-Length : {n}\r\n\r\n{SMUGGLED}").as_bytes()).await;
+    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{SMUGGLED}").as_bytes()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_nul_and_bad_targets_get_400_and_close() {
+    let f = smuggle_fixture().await;
+    f.refused(b"GET /logged/x HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n").await;
+    f.refused(b"GET /logged/x HTTP/1.1\r\nHost: t\r\nX-A: a\rX-B: b\r\n\r\n").await;
+    f.refused(b"GET /logged/x%zz HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    f.refused(b"GET /logged/x#f HTTP/1.1\r\nHost: t\r\n\r\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crlf_in_an_instance_address_never_reaches_a_header() {
+    let f = smuggle_fixture().await;
+    // An instance whose registered address carries a header of its own.
+    // The SDK refuses such an address; anyone with write access to the
+    // registry can still put one.
+    let client = roster::Client::new(roster::ClientConfig::new([f.registry.clone()])).unwrap();
+    let value = serde_json::json!({"Op": 0, "Addr": "127.0.0.1:1\r\nx-injected: 1", "Metadata": {"id": "evil", "service": "forged"}});
+    let put = roster_api::etcdserverpb::PutRequest { key: "/services/forged/evil".into(), value: value.to_string().into(), ..Default::default() };
+    client.put(put).await.unwrap();
+    let answer = raw(f.gw.addr, b"GET /forged/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503") && !answer.contains("x-injected"), "{answer:?}");
+    assert!(f.log.lock().is_empty());
+}
+
+// === Made-up names: bounded state ===
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+}
+
+/// Sends `count` pipelined requests for random names on one connection,
+/// `batch` at a time; returns how many answers had each status.
+async fn random_names(addr: SocketAddr, seed: u64, count: usize, batch: usize) -> std::collections::BTreeMap<u16, usize> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut x = seed | 1;
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    while sent < count {
+        let n = batch.min(count - sent);
+        let mut out = Vec::with_capacity(n * 48);
+        for _ in 0..n {
+            // xorshift64: a fresh name per request.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(format!("GET /n{x:x}/x HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        }
+        s.write_all(&out).await.unwrap();
+        for _ in 0..n {
+            let answer = read_answer(&mut s, &mut buf).await;
+            let status: u16 = answer[9..12].parse().unwrap();
+            *statuses.entry(status).or_default() += 1;
+        }
+        sent += n;
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_names_start_no_discovery_and_cannot_lock_out_a_real_service() {
+    let (reg, _stop) = registry().await;
+    let _real = Backend::start(&reg, "real", "r1").await;
+    let gw = Gw::start(&reg, "max_services = 4\n").await;
+    let c = http();
+    assert_eq!(get(&c, &gw.url("/real/x")).await.status, StatusCode::OK);
+    // Warm up allocator pools and metrics, then measure.
+    let warm = random_names(gw.addr, 7, 5_000, 200).await;
+    assert_eq!(warm.get(&503), Some(&5_000), "{warm:?}");
+    let before = rss();
+    let started = Instant::now();
+    let loads: Vec<_> = (0..4).map(|i| tokio::spawn(random_names(gw.addr, 1000 + i, 25_000, 200))).collect();
+    let mut total = 0;
+    for l in loads {
+        let statuses = tokio::time::timeout(Duration::from_secs(120), l).await.expect("load finished in time").unwrap();
+        assert_eq!(statuses.keys().collect::<Vec<_>>(), [&503], "every made-up name gets 503: {statuses:?}");
+        total += statuses[&503];
+    }
+    let grew = rss().saturating_sub(before);
+    eprintln!("{total} requests to made-up names in {:?}; resident memory grew {} KiB", started.elapsed(), grew / 1024);
+    assert_eq!(total, 100_000);
+    assert!(grew <= 4 << 20, "memory grew {} KiB", grew / 1024);
+
+    // /metrics holds no made-up name, and one upstream (real) is followed.
+    let m = get(&c, &format!("http://{}/metrics", gw.admin)).await.json;
+    let m = m.as_str().unwrap();
+    assert!(m.len() < 16 * 1024, "metrics grew to {} bytes", m.len());
+    assert!(!m.contains("service=\"n"), "a made-up name has a series");
+    assert!(m.contains("roster_gateway_requests_total{service=\"-\",instance=\"-\",code=\"503\"} 105000"), "{m}");
+    assert!(m.contains("roster_gateway_upstreams 1\n"), "{m}");
+
+    // max_services (4) was never filled: three more real services are routed,
+    // the last within 100 ms of registering.
+    let _a = Backend::start(&reg, "late-a", "a1").await;
+    let _b = Backend::start(&reg, "late-b", "b1").await;
+    assert_eq!(get(&c, &gw.url("/late-a/x")).await.status, StatusCode::OK);
+    assert_eq!(get(&c, &gw.url("/late-b/x")).await.status, StatusCode::OK);
+    let _late = Backend::start(&reg, "late", "l1").await;
+    let registered = Instant::now();
+    loop {
+        let a = get(&c, &gw.url("/late/x")).await;
+        if a.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(registered.elapsed() < Duration::from_secs(2), "never routed: {}", a.json);
+    }
+    let took = registered.elapsed();
+    eprintln!("a service registered after the made-up names was routed after {took:?}");
+    assert!(took <= Duration::from_millis(100), "routed after {took:?}");
+}
+
+// === Trust ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_replaced_unless_from_trusted_proxies_on_both_engines() {
+    let (reg, _stop) = registry().await;
+    let _b = Backend::start(&reg, "echo", "t1").await;
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (toml, want) in [("", "127.0.0.1"), ("trusted_proxies = [\"127.0.0.0/8\"]\n", "6.6.6.6, 127.0.0.1")] {
+        let gw = Gw::start(&reg, toml).await;
+        for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
+            let req = Request::get(gw.url("/echo/x")).header("x-forwarded-for", "6.6.6.6").header("x-forwarded-proto", "https").body(Full::default()).unwrap();
+            let a = send(c, req).await;
+            assert_eq!(a.json["x_forwarded_for"], want, "{engine}, config {toml:?}");
+            assert_eq!(a.json["x_forwarded_proto"], if toml.is_empty() { "http" } else { "https" }, "{engine}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_never_show_instance_addresses_unless_debug_errors() {
+    let (reg, _stop) = registry().await;
+    // An instance registered at a port nothing listens on.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    let _r = sdk(&reg).register(roster::Instance::new("dead", dead.clone()).with_id("d1")).await.unwrap();
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (toml, shown) in [("", false), ("debug_errors = true\n", true)] {
+        let gw = Gw::start(&reg, toml).await;
+        for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
+            let a = get(c, &gw.url("/dead/x")).await;
+            assert_eq!((a.status, a.json["service"].as_str()), (StatusCode::BAD_GATEWAY, Some("dead")), "{engine}: {}", a.json);
+            assert_eq!(a.json.to_string().contains(&dead), shown, "{engine}, config {toml:?}: {}", a.json);
+        }
+    }
+}
+
+// === Limits ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_gives_up_its_upstream_connection_at_the_timeout() {
+    let (reg, _stop) = registry().await;
+    // A backend that sends an endless body and reports when its write fails.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (broke_tx, mut broke) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let broke = broke_tx.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000000\r\n\r\n").await;
+                let chunk = vec![b'x'; 64 * 1024];
+                // Bounded: 1 GiB at most, far more than the socket buffers hold.
+                for _ in 0..16 * 1024 {
+                    if s.write_all(&chunk).await.is_err() {
+                        let _ = broke.send(Instant::now());
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let _r = sdk(&reg).register(roster::Instance::new("endless", addr).with_id("e1")).await.unwrap();
+    let gw = Gw::start(&reg, "response_idle_timeout_ms = 300\n").await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client.write_all(b"GET /endless/x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let asked = Instant::now();
+    // The client never reads; the gateway's writes stall, then it lets go.
+    let at = tokio::time::timeout(Duration::from_secs(10), broke.recv()).await.expect("the upstream connection was closed").unwrap();
+    let held = at - asked;
+    eprintln!("upstream connection released {held:?} after the request");
+    assert!(held >= Duration::from_millis(300) && held < Duration::from_secs(3), "held for {held:?}");
+    drop(client);
 }

@@ -13,9 +13,12 @@
 //! large (> 64 KiB) request bodies, and request targets that are not a
 //! path. The hand-over happens between requests, so hyper starts clean.
 
-use crate::config::{Config, Policies};
+mod request;
+#[cfg(test)]
+mod fuzz;
+
 use crate::proxy::{is_idempotent, Access, Answered, Attempts, Failure, Fault, Proxy, FIRST_LIST_WAIT, HOP_BY_HOP, REPLAY_LIMIT};
-use crate::route::route;
+use request::{header_line, parse_length, parse_request, Asked, Parsed, Routed};
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
@@ -205,146 +208,6 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
     }
 }
 
-/// A request head, read and already rewritten for the instance.
-struct RequestHead {
-    head_len: usize,
-    content_length: u64,
-    asked: Asked,
-    routed: Result<Routed, Failure>,
-}
-
-/// What the client asked, as the access log and error answers need it.
-struct Asked {
-    method: Method,
-    /// The path and query as the client sent them.
-    path: String,
-    /// The client asked to close after this request.
-    close: bool,
-}
-
-struct Routed {
-    service: String,
-    policies: Policies,
-    hash_key: Option<Vec<u8>>,
-    /// `<METHOD> <path> HTTP/1.1\r\n`
-    request_line: Vec<u8>,
-    /// Every header line to send after `host:`, ending with the blank line.
-    headers: Vec<u8>,
-}
-
-// Short-lived on the stack; boxing would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Parsed {
-    Complete(RequestHead),
-    Partial,
-    Hyper,
-    TooManyHeaders,
-    Bad(&'static str),
-}
-
-fn parse_request(buf: &[u8], config: &Config, peer: SocketAddr) -> Parsed {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return Parsed::TooManyHeaders,
-        Err(_) => return Parsed::Bad("malformed request head"),
-    };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        // HTTP/1.0 keep-alive rules and the like: hyper knows them.
-        return Parsed::Hyper;
-    };
-    if !target.starts_with('/') || method == "CONNECT" {
-        return Parsed::Hyper;
-    }
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Bad("malformed method") };
-    let mut host = None;
-    let mut content_length: Option<u64> = None;
-    let mut close = false;
-    let mut xff: Option<&[u8]> = None;
-    let mut connection_named: Vec<&str> = Vec::new();
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
-                return Parsed::Bad("more than one Host header");
-            }
-            host = Some(std::str::from_utf8(h.value).unwrap_or(""));
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
-                return Parsed::Bad("invalid Content-Length");
-            };
-            if content_length.is_some_and(|m| m != n) {
-                return Parsed::Bad("conflicting Content-Length headers");
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade")
-            || name.eq_ignore_ascii_case("expect")
-            || (name.eq_ignore_ascii_case("content-type") && h.value.starts_with(b"application/grpc"))
-        {
-            return Parsed::Hyper;
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in std::str::from_utf8(h.value).unwrap_or("").split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                }
-                connection_named.push(token);
-            }
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") && xff.is_none() {
-            xff = Some(h.value);
-        }
-    }
-    let path = target.to_owned();
-    let routed = match route(config, host, &path, false) {
-        None => Err(Failure::NoRoute { path: path.clone() }),
-        Some(t) => {
-            let hash_key = t.policies.hash_header.as_ref().and_then(|name| {
-                req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name.as_str())).map(|h| h.value.to_vec())
-            });
-            let mut request_line = Vec::with_capacity(t.path.len() + 24);
-            request_line.extend_from_slice(method.as_str().as_bytes());
-            request_line.push(b' ');
-            request_line.extend_from_slice(t.path.as_bytes());
-            request_line.extend_from_slice(b" HTTP/1.1\r\n");
-            let mut headers = Vec::with_capacity(head_len + 128);
-            for h in req.headers.iter() {
-                let n = h.name;
-                let hop = HOP_BY_HOP.iter().any(|hop| n.eq_ignore_ascii_case(hop))
-                    || connection_named.iter().any(|c| n.eq_ignore_ascii_case(c))
-                    || n.eq_ignore_ascii_case("host")
-                    || n.eq_ignore_ascii_case("x-forwarded-for")
-                    || n.eq_ignore_ascii_case("x-forwarded-proto")
-                    || n.eq_ignore_ascii_case("x-forwarded-host");
-                if !hop {
-                    header_line(&mut headers, n.as_bytes(), h.value);
-                }
-            }
-            headers.extend_from_slice(b"x-forwarded-for: ");
-            if let Some(prev) = xff {
-                headers.extend_from_slice(prev);
-                headers.extend_from_slice(b", ");
-            }
-            let _ = write!(headers, "{}", peer.ip());
-            headers.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-            if let Some(h) = host {
-                header_line(&mut headers, b"x-forwarded-host", h.as_bytes());
-            }
-            headers.extend_from_slice(b"\r\n");
-            Ok(Routed { service: t.service.into_owned(), policies: t.policies.clone(), hash_key, request_line, headers })
-        }
-    };
-    Parsed::Complete(RequestHead { head_len, content_length: content_length.unwrap_or(0), asked: Asked { method, path, close }, routed })
-}
-
-fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// One request: pick, forward with retries, relay the answer. `Ok(true)`
 /// keeps the client connection for another request.
 async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool: &Pool, routed: Result<Routed, Failure>, head: &Asked, body: &[u8]) -> io::Result<bool> {
@@ -353,10 +216,10 @@ async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
         Ok(r) => r,
         Err(fail) => return answer_failure(client, proxy, peer, head, started, fail).await,
     };
-    let upstream = match proxy.upstreams.get(&routed.service, routed.policies.policy, FIRST_LIST_WAIT).await {
+    let upstream = match proxy.upstreams.get(&routed.service, routed.policies.policy, FIRST_LIST_WAIT, routed.configured).await {
         Ok(u) => u,
         Err(e) => {
-            let fail = Failure::NoInstance { service: routed.service, detail: e.to_string() };
+            let fail = Failure::unavailable(routed.service, e);
             return answer_failure(client, proxy, peer, head, started, fail).await;
         }
     };
@@ -403,7 +266,8 @@ async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
                 };
                 proxy.record(&access, resp.status, started.elapsed());
                 let no_body = head.method == Method::HEAD;
-                return relay(client, pool, &instance, upstream_conn, resp, rbuf, no_body, head.close).await;
+                let idle = proxy.config.load().response_idle_timeout;
+                return relay(client, pool, &instance, upstream_conn, resp, rbuf, no_body, head.close, idle).await;
             }
         };
         if let Err(fail) = attempts.failed(guard, &instance, fault) {
@@ -506,19 +370,21 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
         return Err(invalid("101 Switching Protocols without an upgrade request"));
     }
     let http10 = resp.version == Some(0);
+    let mut transfer_encoding = false;
     let mut chunked = false;
     let mut length: Option<u64> = None;
     let mut upstream_close = http10;
     let mut connection_named: Vec<&str> = Vec::new();
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
             let v = std::str::from_utf8(h.value).unwrap_or("");
             chunked = v.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
             if !chunked {
                 upstream_close = true;
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| invalid("Content-Length"))?;
+            let n = parse_length(h.value).ok_or_else(|| invalid("Content-Length"))?;
             if length.is_some_and(|m| m != n) {
                 return Err(invalid("conflicting Content-Length headers"));
             }
@@ -534,10 +400,17 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
             }
         }
     }
+    // Both framings at once may be an attack on some other hop: use the
+    // connection for this answer only (RFC 9112 §6.3).
+    upstream_close |= transfer_encoding && length.is_some();
     let framing = if status == 204 || status == 304 {
         Framing::Empty
     } else if chunked {
         Framing::Chunked
+    } else if transfer_encoding {
+        // A coding other than chunked last: the body ends with the connection.
+        upstream_close = true;
+        Framing::UntilClose
     } else if let Some(n) = length {
         Framing::Length(n)
     } else {
@@ -550,7 +423,7 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
         let n = h.name;
         let drop = HOP_BY_HOP.iter().any(|hop| n.eq_ignore_ascii_case(hop))
             || connection_named.iter().any(|c| n.eq_ignore_ascii_case(c))
-            || (n.eq_ignore_ascii_case("content-length") && chunked)
+            || (n.eq_ignore_ascii_case("content-length") && transfer_encoding)
             || (n.eq_ignore_ascii_case("transfer-encoding") && !chunked);
         if !drop {
             header_line(&mut head, n.as_bytes(), h.value);
@@ -571,7 +444,11 @@ async fn relay(
     mut rbuf: BytesMut,
     no_body: bool,
     client_close: bool,
+    idle: Duration,
 ) -> io::Result<bool> {
+    // A client that stops reading, or an instance that stops sending, gives
+    // up the upstream connection after `idle`: both are dropped on return.
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "response idle timeout");
     let framing = if no_body { Framing::Empty } else { resp.framing };
     let close = client_close || framing == Framing::UntilClose;
     let mut out = resp.head;
@@ -586,11 +463,11 @@ async fn relay(
     let (n, mut done) = end.take(&rbuf)?;
     let mut extra = n < rbuf.len();
     out.extend_from_slice(&rbuf[..n]);
-    client.write_all(&out).await?;
+    tokio::time::timeout(idle, client.write_all(&out)).await.map_err(|_| timed_out())??;
     while !done {
         rbuf.clear();
         rbuf.reserve(16 * 1024);
-        let got = conn.read_buf(&mut rbuf).await?;
+        let got = tokio::time::timeout(idle, conn.read_buf(&mut rbuf)).await.map_err(|_| timed_out())??;
         if got == 0 {
             if framing == Framing::UntilClose {
                 break;
@@ -602,7 +479,7 @@ async fn relay(
         let Ok((n, complete)) = end.take(&rbuf) else { return Ok(false) };
         done = complete;
         extra = n < rbuf.len();
-        client.write_all(&rbuf[..n]).await?;
+        tokio::time::timeout(idle, client.write_all(&rbuf[..n])).await.map_err(|_| timed_out())??;
     }
     if framing != Framing::UntilClose && !resp.upstream_close && !extra {
         pool.put(addr, conn);
@@ -738,7 +615,8 @@ impl ChunkedEnd {
 
 /// Answers with the JSON error `fail` stands for and records it.
 async fn answer_failure(client: &mut TcpStream, proxy: &Proxy, peer: SocketAddr, head: &Asked, started: Instant, fail: Failure) -> io::Result<bool> {
-    let (status, _, body) = fail.parts();
+    fail.log();
+    let (status, _, body) = fail.parts(proxy.config.load().debug_errors);
     let took = started.elapsed();
     let access =
         Access { client: peer, method: head.method.as_str(), path: &head.path, service: fail.service(), instance: "-", grpc_status: "", retries: fail.retries() };
@@ -821,6 +699,7 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn the_end_of_a_chunked_body_is_found_across_splits() {
@@ -872,22 +751,22 @@ mod tests {
         let headers = String::from_utf8(routed.headers).unwrap();
         assert_eq!(
             headers,
-            "x-app: kept\r\nx-forwarded-for: 10.0.0.1, 127.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw:8080\r\n\r\n"
+            "x-app: kept\r\nx-forwarded-for: 127.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw:8080\r\n\r\n"
         );
 
         for hyper_case in [
             &b"GET / HTTP/1.0\r\n\r\n"[..],
-            b"POST /echo/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET /echo/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            b"POST /echo/x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
-            b"GET http://example/x HTTP/1.1\r\n\r\n",
+            b"POST /echo/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /echo/ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST /echo/x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"GET http://example/x HTTP/1.1\r\nHost: example\r\n\r\n",
         ] {
             assert!(matches!(parse_request(hyper_case, &config, peer), Parsed::Hyper), "{}", String::from_utf8_lossy(hyper_case));
         }
         assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nHost: a\r\n", &config, peer), Parsed::Partial));
         assert!(matches!(parse_request(b"NOT A REQUEST\r\n\r\n", &config, peer), Parsed::Bad(_)));
         assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &config, peer), Parsed::Bad(_)));
-        let Parsed::Complete(h) = parse_request(b"GET /nowhere%% HTTP/1.1\r\nConnection: close\r\n\r\n", &config, peer) else { panic!() };
+        let Parsed::Complete(h) = parse_request(b"GET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &config, peer) else { panic!() };
         assert!(h.asked.close);
     }
 }
