@@ -342,9 +342,13 @@ async fn range_loop(t: &Target, keys: u64, go: impl Fn() -> bool + Clone + Send 
     Ok(format!("{n} full ranges"))
 }
 
-/// Keepalives for every lease, as fast as 8 streams can send them.
+/// Keepalives for every lease, as fast as 8 streams can send them, each
+/// with at most [`FLOOD_WINDOW`] unanswered: without a window, a server
+/// that reads faster than it answers (grpc-go grows its receive window)
+/// would buffer a backlog that outlasts the phase by a minute.
 async fn flood(t: &Target, ids: Vec<i64>, go: impl Fn() -> bool + Clone + Send + Sync + 'static) -> Result<String> {
     const STREAMS: usize = 8;
+    const FLOOD_WINDOW: usize = 256;
     let conns = t.connect(STREAMS as u64).await?;
     let lost = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
@@ -352,17 +356,26 @@ async fn flood(t: &Target, ids: Vec<i64>, go: impl Fn() -> bool + Clone + Send +
         let mine: Vec<i64> = ids.iter().skip(s).step_by(STREAMS).copied().collect();
         let (go, lost) = (go.clone(), lost.clone());
         tasks.spawn(async move {
-            let (tx, rx) = mpsc::channel(256);
-            let mut stream = LeaseClient::new(ch).lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
-            let sender = tokio::spawn(async move {
-                for id in mine.iter().cycle() {
-                    if !go() || tx.send(LeaseKeepAliveRequest { id: *id }).await.is_err() {
-                        return;
+            let (tx, rx) = mpsc::channel(16);
+            let window = Arc::new(tokio::sync::Semaphore::new(FLOOD_WINDOW));
+            // Sending first: etcd sends its response headers only with its
+            // first answer.
+            let sender = tokio::spawn({
+                let window = window.clone();
+                async move {
+                    for id in mine.iter().cycle() {
+                        let Ok(place) = window.acquire().await else { return };
+                        place.forget();
+                        if !go() || tx.send(LeaseKeepAliveRequest { id: *id }).await.is_err() {
+                            return;
+                        }
                     }
                 }
             });
+            let mut stream = LeaseClient::new(ch).lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
             let mut got = 0u64;
             while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+                window.add_permits(1);
                 if r.ttl <= 0 {
                     lost.fetch_add(1, Ordering::Relaxed);
                 }
@@ -376,8 +389,11 @@ async fn flood(t: &Target, ids: Vec<i64>, go: impl Fn() -> bool + Clone + Send +
     while let Some(r) = tasks.join_next().await {
         n += r.context("a keepalive task failed")??;
     }
+    // Revoked, so they never expire under a later scenario's writer.
+    let n_leases = ids.len();
+    keepalive::revoke(&t.connect(4).await?, ids).await;
     let lost = lost.load(Ordering::Relaxed);
-    Ok(format!("{n} renewals of {} leases{}", ids.len(), if lost > 0 { format!(", {lost} answered TTL 0") } else { String::new() }))
+    Ok(format!("{n} renewals of {n_leases} leases{}", if lost > 0 { format!(", {lost} answered TTL 0") } else { String::new() }))
 }
 
 fn create(key: Bytes, range_end: Bytes, start_revision: i64) -> WatchRequest {
@@ -422,7 +438,8 @@ async fn unread(t: &Target, n: u64, go: impl Fn() -> bool) -> Result<String> {
 async fn many_watches(t: &Target, n: u64, go: impl Fn() -> bool) -> Result<String> {
     let ch = t.connect_one().await?;
     let (tx, rx) = mpsc::channel(1024);
-    let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await?.into_inner();
+    // Sending before the stream is open: etcd sends its response headers
+    // only with its first answer.
     let sender = tokio::spawn(async move {
         for i in 0..n {
             let key = Bytes::from(format!("/bench/hostile/idle/{i:09}"));
@@ -433,6 +450,7 @@ async fn many_watches(t: &Target, n: u64, go: impl Fn() -> bool) -> Result<Strin
         Some(tx)
     });
     let started = Instant::now();
+    let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await?.into_inner();
     let mut created = 0u64;
     while created < n && go() {
         match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {

@@ -385,19 +385,29 @@ async fn keepalive_flood_of_10000_leases_does_not_stall_writers() {
                 let mine: Vec<i64> = ids.iter().skip(s).step_by(STREAMS).copied().collect();
                 let (ch, until) = (ch.clone(), until.clone());
                 streams.spawn(async move {
-                    let (tx, rx) = mpsc::channel(256);
-                    let mut stream = LeaseClient::new(ch).lease_keep_alive(ReceiverStream::new(rx)).await.expect("keepalive stream").into_inner();
-                    // Sends as fast as the server reads, bounded by time and count.
-                    let sender = tokio::spawn(async move {
-                        for (sent, id) in mine.iter().cycle().enumerate() {
-                            if until.done() || sent >= 2_000_000 || tx.send(LeaseKeepAliveRequest { id: *id }).await.is_err() {
-                                return sent as u64;
+                    let (tx, rx) = mpsc::channel(16);
+                    // At most 256 unanswered per stream, so the flood ends
+                    // when told to rather than after a backlog.
+                    let window = Arc::new(tokio::sync::Semaphore::new(256));
+                    // Sends as fast as the server answers, bounded by time and count.
+                    let sender = tokio::spawn({
+                        let window = window.clone();
+                        async move {
+                            for (sent, id) in mine.iter().cycle().enumerate() {
+                                let Ok(place) = window.acquire().await else { return };
+                                place.forget();
+                                if until.done() || sent >= 2_000_000 || tx.send(LeaseKeepAliveRequest { id: *id }).await.is_err() {
+                                    return;
+                                }
                             }
                         }
-                        0
                     });
+                    // Opened after the sender starts: etcd answers the
+                    // headers only with its first renewal.
+                    let mut stream = LeaseClient::new(ch).lease_keep_alive(ReceiverStream::new(rx)).await.expect("keepalive stream").into_inner();
                     let mut got = 0u64;
                     while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+                        window.add_permits(1);
                         assert!(r.ttl > 0, "lease {:x} of the flood was lost", r.id);
                         got += 1;
                         if sender.is_finished() && got >= 1 {
@@ -490,7 +500,6 @@ async fn watches_100000_on_one_stream_do_not_stall_writers() {
     let created = h
         .under("100,000 watches on one stream", 1024 * MIB, async move {
             let (tx, rx) = mpsc::channel(1024);
-            let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await.expect("watch stream").into_inner();
             let sender = tokio::spawn(async move {
                 for i in 0..WATCHES {
                     // Single keys no put touches: publishing must not scan them.
@@ -501,6 +510,7 @@ async fn watches_100000_on_one_stream_do_not_stall_writers() {
                 }
                 Some(tx)
             });
+            let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await.expect("watch stream").into_inner();
             let mut created = 0u64;
             while created < WATCHES {
                 match stream.message().await {
@@ -694,5 +704,44 @@ async fn calls_over_the_inflight_cap_get_etcds_too_many_requests() {
     let mut kv = KvClient::new(r.channel());
     for i in 0..10 {
         kv.put(PutRequest { key: format!("/cap/after/{i}").into_bytes().into(), value: "v".into(), ..Default::default() }).await.expect("a put under the cap");
+    }
+}
+
+// === the bench ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_hostile_prints_each_targets_ratio_side_by_side() {
+    let _one = SERIAL.lock().await;
+    let r = Roster::start_in_memory(roster_bin()).await;
+    let etcd = match roster_testkit::require_etcd() {
+        Some(_) => Some(roster_testkit::Etcd::start().await),
+        None => None,
+    };
+    let mut args = vec!["--log".to_owned(), "warn".to_owned(), "bench".to_owned(), "hostile".to_owned()];
+    args.extend(["--scenario", "range", "--keys", "2000", "--phase", "1", "--target"].map(str::to_owned));
+    args.push(format!("roster={}", r.endpoint()));
+    if let Some(e) = &etcd {
+        args.extend(["--target".to_owned(), format!("etcd={}", e.endpoint())]);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::new(roster_bin()).args(&args).output())
+        .await
+        .expect("bench hostile ran over 60 s")
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bench hostile failed:\n{stdout}\n{stderr}");
+    // hostile range 2000  <target>  <ratio> x  <p50>  <p99>  <errors>  writer p99 idle ...
+    let rows: Vec<Vec<&str>> =
+        stdout.lines().filter_map(|l| l.strip_prefix("hostile range 2000")).map(|l| l.split_whitespace().collect()).collect();
+    let targets: Vec<&str> = rows.iter().map(|f| f[0]).collect();
+    assert_eq!(targets, if etcd.is_some() { vec!["roster", "etcd"] } else { vec!["roster"] }, "{stdout}");
+    for f in &rows {
+        let ratio: f64 = f[1].parse().unwrap_or_else(|_| panic!("no ratio in {f:?}"));
+        assert!(ratio > 0.0 && ratio.is_finite(), "{stdout}");
+        assert_eq!((f[2], f[5]), ("x", "0"), "unit and errors: {stdout}");
+        assert!(f[6..].join(" ").starts_with("writer p99 idle"), "{stdout}");
+        assert!(f.join(" ").contains("full ranges"), "{stdout}");
+    }
+    if etcd.is_some() {
+        assert!(stdout.contains("ratio roster/etcd: p99 during/idle "), "{stdout}");
     }
 }
