@@ -3,8 +3,9 @@
 //!
 //! Each scenario is one table row per target. On each target it first sets
 //! up what the hostile client needs (keys, leases), then measures one
-//! writer's sequential puts for `--phase` seconds idle, then again for
-//! `--phase` seconds while the hostile client runs. The row's figure is
+//! writer's sequential puts for `--phase` seconds while the hostile client
+//! runs, and for `--phase` seconds idle: half before, half after, so a
+//! change in the machine's load during the run biases neither side. The row's figure is
 //! the ratio during/idle of the writer's p99; its p50 and p99 columns are
 //! the writer's latencies during the hostile phase. A registration (a key
 //! on a 3 s lease renewed every second) lives through both phases, and a
@@ -62,7 +63,8 @@ pub struct Hostile {
     /// Scenarios to run, comma-separated [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenario: Vec<Scenario>,
-    /// Seconds of each measured phase (idle, then during).
+    /// Seconds of the hostile phase, and of the idle one (half before it,
+    /// half after).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub phase: u64,
     /// Keys for `range` and `catch-up`.
@@ -126,9 +128,11 @@ impl Workload for HostileRun {
         let setup = Setup::new(t, &self.args, self.scenario, max).await?;
         let writer = t.connect_unary(1).await?.remove(0);
         let reg = Registration::start(t.connect_one().await?).await?;
-        // Warm up, then the idle baseline.
+        // Warm up, then half the idle baseline; the other half comes after
+        // the hostile phase, so drift in a shared machine's load biases
+        // neither side.
         put_for(&writer, Duration::from_millis(500)).await?;
-        let (idle, _) = put_for(&writer, phase).await?;
+        let (mut idle, _) = put_for(&writer, phase / 2).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let hostile = tokio::spawn(run_hostile(t.clone(), self.args.clone(), self.scenario, setup, stop.clone(), phase + max));
@@ -138,6 +142,8 @@ impl Workload for HostileRun {
             .await
             .context("the hostile client did not stop within --max-duration")?
             .context("the hostile client panicked")??;
+        let (after, _) = put_for(&writer, phase - phase / 2).await?;
+        idle.add(after).context("merging histograms")?;
         let lost = reg.lost.load(Ordering::Relaxed);
         reg.task.abort();
 
@@ -254,9 +260,19 @@ async fn ensure_keys(t: &Target, n: u64, max: Duration) -> Result<i64> {
     };
     let before = count(conns[0].clone()).await.context("cannot count the data keys")?;
     if before.count as u64 >= n {
-        // Written by an earlier run: find where, from the oldest key.
-        let first = RangeRequest { key: key(0), ..Default::default() };
-        let r = conns[0].call::<_, RangeResponse>(KV_RANGE, &first).await?;
+        // Written by an earlier run, by concurrent txns in any order: start
+        // before the earliest created.
+        let end = roster_api::range::prefix_end(DATA.as_bytes());
+        let oldest = RangeRequest {
+            key: DATA.into(),
+            range_end: end.into(),
+            limit: 1,
+            sort_order: 1,  // ASCEND
+            sort_target: 2, // CREATE
+            keys_only: true,
+            ..Default::default()
+        };
+        let r = conns[0].call::<_, RangeResponse>(KV_RANGE, &oldest).await?;
         return Ok(r.kvs.first().map_or(1, |kv| kv.create_revision - 1));
     }
     let since = before.header.map_or(1, |h| h.revision);
