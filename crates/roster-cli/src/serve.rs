@@ -2,13 +2,14 @@
 //! `roster_server::serve`, and stop gracefully on SIGINT or SIGTERM.
 
 use anyhow::{bail, Context, Result};
-use roster_server::{AutoCompaction, ServerConfig};
+use roster_server::{AutoCompaction, ServerConfig, TransportLimits};
 use roster_store::{Store, StoreConfig, StoreError, SystemClock};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Options of `roster serve`; its help text is on `Commands::Serve`.
@@ -67,6 +68,80 @@ pub struct ServeArgs {
     /// revisions. 0 turns auto-compaction off.
     #[arg(long, default_value = "0", value_name = "RETENTION")]
     auto_compaction_retention: String,
+    // --- Transport limits (etcd's flag names, but --max-inflight-requests) ---
+    /// Ping a client connection idle for this long (etcd's flag); Go
+    /// durations: 2h, 30s, 500ms.
+    #[arg(long, default_value = "2h", value_name = "DURATION", value_parser = parse_go_duration)]
+    grpc_keepalive_interval: Duration,
+
+    /// Close a connection whose keepalive ping is not answered within this
+    /// (etcd's flag).
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = parse_go_duration)]
+    grpc_keepalive_timeout: Duration,
+
+    /// etcd's minimum client ping interval. Accepted so etcd command lines
+    /// work, but not enforced: Roster's HTTP/2 stack answers every ping.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_go_duration)]
+    grpc_keepalive_min_time: Duration,
+
+    /// Streams one client connection may have open at once (etcd's flag and
+    /// default, 2^32-1).
+    #[arg(long, default_value_t = u32::MAX, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+
+    /// Unary calls served at once over all connections; more are refused
+    /// with "etcdserver: too many requests" (Roster's own; etcd has none).
+    #[arg(long, default_value_t = TransportLimits::default().max_inflight_requests as u64, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=(u32::MAX as u64)))]
+    max_inflight_requests: u64,
+    // --- end of transport limits ---
+}
+
+/// Parses a duration as Go's `time.ParseDuration` does, which is how etcd
+/// reads its duration flags: one or more `<number><unit>` terms, with units
+/// ns, us (or µs), ms, s, m, h, and fractions allowed ("1.5h", "1m30s").
+/// A bare "0" is zero. Negative durations are refused: no limit here can be
+/// negative.
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    const UNITS: [(&str, f64); 7] =
+        [("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)];
+    let hint = || format!("{s:?} is not a duration; use a number and a unit, e.g. 5s, 100ms, 2h or 1m30s");
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.starts_with('-') {
+        return Err(format!("{s:?}: a negative duration is not allowed here"));
+    }
+    let mut rest = t.strip_prefix('+').unwrap_or(t);
+    if rest.is_empty() {
+        return Err(hint());
+    }
+    let mut secs = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_len);
+        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+            return Err(hint());
+        }
+        let value: f64 = num.parse().map_err(|_| hint())?;
+        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let Some(&(_, scale)) = UNITS.iter().find(|(u, _)| *u == unit) else {
+            return Err(if unit.is_empty() {
+                format!("{s:?} has no unit; add one of ns, us, ms, s, m, h (e.g. {num}s)")
+            } else {
+                format!("{s:?}: unknown unit {unit:?}; use ns, us, ms, s, m or h")
+            });
+        };
+        secs += value * scale;
+        rest = next;
+    }
+    // Go's Duration is int64 nanoseconds, about 292 years.
+    if !secs.is_finite() || secs > i64::MAX as f64 / 1e9 {
+        return Err(format!("{s:?} is too long a duration"));
+    }
+    Ok(Duration::from_nanos((secs * 1e9).round() as u64))
 }
 
 /// A listen address as given, scheme stripped; resolved when binding so that
@@ -244,6 +319,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         client_urls,
         quota_backend_bytes: args.quota_backend_bytes,
         auto_compaction,
+        transport: TransportLimits {
+            keepalive_interval: args.grpc_keepalive_interval,
+            keepalive_timeout: args.grpc_keepalive_timeout,
+            keepalive_min_time: args.grpc_keepalive_min_time,
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_inflight_requests: args.max_inflight_requests as usize,
+        },
         ..Default::default()
     };
     let shutdown = shutdown_signal()?;
@@ -315,6 +397,61 @@ mod tests {
         assert!(err("[::1]").contains("no port"));
         assert!(err("http://h:2379/v3").contains("no path"));
         assert!(err("h:http").contains("not a port"));
+    }
+
+    #[test]
+    fn go_durations_parse_as_etcd_reads_them() {
+        let ok = |s: &str| parse_go_duration(s).unwrap();
+        assert_eq!(ok("5s"), Duration::from_secs(5));
+        assert_eq!(ok("2h"), Duration::from_secs(7200));
+        assert_eq!(ok("100ms"), Duration::from_millis(100));
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
+        assert_eq!(ok("250us"), Duration::from_micros(250));
+        assert_eq!(ok("250µs"), Duration::from_micros(250));
+        assert_eq!(ok("10ns"), Duration::from_nanos(10));
+        assert_eq!(ok("+3s"), Duration::from_secs(3));
+        assert_eq!(ok("0"), Duration::ZERO);
+        assert_eq!(ok(".5s"), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_durations_say_what_to_write() {
+        let err = |s: &str| parse_go_duration(s).unwrap_err();
+        assert!(err("5").contains("has no unit; add one of ns, us, ms, s, m, h (e.g. 5s)"), "{}", err("5"));
+        assert!(err("5sec").contains("unknown unit \"sec\""), "{}", err("5sec"));
+        assert!(err("-5s").contains("negative"));
+        for bad in ["", "s", "1..5s", ".s", "+", "5s3", "1e3s"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} parsed");
+        }
+        assert!(err("99999999999h").contains("too long"));
+    }
+
+    #[test]
+    fn transport_flags_default_to_etcds_and_reach_the_config() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let a = Cli::parse_from(["serve"]).serve;
+        let d = TransportLimits::default();
+        assert_eq!(
+            (a.grpc_keepalive_interval, a.grpc_keepalive_timeout, a.grpc_keepalive_min_time),
+            (d.keepalive_interval, d.keepalive_timeout, d.keepalive_min_time)
+        );
+        assert_eq!((a.max_concurrent_streams, a.max_inflight_requests as usize), (d.max_concurrent_streams, d.max_inflight_requests));
+        let a = Cli::parse_from([
+            "serve", "--grpc-keepalive-interval", "1m", "--grpc-keepalive-timeout", "500ms",
+            "--max-concurrent-streams", "100", "--max-inflight-requests", "7",
+        ])
+        .serve;
+        assert_eq!((a.grpc_keepalive_interval, a.grpc_keepalive_timeout), (Duration::from_secs(60), Duration::from_millis(500)));
+        assert_eq!((a.max_concurrent_streams, a.max_inflight_requests), (100, 7));
+        assert!(Cli::try_parse_from(["serve", "--max-concurrent-streams", "0"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--max-inflight-requests", "0"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--grpc-keepalive-timeout", "20"]).is_err());
     }
 
     #[test]

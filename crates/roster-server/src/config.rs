@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// How often revision-mode auto-compaction checks the revision (etcd:
     /// 5 minutes, fixed). Periodic mode derives its timing from its period.
     pub auto_compaction_check: Duration,
+    /// Transport limits: HTTP/2 keepalive, streams, calls in flight.
+    pub transport: TransportLimits,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -52,6 +54,44 @@ pub enum AutoCompaction {
     Revision(i64),
 }
 
+/// Limits on what one client can make the server hold. The names follow
+/// etcd's flags where etcd has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// `--grpc-keepalive-interval`: how long a connection may be idle before
+    /// the server pings it. etcd: 2 h.
+    pub keepalive_interval: Duration,
+    /// `--grpc-keepalive-timeout`: how long the server waits for the ping's
+    /// answer before it closes the connection. etcd: 20 s.
+    pub keepalive_timeout: Duration,
+    /// `--grpc-keepalive-min-time`: in etcd, the shortest interval a client
+    /// may ping at before it is sent away. Kept for etcd's command lines but
+    /// not enforced: the HTTP/2 stack (h2) answers every ping itself and
+    /// offers no hook to count them. etcd: 5 s.
+    pub keepalive_min_time: Duration,
+    /// `--max-concurrent-streams`: streams one HTTP/2 connection may have
+    /// open at once, announced in SETTINGS. etcd: 2^32 - 1, since its
+    /// clients multiplex every watch and call over one connection.
+    pub max_concurrent_streams: u32,
+    /// `--max-inflight-requests` (Roster's own; etcd has none): unary calls
+    /// being served at once, over all connections. Calls over it are refused
+    /// with "etcdserver: too many requests".
+    pub max_inflight_requests: usize,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            keepalive_interval: Duration::from_secs(2 * 60 * 60),
+            keepalive_timeout: Duration::from_secs(20),
+            keepalive_min_time: Duration::from_secs(5),
+            max_concurrent_streams: u32::MAX,
+            // Twice `roster bench hold`'s 10,000 registrations at once.
+            max_inflight_requests: 20_000,
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -66,6 +106,7 @@ impl Default for ServerConfig {
             quota_backend_bytes: 0,
             auto_compaction: None,
             auto_compaction_check: Duration::from_secs(5 * 60),
+            transport: TransportLimits::default(),
         }
     }
 }
@@ -96,6 +137,17 @@ impl ServerConfig {
             Some(AutoCompaction::Periodic(p)) if p.is_zero() => return bad("a periodic auto-compaction needs a positive period"),
             Some(AutoCompaction::Revision(n)) if n <= 0 => return bad("a revision auto-compaction needs a positive revision count"),
             _ => {}
+        }
+        let t = &self.transport;
+        if t.keepalive_interval.is_zero() || t.keepalive_timeout.is_zero() {
+            return bad("grpc keepalive interval and timeout must be positive");
+        }
+        if t.max_concurrent_streams == 0 {
+            // A connection that may open no stream serves nothing.
+            return bad("max concurrent streams must be at least 1");
+        }
+        if t.max_inflight_requests == 0 {
+            return bad("max in-flight requests must be at least 1");
         }
         Ok(())
     }
@@ -197,8 +249,17 @@ mod tests {
     }
 
     #[test]
+    fn transport_defaults_are_etcds() {
+        let t = TransportLimits::default();
+        assert_eq!(t.keepalive_interval, Duration::from_secs(7200));
+        assert_eq!(t.keepalive_timeout, Duration::from_secs(20));
+        assert_eq!(t.keepalive_min_time, Duration::from_secs(5));
+        assert_eq!(t.max_concurrent_streams, u32::MAX);
+    }
+
+    #[test]
     fn zero_ids_and_intervals_are_rejected() {
-        let cases: [fn(&mut ServerConfig); 7] = [
+        let cases: [fn(&mut ServerConfig); 11] = [
             |c| c.member_id = 0,
             |c| c.cluster_id = 0,
             |c| c.lease_tick = Duration::ZERO,
@@ -206,6 +267,10 @@ mod tests {
             |c| c.auto_compaction_check = Duration::ZERO,
             |c| c.auto_compaction = Some(AutoCompaction::Periodic(Duration::ZERO)),
             |c| c.auto_compaction = Some(AutoCompaction::Revision(0)),
+            |c| c.transport.keepalive_interval = Duration::ZERO,
+            |c| c.transport.keepalive_timeout = Duration::ZERO,
+            |c| c.transport.max_concurrent_streams = 0,
+            |c| c.transport.max_inflight_requests = 0,
         ];
         for f in cases {
             let mut c = ServerConfig::default();

@@ -15,6 +15,10 @@
 //! - `metrics`: the Prometheus registry.
 //! - `config`: [`ServerConfig`].
 //! - `compactor`: etcd's periodic and revision auto-compaction.
+//! - `config`: [`ServerConfig`] and its [`TransportLimits`].
+//! - `limit`: the cap on unary calls in flight ("etcdserver: too many
+//!   requests"). HTTP/2 keepalive and the stream limit are tonic's, set in
+//!   `serve_grpc`.
 //!
 //! Every gRPC service is implemented on one cheap `Clone` handle, `Server`,
 //! over an `Arc` of what all handlers share.
@@ -27,13 +31,14 @@ mod config;
 mod http;
 mod kv;
 mod lease;
+mod limit;
 mod maintenance;
 mod metrics;
 mod oversize;
 mod responses;
 mod watch;
 
-pub use config::{AutoCompaction, ServerConfig, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES};
+pub use config::{AutoCompaction, ServerConfig, TransportLimits, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES};
 
 use metrics::Metrics;
 use roster_api::etcdserverpb::{
@@ -171,10 +176,13 @@ async fn serve_grpc(
     }
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = server.stop().clone();
+    let limits = &server.config().transport;
     let router = tonic::transport::Server::builder()
-        // etcd clients multiplex every watch and call over one connection,
-        // and etcd sets no stream limit either.
-        .max_concurrent_streams(Some(u32::MAX))
+        // Pings only a connection idle for the interval (hyper restarts the
+        // timer on every frame read), as grpc-go's server keepalive does.
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .layer(oversize::OversizeLayer)
         .add_service(health)
         .add_service(svc!(KvServer))
@@ -267,6 +275,7 @@ struct Shared {
     config: ServerConfig,
     metrics: Metrics,
     stop: Stop,
+    inflight: limit::InFlight,
 }
 
 /// A response with an etcd `ResponseHeader`.
@@ -335,7 +344,8 @@ pub(crate) fn check_raft_size(req: &impl prost::Message) -> Result<(), Status> {
 
 impl Server {
     fn new(store: Store, config: ServerConfig, stop: Stop) -> Self {
-        Server { shared: Arc::new(Shared { store, config, metrics: Metrics::new(), stop }) }
+        let inflight = limit::InFlight::new(config.transport.max_inflight_requests);
+        Server { shared: Arc::new(Shared { store, config, metrics: Metrics::new(), stop, inflight }) }
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -374,8 +384,8 @@ impl Server {
         h.raft_term = RAFT_TERM;
     }
 
-    /// One unary call: `f` (validation, size check, the store call), then
-    /// the header, then metrics.
+    /// One unary call: a place under the in-flight cap, `f` (validation,
+    /// size check, the store call), then the header, then metrics.
     pub(crate) async fn unary<Req, Resp, Fut>(
         &self,
         method: &'static str,
@@ -387,7 +397,10 @@ impl Server {
         Fut: Future<Output = Result<Resp, Status>>,
     {
         let started = Instant::now();
-        let result = f(req.into_inner()).await;
+        let result = match self.shared.inflight.acquire(method) {
+            Ok(_permit) => f(req.into_inner()).await,
+            Err(refused) => Err(refused),
+        };
         let result = result.map(|mut resp| {
             if Resp::FILL_REVISION {
                 self.fill_header(resp.header_mut());

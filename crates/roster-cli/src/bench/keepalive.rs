@@ -153,7 +153,7 @@ impl Workload for Keepalive {
 }
 
 /// Grants `n` leases of `ttl` seconds with a few parallel callers.
-async fn grant(conns: &[Channel], n: u64, ttl: i64, max: Duration) -> Result<Vec<i64>> {
+pub(super) async fn grant(conns: &[Channel], n: u64, ttl: i64, max: Duration) -> Result<Vec<i64>> {
     let progress = Progress::start("keepalive: granting leases", n);
     let next = Arc::new(AtomicU64::new(0));
     let deadline = tokio::time::Instant::now() + max;
@@ -192,7 +192,7 @@ async fn grant(conns: &[Channel], n: u64, ttl: i64, max: Duration) -> Result<Vec
 
 /// Revokes the leases so they do not expire during later workloads. Best
 /// effort, and bounded: leases left over expire by their TTL.
-async fn revoke(conns: &[Channel], ids: Vec<i64>) {
+pub(super) async fn revoke(conns: &[Channel], ids: Vec<i64>) {
     let ids = Arc::new(ids);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();

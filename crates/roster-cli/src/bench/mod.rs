@@ -14,12 +14,13 @@
 //! - `driver.rs`: the closed loop of `--clients` over `--conns`.
 //! - `report.rs`: histograms, progress on stderr, and the results table.
 //! - one file per workload: `put.rs`, `range.rs`, `keepalive.rs`,
-//!   `watch.rs`, `memory.rs`, `discovery.rs`, `hold.rs`, `expiry.rs`.
+//!   `watch.rs`, `memory.rs`, `discovery.rs`, `hold.rs`, `expiry.rs`, `hostile.rs`.
 
 mod discovery;
 mod driver;
 mod expiry;
 mod hold;
+mod hostile;
 mod keepalive;
 mod memory;
 mod put;
@@ -46,6 +47,7 @@ Examples:
   roster bench discovery --watchers 1000 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench hold --instances 10000 --target roster=127.0.0.1:2379 --pid roster=$(pgrep -f 'roster serve')
   roster bench expiry --leases 10000 --ttl 10 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
+  roster bench hostile --phase 5 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench all --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
 
 Results go to stdout as a table, progress to stderr.")]
@@ -188,6 +190,16 @@ enum Command {
         #[command(flatten)]
         memory: memory::Memory,
     },
+    /// A writer's put p99 while each hostile client runs (full-keyspace
+    /// ranges, a keepalive flood, a watch stream never read, many watches
+    /// on one stream, a watch replaying history), as a ratio to its idle
+    /// p99, one row per scenario and target.
+    Hostile {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        hostile: hostile::Hostile,
+    },
     /// The whole suite: put 10x100 and 1x1, range serializable and
     /// linearizable 10x100, keepalive of 1000 leases, watch fan-out to 100,
     /// and registration-to-discovery latency over 1000 SDK watchers.
@@ -220,6 +232,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             table.compare(&common, &hold).await?
         }
         Command::Expiry { common, expiry } => table.compare(&common, &expiry).await?,
+        Command::Hostile { common, hostile } => {
+            for w in hostile.workloads() {
+                table.compare(&common, &w).await?;
+            }
+        }
         Command::Memory { common, memory } => {
             memory.pids.validate(&common)?;
             table.compare(&common, &memory).await?

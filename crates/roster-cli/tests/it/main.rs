@@ -15,6 +15,10 @@
 //! - `bench_cli`: small runs of `roster bench hold` and `discovery` (their
 //!   table rows, and that they leave nothing registered), and of `put`,
 //!   `range` and `memory` on roster and etcd side by side.
+//! - `hostile`: hostile clients (full-keyspace range loops, a keepalive
+//!   flood, a watch stream never read, 100,000 watches on one stream, a
+//!   watch from revision 1) while a well-behaved writer puts; and the
+//!   transport limits (keepalive pings, stream limit, in-flight cap).
 //! - `crash`: `kill -9` during concurrent writes loses no acknowledged write;
 //!   a torn WAL tail is handled.
 //! - `quota`: `--quota-backend-bytes`, the NOSPACE alarm, `etcdctl alarm`,
@@ -32,6 +36,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod gateway_cli;
+mod hostile;
 mod lock_election;
 mod quota;
 mod registry_cli;
