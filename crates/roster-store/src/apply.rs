@@ -559,6 +559,7 @@ impl State {
             }
             st.kv.restore(k.key, entries);
         }
+        st.kv.restored();
         st
     }
 }

@@ -73,6 +73,11 @@ pub(crate) struct KeySpace {
     keys: BTreeMap<Bytes, History>,
     /// Keys alive at the newest revision.
     live: u64,
+    /// Every change since the compaction point as `(revision, sub, key)`,
+    /// in that order: watch catch-up reads a window of revisions from here,
+    /// so its cost follows the changes in the window, not the keys in the
+    /// watched range. The key shares the map's allocation.
+    changes: Vec<(i64, u32, Bytes)>,
 }
 
 impl KeySpace {
@@ -132,14 +137,16 @@ impl KeySpace {
         }
         let e = Entry { mod_rev: rev, create_rev, version, lease, value: Bytes::copy_from_slice(value), sub };
         hist.entries.push(e.clone());
+        self.changes.push((rev, sub, stored.clone()));
         Put { key: stored, new: e, prev, before }
     }
 
     /// Tombstones a live key at `rev`; returns the entry it ended.
     pub fn delete(&mut self, key: &[u8], rev: i64, sub: u32) -> Option<Entry> {
-        let hist = self.keys.get_mut(key)?;
+        let (stored, hist) = self.keys.range_mut::<[u8], _>((Bound::Included(key), Bound::Included(key))).next()?;
         let prev = hist.latest()?.clone();
         hist.entries.push(Entry { mod_rev: rev, create_rev: 0, version: 0, lease: 0, value: Bytes::new(), sub });
+        self.changes.push((rev, sub, stored.clone()));
         self.live -= 1;
         Some(prev)
     }
@@ -162,68 +169,55 @@ impl KeySpace {
             }
             !h.entries.is_empty()
         });
+        // Catch-up never reads below the compaction point.
+        let below = self.changes.partition_point(|c| c.0 < rev);
+        self.changes.drain(..below);
     }
 
     /// Events for keys in the range with revisions in `[from, to]`, in
-    /// revision order, cut after `limit.revs` distinct revisions or once they
-    /// hold about `limit.bytes`, but always whole revisions and at least one.
-    /// Returns the events and the revision they cover up to: every event of
-    /// the range in `[from, covered]` is in them. `prev_floor` is the oldest
-    /// revision a previous value may be read at.
+    /// revision order, cut after `limit.revs` revisions or once they hold
+    /// about `limit.bytes`, but always whole revisions and at least one with
+    /// events. Returns the events and the revision they cover up to: every
+    /// event of the range in `[from, covered]` is in them. `prev_floor` is
+    /// the oldest revision a previous value may be read at.
     ///
-    /// The work is bounded by the slice, not by the history: `limit.revs`
-    /// revisions from `from` can hold at most `limit.revs` distinct ones, so
-    /// the window ends there, and each key is read from `from` only up to a
-    /// cut-off that drops as the slice fills. A watcher far behind thus
-    /// costs one bounded slice per call. Each call still visits every key of
-    /// the range once, so a wide range over a sparse window costs a visit
-    /// per key for few events.
+    /// The work follows the changes in the window (from the change index),
+    /// not the number of keys in the range, so a watcher far behind costs one
+    /// bounded slice per call however wide its range.
     pub fn events(&self, range: &OwnedRange, from: i64, to: i64, prev_kv: bool, prev_floor: i64, limit: EventLimit) -> (Vec<mvccpb::Event>, i64) {
-        let max_revs = limit.revs.max(1);
-        let mut cutoff = to.min(from.saturating_add(i64::try_from(max_revs - 1).unwrap_or(i64::MAX)));
-        // Estimated bytes per revision gathered so far.
-        let mut revs: BTreeMap<i64, usize> = BTreeMap::new();
+        let last = to.min(from.saturating_add(i64::try_from(limit.revs.max(1) - 1).unwrap_or(i64::MAX)));
+        let mut out = Vec::new();
         let mut bytes = 0usize;
-        let mut found: Vec<(i64, u32, &Bytes, &History, usize)> = Vec::new();
-        for (key, hist) in self.range(&range.key, &range.end) {
-            if hist.entries.last().is_none_or(|e| e.mod_rev < from) {
-                continue;
-            }
-            let start = hist.entries.partition_point(|e| e.mod_rev < from);
-            for (i, e) in hist.entries.iter().enumerate().skip(start) {
-                if e.mod_rev > cutoff {
-                    break;
+        let mut at = self.changes.partition_point(|c| c.0 < from);
+        while let Some(&(rev, _, _)) = self.changes.get(at).filter(|c| c.0 <= last) {
+            let end = at + self.changes[at..].partition_point(|c| c.0 == rev);
+            let mut these = Vec::new();
+            let mut size = 0;
+            for (_, sub, key) in &self.changes[at..end] {
+                if !range.contains(key) {
+                    continue;
                 }
-                let prev = if prev_kv && i > 0 { key.len() + hist.entries[i - 1].value.len() } else { 0 };
-                let size = EVENT_OVERHEAD + key.len() + e.value.len() + prev;
-                found.push((e.mod_rev, e.sub, key, hist, i));
-                *revs.entry(e.mod_rev).or_default() += size;
-                bytes += size;
-                while revs.len() > 1 && (revs.len() > max_revs || bytes > limit.bytes) {
-                    let Some((r, b)) = revs.pop_last() else { break };
-                    bytes -= b;
-                    cutoff = r - 1;
-                }
-            }
-        }
-        found.retain(|f| f.0 <= cutoff);
-        found.sort_by_key(|f| (f.0, f.1));
-        let out = found
-            .into_iter()
-            .map(|(_, _, key, hist, i)| {
-                let e = &hist.entries[i];
+                // Compaction may have dropped a tombstone the index names.
+                let Some(hist) = self.keys.get(key) else { continue };
+                let i = hist.entries.partition_point(|e| (e.mod_rev, e.sub) < (rev, *sub));
+                let Some(e) = hist.entries.get(i).filter(|e| e.mod_rev == rev && e.sub == *sub) else { continue };
                 // The value at revision - 1: a txn may have written the key
                 // twice in one revision.
                 let creation = !e.is_tombstone() && e.create_rev == e.mod_rev;
-                let prev = if prev_kv && !creation && e.mod_rev > prev_floor {
-                    hist.at(e.mod_rev - 1).map(|p| p.to_kv(key))
-                } else {
-                    None
-                };
-                make_event(key, e, prev)
-            })
-            .collect();
-        (out, cutoff)
+                let prev = if prev_kv && !creation && rev > prev_floor { hist.at(rev - 1).map(|p| p.to_kv(key)) } else { None };
+                size += EVENT_OVERHEAD + key.len() + e.value.len() + prev.as_ref().map_or(0, |p| p.key.len() + p.value.len());
+                these.push(make_event(key, e, prev));
+            }
+            if !these.is_empty() {
+                if !out.is_empty() && bytes + size > limit.bytes {
+                    return (out, rev - 1);
+                }
+                bytes += size;
+                out.extend(these);
+            }
+            at = end;
+        }
+        (out, last)
     }
 
     /// Every key with its full retained history, for snapshots.
@@ -232,11 +226,19 @@ impl KeySpace {
     }
 
     /// Restores one key from a snapshot.
+    /// Restores one key from a snapshot; call [`KeySpace::restored`] once
+    /// every key is in.
     pub fn restore(&mut self, key: Bytes, entries: Vec<Entry>) {
         if entries.last().is_some_and(|e| !e.is_tombstone()) {
             self.live += 1;
         }
+        self.changes.extend(entries.iter().map(|e| (e.mod_rev, e.sub, key.clone())));
         self.keys.insert(key, History { entries });
+    }
+
+    /// Puts the change index in order after a restore.
+    pub fn restored(&mut self) {
+        self.changes.sort_unstable_by_key(|c| (c.0, c.1));
     }
 }
 
