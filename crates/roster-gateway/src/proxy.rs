@@ -106,8 +106,8 @@ impl Proxy {
             .get(&service, policies.policy, FIRST_LIST_WAIT, target.configured)
             .await
             .map_err(|e| Failure::unavailable(service.clone(), e))?;
-        // Held until the response head is back.
-        let _permit = admit(&upstream, &service, policies)?;
+        // Held until the response body ends or is dropped (see `hold`).
+        let permit = admit(&upstream, &service, policies)?;
         let (mut parts, body) = req.into_parts();
         let hash_key = policies.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
         let trusted = !config.trusted_proxies.is_empty() && config.trusts(client.ip());
@@ -152,7 +152,7 @@ impl Proxy {
                         Answered::Fail(f) => return Err(f),
                         Answered::Deliver => {
                             let retries = attempts.retries();
-                            return Ok(Done { response: finish_response(resp), service, instance, retries });
+                            return Ok(Done { response: hold(finish_response(resp), permit), service, instance, retries });
                         }
                     }
                 }
@@ -564,6 +564,21 @@ fn finish_response(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, BoxBody::new(body.map_err(|e| Box::new(e) as BoxError)))
+}
+
+/// Keeps `permit` until the response body is done, so a streaming answer
+/// (a gRPC stream, a large download) counts against the concurrency limit
+/// for as long as it flows.
+fn hold(resp: Response<Body>, permit: Permit) -> Response<Body> {
+    if !permit.counts() {
+        return resp;
+    }
+    resp.map(|body| {
+        BoxBody::new(body.map_frame(move |f| {
+            let _ = &permit;
+            f
+        }))
+    })
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {

@@ -195,11 +195,21 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
     }
 }
 
+/// Admin connections open at once: scrapes and health checks need few.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
     let header_timeout = proxy.config.load().header_read_timeout;
+    let connections = Arc::new(Connections::default());
     loop {
         let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+            Ok((s, peer)) => match connections.admit(peer.ip(), ADMIN_MAX_CONNECTIONS, 0) {
+                Ok(slot) => (s, slot),
+                Err(_) => {
+                    tracing::debug!(client = %peer, "admin connection refused: over the cap");
+                    continue;
+                }
+            },
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "admin accept failed");
@@ -212,7 +222,9 @@ async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(admin(&proxy, &req)) }
         });
+        let (stream, slot) = stream;
         tokio::spawn(async move {
+            let _slot = slot;
             // A client that never finishes its head is dropped, as on the main listener.
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -1089,3 +1089,56 @@ async fn a_reload_applies_max_services_and_refuses_a_new_prefix() {
     assert_eq!((kept.prefix.as_str(), kept.max_services), ("/services", 2), "a refused reload changes nothing");
     assert_eq!(get(&c, &gw.url("/one/x")).await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_answer_holds_its_concurrency_slot_until_its_body_ends_on_both_engines() {
+    let (reg, _stop) = registry().await;
+    // Answers (HTTP/1.1 or h2c) with the head and one byte at once, the end 500 ms later.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(2);
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"x")))).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                });
+                let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let _r = sdk(&reg).register(roster::Instance::new("drip", addr).with_id("d1")).await.unwrap();
+    let gw = Gw::start(&reg, "[defaults]\nmax_concurrent_requests = 1\n").await;
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
+        let first = tokio::time::timeout(Duration::from_secs(5), c.get(gw.url("/drip/x").parse().unwrap())).await.unwrap().unwrap();
+        if first.status() != StatusCode::OK {
+            panic!("{engine}: {:?}", first.into_body().collect().await.unwrap().to_bytes());
+        }
+        
+        let (status, headers, _) = text(c, &gw.url("/drip/x")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{engine}: the first answer's body is still flowing");
+        assert_eq!(headers["retry-after"], "1", "{engine}");
+        let body = first.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"x", "{engine}");
+        // The slot is given back once the body has ended.
+        let t = Instant::now();
+        loop {
+            let (status, _, body) = text(c, &gw.url("/drip/x")).await;
+            if status == StatusCode::OK {
+                assert_eq!(body, "x");
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(2), "{engine}: still {status} after the body ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
