@@ -412,6 +412,21 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_defaults_and_zero_is_refused() {
+        let c = Config::parse(
+            "max_connections = 50\n[defaults]\nrate_limit_per_second = 100\n[[route]]\nservice = \"a\"\nmax_concurrent_requests = 8\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (50, 1024));
+        let p = &c.routes[0].policies;
+        assert_eq!((p.max_concurrent_requests, p.rate_limit_per_second, p.rate_limit_burst), (Some(8), Some(100), None));
+        assert_eq!(Config::default().defaults.rate_limit_per_second, None, "no limit unless configured");
+        let e = Config::parse("[[route]]\nservice = \"a\"\nrate_limit_per_second = 0\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("rate_limit_per_second must be at least 1"), "{e}");
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let e = Config::parse("[[route]]\nservice = \"a\"\npolicy = \"fastest\"\n", "gw.toml").unwrap_err().0;
         assert!(e.starts_with("gw.toml: [[route]] #1 (\"a\"): unknown policy \"fastest\""), "{e}");

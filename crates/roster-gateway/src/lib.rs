@@ -10,11 +10,13 @@
 //! - `h1`: the HTTP/1.1 fast path: plain requests parsed with `httparse`
 //!   and relayed as bytes over per-thread upstream pools; the rest go to
 //!   hyper and `proxy`.
+//! - `limits`: connection caps at accept, and each route's concurrency
+//!   (503) and rate (429) limits, one check for both engines.
 //! - `proxy`: forwarding with retries, timeouts, streaming bodies,
 //!   forwarding headers; JSON errors for HTTP callers, `grpc-status` for
 //!   gRPC callers.
 //! - `server`: the listener (HTTP/1.1 + h2c, bounded heads, graceful
-//!   drain) and the admin listener (`/metrics`, `/health`).
+//!   drain, bounded accept queues) and the admin listener (`/metrics`, `/health`).
 
 pub mod config;
 mod directory;
