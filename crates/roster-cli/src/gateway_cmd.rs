@@ -131,8 +131,11 @@ async fn follow_reloads(gateway: Gateway, path: Option<PathBuf>, key: Option<ros
 fn apply(gateway: &Gateway, config: Result<Config>, why: &str) {
     match config {
         Ok(c) => {
-            tracing::info!(routes = c.routes.len(), "gateway config reloaded ({why})");
-            gateway.reload(c);
+            let routes = c.routes.len();
+            match gateway.reload(c) {
+                Ok(()) => tracing::info!(routes, "gateway config reloaded ({why})"),
+                Err(e) => tracing::error!(error = %e, "gateway config not reloaded ({why}); keeping the current one"),
+            }
         }
         Err(e) => tracing::error!(error = %e, "gateway config not reloaded ({why}); keeping the current one"),
     }

@@ -16,7 +16,14 @@
 //! strip_prefix = true              # /api/hello/x → /x
 //! grpc = ["hello.Hello"]           # gRPC calls to /hello.Hello/* → hello
 //! policy = "round-robin"
+//! max_concurrent_requests = 256    # more in flight get 503 + Retry-After
+//! rate_limit_per_second = 1000     # more get 429 + Retry-After
+//! rate_limit_burst = 2000          # default: one second's worth
 //! ```
+//!
+//! Top-level limits: `max_connections` (default 10000) and
+//! `max_connections_per_ip` (default 1024, 0 for none; `trusted_proxies`
+//! are exempt). Connections over either are closed at accept.
 
 use roster::balance::Policy;
 use serde::Deserialize;
@@ -53,6 +60,12 @@ pub struct FileConfig {
     /// A response is cut off when neither the instance sends nor the client
     /// takes any of it for this long (default 60 s).
     pub response_idle_timeout_ms: Option<u64>,
+    /// Most client connections open at once (default 10000); more are
+    /// closed at accept.
+    pub max_connections: Option<usize>,
+    /// Most open connections from one client address (default 1024; 0 for
+    /// no cap). `trusted_proxies` are exempt.
+    pub max_connections_per_ip: Option<usize>,
     #[serde(default)]
     pub defaults: RouteOptions,
     #[serde(default, rename = "route")]
@@ -73,6 +86,12 @@ pub struct RouteOptions {
     pub strip_prefix: Option<bool>,
     /// Retries may add at most this share of requests (default 20).
     pub retry_budget_percent: Option<u32>,
+    /// Requests in flight at once; more get 503 with `Retry-After` (default no cap).
+    pub max_concurrent_requests: Option<u32>,
+    /// Requests admitted per second; more get 429 with `Retry-After` (default no cap).
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests that may come at once under the rate limit (default: one second's worth).
+    pub rate_limit_burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +113,9 @@ pub struct RouteConfig {
     pub timeout_ms: Option<u64>,
     pub strip_prefix: Option<bool>,
     pub retry_budget_percent: Option<u32>,
+    pub max_concurrent_requests: Option<u32>,
+    pub rate_limit_per_second: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
 }
 
 impl RouteConfig {
@@ -106,6 +128,9 @@ impl RouteConfig {
             timeout_ms: self.timeout_ms,
             strip_prefix: self.strip_prefix,
             retry_budget_percent: self.retry_budget_percent,
+            max_concurrent_requests: self.max_concurrent_requests,
+            rate_limit_per_second: self.rate_limit_per_second,
+            rate_limit_burst: self.rate_limit_burst,
         }
     }
 }
@@ -120,6 +145,9 @@ pub struct Policies {
     pub timeout: Duration,
     pub strip_prefix: bool,
     pub retry_budget_percent: u32,
+    pub max_concurrent_requests: Option<u32>,
+    pub rate_limit_per_second: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
 }
 
 /// The configuration the gateway runs with: validated, defaults applied.
@@ -134,6 +162,9 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub debug_errors: bool,
     pub response_idle_timeout: Duration,
+    pub max_connections: usize,
+    /// 0: no cap.
+    pub max_connections_per_ip: usize,
     pub defaults: Policies,
     pub routes: Vec<Route>,
 }
@@ -172,6 +203,9 @@ impl Config {
             timeout: Duration::from_secs(15),
             strip_prefix: true,
             retry_budget_percent: 20,
+            max_concurrent_requests: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
         };
         let defaults = resolve(&builtin, &f.defaults, "[defaults]")?;
         let mut routes = Vec::with_capacity(f.routes.len());
@@ -208,6 +242,8 @@ impl Config {
             trusted_proxies,
             debug_errors: f.debug_errors.unwrap_or(false),
             response_idle_timeout: Duration::from_millis(f.response_idle_timeout_ms.unwrap_or(60_000).max(1)),
+            max_connections: f.max_connections.unwrap_or(10_000).max(1),
+            max_connections_per_ip: f.max_connections_per_ip.unwrap_or(1024),
             auto_routes: f.auto_routes.unwrap_or(true),
             domain: f.domain.map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
             prefix: prefix.trim_end_matches('/').to_owned(),
@@ -289,6 +325,12 @@ fn resolve(base: &Policies, o: &RouteOptions, at: &str) -> Result<Policies, Conf
             None => Ok(d),
         }
     };
+    let at_least_1 = |v: Option<u32>, name: &str| -> Result<Option<u32>, ConfigError> {
+        match v {
+            Some(0) => Err(ConfigError(format!("{at}: {name} must be at least 1 (leave it out for no limit)"))),
+            v => Ok(v),
+        }
+    };
     let p = Policies {
         policy,
         hash_header,
@@ -297,6 +339,9 @@ fn resolve(base: &Policies, o: &RouteOptions, at: &str) -> Result<Policies, Conf
         timeout: ms(o.timeout_ms, base.timeout, "timeout_ms")?,
         strip_prefix: o.strip_prefix.unwrap_or(base.strip_prefix),
         retry_budget_percent: o.retry_budget_percent.unwrap_or(base.retry_budget_percent).min(100),
+        max_concurrent_requests: at_least_1(o.max_concurrent_requests, "max_concurrent_requests")?.or(base.max_concurrent_requests),
+        rate_limit_per_second: at_least_1(o.rate_limit_per_second, "rate_limit_per_second")?.or(base.rate_limit_per_second),
+        rate_limit_burst: at_least_1(o.rate_limit_burst, "rate_limit_burst")?.or(base.rate_limit_burst),
     };
     if p.per_try_timeout > p.timeout {
         return Err(ConfigError(format!(
@@ -364,6 +409,21 @@ mod tests {
             let e = Config::parse(&format!("trusted_proxies = [{bad:?}]\n"), "gw.toml").unwrap_err().0;
             assert!(e.contains("trusted_proxies") && e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn limits_come_from_defaults_and_zero_is_refused() {
+        let c = Config::parse(
+            "max_connections = 50\n[defaults]\nrate_limit_per_second = 100\n[[route]]\nservice = \"a\"\nmax_concurrent_requests = 8\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (50, 1024));
+        let p = &c.routes[0].policies;
+        assert_eq!((p.max_concurrent_requests, p.rate_limit_per_second, p.rate_limit_burst), (Some(8), Some(100), None));
+        assert_eq!(Config::default().defaults.rate_limit_per_second, None, "no limit unless configured");
+        let e = Config::parse("[[route]]\nservice = \"a\"\nrate_limit_per_second = 0\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("rate_limit_per_second must be at least 1"), "{e}");
     }
 
     #[test]

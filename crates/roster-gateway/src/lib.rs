@@ -10,15 +10,18 @@
 //! - `h1`: the HTTP/1.1 fast path: plain requests parsed with `httparse`
 //!   and relayed as bytes over per-thread upstream pools; the rest go to
 //!   hyper and `proxy`.
+//! - `limits`: connection caps at accept, and each route's concurrency
+//!   (503) and rate (429) limits, one check for both engines.
 //! - `proxy`: forwarding with retries, timeouts, streaming bodies,
 //!   forwarding headers; JSON errors for HTTP callers, `grpc-status` for
 //!   gRPC callers.
 //! - `server`: the listener (HTTP/1.1 + h2c, bounded heads, graceful
-//!   drain) and the admin listener (`/metrics`, `/health`).
+//!   drain, bounded accept queues) and the admin listener (`/metrics`, `/health`).
 
 pub mod config;
 mod directory;
 mod h1;
+mod limits;
 mod metrics;
 mod proxy;
 pub mod route;
@@ -51,10 +54,23 @@ impl Gateway {
     }
 
     /// Swaps in a new configuration; requests already routed keep the old.
-    /// The listener's limits (head size and timeout) apply from the next
-    /// start.
-    pub fn reload(&self, config: Config) {
+    /// `max_services`, routes, policies, limits and trust settings take
+    /// effect at once; the head size and timeout apply to fast-path
+    /// connections accepted after it and to hyper's from the next start. A
+    /// new `prefix` is refused: the
+    /// registry client and the directory watch are bound to the old one,
+    /// so the gateway must be restarted to move it.
+    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+        let current = self.proxy.config.load();
+        if config.prefix != current.prefix {
+            return Err(ConfigError(format!(
+                "prefix cannot change on reload (running with {:?}, the new config says {:?}); restart the gateway to use the new prefix",
+                current.prefix, config.prefix
+            )));
+        }
+        self.proxy.upstreams.set_max(config.max_services);
         self.proxy.config.store(Arc::new(config));
+        Ok(())
     }
 
     pub fn config(&self) -> Arc<Config> {

@@ -41,6 +41,7 @@ pub struct Metrics {
     retries: Family<Instance, Counter>,
     upstreams: Gauge,
     directory: Gauge,
+    refused: Counter,
     /// Handles already looked up, by borrowed names, so that counting a
     /// request allocates nothing once its labels have been seen.
     cache: RwLock<HashMap<String, Cached>>,
@@ -64,7 +65,13 @@ impl Metrics {
         let (upstreams, directory) = (Gauge::default(), Gauge::default());
         registry.register("upstreams", "Services (by policy) the gateway follows with a discovery", upstreams.clone());
         registry.register("directory_services", "Service names with instances in the registry", directory.clone());
-        Metrics { registry, requests, latency, retries, upstreams, directory, cache: RwLock::new(HashMap::new()) }
+        let refused = Counter::default();
+        registry.register("refused_connections", "Client connections closed at accept: over max_connections, max_connections_per_ip or a full accept queue", refused.clone());
+        Metrics { registry, requests, latency, retries, upstreams, directory, refused, cache: RwLock::new(HashMap::new()) }
+    }
+
+    pub fn refused_connection(&self) {
+        self.refused.inc();
     }
 
     pub fn request(&self, service: &str, instance: &str, code: u16, took: Duration) {

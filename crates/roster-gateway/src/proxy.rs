@@ -4,7 +4,8 @@
 use crate::config::{Config, Policies};
 use crate::metrics::Metrics;
 use crate::route::route;
-use crate::upstream::{RetryBudget, Unavailable, Upstreams};
+use crate::limits::{Limited, Permit};
+use crate::upstream::{RetryBudget, Unavailable, Upstream, Upstreams};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -105,6 +106,8 @@ impl Proxy {
             .get(&service, policies.policy, FIRST_LIST_WAIT, target.configured)
             .await
             .map_err(|e| Failure::unavailable(service.clone(), e))?;
+        // Held until the response body ends or is dropped (see `hold`).
+        let permit = admit(&upstream, &service, policies)?;
         let (mut parts, body) = req.into_parts();
         let hash_key = policies.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
         let trusted = !config.trusted_proxies.is_empty() && config.trusts(client.ip());
@@ -149,7 +152,7 @@ impl Proxy {
                         Answered::Fail(f) => return Err(f),
                         Answered::Deliver => {
                             let retries = attempts.retries();
-                            return Ok(Done { response: finish_response(resp), service, instance, retries });
+                            return Ok(Done { response: hold(finish_response(resp), permit), service, instance, retries });
                         }
                     }
                 }
@@ -157,6 +160,12 @@ impl Proxy {
             attempts.failed(guard, &instance, fault)?;
         }
     }
+}
+
+/// Admits a request under its route's concurrency and rate limits; the
+/// same check for both engines.
+pub(crate) fn admit(upstream: &Upstream, service: &str, policies: &Policies) -> Result<Permit, Failure> {
+    upstream.limiter.admit(policies).map_err(|limited| Failure::Limited { service: service.to_owned(), limited })
 }
 
 /// How an attempt failed before an answer came.
@@ -323,6 +332,8 @@ pub(crate) enum Failure {
     Unknown { service: String },
     BadRequest { service: String, detail: String },
     Upstream { service: String, retries: u32, last: LastError },
+    /// Over the route's concurrency (503) or rate (429) limit.
+    Limited { service: String, limited: Limited },
 }
 
 impl Failure {
@@ -337,7 +348,10 @@ impl Failure {
     pub(crate) fn service(&self) -> &str {
         match self {
             Failure::NoRoute { .. } | Failure::Unknown { .. } => "",
-            Failure::NoInstance { service, .. } | Failure::BadRequest { service, .. } | Failure::Upstream { service, .. } => service,
+            Failure::NoInstance { service, .. }
+            | Failure::BadRequest { service, .. }
+            | Failure::Upstream { service, .. }
+            | Failure::Limited { service, .. } => service,
         }
     }
 
@@ -345,6 +359,15 @@ impl Failure {
         match self {
             Failure::Upstream { retries, .. } => *retries,
             _ => 0,
+        }
+    }
+
+    /// Seconds for the `Retry-After` header, for answers that have one.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        match self {
+            Failure::Limited { limited: Limited::Concurrency, .. } => Some(1),
+            Failure::Limited { limited: Limited::Rate { retry_after }, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -376,6 +399,16 @@ impl Failure {
                 StatusCode::BAD_REQUEST,
                 13,
                 serde_json::json!({"error": "cannot read the request body", "service": service, "detail": detail}),
+            ),
+            Failure::Limited { service, limited: Limited::Concurrency } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                14,
+                serde_json::json!({"error": "too many requests in flight", "service": service, "detail": "max_concurrent_requests reached"}),
+            ),
+            Failure::Limited { service, limited: Limited::Rate { .. } } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                8,
+                serde_json::json!({"error": "rate limited", "service": service, "detail": "rate_limit_per_second reached"}),
             ),
             Failure::Upstream { service, retries, last: LastError::Timeout } => (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -413,11 +446,18 @@ impl Failure {
                 "" => String::new(),
                 s => format!(" (service {s:?})"),
             });
-            return grpc_error(grpc_code, &message);
+            let mut resp = grpc_error(grpc_code, &message);
+            if let Some(s) = self.retry_after() {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            return resp;
         }
         let mut resp = Response::new(full(Bytes::from(body.to_string() + "\n")));
         *resp.status_mut() = status;
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(s) = self.retry_after() {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         resp
     }
 }
@@ -524,6 +564,21 @@ fn finish_response(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, BoxBody::new(body.map_err(|e| Box::new(e) as BoxError)))
+}
+
+/// Keeps `permit` until the response body is done, so a streaming answer
+/// (a gRPC stream, a large download) counts against the concurrency limit
+/// for as long as it flows.
+fn hold(resp: Response<Body>, permit: Permit) -> Response<Body> {
+    if !permit.counts() {
+        return resp;
+    }
+    resp.map(|body| {
+        BoxBody::new(body.map_frame(move |f| {
+            let _ = &permit;
+            f
+        }))
+    })
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {

@@ -1,7 +1,9 @@
 //! Accepting connections: HTTP/1.1 and h2c on one port, bounded request
-//! heads, graceful drain; and the admin port with `/metrics` and `/health`.
+//! heads, graceful drain, connection caps and bounded per-worker accept
+//! queues (see `limits`); and the admin port with `/metrics` and `/health`.
 
 use crate::h1;
+use crate::limits::{Connections, Slot};
 use crate::proxy::{empty, full, Body, Pools, Proxy};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -37,7 +39,7 @@ pub async fn serve(
     let mut inboxes = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(INBOX);
         let proxy = proxy.clone();
         let thread = std::thread::Builder::new().name(format!("gateway-{i}")).spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -51,6 +53,7 @@ pub async fn serve(
     // One acceptor deals connections to the workers in turn, so load stays
     // even however the kernel would have woken them.
     tokio::pin!(shutdown);
+    let connections = Arc::new(Connections::default());
     let mut next = 0usize;
     loop {
         let (stream, peer) = tokio::select! {
@@ -65,10 +68,37 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let slot = {
+            let c = proxy.config.load();
+            let per_ip = if c.trusts(peer.ip()) { 0 } else { c.max_connections_per_ip };
+            connections.admit(peer.ip(), c.max_connections, per_ip)
+        };
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Closed unread: a flood costs an accept and a close each.
+                proxy.metrics.refused_connection();
+                tracing::debug!(client = %peer, ?why, "connection refused: over the connection cap");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         match stream.into_std() {
             Ok(std) => {
-                let _ = inboxes[next % workers].send((std, peer));
+                // The first worker with room, from the next one in turn; with
+                // every inbox full the connection is closed.
+                let mut conn = Some((std, peer, slot));
+                for i in 0..workers {
+                    let Some(c) = conn.take() else { break };
+                    match inboxes[(next + i) % workers].try_send(c) {
+                        Ok(()) => break,
+                        Err(e) => conn = Some(e.into_inner()),
+                    }
+                }
+                if conn.is_some() {
+                    proxy.metrics.refused_connection();
+                    tracing::warn!(client = %peer, "connection refused: every worker's accept queue is full");
+                }
                 next = next.wrapping_add(1);
             }
             Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
@@ -91,7 +121,10 @@ pub async fn serve(
     Ok(())
 }
 
-type Inbox = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, std::net::SocketAddr)>;
+/// Connections accepted but not yet taken up, per worker.
+const INBOX: usize = 1024;
+
+type Inbox = tokio::sync::mpsc::Receiver<(std::net::TcpStream, std::net::SocketAddr, Slot)>;
 
 /// One worker: serve the connections it is handed; when the inbox closes,
 /// drain them.
@@ -114,7 +147,7 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
     let (done, mut finished) = tokio::sync::mpsc::channel::<()>(1);
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {
-        let (std, peer) = tokio::select! {
+        let (std, peer, slot) = tokio::select! {
             next = inbox.recv() => match next {
                 Some(conn) => conn,
                 None => break,
@@ -136,7 +169,7 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
         let (proxy, pools, fast_pool, builder) = (proxy.clone(), pools.clone(), fast_pool.clone(), builder.clone());
         let (watcher, draining, done) = (graceful.watcher(), draining.clone(), done.clone());
         tokio::spawn(async move {
-            let _done = done;
+            let (_done, _slot) = (done, slot);
             let (stream, buffered) = match h1::serve(stream, peer, &proxy, &fast_pool, draining).await {
                 h1::Handover::Done => return,
                 h1::Handover::Hyper(stream, buffered) => (stream, buffered),
@@ -162,11 +195,21 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
     }
 }
 
+/// Admin connections open at once: scrapes and health checks need few.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
     let header_timeout = proxy.config.load().header_read_timeout;
+    let connections = Arc::new(Connections::default());
     loop {
         let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+            Ok((s, peer)) => match connections.admit(peer.ip(), ADMIN_MAX_CONNECTIONS, 0) {
+                Ok(slot) => (s, slot),
+                Err(_) => {
+                    tracing::debug!(client = %peer, "admin connection refused: over the cap");
+                    continue;
+                }
+            },
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "admin accept failed");
@@ -179,7 +222,9 @@ async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(admin(&proxy, &req)) }
         });
+        let (stream, slot) = stream;
         tokio::spawn(async move {
+            let _slot = slot;
             // A client that never finishes its head is dropped, as on the main listener.
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

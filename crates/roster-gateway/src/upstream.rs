@@ -7,7 +7,8 @@ use roster::balance::{Balancer, HealthConfig, Policy};
 use roster::{Discovery, Instance, Registry};
 use std::collections::HashMap;
 use crate::directory::{Directory, DirectoryTask};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::limits::RouteLimiter;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
@@ -15,6 +16,8 @@ use tokio_stream::StreamExt;
 pub struct Upstream {
     pub balancer: Arc<Balancer>,
     pub budget: RetryBudget,
+    /// The service's concurrency and rate limits, for both engines.
+    pub limiter: RouteLimiter,
     /// Keeps the instance list followed.
     _discovery: Discovery,
     follow: tokio::task::AbortHandle,
@@ -45,7 +48,8 @@ const IDLE: Duration = Duration::from_secs(600);
 pub struct Upstreams {
     registry: Registry,
     health: HealthConfig,
-    max: usize,
+    /// `max_services`; a reload may change it.
+    max: AtomicUsize,
     map: RwLock<HashMap<String, ByPolicy>>,
     directory: Directory,
     _directory_task: DirectoryTask,
@@ -68,7 +72,7 @@ impl Upstreams {
         Upstreams {
             registry,
             health,
-            max,
+            max: AtomicUsize::new(max),
             map: RwLock::new(HashMap::new()),
             directory,
             _directory_task: task,
@@ -79,6 +83,12 @@ impl Upstreams {
 
     fn now(&self) -> u64 {
         self.started.elapsed().as_secs()
+    }
+
+    /// Sets `max_services`. Lowered below what is held, nothing is dropped:
+    /// new services are refused until unused ones are swept.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     /// The upstream for `service`, waiting up to `wait` for its first list
@@ -94,18 +104,19 @@ impl Upstreams {
                 }
                 let mut map = self.map.write();
                 let mut count: usize = map.values().map(Vec::len).sum();
-                if count >= self.max {
+                let max = self.max.load(Ordering::Relaxed);
+                if count >= max {
                     self.sweep_locked(&mut map, None);
                     count = map.values().map(Vec::len).sum();
                 }
                 let by_policy = map.entry(service.to_owned()).or_default();
                 match by_policy.iter().find(|(p, _)| *p == policy) {
                     Some((_, u)) => (u.clone(), false),
-                    None if count >= self.max => {
+                    None if count >= max => {
                         if by_policy.is_empty() {
                             map.remove(service);
                         }
-                        return Err(Unavailable::TooMany(self.max));
+                        return Err(Unavailable::TooMany(max));
                     }
                     None => {
                         let up = self.start(service, policy, configured);
@@ -171,7 +182,7 @@ impl Upstreams {
             }
         })
         .abort_handle();
-        Arc::new(Upstream { balancer, budget: RetryBudget::new(), _discovery: discovery, follow, used: AtomicU64::new(self.now()), configured })
+        Arc::new(Upstream { balancer, budget: RetryBudget::new(), limiter: RouteLimiter::default(), _discovery: discovery, follow, used: AtomicU64::new(self.now()), configured })
     }
 }
 

@@ -952,3 +952,193 @@ async fn a_client_that_never_reads_gives_up_its_upstream_connection_at_the_timeo
     assert!(held >= Duration::from_millis(300) && held < Duration::from_secs(3), "held for {held:?}");
     drop(client);
 }
+
+/// Whether the gateway closes `s` unread within `within`.
+async fn closed_unread(mut s: TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 64];
+    match tokio::time::timeout(within, s.read(&mut b)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_above_the_cap_is_refused_while_routed_traffic_keeps_flowing() {
+    let (reg, _stop) = registry().await;
+    let _b = Backend::start(&reg, "echo", "c1").await;
+    let gw = Gw::start(&reg, "max_connections = 20\nmax_connections_per_ip = 0\n").await;
+    let mut routed = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    routed.write_all(b"GET /echo/x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    assert!(read_answer(&mut routed, &mut buf).await.starts_with("HTTP/1.1 200"));
+
+    // 100 more connections that send nothing: 19 fit under the cap.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let checks: Vec<_> = flood.into_iter().map(|s| tokio::spawn(closed_unread(s, Duration::from_secs(1)))).collect();
+    // The routed connection keeps getting answers meanwhile.
+    for i in 0..50 {
+        routed.write_all(b"GET /echo/x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+        let a = read_answer(&mut routed, &mut buf).await;
+        assert!(a.starts_with("HTTP/1.1 200"), "request {i} during the flood: {a}");
+    }
+    let mut refused = 0;
+    for c in checks {
+        refused += usize::from(c.await.unwrap());
+    }
+    assert_eq!(refused, 100 - 19, "connections over max_connections are closed at accept, the rest kept");
+    let metrics = get(&http(), &format!("http://{}/metrics", gw.admin)).await.json;
+    assert!(metrics.as_str().unwrap().contains("roster_gateway_refused_connections_total 81"), "{metrics}");
+
+    // Per address: the fourth connection from 127.0.0.1 is refused.
+    let gw = Gw::start(&reg, "max_connections_per_ip = 3\n").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    assert!(closed_unread(TcpStream::connect(gw.addr).await.unwrap(), Duration::from_secs(2)).await, "over max_connections_per_ip");
+    let first = held.remove(0);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = TcpStream::connect(gw.addr).await.unwrap();
+    again.write_all(b"GET /echo/x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    assert!(read_answer(&mut again, &mut buf).await.starts_with("HTTP/1.1 200"), "a closed connection gives its slot back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_answers_429_with_retry_after_at_the_configured_rate_on_both_engines() {
+    let (reg, _stop) = registry().await;
+    let _b = Backend::start(&reg, "echo", "r1").await;
+    let gw = Gw::start(&reg, "[[route]]\nservice = \"echo\"\nrate_limit_per_second = 20\nrate_limit_burst = 10\n").await;
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
+        // A full bucket to start from.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let started = Instant::now();
+        let (mut ok, mut limited) = (0u32, 0u32);
+        while started.elapsed() < Duration::from_secs(1) && ok + limited < 20_000 {
+            let (status, headers, body) = text(c, &gw.url("/echo/x")).await;
+            match status {
+                StatusCode::OK => ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    limited += 1;
+                    assert_eq!(headers["retry-after"], "1", "{engine}");
+                    assert!(body.contains("rate limited") && body.contains("echo"), "{engine}: {body}");
+                }
+                s => panic!("{engine}: unexpected {s}: {body}"),
+            }
+        }
+        let took = started.elapsed().as_secs_f64();
+        eprintln!("{engine}: {ok} admitted, {limited} refused in {took:.2}s");
+        // The burst plus 20 a second, loosely.
+        let most = 10.0 + 20.0 * took + 3.0;
+        assert!(f64::from(ok) <= most && ok >= 20, "{engine}: {ok} admitted in {took:.2}s");
+        assert!(limited > 0, "{engine}: nothing was refused");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_answers_503_with_retry_after_on_both_engines() {
+    let (reg, _stop) = registry().await;
+    let _b = Backend::start(&reg, "echo", "m1").await;
+    let gw = Gw::start(&reg, "[defaults]\nmax_concurrent_requests = 2\n").await;
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, url) = (c.clone(), gw.url("/echo/slow/800"));
+                tokio::spawn(async move { text(&c, &url).await.0 })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, headers, body) = text(c, &gw.url("/echo/x")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{engine}: {body}");
+        assert_eq!(headers["retry-after"], "1", "{engine}");
+        assert!(body.contains("too many requests in flight"), "{engine}: {body}");
+        for s in slow {
+            assert_eq!(s.await.unwrap(), StatusCode::OK, "{engine}");
+        }
+        assert_eq!(text(c, &gw.url("/echo/x")).await.0, StatusCode::OK, "{engine}: slots are given back");
+    }
+}
+
+// === Reload ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_max_services_and_refuses_a_new_prefix() {
+    let (reg, _stop) = registry().await;
+    let (_a, _b) = (Backend::start(&reg, "one", "o1").await, Backend::start(&reg, "two", "t1").await);
+    let gw = Gw::start(&reg, "max_services = 1\n").await;
+    let c = http();
+    assert_eq!(get(&c, &gw.url("/one/x")).await.status, StatusCode::OK);
+    let a = get(&c, &gw.url("/two/x")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "max_services = 1 is full: {}", a.json);
+
+    gw.gateway.reload(Config::parse("max_services = 2\n", "t").unwrap()).unwrap();
+    assert_eq!(gw.gateway.config().max_services, 2);
+    assert_eq!(get(&c, &gw.url("/two/x")).await.status, StatusCode::OK, "the raised max_services took effect");
+
+    let e = gw.gateway.reload(Config::parse("prefix = \"/elsewhere\"\nmax_services = 5\n", "t").unwrap()).unwrap_err().0;
+    assert!(e.contains("prefix cannot change") && e.contains("/elsewhere") && e.contains("restart"), "{e}");
+    let kept = gw.gateway.config();
+    assert_eq!((kept.prefix.as_str(), kept.max_services), ("/services", 2), "a refused reload changes nothing");
+    assert_eq!(get(&c, &gw.url("/one/x")).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_answer_holds_its_concurrency_slot_until_its_body_ends_on_both_engines() {
+    let (reg, _stop) = registry().await;
+    // Answers (HTTP/1.1 or h2c) with the head and one byte at once, the end 500 ms later.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(2);
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"x")))).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                });
+                let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let _r = sdk(&reg).register(roster::Instance::new("drip", addr).with_id("d1")).await.unwrap();
+    let gw = Gw::start(&reg, "[defaults]\nmax_concurrent_requests = 1\n").await;
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
+        let first = tokio::time::timeout(Duration::from_secs(5), c.get(gw.url("/drip/x").parse().unwrap())).await.unwrap().unwrap();
+        if first.status() != StatusCode::OK {
+            panic!("{engine}: {:?}", first.into_body().collect().await.unwrap().to_bytes());
+        }
+        
+        let (status, headers, _) = text(c, &gw.url("/drip/x")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{engine}: the first answer's body is still flowing");
+        assert_eq!(headers["retry-after"], "1", "{engine}");
+        let body = first.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"x", "{engine}");
+        // The slot is given back once the body has ended.
+        let t = Instant::now();
+        loop {
+            let (status, _, body) = text(c, &gw.url("/drip/x")).await;
+            if status == StatusCode::OK {
+                assert_eq!(body, "x");
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(2), "{engine}: still {status} after the body ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

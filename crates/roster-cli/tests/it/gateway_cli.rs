@@ -96,3 +96,39 @@ async fn gateway_follows_its_config_key_and_sighup() {
     assert!(!out.status.success());
     assert!(err.contains("gateway.toml") && err.contains("retries"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_prefix_is_refused_with_a_clear_message() {
+    use tokio::io::AsyncBufReadExt;
+    if roster_testkit::require_etcdctl().is_none() {
+        return;
+    }
+    let server = Roster::start_in_memory(roster_bin()).await;
+    let ep = server.endpoint();
+    let addr = server.http_url().trim_start_matches("http://").trim_end_matches('/').to_owned();
+    Etcdctl::new(ep.clone()).run(&["put", "/services/regsvc/r1", &format!("{{\"Addr\":\"{addr}\"}}")]).await.ok();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, "auto_routes = false\nmax_services = 4\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/c\"\n").unwrap();
+    let listen = format!("127.0.0.1:{}", roster_testkit::free_port());
+    let mut gw = gateway(&["--listen", &listen, "--endpoints", &ep, "--config", file.to_str().unwrap()]);
+    until_status(&format!("http://{listen}/c/health"), 200, Duration::from_secs(10)).await;
+
+    std::fs::write(&file, "auto_routes = false\nprefix = \"/other\"\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/d\"\n").unwrap();
+    sig(&gw, "-HUP");
+    let mut lines = tokio::io::BufReader::new(gw.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("not reloaded") {
+                return l;
+            }
+        }
+        panic!("stderr closed without a refusal");
+    })
+    .await
+    .expect("the refusal is logged");
+    assert!(line.contains("prefix cannot change") && line.contains("/other") && line.contains("restart"), "{line}");
+    // Nothing of the refused config applies.
+    assert_eq!(status(&format!("http://{listen}/c/health")).await, 200);
+    assert_eq!(status(&format!("http://{listen}/d/health")).await, 404);
+}

@@ -17,7 +17,7 @@ mod request;
 #[cfg(test)]
 mod fuzz;
 
-use crate::proxy::{is_idempotent, Access, Answered, Attempts, Failure, Fault, Proxy, FIRST_LIST_WAIT, HOP_BY_HOP, REPLAY_LIMIT};
+use crate::proxy::{admit, is_idempotent, Access, Answered, Attempts, Failure, Fault, Proxy, FIRST_LIST_WAIT, HOP_BY_HOP, REPLAY_LIMIT};
 use request::{header_line, parse_length, parse_request, Asked, Parsed, Routed};
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
@@ -224,6 +224,11 @@ async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
         }
     };
     let policies = &routed.policies;
+    // Held until the response is relayed.
+    let _permit = match admit(&upstream, &routed.service, policies) {
+        Ok(p) => p,
+        Err(fail) => return answer_failure(client, proxy, peer, head, started, fail).await,
+    };
     let idempotent = is_idempotent(&head.method);
     let deadline = started + policies.timeout;
     let mut attempts = Attempts::new(&proxy.metrics, &upstream.budget, &routed.service, policies, deadline, idempotent, true);
@@ -623,10 +628,11 @@ async fn answer_failure(client: &mut TcpStream, proxy: &Proxy, peer: SocketAddr,
     proxy.record(&access, status.as_u16(), took);
     let body = body.to_string() + "\n";
     let text = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}{}\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len(),
+        fail.retry_after().map_or(String::new(), |s| format!("retry-after: {s}\r\n")),
         if head.close { "connection: close\r\n" } else { "" },
     );
     client.write_all(text.as_bytes()).await?;
