@@ -8,14 +8,14 @@
 //! from memory; the state it costs is one count per registered service,
 //! bounded by what the registry holds, not by what clients send.
 //!
-//! The mirror lists the prefix (keys only), then watches from the next
-//! revision; a compaction or a broken stream lists again. Errors keep the
-//! last known names, as discovery does.
+//! The copy is kept by the SDK's [`roster::mirror`] (list, then watch from
+//! the next revision; a compaction or a broken stream lists again). Errors
+//! keep the last known names, as discovery does.
 
 use parking_lot::RwLock;
+use roster::mirror::{self, Mirror};
 use roster::Client;
-use roster_api::etcdserverpb::{RangeRequest, WatchCreateRequest};
-use roster_api::mvccpb::event::EventType;
+use roster_api::mvccpb::{event::EventType, Event, KeyValue};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,12 +37,8 @@ struct Shared {
 }
 
 /// Stops the mirror task when dropped.
-pub struct DirectoryTask(tokio::task::AbortHandle);
-
-impl Drop for DirectoryTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+pub struct DirectoryTask {
+    _stop: mirror::Stop,
 }
 
 // === impl Directory ===
@@ -51,9 +47,11 @@ impl Directory {
     /// Starts mirroring `<prefix>/` through `client`.
     pub fn spawn(client: Client, prefix: &str) -> (Directory, DirectoryTask) {
         let (listed, _) = watch::channel(false);
-        let shared = Arc::new(Shared { dir: format!("{prefix}/"), counts: RwLock::new(HashMap::new()), listed });
-        let task = tokio::spawn(run(client, shared.clone())).abort_handle();
-        (Directory { shared }, DirectoryTask(task))
+        let dir = format!("{prefix}/");
+        let range = mirror::Range::prefix(&dir);
+        let shared = Arc::new(Shared { dir, counts: RwLock::new(HashMap::new()), listed });
+        let stop = mirror::spawn(client, range, shared.clone(), None);
+        (Directory { shared }, DirectoryTask { _stop: stop })
     }
 
     /// Whether `service` has at least one instance, waiting up to `wait`
@@ -85,65 +83,29 @@ impl Shared {
     }
 }
 
-async fn run(client: Client, shared: Arc<Shared>) {
-    let key = shared.dir.as_bytes().to_vec();
-    let range_end = roster_api::range::prefix_end(&key);
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let list = RangeRequest { key: key.clone().into(), range_end: range_end.clone().into(), keys_only: true, ..Default::default() };
-        match client.range(list).await {
-            Ok(resp) => {
-                let mut counts = HashMap::new();
-                for kv in &resp.kvs {
-                    if let Some(s) = shared.service_of(&kv.key) {
-                        *counts.entry(s.to_owned()).or_insert(0u32) += 1;
-                    }
-                }
-                *shared.counts.write() = counts;
-                shared.listed.send_replace(true);
-                delay = Duration::from_millis(50);
-                let rev = resp.header.map_or(0, |h| h.revision);
-                if let Err(e) = follow(&client, &shared, &key, &range_end, rev).await {
-                    tracing::warn!(dir = %shared.dir, error = %e, "service directory watch broke; listing again");
-                } else {
-                    continue;
-                }
-            }
-            Err(e) => tracing::warn!(dir = %shared.dir, error = %e, "cannot list the service directory; keeping the last known names"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
+// === impl Shared as Mirror ===
 
-/// Applies watch events from `rev + 1`; `Ok` when the server canceled the
-/// watch (compaction) and the directory must be listed again.
-async fn follow(client: &Client, shared: &Shared, key: &[u8], range_end: &[u8], rev: i64) -> roster::Result<()> {
-    let create = WatchCreateRequest { key: key.to_vec().into(), range_end: range_end.to_vec().into(), start_revision: rev + 1, ..Default::default() };
-    let mut w = client.watch_stream(create).await?;
-    loop {
-        let resp = match w.next().await {
-            Ok(Some(resp)) => resp,
-            // A broken or ended stream moves the client off its endpoint.
-            Ok(None) => {
-                client.fail_over_from(&w.endpoint);
-                return Err(roster::Error::Unreachable { endpoints: w.endpoint.clone(), reason: "watch stream ended".into() });
+impl Mirror for Shared {
+    fn label(&self) -> &str {
+        &self.dir
+    }
+
+    fn reset(&self, kvs: &[KeyValue], _revision: i64) {
+        let mut counts = HashMap::new();
+        for kv in kvs {
+            if let Some(s) = self.service_of(&kv.key) {
+                *counts.entry(s.to_owned()).or_insert(0u32) += 1;
             }
-            Err(e) => {
-                client.fail_over_from(&w.endpoint);
-                return Err(e);
-            }
-        };
-        if resp.canceled {
-            return Ok(());
         }
-        if resp.events.is_empty() {
-            continue;
-        }
-        let mut counts = shared.counts.write();
-        for ev in &resp.events {
+        *self.counts.write() = counts;
+        self.listed.send_replace(true);
+    }
+
+    fn apply(&self, events: &[Event], _revision: i64) {
+        let mut counts = self.counts.write();
+        for ev in events {
             let Some(kv) = &ev.kv else { continue };
-            let Some(service) = shared.service_of(&kv.key) else { continue };
+            let Some(service) = self.service_of(&kv.key) else { continue };
             if ev.r#type == EventType::Delete as i32 {
                 if let Some(n) = counts.get_mut(service) {
                     *n = n.saturating_sub(1);
@@ -157,4 +119,7 @@ async fn follow(client: &Client, shared: &Shared, key: &[u8], range_end: &[u8], 
             }
         }
     }
+
+    /// The last known names stay; the mirror has logged why.
+    fn unreachable(&self) {}
 }

@@ -26,6 +26,9 @@
 //! - [`Instance`]: what is registered, stored as etcd endpoint JSON.
 //! - [`Registry`]: registers instances ([`Registration`]) and discovers
 //!   services ([`Discovery`]).
+//! - [`mirror`]: list-then-watch of a key range into a local copy, with
+//!   resync on compaction and failover; what discovery and config are built
+//!   on, open to other components (the gateway's service directory).
 //!
 //! The same code works against `roster serve` and against an etcd cluster.
 
@@ -38,7 +41,7 @@ mod backoff;
 mod discovery;
 mod error;
 mod instance;
-mod mirror;
+pub mod mirror;
 mod registration;
 mod registry;
 

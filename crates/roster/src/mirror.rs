@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What a mirrored range is fed into.
-pub(crate) trait Mirror: Send + Sync {
+pub trait Mirror: Send + Sync {
     /// Names the range in logs.
     fn label(&self) -> &str;
     /// A full listing at `revision`; it replaces whatever was known.
@@ -31,7 +31,7 @@ pub(crate) trait Mirror: Send + Sync {
 
 /// A key, or a range `[key, range_end)` in etcd's sense.
 #[derive(Debug, Clone)]
-pub(crate) struct Range {
+pub struct Range {
     pub key: Vec<u8>,
     pub range_end: Vec<u8>,
 }
@@ -48,7 +48,7 @@ impl Range {
 
 /// Stops the mirroring task when the last handle that owns it is dropped.
 #[derive(Debug)]
-pub(crate) struct Stop(tokio::task::AbortHandle);
+pub struct Stop(tokio::task::AbortHandle);
 
 impl Drop for Stop {
     fn drop(&mut self) {
@@ -59,7 +59,7 @@ impl Drop for Stop {
 /// Mirrors `range` into `m` in a background task. `listed` is the revision
 /// `m` was already listed at, if it was: the watch starts right after it, so
 /// no update made since is folded into a second listing.
-pub(crate) fn spawn<M: Mirror + 'static>(client: Client, range: Range, m: Arc<M>, listed: Option<i64>) -> Stop {
+pub fn spawn<M: Mirror + 'static>(client: Client, range: Range, m: Arc<M>, listed: Option<i64>) -> Stop {
     let task = tokio::spawn(async move { run(&client, &range, &*m, listed).await });
     Stop(task.abort_handle())
 }
