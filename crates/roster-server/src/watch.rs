@@ -93,13 +93,12 @@ async fn write_responses(
 ) -> Code {
     loop {
         let next = tokio::select! {
-            next = events.next() => next,
+            next = events.next_sized() => next,
             () = tx.closed() => return Code::Cancelled,
         };
-        let Some(mut resp) = next else { return Code::Ok };
+        let Some((mut resp, bytes)) = next else { return Code::Ok };
         // etcd's watch header keeps the revision it was built with, even 0.
         server.fill_ids(resp.header.get_or_insert_with(Default::default));
-        let bytes = prost::Message::encoded_len(&resp);
         if tx.send_sized(Ok(resp), bytes).await.is_err() {
             return Code::Cancelled;
         }

@@ -437,9 +437,9 @@ enum Slice {
     Compacted(i64),
 }
 
-fn take(queued: &AtomicUsize, (resp, size): (WatchResponse, usize)) -> WatchResponse {
+fn take(queued: &AtomicUsize, (resp, size): (WatchResponse, usize)) -> (WatchResponse, usize) {
     queued.fetch_sub(size, Ordering::AcqRel);
-    resp
+    (resp, size)
 }
 
 // === impl WatchEvents ===
@@ -452,6 +452,12 @@ impl WatchEvents {
     /// The next response; `None` once the control half is dropped and
     /// everything queued was delivered.
     pub async fn next(&mut self) -> Option<WatchResponse> {
+        self.next_sized().await.map(|(r, _)| r)
+    }
+
+    /// [`WatchEvents::next`] with the response's encoded size, which the
+    /// stream has already worked out, for a sender that bounds bytes.
+    pub async fn next_sized(&mut self) -> Option<(WatchResponse, usize)> {
         loop {
             match self.rx.try_recv() {
                 Ok(r) => return Some(take(&self.queued, *r)),
@@ -459,7 +465,8 @@ impl WatchEvents {
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
             if let Some(r) = self.catch_up() {
-                return Some(r);
+                let size = r.encoded_len();
+                return Some((r, size));
             }
             tokio::select! {
                 r = self.rx.recv() => return r.map(|r| take(&self.queued, *r)),
