@@ -8,6 +8,7 @@ mod demo;
 mod gateway_cmd;
 mod registry_cmd;
 mod serve;
+mod snapshot_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,9 @@ enum Commands {
     Gateway(gateway_cmd::GatewayArgs),
     /// Dynamic configuration: set (checked before it is written), get, watch.
     Config(config_cmd::ConfigArgs),
+    /// etcd snapshots: save one from a member, show one's status, restore
+    /// one (etcd's or Roster's) into a new Roster data dir.
+    Snapshot(snapshot_cmd::SnapshotArgs),
     /// A guided tour in one process: an embedded registry, three hello
     /// servers and a balancing client; one server crashes, traffic moves,
     /// a fourth joins. Takes about ten seconds and exits by itself.
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
             Commands::Register(args) => registry_cmd::register(args, serve::shutdown_signal()?).await,
             Commands::Ls(args) => registry_cmd::ls(args).await,
             Commands::Demo(args) => demo::run(args).await,
+            Commands::Snapshot(args) => snapshot_cmd::run(args).await,
             Commands::Gateway(args) => gateway_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Config(args) => config_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Watch(args) => registry_cmd::watch(args, serve::shutdown_signal()?).await,

@@ -1,13 +1,20 @@
-//! etcdserverpb.Maintenance: Status, Alarm and Defragment.
+//! etcdserverpb.Maintenance: Status, Alarm, Defragment and Snapshot.
+//!
+//! Snapshot streams an etcd backend database (see
+//! `roster_store::etcd_snapshot`) that `etcdctl snapshot status|restore`
+//! read: it is spooled to an unlinked file in the data dir first, so a large
+//! store never sits in memory twice, then sent in etcd's 32 KiB chunks with
+//! `remaining_bytes`, and its sha256 last.
 //!
 //! Alarms and defragment are the store's (`roster_store::quota`); this
 //! layer fills headers and renders alarms into `Status.errors` the way etcd
 //! does (`memberID:<id> alarm:NOSPACE `), after any storage failure.
 
+use crate::responses::{self, Responses};
 use crate::{Server, RAFT_TERM};
 use roster_api::etcdserverpb::{
     maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    StatusRequest, StatusResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -19,10 +26,62 @@ const DEFRAGMENT: &str = "/etcdserverpb.Maintenance/Defragment";
 /// gate features on this string.
 pub(crate) const ETCD_VERSION: &str = "3.4.0";
 
+/// etcd's `snapshotSendBufferSize`.
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
 // === impl Server as Maintenance ===
 
 #[tonic::async_trait]
 impl Maintenance for Server {
+    type SnapshotStream = Responses<SnapshotResponse>;
+
+    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        let started = std::time::Instant::now();
+        let store = self.store().clone();
+        let dir = store.data_dir().map(std::path::Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let member = self.config().member_id;
+        let mut snap = tokio::task::spawn_blocking(move || store.etcd_snapshot_stream(&dir, member))
+            .await
+            .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let total = snap.total();
+        tracing::info!(total_bytes = total, took = ?started.elapsed(), "sending database snapshot to client");
+        let (feed, rx) = responses::queue(4);
+        let stop = self.stop().clone();
+        tokio::spawn(async move {
+            loop {
+                // File reads block: off the workers, a chunk at a time.
+                let read = tokio::task::spawn_blocking(move || {
+                    let chunk = snap.next_chunk(SNAPSHOT_CHUNK);
+                    (snap, chunk)
+                });
+                let (back, chunk) = match read.await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = feed.send(Err(Status::internal(format!("snapshot read failed: {e}")))).await;
+                        return;
+                    }
+                };
+                snap = back;
+                let item = match chunk {
+                    Ok(Some(blob)) => Ok(SnapshotResponse { header: None, remaining_bytes: snap.remaining(), blob: blob.into() }),
+                    Ok(None) => break,
+                    Err(e) => Err(Status::internal(format!("cannot read the snapshot: {e}"))),
+                };
+                let failed = item.is_err();
+                tokio::select! {
+                    sent = feed.send(item) => if sent.is_err() || failed { return },
+                    () = stop.wait() => {
+                        let _ = feed.try_send(Err(Status::unavailable("etcdserver: server stopped")));
+                        return;
+                    }
+                }
+            }
+            tracing::info!(total_bytes = total, took = ?started.elapsed(), "sent database snapshot to client");
+        });
+        Ok(Response::new(rx))
+    }
+
     /// GET, ACTIVATE and DEACTIVATE with etcd's answers; NOSPACE is also
     /// raised by the store itself when the quota is reached.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {

@@ -23,6 +23,7 @@
 
 mod apply;
 mod clock;
+pub mod etcd_snapshot;
 pub mod fault;
 mod keyspace;
 mod lease;
@@ -41,7 +42,7 @@ pub use watch::{WatchControl, WatchEvents};
 
 use apply::{State, Write};
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +147,8 @@ pub(crate) struct Shared {
     log_syncs: AtomicU64,
     /// Space quota, alarms and defragment requests (see `quota`).
     quota: quota::Quota,
+    /// Where etcd snapshots are spooled before streaming; `None` in memory.
+    data_dir: Option<PathBuf>,
 }
 
 /// Writes applied in memory and waiting for the next fsync.
@@ -225,6 +228,7 @@ impl Store {
             durable_seq: AtomicU64::new(seq),
             log_syncs: AtomicU64::new(0),
             quota,
+            data_dir: config.data_dir.clone(),
         });
         let committer = Committer {
             shared: shared.clone(),
@@ -254,6 +258,11 @@ impl Store {
 
     fn shared(&self) -> &Arc<Shared> {
         &self.handle.shared
+    }
+
+    /// The data dir, or `None` for a store in memory.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.shared().data_dir.as_deref()
     }
 
     /// The durable revision readers see.

@@ -18,7 +18,7 @@
 
 use crate::error::{Error, Result};
 use roster_api::etcdserverpb::{
-    kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient, *,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
 };
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -365,6 +365,16 @@ impl Client {
         let mut client = LeaseClient::new(ch);
         let responses = self.open(i, client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
         Ok(KeepAliveStream { requests: tx, responses, endpoint })
+    }
+
+    /// Opens `Maintenance.Snapshot` on the current endpoint: the etcd
+    /// backend database in chunks, then its sha256. A snapshot is of one
+    /// member, so this never fails over mid-stream.
+    pub async fn snapshot(&self) -> Result<(String, tonic::Streaming<SnapshotResponse>)> {
+        let (i, endpoint, ch) = self.current();
+        let mut client = MaintenanceClient::new(ch).max_decoding_message_size(usize::MAX);
+        let stream = self.open(i, client.snapshot(SnapshotRequest {})).await?;
+        Ok((endpoint, stream))
     }
 
     fn current(&self) -> (usize, String, Channel) {

@@ -23,6 +23,8 @@
 //!   a torn WAL tail is handled.
 //! - `quota`: `--quota-backend-bytes`, the NOSPACE alarm, `etcdctl alarm`,
 //!   defragment and auto-compaction, with the same transcript on etcd.
+//! - `snapshot`: etcd snapshots both ways, checked with etcdctl and a real
+//!   etcd restored from roster's snapshot (and roster from etcd's).
 //! - `storage_faults`: a full disk (a tmpfs the test mounts) and a
 //!   DeleteRange over a million keys across `kill -9`.
 //!
@@ -40,5 +42,6 @@ mod hostile;
 mod lock_election;
 mod quota;
 mod registry_cli;
+mod snapshot;
 mod storage_faults;
 mod support;

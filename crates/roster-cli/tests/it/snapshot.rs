@@ -1,0 +1,453 @@
+//! etcd snapshots both ways, checked with etcd's own tools: a history built
+//! on `roster serve` goes through `etcdctl snapshot save|status|restore`
+//! into a real etcd, and one built on etcd goes through `roster snapshot
+//! restore` into `roster serve`. Everything etcd keeps must arrive: every
+//! key's value, create/mod revision, version and lease, the store revision,
+//! the compaction point and the leases with their keys.
+
+use crate::support::roster_bin;
+use roster_api::etcdserverpb::kv_client::KvClient;
+use roster_api::etcdserverpb::lease_client::LeaseClient;
+use roster_api::etcdserverpb::request_op::Request;
+use roster_api::etcdserverpb::*;
+use roster_api::mvccpb::KeyValue;
+use roster_testkit::{Etcd, Etcdctl, Roster, require_etcd, require_etcdctl};
+use std::path::Path;
+use tonic::transport::Channel;
+
+const LEASE_A: i64 = 0x1234;
+const LEASE_B: i64 = 0x7fff_0000_0000_0001;
+
+fn put(k: &[u8], v: &[u8], lease: i64) -> PutRequest {
+    PutRequest {
+        key: k.to_vec().into(),
+        value: v.to_vec().into(),
+        lease,
+        ..Default::default()
+    }
+}
+
+/// Puts, overwrites, deletes, a txn of two puts, binary keys and values,
+/// two leases (one with keys), and a compaction with writes after it.
+/// Returns the compaction revision.
+async fn build_history(ch: &Channel) -> i64 {
+    let mut kv = KvClient::new(ch.clone());
+    let mut lease = LeaseClient::new(ch.clone());
+    kv.put(put(b"a", b"1", 0)).await.unwrap();
+    kv.put(put(b"a", b"2", 0)).await.unwrap();
+    kv.put(put(b"b", b"x", 0)).await.unwrap();
+    kv.delete_range(DeleteRangeRequest {
+        key: b"b".to_vec().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    kv.put(put(&[0xff, 0, 1], &[0, 0xfe, 0], 0)).await.unwrap();
+    lease
+        .lease_grant(LeaseGrantRequest {
+            ttl: 600,
+            id: LEASE_A,
+        })
+        .await
+        .unwrap();
+    lease
+        .lease_grant(LeaseGrantRequest {
+            ttl: 300,
+            id: LEASE_B,
+        })
+        .await
+        .unwrap();
+    kv.put(put(b"svc/1", b"10.0.0.1:80", LEASE_A))
+        .await
+        .unwrap();
+    kv.put(put(b"svc/2", b"10.0.0.2:80", LEASE_A))
+        .await
+        .unwrap();
+    let ops = [b"d", b"e"].map(|k| RequestOp {
+        request: Some(Request::RequestPut(put(k, b"txn", 0))),
+    });
+    kv.txn(TxnRequest {
+        success: ops.to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let compact = kv
+        .put(put(b"a", b"3", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    kv.compact(CompactionRequest {
+        revision: compact,
+        physical: true,
+    })
+    .await
+    .unwrap();
+    kv.put(put(b"a", b"4", 0)).await.unwrap();
+    kv.delete_range(DeleteRangeRequest {
+        key: b"d".to_vec().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    kv.put(put(b"big", &vec![7u8; 20_000], 0)).await.unwrap();
+    compact
+}
+
+/// Everything a client can read of the state: the revision, every live
+/// key, every key as of each retained revision, what is compacted, and the
+/// leases with their granted TTLs and keys.
+async fn dump(ch: &Channel, compact: i64) -> Vec<String> {
+    let mut kv = KvClient::new(ch.clone());
+    let mut lease = LeaseClient::new(ch.clone());
+    let all = |revision| RangeRequest {
+        key: vec![0].into(),
+        range_end: vec![0].into(),
+        revision,
+        ..Default::default()
+    };
+    let now = kv.range(all(0)).await.unwrap().into_inner();
+    let rev = now.header.unwrap().revision;
+    let show = |kvs: &[KeyValue]| {
+        kvs.iter()
+            .map(|k| {
+                format!(
+                    "{:?}={:?} c{} m{} v{} l{:x}",
+                    k.key,
+                    k.value.len(),
+                    k.create_revision,
+                    k.mod_revision,
+                    k.version,
+                    k.lease
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = vec![
+        format!("revision {rev}"),
+        format!("now: {}", show(&now.kvs)),
+    ];
+    for r in compact..=rev {
+        let at = kv.range(all(r)).await.unwrap().into_inner();
+        out.push(format!("at {r}: {}", show(&at.kvs)));
+    }
+    let below = kv.range(all(compact - 1)).await.unwrap_err();
+    out.push(format!(
+        "at {}: {:?} {}",
+        compact - 1,
+        below.code(),
+        below.message()
+    ));
+    let mut ids: Vec<i64> = lease
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .leases
+        .iter()
+        .map(|l| l.id)
+        .collect();
+    ids.sort();
+    for id in ids {
+        let t = lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut keys = t.keys.clone();
+        keys.sort();
+        out.push(format!(
+            "lease {id:x} granted {} keys {keys:?}",
+            t.granted_ttl
+        ));
+    }
+    out
+}
+
+/// The dump sees what the history made, so equal dumps mean something.
+fn assert_meaningful(dump: &[String]) {
+    let text = dump.join("\n");
+    assert!(
+        text.contains("lease 1234 granted 600 keys") && text.contains("svc/1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lease 7fff000000000001 granted 300 keys []"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OutOfRange etcdserver: mvcc: required revision has been compacted"),
+        "{text}"
+    );
+    assert!(text.contains(r#"b"\xff\0\x01"=3"#), "{text}");
+}
+
+fn assert_same(what: &str, expected: &[String], got: &[String]) {
+    assert_meaningful(expected);
+    if expected != got {
+        let diff: Vec<String> = expected
+            .iter()
+            .zip(got)
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("  expected {a}\n  got      {b}"))
+            .collect();
+        panic!(
+            "{what}: the states differ ({} vs {} lines):\n{}",
+            expected.len(),
+            got.len(),
+            diff.join("\n")
+        );
+    }
+}
+
+/// Restores a snapshot file into a fresh etcd data dir with etcdctl, then
+/// starts etcd on it.
+async fn etcd_from_snapshot(file: &Path, dir: &Path) -> Etcd {
+    let data = dir.join("etcd-restored");
+    let peer = format!("http://127.0.0.1:{}", roster_testkit::free_port());
+    let out = Etcdctl::new("127.0.0.1:1")
+        .run(&[
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            &format!("--data-dir={}", data.display()),
+            "--name=testkit",
+            &format!("--initial-cluster=testkit={peer}"),
+            &format!("--initial-advertise-peer-urls={peer}"),
+        ])
+        .await;
+    assert!(out.success(), "etcdctl snapshot restore: {}", out.stderr);
+    Etcd::start_with_args(&[&format!("--data-dir={}", data.display())]).await
+}
+
+async fn roster(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(roster_bin())
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn roster_snapshot_restores_into_etcd_with_everything_etcd_keeps() {
+    if require_etcd().is_none() || require_etcdctl().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Roster::start(roster_bin()).await;
+    let compact = build_history(&server.channel()).await;
+    let expected = dump(&server.channel(), compact).await;
+
+    let file = dir.path().join("roster.snap");
+    let ctl = Etcdctl::new(server.endpoint());
+    let saved = ctl.run(&["snapshot", "save", file.to_str().unwrap()]).await;
+    assert!(saved.success(), "etcdctl snapshot save: {}", saved.stderr);
+
+    // etcd's reader and ours agree on the file.
+    let theirs = ctl
+        .run(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"])
+        .await;
+    assert!(
+        theirs.success(),
+        "etcdctl snapshot status: {}",
+        theirs.stderr
+    );
+    let ours = roster(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]).await;
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout).trim(),
+        theirs.stdout.trim()
+    );
+    let status: serde_json::Value = serde_json::from_str(theirs.stdout.trim()).unwrap();
+    assert_eq!(
+        format!("revision {}", status["revision"]),
+        expected[0],
+        "snapshot status names the store revision"
+    );
+
+    let etcd = etcd_from_snapshot(&file, dir.path()).await;
+    assert_same(
+        "etcd restored from roster's snapshot",
+        &expected,
+        &dump(&etcd.channel(), compact).await,
+    );
+}
+
+#[tokio::test]
+async fn etcd_snapshot_restores_into_roster_with_everything_etcd_keeps() {
+    if require_etcd().is_none() || require_etcdctl().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start().await;
+    let compact = build_history(&etcd.channel()).await;
+    let expected = dump(&etcd.channel(), compact).await;
+
+    let file = dir.path().join("etcd.snap");
+    let saved = Etcdctl::new(etcd.endpoint())
+        .run(&["snapshot", "save", file.to_str().unwrap()])
+        .await;
+    assert!(saved.success(), "etcdctl snapshot save: {}", saved.stderr);
+    let data = dir.path().join("roster-data");
+    let out = roster(&[
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "roster snapshot restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("restored") && stdout.contains("roster serve --data-dir"),
+        "{stdout}"
+    );
+
+    let server = Roster::start_in(roster_bin(), &data).await;
+    assert_same(
+        "roster restored from etcd's snapshot",
+        &expected,
+        &dump(&server.channel(), compact).await,
+    );
+
+    // And back again: roster's own snapshot of the restored data, saved
+    // with roster's CLI, restores into roster once more.
+    let again = dir.path().join("again.snap");
+    let out = roster(&[
+        "snapshot",
+        "save",
+        again.to_str().unwrap(),
+        "--endpoints",
+        &server.endpoint(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "roster snapshot save: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data2 = dir.path().join("roster-data-2");
+    let out = roster(&[
+        "snapshot",
+        "restore",
+        again.to_str().unwrap(),
+        "--data-dir",
+        data2.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server2 = Roster::start_in(roster_bin(), &data2).await;
+    assert_same(
+        "roster restored from roster's snapshot",
+        &expected,
+        &dump(&server2.channel(), compact).await,
+    );
+}
+
+/// A damaged snapshot gets a clear error from `roster snapshot restore`,
+/// and nothing is written.
+#[tokio::test]
+async fn damaged_snapshots_are_refused_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Roster::start(roster_bin()).await;
+    build_history(&server.channel()).await;
+    let good = dir.path().join("good.snap");
+    let out = roster(&[
+        "snapshot",
+        "save",
+        good.to_str().unwrap(),
+        "--endpoints",
+        &server.endpoint(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dir.path().join("good.snap.part").exists(),
+        "no partial file is left"
+    );
+    let bytes = std::fs::read(&good).unwrap();
+
+    let mut wrong_sha = bytes.clone();
+    let n = wrong_sha.len();
+    wrong_sha[n - 1] ^= 1;
+    let mut flipped_body = bytes.clone();
+    flipped_body[4096 * 3 + 100] ^= 0x10;
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "truncated",
+            bytes[..bytes.len() / 2].to_vec(),
+            "snapshot missing hash",
+        ),
+        ("wrong-sha", wrong_sha, "sha256 mismatch"),
+        ("flipped-body", flipped_body, "sha256 mismatch"),
+        ("not-bolt", vec![b'x'; 4096 + 32], "not a bbolt database"),
+    ];
+    for (name, content, expect) in cases {
+        let file = dir.path().join(format!("{name}.snap"));
+        std::fs::write(&file, content).unwrap();
+        let data = dir.path().join(format!("data-{name}"));
+        let skip = name == "not-bolt";
+        let mut args = vec![
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        if skip {
+            args.push("--skip-hash-check");
+        }
+        let out = roster(&args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: restore succeeded");
+        assert!(
+            stderr.contains(expect),
+            "{name}: expected {expect:?} in:\n{stderr}"
+        );
+        assert!(!data.exists(), "{name}: restore left a data dir");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
+            .collect();
+        assert!(leftovers.is_empty(), "{name}: left {leftovers:?}");
+    }
+
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    let out = roster(&[
+        "snapshot",
+        "restore",
+        good.to_str().unwrap(),
+        "--data-dir",
+        existing.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

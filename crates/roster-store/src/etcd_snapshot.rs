@@ -1,0 +1,546 @@
+//! etcd snapshots: Roster's state as an etcd backend database (a bbolt
+//! file in etcd 3.4's bucket layout), and an etcd or Roster snapshot back
+//! into a Roster data dir. This is the migration path both ways, so it
+//! keeps what etcd keeps: every retained revision of every key (values,
+//! create/mod revisions, versions, leases, tombstones), the store revision,
+//! the compaction point and the leases with their TTLs.
+//!
+//! etcd's layout, by bucket:
+//! - `key`: one entry per retained revision. The key is the revision,
+//!   `main u64 BE, '_', sub u64 BE`, plus `'t'` for a tombstone; the value
+//!   is the encoded `mvccpb.KeyValue` (only `key` set for a tombstone).
+//! - `meta`: `consistent_index` (u64 BE), and the compaction point as
+//!   `scheduledCompactRev` and `finishedCompactRev` (revision bytes).
+//! - `lease`: lease id (i64 BE) to an encoded `leasepb.Lease`.
+//! - `members`, `members_removed`, `cluster`, `alarm`, `auth`, `authUsers`,
+//!   `authRoles`: cluster bookkeeping. `etcdctl snapshot restore` replaces
+//!   the members with the new cluster's.
+//!
+//! A snapshot file is the database followed by its sha256, as etcd's
+//! `Maintenance.Snapshot` streams it and `etcdctl snapshot save` stores it.
+
+use crate::apply::State;
+use crate::record::{EntryRec, KeyRec, LeaseRec, Snapshot};
+use crate::{Store, StoreError};
+use bytes::Bytes;
+use prost::Message;
+use roster_api::mvccpb;
+use roster_bolt::{Reader, Writer};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+const KEY: &[u8] = b"key";
+const META: &[u8] = b"meta";
+const LEASE: &[u8] = b"lease";
+const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
+const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
+/// Buckets etcd 3.4 creates that Roster has nothing to put in but a
+/// restored etcd member expects to find.
+const BOOKKEEPING: [&[u8]; 6] = [
+    b"alarm",
+    b"auth",
+    b"authRoles",
+    b"authUsers",
+    b"members_removed",
+    b"cluster",
+];
+const SHA_LEN: usize = 32;
+
+/// etcd's `leasepb.Lease`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeasePb {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    ttl: i64,
+    #[prost(int64, tag = "3")]
+    remaining_ttl: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Bolt {
+        path: PathBuf,
+        source: roster_bolt::Error,
+    },
+    #[error("{path}: snapshot missing hash but --skip-hash-check=false")]
+    NoHash { path: PathBuf },
+    #[error(
+        "{path}: sha256 mismatch: the file says {expected}, its contents hash to {actual} (truncated or damaged?)"
+    )]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: not an etcd snapshot: {why}")]
+    Layout { path: PathBuf, why: String },
+    #[error("data-dir {0:?} exists")]
+    DirExists(PathBuf),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `etcdctl snapshot status` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// crc32c over every bucket's name, keys and values, as etcd computes it.
+    pub hash: u32,
+    pub revision: i64,
+    pub total_keys: u64,
+    pub total_size: u64,
+}
+
+/// What a restore rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub keys: u64,
+    pub revisions: u64,
+    pub leases: u64,
+}
+
+fn rev_bytes(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
+    let mut b = Vec::with_capacity(18);
+    b.extend_from_slice(&(main as u64).to_be_bytes());
+    b.push(b'_');
+    b.extend_from_slice(&(sub as u64).to_be_bytes());
+    if tombstone {
+        b.push(b't');
+    }
+    b
+}
+
+// === writing ===
+
+impl Store {
+    /// Writes the state at the visible revision as an etcd backend database
+    /// to `out`; returns its size. Only the brief copy of the index runs
+    /// under the lock; values are shared, not copied.
+    pub fn write_etcd_db<W: Write + Seek>(
+        &self,
+        out: W,
+        member_id: u64,
+    ) -> Result<(W, u64), StoreError> {
+        let snap = {
+            let st = self.shared().state.read();
+            visible_snapshot(&st, self.revision())
+        };
+        write_db(&snap, out, member_id)
+            .map_err(|e| StoreError::Corrupt(format!("cannot write an etcd snapshot: {e}")))
+    }
+}
+
+/// The state as of `rev`: writes applied but not yet durable are left out.
+fn visible_snapshot(st: &State, rev: i64) -> Snapshot {
+    let mut s = st.snapshot();
+    s.rev = rev;
+    for k in &mut s.keys {
+        k.entries.retain(|e| e.mod_rev <= rev);
+    }
+    s.keys.retain(|k| !k.entries.is_empty());
+    s
+}
+
+fn write_db<W: Write + Seek>(
+    snap: &Snapshot,
+    out: W,
+    member_id: u64,
+) -> roster_bolt::Result<(W, u64)> {
+    let mut w = Writer::new(out)?;
+    // Every retained revision in revision order: (main, sub, key, entry).
+    let mut revs: Vec<(i64, u32, usize, usize)> = Vec::new();
+    for (ki, k) in snap.keys.iter().enumerate() {
+        for (ei, e) in k.entries.iter().enumerate() {
+            revs.push((e.mod_rev, e.sub, ki, ei));
+        }
+    }
+    revs.sort_unstable();
+    let mut value = Vec::new();
+    w.bucket(
+        KEY,
+        revs.iter().map(|&(main, sub, ki, ei)| {
+            let k = &snap.keys[ki];
+            let e = &k.entries[ei];
+            let tombstone = e.version == 0;
+            let kv = if tombstone {
+                mvccpb::KeyValue {
+                    key: k.key.clone(),
+                    ..Default::default()
+                }
+            } else {
+                mvccpb::KeyValue {
+                    key: k.key.clone(),
+                    create_revision: e.create_rev,
+                    mod_revision: e.mod_rev,
+                    version: e.version,
+                    value: e.value.clone(),
+                    lease: e.lease,
+                }
+            };
+            value.clear();
+            kv.encode(&mut value).expect("a Vec grows");
+            (rev_bytes(main, i64::from(sub), tombstone), value.clone())
+        }),
+    )?;
+    let mut leases: Vec<&LeaseRec> = snap.leases.iter().collect();
+    leases.sort_by_key(|l| l.id as u64 ^ (1 << 63));
+    w.bucket(
+        LEASE,
+        leases.iter().map(|l| {
+            let pb = LeasePb {
+                id: l.id,
+                ttl: l.ttl,
+                remaining_ttl: 0,
+            };
+            (l.id.to_be_bytes().to_vec(), pb.encode_to_vec())
+        }),
+    )?;
+    let mut meta: Vec<(&[u8], Vec<u8>)> = vec![(
+        CONSISTENT_INDEX,
+        (snap.rev.max(0) as u64).to_be_bytes().to_vec(),
+    )];
+    if snap.compact_rev > 0 {
+        meta.push((FINISHED_COMPACT, rev_bytes(snap.compact_rev, 0, false)));
+        meta.push((SCHEDULED_COMPACT, rev_bytes(snap.compact_rev, 0, false)));
+    }
+    meta.sort();
+    w.bucket(META, meta)?;
+    let member = format!(
+        r#"{{"id":{member_id},"peerURLs":["http://localhost:2380"],"name":"default","clientURLs":["http://localhost:2379"]}}"#
+    );
+    w.bucket(
+        b"members",
+        [(format!("{member_id:x}").into_bytes(), member.into_bytes())],
+    )?;
+    for b in BOOKKEEPING {
+        if b == b"cluster" {
+            w.bucket(b, [(b"clusterVersion", b"3.4.0")])?;
+        } else {
+            w.bucket(b, std::iter::empty::<(&[u8], &[u8])>())?;
+        }
+    }
+    w.finish()
+}
+
+/// Streams a snapshot file: the database, then its sha256.
+pub struct SnapshotStream {
+    file: File,
+    db_len: u64,
+    sent: u64,
+    sha: Option<Sha256>,
+}
+
+impl SnapshotStream {
+    /// The bytes that will be sent, hash included.
+    pub fn total(&self) -> u64 {
+        self.db_len + SHA_LEN as u64
+    }
+
+    /// Bytes still to send after the last chunk returned.
+    pub fn remaining(&self) -> u64 {
+        self.total() - self.sent
+    }
+
+    /// The next chunk of at most `max` bytes; the last one is the sha256.
+    /// `None` once everything was sent.
+    pub fn next_chunk(&mut self, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+        if self.sent < self.db_len {
+            let n = (max as u64).min(self.db_len - self.sent) as usize;
+            let mut buf = vec![0u8; n];
+            self.file.read_exact(&mut buf)?;
+            if let Some(h) = self.sha.as_mut() {
+                h.update(&buf);
+            }
+            self.sent += n as u64;
+            return Ok(Some(buf));
+        }
+        match self.sha.take() {
+            Some(h) => {
+                self.sent += SHA_LEN as u64;
+                Ok(Some(h.finalize().to_vec()))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl Store {
+    /// Writes an etcd snapshot of the visible state to an unlinked file in
+    /// `tmp_dir`, ready to stream: no second copy is held in memory, and no
+    /// partial file is left behind whatever happens to the stream.
+    pub fn etcd_snapshot_stream(
+        &self,
+        tmp_dir: &Path,
+        member_id: u64,
+    ) -> Result<SnapshotStream, StoreError> {
+        let io = |source| StoreError::Io {
+            path: tmp_dir.to_path_buf(),
+            source,
+        };
+        let file = tempfile::tempfile_in(tmp_dir).map_err(io)?;
+        let (out, db_len) = self.write_etcd_db(BufWriter::new(file), member_id)?;
+        let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.rewind().map_err(io)?;
+        Ok(SnapshotStream {
+            file,
+            db_len,
+            sent: 0,
+            sha: Some(Sha256::new()),
+        })
+    }
+}
+
+// === reading ===
+
+/// Checks a snapshot file's trailing sha256 (when it has one, which etcd
+/// tells by the size: a database is a whole number of 512-byte sectors).
+/// Returns the length of the database part.
+pub fn verify_hash(path: &Path, skip_hash_check: bool) -> Result<u64, SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let has_hash = len % 512 == SHA_LEN as u64;
+    if !has_hash {
+        if skip_hash_check {
+            return Ok(len);
+        }
+        return Err(SnapshotError::NoHash {
+            path: path.to_path_buf(),
+        });
+    }
+    let db_len = len - SHA_LEN as u64;
+    if skip_hash_check {
+        return Ok(db_len);
+    }
+    let mut h = Sha256::new();
+    let mut left = db_len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        f.read_exact(&mut buf[..n]).map_err(io)?;
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut expected = [0u8; SHA_LEN];
+    f.read_exact(&mut expected).map_err(io)?;
+    let actual = h.finalize();
+    if actual.as_slice() != expected {
+        return Err(SnapshotError::HashMismatch {
+            path: path.to_path_buf(),
+            expected: hex(&expected),
+            actual: hex(&actual),
+        });
+    }
+    Ok(db_len)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `etcdctl snapshot status`: hash, revision, keys and size of a snapshot
+/// or backend database file.
+pub fn status(path: &Path) -> Result<SnapshotStatus, SnapshotError> {
+    let bolt = |source| SnapshotError::Bolt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let r = Reader::open(path).map_err(bolt)?;
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut h = crc.digest();
+    let mut st = SnapshotStatus {
+        hash: 0,
+        revision: 0,
+        total_keys: 0,
+        total_size: r.size(),
+    };
+    for name in r.buckets().map_err(bolt)? {
+        h.update(&name);
+        let is_key = name == KEY;
+        r.for_each(&name, |k, v| {
+            h.update(k);
+            h.update(v);
+            if is_key && k.len() >= 17 {
+                st.revision = u64::from_be_bytes(k[..8].try_into().unwrap()) as i64;
+            }
+            st.total_keys += 1;
+            Ok(())
+        })
+        .map_err(bolt)?;
+    }
+    st.hash = h.finalize();
+    Ok(st)
+}
+
+/// Reads an etcd backend database (an etcd or Roster snapshot with its
+/// hash already checked) into Roster's snapshot form.
+fn read_db(path: &Path) -> Result<Snapshot, SnapshotError> {
+    let bolt = |source| SnapshotError::Bolt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let layout = |why: String| SnapshotError::Layout {
+        path: path.to_path_buf(),
+        why,
+    };
+    let r = Reader::open(path).map_err(bolt)?;
+    let mut histories: HashMap<Bytes, Vec<EntryRec>> = HashMap::new();
+    let mut last_rev = 0i64;
+    let mut bad: Option<String> = None;
+    let found = r
+        .for_each(KEY, |k, v| {
+            let tombstone = match k.len() {
+                17 => false,
+                18 if k[17] == b't' => true,
+                _ => {
+                    bad.get_or_insert_with(|| {
+                        format!("a key-bucket entry has a {}-byte revision", k.len())
+                    });
+                    return Ok(());
+                }
+            };
+            let main = u64::from_be_bytes(k[..8].try_into().unwrap()) as i64;
+            let sub = u64::from_be_bytes(k[9..17].try_into().unwrap());
+            let Ok(kv) = mvccpb::KeyValue::decode(v) else {
+                bad.get_or_insert_with(|| {
+                    format!("revision {main} holds a value that is not a KeyValue")
+                });
+                return Ok(());
+            };
+            last_rev = main;
+            let entry = if tombstone {
+                EntryRec {
+                    mod_rev: main,
+                    create_rev: 0,
+                    version: 0,
+                    lease: 0,
+                    value: Bytes::new(),
+                    sub: sub as u32,
+                }
+            } else {
+                EntryRec {
+                    mod_rev: main,
+                    create_rev: kv.create_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                    value: kv.value,
+                    sub: sub as u32,
+                }
+            };
+            histories.entry(kv.key).or_default().push(entry);
+            Ok(())
+        })
+        .map_err(bolt)?;
+    if !found {
+        return Err(layout("it has no `key` bucket".into()));
+    }
+    if let Some(why) = bad {
+        return Err(layout(why));
+    }
+    let mut compact_rev = 0;
+    r.for_each(META, |k, v| {
+        if k == FINISHED_COMPACT && v.len() >= 8 {
+            compact_rev = u64::from_be_bytes(v[..8].try_into().unwrap()) as i64;
+        }
+        Ok(())
+    })
+    .map_err(bolt)?;
+    let mut leases = Vec::new();
+    r.for_each(LEASE, |_, v| {
+        if let Ok(l) = LeasePb::decode(v) {
+            leases.push(LeaseRec {
+                id: l.id,
+                ttl: l.ttl,
+            });
+        }
+        Ok(())
+    })
+    .map_err(bolt)?;
+    let keys: BTreeMap<Bytes, Vec<EntryRec>> = histories.into_iter().collect();
+    let keys = keys
+        .into_iter()
+        .map(|(key, entries)| KeyRec { key, entries })
+        .collect();
+    Ok(Snapshot {
+        seq: 0,
+        rev: last_rev.max(compact_rev).max(1),
+        compact_rev,
+        keys,
+        leases,
+    })
+}
+
+/// `roster snapshot restore`: builds a new Roster data dir at `dir` from an
+/// etcd or Roster snapshot. The snapshot is checked in full before
+/// anything is written, and the dir appears only once complete.
+pub fn restore(
+    snapshot: &Path,
+    dir: &Path,
+    skip_hash_check: bool,
+) -> Result<Restored, SnapshotError> {
+    if dir.exists() {
+        return Err(SnapshotError::DirExists(dir.to_path_buf()));
+    }
+    verify_hash(snapshot, skip_hash_check)?;
+    let snap = read_db(snapshot)?;
+    let restored = Restored {
+        revision: snap.rev,
+        compact_revision: snap.compact_rev,
+        keys: snap
+            .keys
+            .iter()
+            .filter(|k| k.entries.last().is_some_and(|e| e.version != 0))
+            .count() as u64,
+        revisions: snap.keys.iter().map(|k| k.entries.len() as u64).sum(),
+        leases: snap.leases.len() as u64,
+    };
+    let tmp = dir.with_file_name(format!(
+        ".{}.restoring",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Io { path, source }
+    };
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let written = (|| {
+        let (mut log, _) = crate::log::Log::open(&tmp, false, std::sync::Arc::new(crate::OsDisk))?;
+        log.write_snapshot(&snap).map_err(|source| StoreError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        Ok::<_, StoreError>(())
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e.into());
+    }
+    fs::rename(&tmp, dir).map_err(io(dir))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io(parent))?;
+    }
+    Ok(restored)
+}
