@@ -310,6 +310,9 @@ headed!(
     StatusResponse,
     AlarmResponse,
     DefragmentResponse,
+    HashResponse,
+    HashKvResponse,
+    MoveLeaderResponse,
     AuthenticateResponse,
 );
 

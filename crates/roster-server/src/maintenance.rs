@@ -14,6 +14,7 @@ use crate::responses::{self, Responses};
 use crate::{Server, RAFT_TERM};
 use roster_api::etcdserverpb::{
     maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader,
     SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
@@ -21,6 +22,9 @@ use tonic::{Request, Response, Status};
 const STATUS: &str = "/etcdserverpb.Maintenance/Status";
 const ALARM: &str = "/etcdserverpb.Maintenance/Alarm";
 const DEFRAGMENT: &str = "/etcdserverpb.Maintenance/Defragment";
+const HASH: &str = "/etcdserverpb.Maintenance/Hash";
+const HASH_KV: &str = "/etcdserverpb.Maintenance/HashKV";
+const MOVE_LEADER: &str = "/etcdserverpb.Maintenance/MoveLeader";
 
 /// The etcd version we answer as: the 3.4 API is what we speak, and clients
 /// gate features on this string.
@@ -34,6 +38,50 @@ const SNAPSHOT_CHUNK: usize = 32 * 1024;
 #[tonic::async_trait]
 impl Maintenance for Server {
     type SnapshotStream = Responses<SnapshotResponse>;
+
+    /// etcd's HashKV (see `roster_store::etcd_snapshot`): equal to the
+    /// hash an etcd restored from our snapshot gives at the same revision.
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.unary(HASH_KV, req, |r| async move {
+            let store = self.store().clone();
+            let h = tokio::task::spawn_blocking(move || store.hash_kv(r.revision))
+                .await
+                .map_err(|e| Status::internal(format!("hash task failed: {e}")))??;
+            Ok(HashKvResponse {
+                header: Some(ResponseHeader { revision: h.revision, ..Default::default() }),
+                hash: h.hash,
+                compact_revision: h.compact_revision,
+            })
+        })
+        .await
+    }
+
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.unary(HASH, req, |_| async move {
+            let store = self.store().clone();
+            let member = self.config().member_id;
+            let (hash, revision) = tokio::task::spawn_blocking(move || store.hash(member))
+                .await
+                .map_err(|e| Status::internal(format!("hash task failed: {e}")))?;
+            Ok(HashResponse { header: Some(ResponseHeader { revision, ..Default::default() }), hash })
+        })
+        .await
+    }
+
+    /// The one member is the leader already; any other target does not
+    /// exist, which etcd answers as a bad transferee.
+    async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.unary(MOVE_LEADER, req, |r| async move {
+            if r.target_id == self.config().member_id {
+                return Ok(MoveLeaderResponse { header: None });
+            }
+            Err(Status::failed_precondition(format!(
+                "etcdserver: bad leader transferee ({})",
+                crate::cluster::SINGLE_NODE
+            )))
+        })
+        .await
+    }
 
     async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         let started = std::time::Instant::now();

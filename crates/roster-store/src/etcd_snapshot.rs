@@ -154,13 +154,9 @@ fn visible_snapshot(st: &State, rev: i64) -> Snapshot {
     s
 }
 
-fn write_db<W: Write + Seek>(
-    snap: &Snapshot,
-    out: W,
-    member_id: u64,
-) -> roster_bolt::Result<(W, u64)> {
-    let mut w = Writer::new(out)?;
-    // Every retained revision in revision order: (main, sub, key, entry).
+/// The `key` bucket's entries in order: every retained revision as
+/// (revision bytes, encoded KeyValue), with `'t'` marking tombstones.
+fn key_bucket(snap: &Snapshot) -> impl Iterator<Item = (i64, bool, Vec<u8>, Vec<u8>)> + '_ {
     let mut revs: Vec<(i64, u32, usize, usize)> = Vec::new();
     for (ki, k) in snap.keys.iter().enumerate() {
         for (ei, e) in k.entries.iter().enumerate() {
@@ -168,71 +164,68 @@ fn write_db<W: Write + Seek>(
         }
     }
     revs.sort_unstable();
-    let mut value = Vec::new();
-    w.bucket(
-        KEY,
-        revs.iter().map(|&(main, sub, ki, ei)| {
-            let k = &snap.keys[ki];
-            let e = &k.entries[ei];
-            let tombstone = e.version == 0;
-            let kv = if tombstone {
-                mvccpb::KeyValue {
-                    key: k.key.clone(),
-                    ..Default::default()
-                }
-            } else {
-                mvccpb::KeyValue {
-                    key: k.key.clone(),
-                    create_revision: e.create_rev,
-                    mod_revision: e.mod_rev,
-                    version: e.version,
-                    value: e.value.clone(),
-                    lease: e.lease,
-                }
-            };
-            value.clear();
-            kv.encode(&mut value).expect("a Vec grows");
-            (rev_bytes(main, i64::from(sub), tombstone), value.clone())
-        }),
-    )?;
-    let mut leases: Vec<&LeaseRec> = snap.leases.iter().collect();
-    leases.sort_by_key(|l| l.id as u64 ^ (1 << 63));
-    w.bucket(
-        LEASE,
-        leases.iter().map(|l| {
-            let pb = LeasePb {
-                id: l.id,
-                ttl: l.ttl,
-                remaining_ttl: 0,
-            };
-            (l.id.to_be_bytes().to_vec(), pb.encode_to_vec())
-        }),
-    )?;
-    let mut meta: Vec<(&[u8], Vec<u8>)> = vec![(
-        CONSISTENT_INDEX,
-        (snap.rev.max(0) as u64).to_be_bytes().to_vec(),
-    )];
-    if snap.compact_rev > 0 {
-        meta.push((FINISHED_COMPACT, rev_bytes(snap.compact_rev, 0, false)));
-        meta.push((SCHEDULED_COMPACT, rev_bytes(snap.compact_rev, 0, false)));
-    }
-    meta.sort();
-    w.bucket(META, meta)?;
-    let member = format!(
-        r#"{{"id":{member_id},"peerURLs":["http://localhost:2380"],"name":"default","clientURLs":["http://localhost:2379"]}}"#
-    );
-    w.bucket(
-        b"members",
-        [(format!("{member_id:x}").into_bytes(), member.into_bytes())],
-    )?;
-    for b in BOOKKEEPING {
-        if b == b"cluster" {
-            w.bucket(b, [(b"clusterVersion", b"3.4.0")])?;
+    revs.into_iter().map(move |(main, sub, ki, ei)| {
+        let k = &snap.keys[ki];
+        let e = &k.entries[ei];
+        let tombstone = e.version == 0;
+        let kv = if tombstone {
+            mvccpb::KeyValue { key: k.key.clone(), ..Default::default() }
         } else {
-            w.bucket(b, std::iter::empty::<(&[u8], &[u8])>())?;
+            mvccpb::KeyValue {
+                key: k.key.clone(),
+                create_revision: e.create_rev,
+                mod_revision: e.mod_rev,
+                version: e.version,
+                value: e.value.clone(),
+                lease: e.lease,
+            }
+        };
+        (main, tombstone, rev_bytes(main, i64::from(sub), tombstone), kv.encode_to_vec())
+    })
+}
+
+fn write_db<W: Write + Seek>(snap: &Snapshot, out: W, member_id: u64) -> roster_bolt::Result<(W, u64)> {
+    let mut w = Writer::new(out)?;
+    w.bucket(KEY, key_bucket(snap).map(|(_, _, k, v)| (k, v)))?;
+    for (name, entries) in small_buckets(snap, member_id) {
+        if name != KEY {
+            w.bucket(name, entries)?;
         }
     }
     w.finish()
+}
+
+/// Every bucket but the contents of `key` (listed empty, in its place),
+/// in bbolt's order: by name.
+fn small_buckets(snap: &Snapshot, member_id: u64) -> Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)> {
+    let mut leases: Vec<&LeaseRec> = snap.leases.iter().collect();
+    // Keys are big-endian i64s, ordered as bytes.
+    leases.sort_by_key(|l| l.id.to_be_bytes());
+    let leases = leases
+        .iter()
+        .map(|l| (l.id.to_be_bytes().to_vec(), LeasePb { id: l.id, ttl: l.ttl, remaining_ttl: 0 }.encode_to_vec()))
+        .collect();
+    let mut meta = vec![(CONSISTENT_INDEX.to_vec(), (snap.rev.max(0) as u64).to_be_bytes().to_vec())];
+    if snap.compact_rev > 0 {
+        meta.push((FINISHED_COMPACT.to_vec(), rev_bytes(snap.compact_rev, 0, false)));
+        meta.push((SCHEDULED_COMPACT.to_vec(), rev_bytes(snap.compact_rev, 0, false)));
+    }
+    meta.sort();
+    let member = format!(
+        r#"{{"id":{member_id},"peerURLs":["http://localhost:2380"],"name":"default","clientURLs":["http://localhost:2379"]}}"#
+    );
+    let mut buckets: Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)> = vec![
+        (KEY, vec![]),
+        (LEASE, leases),
+        (META, meta),
+        (b"members", vec![(format!("{member_id:x}").into_bytes(), member.into_bytes())]),
+    ];
+    for b in BOOKKEEPING {
+        let entries = if b == b"cluster" { vec![(b"clusterVersion".to_vec(), b"3.4.0".to_vec())] } else { vec![] };
+        buckets.push((b, entries));
+    }
+    buckets.sort_by(|x, y| x.0.cmp(y.0));
+    buckets
 }
 
 /// Streams a snapshot file: the database, then its sha256.
@@ -301,6 +294,94 @@ impl Store {
             sha: Some(Sha256::new()),
         })
     }
+}
+
+// === hashing ===
+
+/// What `Maintenance.HashKV` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKv {
+    pub hash: u32,
+    /// The store revision when hashed (the response header's).
+    pub revision: i64,
+    pub compact_revision: i64,
+}
+
+impl Store {
+    /// etcd's HashKV: crc32c (Castagnoli) of `key`, then of every entry
+    /// etcd's `key` bucket holds up to `rev` (0: the current revision),
+    /// leaving out those at or below the compaction point that a
+    /// compaction at `rev` would drop. So a Roster server and an etcd
+    /// restored from its snapshot give the same hash at each revision.
+    pub fn hash_kv(&self, rev: i64) -> Result<HashKv, roster_api::EtcdError> {
+        let (snap, current) = {
+            let st = self.shared().state.read();
+            let current = self.revision();
+            if rev > 0 && rev <= st.compact_rev {
+                return Err(roster_api::EtcdError::Compacted);
+            }
+            if rev > current {
+                return Err(roster_api::EtcdError::FutureRev);
+            }
+            (visible_snapshot(&st, current), current)
+        };
+        Ok(hash_kv(&snap, if rev == 0 { current } else { rev }))
+    }
+
+    /// etcd's Hash: crc32c over every bucket of the backend as a snapshot
+    /// of this store would hold it, except the consistent index.
+    pub fn hash(&self, member_id: u64) -> (u32, i64) {
+        let rev = self.revision();
+        let snap = {
+            let st = self.shared().state.read();
+            visible_snapshot(&st, rev)
+        };
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+        let mut h = crc.digest();
+        for (name, entries) in small_buckets(&snap, member_id) {
+            if name == KEY {
+                h.update(KEY);
+                for (_, _, k, v) in key_bucket(&snap) {
+                    h.update(&k);
+                    h.update(&v);
+                }
+                continue;
+            }
+            h.update(name);
+            for (k, v) in entries.iter().filter(|(k, _)| !(name == META && k == CONSISTENT_INDEX)) {
+                h.update(k);
+                h.update(v);
+            }
+        }
+        (h.finalize(), rev)
+    }
+}
+
+fn hash_kv(snap: &Snapshot, rev: i64) -> HashKv {
+    // Per key, the newest revision at or below `rev`, if not a tombstone:
+    // what etcd's index would keep when compacting at `rev`.
+    let keep: std::collections::HashSet<(i64, u32)> = snap
+        .keys
+        .iter()
+        .filter_map(|k| k.entries.iter().rev().find(|e| e.mod_rev <= rev))
+        .filter(|e| e.version != 0)
+        .map(|e| (e.mod_rev, e.sub))
+        .collect();
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut h = crc.digest();
+    h.update(KEY);
+    for (main, _, k, v) in key_bucket(snap) {
+        if main > rev {
+            break;
+        }
+        let sub = u64::from_be_bytes(k[9..17].try_into().unwrap()) as u32;
+        if main <= snap.compact_rev && !keep.is_empty() && !keep.contains(&(main, sub)) {
+            continue;
+        }
+        h.update(&k);
+        h.update(&v);
+    }
+    HashKv { hash: h.finalize(), revision: snap.rev, compact_revision: snap.compact_rev }
 }
 
 // === reading ===

@@ -8,6 +8,7 @@
 use crate::support::roster_bin;
 use roster_api::etcdserverpb::kv_client::KvClient;
 use roster_api::etcdserverpb::lease_client::LeaseClient;
+use roster_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use roster_api::etcdserverpb::request_op::Request;
 use roster_api::etcdserverpb::*;
 use roster_api::mvccpb::KeyValue;
@@ -186,6 +187,23 @@ fn assert_meaningful(dump: &[String]) {
     assert!(text.contains(r#"b"\xff\0\x01"=3"#), "{text}");
 }
 
+/// HashKV at every revision from the compaction point on, and at 0, and
+/// the error below it: what the `etcdctl endpoint hashkv --rev` user sees.
+async fn hashes(ch: &Channel, compact: i64, rev: i64) -> Vec<String> {
+    let mut m = MaintenanceClient::new(ch.clone());
+    let mut out = Vec::new();
+    for r in [0, compact - 1].into_iter().chain(compact..=rev + 1) {
+        match m.hash_kv(HashKvRequest { revision: r }).await {
+            Ok(h) => {
+                let h = h.into_inner();
+                out.push(format!("hashkv {r}: {:08x} compacted at {} header rev {}", h.hash, h.compact_revision, h.header.unwrap().revision));
+            }
+            Err(s) => out.push(format!("hashkv {r}: {:?} {}", s.code(), s.message())),
+        }
+    }
+    out
+}
+
 fn assert_same(what: &str, expected: &[String], got: &[String]) {
     assert_meaningful(expected);
     if expected != got {
@@ -279,6 +297,14 @@ async fn roster_snapshot_restores_into_etcd_with_everything_etcd_keeps() {
         &expected,
         &dump(&etcd.channel(), compact).await,
     );
+    let rev: i64 = status["revision"].as_i64().unwrap();
+    let ours = hashes(&server.channel(), compact, rev).await;
+    assert_eq!(ours, hashes(&etcd.channel(), compact, rev).await, "HashKV on roster and on the etcd restored from its snapshot");
+    assert!(ours.iter().any(|l| l.contains("required revision has been compacted")), "{ours:?}");
+    assert!(ours.iter().any(|l| l.contains("future revision")), "{ours:?}");
+    let distinct: std::collections::HashSet<&str> =
+        ours.iter().filter(|l| l.contains("compacted at")).map(|l| l.split(' ').nth(2).unwrap()).collect();
+    assert!(distinct.len() >= 3, "each revision after the compaction hashes differently: {ours:?}");
 }
 
 #[tokio::test]
@@ -321,6 +347,12 @@ async fn etcd_snapshot_restores_into_roster_with_everything_etcd_keeps() {
         "roster restored from etcd's snapshot",
         &expected,
         &dump(&server.channel(), compact).await,
+    );
+    let rev: i64 = expected[0].trim_start_matches("revision ").parse().unwrap();
+    assert_eq!(
+        hashes(&etcd.channel(), compact, rev).await,
+        hashes(&server.channel(), compact, rev).await,
+        "HashKV on etcd and on the roster restored from its snapshot"
     );
 
     // And back again: roster's own snapshot of the restored data, saved
