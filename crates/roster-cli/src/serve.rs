@@ -2,7 +2,7 @@
 //! `roster_server::serve`, and stop gracefully on SIGINT or SIGTERM.
 
 use anyhow::{bail, Context, Result};
-use roster_server::{AutoCompaction, ServerConfig, TransportLimits};
+use roster_server::{AutoCompaction, BackupConfig, ServerConfig, TransportLimits};
 use roster_store::{Store, StoreConfig, StoreError, SystemClock};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -68,6 +68,23 @@ pub struct ServeArgs {
     /// revisions. 0 turns auto-compaction off.
     #[arg(long, default_value = "0", value_name = "RETENTION")]
     auto_compaction_retention: String,
+
+    // --- Scheduled backups ---
+    /// Write an etcd snapshot (what `etcdctl snapshot save` writes) into
+    /// this directory at start and every `--backup-interval`, atomically
+    /// (fsync, then rename). `etcdctl snapshot restore` and `roster snapshot
+    /// restore` take the files. The latest backup's age is on `/metrics`
+    /// (`roster_backup_age_seconds`) and in `/health`.
+    #[arg(long, value_name = "DIR")]
+    backup_dir: Option<PathBuf>,
+
+    /// Time between scheduled backups; Go durations: 1h, 15m, 30s.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_go_duration, requires = "backup_dir")]
+    backup_interval: Duration,
+
+    /// How many scheduled backups to keep; older ones are deleted.
+    #[arg(long, default_value_t = 24, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "backup_dir")]
+    backup_retain: u64,
     // --- Transport limits (etcd's flag names, but --max-inflight-requests) ---
     /// Ping a client connection idle for this long (etcd's flag); Go
     /// durations: 2h, 30s, 500ms.
@@ -319,6 +336,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         client_urls,
         quota_backend_bytes: args.quota_backend_bytes,
         auto_compaction,
+        backup: args.backup_dir.as_ref().map(|dir| BackupConfig {
+            dir: dir.clone(),
+            interval: args.backup_interval,
+            retain: args.backup_retain as usize,
+        }),
         transport: TransportLimits {
             keepalive_interval: args.grpc_keepalive_interval,
             keepalive_timeout: args.grpc_keepalive_timeout,

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub auto_compaction_check: Duration,
     /// Transport limits: HTTP/2 keepalive, streams, calls in flight.
     pub transport: TransportLimits,
+    /// Scheduled backups; `None` takes none.
+    pub backup: Option<crate::BackupConfig>,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -107,6 +109,7 @@ impl Default for ServerConfig {
             auto_compaction: None,
             auto_compaction_check: Duration::from_secs(5 * 60),
             transport: TransportLimits::default(),
+            backup: None,
         }
     }
 }
@@ -129,6 +132,14 @@ impl ServerConfig {
         }
         if self.lease_tick.is_zero() {
             return bad("lease_tick must be positive");
+        }
+        if let Some(b) = &self.backup {
+            if b.interval.is_zero() {
+                return bad("backup interval must be positive");
+            }
+            if b.retain == 0 {
+                return bad("backup retain must be at least 1");
+            }
         }
         if self.auto_compaction_check.is_zero() {
             return bad("auto_compaction_check must be positive");

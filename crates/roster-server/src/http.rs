@@ -31,17 +31,36 @@ pub(crate) async fn serve(listener: TcpListener, server: Server) -> Result<(), S
 /// A single node that answers is healthy: there is no quorum to lose. It
 /// is unhealthy once its store has failed (it refuses writes until
 /// restarted); the body then says why, as etcd's does.
+///
+/// With `--backup-dir` set, the body also carries the latest backup:
+/// `"backup":{"path":…,"revision":…,"age_seconds":…}` (or `null` before
+/// the first), so a probe can alert on stale backups.
 async fn health(State(server): State<Server>) -> impl IntoResponse {
-    match server.store().failure() {
-        None => (StatusCode::OK, [(CONTENT_TYPE, "application/json")], HEALTHY.to_owned()),
-        Some(reason) => {
-            let body = serde_json::json!({ "health": "false", "reason": reason }).to_string();
-            (StatusCode::SERVICE_UNAVAILABLE, [(CONTENT_TYPE, "application/json")], body)
+    let backup = server.config().backup.is_some().then(|| {
+        server.backups().latest().map(|l| {
+            serde_json::json!({
+                "path": l.path.display().to_string(),
+                "revision": l.revision,
+                "age_seconds": l.at.elapsed().unwrap_or_default().as_secs(),
+            })
+        })
+    });
+    let (status, mut body) = match server.store().failure() {
+        None => (StatusCode::OK, serde_json::json!({ "health": "true" })),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "health": "false", "reason": reason })),
+    };
+    let body = match backup {
+        None if status == StatusCode::OK => HEALTHY.to_owned(),
+        None => body.to_string(),
+        Some(b) => {
+            body["backup"] = b.unwrap_or(serde_json::Value::Null);
+            body.to_string()
         }
-    }
+    };
+    (status, [(CONTENT_TYPE, "application/json")], body)
 }
 
 async fn metrics(State(server): State<Server>) -> impl IntoResponse {
-    let text = server.metrics().render(&server.store().status());
+    let text = server.metrics().render(&server.store().status(), server.backups());
     ([(CONTENT_TYPE, OPENMETRICS)], text)
 }

@@ -24,6 +24,7 @@
 //! over an `Arc` of what all handlers share.
 
 mod auth;
+mod backup;
 mod cluster;
 mod compactor;
 mod concurrency;
@@ -38,6 +39,7 @@ mod oversize;
 mod responses;
 mod watch;
 
+pub use backup::BackupConfig;
 pub use config::{AutoCompaction, ServerConfig, TransportLimits, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES};
 
 use metrics::Metrics;
@@ -131,6 +133,9 @@ pub async fn serve(
         tokio::spawn(lease_expiry(server.clone())),
         tokio::spawn(progress_notify(server.clone())),
     ];
+    if let Some(b) = server.config().backup.clone() {
+        background.push(tokio::spawn(backup::run(server.clone(), b)));
+    }
     if let Some(mode) = server.config().auto_compaction {
         let check = server.config().auto_compaction_check;
         background.push(tokio::spawn(compactor::run(store.clone(), mode, check, server.stop().clone())));
@@ -276,6 +281,7 @@ struct Shared {
     metrics: Metrics,
     stop: Stop,
     inflight: limit::InFlight,
+    backups: backup::BackupState,
 }
 
 /// A response with an etcd `ResponseHeader`.
@@ -348,7 +354,16 @@ pub(crate) fn check_raft_size(req: &impl prost::Message) -> Result<(), Status> {
 impl Server {
     fn new(store: Store, config: ServerConfig, stop: Stop) -> Self {
         let inflight = limit::InFlight::new(config.transport.max_inflight_requests);
-        Server { shared: Arc::new(Shared { store, config, metrics: Metrics::new(), stop, inflight }) }
+        Server {
+            shared: Arc::new(Shared {
+                store,
+                config,
+                metrics: Metrics::new(),
+                stop,
+                inflight,
+                backups: backup::BackupState::default(),
+            }),
+        }
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -361,6 +376,10 @@ impl Server {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    pub(crate) fn backups(&self) -> &backup::BackupState {
+        &self.shared.backups
     }
 
     pub(crate) fn stop(&self) -> &Stop {

@@ -47,6 +47,9 @@ pub(crate) struct Metrics {
     watchers: Gauge,
     watch_streams: Gauge,
     keepalive_streams: Gauge,
+    backup_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    backup_revision: Gauge,
+    backup_failures: Gauge,
 }
 
 // === impl Metrics ===
@@ -67,6 +70,9 @@ impl Metrics {
             watchers: Gauge::default(),
             watch_streams: Gauge::default(),
             keepalive_streams: Gauge::default(),
+            backup_age: Gauge::default(),
+            backup_revision: Gauge::default(),
+            backup_failures: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -97,6 +103,13 @@ impl Metrics {
         r.register("watchers", "Registered watchers over all watch streams", m.watchers.clone());
         r.register("watch_streams", "Open Watch streams", m.watch_streams.clone());
         r.register("keepalive_streams", "Open LeaseKeepAlive streams", m.keepalive_streams.clone());
+        r.register(
+            "backup_age_seconds",
+            "Seconds since the latest scheduled backup was written; -1 when there is none (or --backup-dir is unset)",
+            m.backup_age.clone(),
+        );
+        r.register("backup_revision", "Store revision of the latest scheduled backup", m.backup_revision.clone());
+        r.register("backup_failures", "Scheduled backups that failed since start", m.backup_failures.clone());
         m
     }
 
@@ -118,7 +131,17 @@ impl Metrics {
     }
 
     /// Renders the text exposition, refreshing the store gauges first.
-    pub(crate) fn render(&self, status: &StoreStatus) -> String {
+    pub(crate) fn render(&self, status: &StoreStatus, backups: &crate::backup::BackupState) -> String {
+        match backups.latest() {
+            Some(l) => {
+                self.backup_age.set(l.at.elapsed().unwrap_or_default().as_secs_f64());
+                self.backup_revision.set(l.revision);
+            }
+            None => {
+                self.backup_age.set(-1.0);
+            }
+        }
+        self.backup_failures.set(saturating_i64(backups.failures()));
         self.revision.set(status.revision);
         self.compact_revision.set(status.compact_revision);
         self.keys.set(saturating_i64(status.keys));

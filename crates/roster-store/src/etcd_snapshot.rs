@@ -296,6 +296,40 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Writes an etcd snapshot file (the database, then its sha256) at
+    /// `path` atomically: to `<path>.part`, fsynced, renamed over, and the
+    /// directory fsynced. Returns the file's size.
+    pub fn save_etcd_snapshot(&self, path: &Path, member_id: u64) -> Result<u64, SnapshotError> {
+        let part = PathBuf::from(format!("{}.part", path.display()));
+        let io = |source| SnapshotError::Io { path: part.clone(), source };
+        let written = (|| {
+            let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part).map_err(io)?;
+            let (out, db_len) = self.write_etcd_db(BufWriter::new(file), member_id)?;
+            let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+            // The writer seeks back for the meta pages, so hash afterwards.
+            file.rewind().map_err(io)?;
+            let mut h = Sha256::new();
+            std::io::copy(&mut (&mut file).take(db_len), &mut h).map_err(io)?;
+            file.write_all(&h.finalize()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok::<_, SnapshotError>(db_len + SHA_LEN as u64)
+        })();
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = fs::remove_file(&part);
+                return Err(e);
+            }
+        };
+        fs::rename(&part, path).map_err(io)?;
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok(size)
+    }
+}
+
 // === hashing ===
 
 /// What `Maintenance.HashKV` answers.

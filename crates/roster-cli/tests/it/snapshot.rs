@@ -483,3 +483,71 @@ async fn damaged_snapshots_are_refused_and_write_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--backup-dir`: etcd snapshot files appear at start and every interval,
+/// atomically, only the newest `--backup-retain` are kept, each one is what
+/// `etcdctl snapshot status` reads at the revision its name gives, and the
+/// latest one's age shows on `/health` and `/metrics`.
+#[tokio::test]
+async fn scheduled_backups_are_etcd_snapshots_kept_to_the_retain_count() {
+    if require_etcdctl().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let data = dir.path().join("data");
+    let server = Roster::try_start_in_with_args(
+        roster_bin(),
+        &data,
+        &["--backup-dir", backups.to_str().unwrap(), "--backup-interval", "300ms", "--backup-retain", "2"],
+    )
+    .await
+    .unwrap();
+    let mut kv = KvClient::new(server.channel());
+    let list = || {
+        let mut names: Vec<String> = std::fs::read_dir(&backups)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    // Writes between backups, so later backups hold later revisions.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        kv.put(put(format!("k{i}").as_bytes(), b"v", 0)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let names = list();
+        assert!(names.len() <= 3, "retain 2 (a third may be mid-rotation): {names:?}");
+        seen.extend(names);
+        if seen.len() >= 5 || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    assert!(seen.len() >= 5, "a backup every 300 ms: {seen:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let names = list();
+    assert!(names.len() <= 2 && !names.is_empty(), "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("snapshot-") && n.ends_with(".db")), "no partial files: {names:?}");
+    let newest = backups.join(names.last().unwrap());
+    let st = Etcdctl::new("127.0.0.1:1").run(&["snapshot", "status", newest.to_str().unwrap(), "-w", "json"]).await;
+    assert!(st.success(), "etcdctl snapshot status {}: {}", newest.display(), st.stderr);
+    let st: serde_json::Value = serde_json::from_str(st.stdout.trim()).unwrap();
+    let named: i64 = names.last().unwrap().trim_end_matches(".db").rsplit_once("-rev").unwrap().1.parse().unwrap();
+    assert_eq!(st["revision"].as_i64().unwrap(), named, "the name gives the revision inside");
+
+    let (code, body) = crate::support::http_get(&server.http_url(), "/health").await;
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["health"], "true");
+    assert!(health["backup"]["age_seconds"].as_u64().unwrap() < 5, "{body}");
+    assert!(health["backup"]["path"].as_str().unwrap().contains("snapshot-"), "{body}");
+    let (_, metrics) = crate::support::http_get(&server.http_url(), "/metrics").await;
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("roster_backup_age_seconds "))
+        .unwrap_or_else(|| panic!("no backup age in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!((0.0..5.0).contains(&age), "{age}");
+}

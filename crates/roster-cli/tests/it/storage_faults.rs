@@ -10,6 +10,7 @@
 //! Mounting needs root (CI runs as root); elsewhere the disk-full test
 //! prints a loud notice and skips, but never under `CI=true`.
 
+use crate::support::http_get;
 use crate::support::roster_bin;
 use roster_api::etcdserverpb::kv_client::KvClient;
 use roster_api::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -20,20 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
-
-/// `GET` over plain HTTP/1.1: the status code and the body.
-async fn http_get(base: &str, path: &str) -> (u16, String) {
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
 struct Tmpfs {
