@@ -211,11 +211,11 @@ mod tests {
         m.observe("/etcdserverpb.KV/Put", tonic::Code::Ok, Some(Duration::from_millis(2)));
         m.observe("/etcdserverpb.KV/Put", tonic::Code::InvalidArgument, Some(Duration::from_millis(1)));
         let _w = m.watch_stream();
-        let text = m.render(&StoreStatus { revision: 7, keys: 3, ..Default::default() });
+        let text = m.render(&StoreStatus { revision: 7, keys: 3, ..Default::default() }, &crate::backup::BackupState::default());
         assert!(text.contains("roster_store_revision 7"), "{text}");
         assert!(text.contains("roster_store_keys 3"), "{text}");
         assert!(text.contains("roster_store_failed 0"), "{text}");
-        let text = m.render(&StoreStatus { failure: Some("disk gone".into()), ..Default::default() });
+        let text = m.render(&StoreStatus { failure: Some("disk gone".into()), ..Default::default() }, &crate::backup::BackupState::default());
         assert!(text.contains("roster_store_failed 1"), "{text}");
         assert!(text.contains("roster_watch_streams 1"), "{text}");
         assert!(
