@@ -75,6 +75,11 @@ pub enum EtcdError {
     /// raised: writes that add data are refused until it is disarmed.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// An error etcd returns without a gRPC code of its own, so clients see
+    /// code Unknown and this text as is (for example "auth: permission
+    /// denied" from the maintenance layer).
+    #[error("{0}")]
+    Plain(String),
     /// The store could not make a write durable; the write was not applied.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -92,6 +97,7 @@ pub enum ErrorCode {
     Internal,
     PermissionDenied,
     Unauthenticated,
+    Unknown,
 }
 
 impl EtcdError {
@@ -111,6 +117,7 @@ impl EtcdError {
             Timeout | Stopped => ErrorCode::Unavailable,
             NoSpace => ErrorCode::ResourceExhausted,
             Internal(_) => ErrorCode::Internal,
+            Plain(_) => ErrorCode::Unknown,
         }
     }
 }
@@ -128,6 +135,7 @@ impl From<EtcdError> for tonic::Status {
             ErrorCode::Internal => tonic::Code::Internal,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::Unknown => tonic::Code::Unknown,
         };
         tonic::Status::new(code, e.to_string())
     }

@@ -120,7 +120,8 @@ async fn deny(server: &Server, c: &WatchCreateRequest, tx: &Feed<WatchResponse>)
         watch_id: c.watch_id,
         created: true,
         canceled: true,
-        cancel_reason: EtcdError::PermissionDenied.to_string(),
+        // etcd puts the whole gRPC error text here, code included.
+        cancel_reason: format!("rpc error: code = PermissionDenied desc = {}", EtcdError::PermissionDenied),
         ..Default::default()
     };
     tx.send(Ok(resp)).await
