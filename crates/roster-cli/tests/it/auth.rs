@@ -9,7 +9,7 @@
 //! maintenance needing root, password change, deletes, and disable.
 
 use crate::support::roster_bin;
-use roster_testkit::{require_etcd, require_etcdctl, Etcd, Etcdctl, Roster};
+use roster_testkit::{Etcd, Etcdctl, Roster, require_etcd, require_etcdctl};
 use std::time::Duration;
 
 /// (etcdctl arguments, stdin). `--user root:rootpw` is root once created.
@@ -24,14 +24,77 @@ const TRANSCRIPT: &[(&[&str], Option<&str>)] = &[
     (&["--user", "root:rootpw", "user", "add", "alice:apw"], None),
     (&["--user", "root:rootpw", "user", "add", "alice:apw"], None),
     (&["--user", "root:rootpw", "user", "add", "bob:bpw"], None),
-    (&["--user", "root:rootpw", "role", "grant-permission", "r1", "readwrite", "/a/", "--prefix"], None),
-    (&["--user", "root:rootpw", "role", "grant-permission", "r1", "read", "/b"], None),
-    (&["--user", "root:rootpw", "role", "grant-permission", "r1", "write", "/c", "/e"], None),
-    (&["--user", "root:rootpw", "role", "grant-permission", "r2", "write", "/c", "/e"], None),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "role",
+            "grant-permission",
+            "r1",
+            "readwrite",
+            "/a/",
+            "--prefix",
+        ],
+        None,
+    ),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "role",
+            "grant-permission",
+            "r1",
+            "read",
+            "/b",
+        ],
+        None,
+    ),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "role",
+            "grant-permission",
+            "r1",
+            "write",
+            "/c",
+            "/e",
+        ],
+        None,
+    ),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "role",
+            "grant-permission",
+            "r2",
+            "write",
+            "/c",
+            "/e",
+        ],
+        None,
+    ),
     (&["--user", "root:rootpw", "role", "get", "r1"], None),
-    (&["--user", "root:rootpw", "user", "grant-role", "alice", "r1"], None),
-    (&["--user", "root:rootpw", "user", "grant-role", "alice", "r1"], None),
-    (&["--user", "root:rootpw", "user", "grant-role", "alice", "nope"], None),
+    (
+        &["--user", "root:rootpw", "user", "grant-role", "alice", "r1"],
+        None,
+    ),
+    (
+        &["--user", "root:rootpw", "user", "grant-role", "alice", "r1"],
+        None,
+    ),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "user",
+            "grant-role",
+            "alice",
+            "nope",
+        ],
+        None,
+    ),
     (&["--user", "root:rootpw", "user", "get", "alice"], None),
     (&["--user", "root:rootpw", "user", "list"], None),
     (&["--user", "root:rootpw", "role", "list"], None),
@@ -50,28 +113,88 @@ const TRANSCRIPT: &[(&[&str], Option<&str>)] = &[
     (&["--user", "nobody:x", "get", "/a/1"], None),
     (&["--user", "bob:bpw", "get", "/a/1"], None),
     (&["--user", "alice:apw", "txn"], Some("\nput /a/2 v\n\n")),
-    (&["--user", "alice:apw", "txn"], Some(r#"value("/d") = "x"
+    (
+        &["--user", "alice:apw", "txn"],
+        Some(
+            r#"value("/d") = "x"
 
 put /a/3 v
 
-"#)),
-    (&["--user", "alice:apw", "txn"], Some(r#"value("/a/1") = "v1"
+"#,
+        ),
+    ),
+    (
+        &["--user", "alice:apw", "txn"],
+        Some(
+            r#"value("/a/1") = "v1"
 put /a/3 v
 
 put /d v
-"#)),
+"#,
+        ),
+    ),
     (&["--user", "alice:apw", "put", "/c/x", "v"], None),
     (&["--user", "alice:apw", "get", "/c/x"], None),
     (&["--user", "alice:apw", "del", "/a/", "--prefix"], None),
     (&["--user", "root:rootpw", "user", "delete", "root"], None),
     (&["--user", "root:rootpw", "role", "delete", "root"], None),
-    (&["--user", "root:rootpw", "user", "revoke-role", "root", "root"], None),
-    (&["--user", "root:rootpw", "role", "revoke-permission", "r1", "/b"], None),
-    (&["--user", "root:rootpw", "role", "revoke-permission", "r1", "/zz"], None),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "user",
+            "revoke-role",
+            "root",
+            "root",
+        ],
+        None,
+    ),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "role",
+            "revoke-permission",
+            "r1",
+            "/b",
+        ],
+        None,
+    ),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "role",
+            "revoke-permission",
+            "r1",
+            "/zz",
+        ],
+        None,
+    ),
     (&["--user", "alice:apw", "get", "/b"], None),
     (&["--user", "root:wrongpw", "get", "/b"], None),
-    (&["--user", "root:rootpw", "user", "revoke-role", "alice", "r1"], None),
-    (&["--user", "root:rootpw", "user", "revoke-role", "alice", "r1"], None),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "user",
+            "revoke-role",
+            "alice",
+            "r1",
+        ],
+        None,
+    ),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "user",
+            "revoke-role",
+            "alice",
+            "r1",
+        ],
+        None,
+    ),
     (&["--user", "alice:apw", "get", "/a/1"], None),
     (&["--user", "root:rootpw", "compaction", "1"], None),
     (&["--user", "alice:apw", "compaction", "2"], None),
@@ -80,7 +203,17 @@ put /d v
     (&["defrag"], None),
     (&["--user", "root:rootpw", "defrag"], None),
     (&["--user", "alice:apw", "user", "list"], None),
-    (&["--user", "root:rootpw", "user", "passwd", "bob", "--interactive=false"], Some("newpw")),
+    (
+        &[
+            "--user",
+            "root:rootpw",
+            "user",
+            "passwd",
+            "bob",
+            "--interactive=false",
+        ],
+        Some("newpw"),
+    ),
     (&["--user", "bob:bpw", "get", "/a/1"], None),
     (&["--user", "bob:newpw", "get", "/a/1"], None),
     (&["--user", "root:rootpw", "user", "delete", "bob"], None),
@@ -128,7 +261,9 @@ async fn transcript(endpoint: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_auth_transcript_matches_etcd() {
-    let (Some(_), Some(_)) = (require_etcd(), require_etcdctl()) else { return };
+    let (Some(_), Some(_)) = (require_etcd(), require_etcdctl()) else {
+        return;
+    };
     let etcd = Etcd::start().await;
     let roster = Roster::start(roster_bin()).await;
     let theirs = transcript(&etcd.endpoint()).await;
@@ -146,7 +281,10 @@ async fn etcdctl_auth_transcript_matches_etcd() {
         "Error: etcdserver: user name is empty",
         "Authentication Disabled",
     ] {
-        assert!(theirs.contains(expected), "etcd's transcript lacks {expected:?}:\n{theirs}");
+        assert!(
+            theirs.contains(expected),
+            "etcd's transcript lacks {expected:?}:\n{theirs}"
+        );
     }
     if ours != theirs {
         let diff: Vec<String> = theirs
@@ -157,6 +295,10 @@ async fn etcdctl_auth_transcript_matches_etcd() {
             .map(|(i, (a, b))| format!("line {}: etcd {a:?}\n        roster {b:?}", i + 1))
             .take(20)
             .collect();
-        panic!("roster's transcript differs from etcd's:\n{}\n\nroster's log:\n{}", diff.join("\n"), roster.log().tail(30));
+        panic!(
+            "roster's transcript differs from etcd's:\n{}\n\nroster's log:\n{}",
+            diff.join("\n"),
+            roster.log().tail(30)
+        );
     }
 }

@@ -23,9 +23,9 @@ pub(crate) use token::AuthInfo;
 
 use crate::ServerConfig;
 use parking_lot::RwLock;
-use perm::{interval, PermIndex};
+use perm::{PermIndex, interval};
 use roster_api::etcdserverpb::{self as pb, request_op::Request as Op};
-use roster_api::{v3electionpb as el, v3lockpb as lk, validate, EtcdError};
+use roster_api::{EtcdError, v3electionpb as el, v3lockpb as lk, validate};
 use roster_store::{AuthTables, Store};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -61,7 +61,11 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { token: AuthToken::Simple, token_ttl: Duration::from_secs(300), bcrypt_cost: 10 }
+        AuthConfig {
+            token: AuthToken::Simple,
+            token_ttl: Duration::from_secs(300),
+            bcrypt_cost: 10,
+        }
     }
 }
 
@@ -88,7 +92,10 @@ pub(crate) enum Need<'a> {
     /// Unknown with an "auth: " text.
     Maintenance,
     /// These ranges, and write on every key attached to these leases.
-    Keys { spans: Vec<Span<'a>>, leases: Vec<i64> },
+    Keys {
+        spans: Vec<Span<'a>>,
+        leases: Vec<i64>,
+    },
 }
 
 /// A request type that knows what it needs. Requests that fail validation
@@ -111,7 +118,11 @@ pub(crate) struct Gate {
 impl Gate {
     pub(crate) fn new(config: &ServerConfig, tables: &AuthTables) -> Gate {
         let config = config.auth.clone();
-        Gate { tokens: SimpleTokens::new(config.token_ttl), index: RwLock::new(Arc::new(PermIndex::build(tables))), config }
+        Gate {
+            tokens: SimpleTokens::new(config.token_ttl),
+            index: RwLock::new(Arc::new(PermIndex::build(tables))),
+            config,
+        }
     }
 
     fn index(&self) -> Arc<PermIndex> {
@@ -128,21 +139,37 @@ impl Gate {
     }
 
     /// Who is calling: the token's user, else the certificate's, else nobody.
-    pub(crate) fn identify(&self, meta: &MetadataMap, ext: &http::Extensions) -> Result<Option<AuthInfo>, EtcdError> {
+    pub(crate) fn identify(
+        &self,
+        meta: &MetadataMap,
+        ext: &http::Extensions,
+    ) -> Result<Option<AuthInfo>, EtcdError> {
         if let Some(v) = meta.get("token").or_else(|| meta.get("authorization")) {
             let raw = v.to_str().map_err(|_| EtcdError::InvalidAuthToken)?;
             let raw = raw.strip_prefix("Bearer ").unwrap_or(raw);
-            return self.tokens.info(raw).map(Some).ok_or(EtcdError::InvalidAuthToken);
+            return self
+                .tokens
+                .info(raw)
+                .map(Some)
+                .ok_or(EtcdError::InvalidAuthToken);
         }
         if let Some(CertUser(name)) = ext.get::<CertUser>() {
-            return Ok(Some(AuthInfo { user: name.clone(), revision: self.index().revision }));
+            return Ok(Some(AuthInfo {
+                user: name.clone(),
+                revision: self.index().revision,
+            }));
         }
         Ok(None)
     }
 
     /// The one check: may `who` do what `need` says? etcd's order: a bad
     /// token first, then auth off lets everything by, then the user.
-    pub(crate) fn permit(&self, who: &Result<Option<AuthInfo>, EtcdError>, need: &Need<'_>, store: &Store) -> Result<(), EtcdError> {
+    pub(crate) fn permit(
+        &self,
+        who: &Result<Option<AuthInfo>, EtcdError>,
+        need: &Need<'_>,
+        store: &Store,
+    ) -> Result<(), EtcdError> {
         if let Need::Open = need {
             return Ok(());
         }
@@ -155,7 +182,9 @@ impl Gate {
             Need::Open | Need::Token => Ok(()),
             Need::Maintenance => {
                 let plain = |msg: &str| EtcdError::Plain(format!("auth: {msg}"));
-                let Some(who) = who.as_ref().filter(|w| !w.user.is_empty()) else { return Err(plain("user name is empty")) };
+                let Some(who) = who.as_ref().filter(|w| !w.user.is_empty()) else {
+                    return Err(plain("user name is empty"));
+                };
                 match idx.users.get(&who.user) {
                     None => Err(plain("user not found")),
                     Some(u) if u.root => Ok(()),
@@ -163,7 +192,9 @@ impl Gate {
                 }
             }
             Need::Admin => {
-                let Some(who) = who.as_ref().filter(|w| !w.user.is_empty()) else { return Err(EtcdError::UserEmpty) };
+                let Some(who) = who.as_ref().filter(|w| !w.user.is_empty()) else {
+                    return Err(EtcdError::UserEmpty);
+                };
                 match idx.users.get(&who.user) {
                     None => Err(EtcdError::UserNotFound),
                     Some(u) if u.root => Ok(()),
@@ -178,7 +209,9 @@ impl Gate {
                 if who.revision < idx.revision {
                     return Err(EtcdError::AuthOldRevision);
                 }
-                let Some(u) = idx.users.get(&who.user) else { return Err(EtcdError::PermissionDenied) };
+                let Some(u) = idx.users.get(&who.user) else {
+                    return Err(EtcdError::PermissionDenied);
+                };
                 if u.root {
                     return Ok(());
                 }
@@ -210,15 +243,26 @@ impl Gate {
 // === what each request needs ===
 
 fn read<'a>(key: &'a [u8], range_end: &'a [u8]) -> Span<'a> {
-    Span { key: Cow::Borrowed(key), range_end: Cow::Borrowed(range_end), write: false }
+    Span {
+        key: Cow::Borrowed(key),
+        range_end: Cow::Borrowed(range_end),
+        write: false,
+    }
 }
 
 fn write<'a>(key: &'a [u8], range_end: &'a [u8]) -> Span<'a> {
-    Span { key: Cow::Borrowed(key), range_end: Cow::Borrowed(range_end), write: true }
+    Span {
+        key: Cow::Borrowed(key),
+        range_end: Cow::Borrowed(range_end),
+        write: true,
+    }
 }
 
 fn keys(spans: Vec<Span<'_>>) -> Need<'_> {
-    Need::Keys { spans, leases: vec![] }
+    Need::Keys {
+        spans,
+        leases: vec![],
+    }
 }
 
 /// etcd's `checkTxnAuth`: every compare reads, and both branches' ops need
@@ -263,7 +307,11 @@ impl Guarded for pb::PutRequest {
         }
         // A lease whose keys the user may not write cannot take new keys
         // either: the user could not revoke it.
-        let leases = if self.lease != 0 { vec![self.lease] } else { vec![] };
+        let leases = if self.lease != 0 {
+            vec![self.lease]
+        } else {
+            vec![]
+        };
         Need::Keys { spans, leases }
     }
 }
@@ -306,7 +354,10 @@ impl Guarded for pb::LeaseGrantRequest {
 
 impl Guarded for pb::LeaseRevokeRequest {
     fn need(&self) -> Need<'_> {
-        Need::Keys { spans: vec![], leases: vec![self.id] }
+        Need::Keys {
+            spans: vec![],
+            leases: vec![self.id],
+        }
     }
 }
 
@@ -346,7 +397,11 @@ need!(Admin:
 fn recipe(name: &[u8], joins: bool) -> Need<'static> {
     let prefix = roster_api::ops::prefix_of(name);
     let end = roster_api::range::prefix_end(&prefix);
-    let span = |write| Span { key: Cow::Owned(prefix.clone()), range_end: Cow::Owned(end.clone()), write };
+    let span = |write| Span {
+        key: Cow::Owned(prefix.clone()),
+        range_end: Cow::Owned(end.clone()),
+        write,
+    };
     let mut spans = vec![span(false)];
     if joins {
         spans.push(span(true));

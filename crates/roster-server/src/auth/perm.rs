@@ -55,7 +55,11 @@ impl KeySet {
         }
         // Swallow every span that starts inside (or right at the end of) ours.
         loop {
-            let next = self.spans.range(start.clone()..).next().map(|(s, e)| (s.clone(), e.clone()));
+            let next = self
+                .spans
+                .range(start.clone()..)
+                .next()
+                .map(|(s, e)| (s.clone(), e.clone()));
             let Some((s, e)) = next else { break };
             if !end.is_empty() && s > end {
                 break;
@@ -70,7 +74,11 @@ impl KeySet {
 
     /// Whether `[start, end)` lies inside the set.
     pub(crate) fn covers(&self, start: &[u8], end: &[u8]) -> bool {
-        match self.spans.range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(start))).next_back() {
+        match self
+            .spans
+            .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(start)))
+            .next_back()
+        {
             Some((_, e)) => end_le(end, e) && (e.is_empty() || start < &e[..]),
             None => false,
         }
@@ -119,7 +127,11 @@ impl PermIndex {
             }
             users.insert(name.clone(), p);
         }
-        PermIndex { enabled: t.enabled, revision: t.revision, users }
+        PermIndex {
+            enabled: t.enabled,
+            revision: t.revision,
+            users,
+        }
     }
 }
 
@@ -136,15 +148,29 @@ mod tests {
     }
 
     fn spans(s: &KeySet) -> Vec<(String, String)> {
-        s.spans.iter().map(|(a, b)| (String::from_utf8_lossy(a).into(), String::from_utf8_lossy(b).into())).collect()
+        s.spans
+            .iter()
+            .map(|(a, b)| {
+                (
+                    String::from_utf8_lossy(a).into(),
+                    String::from_utf8_lossy(b).into(),
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn overlapping_and_touching_grants_merge() {
         let s = set(&[("b", "d"), ("a", "b"), ("c", "f"), ("x", "z")]);
-        assert_eq!(spans(&s), vec![("a".into(), "f".into()), ("x".into(), "z".into())]);
+        assert_eq!(
+            spans(&s),
+            vec![("a".into(), "f".into()), ("x".into(), "z".into())]
+        );
         let s = set(&[("m", ""), ("a", "c"), ("n", "p")]);
-        assert_eq!(spans(&s), vec![("a".into(), "c".into()), ("m".into(), "".into())]);
+        assert_eq!(
+            spans(&s),
+            vec![("a".into(), "c".into()), ("m".into(), "".into())]
+        );
         let s = set(&[("a", "c"), ("b", "")]);
         assert_eq!(spans(&s), vec![("a".into(), "".into())]);
     }
@@ -166,8 +192,14 @@ mod tests {
 
     #[test]
     fn single_keys_and_from_key_requests_map_to_intervals() {
-        assert_eq!(interval(b"k", b""), (Bytes::from_static(b"k"), Bytes::from_static(b"k\0")));
-        assert_eq!(interval(b"k", b"\0"), (Bytes::from_static(b"k"), Bytes::new()));
+        assert_eq!(
+            interval(b"k", b""),
+            (Bytes::from_static(b"k"), Bytes::from_static(b"k\0"))
+        );
+        assert_eq!(
+            interval(b"k", b"\0"),
+            (Bytes::from_static(b"k"), Bytes::new())
+        );
         let s = set(&[("k", "k\0")]);
         let (a, b) = interval(b"k", b"");
         assert!(s.covers(&a, &b));
