@@ -32,6 +32,41 @@ pub enum EtcdError {
     LeaseTtlTooLarge,
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// etcdctl's `auth enable` matches this text to create the root role
+    /// and grant it, then retries.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Removing root, or root's role from root, while auth is on.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// The token was issued before the latest auth change; clients
+    /// authenticate again and retry.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("etcdserver: server stopped")]
@@ -40,6 +75,11 @@ pub enum EtcdError {
     /// raised: writes that add data are refused until it is disarmed.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// An error etcd returns without a gRPC code of its own, so clients see
+    /// code Unknown and this text as is (for example "auth: permission
+    /// denied" from the maintenance layer).
+    #[error("{0}")]
+    Plain(String),
     /// The store could not make a write durable; the write was not applied.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -55,6 +95,9 @@ pub enum ErrorCode {
     Unavailable,
     ResourceExhausted,
     Internal,
+    PermissionDenied,
+    Unauthenticated,
+    Unknown,
 }
 
 impl EtcdError {
@@ -62,13 +105,19 @@ impl EtcdError {
         use EtcdError::*;
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge => ErrorCode::InvalidArgument,
+            | RequestTooLarge | UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt | AuthOldRevision => {
+                ErrorCode::InvalidArgument
+            }
             Compacted | FutureRev | LeaseTtlTooLarge => ErrorCode::OutOfRange,
             LeaseNotFound => ErrorCode::NotFound,
-            LeaseExists | AuthNotEnabled => ErrorCode::FailedPrecondition,
+            LeaseExists | AuthNotEnabled | RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted => ErrorCode::FailedPrecondition,
+            PermissionDenied => ErrorCode::PermissionDenied,
+            InvalidAuthToken => ErrorCode::Unauthenticated,
             Timeout | Stopped => ErrorCode::Unavailable,
             NoSpace => ErrorCode::ResourceExhausted,
             Internal(_) => ErrorCode::Internal,
+            Plain(_) => ErrorCode::Unknown,
         }
     }
 }
@@ -84,6 +133,9 @@ impl From<EtcdError> for tonic::Status {
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Internal => tonic::Code::Internal,
+            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::Unknown => tonic::Code::Unknown,
         };
         tonic::Status::new(code, e.to_string())
     }

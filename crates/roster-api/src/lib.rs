@@ -16,6 +16,12 @@ pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
 }
 
+/// etcd's auth store records: users, roles and permissions.
+pub mod authpb {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+}
+
 pub mod etcdserverpb {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));

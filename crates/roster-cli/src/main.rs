@@ -2,6 +2,7 @@
 //! printed with their whole chain; a usage error exits 2 (clap), any other
 //! failure exits 1.
 
+mod auth_cmd;
 mod bench;
 mod config_cmd;
 mod demo;
@@ -57,6 +58,9 @@ enum Commands {
     /// Reverse proxy (HTTP/1.1, h2c, gRPC) that routes by service name to
     /// discovered instances, with balancing, retries and passive ejection.
     Gateway(gateway_cmd::GatewayArgs),
+    /// etcd's users, roles and auth switch, and `grant-service`: a
+    /// credential that may register one service only.
+    Auth(auth_cmd::AuthArgs),
     /// Dynamic configuration: set (checked before it is written), get, watch.
     Config(config_cmd::ConfigArgs),
     /// etcd snapshots: save one from a member, show one's status, restore
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             Commands::Demo(args) => demo::run(args).await,
             Commands::Snapshot(args) => snapshot_cmd::run(args).await,
             Commands::Gateway(args) => gateway_cmd::run(args, serve::shutdown_signal()?).await,
+            Commands::Auth(args) => auth_cmd::run(args).await,
             Commands::Config(args) => config_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Watch(args) => registry_cmd::watch(args, serve::shutdown_signal()?).await,
         }

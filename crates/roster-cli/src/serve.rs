@@ -2,7 +2,7 @@
 //! `roster_server::serve`, and stop gracefully on SIGINT or SIGTERM.
 
 use anyhow::{bail, Context, Result};
-use roster_server::{AutoCompaction, BackupConfig, ServerConfig, TransportLimits};
+use roster_server::{AuthConfig, AuthToken, AutoCompaction, BackupConfig, ServerConfig, TransportLimits};
 use roster_store::{Store, StoreConfig, StoreError, SystemClock};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -112,6 +112,29 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=(u32::MAX as u64)))]
     max_inflight_requests: u64,
     // --- end of transport limits ---
+
+    /// Auth token kind: `simple` (etcd's default; random tokens kept in
+    /// memory, gone on restart).
+    #[arg(long, default_value = "simple", value_name = "KIND", value_parser = parse_auth_token)]
+    auth_token: AuthToken,
+
+    /// How long a simple token lives unused (etcd's `--auth-token-ttl`, in
+    /// seconds).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    auth_token_ttl: u64,
+
+    /// bcrypt cost for user passwords (etcd's `--bcrypt-cost`, 4..=31).
+    #[arg(long, default_value_t = 10, value_name = "COST", value_parser = clap::value_parser!(u32).range(4..=31))]
+    bcrypt_cost: u32,
+}
+
+/// `--auth-token`: etcd's syntax is `<kind>[,option=value...]`.
+fn parse_auth_token(s: &str) -> Result<AuthToken, String> {
+    match s.split(',').next().unwrap_or_default() {
+        "simple" => Ok(AuthToken::Simple),
+        "jwt" => Err("--auth-token jwt is not supported yet; use simple".to_owned()),
+        other => Err(format!("unknown auth token kind {other:?}; expected simple")),
+    }
 }
 
 /// Parses a duration as Go's `time.ParseDuration` does, which is how etcd
@@ -347,6 +370,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             keepalive_min_time: args.grpc_keepalive_min_time,
             max_concurrent_streams: args.max_concurrent_streams,
             max_inflight_requests: args.max_inflight_requests as usize,
+        },
+        auth: AuthConfig {
+            token: args.auth_token.clone(),
+            token_ttl: Duration::from_secs(args.auth_token_ttl),
+            bcrypt_cost: args.bcrypt_cost,
         },
         ..Default::default()
     };

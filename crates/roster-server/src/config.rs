@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub transport: TransportLimits,
     /// Scheduled backups; `None` takes none.
     pub backup: Option<crate::BackupConfig>,
+    /// Tokens and password hashing for etcd's auth.
+    pub auth: crate::AuthConfig,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -110,6 +112,7 @@ impl Default for ServerConfig {
             auto_compaction_check: Duration::from_secs(5 * 60),
             transport: TransportLimits::default(),
             backup: None,
+            auth: crate::AuthConfig::default(),
         }
     }
 }
@@ -129,6 +132,12 @@ impl ServerConfig {
         }
         if self.progress_notify_interval.is_zero() {
             return bad("progress_notify_interval must be positive");
+        }
+        if !(4..=31).contains(&self.auth.bcrypt_cost) {
+            return bad("bcrypt-cost must be between 4 and 31");
+        }
+        if self.auth.token_ttl.is_zero() {
+            return bad("auth-token-ttl must be positive");
         }
         if self.lease_tick.is_zero() {
             return bad("lease_tick must be positive");

@@ -40,6 +40,7 @@ mod responses;
 mod watch;
 
 pub use backup::BackupConfig;
+pub use auth::{AuthConfig, AuthToken};
 pub use config::{AutoCompaction, ServerConfig, TransportLimits, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES};
 
 use metrics::Metrics;
@@ -282,6 +283,7 @@ struct Shared {
     stop: Stop,
     inflight: limit::InFlight,
     backups: backup::BackupState,
+    gate: auth::Gate,
 }
 
 /// A response with an etcd `ResponseHeader`.
@@ -320,6 +322,22 @@ headed!(
     HashKvResponse,
     MoveLeaderResponse,
     AuthenticateResponse,
+    AuthEnableResponse,
+    AuthDisableResponse,
+    AuthStatusResponse,
+    AuthUserAddResponse,
+    AuthUserGetResponse,
+    AuthUserListResponse,
+    AuthUserDeleteResponse,
+    AuthUserChangePasswordResponse,
+    AuthUserGrantRoleResponse,
+    AuthUserRevokeRoleResponse,
+    AuthRoleAddResponse,
+    AuthRoleGetResponse,
+    AuthRoleListResponse,
+    AuthRoleDeleteResponse,
+    AuthRoleGrantPermissionResponse,
+    AuthRoleRevokePermissionResponse,
 );
 
 macro_rules! headed_in {
@@ -354,6 +372,7 @@ pub(crate) fn check_raft_size(req: &impl prost::Message) -> Result<(), Status> {
 impl Server {
     fn new(store: Store, config: ServerConfig, stop: Stop) -> Self {
         let inflight = limit::InFlight::new(config.transport.max_inflight_requests);
+        let gate = auth::Gate::new(&config, &store.auth_tables());
         Server {
             shared: Arc::new(Shared {
                 store,
@@ -361,6 +380,7 @@ impl Server {
                 metrics: Metrics::new(),
                 stop,
                 inflight,
+                gate,
                 backups: backup::BackupState::default(),
             }),
         }
@@ -384,6 +404,20 @@ impl Server {
 
     pub(crate) fn stop(&self) -> &Stop {
         &self.shared.stop
+    }
+
+    pub(crate) fn gate(&self) -> &auth::Gate {
+        &self.shared.gate
+    }
+
+    /// The one auth check of a unary call (see `auth`).
+    pub(crate) fn authorize<Req: auth::Guarded>(&self, req: &Request<Req>) -> Result<(), Status> {
+        let need = req.get_ref().need();
+        if let auth::Need::Open = need {
+            return Ok(());
+        }
+        let who = self.gate().identify(req.metadata(), req.extensions());
+        self.gate().permit(&who, &need, self.store()).map_err(Status::from)
     }
 
     /// Fills the top-level header the store left partial: ids, term, and the
@@ -415,12 +449,16 @@ impl Server {
         f: impl FnOnce(Req) -> Fut,
     ) -> Result<Response<Resp>, Status>
     where
+        Req: auth::Guarded,
         Resp: Headed,
         Fut: Future<Output = Result<Resp, Status>>,
     {
         let started = Instant::now();
         let result = match self.shared.inflight.acquire(method) {
-            Ok(_permit) => f(req.into_inner()).await,
+            Ok(_permit) => match self.authorize(&req) {
+                Ok(()) => f(req.into_inner()).await,
+                Err(denied) => Err(denied),
+            },
             Err(refused) => Err(refused),
         };
         let result = result.map(|mut resp| {

@@ -83,7 +83,9 @@ impl Maintenance for Server {
         .await
     }
 
-    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        // A stream, so not through `unary`: the same gate, by hand.
+        self.authorize(&req)?;
         let started = std::time::Instant::now();
         let store = self.store().clone();
         let dir = store.data_dir().map(std::path::Path::to_path_buf).unwrap_or_else(std::env::temp_dir);

@@ -6,9 +6,10 @@
 //! channel's receiver, the writer sees it closed and ends, and the reader is
 //! ended with it, so a vanished client costs nothing for long.
 
+use crate::auth::{AuthInfo, Need, Span};
 use crate::Server;
 use roster_api::etcdserverpb::{
-    watch_request::RequestUnion, watch_server::Watch, WatchRequest, WatchResponse,
+    watch_request::RequestUnion, watch_server::Watch, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use roster_api::EtcdError;
 use roster_store::{WatchControl, WatchEvents};
@@ -30,10 +31,13 @@ impl Watch for Server {
     type WatchStream = Responses<WatchResponse>;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        // The caller is known once per stream, as etcd reads the stream's
+        // metadata; each watch created on it is checked on its own range.
+        let who = self.gate().identify(req.metadata(), req.extensions());
         let inbound = req.into_inner();
         let (control, events) = self.store().watch_stream();
         let (tx, rx) = responses::queue_with_bytes(SEND_BUFFER, SEND_BYTES);
-        tokio::spawn(run(self.clone(), inbound, control, events, tx));
+        tokio::spawn(run(self.clone(), who, inbound, control, events, tx));
         Ok(Response::new(rx))
     }
 }
@@ -41,6 +45,7 @@ impl Watch for Server {
 /// Runs one stream until the client leaves or the server stops.
 async fn run(
     server: Server,
+    who: Result<Option<AuthInfo>, EtcdError>,
     inbound: Streaming<WatchRequest>,
     control: WatchControl,
     events: WatchEvents,
@@ -49,7 +54,7 @@ async fn run(
     let _gauge = server.metrics().watch_stream();
     // The writer holds a control clone too: a client that closes its send
     // side keeps receiving events, as with etcd, until it goes away.
-    let reader = read_requests(inbound, control.clone());
+    let reader = read_requests(&server, &who, inbound, control.clone(), &tx);
     let writer = write_responses(&server, events, &tx, control);
     tokio::pin!(reader);
     let code = tokio::select! {
@@ -65,7 +70,13 @@ async fn run(
     server.metrics().observe(WATCH, code, None);
 }
 
-async fn read_requests(mut inbound: Streaming<WatchRequest>, control: WatchControl) {
+async fn read_requests(
+    server: &Server,
+    who: &Result<Option<AuthInfo>, EtcdError>,
+    mut inbound: Streaming<WatchRequest>,
+    control: WatchControl,
+    tx: &Feed<WatchResponse>,
+) {
     loop {
         let req = match inbound.message().await {
             Ok(Some(req)) => req,
@@ -76,13 +87,44 @@ async fn read_requests(mut inbound: Streaming<WatchRequest>, control: WatchContr
             }
         };
         match req.request_union {
-            Some(RequestUnion::CreateRequest(c)) => control.create(c).await,
+            Some(RequestUnion::CreateRequest(c)) => {
+                if permitted(server, who, &c) {
+                    control.create(c).await;
+                } else if deny(server, &c, tx).await.is_err() {
+                    return;
+                }
+            }
             Some(RequestUnion::CancelRequest(c)) => control.cancel(c.watch_id).await,
             Some(RequestUnion::ProgressRequest(_)) => control.progress().await,
             // A kind from a newer etcd: ignored, as etcd ignores unknown ones.
             None => {}
         }
     }
+}
+
+/// Read on the watched range (an empty key is "\0", the smallest), or, for
+/// a bad token, no. etcd answers both the same way.
+fn permitted(server: &Server, who: &Result<Option<AuthInfo>, EtcdError>, c: &WatchCreateRequest) -> bool {
+    let key: &[u8] = if c.key.is_empty() { b"\0" } else { &c.key };
+    let need = Need::Keys { spans: vec![Span { key: key.into(), range_end: c.range_end[..].into(), write: false }], leases: vec![] };
+    server.gate().permit(who, &need, server.store()).is_ok()
+}
+
+/// etcd's answer to a watch the caller may not read: created and canceled
+/// at once, with the reason.
+async fn deny(server: &Server, c: &WatchCreateRequest, tx: &Feed<WatchResponse>) -> Result<(), crate::responses::Gone> {
+    let mut header = roster_api::etcdserverpb::ResponseHeader { revision: server.store().revision(), ..Default::default() };
+    server.fill_ids(&mut header);
+    let resp = WatchResponse {
+        header: Some(header),
+        watch_id: c.watch_id,
+        created: true,
+        canceled: true,
+        // etcd puts the whole gRPC error text here, code included.
+        cancel_reason: format!("rpc error: code = PermissionDenied desc = {}", EtcdError::PermissionDenied),
+        ..Default::default()
+    };
+    tx.send(Ok(resp)).await
 }
 
 async fn write_responses(

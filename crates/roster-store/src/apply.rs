@@ -6,6 +6,7 @@
 //! events for watchers.
 
 use crate::keyspace::{make_event, Entry, KeySpace};
+use crate::auth::{AuthChange, AuthTables};
 use crate::lease::LeaseTable;
 use crate::record::{Change, EntryRec, KeyRec, LeaseRec, Record, Snapshot};
 use bytes::Bytes;
@@ -31,6 +32,8 @@ pub(crate) struct State {
     pub compact_rev: i64,
     /// Sequence number of the newest log record.
     pub seq: u64,
+    /// Users, roles and the auth flag; copied on write (see `auth`).
+    pub auth: std::sync::Arc<AuthTables>,
 }
 
 impl State {
@@ -150,7 +153,7 @@ impl Write {
             self.record.rev = self.rev();
         }
         let r = &self.record;
-        if r.changes.is_empty() && r.grants.is_empty() && r.revokes.is_empty() && r.compact.is_none() {
+        if r.changes.is_empty() && r.grants.is_empty() && r.revokes.is_empty() && r.compact.is_none() && r.auth.is_none() {
             return (None, self.events);
         }
         state.seq += 1;
@@ -481,6 +484,20 @@ impl State {
     }
 }
 
+// === auth ===
+
+impl State {
+    /// Applies an auth change with etcd's rules; logs its effect.
+    pub fn auth_change(&mut self, w: &mut Write, c: AuthChange) -> Result<(), EtcdError> {
+        let mut tables = (*self.auth).clone();
+        if let Some(rec) = tables.apply(c)? {
+            self.auth = std::sync::Arc::new(tables);
+            w.record.auth = Some(rec);
+        }
+        Ok(())
+    }
+}
+
 // === recovery ===
 
 impl State {
@@ -499,6 +516,9 @@ impl State {
         }
         for id in &r.revokes {
             self.leases.revoke(*id);
+        }
+        if let Some(a) = &r.auth {
+            std::sync::Arc::make_mut(&mut self.auth).replay(a);
         }
         if !r.changes.is_empty() {
             debug_assert_eq!(w.rev(), r.rev, "log revisions are consecutive");
@@ -532,12 +552,14 @@ impl State {
             })
             .collect();
         let leases = self.leases.ids().map(|(id, ttl)| LeaseRec { id, ttl }).collect();
-        Snapshot { seq: self.seq, rev: self.rev, compact_rev: self.compact_rev, keys, leases }
+        let auth = Some(self.auth.to_rec());
+        Snapshot { seq: self.seq, rev: self.rev, compact_rev: self.compact_rev, keys, leases, auth }
     }
 
     /// Rebuilds state from a snapshot. Leases get their full TTL again.
     pub fn restore(s: Snapshot, now: Duration) -> State {
-        let mut st = State { rev: s.rev, compact_rev: s.compact_rev, seq: s.seq, ..State::new() };
+        let auth = std::sync::Arc::new(s.auth.as_ref().map(AuthTables::from_rec).unwrap_or_default());
+        let mut st = State { rev: s.rev, compact_rev: s.compact_rev, seq: s.seq, auth, ..State::new() };
         for l in &s.leases {
             st.leases.grant(l.id, l.ttl, now);
         }

@@ -20,7 +20,7 @@
 //! `Maintenance.Snapshot` streams it and `etcdctl snapshot save` stores it.
 
 use crate::apply::State;
-use crate::record::{EntryRec, KeyRec, LeaseRec, Snapshot};
+use crate::record::{AuthRec, EntryRec, KeyRec, LeaseRec, Snapshot};
 use crate::{Store, StoreError};
 use bytes::Bytes;
 use prost::Message;
@@ -40,14 +40,12 @@ const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 /// Buckets etcd 3.4 creates that Roster has nothing to put in but a
 /// restored etcd member expects to find.
-const BOOKKEEPING: [&[u8]; 6] = [
-    b"alarm",
-    b"auth",
-    b"authRoles",
-    b"authUsers",
-    b"members_removed",
-    b"cluster",
-];
+const BOOKKEEPING: [&[u8]; 3] = [b"alarm", b"members_removed", b"cluster"];
+const AUTH: &[u8] = b"auth";
+const AUTH_USERS: &[u8] = b"authUsers";
+const AUTH_ROLES: &[u8] = b"authRoles";
+const AUTH_ENABLED: &[u8] = b"authEnabled";
+const AUTH_REVISION: &[u8] = b"authRevision";
 const SHA_LEN: usize = 32;
 
 /// etcd's `leasepb.Lease`.
@@ -220,6 +218,19 @@ fn small_buckets(snap: &Snapshot, member_id: u64) -> Vec<(&'static [u8], Vec<(Ve
         (META, meta),
         (b"members", vec![(format!("{member_id:x}").into_bytes(), member.into_bytes())]),
     ];
+    let auth = snap.auth.clone().unwrap_or_default();
+    let mut flag = vec![];
+    if let Some(on) = auth.enabled {
+        flag.push((AUTH_ENABLED.to_vec(), vec![u8::from(on)]));
+    }
+    if auth.revision > 0 {
+        flag.push((AUTH_REVISION.to_vec(), auth.revision.to_be_bytes().to_vec()));
+    }
+    let mut users: Vec<_> = auth.put_users.iter().map(|u| (u.name.to_vec(), u.encode_to_vec())).collect();
+    users.sort();
+    let mut roles: Vec<_> = auth.put_roles.iter().map(|r| (r.name.to_vec(), r.encode_to_vec())).collect();
+    roles.sort();
+    buckets.extend([(AUTH, flag), (AUTH_USERS, users), (AUTH_ROLES, roles)]);
     for b in BOOKKEEPING {
         let entries = if b == b"cluster" { vec![(b"clusterVersion".to_vec(), b"3.4.0".to_vec())] } else { vec![] };
         buckets.push((b, entries));
@@ -587,6 +598,7 @@ fn read_db(path: &Path) -> Result<Snapshot, SnapshotError> {
         Ok(())
     })
     .map_err(bolt)?;
+    let auth = read_auth(&r).map_err(bolt)?.map_err(layout)?;
     let keys: BTreeMap<Bytes, Vec<EntryRec>> = histories.into_iter().collect();
     let keys = keys
         .into_iter()
@@ -598,6 +610,48 @@ fn read_db(path: &Path) -> Result<Snapshot, SnapshotError> {
         compact_rev,
         keys,
         leases,
+        auth,
+    })
+}
+
+/// etcd's auth buckets: the flag and revision, users and roles (their
+/// `authpb` messages as etcd stores them, password hashes included).
+fn read_auth(r: &Reader) -> roster_bolt::Result<Result<Option<AuthRec>, String>> {
+    let mut auth = AuthRec::default();
+    let mut any = false;
+    let mut bad: Option<String> = None;
+    r.for_each(AUTH, |k, v| {
+        if k == AUTH_ENABLED {
+            auth.enabled = Some(v.first() == Some(&1));
+        } else if k == AUTH_REVISION && v.len() == 8 {
+            auth.revision = u64::from_be_bytes(v.try_into().unwrap());
+        }
+        any = true;
+        Ok(())
+    })?;
+    r.for_each(AUTH_USERS, |k, v| {
+        match roster_api::authpb::User::decode(v) {
+            Ok(u) => auth.put_users.push(u),
+            Err(_) => {
+                bad.get_or_insert_with(|| format!("user {:?} is not an authpb.User", String::from_utf8_lossy(k)));
+            }
+        }
+        any = true;
+        Ok(())
+    })?;
+    r.for_each(AUTH_ROLES, |k, v| {
+        match roster_api::authpb::Role::decode(v) {
+            Ok(role) => auth.put_roles.push(role),
+            Err(_) => {
+                bad.get_or_insert_with(|| format!("role {:?} is not an authpb.Role", String::from_utf8_lossy(k)));
+            }
+        }
+        any = true;
+        Ok(())
+    })?;
+    Ok(match bad {
+        Some(why) => Err(why),
+        None => Ok(any.then_some(auth)),
     })
 }
 

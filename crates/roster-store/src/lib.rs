@@ -16,12 +16,14 @@
 //!   falls back to catching up from history and never blocks writers.
 //! - Leases live in an expiry queue driven by an injected [`Clock`].
 //!
-//! Modules: `keyspace` (histories), `apply` (etcd's request semantics),
+//! Modules: `keyspace` (histories), `apply` (etcd's request semantics), `auth`
+//! (users, roles and the auth flag, with etcd's rules),
 //! `lease` (TTL table), `record` + `log` (durability, the WAL format and
 //! the disk seam), `fault` (fault injection through that seam, for tests),
 //! `watch` (fan-out).
 
 mod apply;
+pub mod auth;
 mod clock;
 pub mod etcd_snapshot;
 pub mod fault;
@@ -32,11 +34,13 @@ mod quota;
 mod record;
 mod watch;
 
+pub use auth::{AuthChange, AuthTables};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use log::{Disk, FileKind, LogFile, OsDisk};
 pub use quota::{alarm_name, alarm_text};
 pub use roster_api::etcdserverpb as pb;
 pub use roster_api::mvccpb;
+pub use roster_api::authpb;
 pub use roster_api::EtcdError;
 pub use watch::{WatchControl, WatchEvents};
 
@@ -449,6 +453,17 @@ impl Store {
         let s = self.shared();
         let now = s.clock.now();
         s.state.read().leases.next_deadline().map(|d| d.saturating_sub(now))
+    }
+
+    /// Applies one change to users, roles or the auth flag with etcd's rules,
+    /// and answers once it is durable. Passwords arrive hashed.
+    pub async fn auth_change(&self, c: AuthChange) -> Result<(), EtcdError> {
+        self.write(|st, w, _| st.auth_change(w, c)).await
+    }
+
+    /// The auth tables as of now: a cheap shared copy, consistent in itself.
+    pub fn auth_tables(&self) -> Arc<AuthTables> {
+        self.shared().state.read().auth.clone()
     }
 
     /// Opens one watch stream (one per gRPC Watch call).

@@ -456,6 +456,9 @@ fn state_len(st: &State) -> u64 {
     for (id, ttl) in st.leases.ids() {
         total += message(int(id) + int(ttl));
     }
+    // The auth tables, encoded as the snapshot holds them (small: users and
+    // roles, not keys).
+    total += message(prost::Message::encoded_len(&st.auth.to_rec()));
     total as u64
 }
 

@@ -19,6 +19,28 @@ pub(crate) struct Record {
     pub revokes: Vec<i64>,
     #[prost(int64, optional, tag = "6")]
     pub compact: Option<i64>,
+    /// A change to users, roles or the auth flag (see `auth`).
+    #[prost(message, optional, tag = "7")]
+    pub auth: Option<AuthRec>,
+}
+
+/// The effect of one auth change: users and roles as they are after it,
+/// what it removed, the flag if it moved, and the new auth revision. A
+/// snapshot holds every user and role this way.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct AuthRec {
+    #[prost(bool, optional, tag = "1")]
+    pub enabled: Option<bool>,
+    #[prost(uint64, tag = "2")]
+    pub revision: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub put_users: Vec<roster_api::authpb::User>,
+    #[prost(string, repeated, tag = "4")]
+    pub del_users: Vec<String>,
+    #[prost(message, repeated, tag = "5")]
+    pub put_roles: Vec<roster_api::authpb::Role>,
+    #[prost(string, repeated, tag = "6")]
+    pub del_roles: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -53,6 +75,9 @@ pub(crate) struct Snapshot {
     pub keys: Vec<KeyRec>,
     #[prost(message, repeated, tag = "5")]
     pub leases: Vec<LeaseRec>,
+    /// Absent in snapshots written before auth existed.
+    #[prost(message, optional, tag = "6")]
+    pub auth: Option<AuthRec>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

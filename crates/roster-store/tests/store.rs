@@ -591,3 +591,43 @@ async fn watch_from_the_past_after_a_restart_replays_snapshot_and_log() {
     }
     assert_eq!(revs, (10..=last).collect::<Vec<_>>(), "every revision from the compaction point, once");
 }
+
+/// Users, roles, grants and the flag come back after a restart, from the
+/// log and from a snapshot, and auth changes never move the key revision.
+#[tokio::test]
+async fn auth_tables_survive_restart_from_log_and_snapshot() {
+    use roster_store::auth::ROOT;
+    use roster_store::AuthChange as C;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let s = on_disk(dir.path(), clock.clone(), u64::MAX);
+    let rev = s.revision();
+    let perm = roster_store::authpb::Permission { perm_type: 2, key: b("/services/hello/"), range_end: b("/services/hello0") };
+    for c in [
+        C::UserAdd { name: ROOT.into(), password: b("$2b$hash"), no_password: false },
+        C::RoleAdd { name: ROOT.into() },
+        C::UserGrantRole { user: ROOT.into(), role: ROOT.into() },
+        C::RoleAdd { name: "hello".into() },
+        C::RoleGrantPermission { name: "hello".into(), perm },
+        C::UserAdd { name: "svc".into(), password: Bytes::new(), no_password: true },
+        C::UserGrantRole { user: "svc".into(), role: "hello".into() },
+        C::Enable,
+    ] {
+        s.auth_change(c).await.unwrap();
+    }
+    assert_eq!(s.revision(), rev, "auth changes make no key revision");
+    let before = s.auth_tables();
+    assert!(before.enabled);
+    assert_eq!(before.revision, 9, "a fresh store is at auth revision 1; eight changes");
+    drop(s);
+    let s = on_disk(dir.path(), clock.clone(), u64::MAX);
+    assert_eq!(*s.auth_tables(), *before, "replayed from the log");
+    s.defragment().await.unwrap();
+    s.auth_change(C::UserDelete { name: "svc".into() }).await.unwrap();
+    let after = s.auth_tables();
+    drop(s);
+    let s = on_disk(dir.path(), clock, u64::MAX);
+    assert_eq!(*s.auth_tables(), *after, "from the snapshot plus the log");
+    assert!(s.auth_tables().user("svc").is_none());
+    assert_eq!(s.auth_tables().role("hello").unwrap().key_permission.len(), 1);
+}

@@ -31,6 +31,7 @@
 //! Tests that need etcd print a loud notice and skip when it is missing, but
 //! never under `CI=true`.
 
+mod auth;
 mod bad_input;
 mod bench_cli;
 mod config_cli;
