@@ -3,8 +3,8 @@
 
 use crate::START_TIMEOUT;
 use crate::tools::{free_port, which};
-use roster_api::etcdserverpb::RangeRequest;
-use roster_api::etcdserverpb::kv_client::KvClient;
+use roster_api::etcdserverpb::StatusRequest;
+use roster_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -145,12 +145,10 @@ pub(crate) async fn wait_ready(
             });
         }
         let channel = channel_to(endpoint);
-        let mut kv = KvClient::new(channel.clone());
-        let probe = kv.range(RangeRequest {
-            key: "roster-testkit-probe".into(),
-            count_only: true,
-            ..Default::default()
-        });
+        // Status needs no credentials, so a server with auth on is ready
+        // as soon as it answers.
+        let mut maintenance = MaintenanceClient::new(channel.clone());
+        let probe = maintenance.status(StatusRequest {});
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
             Ok(Ok(_)) => return Ok(channel),
             Ok(Err(status)) => last_err = format!("{status:?}"),
