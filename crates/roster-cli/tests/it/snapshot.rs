@@ -621,3 +621,69 @@ async fn users_roles_and_passwords_move_with_the_snapshot_both_ways() {
     let etcd2 = etcd_from_snapshot(&back, dir.path()).await;
     assert_eq!(auth_transcript(&etcd2.endpoint()).await, expected, "etcd restored from roster's snapshot");
 }
+
+/// The maintenance commands an operator types, through etcdctl, on a fresh
+/// etcd and a fresh roster given the same writes. Ids, ports, the version
+/// string and sizes are what legitimately differ; they are replaced by
+/// placeholders, and everything else must be identical.
+async fn maintenance_transcript(endpoint: &str, pid_member: &str) -> Vec<String> {
+    let ctl = Etcdctl::new(endpoint);
+    let mut out = Vec::new();
+    let lease = ctl.run(&["lease", "grant", "100"]).await;
+    let lease_id = lease.stdout.split_whitespace().nth(1).unwrap_or("none").to_owned();
+    let scrub = |s: &str| {
+        let mut s = s.replace(endpoint, "<endpoint>").replace(&lease_id, "<lease>").replace(pid_member, "<member>");
+        for key in ["\"cluster_id\":", "\"member_id\":", "\"leader\":", "\"dbSize\":", "\"dbSizeInUse\":", "\"raftIndex\":", "\"raftAppliedIndex\":"] {
+            while let Some(at) = s.find(key) {
+                let start = at + key.len();
+                let end = s[start..].find([',', '}']).map_or(s.len(), |e| start + e);
+                s.replace_range(at..end, &format!("{}<n>", key.trim_end_matches(':').replace('"', "'")));
+            }
+        }
+        s.replace("\"version\":\"3.4.23\"", "\"version\":<v>").replace("\"version\":\"3.4.0\"", "\"version\":<v>")
+    };
+    out.push(scrub(&format!("lease grant: {}", lease.stdout.trim())));
+    for args in [
+        &["put", "a", "1"][..],
+        &["put", "a", "2"],
+        &["put", "b", "3"],
+        &["endpoint", "hashkv", "--rev", "3", "-w", "json"],
+        &["endpoint", "hashkv", "-w", "json"],
+        &["compaction", "3", "--physical"],
+        &["endpoint", "hashkv", "--rev", "2"],
+        &["endpoint", "hashkv", "--rev", "3", "-w", "json"],
+        &["defrag"],
+        &["lease", "list"],
+        &["lease", "keep-alive", "--once", &lease_id],
+        &["alarm", "list"],
+        &["alarm", "disarm"],
+        &["endpoint", "status", "-w", "json"],
+    ] {
+        let r = ctl.run(args).await;
+        let error: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("Error:")).collect();
+        out.push(scrub(&format!("{args:?} -> {} {} {error:?}", r.status.success(), r.stdout.trim())));
+    }
+    out
+}
+
+#[tokio::test]
+async fn etcdctl_maintenance_transcript_matches_etcd() {
+    if require_etcd().is_none() || require_etcdctl().is_none() {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let server = Roster::start(roster_bin()).await;
+    let member_of = |ch: Channel| async move {
+        let s = MaintenanceClient::new(ch).status(StatusRequest {}).await.unwrap().into_inner();
+        format!("{:x}", s.header.unwrap().member_id)
+    };
+    let expected = maintenance_transcript(&etcd.endpoint(), &member_of(etcd.channel()).await).await;
+    let text = expected.join("\n");
+    assert!(text.contains("compacted revision 3") && text.contains("required revision has been compacted"), "{text}");
+    assert!(text.contains("keepalived with TTL(100)") && text.contains("Finished defragmenting"), "{text}");
+    let got = maintenance_transcript(&server.endpoint(), &member_of(server.channel()).await).await;
+    for (e, g) in expected.iter().zip(&got) {
+        assert_eq!(g, e, "roster's etcdctl output differs from etcd's");
+    }
+    assert_eq!(got.len(), expected.len());
+}
