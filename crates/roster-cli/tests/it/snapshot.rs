@@ -687,3 +687,40 @@ async fn etcdctl_maintenance_transcript_matches_etcd() {
     }
     assert_eq!(got.len(), expected.len());
 }
+
+/// A snapshot stream cut off mid-way (the server stopped with SIGSTOP,
+/// then killed with SIGKILL) leaves neither the file nor its `.part`.
+#[tokio::test]
+async fn an_interrupted_snapshot_save_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Roster::start(roster_bin()).await;
+    let mut kv = KvClient::new(server.channel());
+    // 48 MiB of values: long enough a stream to stop in the middle.
+    for i in 0..480 {
+        kv.put(put(format!("big/{i:04}").as_bytes(), &vec![i as u8; 100 * 1024], 0)).await.unwrap();
+    }
+    let file = dir.path().join("cut.snap");
+    let part = dir.path().join("cut.snap.part");
+    let pid = server.pid().unwrap();
+    let mut save = tokio::process::Command::new(roster_bin())
+        .args(["snapshot", "save", file.to_str().unwrap(), "--endpoints", &server.endpoint(), "--timeout", "60"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the save never started writing");
+        assert!(save.try_wait().unwrap().is_none(), "the save ended before it wrote anything");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let stopped = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
+    assert!(stopped.success());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.kill_9();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), save.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the save of a stream cut mid-way must fail: {stderr}");
+    assert!(stderr.contains("snapshot from") && stderr.contains("bytes"), "the error says how far it got: {stderr}");
+    assert!(!file.exists(), "no snapshot file from a cut stream");
+    assert!(!part.exists(), "no partial file left behind");
+}
