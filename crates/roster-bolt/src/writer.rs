@@ -25,35 +25,47 @@ pub struct Writer<W: Write + Seek> {
     buf: Vec<u8>,
 }
 
-/// A node about to be written: its elements' keys and values (or child
-/// page ids) and their total encoded size.
+/// A node about to be written: its elements (flags, key length, value
+/// length or child page) and their keys and values end to end, so that
+/// building a node allocates nothing per element.
 #[derive(Default)]
 struct Node {
-    keys: Vec<Vec<u8>>,
-    values: Vec<Vec<u8>>,
-    children: Vec<u64>,
-    flags: Vec<u32>,
-    bytes: usize,
+    elements: Vec<(u32, u32, u64)>,
+    data: Vec<u8>,
+    /// The first key, for the level above.
+    first: Vec<u8>,
 }
 
 impl Node {
     fn len(&self) -> usize {
-        self.keys.len()
+        self.elements.len()
+    }
+
+    /// Encoded size: header, element table, keys and values.
+    fn bytes(&self) -> usize {
+        PAGE_HEADER + self.elements.len() * ELEMENT + self.data.len()
+    }
+
+    fn push_leaf(&mut self, flags: u32, k: &[u8], v: &[u8]) {
+        if self.elements.is_empty() {
+            self.first = k.to_vec();
+        }
+        self.elements.push((flags, k.len() as u32, v.len() as u64));
+        self.data.extend_from_slice(k);
+        self.data.extend_from_slice(v);
+    }
+
+    fn push_branch(&mut self, k: &[u8], child: u64) {
+        if self.elements.is_empty() {
+            self.first = k.to_vec();
+        }
+        self.elements.push((0, k.len() as u32, child));
+        self.data.extend_from_slice(k);
     }
 
     fn clear(&mut self) {
-        self.keys.clear();
-        self.values.clear();
-        self.children.clear();
-        self.flags.clear();
-        self.bytes = PAGE_HEADER;
-    }
-
-    fn new() -> Node {
-        Node {
-            bytes: PAGE_HEADER,
-            ..Default::default()
-        }
+        self.elements.clear();
+        self.data.clear();
     }
 }
 
@@ -92,34 +104,30 @@ impl<W: Write + Seek> Writer<W> {
         if self.buckets.iter().any(|(n, _)| n == bucket) {
             return Err(Error::DuplicateBucket(name(bucket)));
         }
-        let mut leaf = Node::new();
+        let mut leaf = Node::default();
         // (first key, page) of every node of the level being built.
         let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
+        let mut last: Vec<u8> = Vec::new();
+        let mut any = false;
         for (k, v) in entries {
             let (k, v) = (k.as_ref(), v.as_ref());
-            if last.as_deref().is_some_and(|l| l >= k) {
-                return Err(Error::Unsorted {
-                    bucket: name(bucket),
-                });
+            if any && last.as_slice() >= k {
+                return Err(Error::Unsorted { bucket: name(bucket) });
             }
             let size = ELEMENT + k.len() + v.len();
-            if leaf.len() > 0
-                && (leaf.bytes + size > self.page_size || leaf.len() == usize::from(u16::MAX))
-            {
-                let first = leaf.keys[0].clone();
-                level.push((first, self.write_node(LEAF, &leaf)?));
+            if leaf.len() > 0 && (leaf.bytes() + size > self.page_size || leaf.len() == usize::from(u16::MAX)) {
+                let page = self.write_node(LEAF, &leaf)?;
+                level.push((std::mem::take(&mut leaf.first), page));
                 leaf.clear();
             }
-            leaf.keys.push(k.to_vec());
-            leaf.values.push(v.to_vec());
-            leaf.flags.push(0);
-            leaf.bytes += size;
-            last = Some(k.to_vec());
+            leaf.push_leaf(0, k, v);
+            last.clear();
+            last.extend_from_slice(k);
+            any = true;
         }
         if leaf.len() > 0 || level.is_empty() {
-            let first = leaf.keys.first().cloned().unwrap_or_default();
-            level.push((first, self.write_node(LEAF, &leaf)?));
+            let page = self.write_node(LEAF, &leaf)?;
+            level.push((std::mem::take(&mut leaf.first), page));
         }
         while level.len() > 1 {
             level = self.branch_level(level)?;
@@ -131,23 +139,19 @@ impl<W: Write + Seek> Writer<W> {
     /// Writes the branch nodes over `below`; returns the new level.
     fn branch_level(&mut self, below: Vec<(Vec<u8>, u64)>) -> Result<Vec<(Vec<u8>, u64)>> {
         let mut up = Vec::new();
-        let mut node = Node::new();
+        let mut node = Node::default();
         for (key, page) in below {
             let size = ELEMENT + key.len();
             // At least two children per branch, so every level shrinks.
-            if node.len() > 1
-                && (node.bytes + size > self.page_size || node.len() == usize::from(u16::MAX))
-            {
-                let first = node.keys[0].clone();
-                up.push((first, self.write_node(BRANCH, &node)?));
+            if node.len() > 1 && (node.bytes() + size > self.page_size || node.len() == usize::from(u16::MAX)) {
+                let id = self.write_node(BRANCH, &node)?;
+                up.push((std::mem::take(&mut node.first), id));
                 node.clear();
             }
-            node.keys.push(key);
-            node.children.push(page);
-            node.bytes += size;
+            node.push_branch(&key, page);
         }
-        let first = node.keys[0].clone();
-        up.push((first, self.write_node(BRANCH, &node)?));
+        let id = self.write_node(BRANCH, &node)?;
+        up.push((std::mem::take(&mut node.first), id));
         Ok(up)
     }
 
@@ -155,39 +159,31 @@ impl<W: Write + Seek> Writer<W> {
     /// bigger than one); returns its page id.
     fn write_node(&mut self, kind: u16, node: &Node) -> Result<u64> {
         let id = self.next;
-        let pages = node.bytes.div_ceil(self.page_size).max(1);
-        let overflow =
-            u32::try_from(pages - 1).map_err(|_| Error::Corrupt("node too large".into()))?;
-        let count =
-            u16::try_from(node.len()).map_err(|_| Error::Corrupt("too many elements".into()))?;
+        let size = node.bytes();
+        let pages = size.div_ceil(self.page_size).max(1);
+        let overflow = u32::try_from(pages - 1).map_err(|_| Error::Corrupt("node too large".into()))?;
+        let count = u16::try_from(node.len()).map_err(|_| Error::Corrupt("too many elements".into()))?;
         let buf = &mut self.buf;
         buf.clear();
         header(buf, id, kind, count, overflow);
         let mut data = PAGE_HEADER + node.len() * ELEMENT;
-        for i in 0..node.len() {
-            let here = PAGE_HEADER + i * ELEMENT;
-            let pos = (data - here) as u32;
-            let klen = node.keys[i].len() as u32;
+        for (i, &(flags, klen, v)) in node.elements.iter().enumerate() {
+            let pos = (data - (PAGE_HEADER + i * ELEMENT)) as u32;
             if kind == LEAF {
-                buf.extend_from_slice(&node.flags[i].to_le_bytes());
+                buf.extend_from_slice(&flags.to_le_bytes());
                 buf.extend_from_slice(&pos.to_le_bytes());
                 buf.extend_from_slice(&klen.to_le_bytes());
-                buf.extend_from_slice(&(node.values[i].len() as u32).to_le_bytes());
-                data += node.keys[i].len() + node.values[i].len();
+                buf.extend_from_slice(&(v as u32).to_le_bytes());
+                data += klen as usize + v as usize;
             } else {
                 buf.extend_from_slice(&pos.to_le_bytes());
                 buf.extend_from_slice(&klen.to_le_bytes());
-                buf.extend_from_slice(&node.children[i].to_le_bytes());
-                data += node.keys[i].len();
+                buf.extend_from_slice(&v.to_le_bytes());
+                data += klen as usize;
             }
         }
-        for i in 0..node.len() {
-            buf.extend_from_slice(&node.keys[i]);
-            if kind == LEAF {
-                buf.extend_from_slice(&node.values[i]);
-            }
-        }
-        debug_assert_eq!(buf.len(), node.bytes);
+        buf.extend_from_slice(&node.data);
+        debug_assert_eq!(buf.len(), size);
         buf.resize(pages * self.page_size, 0);
         self.out.write_all(buf)?;
         self.next += pages as u64;
@@ -199,15 +195,11 @@ impl<W: Write + Seek> Writer<W> {
     pub fn finish(mut self) -> Result<(W, u64)> {
         let mut buckets = std::mem::take(&mut self.buckets);
         buckets.sort();
-        let mut root = Node::new();
+        let mut root = Node::default();
         for (n, page) in &buckets {
-            let mut value = Vec::with_capacity(16);
-            value.extend_from_slice(&page.to_le_bytes());
-            value.extend_from_slice(&0u64.to_le_bytes());
-            root.bytes += ELEMENT + n.len() + value.len();
-            root.keys.push(n.clone());
-            root.values.push(value);
-            root.flags.push(BUCKET_LEAF);
+            let mut value = [0u8; 16];
+            value[..8].copy_from_slice(&page.to_le_bytes());
+            root.push_leaf(BUCKET_LEAF, n, &value);
         }
         let root_page = self.write_node(LEAF, &root)?;
         let high_water = self.next;

@@ -30,8 +30,10 @@ const MOVE_LEADER: &str = "/etcdserverpb.Maintenance/MoveLeader";
 /// gate features on this string.
 pub(crate) const ETCD_VERSION: &str = "3.4.0";
 
-/// etcd's `snapshotSendBufferSize`.
+/// etcd's `snapshotSendBufferSize`: the bytes in each message.
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
+/// Bytes read from the spooled file per blocking call.
+const SNAPSHOT_READ: usize = 1 << 20;
 
 // === impl Server as Maintenance ===
 
@@ -100,12 +102,12 @@ impl Maintenance for Server {
         let stop = self.stop().clone();
         tokio::spawn(async move {
             loop {
-                // File reads block: off the workers, a chunk at a time.
+                // File reads block: off the workers, a block at a time.
                 let read = tokio::task::spawn_blocking(move || {
-                    let chunk = snap.next_chunk(SNAPSHOT_CHUNK);
-                    (snap, chunk)
+                    let block = snap.next_chunk(SNAPSHOT_READ);
+                    (snap, block)
                 });
-                let (back, chunk) = match read.await {
+                let (back, block) = match read.await {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = feed.send(Err(Status::internal(format!("snapshot read failed: {e}")))).await;
@@ -113,17 +115,26 @@ impl Maintenance for Server {
                     }
                 };
                 snap = back;
-                let item = match chunk {
-                    Ok(Some(blob)) => Ok(SnapshotResponse { header: None, remaining_bytes: snap.remaining(), blob: blob.into() }),
+                let block = match block {
+                    Ok(Some(b)) => b,
                     Ok(None) => break,
-                    Err(e) => Err(Status::internal(format!("cannot read the snapshot: {e}"))),
-                };
-                let failed = item.is_err();
-                tokio::select! {
-                    sent = feed.send(item) => if sent.is_err() || failed { return },
-                    () = stop.wait() => {
-                        let _ = feed.try_send(Err(Status::unavailable("etcdserver: server stopped")));
+                    Err(e) => {
+                        let _ = feed.send(Err(Status::internal(format!("cannot read the snapshot: {e}")))).await;
                         return;
+                    }
+                };
+                let mut at = 0;
+                while at < block.len() {
+                    let end = (at + SNAPSHOT_CHUNK).min(block.len());
+                    let remaining = snap.remaining() + (block.len() - end) as u64;
+                    let item = SnapshotResponse { header: None, remaining_bytes: remaining, blob: block[at..end].to_vec().into() };
+                    at = end;
+                    tokio::select! {
+                        sent = feed.send(Ok(item)) => if sent.is_err() { return },
+                        () = stop.wait() => {
+                            let _ = feed.try_send(Err(Status::unavailable("etcdserver: server stopped")));
+                            return;
+                        }
                     }
                 }
             }
