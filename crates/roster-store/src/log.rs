@@ -269,21 +269,22 @@ impl Log {
     /// everything the log does.
     pub fn write_snapshot(&mut self, snap: &Snapshot) -> std::io::Result<()> {
         let body = snap.encode_to_vec();
-        let mut out = Vec::with_capacity(body.len() + 20);
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        drop(body);
+        // The header, then the body as encoded: a large snapshot is never
+        // copied a second time in memory.
+        let mut head = Vec::with_capacity(20);
+        head.extend_from_slice(SNAPSHOT_MAGIC);
+        head.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        head.extend_from_slice(&(body.len() as u64).to_le_bytes());
 
         let tmp = self.dir.join("snapshot.tmp");
         let mut f = self.disk.wrap(File::create(&tmp)?, FileKind::Snapshot);
-        f.write_all(&out)?;
+        f.write_all(&head)?;
+        f.write_all(&body)?;
         f.sync_data()?;
         drop(f);
         fs::rename(&tmp, self.dir.join("snapshot"))?;
         sync_dir(&self.dir)?;
-        self.snapshot_bytes = out.len() as u64;
+        self.snapshot_bytes = (head.len() + body.len()) as u64;
 
         // The snapshot now holds everything the log did.
         let wal = new_wal(&self.dir)?;
