@@ -58,6 +58,8 @@ type Queued = Box<(WatchResponse, usize)>;
 const CATCH_UP_REVS: usize = 1000;
 /// Bytes per catch-up response, about; a larger revision still goes whole.
 const CATCH_UP_BYTES: usize = 1 << 20;
+/// Bytes of events read per hold of the state lock while building one.
+const CATCH_UP_PIECE: usize = 64 << 10;
 /// Empty catch-up slices read in one go before the reader lets others run.
 const CATCH_UP_EMPTY_SLICES: usize = 64;
 /// Watchers unindexed per hub lock when a stream closes, so that closing a
@@ -486,18 +488,7 @@ impl WatchEvents {
     fn catch_up(&mut self) -> Option<WatchResponse> {
         for _ in 0..CATCH_UP_EMPTY_SLICES {
             let pick = self.pick()?;
-            let slice = {
-                let st = self.shared.state.read();
-                let compact = st.compact_rev;
-                if pick.from < compact {
-                    Slice::Compacted(compact)
-                } else {
-                    let limit = EventLimit { revs: CATCH_UP_REVS, bytes: CATCH_UP_BYTES };
-                    let (all, covered) = st.kv.events(&pick.range, pick.from, pick.to, pick.shape.prev_kv, compact, limit);
-                    drop(st);
-                    Slice::Events(all.iter().filter_map(|e| pick.shape.apply(e)).collect(), covered)
-                }
-            };
+            let slice = self.read_slice(&pick);
             if let Some(resp) = self.advance(&pick, slice) {
                 return Some(resp);
             }
@@ -505,6 +496,38 @@ impl WatchEvents {
         // Many empty slices in a row: come back after other tasks ran.
         self.wake.notify_one();
         None
+    }
+
+    /// One response's worth of history for `pick`, read in pieces of about
+    /// [`CATCH_UP_PIECE`] bytes, each under its own hold of the state read
+    /// lock, so that a writer waits for one piece at most. A compaction
+    /// that overtakes the reader between pieces ends the slice with the
+    /// whole revisions read so far (the next slice then sees it).
+    fn read_slice(&self, pick: &Pick) -> Slice {
+        let mut events = Vec::new();
+        let (mut from, mut bytes) = (pick.from, 0usize);
+        loop {
+            let st = self.shared.state.read();
+            let compact = st.compact_rev;
+            if from < compact {
+                if from == pick.from {
+                    return Slice::Compacted(compact);
+                }
+                break;
+            }
+            let revs = CATCH_UP_REVS - usize::try_from(from - pick.from).unwrap_or(0);
+            let limit = EventLimit { revs, bytes: CATCH_UP_PIECE.min(CATCH_UP_BYTES.saturating_sub(bytes)).max(1) };
+            let (piece, covered) = st.kv.events(&pick.range, from, pick.to, pick.shape.prev_kv, compact, limit);
+            drop(st);
+            bytes += piece.iter().map(Message::encoded_len).sum::<usize>();
+            events.extend(piece.iter().filter_map(|e| pick.shape.apply(e)));
+            from = covered + 1;
+            let revs_left = usize::try_from(from - pick.from).is_ok_and(|n| n < CATCH_UP_REVS);
+            if covered >= pick.to || bytes >= CATCH_UP_BYTES || !revs_left {
+                break;
+            }
+        }
+        Slice::Events(events, from - 1)
     }
 
     /// Under a short hub lock: the next watcher behind, with where it is.
