@@ -97,7 +97,7 @@ impl State {
                 continue;
             }
             if keep(e.mod_rev, r.min_mod_revision, r.max_mod_revision) && keep(e.create_rev, r.min_create_revision, r.max_create_revision) {
-                scan.found.push((k.clone(), e.clone()));
+                scan.found.push(e.to_kv(k));
             }
         }
         scan.done = visited < keys || keys == usize::MAX;
@@ -115,7 +115,8 @@ pub(crate) struct RangeScan {
     /// The revision the range is read at.
     pub rev: i64,
     count: i64,
-    found: Vec<(Bytes, Entry)>,
+    /// With their values: a sort by value needs them even for keys_only.
+    found: Vec<mvccpb::KeyValue>,
     /// The last key visited.
     after: Option<Bytes>,
     /// Keys worth keeping (limit + 1), when no order or filter needs more.
@@ -135,23 +136,16 @@ impl RangeScan {
         if more {
             found.truncate(r.limit as usize);
         }
-        let kvs = found
-            .into_iter()
-            .map(|(k, e)| {
-                let mut kv = e.to_kv(&k);
-                if r.keys_only {
-                    kv.value = Bytes::new();
-                }
-                kv
-            })
-            .collect();
-        RangeResponse { header: header(cur), kvs, more, count }
+        if r.keys_only {
+            found.iter_mut().for_each(|kv| kv.value = Bytes::new());
+        }
+        RangeResponse { header: header(cur), kvs: found, more, count }
     }
 }
 
 /// etcd sorts by the requested target; a non-key target with no order means
 /// ascending. The sort is stable, so ties stay in key order.
-fn sort(found: &mut [(Bytes, Entry)], r: &RangeRequest) {
+fn sort(found: &mut [mvccpb::KeyValue], r: &RangeRequest) {
     let target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
     let mut order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
     if target != SortTarget::Key && order == SortOrder::None {
@@ -162,10 +156,10 @@ fn sort(found: &mut [(Bytes, Entry)], r: &RangeRequest) {
     }
     match target {
         SortTarget::Key => {}
-        SortTarget::Version => found.sort_by_key(|(_, e)| e.version),
-        SortTarget::Create => found.sort_by_key(|(_, e)| e.create_rev),
-        SortTarget::Mod => found.sort_by_key(|(_, e)| e.mod_rev),
-        SortTarget::Value => found.sort_by(|a, b| a.1.value.cmp(&b.1.value)),
+        SortTarget::Version => found.sort_by_key(|kv| kv.version),
+        SortTarget::Create => found.sort_by_key(|kv| kv.create_revision),
+        SortTarget::Mod => found.sort_by_key(|kv| kv.mod_revision),
+        SortTarget::Value => found.sort_by(|a, b| a.value.cmp(&b.value)),
     }
     if order == SortOrder::Descend {
         found.reverse();
