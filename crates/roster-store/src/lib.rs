@@ -319,7 +319,11 @@ impl Store {
         loop {
             // Writers (and other tasks on this worker) get their turn.
             tokio::task::yield_now().await;
-            if s.state.read().range_step(&mut scan, &r, RANGE_CHUNK) {
+            let done = {
+                let st = s.state.read();
+                st.range_step(&mut scan, &r, RANGE_CHUNK)
+            };
+            if done {
                 break;
             }
         }

@@ -133,16 +133,24 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 impl Shape {
     /// The event as this watcher sees it; the caller has checked the key.
     fn apply(self, ev: &Event) -> Option<Event> {
-        ev.kv.as_ref()?;
+        self.wants(ev).then(|| self.trim(ev.clone()))
+    }
+
+    /// [`Shape::apply`] on an event of the caller's own, with no copy.
+    fn apply_owned(self, ev: Event) -> Option<Event> {
+        self.wants(&ev).then(|| self.trim(ev))
+    }
+
+    fn wants(self, ev: &Event) -> bool {
         let is_put = ev.r#type == EventType::Put as i32;
-        if (is_put && self.no_put) || (!is_put && self.no_delete) {
-            return None;
-        }
-        let mut ev = ev.clone();
+        ev.kv.is_some() && !((is_put && self.no_put) || (!is_put && self.no_delete))
+    }
+
+    fn trim(self, mut ev: Event) -> Event {
         if !self.prev_kv {
             ev.prev_kv = None;
         }
-        Some(ev)
+        ev
     }
 }
 
@@ -281,7 +289,7 @@ pub(crate) fn open(shared: &Arc<Shared>) -> (WatchControl, WatchEvents) {
         id
     };
     let control = WatchControl { inner: Arc::new(ControlInner { shared: shared.clone(), stream: id, tx }) };
-    let events = WatchEvents { shared: shared.clone(), stream: id, rx, wake, queued };
+    let events = WatchEvents { shared: shared.clone(), stream: id, rx, wake, queued, building: None };
     (control, events)
 }
 
@@ -421,6 +429,16 @@ pub struct WatchEvents {
     rx: mpsc::Receiver<Queued>,
     wake: Arc<Notify>,
     queued: Arc<AtomicUsize>,
+    /// The catch-up slice being read, between pieces.
+    building: Option<Building>,
+}
+
+/// A catch-up slice part read: the watcher, what was read, where to go on.
+struct Building {
+    pick: Pick,
+    events: Vec<Event>,
+    from: i64,
+    bytes: usize,
 }
 
 /// A watcher picked for one catch-up slice, copied out of the hub.
@@ -466,7 +484,7 @@ impl WatchEvents {
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            if let Some(r) = self.catch_up() {
+            if let Some(r) = self.catch_up().await {
                 let size = r.encoded_len();
                 return Some((r, size));
             }
@@ -485,10 +503,13 @@ impl WatchEvents {
     /// Replays one slice of history for a watcher that is behind. Returns a
     /// response when there was something to send; `None` when nothing is
     /// behind, or the queue must be drained first.
-    fn catch_up(&mut self) -> Option<WatchResponse> {
+    async fn catch_up(&mut self) -> Option<WatchResponse> {
         for _ in 0..CATCH_UP_EMPTY_SLICES {
-            let pick = self.pick()?;
-            let slice = self.read_slice(&pick);
+            if self.building.is_none() {
+                let pick = self.pick()?;
+                self.building = Some(Building { from: pick.from, pick, events: Vec::new(), bytes: 0 });
+            }
+            let (pick, slice) = self.read_slice().await;
             if let Some(resp) = self.advance(&pick, slice) {
                 return Some(resp);
             }
@@ -498,36 +519,44 @@ impl WatchEvents {
         None
     }
 
-    /// One response's worth of history for `pick`, read in pieces of about
-    /// [`CATCH_UP_PIECE`] bytes, each under its own hold of the state read
-    /// lock, so that a writer waits for one piece at most. A compaction
-    /// that overtakes the reader between pieces ends the slice with the
-    /// whole revisions read so far (the next slice then sees it).
-    fn read_slice(&self, pick: &Pick) -> Slice {
-        let mut events = Vec::new();
-        let (mut from, mut bytes) = (pick.from, 0usize);
+    /// Finishes the slice in [`WatchEvents::building`]: one response's worth
+    /// of history, read in pieces of about [`CATCH_UP_PIECE`] bytes, each
+    /// under its own hold of the state read lock, so that a writer waits
+    /// for one piece at most, and with a yield between pieces, so that
+    /// building a large response never holds a runtime worker that others'
+    /// requests wait for. The slice lives in `self`, so a caller that drops
+    /// `next` at a yield (a `select!`) loses nothing: the next call goes on
+    /// from there. A compaction that overtakes the reader between pieces
+    /// ends the slice with the whole revisions read so far (the next slice
+    /// then sees it).
+    async fn read_slice(&mut self) -> (Pick, Slice) {
         loop {
-            let st = self.shared.state.read();
-            let compact = st.compact_rev;
-            if from < compact {
-                if from == pick.from {
-                    return Slice::Compacted(compact);
+            let b = self.building.as_mut().expect("a slice is being built");
+            let (piece, covered) = {
+                let st = self.shared.state.read();
+                let compact = st.compact_rev;
+                if b.from < compact {
+                    let b = self.building.take().expect("checked");
+                    if b.from == b.pick.from {
+                        return (b.pick, Slice::Compacted(compact));
+                    }
+                    return (b.pick, Slice::Events(b.events, b.from - 1));
                 }
-                break;
+                let revs = CATCH_UP_REVS - usize::try_from(b.from - b.pick.from).unwrap_or(0);
+                let limit = EventLimit { revs, bytes: CATCH_UP_PIECE.min(CATCH_UP_BYTES.saturating_sub(b.bytes)).max(1) };
+                st.kv.events(&b.pick.range, b.from, b.pick.to, b.pick.shape.prev_kv, compact, limit)
+            };
+            b.bytes += piece.iter().map(Message::encoded_len).sum::<usize>();
+            let shape = b.pick.shape;
+            b.events.extend(piece.into_iter().filter_map(|e| shape.apply_owned(e)));
+            b.from = covered + 1;
+            let revs_left = usize::try_from(b.from - b.pick.from).is_ok_and(|n| n < CATCH_UP_REVS);
+            if covered >= b.pick.to || b.bytes >= CATCH_UP_BYTES || !revs_left {
+                let b = self.building.take().expect("checked");
+                return (b.pick, Slice::Events(b.events, b.from - 1));
             }
-            let revs = CATCH_UP_REVS - usize::try_from(from - pick.from).unwrap_or(0);
-            let limit = EventLimit { revs, bytes: CATCH_UP_PIECE.min(CATCH_UP_BYTES.saturating_sub(bytes)).max(1) };
-            let (piece, covered) = st.kv.events(&pick.range, from, pick.to, pick.shape.prev_kv, compact, limit);
-            drop(st);
-            bytes += piece.iter().map(Message::encoded_len).sum::<usize>();
-            events.extend(piece.iter().filter_map(|e| pick.shape.apply(e)));
-            from = covered + 1;
-            let revs_left = usize::try_from(from - pick.from).is_ok_and(|n| n < CATCH_UP_REVS);
-            if covered >= pick.to || bytes >= CATCH_UP_BYTES || !revs_left {
-                break;
-            }
+            tokio::task::yield_now().await;
         }
-        Slice::Events(events, from - 1)
     }
 
     /// Under a short hub lock: the next watcher behind, with where it is.
