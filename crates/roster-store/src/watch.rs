@@ -57,7 +57,10 @@ type Queued = Box<(WatchResponse, usize)>;
 /// Revisions per catch-up response at most, as in etcd.
 const CATCH_UP_REVS: usize = 1000;
 /// Bytes per catch-up response, about; a larger revision still goes whole.
-const CATCH_UP_BYTES: usize = 1 << 20;
+/// A response is encoded in one go on a runtime worker, so this bounds how
+/// long a replay holds one (1 MiB took tens of milliseconds in a debug
+/// build).
+const CATCH_UP_BYTES: usize = 256 << 10;
 /// Bytes of events read per hold of the state lock while building one.
 const CATCH_UP_PIECE: usize = 64 << 10;
 /// Empty catch-up slices read in one go before the reader lets others run.
