@@ -7,7 +7,8 @@
 //!   writers share one fsync (group commit).
 //! - Readers see only the durable revision, so nothing is visible that a
 //!   crash could take back. Ranges, read-only txns and keepalives take the
-//!   shared lock only.
+//!   shared lock only; a large range takes it once per slice of keys, at a
+//!   revision it pins against compaction, so no scan holds writers up.
 //! - Storage errors fail-stop: after a failed write, fsync or snapshot the
 //!   store refuses every queued and later write, never shows the failed
 //!   batch, and never retries the fsync ([`Store::failure`] says why). A
