@@ -49,8 +49,19 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 // === reads ===
 
 impl State {
-    /// A range read at `cur`, the newest revision this reader may see.
+    /// A range read at `cur`, the newest revision this reader may see, in
+    /// one go.
     pub fn range(&self, r: &RangeRequest, cur: i64) -> Result<RangeResponse, EtcdError> {
+        let mut scan = self.range_start(r, cur)?;
+        self.range_step(&mut scan, r, usize::MAX);
+        Ok(scan.finish(r))
+    }
+
+    /// Begins a range read at `cur`: checks the revision. The scan is then
+    /// fed by [`State::range_step`], under the shared lock each time but
+    /// not necessarily one hold, and answered by [`RangeScan::finish`]
+    /// with no lock at all.
+    pub fn range_start(&self, r: &RangeRequest, cur: i64) -> Result<RangeScan, EtcdError> {
         if r.revision > cur {
             return Err(EtcdError::FutureRev);
         }
@@ -58,45 +69,86 @@ impl State {
         if rev < self.compact_rev {
             return Err(EtcdError::Compacted);
         }
-        let mut found: Vec<(&Bytes, &Entry)> =
-            self.kv.range(&r.key, &r.range_end).filter_map(|(k, h)| Some((k, h.at(rev)?))).collect();
-        let count = found.len() as i64;
-        if r.count_only {
-            return Ok(RangeResponse { header: header(cur), kvs: vec![], more: false, count });
-        }
-        let keep = |v: i64, min: i64, max: i64| (min == 0 || v >= min) && (max == 0 || v <= max);
-        found.retain(|(_, e)| {
-            keep(e.mod_rev, r.min_mod_revision, r.max_mod_revision)
-                && keep(e.create_rev, r.min_create_revision, r.max_create_revision)
-        });
         // With no explicit order and no filters, etcd reads only limit + 1
         // keys (in key order) and sorts just those by the target.
         let filtered = r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0;
-        if r.limit > 0 && r.sort_order == SortOrder::None as i32 && !filtered {
-            found.truncate(r.limit as usize + 1);
+        let cap = (r.limit > 0 && r.sort_order == SortOrder::None as i32 && !filtered)
+            .then(|| usize::try_from(r.limit).unwrap_or(usize::MAX).saturating_add(1));
+        Ok(RangeScan { cur, rev, count: 0, found: Vec::new(), after: None, cap, done: false })
+    }
+
+    /// Visits up to `keys` more keys of the range at the scan's revision;
+    /// returns whether the range is exhausted. Between calls the history
+    /// the scan reads must not be compacted away (the store pins it).
+    pub fn range_step(&self, scan: &mut RangeScan, r: &RangeRequest, keys: usize) -> bool {
+        if scan.done {
+            return true;
+        }
+        let keep = |v: i64, min: i64, max: i64| (min == 0 || v >= min) && (max == 0 || v <= max);
+        let mut last = None;
+        let mut visited = 0;
+        for (k, h) in self.kv.range_after(&r.key, &r.range_end, scan.after.as_deref()) {
+            if visited == keys {
+                break;
+            }
+            visited += 1;
+            last = Some(k);
+            let Some(e) = h.at(scan.rev) else { continue };
+            // `count` is taken before the filters and the limit.
+            scan.count += 1;
+            if r.count_only || scan.cap.is_some_and(|c| scan.found.len() >= c) {
+                continue;
+            }
+            if keep(e.mod_rev, r.min_mod_revision, r.max_mod_revision) && keep(e.create_rev, r.min_create_revision, r.max_create_revision) {
+                scan.found.push(e.to_kv(k));
+            }
+        }
+        scan.done = visited < keys || keys == usize::MAX;
+        if let Some(k) = last {
+            scan.after = Some(k.clone());
+        }
+        scan.done
+    }
+}
+
+/// A range read in progress: what it has found so far and where it stopped.
+pub(crate) struct RangeScan {
+    /// The revision the header carries.
+    cur: i64,
+    /// The revision the range is read at.
+    pub rev: i64,
+    count: i64,
+    /// With their values: a sort by value needs them even for keys_only.
+    found: Vec<mvccpb::KeyValue>,
+    /// The last key visited.
+    after: Option<Bytes>,
+    /// Keys worth keeping (limit + 1), when no order or filter needs more.
+    cap: Option<usize>,
+    done: bool,
+}
+
+impl RangeScan {
+    /// Sorts, limits and encodes what the scan found; needs no lock.
+    pub fn finish(self, r: &RangeRequest) -> RangeResponse {
+        let RangeScan { cur, count, mut found, .. } = self;
+        if r.count_only {
+            return RangeResponse { header: header(cur), kvs: vec![], more: false, count };
         }
         sort(&mut found, r);
         let more = r.limit > 0 && found.len() as i64 > r.limit;
         if more {
             found.truncate(r.limit as usize);
         }
-        let kvs = found
-            .into_iter()
-            .map(|(k, e)| {
-                let mut kv = e.to_kv(k);
-                if r.keys_only {
-                    kv.value = Bytes::new();
-                }
-                kv
-            })
-            .collect();
-        Ok(RangeResponse { header: header(cur), kvs, more, count })
+        if r.keys_only {
+            found.iter_mut().for_each(|kv| kv.value = Bytes::new());
+        }
+        RangeResponse { header: header(cur), kvs: found, more, count }
     }
 }
 
 /// etcd sorts by the requested target; a non-key target with no order means
 /// ascending. The sort is stable, so ties stay in key order.
-fn sort(found: &mut [(&Bytes, &Entry)], r: &RangeRequest) {
+fn sort(found: &mut [mvccpb::KeyValue], r: &RangeRequest) {
     let target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
     let mut order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
     if target != SortTarget::Key && order == SortOrder::None {
@@ -107,10 +159,10 @@ fn sort(found: &mut [(&Bytes, &Entry)], r: &RangeRequest) {
     }
     match target {
         SortTarget::Key => {}
-        SortTarget::Version => found.sort_by_key(|(_, e)| e.version),
-        SortTarget::Create => found.sort_by_key(|(_, e)| e.create_rev),
-        SortTarget::Mod => found.sort_by_key(|(_, e)| e.mod_rev),
-        SortTarget::Value => found.sort_by(|a, b| a.1.value.cmp(&b.1.value)),
+        SortTarget::Version => found.sort_by_key(|kv| kv.version),
+        SortTarget::Create => found.sort_by_key(|kv| kv.create_revision),
+        SortTarget::Mod => found.sort_by_key(|kv| kv.mod_revision),
+        SortTarget::Value => found.sort_by(|a, b| a.value.cmp(&b.value)),
     }
     if order == SortOrder::Descend {
         found.reverse();
@@ -582,6 +634,11 @@ impl State {
             st.kv.restore(k.key, entries);
         }
         st.kv.restored();
+        // A snapshot taken while a range held a compaction back keeps the
+        // history below it; drop that now.
+        if st.compact_rev > 0 {
+            st.kv.compact(st.compact_rev);
+        }
         st
     }
 }

@@ -99,14 +99,29 @@ impl KeySpace {
         key: &'a [u8],
         range_end: &'a [u8],
     ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a History)> + 'a> {
+        self.range_after(key, range_end, None)
+    }
+
+    /// The same, but only the keys after `after` when given: a range read
+    /// in pieces resumes here.
+    pub fn range_after<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+        after: Option<&'a [u8]>,
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a History)> + 'a> {
+        let start = |from: &'a [u8]| match after {
+            Some(a) if a >= from => Bound::Excluded(a),
+            _ => Bound::Included(from),
+        };
         match KeyRange::new(key, range_end) {
+            KeyRange::Single(_) if after.is_some() => Box::new(std::iter::empty()),
             KeyRange::Single(k) => Box::new(self.keys.get_key_value(k).into_iter()),
-            KeyRange::From(from) => {
-                Box::new(self.keys.range::<[u8], _>((Bound::Included(from), Bound::Unbounded)))
+            KeyRange::From(from) => Box::new(self.keys.range::<[u8], _>((start(from), Bound::Unbounded))),
+            KeyRange::Between(_, to) if after.is_some_and(|a| a >= to) => Box::new(std::iter::empty()),
+            KeyRange::Between(from, to) if from < to => {
+                Box::new(self.keys.range::<[u8], _>((start(from), Bound::Excluded(to))))
             }
-            KeyRange::Between(from, to) if from < to => Box::new(
-                self.keys.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))),
-            ),
             KeyRange::Between(..) => Box::new(std::iter::empty()),
         }
     }

@@ -7,7 +7,8 @@
 //!   writers share one fsync (group commit).
 //! - Readers see only the durable revision, so nothing is visible that a
 //!   crash could take back. Ranges, read-only txns and keepalives take the
-//!   shared lock only.
+//!   shared lock only; a large range takes it once per slice of keys, at a
+//!   revision it pins against compaction, so no scan holds writers up.
 //! - Storage errors fail-stop: after a failed write, fsync or snapshot the
 //!   store refuses every queued and later write, never shows the failed
 //!   batch, and never retries the fsync ([`Store::failure`] says why). A
@@ -129,7 +130,7 @@ impl Drop for Handle {
 
 /// State shared with the committer thread and watch streams.
 ///
-/// Lock order: `hub` before `state`; `state` before `pending`. The committer
+/// Lock order: `hub` before `state`; `state` before `pending` and `pins`. The committer
 /// takes `pending` alone, then `hub` alone, so no cycle exists. All of these
 /// are held briefly and never across an `.await`.
 pub(crate) struct Shared {
@@ -153,6 +154,8 @@ pub(crate) struct Shared {
     quota: quota::Quota,
     /// Where etcd snapshots are spooled before streaming; `None` in memory.
     data_dir: Option<PathBuf>,
+    /// Revisions ranges read in slices; they hold compaction back.
+    pins: Mutex<Pins>,
 }
 
 /// Writes applied in memory and waiting for the next fsync.
@@ -217,6 +220,7 @@ impl Store {
         let quota = quota::Quota::open(config.data_dir.as_deref())?;
         let rev = state.rev;
         let seq = state.seq;
+        let compact_done = state.compact_rev.max(0);
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
             pending: Mutex::new(Pending::default()),
@@ -233,6 +237,7 @@ impl Store {
             log_syncs: AtomicU64::new(0),
             quota,
             data_dir: config.data_dir.clone(),
+            pins: Mutex::new(Pins { done: compact_done, wanted: compact_done, ..Default::default() }),
         });
         let committer = Committer {
             shared: shared.clone(),
@@ -306,9 +311,37 @@ impl Store {
     }
 
     /// Response headers carry only `revision`; the server fills the rest.
+    ///
+    /// A large range is read in slices of [`RANGE_CHUNK`] keys, each under
+    /// its own hold of the shared lock, all at one revision, so a writer
+    /// waits for one slice at most, never for a whole scan; the revision is
+    /// pinned meanwhile so that compaction cannot take what it reads. The
+    /// answer is sorted and built with no lock held.
     pub async fn range(&self, r: pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
-        let st = self.shared().state.read();
-        st.range(&r, self.revision())
+        let s = self.shared();
+        let (mut scan, _pin) = {
+            let st = s.state.read();
+            let mut scan = st.range_start(&r, self.revision())?;
+            if st.range_step(&mut scan, &r, RANGE_CHUNK) {
+                drop(st);
+                return Ok(scan.finish(&r));
+            }
+            // Under the lock, so no compaction can slip in before the pin.
+            let pin = s.pin(scan.rev);
+            (scan, pin)
+        };
+        loop {
+            // Writers (and other tasks on this worker) get their turn.
+            tokio::task::yield_now().await;
+            let done = {
+                let st = s.state.read();
+                st.range_step(&mut scan, &r, RANGE_CHUNK)
+            };
+            if done {
+                break;
+            }
+        }
+        Ok(scan.finish(&r))
     }
 
     pub async fn put(&self, r: pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
@@ -582,6 +615,55 @@ type Durable = Option<oneshot::Receiver<Result<(), EtcdError>>>;
 /// Expired leases revoked per hold of the exclusive lock.
 const EXPIRE_CHUNK: usize = 1000;
 
+/// Keys a range visits per hold of the shared lock: tens of microseconds.
+const RANGE_CHUNK: usize = 1024;
+
+/// Revisions that ranges read in slices are reading at, and the compaction
+/// that waits for them. Compaction drops history below its revision, so it
+/// is held back to the oldest pinned revision and finished when the pin
+/// that held it goes.
+#[derive(Default)]
+struct Pins {
+    /// Pinned revision -> ranges reading at it.
+    at: std::collections::BTreeMap<i64, usize>,
+    /// The newest durable compaction revision.
+    wanted: i64,
+    /// The revision history has been dropped below.
+    done: i64,
+}
+
+impl Pins {
+    /// How far history may be dropped now, if further than it has been.
+    fn next(&self) -> Option<i64> {
+        let floor = self.at.keys().next().map_or(self.wanted, |&p| p.min(self.wanted));
+        (floor > self.done).then_some(floor)
+    }
+}
+
+/// Unpins its revision when dropped.
+struct Pin<'a> {
+    shared: &'a Shared,
+    rev: i64,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let next = {
+            let mut p = self.shared.pins.lock();
+            if let Some(n) = p.at.get_mut(&self.rev) {
+                *n -= 1;
+                if *n == 0 {
+                    p.at.remove(&self.rev);
+                }
+            }
+            p.next()
+        };
+        if next.is_some() {
+            self.shared.compact_history();
+        }
+    }
+}
+
 // === impl Shared ===
 
 impl Shared {
@@ -609,7 +691,10 @@ impl Shared {
         }
         drop(hub);
         if let Some(&c) = batch.compactions.iter().max() {
-            self.state.write().kv.compact(c);
+            let mut p = self.pins.lock();
+            p.wanted = p.wanted.max(c);
+            drop(p);
+            self.compact_history();
         }
         if batch.seq > 0 {
             self.durable_seq.store(batch.seq, Ordering::Relaxed);
@@ -640,6 +725,25 @@ impl Shared {
 
     fn has_failed(&self) -> bool {
         self.has_failed.load(Ordering::Acquire)
+    }
+
+    /// Pins `rev` for a range read in slices; call with the state locked.
+    fn pin(&self, rev: i64) -> Pin<'_> {
+        *self.pins.lock().at.entry(rev).or_default() += 1;
+        Pin { shared: self, rev }
+    }
+
+    /// Drops the history durable compactions allow and no pinned range
+    /// still reads. The state lock comes first, so that no range can pin
+    /// between the decision and the drop.
+    fn compact_history(&self) {
+        let mut st = self.state.write();
+        let mut p = self.pins.lock();
+        if let Some(to) = p.next() {
+            p.done = to;
+            drop(p);
+            st.kv.compact(to);
+        }
     }
 }
 
@@ -764,5 +868,86 @@ impl Committer {
             }
             Err(e) => s.fail(&mut Pending::default(), format!("cannot write a snapshot: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Poll;
+
+    fn put(k: String, v: &str) -> pb::PutRequest {
+        pb::PutRequest { key: k.into(), value: v.to_string().into(), ..Default::default() }
+    }
+
+    /// Keys over several range slices, some deleted, some rewritten.
+    async fn sliced_keyspace() -> Store {
+        let s = Store::in_memory();
+        let n = RANGE_CHUNK * 3 + 17;
+        for i in 0..n {
+            s.put(put(format!("k{i:05}"), &format!("{}", i % 7))).await.unwrap();
+        }
+        for i in (0..n).step_by(5) {
+            s.put(put(format!("k{i:05}"), "again")).await.unwrap();
+        }
+        let del = |k: String| pb::DeleteRangeRequest { key: k.into(), ..Default::default() };
+        for i in (0..n).step_by(11) {
+            s.delete_range(del(format!("k{i:05}"))).await.unwrap();
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn a_range_read_in_slices_answers_as_one_read_would() {
+        let s = sliced_keyspace().await;
+        let rev = s.revision();
+        let all = |f: fn(&mut pb::RangeRequest)| {
+            let mut r = pb::RangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() };
+            f(&mut r);
+            r
+        };
+        let requests = [
+            all(|_| {}),
+            all(|r| r.range_end = "\0".into()),
+            all(|r| r.key = "k01000".into()),
+            all(|r| r.limit = 10),
+            all(|r| r.limit = 2500),
+            all(|r| (r.limit, r.sort_order, r.sort_target) = (5, 2, 4)),
+            all(|r| (r.sort_target, r.keys_only) = (3, true)),
+            all(|r| r.count_only = true),
+            all(|r| (r.min_mod_revision, r.limit) = (3000, 7)),
+            all(|r| r.max_create_revision = 1500),
+            all(|r| r.revision = 2000),
+            all(|r| (r.revision, r.limit, r.sort_order) = (3500, 100, 2)),
+        ];
+        for r in requests {
+            let sliced = s.range(r.clone()).await.unwrap();
+            let whole = s.shared().state.read().range(&r, rev).unwrap();
+            assert_eq!(sliced, whole, "{r:?}");
+            assert!(sliced.count > RANGE_CHUNK as i64, "the range spans several slices: {r:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn compaction_waits_for_a_range_reading_in_slices_below_it() {
+        let s = sliced_keyspace().await;
+        let rev = s.revision();
+        let r = pb::RangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() };
+        let expected = s.range(r.clone()).await.unwrap();
+        let mut range = std::pin::pin!(s.range(r.clone()));
+        let first = std::future::poll_fn(|cx| Poll::Ready(range.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the range stops after its first slice");
+        // Between slices: everything deleted, and history compacted past
+        // the revision the range reads at.
+        let del = pb::DeleteRangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() };
+        s.delete_range(del).await.unwrap();
+        s.compact(pb::CompactionRequest { revision: rev + 1, physical: false }).await.unwrap();
+        assert!(s.shared().state.read().kv.get(b"k00001").is_some(), "the pinned history stays");
+        let got = range.await.unwrap();
+        assert_eq!(got, expected, "the range reads its revision whole");
+        assert!(s.shared().pins.lock().at.is_empty());
+        assert!(s.shared().state.read().kv.get(b"k00001").is_none(), "the compaction finished once the range let go");
+        let again = s.range(pb::RangeRequest { revision: rev, ..r }).await;
+        assert!(matches!(again, Err(EtcdError::Compacted)), "{again:?}");
     }
 }

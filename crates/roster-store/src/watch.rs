@@ -57,7 +57,12 @@ type Queued = Box<(WatchResponse, usize)>;
 /// Revisions per catch-up response at most, as in etcd.
 const CATCH_UP_REVS: usize = 1000;
 /// Bytes per catch-up response, about; a larger revision still goes whole.
-const CATCH_UP_BYTES: usize = 1 << 20;
+/// A response is encoded in one go on a runtime worker, so this bounds how
+/// long a replay holds one (1 MiB took tens of milliseconds in a debug
+/// build).
+const CATCH_UP_BYTES: usize = 256 << 10;
+/// Bytes of events read per hold of the state lock while building one.
+const CATCH_UP_PIECE: usize = 64 << 10;
 /// Empty catch-up slices read in one go before the reader lets others run.
 const CATCH_UP_EMPTY_SLICES: usize = 64;
 /// Watchers unindexed per hub lock when a stream closes, so that closing a
@@ -131,16 +136,24 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 impl Shape {
     /// The event as this watcher sees it; the caller has checked the key.
     fn apply(self, ev: &Event) -> Option<Event> {
-        ev.kv.as_ref()?;
+        self.wants(ev).then(|| self.trim(ev.clone()))
+    }
+
+    /// [`Shape::apply`] on an event of the caller's own, with no copy.
+    fn apply_owned(self, ev: Event) -> Option<Event> {
+        self.wants(&ev).then(|| self.trim(ev))
+    }
+
+    fn wants(self, ev: &Event) -> bool {
         let is_put = ev.r#type == EventType::Put as i32;
-        if (is_put && self.no_put) || (!is_put && self.no_delete) {
-            return None;
-        }
-        let mut ev = ev.clone();
+        ev.kv.is_some() && !((is_put && self.no_put) || (!is_put && self.no_delete))
+    }
+
+    fn trim(self, mut ev: Event) -> Event {
         if !self.prev_kv {
             ev.prev_kv = None;
         }
-        Some(ev)
+        ev
     }
 }
 
@@ -279,7 +292,7 @@ pub(crate) fn open(shared: &Arc<Shared>) -> (WatchControl, WatchEvents) {
         id
     };
     let control = WatchControl { inner: Arc::new(ControlInner { shared: shared.clone(), stream: id, tx }) };
-    let events = WatchEvents { shared: shared.clone(), stream: id, rx, wake, queued };
+    let events = WatchEvents { shared: shared.clone(), stream: id, rx, wake, queued, building: None };
     (control, events)
 }
 
@@ -419,6 +432,16 @@ pub struct WatchEvents {
     rx: mpsc::Receiver<Queued>,
     wake: Arc<Notify>,
     queued: Arc<AtomicUsize>,
+    /// The catch-up slice being read, between pieces.
+    building: Option<Building>,
+}
+
+/// A catch-up slice part read: the watcher, what was read, where to go on.
+struct Building {
+    pick: Pick,
+    events: Vec<Event>,
+    from: i64,
+    bytes: usize,
 }
 
 /// A watcher picked for one catch-up slice, copied out of the hub.
@@ -464,7 +487,7 @@ impl WatchEvents {
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            if let Some(r) = self.catch_up() {
+            if let Some(r) = self.catch_up().await {
                 let size = r.encoded_len();
                 return Some((r, size));
             }
@@ -483,21 +506,13 @@ impl WatchEvents {
     /// Replays one slice of history for a watcher that is behind. Returns a
     /// response when there was something to send; `None` when nothing is
     /// behind, or the queue must be drained first.
-    fn catch_up(&mut self) -> Option<WatchResponse> {
+    async fn catch_up(&mut self) -> Option<WatchResponse> {
         for _ in 0..CATCH_UP_EMPTY_SLICES {
-            let pick = self.pick()?;
-            let slice = {
-                let st = self.shared.state.read();
-                let compact = st.compact_rev;
-                if pick.from < compact {
-                    Slice::Compacted(compact)
-                } else {
-                    let limit = EventLimit { revs: CATCH_UP_REVS, bytes: CATCH_UP_BYTES };
-                    let (all, covered) = st.kv.events(&pick.range, pick.from, pick.to, pick.shape.prev_kv, compact, limit);
-                    drop(st);
-                    Slice::Events(all.iter().filter_map(|e| pick.shape.apply(e)).collect(), covered)
-                }
-            };
+            if self.building.is_none() {
+                let pick = self.pick()?;
+                self.building = Some(Building { from: pick.from, pick, events: Vec::new(), bytes: 0 });
+            }
+            let (pick, slice) = self.read_slice().await;
             if let Some(resp) = self.advance(&pick, slice) {
                 return Some(resp);
             }
@@ -505,6 +520,46 @@ impl WatchEvents {
         // Many empty slices in a row: come back after other tasks ran.
         self.wake.notify_one();
         None
+    }
+
+    /// Finishes the slice in [`WatchEvents::building`]: one response's worth
+    /// of history, read in pieces of about [`CATCH_UP_PIECE`] bytes, each
+    /// under its own hold of the state read lock, so that a writer waits
+    /// for one piece at most, and with a yield between pieces, so that
+    /// building a large response never holds a runtime worker that others'
+    /// requests wait for. The slice lives in `self`, so a caller that drops
+    /// `next` at a yield (a `select!`) loses nothing: the next call goes on
+    /// from there. A compaction that overtakes the reader between pieces
+    /// ends the slice with the whole revisions read so far (the next slice
+    /// then sees it).
+    async fn read_slice(&mut self) -> (Pick, Slice) {
+        loop {
+            let b = self.building.as_mut().expect("a slice is being built");
+            let (piece, covered) = {
+                let st = self.shared.state.read();
+                let compact = st.compact_rev;
+                if b.from < compact {
+                    let b = self.building.take().expect("checked");
+                    if b.from == b.pick.from {
+                        return (b.pick, Slice::Compacted(compact));
+                    }
+                    return (b.pick, Slice::Events(b.events, b.from - 1));
+                }
+                let revs = CATCH_UP_REVS - usize::try_from(b.from - b.pick.from).unwrap_or(0);
+                let limit = EventLimit { revs, bytes: CATCH_UP_PIECE.min(CATCH_UP_BYTES.saturating_sub(b.bytes)).max(1) };
+                st.kv.events(&b.pick.range, b.from, b.pick.to, b.pick.shape.prev_kv, compact, limit)
+            };
+            b.bytes += piece.iter().map(Message::encoded_len).sum::<usize>();
+            let shape = b.pick.shape;
+            b.events.extend(piece.into_iter().filter_map(|e| shape.apply_owned(e)));
+            b.from = covered + 1;
+            let revs_left = usize::try_from(b.from - b.pick.from).is_ok_and(|n| n < CATCH_UP_REVS);
+            if covered >= b.pick.to || b.bytes >= CATCH_UP_BYTES || !revs_left {
+                let b = self.building.take().expect("checked");
+                return (b.pick, Slice::Events(b.events, b.from - 1));
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Under a short hub lock: the next watcher behind, with where it is.

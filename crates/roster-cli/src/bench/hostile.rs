@@ -135,7 +135,7 @@ impl Workload for HostileRun {
         let (mut idle, _) = put_for(&writer, phase / 2).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
-        let hostile = tokio::spawn(run_hostile(t.clone(), self.args.clone(), self.scenario, setup, stop.clone(), phase + max));
+        let hostile = apart(run_hostile(t.clone(), self.args.clone(), self.scenario, setup, stop.clone(), phase + max))?;
         let (during, put_errors) = put_for(&writer, phase).await?;
         stop.store(true, Ordering::Relaxed);
         let did = tokio::time::timeout(max, hostile)
@@ -159,6 +159,22 @@ impl Workload for HostileRun {
         );
         Ok(o)
     }
+}
+
+/// Runs the hostile client on a runtime and threads of its own, as a
+/// separate client process would run it. On the writer's runtime, decoding
+/// a 100,000-key range or a catch-up response would hold up the writer's
+/// own tasks in this process, which measures the load generator, not the
+/// server.
+fn apart<T: Send + 'static>(
+    f: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<Result<T>>> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("hostile").enable_all().build()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("hostile".into()).spawn(move || {
+        let _ = tx.send(rt.block_on(f));
+    })?;
+    Ok(rx)
 }
 
 /// Sequential puts for `d`: their latencies, and errors.
