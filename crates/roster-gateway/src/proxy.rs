@@ -765,7 +765,7 @@ impl hyper::body::Body for Relayed {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.size.clone()
+        self.size
     }
 }
 

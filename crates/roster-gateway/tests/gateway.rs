@@ -174,7 +174,7 @@ async fn routes_by_path_prefix_host_and_grpc_service() {
     // A body streams through.
     let big = Bytes::from(vec![b'x'; 300_000]);
     let a = send(&c, Request::post(gw.url("/echo/upload")).body(Full::new(big)).unwrap()).await;
-    assert_eq!((a.json["method"].as_str(), a.json["body_len"].as_u64()), (Some("POST"), Some(300_000)));
+    assert_eq!((a.json["method"].as_str(), a.json["body_len"].as_u64()), (Some("POST"), Some(300_000)), "{}", a.json);
     // HTTP/2 cleartext on the same port.
     let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     assert_eq!(get(&h2, &gw.url("/echo/h2")).await.json["path"], "/h2");

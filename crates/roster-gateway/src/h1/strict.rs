@@ -93,18 +93,17 @@ impl StrictIo {
         self.pending.clear();
     }
 
-    /// Moves what is checked from `pending` to `ready`; `false` when more
-    /// bytes must be read first.
-    fn check(&mut self) -> bool {
+    /// Moves what is checked from `pending` to `ready`, as far as it can.
+    fn check(&mut self) {
         loop {
             if self.pending.is_empty() {
-                return false;
+                return;
             }
             match &mut self.state {
                 State::Passthrough => {
                     let all = self.pending.split();
                     self.ready.unsplit(all);
-                    return true;
+                    return;
                 }
                 State::Body(left) => {
                     let n = (*left).min(self.pending.len() as u64);
@@ -127,7 +126,7 @@ impl StrictIo {
                     }
                     Err(()) => {
                         self.refuse(StatusCode::BAD_REQUEST, "malformed chunked body");
-                        return false;
+                        return;
                     }
                 },
                 State::Head => {
@@ -152,25 +151,25 @@ impl StrictIo {
                                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                                 "request head too large",
                             );
-                            return false;
+                            return;
                         }
                         Parsed::Partial => {
                             if self.head_deadline.is_none() {
                                 self.head_deadline =
                                     Some(Box::pin(tokio::time::sleep(self.header_timeout)));
                             }
-                            return false;
+                            return;
                         }
                         Parsed::TooManyHeaders => {
                             self.refuse(
                                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                                 "too many header fields",
                             );
-                            return false;
+                            return;
                         }
                         Parsed::Bad(why) => {
                             self.refuse(StatusCode::BAD_REQUEST, why);
-                            return false;
+                            return;
                         }
                     };
                     if head_len > self.max_head {
@@ -178,7 +177,7 @@ impl StrictIo {
                             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                             "request head too large",
                         );
-                        return false;
+                        return;
                     }
                     self.head_deadline = None;
                     let head = self.pending.split_to(head_len);
@@ -208,10 +207,8 @@ impl AsyncRead for StrictIo {
                 // hyper sees the client finish; the refusal goes out at shutdown.
                 return Poll::Ready(Ok(()));
             }
-            if this.check() {
-                continue;
-            }
-            if this.refusal.is_some() {
+            this.check();
+            if !this.ready.is_empty() || this.refusal.is_some() {
                 continue;
             }
             if matches!(this.state, State::Passthrough) && this.pending.is_empty() {
