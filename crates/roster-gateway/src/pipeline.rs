@@ -268,9 +268,7 @@ impl Proxy {
                 .clone()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
         });
-        let trusted = !config.trusted_proxies.is_empty() && config.trusts(ask.client.ip());
-        exchange.target(&target.path);
-        forward_headers(headers, ask, trusted, exchange);
+        forward(config, ask, &target.path, headers, exchange);
         let replayable = exchange
             .body()
             .await
@@ -328,6 +326,13 @@ impl Proxy {
             attempts.failed(guard, &instance, fault)?;
         }
     }
+}
+
+/// Writes the request's target and forwarded headers to `exchange`.
+pub(crate) fn forward<'h, E: Exchange>(config: &Config, ask: &Ask<'_>, path: &str, headers: impl Iterator<Item = Line<'h>> + Clone, exchange: &mut E) {
+    let trusted = !config.trusted_proxies.is_empty() && config.trusts(ask.client.ip());
+    exchange.target(path);
+    forward_headers(headers, ask, trusted, exchange);
 }
 
 /// Whether an answer says the instance could not serve: gRPC

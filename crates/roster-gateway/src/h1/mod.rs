@@ -18,7 +18,7 @@ mod fuzz;
 mod request;
 pub(crate) mod strict;
 
-use crate::pipeline::{Ask, ErrorReply, Exchange, Reply, connection_tokens, hop_by_hop};
+use crate::pipeline::{ErrorReply, Exchange, Reply, connection_tokens, hop_by_hop};
 use crate::proxy::{Fault, Proxy, REPLAY_LIMIT, is_idempotent};
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
@@ -241,14 +241,7 @@ async fn exchange(
     head_bytes: &[u8],
     body: &[u8],
 ) -> io::Result<bool> {
-    let ask = Ask {
-        client: peer,
-        method: &head.method,
-        host: head.host(head_bytes),
-        path: head.target(head_bytes),
-        grpc: false,
-        content_length: head.content_length,
-    };
+    let ask = head.ask(head_bytes, peer);
     let mut exchange = FastExchange::new(pool, &head.method, body, head_bytes.len());
     match proxy
         .pipeline(&ask, head.lines(head_bytes), &mut exchange)
@@ -389,20 +382,11 @@ pub(crate) fn upstream_head(
     instance: &str,
 ) -> Option<Vec<u8>> {
     let head_bytes = &buf[..head.head_len];
-    let ask = Ask {
-        client: peer,
-        method: &head.method,
-        host: head.host(head_bytes),
-        path: head.target(head_bytes),
-        grpc: false,
-        content_length: head.content_length,
-    };
+    let ask = head.ask(head_bytes, peer);
     let target = crate::route::route(config, ask.host, ask.path, false)?;
     let pool = Pool::default();
     let mut exchange = FastExchange::new(&pool, &head.method, &[], head.head_len);
-    exchange.target(&target.path);
-    let trusted = !config.trusted_proxies.is_empty() && config.trusts(peer.ip());
-    crate::pipeline::forward_headers(head.lines(head_bytes), &ask, trusted, &mut exchange);
+    crate::pipeline::forward(config, &ask, &target.path, head.lines(head_bytes), &mut exchange);
     Some(exchange.request(instance))
 }
 
