@@ -63,7 +63,9 @@ BIN="${CARGO_TARGET_DIR:-target}/release"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/roster-gw-bench.XXXXXX")
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Last started first: the registry goes after everything that uses it.
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
@@ -243,7 +245,8 @@ measure_grpc() {
     fi
     # Columns: start (us since epoch), status, microseconds to the end of the response.
     read -r p50 p99 < <(awk '{ print $3 }' "$log" | sort -n | awk '{ v[NR] = $1 } END {
-        printf "%.3f %.3f\n", v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1] / 1000, v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1] / 1000 }')
+        a = int(NR * 0.50); if (a < 1) a = 1; b = int(NR * 0.99); if (b < 1) b = 1
+        printf "%.3f %.3f\n", v[a] / 1000, v[b] / 1000 }')
     rm -f "$log"
     echo "$rps $p50 $p99 $(cpu_per_request $((t1 - t0)) "$GRPC_REQUESTS")"
 }

@@ -805,6 +805,25 @@ async fn ctl_nul_and_bad_targets_get_400_and_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_too_slow_or_too_large_on_a_hyper_connection_gets_408_or_431_and_close() {
+    let (reg, _stop) = registry().await;
+    let (log, _registration) = logging_backend(&reg, "logged").await;
+    let gw = Gw::start(&reg, "header_read_timeout_ms = 300\nmax_header_bytes = 8192\n").await;
+    for (rest, status) in [(b"GET /logged/slow HTTP/1.1\r\nHost: t\r\n".to_vec(), "408"), ([&b"GET /logged/big HTTP/1.1\r\nX-A: "[..], &[b'a'; 9000]].concat(), "431")] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&[PRIMER, &rest].concat()).await.unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the gateway closes the connection");
+        let out = String::from_utf8_lossy(&out);
+        let after = out.split_once("\r\n\r\n/primer").unwrap_or_else(|| panic!("the primer was answered: {out:?}")).1;
+        assert!(after.starts_with(&format!("HTTP/1.1 {status}")), "{status}: {out:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{status}: closed after {:?}", started.elapsed());
+    }
+    assert!(log.lock().iter().all(|s| s.target == "/primer"), "{:?}", log.lock());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crlf_in_an_instance_address_never_reaches_a_header() {
     let f = smuggle_fixture().await;
     // An instance whose registered address carries a header of its own.
