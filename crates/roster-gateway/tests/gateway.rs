@@ -1200,14 +1200,24 @@ async fn a_streaming_answer_holds_its_concurrency_slot_until_its_body_ends_on_bo
 
 // === Access log ===
 
+/// While set, access log events are formatted for [`capture_access_log`];
+/// otherwise the subscriber turns every event away at once, so the other
+/// tests of this binary (the memory one above all) are not slowed or grown.
+static CAPTURING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Access log lines for paths under `/echo/q-`, from every gateway in this
-/// process (other tests' lines are formatted and dropped).
+/// process, while [`CAPTURING`] is set.
 fn capture_access_log() -> std::sync::Arc<parking_lot::Mutex<String>> {
+    use tracing_subscriber::layer::SubscriberExt;
     static LOG: std::sync::OnceLock<std::sync::Arc<parking_lot::Mutex<String>>> = std::sync::OnceLock::new();
     LOG.get_or_init(|| {
         let log = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
         let sink = log.clone();
-        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::INFO).with_writer(move || Capture(sink.clone())).finish();
+        let only_access = tracing_subscriber::filter::filter_fn(|meta| {
+            meta.target() == "roster_gateway::access" && CAPTURING.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || Capture(sink.clone()));
+        let subscriber = tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(layer, only_access));
         tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in this test binary");
         log
     })
@@ -1233,6 +1243,7 @@ impl std::io::Write for Capture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_redacts_query_strings_when_configured_on_both_engines() {
     let log = capture_access_log();
+    CAPTURING.store(true, std::sync::atomic::Ordering::Relaxed);
     let (reg, _stop) = registry().await;
     let _b = Backend::start(&reg, "echo", "q1").await;
     let h1 = http();
@@ -1249,4 +1260,5 @@ async fn the_access_log_redacts_query_strings_when_configured_on_both_engines() 
             assert_eq!(line.contains(&format!("{path}?REDACTED")), redact, "{engine}, config {toml:?}: {line}");
         }
     }
+    CAPTURING.store(false, std::sync::atomic::Ordering::Relaxed);
 }
