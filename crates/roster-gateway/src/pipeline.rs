@@ -329,7 +329,13 @@ impl Proxy {
 }
 
 /// Writes the request's target and forwarded headers to `exchange`.
-pub(crate) fn forward<'h, E: Exchange>(config: &Config, ask: &Ask<'_>, path: &str, headers: impl Iterator<Item = Line<'h>> + Clone, exchange: &mut E) {
+pub(crate) fn forward<'h, E: Exchange>(
+    config: &Config,
+    ask: &Ask<'_>,
+    path: &str,
+    headers: impl Iterator<Item = Line<'h>> + Clone,
+    exchange: &mut E,
+) {
     let trusted = !config.trusted_proxies.is_empty() && config.trusts(ask.client.ip());
     exchange.target(path);
     forward_headers(headers, ask, trusted, exchange);

@@ -386,7 +386,13 @@ pub(crate) fn upstream_head(
     let target = crate::route::route(config, ask.host, ask.path, false)?;
     let pool = Pool::default();
     let mut exchange = FastExchange::new(&pool, &head.method, &[], head.head_len);
-    crate::pipeline::forward(config, &ask, &target.path, head.lines(head_bytes), &mut exchange);
+    crate::pipeline::forward(
+        config,
+        &ask,
+        &target.path,
+        head.lines(head_bytes),
+        &mut exchange,
+    );
     Some(exchange.request(instance))
 }
 

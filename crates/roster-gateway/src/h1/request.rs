@@ -51,8 +51,19 @@ impl RequestHead {
     }
 
     /// What the pipeline needs to know of this request.
-    pub fn ask<'h>(&'h self, head: &'h [u8], client: std::net::SocketAddr) -> crate::pipeline::Ask<'h> {
-        crate::pipeline::Ask { client, method: &self.method, host: self.host(head), path: self.target(head), grpc: false, content_length: self.content_length }
+    pub fn ask<'h>(
+        &'h self,
+        head: &'h [u8],
+        client: std::net::SocketAddr,
+    ) -> crate::pipeline::Ask<'h> {
+        crate::pipeline::Ask {
+            client,
+            method: &self.method,
+            host: self.host(head),
+            path: self.target(head),
+            grpc: false,
+            content_length: self.content_length,
+        }
     }
 
     pub fn target<'h>(&self, head: &'h [u8]) -> &'h str {
