@@ -24,6 +24,7 @@
 //! Top-level limits: `max_connections` (default 10000) and
 //! `max_connections_per_ip` (default 1024, 0 for none; `trusted_proxies`
 //! are exempt). Connections over either are closed at accept.
+//! `access_log_redact_query = true` logs queries as `?REDACTED`.
 
 use roster::balance::Policy;
 use serde::Deserialize;
@@ -60,6 +61,9 @@ pub struct FileConfig {
     /// A response is cut off when neither the instance sends nor the client
     /// takes any of it for this long (default 60 s).
     pub response_idle_timeout_ms: Option<u64>,
+    /// The access log shows a request's query as `?REDACTED` (default
+    /// false: as sent). Queries often carry tokens or personal data.
+    pub access_log_redact_query: Option<bool>,
     /// Most client connections open at once (default 10000); more are
     /// closed at accept.
     pub max_connections: Option<usize>,
@@ -162,6 +166,7 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub debug_errors: bool,
     pub response_idle_timeout: Duration,
+    pub access_log_redact_query: bool,
     pub max_connections: usize,
     /// 0: no cap.
     pub max_connections_per_ip: usize,
@@ -242,6 +247,7 @@ impl Config {
             trusted_proxies,
             debug_errors: f.debug_errors.unwrap_or(false),
             response_idle_timeout: Duration::from_millis(f.response_idle_timeout_ms.unwrap_or(60_000).max(1)),
+            access_log_redact_query: f.access_log_redact_query.unwrap_or(false),
             max_connections: f.max_connections.unwrap_or(10_000).max(1),
             max_connections_per_ip: f.max_connections_per_ip.unwrap_or(1024),
             auto_routes: f.auto_routes.unwrap_or(true),

@@ -9,12 +9,15 @@
 //!   with passive ejection and a retry budget; unused ones are dropped.
 //! - `h1`: the HTTP/1.1 fast path: plain requests parsed with `httparse`
 //!   and relayed as bytes over per-thread upstream pools; the rest go to
-//!   hyper and `proxy`.
+//!   hyper and `proxy`, read through `h1::strict`, which holds every
+//!   HTTP/1.1 head hyper serves to the fast path's rules.
 //! - `limits`: connection caps at accept, and each route's concurrency
 //!   (503) and rate (429) limits, one check for both engines.
-//! - `proxy`: forwarding with retries, timeouts, streaming bodies,
-//!   forwarding headers; JSON errors for HTTP callers, `grpc-status` for
-//!   gRPC callers.
+//! - `pipeline`: the one request pipeline both engines plug into: route →
+//!   balance → attempts → classify → respond, and the header rewrite.
+//! - `proxy`: the hyper engine (HTTP/2, gRPC, and what the fast path hands
+//!   over), the attempts, and the failures: JSON errors for HTTP callers,
+//!   `grpc-status` for gRPC callers.
 //! - `server`: the listener (HTTP/1.1 + h2c, bounded heads, graceful
 //!   drain, bounded accept queues) and the admin listener (`/metrics`, `/health`).
 
@@ -23,6 +26,7 @@ mod directory;
 mod h1;
 mod limits;
 mod metrics;
+mod pipeline;
 mod proxy;
 pub mod route;
 mod server;

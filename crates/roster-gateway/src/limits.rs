@@ -103,13 +103,6 @@ pub struct Permit {
     in_flight: Option<Arc<AtomicUsize>>,
 }
 
-impl Permit {
-    /// Whether a concurrency limit counts this request.
-    pub fn counts(&self) -> bool {
-        self.in_flight.is_some()
-    }
-}
-
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(n) = &self.in_flight {

@@ -1,11 +1,13 @@
-//! One request through the gateway: route, pick an instance, forward with
-//! retries, stream the answer back.
+//! The hyper engine (HTTP/2, h2c and so gRPC, and the HTTP/1.1 requests
+//! the fast path hands over), and what both engines share: the attempts,
+//! the failures and the access record. The pipeline itself is
+//! `crate::pipeline`.
 
 use crate::config::{Config, Policies};
-use crate::metrics::Metrics;
-use crate::route::route;
 use crate::limits::{Limited, Permit};
-use crate::upstream::{RetryBudget, Unavailable, Upstream, Upstreams};
+use crate::metrics::Metrics;
+use crate::pipeline::{Ask, ErrorReply, Exchange, Reply, connection_tokens, hop_by_hop};
+use crate::upstream::{RetryBudget, Unavailable, Upstreams};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -13,8 +15,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
 use hyper::body::{Body as _, Frame, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use roster::balance::Guard;
 use std::net::SocketAddr;
@@ -53,8 +55,14 @@ impl Pools {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(30));
-        let http1 = builder.clone().pool_max_idle_per_host(1024).build(connector.clone());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30));
+        let http1 = builder
+            .clone()
+            .pool_max_idle_per_host(1024)
+            .build(connector.clone());
         let http2 = builder.http2_only(true).build(connector);
         Pools { http1, http2 }
     }
@@ -62,29 +70,77 @@ impl Pools {
 
 impl Proxy {
     pub fn new(config: Config, upstreams: Upstreams) -> Proxy {
-        Proxy { config: ArcSwap::from_pointee(config), upstreams, metrics: Metrics::new() }
+        Proxy {
+            config: ArcSwap::from_pointee(config),
+            upstreams,
+            metrics: Metrics::new(),
+        }
     }
 
-    pub async fn handle(&self, pools: &Pools, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
-        let started = Instant::now();
+    /// The hyper engine: the request as hyper read it goes through the
+    /// pipeline; the answer goes back through hyper.
+    pub async fn handle(
+        &self,
+        pools: &Pools,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
         let grpc = is_grpc(req.headers());
-        let method = req.method().clone();
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let outcome = self.forward(pools, req, client, grpc, &path).await;
-        let (resp, service, instance, retries) = match outcome {
-            Ok(done) => (done.response, done.service, done.instance, done.retries),
-            Err(fail) => (fail.response(grpc, self.config.load().debug_errors), fail.service().to_owned(), "-".to_owned(), fail.retries()),
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(parts.uri.authority().map(|a| a.as_str()));
+        // A length the client declared (and hyper holds the body to) goes on as it was.
+        let content_length = if parts.headers.contains_key(header::CONTENT_LENGTH) {
+            body.size_hint().exact()
+        } else {
+            None
         };
-        let grpc_status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
-        let access = Access { client, method: method.as_str(), path: &path, service: &service, instance: &instance, grpc_status, retries };
-        self.record(&access, resp.status().as_u16(), started.elapsed());
-        resp
+        let ask = Ask {
+            client,
+            method: &parts.method,
+            host,
+            path,
+            grpc,
+            content_length,
+        };
+        // http's header iterator cannot be cloned; the pipeline reads the lines twice.
+        let lines: Vec<(&[u8], &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect();
+        let mut exchange = HyperExchange {
+            pools,
+            method: parts.method.clone(),
+            use_h2: grpc || parts.version == Version::HTTP_2,
+            path: String::new(),
+            headers: HeaderMap::new(),
+            incoming: Some(body),
+            body: RequestBody::Replayable(None),
+        };
+        match self
+            .pipeline(&ask, lines.iter().copied(), &mut exchange)
+            .await
+        {
+            Reply::Deliver { answer, permit } => {
+                relay_response(answer, permit, self.config.load().response_idle_timeout)
+            }
+            Reply::Error(e) => e.into_response(),
+        }
     }
 
     /// Counts an answered request and writes its access log line.
     pub(crate) fn record(&self, a: &Access<'_>, status: u16, took: Duration) {
         // No route and names nobody registered share one series.
-        let service = if a.service.is_empty() { UNROUTED } else { a.service };
+        let service = if a.service.is_empty() {
+            UNROUTED
+        } else {
+            a.service
+        };
         self.metrics.request(service, a.instance, status, took);
         tracing::info!(
             target: "roster_gateway::access",
@@ -92,80 +148,94 @@ impl Proxy {
             grpc_status = a.grpc_status, retries = a.retries, micros = took.as_micros() as u64,
         );
     }
+}
 
-    async fn forward(&self, pools: &Pools, req: Request<Incoming>, client: SocketAddr, grpc: bool, path: &str) -> Result<Done, Failure> {
-        let config = self.config.load();
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str())).map(str::to_owned);
-        let Some(target) = route(&config, host.as_deref(), path, grpc) else {
-            return Err(Failure::NoRoute { path: path.to_owned() });
-        };
-        let service = target.service.into_owned();
-        let policies: &Policies = target.policies;
-        let upstream = self
-            .upstreams
-            .get(&service, policies.policy, FIRST_LIST_WAIT, target.configured)
-            .await
-            .map_err(|e| Failure::unavailable(service.clone(), e))?;
-        // Held until the response body ends or is dropped (see `hold`).
-        let permit = admit(&upstream, &service, policies)?;
-        let (mut parts, body) = req.into_parts();
-        let hash_key = policies.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
-        let trusted = !config.trusted_proxies.is_empty() && config.trusts(client.ip());
-        prepare_headers(&mut parts.headers, client, host.as_deref(), grpc, trusted);
-        let version = parts.version;
-        let idempotent = grpc || is_idempotent(&parts.method);
-        let mut body = RequestBody::read(body).await.map_err(|e| Failure::BadRequest { service: service.clone(), detail: e })?;
+/// One request on the hyper engine: the forwarded head is built from what
+/// the pipeline writes; each attempt goes out through hyper's client.
+struct HyperExchange<'p> {
+    pools: &'p Pools,
+    method: Method,
+    use_h2: bool,
+    path: String,
+    headers: HeaderMap,
+    incoming: Option<Incoming>,
+    body: RequestBody,
+}
 
-        let deadline = Instant::now() + policies.timeout;
-        let mut attempts = Attempts::new(&self.metrics, &upstream.budget, &service, policies, deadline, idempotent, body.replayable());
-        loop {
-            let Some(guard) = upstream.balancer.pick(hash_key.as_deref()) else {
-                return Err(attempts.exhausted());
-            };
-            let instance = guard.instance().addr.clone();
-            let uri: Uri = match format!("http://{instance}{}", target.path).parse() {
-                Ok(u) => u,
-                Err(e) => {
-                    guard.failure();
-                    return Err(attempts.give_up(LastError::Transport(format!("bad instance address {instance}: {e}"))));
-                }
-            };
-            let mut up = Request::from_parts(parts.clone(), body.take());
-            *up.uri_mut() = uri;
-            let use_h2 = grpc || version == Version::HTTP_2;
-            *up.version_mut() = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-            let try_started = Instant::now();
-            let sent = if use_h2 { pools.http2.request(up) } else { pools.http1.request(up) };
-            let fault = match tokio::time::timeout(policies.per_try_timeout.min(attempts.left()), sent).await {
-                Err(_) => Fault::Timeout,
-                Ok(Err(e)) if e.is_connect() => Fault::Connect(format!("cannot connect to {instance}: {}", source_text(&e))),
-                Ok(Err(e)) => Fault::Transport(format!("{instance}: {}", source_text(&e))),
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    let unavailable = if grpc {
-                        resp.headers().get("grpc-status").is_some_and(|s| s == "14")
-                    } else {
-                        idempotent && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
-                    };
-                    match attempts.answered(guard, &instance, status, unavailable, grpc, try_started.elapsed()) {
-                        Answered::Retry => continue,
-                        Answered::Fail(f) => return Err(f),
-                        Answered::Deliver => {
-                            let retries = attempts.retries();
-                            return Ok(Done { response: hold(finish_response(resp), permit), service, instance, retries });
-                        }
-                    }
-                }
-            };
-            attempts.failed(guard, &instance, fault)?;
+impl Exchange for HyperExchange<'_> {
+    type Answer = Response<Incoming>;
+
+    fn target(&mut self, path: &str) {
+        path.clone_into(&mut self.path);
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            self.headers.append(n, v);
         }
+    }
+
+    async fn body(&mut self) -> Result<bool, String> {
+        if let Some(incoming) = self.incoming.take() {
+            self.body = RequestBody::read(incoming).await?;
+        }
+        Ok(self.body.replayable())
+    }
+
+    async fn attempt(&mut self, instance: &str) -> Result<Response<Incoming>, Fault> {
+        let uri: Uri = format!("http://{instance}{}", self.path)
+            .parse()
+            .map_err(|e| Fault::Transport(format!("bad instance address {instance}: {e}")))?;
+        let mut up = Request::new(self.body.take());
+        *up.method_mut() = self.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = self.headers.clone();
+        *up.version_mut() = if self.use_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let sent = if self.use_h2 {
+            self.pools.http2.request(up)
+        } else {
+            self.pools.http1.request(up)
+        };
+        sent.await.map_err(|e| {
+            if e.is_connect() {
+                Fault::Connect(format!("cannot connect to {instance}: {}", source_text(&e)))
+            } else {
+                Fault::Transport(format!("{instance}: {}", source_text(&e)))
+            }
+        })
+    }
+
+    fn status(answer: &Response<Incoming>) -> StatusCode {
+        answer.status()
+    }
+
+    fn grpc_status(answer: &Response<Incoming>) -> Option<&[u8]> {
+        answer
+            .headers()
+            .get("grpc-status")
+            .map(HeaderValue::as_bytes)
     }
 }
 
-/// Admits a request under its route's concurrency and rate limits; the
-/// same check for both engines.
-pub(crate) fn admit(upstream: &Upstream, service: &str, policies: &Policies) -> Result<Permit, Failure> {
-    upstream.limiter.admit(policies).map_err(|limited| Failure::Limited { service: service.to_owned(), limited })
+impl ErrorReply {
+    fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(if self.body.is_empty() {
+            empty()
+        } else {
+            full(self.body)
+        });
+        *resp.status_mut() = self.status;
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().append(name, v);
+            }
+        }
+        resp
+    }
 }
 
 /// How an attempt failed before an answer came.
@@ -212,7 +282,17 @@ impl<'a> Attempts<'a> {
         replayable: bool,
     ) -> Self {
         budget.deposit(policies.retry_budget_percent);
-        Attempts { metrics, budget, service, max: policies.retries, deadline, idempotent, replayable, retries: 0, last: LastError::None }
+        Attempts {
+            metrics,
+            budget,
+            service,
+            max: policies.retries,
+            deadline,
+            idempotent,
+            replayable,
+            retries: 0,
+            last: LastError::None,
+        }
     }
 
     pub(crate) fn retries(&self) -> u32 {
@@ -226,7 +306,8 @@ impl<'a> Attempts<'a> {
 
     /// Whether one more attempt is allowed: counts the retry if so.
     fn another(&mut self, wanted: bool, instance: &str) -> bool {
-        let allowed = wanted && self.replayable && self.retries < self.max && Instant::now() < self.deadline;
+        let allowed =
+            wanted && self.replayable && self.retries < self.max && Instant::now() < self.deadline;
         if !allowed || !self.budget.withdraw() {
             return false;
         }
@@ -237,7 +318,12 @@ impl<'a> Attempts<'a> {
 
     /// The attempt failed before an answer: `Ok` to try another instance,
     /// or the failure to answer with.
-    pub(crate) fn failed(&mut self, guard: Guard, instance: &str, fault: Fault) -> Result<(), Failure> {
+    pub(crate) fn failed(
+        &mut self,
+        guard: Guard,
+        instance: &str,
+        fault: Fault,
+    ) -> Result<(), Failure> {
         // A refused connection never reached the instance: safe to retry anything.
         let (retryable, last) = match fault {
             Fault::Timeout => {
@@ -264,7 +350,15 @@ impl<'a> Attempts<'a> {
     /// An answer came. An unavailable one (502/503 for idempotent HTTP,
     /// `UNAVAILABLE` for gRPC) is retried while allowed; after that an HTTP
     /// caller gets 502 and a gRPC caller the answer itself.
-    pub(crate) fn answered(&mut self, guard: Guard, instance: &str, status: StatusCode, unavailable: bool, grpc: bool, latency: Duration) -> Answered {
+    pub(crate) fn answered(
+        &mut self,
+        guard: Guard,
+        instance: &str,
+        status: StatusCode,
+        unavailable: bool,
+        grpc: bool,
+        latency: Duration,
+    ) -> Answered {
         if unavailable && self.another(true, instance) {
             guard.failure();
             self.last = LastError::Status(status);
@@ -286,14 +380,25 @@ impl<'a> Attempts<'a> {
     /// No instance left to pick.
     pub(crate) fn exhausted(self) -> Failure {
         match self.last {
-            LastError::None => Failure::NoInstance { service: self.service.to_owned(), detail: "no instance is registered or healthy".into() },
-            last => Failure::Upstream { service: self.service.to_owned(), retries: self.retries, last },
+            LastError::None => Failure::NoInstance {
+                service: self.service.to_owned(),
+                detail: "no instance is registered or healthy".into(),
+            },
+            last => Failure::Upstream {
+                service: self.service.to_owned(),
+                retries: self.retries,
+                last,
+            },
         }
     }
 
     /// Stops with `last` as the reason.
     pub(crate) fn give_up(&self, last: LastError) -> Failure {
-        Failure::Upstream { service: self.service.to_owned(), retries: self.retries, last }
+        Failure::Upstream {
+            service: self.service.to_owned(),
+            retries: self.retries,
+            last,
+        }
     }
 }
 
@@ -308,13 +413,6 @@ pub(crate) struct Access<'a> {
     pub retries: u32,
 }
 
-struct Done {
-    response: Response<Body>,
-    service: String,
-    instance: String,
-    retries: u32,
-}
-
 #[derive(Debug)]
 pub(crate) enum LastError {
     None,
@@ -325,22 +423,42 @@ pub(crate) enum LastError {
 
 #[derive(Debug)]
 pub(crate) enum Failure {
-    NoRoute { path: String },
-    NoInstance { service: String, detail: String },
+    NoRoute {
+        path: String,
+    },
+    NoInstance {
+        service: String,
+        detail: String,
+    },
     /// No route names it and no instance is registered: nothing is kept
     /// about the name, not even a metrics series.
-    Unknown { service: String },
-    BadRequest { service: String, detail: String },
-    Upstream { service: String, retries: u32, last: LastError },
+    Unknown {
+        service: String,
+    },
+    BadRequest {
+        service: String,
+        detail: String,
+    },
+    Upstream {
+        service: String,
+        retries: u32,
+        last: LastError,
+    },
     /// Over the route's concurrency (503) or rate (429) limit.
-    Limited { service: String, limited: Limited },
+    Limited {
+        service: String,
+        limited: Limited,
+    },
 }
 
 impl Failure {
     pub(crate) fn unavailable(service: String, e: Unavailable) -> Failure {
         match e {
             Unavailable::Unknown => Failure::Unknown { service },
-            e @ Unavailable::TooMany(_) => Failure::NoInstance { service, detail: e.to_string() },
+            e @ Unavailable::TooMany(_) => Failure::NoInstance {
+                service,
+                detail: e.to_string(),
+            },
         }
     }
 
@@ -365,15 +483,26 @@ impl Failure {
     /// Seconds for the `Retry-After` header, for answers that have one.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
-            Failure::Limited { limited: Limited::Concurrency, .. } => Some(1),
-            Failure::Limited { limited: Limited::Rate { retry_after }, .. } => Some(*retry_after),
+            Failure::Limited {
+                limited: Limited::Concurrency,
+                ..
+            } => Some(1),
+            Failure::Limited {
+                limited: Limited::Rate { retry_after },
+                ..
+            } => Some(*retry_after),
             _ => None,
         }
     }
 
     /// Logs what the caller is not told: which instance failed and how.
     pub(crate) fn log(&self) {
-        if let Failure::Upstream { service, retries, last: LastError::Transport(detail) } = self {
+        if let Failure::Upstream {
+            service,
+            retries,
+            last: LastError::Transport(detail),
+        } = self
+        {
             tracing::warn!(service, retries, error = detail, "upstream failed");
         }
     }
@@ -382,9 +511,11 @@ impl Failure {
     /// with `debug` does the body show instance addresses and error text.
     pub(crate) fn parts(&self, debug: bool) -> (StatusCode, u8, serde_json::Value) {
         match self {
-            Failure::NoRoute { path } => {
-                (StatusCode::NOT_FOUND, 12, serde_json::json!({"error": "no route", "path": path}))
-            }
+            Failure::NoRoute { path } => (
+                StatusCode::NOT_FOUND,
+                12,
+                serde_json::json!({"error": "no route", "path": path}),
+            ),
             Failure::Unknown { service } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 14,
@@ -400,22 +531,36 @@ impl Failure {
                 13,
                 serde_json::json!({"error": "cannot read the request body", "service": service, "detail": detail}),
             ),
-            Failure::Limited { service, limited: Limited::Concurrency } => (
+            Failure::Limited {
+                service,
+                limited: Limited::Concurrency,
+            } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 14,
                 serde_json::json!({"error": "too many requests in flight", "service": service, "detail": "max_concurrent_requests reached"}),
             ),
-            Failure::Limited { service, limited: Limited::Rate { .. } } => (
+            Failure::Limited {
+                service,
+                limited: Limited::Rate { .. },
+            } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 8,
                 serde_json::json!({"error": "rate limited", "service": service, "detail": "rate_limit_per_second reached"}),
             ),
-            Failure::Upstream { service, retries, last: LastError::Timeout } => (
+            Failure::Upstream {
+                service,
+                retries,
+                last: LastError::Timeout,
+            } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 4,
                 serde_json::json!({"error": "upstream timed out", "service": service, "retries": retries}),
             ),
-            Failure::Upstream { service, retries, last } => {
+            Failure::Upstream {
+                service,
+                retries,
+                last,
+            } => {
                 let detail = match last {
                     LastError::Transport(t) if debug => t.clone(),
                     LastError::Transport(_) => "the instance could not be reached".to_owned(),
@@ -430,52 +575,6 @@ impl Failure {
             }
         }
     }
-
-    /// A JSON error for HTTP callers; for gRPC callers, a trailers-only
-    /// answer with the matching `grpc-status`.
-    fn response(&self, grpc: bool, debug: bool) -> Response<Body> {
-        self.log();
-        let (status, grpc_code, body) = self.parts(debug);
-        if grpc {
-            let message = body.get("detail").and_then(|d| d.as_str()).filter(|d| !d.is_empty()).unwrap_or_else(|| body["error"].as_str().unwrap_or(""));
-            let name = match self {
-                Failure::Unknown { service } => service,
-                other => other.service(),
-            };
-            let message = format!("roster gateway: {message}{}", match name {
-                "" => String::new(),
-                s => format!(" (service {s:?})"),
-            });
-            let mut resp = grpc_error(grpc_code, &message);
-            if let Some(s) = self.retry_after() {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
-            }
-            return resp;
-        }
-        let mut resp = Response::new(full(Bytes::from(body.to_string() + "\n")));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(s) = self.retry_after() {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        resp
-    }
-}
-
-/// A gRPC trailers-only error: HTTP 200 with the status in the headers.
-pub fn grpc_error(code: u8, message: &str) -> Response<Body> {
-    let mut resp = Response::new(empty());
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
-    let encoded: String = message
-        .bytes()
-        .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
-    if let Ok(v) = HeaderValue::from_str(&encoded) {
-        h.insert("grpc-message", v);
-    }
-    resp
 }
 
 /// The request body, held in memory when it is small enough to replay.
@@ -491,7 +590,10 @@ impl RequestBody {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(None));
         }
-        let small = body.size_hint().upper().is_some_and(|n| n as usize <= REPLAY_LIMIT);
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n as usize <= REPLAY_LIMIT);
         if small {
             let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
             return Ok(RequestBody::Replayable(Some(bytes)));
@@ -522,7 +624,12 @@ impl RequestBody {
     }
 
     fn streaming(held: Vec<Bytes>, extra: Option<Frame<Bytes>>, rest: Incoming) -> RequestBody {
-        let head = tokio_stream::iter(held.into_iter().map(Frame::data).chain(extra).map(Ok::<_, BoxError>));
+        let head = tokio_stream::iter(
+            held.into_iter()
+                .map(Frame::data)
+                .chain(extra)
+                .map(Ok::<_, BoxError>),
+        );
         let tail = BodyStream::new(rest).map(|r| r.map_err(|e| Box::new(e) as BoxError));
         RequestBody::Streaming(Some(BoxBody::new(StreamBody::new(head.chain(tail)))))
     }
@@ -560,87 +667,118 @@ pub fn empty() -> Body {
     BoxBody::new(Empty::new().map_err(|never| match never {}))
 }
 
-fn finish_response(resp: Response<Incoming>) -> Response<Body> {
+/// The instance's answer for the caller: hop-by-hop headers (and what its
+/// `Connection` names) and its framing go, as hyper frames it anew; the
+/// body comes through [`relay_body`].
+fn relay_response(resp: Response<Incoming>, permit: Permit, idle: Duration) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, BoxBody::new(body.map_err(|e| Box::new(e) as BoxError)))
+    let named: Vec<Vec<u8>> = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| connection_tokens(v.as_bytes()))
+        .map(<[u8]>::to_vec)
+        .collect();
+    let named: Vec<&[u8]> = named.iter().map(Vec::as_slice).collect();
+    let drop: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| hop_by_hop(n.as_str().as_bytes(), &named))
+        .cloned()
+        .collect();
+    for n in drop {
+        parts.headers.remove(n);
+    }
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    Response::from_parts(parts, relay_body(body, permit, idle))
 }
 
-/// Keeps `permit` until the response body is done, so a streaming answer
-/// (a gRPC stream, a large download) counts against the concurrency limit
-/// for as long as it flows.
-fn hold(resp: Response<Body>, permit: Permit) -> Response<Body> {
-    if !permit.counts() {
-        return resp;
+/// The answer's body, from a task of its own that holds `permit` (so a
+/// streaming answer counts against the concurrency limit while it flows)
+/// and the instance's connection. A frame the client does not take
+/// within `idle` ends the task: the instance's connection is let go and
+/// the client's answer ends in an error, never as if complete. Bodies
+/// that are already complete skip the task.
+fn relay_body(body: Incoming, permit: Permit, idle: Duration) -> Body {
+    if body.is_end_stream() {
+        return BoxBody::new(body.map_err(|e| Box::new(e) as BoxError));
     }
-    resp.map(|body| {
-        BoxBody::new(body.map_frame(move |f| {
-            let _ = &permit;
-            f
-        }))
-    })
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+    let complete = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = complete.clone();
+    let size = body.size_hint();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut body = body;
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                () = tx.closed() => return,
+            };
+            let Some(frame) = frame else {
+                done.store(true, std::sync::atomic::Ordering::Release);
+                return;
+            };
+            let frame = frame.map_err(|e| Box::new(e) as BoxError);
+            match tokio::time::timeout(idle, tx.send(frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!(
+                        ?idle,
+                        "response idle timeout: the client took nothing; the instance's connection is let go"
+                    );
+                    return;
+                }
+            }
+        }
+    });
+    BoxBody::new(Relayed { rx, complete, size })
+}
+
+/// The client's side of [`relay_body`].
+struct Relayed {
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    complete: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    size: hyper::body::SizeHint,
+}
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(None)
+                if !self.complete.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                std::task::Poll::Ready(Some(Err(
+                    "the answer was cut off: response idle timeout or the instance went away"
+                        .into(),
+                )))
+            }
+            other => other,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.size
+    }
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 pub(crate) fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
-}
-
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-pub(crate) const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade"];
-
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    let te_trailers = keep_te_trailers && h.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for n in named {
-        h.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-    h.remove(header::TRANSFER_ENCODING);
-    if te_trailers {
-        // gRPC needs `te: trailers` on HTTP/2; it is the one TE value allowed there.
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
-/// Sets the forwarding headers. A `trusted` client's are extended; anyone
-/// else's are replaced.
-fn prepare_headers(h: &mut HeaderMap, client: SocketAddr, host: Option<&str>, grpc: bool, trusted: bool) {
-    strip_hop_by_hop(h, grpc);
-    let mut xff = String::new();
-    if trusted {
-        for prev in h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
-            xff.push_str(prev);
-            xff.push_str(", ");
-        }
-    }
-    xff.push_str(&client.ip().to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
-    }
-    if !(trusted && h.contains_key("x-forwarded-proto")) {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
-    if !(trusted && h.contains_key("x-forwarded-host")) {
-        match host.and_then(|host| HeaderValue::from_str(host).ok()) {
-            Some(v) => h.insert("x-forwarded-host", v),
-            None => h.remove("x-forwarded-host"),
-        };
-    }
-    // The client sets Host from the instance's address.
-    h.remove(header::HOST);
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 fn source_text(e: &hyper_util::client::legacy::Error) -> String {
@@ -658,43 +796,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert(header::HOST, HeaderValue::from_static("gw:8080"));
-        h.insert("x-app", HeaderValue::from_static("kept"));
-        let mut trusted = h.clone();
-        prepare_headers(&mut h, "127.0.0.9:5555".parse().unwrap(), Some("gw:8080"), false, false);
-        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get(header::CONNECTION).is_none());
-        assert!(h.get(header::TE).is_none(), "te only survives for gRPC");
-        assert_eq!(h["x-forwarded-for"], "127.0.0.9", "an untrusted client's forwarding headers are replaced");
-        prepare_headers(&mut trusted, "127.0.0.9:5555".parse().unwrap(), Some("gw:8080"), false, true);
-        assert_eq!(trusted["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
-        assert_eq!((h["x-forwarded-proto"].to_str().unwrap(), h["x-forwarded-host"].to_str().unwrap()), ("http", "gw:8080"));
-        assert_eq!(h["x-app"], "kept");
-        assert!(h.get(header::HOST).is_none());
-
-        let mut g = HeaderMap::new();
-        g.insert(header::TE, HeaderValue::from_static("trailers"));
-        prepare_headers(&mut g, "127.0.0.1:1".parse().unwrap(), None, true, false);
-        assert_eq!(g[header::TE], "trailers");
-    }
-
-    #[test]
-    fn grpc_errors_carry_status_and_a_percent_encoded_message() {
-        let r = grpc_error(14, "no instance: 100% gone");
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["grpc-status"], "14");
-        assert_eq!(r.headers()["grpc-message"], "no instance: 100%25 gone");
-    }
-
-    #[test]
     fn only_safe_methods_are_retried_after_a_send() {
-        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT) && is_idempotent(&Method::DELETE));
+        assert!(
+            is_idempotent(&Method::GET)
+                && is_idempotent(&Method::PUT)
+                && is_idempotent(&Method::DELETE)
+        );
         assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
     }
 }

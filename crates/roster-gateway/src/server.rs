@@ -135,6 +135,10 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
+        // A client that sends its last request and half-closes still gets
+        // the answer; the strict reader (`h1::strict`) ends the stream this
+        // way too after a refused head.
+        .half_close(true)
         // hyper answers 431 past this (its floor is 8 KiB).
         .max_buf_size(config.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).max_concurrent_streams(1024);
@@ -174,11 +178,15 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
                 h1::Handover::Done => return,
                 h1::Handover::Hyper(stream, buffered) => (stream, buffered),
             };
+            let (max_head, header_timeout) = {
+                let c = proxy.config.load();
+                (c.max_header_bytes.max(8192), c.header_read_timeout)
+            };
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (proxy, pools) = (proxy.clone(), pools.clone());
                 async move { Ok::<_, Infallible>(proxy.handle(&pools, req, peer).await) }
             });
-            let io = TokioIo::new(h1::Prefixed::new(buffered, stream));
+            let io = TokioIo::new(h1::strict::StrictIo::new(buffered, stream, max_head, header_timeout));
             let conn = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
             if let Err(e) = conn.await {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");

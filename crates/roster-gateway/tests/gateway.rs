@@ -174,7 +174,7 @@ async fn routes_by_path_prefix_host_and_grpc_service() {
     // A body streams through.
     let big = Bytes::from(vec![b'x'; 300_000]);
     let a = send(&c, Request::post(gw.url("/echo/upload")).body(Full::new(big)).unwrap()).await;
-    assert_eq!((a.json["method"].as_str(), a.json["body_len"].as_u64()), (Some("POST"), Some(300_000)));
+    assert_eq!((a.json["method"].as_str(), a.json["body_len"].as_u64()), (Some("POST"), Some(300_000)), "{}", a.json);
     // HTTP/2 cleartext on the same port.
     let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     assert_eq!(get(&h2, &gw.url("/echo/h2")).await.json["path"], "/h2");
@@ -656,12 +656,32 @@ async fn smuggle_fixture() -> Smuggle {
     Smuggle { registry: reg, _stop: stop, _registration: registration, log, gw }
 }
 
+/// The engine an attack meets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Engine {
+    Fast,
+    /// The connection is hyper's: a chunked request goes first, in the
+    /// same write as the attack.
+    Hyper,
+}
+
+const ENGINES: [Engine; 2] = [Engine::Fast, Engine::Hyper];
+
+/// The chunked request that hands a connection to hyper.
+const PRIMER: &[u8] = b"POST /logged/primer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
 impl Smuggle {
     /// Sends `attack` then, on the same connection and on a new one, a
-    /// plain request; returns what came back on the first.
-    async fn attack(&self, attack: &[u8]) -> String {
+    /// plain request; returns what came back on the first (after the
+    /// primer's answer, for hyper).
+    async fn attack(&self, engine: Engine, attack: &[u8]) -> String {
         let mut s = TcpStream::connect(self.gw.addr).await.unwrap();
-        s.write_all(attack).await.unwrap();
+        let mut first = Vec::new();
+        if engine == Engine::Hyper {
+            first.extend_from_slice(PRIMER);
+        }
+        first.extend_from_slice(attack);
+        s.write_all(&first).await.unwrap();
         // Let a smuggled request, if any, reach the backend before the next one.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let _ = s.write_all(b"GET /logged/after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
@@ -669,20 +689,31 @@ impl Smuggle {
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the gateway closes the connection");
         let other = raw(self.gw.addr, b"GET /logged/other HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
         assert!(other.starts_with("HTTP/1.1 200") && other.ends_with("/other"), "{other}");
-        String::from_utf8_lossy(&out).into_owned()
+        let mut out = String::from_utf8_lossy(&out).into_owned();
+        if engine == Engine::Hyper {
+            let primed = "\r\n\r\n/primer";
+            let end = out.find(primed).unwrap_or_else(|| panic!("the primer was answered: {out:?}")) + primed.len();
+            assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+            out.drain(..end);
+        }
+        out
     }
 
-    fn targets(&self) -> Vec<String> {
-        self.log.lock().iter().map(|s| s.target.clone()).collect()
+    /// What the backend saw, the primer left out.
+    fn take_log(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.log.lock()).into_iter().filter(|s| s.target != "/primer").collect()
     }
 
-    /// The attack got 400, the connection closed, and the backend saw only the other client.
+    /// The attack got 400, the connection closed, and the backend saw only
+    /// the other client, on both engines.
     async fn refused(&self, attack: &[u8]) {
-        let answer = self.attack(attack).await;
-        assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
-        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "nothing after the 400: {answer:?}");
-        assert_eq!(self.targets(), ["/other"], "{attack:?}");
-        self.log.lock().clear();
+        for engine in ENGINES {
+            let answer = self.attack(engine, attack).await;
+            assert!(answer.starts_with("HTTP/1.1 400"), "{engine:?}: {answer:?}");
+            assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{engine:?}: nothing after the 400: {answer:?}");
+            let targets: Vec<String> = self.take_log().into_iter().map(|s| s.target).collect();
+            assert_eq!(targets, ["/other"], "{engine:?}: {attack:?}");
+        }
     }
 }
 
@@ -691,16 +722,16 @@ const SMUGGLED: &str = "GET /secret HTTP/1.1\r\nHost: internal\r\n\r\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_naming_content_length_cannot_smuggle_a_second_request() {
     let f = smuggle_fixture().await;
-    for named in ["content-length", "Content-Length, close", "keep-alive, content-length"] {
+    for (engine, named) in ENGINES.into_iter().flat_map(|e| ["content-length", "Content-Length, close", "keep-alive, content-length"].map(|n| (e, n))) {
         let attack = format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nConnection: {named}\r\nContent-Length: {}\r\n\r\n{SMUGGLED}", SMUGGLED.len());
-        let answer = f.attack(attack.as_bytes()).await;
-        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\r\n\r\n/x"), "{answer:?}");
-        let log = std::mem::take(&mut *f.log.lock());
+        let answer = f.attack(engine, attack.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\r\n\r\n/x"), "{engine:?}: {answer:?}");
+        let log = f.take_log();
         let first = &log[0];
-        assert_eq!((first.method.as_str(), first.target.as_str(), first.body_len, first.content_lengths), ("POST", "/x", SMUGGLED.len(), 1));
-        assert!(log.iter().all(|s| s.target != "/secret" && s.host != "internal"), "smuggled: {log:?}");
+        assert_eq!((first.method.as_str(), first.target.as_str(), first.body_len, first.content_lengths), ("POST", "/x", SMUGGLED.len(), 1), "{engine:?}");
+        assert!(log.iter().all(|s| s.target != "/secret" && s.host != "internal"), "{engine:?}: smuggled: {log:?}");
         let targets: Vec<_> = log.iter().map(|s| s.target.as_str()).collect();
-        assert!(targets == ["/x", "/other"] || targets == ["/x", "/after", "/other"], "{targets:?}");
+        assert!(targets == ["/x", "/other"] || targets == ["/x", "/after", "/other"], "{engine:?}: {targets:?}");
     }
 }
 
@@ -709,11 +740,13 @@ async fn connection_naming_transfer_encoding_cannot_smuggle_a_second_request() {
     let f = smuggle_fixture().await;
     let chunk = format!("{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len());
     let attack = format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}");
-    let answer = f.attack(attack.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
-    let log = f.log.lock().clone();
-    assert_eq!((log[0].target.as_str(), log[0].body_len), ("/x", SMUGGLED.len()), "{log:?}");
-    assert!(log.iter().all(|s| s.target != "/secret"), "smuggled: {log:?}");
+    for engine in ENGINES {
+        let answer = f.attack(engine, attack.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{engine:?}: {answer:?}");
+        let log = f.take_log();
+        assert_eq!((log[0].target.as_str(), log[0].body_len), ("/x", SMUGGLED.len()), "{engine:?}: {log:?}");
+        assert!(log.iter().all(|s| s.target != "/secret"), "{engine:?}: smuggled: {log:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -769,6 +802,25 @@ async fn ctl_nul_and_bad_targets_get_400_and_close() {
     f.refused(b"GET /logged/x HTTP/1.1\r\nHost: t\r\nX-A: a\rX-B: b\r\n\r\n").await;
     f.refused(b"GET /logged/x%zz HTTP/1.1\r\nHost: t\r\n\r\n").await;
     f.refused(b"GET /logged/x#f HTTP/1.1\r\nHost: t\r\n\r\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_too_slow_or_too_large_on_a_hyper_connection_gets_408_or_431_and_close() {
+    let (reg, _stop) = registry().await;
+    let (log, _registration) = logging_backend(&reg, "logged").await;
+    let gw = Gw::start(&reg, "header_read_timeout_ms = 300\nmax_header_bytes = 8192\n").await;
+    for (rest, status) in [(b"GET /logged/slow HTTP/1.1\r\nHost: t\r\n".to_vec(), "408"), ([&b"GET /logged/big HTTP/1.1\r\nX-A: "[..], &[b'a'; 9000]].concat(), "431")] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&[PRIMER, &rest].concat()).await.unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the gateway closes the connection");
+        let out = String::from_utf8_lossy(&out);
+        let after = out.split_once("\r\n\r\n/primer").unwrap_or_else(|| panic!("the primer was answered: {out:?}")).1;
+        assert!(after.starts_with(&format!("HTTP/1.1 {status}")), "{status}: {out:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{status}: closed after {:?}", started.elapsed());
+    }
+    assert!(log.lock().iter().all(|s| s.target == "/primer"), "{:?}", log.lock());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -942,15 +994,18 @@ async fn a_client_that_never_reads_gives_up_its_upstream_connection_at_the_timeo
     });
     let _r = sdk(&reg).register(roster::Instance::new("endless", addr).with_id("e1")).await.unwrap();
     let gw = Gw::start(&reg, "response_idle_timeout_ms = 300\n").await;
-    let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    client.write_all(b"GET /endless/x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
-    let asked = Instant::now();
-    // The client never reads; the gateway's writes stall, then it lets go.
-    let at = tokio::time::timeout(Duration::from_secs(10), broke.recv()).await.expect("the upstream connection was closed").unwrap();
-    let held = at - asked;
-    eprintln!("upstream connection released {held:?} after the request");
-    assert!(held >= Duration::from_millis(300) && held < Duration::from_secs(3), "held for {held:?}");
-    drop(client);
+    // HTTP/1.0 is hyper's; the same request in HTTP/1.1 is the fast path's.
+    for (engine, request) in [("fast path", &b"GET /endless/x HTTP/1.1\r\nHost: t\r\n\r\n"[..]), ("hyper", b"GET /endless/x HTTP/1.0\r\n\r\n")] {
+        let mut client = TcpStream::connect(gw.addr).await.unwrap();
+        client.write_all(request).await.unwrap();
+        let asked = Instant::now();
+        // The client never reads; the gateway's writes stall, then it lets go.
+        let at = tokio::time::timeout(Duration::from_secs(10), broke.recv()).await.expect("the upstream connection was closed").unwrap();
+        let held = at - asked;
+        eprintln!("{engine}: upstream connection released {held:?} after the request");
+        assert!(held >= Duration::from_millis(300) && held < Duration::from_secs(3), "{engine}: held for {held:?}");
+        drop(client);
+    }
 }
 
 /// Whether the gateway closes `s` unread within `within`.
@@ -1141,4 +1196,69 @@ async fn a_streaming_answer_holds_its_concurrency_slot_until_its_body_ends_on_bo
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+// === Access log ===
+
+/// While set, access log events are formatted for [`capture_access_log`];
+/// otherwise the subscriber turns every event away at once, so the other
+/// tests of this binary (the memory one above all) are not slowed or grown.
+static CAPTURING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Access log lines for paths under `/echo/q-`, from every gateway in this
+/// process, while [`CAPTURING`] is set.
+fn capture_access_log() -> std::sync::Arc<parking_lot::Mutex<String>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    static LOG: std::sync::OnceLock<std::sync::Arc<parking_lot::Mutex<String>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
+        let sink = log.clone();
+        let only_access = tracing_subscriber::filter::filter_fn(|meta| {
+            meta.target() == "roster_gateway::access" && CAPTURING.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || Capture(sink.clone()));
+        let subscriber = tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(layer, only_access));
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in this test binary");
+        log
+    })
+    .clone()
+}
+
+struct Capture(std::sync::Arc<parking_lot::Mutex<String>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = String::from_utf8_lossy(buf);
+        if line.contains("roster_gateway::access") && line.contains("/echo/q-") {
+            self.0.lock().push_str(&line);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_redacts_query_strings_when_configured_on_both_engines() {
+    let log = capture_access_log();
+    CAPTURING.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reg, _stop) = registry().await;
+    let _b = Backend::start(&reg, "echo", "q1").await;
+    let h1 = http();
+    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for (toml, redact) in [("", false), ("access_log_redact_query = true\n", true)] {
+        let gw = Gw::start(&reg, toml).await;
+        for (engine, c) in [("fast", &h1), ("hyper", &h2)] {
+            let path = format!("/echo/q-{engine}-{redact}");
+            let a = get(c, &gw.url(&format!("{path}?token=s3cret-{engine}"))).await;
+            assert_eq!(a.status, StatusCode::OK, "{engine}: {}", a.json);
+            let text = log.lock().clone();
+            let line = text.lines().find(|l| l.contains(&format!("{path}?"))).unwrap_or_else(|| panic!("{engine}: no access line for {path}: {text}"));
+            assert_eq!(line.contains("s3cret"), !redact, "{engine}, config {toml:?}: {line}");
+            assert_eq!(line.contains(&format!("{path}?REDACTED")), redact, "{engine}, config {toml:?}: {line}");
+        }
+    }
+    CAPTURING.store(false, std::sync::atomic::Ordering::Relaxed);
 }

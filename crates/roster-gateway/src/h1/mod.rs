@@ -13,22 +13,22 @@
 //! large (> 64 KiB) request bodies, and request targets that are not a
 //! path. The hand-over happens between requests, so hyper starts clean.
 
-mod request;
 #[cfg(test)]
 mod fuzz;
+mod request;
+pub(crate) mod strict;
 
-use crate::proxy::{admit, is_idempotent, Access, Answered, Attempts, Failure, Fault, Proxy, FIRST_LIST_WAIT, HOP_BY_HOP, REPLAY_LIMIT};
-use request::{header_line, parse_length, parse_request, Asked, Parsed, Routed};
+use crate::pipeline::{ErrorReply, Exchange, Reply, connection_tokens, hop_by_hop};
+use crate::proxy::{Fault, Proxy, REPLAY_LIMIT, is_idempotent};
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
+use request::{Parsed, RequestHead, header_line, parse_length, parse_request};
 use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -103,7 +103,13 @@ pub enum Handover {
 
 /// Serves requests on `client` until it closes, the gateway drains, or a
 /// request needs hyper.
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, proxy: &Proxy, pool: &Pool, mut drain: watch::Receiver<bool>) -> Handover {
+pub async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    proxy: &Proxy,
+    pool: &Pool,
+    mut drain: watch::Receiver<bool>,
+) -> Handover {
     let (header_timeout, max_head) = {
         let c = proxy.config.load();
         (c.header_read_timeout, c.max_header_bytes.max(8192))
@@ -121,22 +127,32 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
                     return Handover::Hyper(client, buf);
                 }
                 if !maybe_h2 {
-                    let parsed = parse_request(&buf, &proxy.config.load(), peer);
+                    let parsed = parse_request(&buf);
                     let too_large = match &parsed {
                         Parsed::Complete(head) => head.head_len > max_head,
                         Parsed::Partial => buf.len() >= max_head,
                         _ => false,
                     };
                     if too_large {
-                        answer_error(&mut client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large").await;
+                        answer_error(
+                            &mut client,
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "request head too large",
+                        )
+                        .await;
                         return Handover::Done;
                     }
                     match parsed {
                         Parsed::Complete(head) => break head,
-                        Parsed::Hyper => return Handover::Hyper(client, buf),
+                        Parsed::Hyper { .. } => return Handover::Hyper(client, buf),
                         Parsed::Partial => {}
                         Parsed::TooManyHeaders => {
-                            answer_error(&mut client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields").await;
+                            answer_error(
+                                &mut client,
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "too many header fields",
+                            )
+                            .await;
                             return Handover::Done;
                         }
                         Parsed::Bad(why) => {
@@ -169,17 +185,17 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
                 _ = drain.changed(), if buf.is_empty() => return Handover::Done,
             }
         };
-        if head.content_length > REPLAY_LIMIT as u64 {
+        let body_len = head.content_length.unwrap_or(0);
+        if body_len > REPLAY_LIMIT as u64 {
             // Large bodies stream through hyper instead of being held.
             return Handover::Hyper(client, buf);
         }
-        buf.advance(head.head_len);
-        let body_len = head.content_length as usize;
-        if buf.len() < body_len {
+        let whole = head.head_len + body_len as usize;
+        if buf.len() < whole {
             let limit = header_timeout.max(MIN_BODY_READ);
             let read = tokio::time::timeout(limit, async {
-                while buf.len() < body_len {
-                    buf.reserve(body_len - buf.len());
+                while buf.len() < whole {
+                    buf.reserve(whole - buf.len());
                     if client.read_buf(&mut buf).await? == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
@@ -191,14 +207,20 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Handover::Done,
                 Err(_) => {
-                    answer_error(&mut client, StatusCode::REQUEST_TIMEOUT, "request body not received in time").await;
+                    answer_error(
+                        &mut client,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request body not received in time",
+                    )
+                    .await;
                     return Handover::Done;
                 }
             }
         }
-        let body = buf.split_to(body_len);
+        let head_bytes = buf.split_to(head.head_len);
+        let body = buf.split_to(body_len as usize);
         head_started = None;
-        match exchange(&mut client, peer, proxy, pool, head.routed, &head.asked, &body).await {
+        match exchange(&mut client, peer, proxy, pool, &head, &head_bytes, &body).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Handover::Done,
         }
@@ -208,77 +230,170 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, proxy: &Proxy, pool:
     }
 }
 
-/// One request: pick, forward with retries, relay the answer. `Ok(true)`
-/// keeps the client connection for another request.
-async fn exchange(client: &mut TcpStream, peer: SocketAddr, proxy: &Proxy, pool: &Pool, routed: Result<Routed, Failure>, head: &Asked, body: &[u8]) -> io::Result<bool> {
-    let started = Instant::now();
-    let routed = match routed {
-        Ok(r) => r,
-        Err(fail) => return answer_failure(client, proxy, peer, head, started, fail).await,
-    };
-    let upstream = match proxy.upstreams.get(&routed.service, routed.policies.policy, FIRST_LIST_WAIT, routed.configured).await {
-        Ok(u) => u,
-        Err(e) => {
-            let fail = Failure::unavailable(routed.service, e);
-            return answer_failure(client, proxy, peer, head, started, fail).await;
+/// One request on the fast path: through the pipeline, then the answer
+/// relayed as bytes. `Ok(true)` keeps the client connection for another.
+async fn exchange(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    proxy: &Proxy,
+    pool: &Pool,
+    head: &RequestHead,
+    head_bytes: &[u8],
+    body: &[u8],
+) -> io::Result<bool> {
+    let ask = head.ask(head_bytes, peer);
+    let mut exchange = FastExchange::new(pool, &head.method, body, head_bytes.len());
+    match proxy
+        .pipeline(&ask, head.lines(head_bytes), &mut exchange)
+        .await
+    {
+        Reply::Deliver { answer, permit } => {
+            // Held until the answer is relayed.
+            let _permit = permit;
+            let no_body = head.method == Method::HEAD;
+            let idle = proxy.config.load().response_idle_timeout;
+            relay(
+                client,
+                pool,
+                answer,
+                exchange.rbuf,
+                no_body,
+                head.close,
+                idle,
+            )
+            .await
         }
-    };
-    let policies = &routed.policies;
-    // Held until the response is relayed.
-    let _permit = match admit(&upstream, &routed.service, policies) {
-        Ok(p) => p,
-        Err(fail) => return answer_failure(client, proxy, peer, head, started, fail).await,
-    };
-    let idempotent = is_idempotent(&head.method);
-    let deadline = started + policies.timeout;
-    let mut attempts = Attempts::new(&proxy.metrics, &upstream.budget, &routed.service, policies, deadline, idempotent, true);
-    let mut rbuf = BytesMut::with_capacity(4096);
-    loop {
-        let Some(guard) = upstream.balancer.pick(routed.hash_key.as_deref()) else {
-            let fail = attempts.exhausted();
-            return answer_failure(client, proxy, peer, head, started, fail).await;
-        };
-        let instance = guard.instance().addr.clone();
-        let mut request = Vec::with_capacity(routed.request_line.len() + instance.len() + routed.headers.len() + body.len() + 8);
-        request.extend_from_slice(&routed.request_line);
-        header_line(&mut request, b"host", instance.as_bytes());
-        request.extend_from_slice(&routed.headers);
-        request.extend_from_slice(body);
+        Reply::Error(reply) => write_reply(client, &reply, head.close).await,
+    }
+}
 
-        let try_started = Instant::now();
-        rbuf.clear();
-        let sent = send(pool, &instance, &request, &mut rbuf, idempotent);
-        let fault = match tokio::time::timeout(policies.per_try_timeout.min(attempts.left()), sent).await {
-            Err(_) => Fault::Timeout,
-            Ok(Err(SendError::Connect(e))) => Fault::Connect(format!("cannot connect to {instance}: {e}")),
-            Ok(Err(SendError::Exchange(e))) => Fault::Transport(format!("{instance}: {e}")),
-            Ok(Ok((upstream_conn, resp))) => {
-                let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                let unavailable = idempotent && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
-                match attempts.answered(guard, &instance, status, unavailable, false, try_started.elapsed()) {
-                    Answered::Retry => continue,
-                    Answered::Fail(fail) => return answer_failure(client, proxy, peer, head, started, fail).await,
-                    Answered::Deliver => {}
-                }
-                let access = Access {
-                    client: peer,
-                    method: head.method.as_str(),
-                    path: &head.path,
-                    service: &routed.service,
-                    instance: &instance,
-                    grpc_status: "",
-                    retries: attempts.retries(),
-                };
-                proxy.record(&access, resp.status, started.elapsed());
-                let no_body = head.method == Method::HEAD;
-                let idle = proxy.config.load().response_idle_timeout;
-                return relay(client, pool, &instance, upstream_conn, resp, rbuf, no_body, head.close, idle).await;
-            }
-        };
-        if let Err(fail) = attempts.failed(guard, &instance, fault) {
-            return answer_failure(client, proxy, peer, head, started, fail).await;
+/// One request on the fast path: the head is written as bytes from what
+/// the pipeline decides; each attempt writes it and the body to a pooled
+/// connection and reads the answer's head.
+struct FastExchange<'a> {
+    pool: &'a Pool,
+    method: &'a Method,
+    idempotent: bool,
+    request_line: Vec<u8>,
+    /// Header lines after `host:`, without the blank line.
+    headers: Vec<u8>,
+    body: &'a [u8],
+    /// The answer's head and what came after it.
+    rbuf: BytesMut,
+}
+
+/// An instance's answer on the fast path: its connection and head.
+struct Upstreamed {
+    conn: TcpStream,
+    addr: String,
+    head: ResponseHead,
+}
+
+impl<'a> FastExchange<'a> {
+    fn new(pool: &'a Pool, method: &'a Method, body: &'a [u8], head_len: usize) -> Self {
+        FastExchange {
+            pool,
+            method,
+            idempotent: is_idempotent(method),
+            request_line: Vec::new(),
+            headers: Vec::with_capacity(head_len + 128),
+            body,
+            rbuf: BytesMut::new(),
         }
     }
+
+    /// The bytes sent to `instance`.
+    fn request(&self, instance: &str) -> Vec<u8> {
+        let mut request = Vec::with_capacity(
+            self.request_line.len() + instance.len() + self.headers.len() + self.body.len() + 10,
+        );
+        request.extend_from_slice(&self.request_line);
+        header_line(&mut request, b"host", instance.as_bytes());
+        request.extend_from_slice(&self.headers);
+        request.extend_from_slice(b"\r\n");
+        request.extend_from_slice(self.body);
+        request
+    }
+}
+
+impl Exchange for FastExchange<'_> {
+    type Answer = Upstreamed;
+
+    fn target(&mut self, path: &str) {
+        self.request_line.clear();
+        self.request_line
+            .extend_from_slice(self.method.as_str().as_bytes());
+        self.request_line.push(b' ');
+        self.request_line.extend_from_slice(path.as_bytes());
+        self.request_line.extend_from_slice(b" HTTP/1.1\r\n");
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        header_line(&mut self.headers, name, value);
+    }
+
+    async fn body(&mut self) -> Result<bool, String> {
+        Ok(true)
+    }
+
+    async fn attempt(&mut self, instance: &str) -> Result<Upstreamed, Fault> {
+        let request = self.request(instance);
+        if self.rbuf.capacity() == 0 {
+            self.rbuf.reserve(4096);
+        }
+        match send(
+            self.pool,
+            instance,
+            &request,
+            &mut self.rbuf,
+            self.idempotent,
+        )
+        .await
+        {
+            Ok((conn, head)) => Ok(Upstreamed {
+                conn,
+                addr: instance.to_owned(),
+                head,
+            }),
+            Err(SendError::Connect(e)) => {
+                Err(Fault::Connect(format!("cannot connect to {instance}: {e}")))
+            }
+            Err(SendError::Exchange(e)) => Err(Fault::Transport(format!("{instance}: {e}"))),
+        }
+    }
+
+    fn status(answer: &Upstreamed) -> StatusCode {
+        StatusCode::from_u16(answer.head.status).unwrap_or(StatusCode::BAD_GATEWAY)
+    }
+
+    fn grpc_status(_: &Upstreamed) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// The head the fast path would send to `instance` for a request parsed
+/// from `buf`, or `None` when it does not route.
+#[cfg(test)]
+pub(crate) fn upstream_head(
+    buf: &[u8],
+    head: &RequestHead,
+    config: &crate::config::Config,
+    peer: SocketAddr,
+    instance: &str,
+) -> Option<Vec<u8>> {
+    let head_bytes = &buf[..head.head_len];
+    let ask = head.ask(head_bytes, peer);
+    let target = crate::route::route(config, ask.host, ask.path, false)?;
+    let pool = Pool::default();
+    let mut exchange = FastExchange::new(&pool, &head.method, &[], head.head_len);
+    crate::pipeline::forward(
+        config,
+        &ask,
+        &target.path,
+        head.lines(head_bytes),
+        &mut exchange,
+    );
+    Some(exchange.request(instance))
 }
 
 enum SendError {
@@ -289,7 +404,13 @@ enum SendError {
 /// Writes the request to the instance and reads the response head into
 /// `rbuf`. A pooled connection the instance closed meanwhile is replaced by
 /// a fresh one for an idempotent request.
-async fn send(pool: &Pool, addr: &str, request: &[u8], rbuf: &mut BytesMut, idempotent: bool) -> Result<(TcpStream, ResponseHead), SendError> {
+async fn send(
+    pool: &Pool,
+    addr: &str,
+    request: &[u8],
+    rbuf: &mut BytesMut,
+    idempotent: bool,
+) -> Result<(TcpStream, ResponseHead), SendError> {
     let mut reused = pool.take(addr);
     loop {
         let was_pooled = reused.is_some();
@@ -309,7 +430,13 @@ async fn send(pool: &Pool, addr: &str, request: &[u8], rbuf: &mut BytesMut, idem
 }
 
 fn is_closed(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted)
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 async fn connect(addr: &str) -> io::Result<TcpStream> {
@@ -340,7 +467,11 @@ struct ResponseHead {
     head: Vec<u8>,
 }
 
-async fn write_and_read_head(conn: &mut TcpStream, request: &[u8], rbuf: &mut BytesMut) -> io::Result<ResponseHead> {
+async fn write_and_read_head(
+    conn: &mut TcpStream,
+    request: &[u8],
+    rbuf: &mut BytesMut,
+) -> io::Result<ResponseHead> {
     conn.write_all(request).await?;
     loop {
         rbuf.reserve(4096);
@@ -356,13 +487,21 @@ async fn write_and_read_head(conn: &mut TcpStream, request: &[u8], rbuf: &mut By
             }
         }
         if rbuf.len() > MAX_RESPONSE_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head too large",
+            ));
         }
     }
 }
 
 fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("invalid response: {what}"));
+    let invalid = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("invalid response: {what}"),
+        )
+    };
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let head_len = match resp.parse(buf) {
@@ -372,19 +511,24 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
     };
     let status = resp.code.ok_or_else(|| invalid("no status"))?;
     if status == 101 {
-        return Err(invalid("101 Switching Protocols without an upgrade request"));
+        return Err(invalid(
+            "101 Switching Protocols without an upgrade request",
+        ));
     }
     let http10 = resp.version == Some(0);
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut length: Option<u64> = None;
     let mut upstream_close = http10;
-    let mut connection_named: Vec<&str> = Vec::new();
+    let mut connection_named: Vec<&[u8]> = Vec::new();
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
             let v = std::str::from_utf8(h.value).unwrap_or("");
-            chunked = v.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            chunked = v
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
             if !chunked {
                 upstream_close = true;
             }
@@ -395,10 +539,10 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
             }
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in std::str::from_utf8(h.value).unwrap_or("").split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
+            for token in connection_tokens(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
                     upstream_close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
                     upstream_close = false;
                 }
                 connection_named.push(token);
@@ -426,15 +570,20 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
     let _ = write!(head, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
     for h in resp.headers.iter() {
         let n = h.name;
-        let drop = HOP_BY_HOP.iter().any(|hop| n.eq_ignore_ascii_case(hop))
-            || connection_named.iter().any(|c| n.eq_ignore_ascii_case(c))
+        let drop = hop_by_hop(n.as_bytes(), &connection_named)
             || (n.eq_ignore_ascii_case("content-length") && transfer_encoding)
             || (n.eq_ignore_ascii_case("transfer-encoding") && !chunked);
         if !drop {
             header_line(&mut head, n.as_bytes(), h.value);
         }
     }
-    Ok(Some(ResponseHead { status, head_len, framing, upstream_close, head }))
+    Ok(Some(ResponseHead {
+        status,
+        head_len,
+        framing,
+        upstream_close,
+        head,
+    }))
 }
 
 /// Sends the response head and relays the body as it arrives. Returns
@@ -443,9 +592,7 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
 async fn relay(
     client: &mut TcpStream,
     pool: &Pool,
-    addr: &str,
-    mut conn: TcpStream,
-    resp: ResponseHead,
+    answer: Upstreamed,
     mut rbuf: BytesMut,
     no_body: bool,
     client_close: bool,
@@ -454,7 +601,16 @@ async fn relay(
     // A client that stops reading, or an instance that stops sending, gives
     // up the upstream connection after `idle`: both are dropped on return.
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "response idle timeout");
-    let framing = if no_body { Framing::Empty } else { resp.framing };
+    let Upstreamed {
+        mut conn,
+        addr,
+        head: resp,
+    } = answer;
+    let framing = if no_body {
+        Framing::Empty
+    } else {
+        resp.framing
+    };
     let close = client_close || framing == Framing::UntilClose;
     let mut out = resp.head;
     if close {
@@ -468,11 +624,15 @@ async fn relay(
     let (n, mut done) = end.take(&rbuf)?;
     let mut extra = n < rbuf.len();
     out.extend_from_slice(&rbuf[..n]);
-    tokio::time::timeout(idle, client.write_all(&out)).await.map_err(|_| timed_out())??;
+    tokio::time::timeout(idle, client.write_all(&out))
+        .await
+        .map_err(|_| timed_out())??;
     while !done {
         rbuf.clear();
         rbuf.reserve(16 * 1024);
-        let got = tokio::time::timeout(idle, conn.read_buf(&mut rbuf)).await.map_err(|_| timed_out())??;
+        let got = tokio::time::timeout(idle, conn.read_buf(&mut rbuf))
+            .await
+            .map_err(|_| timed_out())??;
         if got == 0 {
             if framing == Framing::UntilClose {
                 break;
@@ -481,13 +641,17 @@ async fn relay(
             return Ok(false);
         }
         // A broken body after the head has gone: the client sees the connection end.
-        let Ok((n, complete)) = end.take(&rbuf) else { return Ok(false) };
+        let Ok((n, complete)) = end.take(&rbuf) else {
+            return Ok(false);
+        };
         done = complete;
         extra = n < rbuf.len();
-        tokio::time::timeout(idle, client.write_all(&rbuf[..n])).await.map_err(|_| timed_out())??;
+        tokio::time::timeout(idle, client.write_all(&rbuf[..n]))
+            .await
+            .map_err(|_| timed_out())??;
     }
     if framing != Framing::UntilClose && !resp.upstream_close && !extra {
-        pool.put(addr, conn);
+        pool.put(&addr, conn);
     }
     if close {
         let _ = client.shutdown().await;
@@ -525,7 +689,12 @@ impl BodyEnd {
             BodyEnd::Chunked(chunks) => match chunks.feed(data) {
                 Ok(Some(n)) => (n, true),
                 Ok(None) => (data.len(), false),
-                Err(()) => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunked body from the instance")),
+                Err(()) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bad chunked body from the instance",
+                    ));
+                }
             },
             BodyEnd::UntilClose => (data.len(), false),
         })
@@ -564,7 +733,11 @@ impl ChunkedEnd {
                 ChunkState::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         let digit = (b as char).to_digit(16).expect("a hex digit") as u64;
-                        self.size = self.size.checked_mul(16).and_then(|s| s.checked_add(digit)).ok_or(())?;
+                        self.size = self
+                            .size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(digit))
+                            .ok_or(())?;
                     }
                     b';' | b' ' | b'\t' => self.state = ChunkState::Extension,
                     b'\r' => self.state = ChunkState::SizeLf,
@@ -579,7 +752,11 @@ impl ChunkedEnd {
                     if b != b'\n' {
                         return Err(());
                     }
-                    self.state = if self.size == 0 { ChunkState::Trailer(true) } else { ChunkState::Data };
+                    self.state = if self.size == 0 {
+                        ChunkState::Trailer(true)
+                    } else {
+                        ChunkState::Data
+                    };
                 }
                 ChunkState::Data => {
                     let n = self.size.min((data.len() - i) as u64);
@@ -590,7 +767,13 @@ impl ChunkedEnd {
                     }
                     continue;
                 }
-                ChunkState::DataCr => self.state = if b == b'\r' { ChunkState::DataLf } else { return Err(()) },
+                ChunkState::DataCr => {
+                    self.state = if b == b'\r' {
+                        ChunkState::DataLf
+                    } else {
+                        return Err(());
+                    }
+                }
                 ChunkState::DataLf => {
                     if b != b'\n' {
                         return Err(());
@@ -598,7 +781,11 @@ impl ChunkedEnd {
                     self.state = ChunkState::Size;
                 }
                 ChunkState::Trailer(line_start) => {
-                    self.state = if b == b'\r' { ChunkState::TrailerLf(line_start) } else { ChunkState::Trailer(false) };
+                    self.state = if b == b'\r' {
+                        ChunkState::TrailerLf(line_start)
+                    } else {
+                        ChunkState::Trailer(false)
+                    };
                 }
                 ChunkState::TrailerLf(blank) => {
                     if b != b'\n' {
@@ -618,88 +805,35 @@ impl ChunkedEnd {
     }
 }
 
-/// Answers with the JSON error `fail` stands for and records it.
-async fn answer_failure(client: &mut TcpStream, proxy: &Proxy, peer: SocketAddr, head: &Asked, started: Instant, fail: Failure) -> io::Result<bool> {
-    fail.log();
-    let (status, _, body) = fail.parts(proxy.config.load().debug_errors);
-    let took = started.elapsed();
-    let access =
-        Access { client: peer, method: head.method.as_str(), path: &head.path, service: fail.service(), instance: "-", grpc_status: "", retries: fail.retries() };
-    proxy.record(&access, status.as_u16(), took);
-    let body = body.to_string() + "\n";
-    let text = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}{}\r\n{body}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len(),
-        fail.retry_after().map_or(String::new(), |s| format!("retry-after: {s}\r\n")),
-        if head.close { "connection: close\r\n" } else { "" },
+/// Writes an answer the gateway made itself. Returns whether the client
+/// connection stays open.
+async fn write_reply(client: &mut TcpStream, reply: &ErrorReply, close: bool) -> io::Result<bool> {
+    let mut text = Vec::with_capacity(160 + reply.body.len());
+    let _ = write!(
+        text,
+        "HTTP/1.1 {} {}\r\n",
+        reply.status.as_u16(),
+        reply.status.canonical_reason().unwrap_or("")
     );
-    client.write_all(text.as_bytes()).await?;
-    if head.close {
+    for (name, value) in &reply.headers {
+        header_line(&mut text, name.as_bytes(), value.as_bytes());
+    }
+    let _ = write!(text, "content-length: {}\r\n", reply.body.len());
+    if close {
+        text.extend_from_slice(b"connection: close\r\n");
+    }
+    text.extend_from_slice(b"\r\n");
+    text.extend_from_slice(&reply.body);
+    client.write_all(&text).await?;
+    if close {
         let _ = client.shutdown().await;
     }
-    Ok(!head.close)
+    Ok(!close)
 }
 
 /// An error before a request could be read; the connection closes after it.
-async fn answer_error(client: &mut TcpStream, status: StatusCode, message: &str) {
-    let body = serde_json::json!({ "error": message }).to_string() + "\n";
-    let text = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
-    let _ = client.write_all(text.as_bytes()).await;
-    let _ = client.shutdown().await;
-}
-
-/// A connection handed to hyper: reads start with the bytes the fast path
-/// had already taken in.
-pub struct Prefixed {
-    prefix: BytesMut,
-    stream: TcpStream,
-}
-
-impl Prefixed {
-    pub fn new(prefix: BytesMut, stream: TcpStream) -> Prefixed {
-        Prefixed { prefix, stream }
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
+pub(crate) async fn answer_error(client: &mut TcpStream, status: StatusCode, message: &str) {
+    let _ = write_reply(client, &ErrorReply::plain(status, message), true).await;
 }
 
 #[cfg(test)]
@@ -709,39 +843,81 @@ mod tests {
 
     #[test]
     fn the_end_of_a_chunked_body_is_found_across_splits() {
-        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
+        let body =
+            b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
         for split in 0..body.len() {
             let mut c = ChunkedEnd::default();
             let first = c.feed(&body[..split]).unwrap();
             let end = match first {
                 Some(n) => n,
-                None => split + c.feed(&body[split..]).unwrap().expect("ends in the second part"),
+                None => {
+                    split
+                        + c.feed(&body[split..])
+                            .unwrap()
+                            .expect("ends in the second part")
+                }
             };
             assert_eq!(end, body.len(), "split at {split}");
         }
         let mut c = ChunkedEnd::default();
-        assert_eq!(c.feed(b"0\r\n\r\nNEXT").unwrap(), Some(5), "bytes after the body are not part of it");
+        assert_eq!(
+            c.feed(b"0\r\n\r\nNEXT").unwrap(),
+            Some(5),
+            "bytes after the body are not part of it"
+        );
         assert!(ChunkedEnd::default().feed(b"zz\r\n").is_err());
-        assert!(ChunkedEnd::default().feed(b"3\r\nabcX").is_err(), "data must end with CRLF");
+        assert!(
+            ChunkedEnd::default().feed(b"3\r\nabcX").is_err(),
+            "data must end with CRLF"
+        );
     }
 
     #[test]
     fn response_heads_give_framing_and_drop_hop_by_hop_headers() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-app: 2\r\n\r\nhello").unwrap().unwrap();
-        assert_eq!((r.status, r.framing, r.upstream_close), (200, Framing::Length(5), false));
+        assert_eq!(
+            (r.status, r.framing, r.upstream_close),
+            (200, Framing::Length(5), false)
+        );
         let text = String::from_utf8(r.head).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("x-app: 2\r\n") && text.contains("Content-Length: 5"), "{text}");
-        assert!(!text.to_ascii_lowercase().contains("connection") && !text.contains("x-hop"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n")
+                && text.contains("x-app: 2\r\n")
+                && text.contains("Content-Length: 5"),
+            "{text}"
+        );
+        assert!(
+            !text.to_ascii_lowercase().contains("connection") && !text.contains("x-hop"),
+            "{text}"
+        );
 
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n").unwrap().unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.framing, Framing::Chunked);
-        assert!(!String::from_utf8(r.head).unwrap().contains("Content-Length"), "chunked wins over a length");
+        assert!(
+            !String::from_utf8(r.head)
+                .unwrap()
+                .contains("Content-Length"),
+            "chunked wins over a length"
+        );
         let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
         assert_eq!((r.framing, r.upstream_close), (Framing::UntilClose, true));
-        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.framing, Framing::Empty);
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-").unwrap().is_none());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                .is_err()
+        );
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -749,15 +925,20 @@ mod tests {
         let config = Config::default();
         let peer: SocketAddr = "127.0.0.7:4000".parse().unwrap();
         let req = b"GET /echo/a/b?x=1 HTTP/1.1\r\nHost: gw:8080\r\nConnection: x-secret\r\nx-secret: 1\r\nX-Forwarded-For: 10.0.0.1\r\nx-app: kept\r\n\r\n";
-        let Parsed::Complete(head) = parse_request(req, &config, peer) else { panic!("a complete head") };
-        assert_eq!((head.head_len, head.asked.path.as_str(), head.asked.close), (req.len(), "/echo/a/b?x=1", false));
-        let routed = head.routed.expect("routed to echo");
-        assert_eq!(routed.service, "echo");
-        assert_eq!(routed.request_line, b"GET /a/b?x=1 HTTP/1.1\r\n");
-        let headers = String::from_utf8(routed.headers).unwrap();
+        let Parsed::Complete(head) = parse_request(req) else {
+            panic!("a complete head")
+        };
         assert_eq!(
-            headers,
-            "x-app: kept\r\nx-forwarded-for: 127.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw:8080\r\n\r\n"
+            (head.head_len, head.target(req), head.close),
+            (req.len(), "/echo/a/b?x=1", false)
+        );
+        let up = String::from_utf8(
+            upstream_head(req, &head, &config, peer, "i:1").expect("routed to echo"),
+        )
+        .unwrap();
+        assert_eq!(
+            up,
+            "GET /a/b?x=1 HTTP/1.1\r\nhost: i:1\r\nx-app: kept\r\nx-forwarded-for: 127.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw:8080\r\n\r\n"
         );
 
         for hyper_case in [
@@ -767,12 +948,25 @@ mod tests {
             b"POST /echo/x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
             b"GET http://example/x HTTP/1.1\r\nHost: example\r\n\r\n",
         ] {
-            assert!(matches!(parse_request(hyper_case, &config, peer), Parsed::Hyper), "{}", String::from_utf8_lossy(hyper_case));
+            assert!(matches!(parse_request(hyper_case), Parsed::Hyper { .. }), "{}", String::from_utf8_lossy(hyper_case));
         }
-        assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nHost: a\r\n", &config, peer), Parsed::Partial));
-        assert!(matches!(parse_request(b"NOT A REQUEST\r\n\r\n", &config, peer), Parsed::Bad(_)));
-        assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &config, peer), Parsed::Bad(_)));
-        let Parsed::Complete(h) = parse_request(b"GET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &config, peer) else { panic!() };
-        assert!(h.asked.close);
+        assert!(matches!(
+            parse_request(b"GET /x HTTP/1.1\r\nHost: a\r\n"),
+            Parsed::Partial
+        ));
+        assert!(matches!(
+            parse_request(b"NOT A REQUEST\r\n\r\n"),
+            Parsed::Bad(_)
+        ));
+        assert!(matches!(
+            parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Parsed::Bad(_)
+        ));
+        let Parsed::Complete(h) =
+            parse_request(b"GET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert!(h.close);
     }
 }
