@@ -141,12 +141,21 @@ impl Store {
     }
 }
 
-/// The state as of `rev`: writes applied but not yet durable are left out.
+/// The state as of `rev`, as etcd's backend would hold it: writes applied
+/// but not yet durable are left out, and below the compaction point only
+/// each key's last entry, if it is not a tombstone (history a compaction
+/// still has to drop, because a range held it back, is dropped here).
 fn visible_snapshot(st: &State, rev: i64) -> Snapshot {
     let mut s = st.snapshot();
     s.rev = rev;
+    let compact = s.compact_rev;
     for k in &mut s.keys {
         k.entries.retain(|e| e.mod_rev <= rev);
+        let below = k.entries.partition_point(|e| e.mod_rev <= compact);
+        if below > 0 {
+            let keep_from = if k.entries[below - 1].version == 0 { below } else { below - 1 };
+            k.entries.drain(..keep_from);
+        }
     }
     s.keys.retain(|k| !k.entries.is_empty());
     s
