@@ -123,21 +123,76 @@ fn rev_bytes(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
 
 // === writing ===
 
+/// Keys visited, or changes read, per hold of the shared lock while a
+/// snapshot is written: writers wait for one slice at most.
+const SLICE: usize = 1024;
+
 impl Store {
     /// Writes the state at the visible revision as an etcd backend database
-    /// to `out`; returns its size. Only the brief copy of the index runs
-    /// under the lock; values are shared, not copied.
-    pub fn write_etcd_db<W: Write + Seek>(
-        &self,
-        out: W,
-        member_id: u64,
-    ) -> Result<(W, u64), StoreError> {
-        let snap = {
-            let st = self.shared().state.read();
-            visible_snapshot(&st, self.revision())
+    /// to `out`; returns its size. The `key` bucket is read in slices, each
+    /// under its own hold of the shared lock, with compaction held at the
+    /// compaction point meanwhile: no copy of the keyspace is made, and
+    /// writes go on while a large snapshot is written.
+    pub fn write_etcd_db<W: Write + Seek>(&self, out: W, member_id: u64) -> Result<(W, u64), StoreError> {
+        let s = self.shared();
+        let (meta, _pin) = {
+            let st = s.state.read();
+            let meta = Snapshot {
+                seq: 0,
+                rev: self.revision(),
+                compact_rev: st.compact_rev,
+                keys: vec![],
+                leases: st.leases.ids().map(|(id, ttl)| LeaseRec { id, ttl }).collect(),
+                auth: Some(st.auth.to_rec()),
+            };
+            // Under the lock, so no compaction slips in before the pin.
+            let pin = s.pin(st.compact_rev);
+            (meta, pin)
         };
-        write_db(&snap, out, member_id)
-            .map_err(|e| StoreError::Corrupt(format!("cannot write an etcd snapshot: {e}")))
+        let keys = self.key_bucket_sliced(meta.rev, meta.compact_rev);
+        write_db(&meta, keys, out, member_id).map_err(|e| StoreError::Corrupt(format!("cannot write an etcd snapshot: {e}")))
+    }
+
+    /// etcd's `key` bucket at `rev`: first what compaction at `compact`
+    /// kept (each key's last entry at or below it, in revision order), then
+    /// every change after it up to `rev`, which the keyspace keeps in
+    /// revision order already.
+    fn key_bucket_sliced(&self, rev: i64, compact: i64) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+        let s = self.shared();
+        let mut kept: Vec<(i64, u32, Bytes)> = Vec::new();
+        let mut after: Option<Bytes> = None;
+        loop {
+            let (mut part, last) = s.state.read().kv.kept_at(compact, after.as_ref(), SLICE);
+            kept.append(&mut part);
+            match last {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        kept.sort_unstable_by_key(|k| (k.0, k.1));
+        let mut kept = kept.into_iter().peekable();
+        let mut cursor = (compact, u32::MAX);
+        let mut buf: std::collections::VecDeque<(Bytes, crate::keyspace::Entry)> = Default::default();
+        std::iter::from_fn(move || {
+            while buf.is_empty() {
+                let st = s.state.read();
+                if kept.peek().is_some() {
+                    for (r, sub, key) in kept.by_ref().take(SLICE) {
+                        if let Some(e) = st.kv.entry_at(&key, r, sub) {
+                            buf.push_back((key, e.clone()));
+                        }
+                    }
+                } else {
+                    let (found, last) = st.kv.changes_after(cursor, rev, SLICE);
+                    cursor = last?;
+                    buf.extend(found);
+                }
+            }
+            let (key, e) = buf.pop_front()?;
+            let tombstone = e.is_tombstone();
+            let kv = if tombstone { mvccpb::KeyValue { key, ..Default::default() } } else { e.to_kv(&key) };
+            Some((rev_bytes(e.mod_rev, i64::from(e.sub), tombstone), kv.encode_to_vec()))
+        })
     }
 }
 
@@ -191,9 +246,15 @@ fn key_bucket(snap: &Snapshot) -> impl Iterator<Item = (i64, bool, Vec<u8>, Vec<
     })
 }
 
-fn write_db<W: Write + Seek>(snap: &Snapshot, out: W, member_id: u64) -> roster_bolt::Result<(W, u64)> {
+/// Writes the `key` bucket from `keys` and the others from `snap`.
+fn write_db<W: Write + Seek>(
+    snap: &Snapshot,
+    keys: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    out: W,
+    member_id: u64,
+) -> roster_bolt::Result<(W, u64)> {
     let mut w = Writer::new(out)?;
-    w.bucket(KEY, key_bucket(snap).map(|(_, _, k, v)| (k, v)))?;
+    w.bucket(KEY, keys)?;
     for (name, entries) in small_buckets(snap, member_id) {
         if name != KEY {
             w.bucket(name, entries)?;
@@ -721,4 +782,44 @@ pub fn restore(
             .map_err(io(parent))?;
     }
     Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+
+    fn put(k: String, v: &str) -> pb::PutRequest {
+        pb::PutRequest { key: k.into_bytes().into(), value: v.as_bytes().to_vec().into(), ..Default::default() }
+    }
+
+    /// The sliced read of the `key` bucket (what snapshots are written
+    /// from) gives exactly the entries of a full copy of the state, across
+    /// many slices, with overwrites, deletes and a compaction in between.
+    #[tokio::test]
+    async fn sliced_key_bucket_equals_the_one_from_a_full_copy() {
+        let store = Store::in_memory();
+        for i in 0..3000 {
+            store.put(put(format!("k{:05}", i % 2500), "a")).await.unwrap();
+        }
+        for i in (0..2500).step_by(7) {
+            let r = pb::DeleteRangeRequest { key: format!("k{i:05}").into_bytes().into(), ..Default::default() };
+            store.delete_range(r).await.unwrap();
+        }
+        let compact = store.revision() - 500;
+        store.compact(pb::CompactionRequest { revision: compact, physical: true }).await.unwrap();
+        for i in 0..2100 {
+            store.put(put(format!("k{:05}", i * 3 % 2600), "b")).await.unwrap();
+        }
+        let rev = store.revision();
+        let full: Vec<(Vec<u8>, Vec<u8>)> = {
+            let st = store.shared().state.read();
+            let snap = visible_snapshot(&st, rev);
+            key_bucket(&snap).map(|(_, _, k, v)| (k, v)).collect()
+        };
+        let sliced: Vec<(Vec<u8>, Vec<u8>)> = store.key_bucket_sliced(rev, compact).collect();
+        assert!(full.len() > 3 * SLICE, "several slices: {}", full.len());
+        assert_eq!(sliced.len(), full.len());
+        assert!(sliced == full, "the sliced read differs from the full copy");
+    }
 }

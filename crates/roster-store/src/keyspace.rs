@@ -126,6 +126,49 @@ impl KeySpace {
         }
     }
 
+    /// Each key after `after`'s last entry at or below `compact` if it is
+    /// not a tombstone, as (revision, sub, key): the history before the
+    /// compaction point that etcd's backend keeps. Visits at most `max`
+    /// keys; also returns the last key visited, `None` at the end.
+    pub fn kept_at(&self, compact: i64, after: Option<&Bytes>, max: usize) -> (Vec<(i64, u32, Bytes)>, Option<Bytes>) {
+        let from = match after {
+            Some(a) => Bound::Excluded(a.as_ref()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for (k, h) in self.keys.range::<[u8], _>((from, Bound::Unbounded)).take(max) {
+            let below = h.entries.partition_point(|e| e.mod_rev <= compact);
+            if let Some(e) = below.checked_sub(1).map(|i| &h.entries[i]).filter(|e| !e.is_tombstone()) {
+                out.push((e.mod_rev, e.sub, k.clone()));
+            }
+            last = Some(k.clone());
+        }
+        (out, last)
+    }
+
+    /// Up to `max` changes after `after` (revision, sub) and at or below
+    /// revision `upto`, in revision order, each with its key and entry;
+    /// also the position of the last one, to resume after (`None` at the
+    /// end).
+    pub fn changes_after(&self, after: (i64, u32), upto: i64, max: usize) -> (Vec<(Bytes, Entry)>, Option<(i64, u32)>) {
+        let start = self.changes.partition_point(|c| (c.0, c.1) <= after);
+        let slice: Vec<&(i64, u32, Bytes)> = self.changes[start..].iter().take_while(|c| c.0 <= upto).take(max).collect();
+        let last = slice.last().map(|c| (c.0, c.1));
+        let found = slice
+            .into_iter()
+            .filter_map(|(rev, sub, key)| Some((key.clone(), self.entry_at(key, *rev, *sub)?.clone())))
+            .collect();
+        (found, last)
+    }
+
+    /// The entry `key` got at revision `rev`, change `sub`.
+    pub fn entry_at(&self, key: &[u8], rev: i64, sub: u32) -> Option<&Entry> {
+        let h = self.keys.get(key)?;
+        let i = h.entries.partition_point(|e| (e.mod_rev, e.sub) < (rev, sub));
+        h.entries.get(i).filter(|e| e.mod_rev == rev && e.sub == sub)
+    }
+
     /// Writes `value` at `rev`; returns the stored key (shared rather than
     /// copied), the new entry, the live entry it replaced, and the live
     /// entry as of revision `before`. The key and value are copied so that
