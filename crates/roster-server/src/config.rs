@@ -37,6 +37,11 @@ pub struct ServerConfig {
     pub auto_compaction_check: Duration,
     /// Transport limits: HTTP/2 keepalive, streams, calls in flight.
     pub transport: TransportLimits,
+    /// TLS on the gRPC listener (`--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`, `--client-cert-auth`); `None`: plaintext.
+    pub tls: Option<roster_tls::ServerTls>,
+    /// TLS on the HTTP (health, metrics) listener; `None`: plaintext.
+    pub http_tls: Option<roster_tls::ServerTls>,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -107,6 +112,8 @@ impl Default for ServerConfig {
             auto_compaction: None,
             auto_compaction_check: Duration::from_secs(5 * 60),
             transport: TransportLimits::default(),
+            tls: None,
+            http_tls: None,
         }
     }
 }

@@ -118,6 +118,33 @@ pub(crate) fn channel_to(endpoint: &str) -> Channel {
         .connect_lazy()
 }
 
+/// Waits (bounded) until the log, past byte `from`, holds `line`; fails
+/// early when the process exits.
+pub(crate) async fn wait_logged(
+    proc: &mut Proc,
+    line: &str,
+    from: usize,
+    log: &ServerLog,
+) -> Result<(), StartFailure> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = proc.exited() {
+            return Err(StartFailure { status: Some(status), log: log.read(), reason: "exited during start".into() });
+        }
+        if log.read().get(from..).is_some_and(|l| l.contains(line)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(StartFailure {
+                status: None,
+                log: log.read(),
+                reason: format!("no {line:?} in the log within {START_TIMEOUT:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded) until the server answers a linearizable Range, and fails
 /// early when the process exits.
 pub(crate) async fn wait_ready(
@@ -294,6 +321,9 @@ pub struct Roster {
     channel: Option<Channel>,
     /// Appended to `roster serve ...` on every start.
     extra_args: Vec<String>,
+    /// Started with TLS flags: readiness is read from the log, and there is
+    /// no plaintext channel.
+    tls: bool,
     _log_dir: TempDir,
 }
 
@@ -341,6 +371,17 @@ impl Roster {
         Ok(r)
     }
 
+    /// `roster serve --in-memory` with TLS `args` (`--cert-file` ...,
+    /// passed after `--listen`). Ready once it logs that it serves; it has
+    /// no [`Roster::channel`].
+    pub async fn try_start_tls(bin: impl AsRef<Path>, args: &[&str]) -> Result<Roster, StartFailure> {
+        let mut r = Self::unstarted(bin.as_ref(), DataDir::InMemory);
+        r.extra_args = args.iter().map(|a| a.to_string()).collect();
+        r.tls = true;
+        r.spawn_and_wait().await?;
+        Ok(r)
+    }
+
     async fn start_with(bin: &Path, data: DataDir) -> Roster {
         let mut r = Self::unstarted(bin, data);
         if let Err(e) = r.spawn_and_wait().await {
@@ -365,6 +406,7 @@ impl Roster {
             proc: None,
             channel: None,
             extra_args: Vec::new(),
+            tls: false,
             _log_dir: log_dir,
         }
     }
@@ -401,10 +443,15 @@ impl Roster {
                 log: String::new(),
                 reason,
             })?;
-            match wait_ready(&mut proc, &self.endpoint(), &self.log).await {
+            let ready = if self.tls {
+                wait_logged(&mut proc, "roster serving", before, &self.log).await.map(|()| None)
+            } else {
+                wait_ready(&mut proc, &self.endpoint(), &self.log).await.map(Some)
+            };
+            match ready {
                 Ok(channel) => {
                     self.proc = Some(proc);
-                    self.channel = Some(channel);
+                    self.channel = channel;
                     return Ok(());
                 }
                 Err(mut e) => {

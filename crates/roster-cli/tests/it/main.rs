@@ -25,6 +25,9 @@
 //!   defragment and auto-compaction, with the same transcript on etcd.
 //! - `storage_faults`: a full disk (a tmpfs the test mounts) and a
 //!   DeleteRange over a million keys across `kill -9`.
+//! - `tls`: TLS on `roster serve` with openssl-made certificates: client
+//!   certificates from the right CA only, plaintext refused, certificates
+//!   reloaded from disk, HTTPS health.
 //!
 //! Tests that need etcd print a loud notice and skip when it is missing, but
 //! never under `CI=true`.
@@ -42,3 +45,4 @@ mod quota;
 mod registry_cli;
 mod storage_faults;
 mod support;
+mod tls;
