@@ -425,3 +425,25 @@ fn print_change(c: &Change, json: bool) {
         println!("{sign} {}/{} {} weight={} zone={}", i.service, i.id, i.addr, i.weight, i.zone);
     }
 }
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+
+    #[test]
+    fn user_arg_debug_hides_the_password() {
+        let u: UserArg = "svc:s3cret".parse().unwrap();
+        let text = format!("{u:?}");
+        assert!(!text.contains("s3cret") && text.contains("svc"), "{text}");
+        assert!("".parse::<UserArg>().is_err());
+        assert!(":pw".parse::<UserArg>().is_err());
+    }
+
+    #[test]
+    fn password_file_gives_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "pw with spaces\r\nsecond\n").unwrap();
+        assert_eq!(read_password_file(&p).unwrap(), "pw with spaces");
+    }
+}

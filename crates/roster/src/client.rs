@@ -22,9 +22,9 @@
 //! `etcdserver: invalid auth token` (the token expired, or the server
 //! restarted and forgot it), `etcdserver: user name is empty` or
 //! `etcdserver: revision of auth store is old` re-authenticates once and is
-//! retried once, as etcd's Go client does. A watch whose create is refused
-//! with `etcdserver: permission denied` is reopened once with a fresh token
-//! too: etcd answers a watch with a stale token that way. A server with auth
+//! retried once, as etcd's Go client does. A watch whose create is
+//! canceled for a stale token (etcd's cancel reason names the same errors)
+//! is reopened once with a fresh token too. A server with auth
 //! off answers Authenticate with "authentication is not enabled", and the
 //! client then carries on without a token.
 
@@ -476,11 +476,11 @@ impl Client {
         if self.inner.auth.creds.is_none() {
             return Ok(stream);
         }
-        // etcd refuses a watch with a stale token by canceling its create
-        // with "permission denied"; see whether a fresh token does better.
+        // etcd refuses a watch with a stale token by canceling its create;
+        // see whether a fresh token does better.
         let first = tokio::time::timeout(self.attempt_timeout(), stream.responses.message()).await;
         match first {
-            Ok(Ok(Some(r))) if r.canceled && r.cancel_reason == PERMISSION_DENIED => {
+            Ok(Ok(Some(r))) if r.canceled && watch_needs_new_token(&r.cancel_reason) => {
                 tracing::debug!(endpoint = %stream.endpoint, "watch refused; authenticating again and retrying once");
                 self.inner.auth.invalidate(stream.token_generation);
                 self.watch_stream_once(create).await
@@ -656,16 +656,19 @@ impl WatchStream {
     }
 }
 
-/// etcd's answer to a watch on keys the user may not read, or with a token
-/// that is no longer valid.
-const PERMISSION_DENIED: &str = "etcdserver: permission denied";
-
 /// Refusals that a fresh token may cure, as etcd's Go client retries them.
+const TOKEN_REFUSALS: [&str; 3] =
+    ["etcdserver: invalid auth token", "etcdserver: user name is empty", "etcdserver: revision of auth store is old"];
+
 fn needs_new_token(s: &tonic::Status) -> bool {
-    matches!(
-        s.message(),
-        "etcdserver: invalid auth token" | "etcdserver: user name is empty" | "etcdserver: revision of auth store is old"
-    )
+    TOKEN_REFUSALS.contains(&s.message())
+}
+
+/// etcd 3.4 cancels a watch created with a stale token with the whole gRPC
+/// error as its reason: "rpc error: code = Unauthenticated desc =
+/// etcdserver: invalid auth token".
+fn watch_needs_new_token(cancel_reason: &str) -> bool {
+    TOKEN_REFUSALS.iter().any(|m| cancel_reason.ends_with(m))
 }
 
 /// The token requests carry, shared by every endpoint's channel.
@@ -742,4 +745,46 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
 /// carries only a header.
 fn is_probe_answer(r: &WatchResponse) -> bool {
     r.watch_id == -1 && r.events.is_empty() && !r.created && !r.canceled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_debug_never_shows_the_password() {
+        let c = Credentials::new("svc", "s3cret");
+        let cfg = ClientConfig { credentials: Some(c.clone()), ..Default::default() };
+        for text in [format!("{c:?}"), format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(!text.contains("s3cret") && text.contains("svc"), "{text}");
+        }
+    }
+
+    #[test]
+    fn user_spec_splits_at_the_first_colon() {
+        assert_eq!(Credentials::split("svc"), ("svc", None));
+        assert_eq!(Credentials::split("svc:pw"), ("svc", Some("pw")));
+        assert_eq!(Credentials::split("svc:p:w"), ("svc", Some("p:w")));
+        assert_eq!(Credentials::split("svc:"), ("svc", Some("")));
+    }
+
+    #[test]
+    fn stale_token_refusals_are_told_from_real_denials() {
+        assert!(watch_needs_new_token("rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"));
+        assert!(watch_needs_new_token("etcdserver: invalid auth token"));
+        assert!(!watch_needs_new_token("etcdserver: permission denied"));
+        assert!(needs_new_token(&tonic::Status::unauthenticated("etcdserver: invalid auth token")));
+        assert!(!needs_new_token(&tonic::Status::permission_denied("etcdserver: permission denied")));
+    }
+
+    #[test]
+    fn a_token_replaced_by_another_call_is_not_dropped() {
+        let auth = Auth::new(Some(Credentials::new("u", "p")));
+        let first = auth.set(None);
+        let second = auth.set(None);
+        auth.invalidate(first);
+        assert_eq!(auth.settled(), Some(second), "a stale refusal must not drop the newer token");
+        auth.invalidate(second);
+        assert_eq!(auth.settled(), None);
+    }
 }

@@ -25,6 +25,9 @@
 //!   defragment and auto-compaction, with the same transcript on etcd.
 //! - `storage_faults`: a full disk (a tmpfs the test mounts) and a
 //!   DeleteRange over a million keys across `kill -9`.
+//! - `client_auth`: the SDK and CLI authenticating against etcd with auth
+//!   on: re-authentication on token expiry and restart, `--user`, and
+//!   etcd's CN-as-user under `--client-cert-auth`.
 //! - `tls`: TLS on `roster serve` with openssl-made certificates: client
 //!   certificates from the right CA only, plaintext refused, certificates
 //!   reloaded from disk, HTTPS health.
@@ -34,6 +37,7 @@
 
 mod bad_input;
 mod bench_cli;
+mod client_auth;
 mod config_cli;
 mod crash;
 mod differential;
