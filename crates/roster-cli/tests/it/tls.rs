@@ -341,3 +341,102 @@ async fn http_listener_serves_https_and_refuses_bad_tls_flags() {
         );
     }
 }
+
+/// curl's status code and HTTP version for `url`, trusting `ca`.
+async fn curl(url: &str, ca: &Path, extra: &[&str]) -> (u16, String) {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--max-time",
+            "5",
+            "--cacert",
+            s(ca),
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, version) = text.split_once(' ').unwrap_or(("0", ""));
+    (code.parse().unwrap_or(0), version.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_terminates_tls_with_h2_and_http1_and_reaches_its_registry_over_mtls() {
+    let Some(c) = certs() else { return };
+    if require_etcdctl().is_none() {
+        return;
+    }
+    let server = serve_mtls(&c, &[]).await;
+    let https = format!("https://{}", server.endpoint());
+    let (ca, cert, key) = (s(&c.ca.cert), s(&c.client.cert), s(&c.client.key));
+    // A backend: the registry's own plaintext health endpoint.
+    let backend = server.http_url().trim_start_matches("http://").to_owned();
+    let good = ["--cacert", ca, "--cert", cert, "--key", key];
+    ctl(
+        &https,
+        &good,
+        &[
+            "put",
+            "/services/regsvc/r1",
+            &format!("{{\"Addr\":\"{backend}\"}}"),
+        ],
+    )
+    .await
+    .ok();
+
+    let listen = format!("127.0.0.1:{}", roster_testkit::free_port());
+    let _gw = tokio::process::Command::new(roster_bin())
+        .args([
+            "--log",
+            "warn",
+            "gateway",
+            "--no-admin",
+            "--listen",
+            &listen,
+            "--endpoints",
+            &https,
+        ])
+        .args(["--cacert", ca, "--cert", cert, "--key", key])
+        .args([
+            "--cert-file",
+            s(&c.server.cert),
+            "--key-file",
+            s(&c.server.key),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("https://{listen}/regsvc/health");
+    let start = std::time::Instant::now();
+    while curl(&url, &c.ca.cert, &["--http1.1"]).await.0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the gateway over TLS never routed to regsvc"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        curl(&url, &c.ca.cert, &["--http1.1"]).await,
+        (200, "1.1".to_owned())
+    );
+    assert_eq!(
+        curl(&url, &c.ca.cert, &["--http2"]).await,
+        (200, "2".to_owned()),
+        "ALPN h2"
+    );
+    // Plaintext to the TLS port is not served.
+    assert_eq!(
+        curl(&format!("http://{listen}/regsvc/health"), &c.ca.cert, &[])
+            .await
+            .0,
+        0
+    );
+}
