@@ -155,3 +155,43 @@ impl axum::serve::Listener for HttpsListener {
         Ok(self.0.local_addr())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::{ready, Ready};
+    use tower::{Layer, Service};
+
+    /// Answers with the CertUser the request carried.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<Request<()>> for Echo {
+        type Response = Option<CertUser>;
+        type Error = std::convert::Infallible;
+        type Future = Ready<Result<Option<CertUser>, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            ready(Ok(req.extensions().get::<CertUser>().cloned()))
+        }
+    }
+
+    fn request(common_name: Option<&str>) -> Request<()> {
+        let mut req = Request::new(());
+        let peer = Peer { addr: "127.0.0.1:1".parse().unwrap(), common_name: common_name.map(str::to_owned) };
+        req.extensions_mut().insert(TlsPeer(peer));
+        req
+    }
+
+    #[tokio::test]
+    async fn client_certificate_cn_becomes_the_request_cert_user() {
+        let mut svc = CertUserLayer.layer(Echo);
+        assert_eq!(svc.call(request(Some("alice"))).await.unwrap(), Some(CertUser("alice".into())));
+        assert_eq!(svc.call(request(None)).await.unwrap(), None, "no certificate, no user");
+        assert_eq!(svc.call(Request::new(())).await.unwrap(), None, "plaintext connection");
+    }
+}
