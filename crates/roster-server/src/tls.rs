@@ -159,7 +159,7 @@ impl axum::serve::Listener for HttpsListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::{ready, Ready};
+    use std::future::{Ready, ready};
     use tower::{Layer, Service};
 
     /// Answers with the CertUser the request carried.
@@ -182,7 +182,10 @@ mod tests {
 
     fn request(common_name: Option<&str>) -> Request<()> {
         let mut req = Request::new(());
-        let peer = Peer { addr: "127.0.0.1:1".parse().unwrap(), common_name: common_name.map(str::to_owned) };
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            common_name: common_name.map(str::to_owned),
+        };
         req.extensions_mut().insert(TlsPeer(peer));
         req
     }
@@ -190,8 +193,19 @@ mod tests {
     #[tokio::test]
     async fn client_certificate_cn_becomes_the_request_cert_user() {
         let mut svc = CertUserLayer.layer(Echo);
-        assert_eq!(svc.call(request(Some("alice"))).await.unwrap(), Some(CertUser("alice".into())));
-        assert_eq!(svc.call(request(None)).await.unwrap(), None, "no certificate, no user");
-        assert_eq!(svc.call(Request::new(())).await.unwrap(), None, "plaintext connection");
+        assert_eq!(
+            svc.call(request(Some("alice"))).await.unwrap(),
+            Some(CertUser("alice".into()))
+        );
+        assert_eq!(
+            svc.call(request(None)).await.unwrap(),
+            None,
+            "no certificate, no user"
+        );
+        assert_eq!(
+            svc.call(Request::new(())).await.unwrap(),
+            None,
+            "plaintext connection"
+        );
     }
 }

@@ -81,7 +81,7 @@ fn string_value(tag: u8, bytes: &[u8]) -> Option<String> {
     match tag {
         0x0c | 0x13 | 0x16 => std::str::from_utf8(bytes).ok().map(str::to_owned),
         0x14 => Some(bytes.iter().map(|&b| b as char).collect()),
-        0x1e if bytes.len() % 2 == 0 => {
+        0x1e if bytes.len().is_multiple_of(2) => {
             let units: Vec<u16> = bytes
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))
@@ -164,6 +164,52 @@ mod tests {
             common_name(&cert_with_subject(&wrap(SEQUENCE, &name))).as_deref(),
             Some("bob")
         );
+    }
+
+    /// A certificate made by the real openssl, with the CN after other
+    /// attributes and a v3 extension block after the subject.
+    #[test]
+    fn openssl_certificate_common_name() {
+        use rustls::pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let run = std::process::Command::new("openssl")
+            .current_dir(dir.path())
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .args([
+                "-keyout",
+                "k.pem",
+                "-out",
+                "c.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/C=DE/O=Acme/CN=alice",
+            ])
+            .output();
+        let Ok(out) = run else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "openssl missing under CI=true"
+            );
+            eprintln!("!!! SKIPPED: openssl not installed !!!");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_file(dir.path().join("c.pem")).unwrap();
+        assert_eq!(common_name(&der).as_deref(), Some("alice"));
     }
 
     #[test]

@@ -42,8 +42,9 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-/// Where and how to reach the registry.
-#[derive(Debug, Clone)]
+/// Where and how to reach the registry. `Debug` shows no secret: neither
+/// the password nor the TLS key.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// `host:port`, `http://host:port` or (with the `tls` feature) `https://host:port`.
     pub endpoints: Vec<String>,
@@ -105,6 +106,21 @@ impl Credentials {
 
     pub fn password(&self) -> &str {
         &self.password
+    }
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("ClientConfig");
+        d.field("endpoints", &self.endpoints)
+            .field("request_timeout", &self.request_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("watch_probe", &self.watch_probe);
+        // tonic's own Debug would print the client key's PEM.
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.as_ref().map(|_| "<set>"));
+        d.field("credentials", &self.credentials).finish()
     }
 }
 
@@ -758,6 +774,18 @@ mod tests {
         for text in [format!("{c:?}"), format!("{cfg:?}"), format!("{cfg:#?}")] {
             assert!(!text.contains("s3cret") && text.contains("svc"), "{text}");
         }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn config_debug_never_shows_the_tls_key() {
+        let key = b"-----BEGIN PRIVATE KEY-----\nSECRETKEYBYTES\n-----END PRIVATE KEY-----\n".to_vec();
+        let identity = tonic::transport::Identity::from_pem(b"cert".to_vec(), key);
+        let tls = tonic::transport::ClientTlsConfig::new().identity(identity);
+        let cfg = ClientConfig { tls: Some(tls), ..Default::default() };
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("SECRETKEYBYTES") && !text.contains("83, 69, 67"), "{text}");
+        assert!(text.contains("tls: Some(\"<set>\")"), "{text}");
     }
 
     #[test]
