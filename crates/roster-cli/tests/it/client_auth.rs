@@ -176,6 +176,15 @@ async fn registration_and_discovery_survive_token_expiry_and_etcd_restart() {
     assert_eq!(hello.instances().len(), 1);
     let mut changes = Box::pin(hello.changes());
     let ctl = Etcdctl::new(etcd.endpoint());
+    // A config watch as the same user.
+    ctl.run(&["--user", ROOT, "put", "/services/cfg.json", r#"{"n":1}"#])
+        .await
+        .ok();
+    let cfg: roster::config::Config<serde_json::Value> =
+        roster::config::watch(svc.client(), "/services/cfg.json")
+            .await
+            .unwrap();
+    assert_eq!(cfg.get()["n"], 1);
 
     // Past the token's TTL, the key is deleted: putting it back needs a
     // new token.
@@ -209,6 +218,18 @@ async fn registration_and_discovery_survive_token_expiry_and_etcd_restart() {
         listed.stdout
     );
     assert_eq!(hello.instances().len(), 1);
+    // The config watch followed too: a change after the restart arrives.
+    ctl.run(&["--user", ROOT, "put", "/services/cfg.json", r#"{"n":2}"#])
+        .await
+        .ok();
+    let start = Instant::now();
+    while cfg.get()["n"] != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "config change after the restart not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     reg.deregister().await.unwrap();
 }
 
