@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use roster::{Change, Client, ClientConfig, Instance, Registry, RegistrationStatus};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 
@@ -27,9 +28,11 @@ impl std::ops::Deref for RegistryArgs {
 }
 
 /// How to reach the registry; shared by every command that talks to one.
+/// Flag names are etcdctl's. `Debug` never shows a password.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// Registry endpoints, comma-separated (roster serve or etcd members).
+    /// Registry endpoints, comma-separated (roster serve or etcd members);
+    /// `https://` for TLS.
     #[arg(long, env = "ROSTER_ENDPOINTS", default_value = "127.0.0.1:2379", global = true)]
     pub endpoints: String,
     /// Timeout of each registry call, in seconds.
@@ -37,21 +40,84 @@ pub struct ConnectArgs {
     pub timeout: u64,
     /// CA certificate (PEM) to trust for `https://` endpoints; without it
     /// the system's roots are used.
-    #[arg(long, env = "ROSTER_CACERT", global = true)]
-    pub cacert: Option<std::path::PathBuf>,
+    #[arg(long, env = "ROSTER_CACERT", global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require one
+    /// (`--client-cert-auth`); needs --key.
+    #[arg(long, env = "ROSTER_CERT", global = true, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, env = "ROSTER_KEY", global = true, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// etcd user, `name` or `name:password`. Without a password it is read
+    /// from --password-file, or asked for at a terminal.
+    #[arg(long, env = "ROSTER_USER", global = true, value_name = "NAME[:PASSWORD]")]
+    pub user: Option<UserArg>,
+    /// File whose first line is the password of --user.
+    #[arg(long, env = "ROSTER_PASSWORD_FILE", global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `--user name[:password]`; `Debug` shows the name only.
+#[derive(Clone)]
+pub struct UserArg {
+    name: String,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for UserArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = self.password.as_ref().map(|_| "<redacted>");
+        f.debug_struct("UserArg").field("name", &self.name).field("password", &password).finish()
+    }
+}
+
+impl std::str::FromStr for UserArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, password) = roster::client::Credentials::split(s);
+        if name.is_empty() {
+            return Err("the user name is empty; use --user name or --user name:password".into());
+        }
+        Ok(UserArg { name: name.to_owned(), password: password.map(str::to_owned) })
+    }
 }
 
 impl ConnectArgs {
     pub fn client(&self) -> Result<Client> {
+        Client::new(self.client_config()?).with_context(|| format!("bad --endpoints {:?}", self.endpoints))
+    }
+
+    pub fn client_config(&self) -> Result<ClientConfig> {
         let mut cfg = ClientConfig::from_list(&self.endpoints);
         cfg.request_timeout = Duration::from_secs(self.timeout.max(1));
-        if let Some(path) = &self.cacert {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read --cacert {}", path.display()))?;
-            let ca = tonic::transport::Certificate::from_pem(pem);
-            cfg.tls = Some(tonic::transport::ClientTlsConfig::new().ca_certificate(ca));
+        if self.cacert.is_some() || self.cert.is_some() {
+            cfg.tls = Some(ClientConfig::tls_from_files(self.cacert.as_deref(), self.cert.as_deref(), self.key.as_deref())?);
         }
-        Client::new(cfg).with_context(|| format!("bad --endpoints {:?}", self.endpoints))
+        if let Some(user) = &self.user {
+            let password = match (&user.password, &self.password_file) {
+                (Some(p), _) => p.clone(),
+                (None, Some(path)) => read_password_file(path)?,
+                (None, None) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    rpassword::prompt_password(format!("Password of {}: ", user.name)).context("cannot read the password")?
+                }
+                (None, None) => bail!(
+                    "--user {} has no password: give --user {}:PASSWORD or --password-file FILE, or run at a terminal to be asked",
+                    user.name,
+                    user.name
+                ),
+            };
+            cfg.credentials = Some(roster::client::Credentials::new(user.name.clone(), password));
+        }
+        Ok(cfg)
     }
+}
+
+/// The first line of `path`, without its line ending.
+fn read_password_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --password-file {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
 impl RegistryArgs {
@@ -357,5 +423,27 @@ fn print_change(c: &Change, json: bool) {
         println!("{}", serde_json::json!({"change": kind, "instance": i}));
     } else {
         println!("{sign} {}/{} {} weight={} zone={}", i.service, i.id, i.addr, i.weight, i.zone);
+    }
+}
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+
+    #[test]
+    fn user_arg_debug_hides_the_password() {
+        let u: UserArg = "svc:s3cret".parse().unwrap();
+        let text = format!("{u:?}");
+        assert!(!text.contains("s3cret") && text.contains("svc"), "{text}");
+        assert!("".parse::<UserArg>().is_err());
+        assert!(":pw".parse::<UserArg>().is_err());
+    }
+
+    #[test]
+    fn password_file_gives_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "pw with spaces\r\nsecond\n").unwrap();
+        assert_eq!(read_password_file(&p).unwrap(), "pw with spaces");
     }
 }

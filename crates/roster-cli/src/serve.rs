@@ -15,13 +15,58 @@ use tokio::net::TcpListener;
 /// Options of `roster serve`; its help text is on `Commands::Serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address for the etcd gRPC API: `host:port` or `http://host:port`.
+    /// Address for the etcd gRPC API: `host:port`, `http://host:port`, or
+    /// `https://host:port` (needs --cert-file and --key-file). A bare
+    /// `host:port` is TLS when --cert-file is given.
     #[arg(long, default_value = "127.0.0.1:2379", value_name = "ADDR", value_parser = parse_listen)]
     listen: ListenAddr,
 
-    /// Address for HTTP `/health` and `/metrics`: `host:port` or `http://host:port`.
+    /// Address for HTTP `/health` and `/metrics`: `host:port`,
+    /// `http://host:port` or `https://host:port`. HTTPS uses --http-cert-file
+    /// and --http-key-file, or else --cert-file and --key-file.
     #[arg(long, default_value = "127.0.0.1:2381", value_name = "ADDR", value_parser = parse_listen)]
     http: ListenAddr,
+    // --- TLS (etcd's flag names) ---
+    /// Server certificate (PEM, leaf first) for the gRPC listener. Read
+    /// again on the next handshake whenever the file changes.
+    #[arg(long, value_name = "FILE", requires = "key_file", help_heading = "TLS")]
+    cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file; reloaded with it.
+    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "TLS")]
+    key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) that sign the client certificates accepted
+    /// with --client-cert-auth. Read at start.
+    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "TLS")]
+    trusted_ca_file: Option<PathBuf>,
+
+    /// Require every gRPC client to present a certificate signed by
+    /// --trusted-ca-file. With auth enabled, the certificate's CN is the
+    /// user name of requests that carry no token, as in etcd.
+    #[arg(long, requires = "trusted_ca_file", help_heading = "TLS")]
+    client_cert_auth: bool,
+
+    /// Certificate for the --http listener [default: --cert-file when
+    /// --http is https://]. Given, the --http listener is HTTPS.
+    #[arg(long, value_name = "FILE", requires = "http_key_file", help_heading = "TLS")]
+    http_cert_file: Option<PathBuf>,
+
+    /// Private key of --http-cert-file.
+    #[arg(long, value_name = "FILE", requires = "http_cert_file", help_heading = "TLS")]
+    http_key_file: Option<PathBuf>,
+
+    /// CA for client certificates on the --http listener (with
+    /// --http-client-cert-auth). Kept apart from the gRPC listener's so
+    /// that health probes need no client certificate unless asked.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    http_trusted_ca_file: Option<PathBuf>,
+
+    /// Require a client certificate signed by --http-trusted-ca-file on the
+    /// --http listener.
+    #[arg(long, requires = "http_trusted_ca_file", help_heading = "TLS")]
+    http_client_cert_auth: bool,
+    // --- end of TLS ---
 
     /// Do not serve HTTP health and metrics.
     #[arg(long, conflicts_with = "http")]
@@ -187,19 +232,29 @@ fn parse_go_duration(s: &str) -> Result<Duration, String> {
 /// A listen address as given, scheme stripped; resolved when binding so that
 /// host names such as `localhost` work.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ListenAddr(String);
+struct ListenAddr(String, Scheme);
 
-/// Accepts `host:port` and `http://host:port[/]`; refuses other schemes and
-/// paths with a hint, so a URL copied from an etcd flag works.
+/// The scheme a listen address was given with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// `host:port`: TLS exactly when certificate files are given.
+    Bare,
+    Http,
+    Https,
+}
+
+/// Accepts `host:port`, `http://host:port[/]` and `https://host:port[/]`;
+/// refuses other schemes and paths with a hint, so a URL copied from an
+/// etcd flag works.
 fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     let s = s.trim();
-    let rest = match s.split_once("://") {
-        None => s,
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-            return Err("TLS is not supported; use host:port or http://host:port".into());
+    let (scheme, rest) = match s.split_once("://") {
+        None => (Scheme::Bare, s),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (Scheme::Http, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (Scheme::Https, rest),
+        Some((scheme, _)) => {
+            return Err(format!("unsupported scheme {scheme:?}; use host:port, http://host:port or https://host:port"));
         }
-        Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?}; use host:port or http://host:port")),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') {
@@ -213,7 +268,42 @@ fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     if port.parse::<u16>().is_err() {
         return Err(format!("{port:?} is not a port number"));
     }
-    Ok(ListenAddr(rest.to_owned()))
+    Ok(ListenAddr(rest.to_owned(), scheme))
+}
+
+/// Whether a listener serves TLS, from its scheme and whether certificate
+/// files were given; plaintext asked for explicitly beside certificate
+/// files is refused rather than silently ignoring them.
+fn tls_for(flag: &str, addr: &ListenAddr, tls: Option<roster_tls::ServerTls>, cert_flag: &str) -> Result<Option<roster_tls::ServerTls>> {
+    match (addr.1, tls) {
+        (Scheme::Https, None) => bail!("{flag} https://{} needs {cert_flag} and its key file", addr.0),
+        (Scheme::Http, Some(_)) => {
+            bail!("{flag} http://{} is plaintext but {cert_flag} is given; use https://{} (or host:port)", addr.0, addr.0)
+        }
+        (Scheme::Http, None) | (Scheme::Bare, None) => Ok(None),
+        (Scheme::Https | Scheme::Bare, Some(t)) => Ok(Some(t)),
+    }
+}
+
+/// The loud warnings for a listener reachable beyond this machine without
+/// TLS or without client authentication; empty on loopback.
+fn exposure_warnings(what: &str, addr: SocketAddr, tls: Option<&roster_tls::ServerTls>) -> Vec<String> {
+    if addr.ip().is_loopback() {
+        return Vec::new();
+    }
+    match tls {
+        None => vec![format!(
+            "{what} listens on {addr}, beyond this machine, WITHOUT TLS: anyone who can reach it reads and \
+             changes every key in plaintext. Turn TLS on with --cert-file and --key-file (https://), and require \
+             client certificates with --trusted-ca-file and --client-cert-auth, or bind 127.0.0.1"
+        )],
+        Some(t) if !t.client_cert_auth => vec![format!(
+            "{what} listens on {addr} with TLS but WITHOUT client certificates: any client that can reach it \
+             is served unless auth is enabled (`etcdctl user add root`, `etcdctl user grant-role root root`, \
+             `etcdctl auth enable`). Require client certificates with --trusted-ca-file and --client-cert-auth"
+        )],
+        Some(_) => Vec::new(),
+    }
 }
 
 /// Ids that make this data dir one etcd member of one cluster, kept across
@@ -328,6 +418,42 @@ fn open_store(dir: Option<&Path>, repair: bool) -> Result<Store> {
 pub async fn run(args: ServeArgs) -> Result<()> {
     let auto_compaction = AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
         .map_err(anyhow::Error::msg)?;
+    let grpc_tls = tls_for(
+        "--listen",
+        &args.listen,
+        args.cert_file.as_ref().zip(args.key_file.as_ref()).map(|(c, k)| roster_tls::ServerTls {
+            trusted_ca_file: args.trusted_ca_file.clone(),
+            client_cert_auth: args.client_cert_auth,
+            ..roster_tls::ServerTls::new(c, k)
+        }),
+        "--cert-file",
+    )?;
+    let http_tls = if args.no_http {
+        None
+    } else {
+        // HTTPS on --http: its own files, or the gRPC ones for https://.
+        let files = match (&args.http_cert_file, &args.http_key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ if args.http.1 == Scheme::Https => args.cert_file.as_ref().zip(args.key_file.as_ref()),
+            _ => None,
+        };
+        let cert_flag = if args.cert_file.is_some() { "--http-cert-file (or --cert-file)" } else { "--http-cert-file" };
+        let tls = files.map(|(c, k)| roster_tls::ServerTls {
+            trusted_ca_file: args.http_trusted_ca_file.clone(),
+            client_cert_auth: args.http_client_cert_auth,
+            ..roster_tls::ServerTls::new(c, k)
+        });
+        // A bare --http beside gRPC certificates stays plaintext: only
+        // --http-cert-file or https:// turn it to TLS.
+        match (args.http.1, &args.http_cert_file) {
+            (Scheme::Bare, None) => None,
+            _ => tls_for("--http", &args.http, tls, cert_flag)?,
+        }
+    };
+    // Load the files now, so that a bad one fails the start with its name.
+    for t in grpc_tls.iter().chain(&http_tls) {
+        t.server_config()?;
+    }
     let grpc = bind(&args.listen).await?;
     let http = if args.no_http { None } else { Some(bind(&args.http).await?) };
     let grpc_addr = grpc.local_addr().context("bound gRPC socket has no address")?;
@@ -347,8 +473,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => MemberIdentity::random(),
     };
 
+    for warning in exposure_warnings("the etcd gRPC API", grpc_addr, grpc_tls.as_ref())
+        .into_iter()
+        .chain(http_addr.into_iter().flat_map(|h| exposure_warnings("HTTP health and metrics", h, http_tls.as_ref())))
+    {
+        tracing::warn!("{warning}");
+    }
+    let grpc_scheme = if grpc_tls.is_some() { "https" } else { "http" };
+    let http_scheme = if http_tls.is_some() { "https" } else { "http" };
     let client_urls = if args.advertise_client_urls.is_empty() {
-        vec![format!("http://{grpc_addr}")]
+        vec![format!("{grpc_scheme}://{grpc_addr}")]
     } else {
         args.advertise_client_urls.clone()
     };
@@ -376,12 +510,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             token_ttl: Duration::from_secs(args.auth_token_ttl),
             bcrypt_cost: args.bcrypt_cost,
         },
+        tls: grpc_tls.clone(),
+        http_tls: http_tls.clone(),
         ..Default::default()
     };
     let shutdown = shutdown_signal()?;
 
     let http_note = match http_addr {
-        Some(h) => format!("health and metrics on http://{h}"),
+        Some(h) => format!("health and metrics on {http_scheme}://{h}"),
         None => "HTTP health and metrics off".to_owned(),
     };
     tracing::info!(
@@ -392,7 +528,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         revision = store.revision(),
         quota_bytes = ?config.quota_bytes(),
         auto_compaction = ?config.auto_compaction,
-        "roster serving etcd v3 API on {grpc_addr}; {http_note}"
+        client_cert_auth = grpc_tls.as_ref().is_some_and(|t| t.client_cert_auth),
+        "roster serving etcd v3 API on {grpc_scheme}://{grpc_addr}; {http_note}"
     );
     roster_server::serve(grpc, http, store, config, shutdown).await.context("server failed")?;
     tracing::info!("roster stopped");
@@ -436,12 +573,42 @@ mod tests {
         assert_eq!(ok("HTTP://localhost:2379/"), "localhost:2379");
         assert_eq!(ok("[::1]:2379"), "[::1]:2379");
         assert_eq!(ok("0.0.0.0:0"), "0.0.0.0:0");
+        assert_eq!(ok("https://127.0.0.1:2379"), "127.0.0.1:2379");
+        assert_eq!(parse_listen("https://h:1").unwrap().1, Scheme::Https);
+        assert_eq!(parse_listen("h:1").unwrap().1, Scheme::Bare);
+    }
+
+    #[test]
+    fn tls_follows_scheme_and_refuses_contradictions() {
+        let t = || Some(roster_tls::ServerTls::new("c.pem", "k.pem"));
+        let addr = |s: &str| parse_listen(s).unwrap();
+        assert!(tls_for("--listen", &addr("https://h:1"), t(), "--cert-file").unwrap().is_some());
+        assert!(tls_for("--listen", &addr("h:1"), t(), "--cert-file").unwrap().is_some());
+        assert!(tls_for("--listen", &addr("h:1"), None, "--cert-file").unwrap().is_none());
+        let e = tls_for("--listen", &addr("https://h:1"), None, "--cert-file").unwrap_err().to_string();
+        assert!(e.contains("needs --cert-file"), "{e}");
+        let e = tls_for("--listen", &addr("http://h:1"), t(), "--cert-file").unwrap_err().to_string();
+        assert!(e.contains("plaintext but --cert-file is given"), "{e}");
+    }
+
+    #[test]
+    fn leaving_loopback_without_tls_or_client_certs_warns_how_to_fix() {
+        let lo: SocketAddr = "127.0.0.1:2379".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:2379".parse().unwrap();
+        let mut tls = roster_tls::ServerTls::new("c", "k");
+        assert!(exposure_warnings("gRPC", lo, None).is_empty());
+        let w = exposure_warnings("gRPC", any, None);
+        assert!(w[0].contains("WITHOUT TLS") && w[0].contains("--cert-file and --key-file"), "{w:?}");
+        let w = exposure_warnings("gRPC", any, Some(&tls));
+        assert!(w[0].contains("WITHOUT client certificates") && w[0].contains("auth enable"), "{w:?}");
+        tls.client_cert_auth = true;
+        assert!(exposure_warnings("gRPC", any, Some(&tls)).is_empty());
+        assert!(exposure_warnings("gRPC", "[::1]:1".parse().unwrap(), None).is_empty());
     }
 
     #[test]
     fn listen_refuses_what_it_cannot_serve() {
         let err = |s: &str| parse_listen(s).unwrap_err();
-        assert!(err("https://127.0.0.1:2379").contains("TLS"));
         assert!(err("unix:///tmp/x").contains("unsupported scheme"));
         assert!(err("127.0.0.1").contains("no port"));
         assert!(err("[::1]").contains("no port"));
@@ -527,7 +694,7 @@ mod tests {
     #[tokio::test]
     async fn port_in_use_has_a_helpful_message() {
         let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = ListenAddr(taken.local_addr().unwrap().to_string());
+        let addr = ListenAddr(taken.local_addr().unwrap().to_string(), Scheme::Bare);
         let err = bind(&addr).await.unwrap_err().to_string();
         assert!(err.contains("address already in use; is another roster or etcd running?"), "{err}");
     }

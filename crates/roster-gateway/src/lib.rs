@@ -18,7 +18,8 @@
 //! - `proxy`: the hyper engine (HTTP/2, gRPC, and what the fast path hands
 //!   over), the attempts, and the failures: JSON errors for HTTP callers,
 //!   `grpc-status` for gRPC callers.
-//! - `server`: the listener (HTTP/1.1 + h2c, bounded heads, graceful
+//! - `server`: the listener (HTTP/1.1 + h2c, or HTTPS with ALPN h2 and
+//!   http/1.1, bounded heads, graceful
 //!   drain, bounded accept queues) and the admin listener (`/metrics`, `/health`).
 
 pub mod config;
@@ -89,6 +90,21 @@ impl Gateway {
         drain: Duration,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        server::serve(listener, admin, self.proxy.clone(), drain, shutdown).await
+        server::serve(listener, admin, self.proxy.clone(), None, drain, shutdown).await
+    }
+
+    /// As [`Gateway::serve`], terminating TLS on `listener` with `tls`
+    /// (build it with `roster_tls::ServerTls::server_config`, ALPN `h2`
+    /// and `http/1.1`: the certificate is then reloaded when its files
+    /// change). The admin listener stays plaintext.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        tls: Arc<rustls::ServerConfig>,
+        drain: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server::serve(listener, admin, self.proxy.clone(), Some(tls), drain, shutdown).await
     }
 }

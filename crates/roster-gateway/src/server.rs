@@ -32,18 +32,20 @@ pub async fn serve(
     listener: TcpListener,
     admin: Option<TcpListener>,
     proxy: Arc<Proxy>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     drain: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut inboxes = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
         let (tx, rx) = tokio::sync::mpsc::channel(INBOX);
-        let proxy = proxy.clone();
+        let (proxy, tls) = (proxy.clone(), tls.clone());
         let thread = std::thread::Builder::new().name(format!("gateway-{i}")).spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(worker(rx, proxy, drain));
+            rt.block_on(worker(rx, proxy, tls, drain));
             Ok::<_, std::io::Error>(())
         })?;
         inboxes.push(tx);
@@ -128,7 +130,7 @@ type Inbox = tokio::sync::mpsc::Receiver<(std::net::TcpStream, std::net::SocketA
 
 /// One worker: serve the connections it is handed; when the inbox closes,
 /// drain them.
-async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
+async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, tls: Option<tokio_rustls::TlsAcceptor>, drain: Duration) {
     let config = proxy.config.load_full();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -172,6 +174,27 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, drain: Duration) {
         };
         let (proxy, pools, fast_pool, builder) = (proxy.clone(), pools.clone(), fast_pool.clone(), builder.clone());
         let (watcher, draining, done) = (graceful.watcher(), draining.clone(), done.clone());
+        if let Some(tls) = tls.clone() {
+            // HTTPS: handshake (bounded), then hyper for both HTTP/1.1 and
+            // h2 as ALPN chose; the plaintext fast path is not used.
+            tokio::spawn(async move {
+                let (_done, _slot) = (done, slot);
+                let stream = match tokio::time::timeout(roster_tls::HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
+                };
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (proxy, pools) = (proxy.clone(), pools.clone());
+                    async move { Ok::<_, Infallible>(proxy.handle(&pools, req, peer).await) }
+                });
+                let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                if let Err(e) = conn.await {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let (_done, _slot) = (done, slot);
             let (stream, buffered) = match h1::serve(stream, peer, &proxy, &fast_pool, draining).await {

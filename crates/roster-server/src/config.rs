@@ -41,6 +41,11 @@ pub struct ServerConfig {
     pub backup: Option<crate::BackupConfig>,
     /// Tokens and password hashing for etcd's auth.
     pub auth: crate::AuthConfig,
+    /// TLS on the gRPC listener (`--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`, `--client-cert-auth`); `None`: plaintext.
+    pub tls: Option<roster_tls::ServerTls>,
+    /// TLS on the HTTP (health, metrics) listener; `None`: plaintext.
+    pub http_tls: Option<roster_tls::ServerTls>,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -113,6 +118,8 @@ impl Default for ServerConfig {
             transport: TransportLimits::default(),
             backup: None,
             auth: crate::AuthConfig::default(),
+            tls: None,
+            http_tls: None,
         }
     }
 }

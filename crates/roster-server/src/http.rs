@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// etcd 3.4's `/health` body for a healthy member.
@@ -18,14 +19,30 @@ pub(crate) fn router(server: Server) -> Router {
     Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(server)
 }
 
-pub(crate) async fn serve(listener: TcpListener, server: Server) -> Result<(), ServerError> {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    server: Server,
+) -> Result<(), ServerError> {
     let stop = server.stop().clone();
     let grace = server.config().shutdown_grace;
-    let run = axum::serve(listener, router(server)).with_graceful_shutdown({
+    let stopped = {
         let stop = stop.clone();
         async move { stop.wait().await }
-    });
-    crate::with_grace(run.into_future(), stop, grace, "HTTP").await.map_err(ServerError::Http)
+    };
+    let app = router(server);
+    let result = match tls {
+        Some(config) => {
+            let incoming = roster_tls::TlsIncoming::new(listener, config).map_err(ServerError::Http)?;
+            let run = axum::serve(crate::tls::HttpsListener(incoming), app).with_graceful_shutdown(stopped);
+            crate::with_grace(run.into_future(), stop, grace, "HTTP").await
+        }
+        None => {
+            let run = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            crate::with_grace(run.into_future(), stop, grace, "HTTP").await
+        }
+    };
+    result.map_err(ServerError::Http)
 }
 
 /// A single node that answers is healthy: there is no quorum to lose. It

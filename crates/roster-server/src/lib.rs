@@ -16,6 +16,8 @@
 //! - `config`: [`ServerConfig`].
 //! - `compactor`: etcd's periodic and revision auto-compaction.
 //! - `config`: [`ServerConfig`] and its [`TransportLimits`].
+//! - `tls`: TLS connections for tonic and axum, and the client
+//!   certificate's CN as a request extension (`CertUser`).
 //! - `limit`: the cap on unary calls in flight ("etcdserver: too many
 //!   requests"). HTTP/2 keepalive and the stream limit are tonic's, set in
 //!   `serve_grpc`.
@@ -37,6 +39,7 @@ mod maintenance;
 mod metrics;
 mod oversize;
 mod responses;
+mod tls;
 mod watch;
 
 pub use backup::BackupConfig;
@@ -86,6 +89,8 @@ pub enum ServerError {
     Grpc(#[source] tonic::transport::Error),
     #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] roster_tls::TlsError),
 }
 
 /// Serves the etcd v3 API on `grpc` (and health/metrics on `http`) until
@@ -101,6 +106,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    // Files are checked before anything is served.
+    // gRPC clients (tonic's among them) insist on ALPN h2; the HTTP side is
+    // HTTP/1.1 only.
+    let with_alpn = |t: &roster_tls::ServerTls, proto: &[u8]| roster_tls::ServerTls { alpn: vec![proto.to_vec()], ..t.clone() }.server_config();
+    let grpc_tls = config.tls.as_ref().map(|t| with_alpn(t, b"h2")).transpose()?;
+    let http_tls = config.http_tls.as_ref().map(|t| with_alpn(t, b"http/1.1")).transpose()?;
     let (stop_tx, stop_rx) = signal::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let server = Server::new(store.clone(), config, Stop(stop_rx));
@@ -141,9 +152,9 @@ pub async fn serve(
         let check = server.config().auto_compaction_check;
         background.push(tokio::spawn(compactor::run(store.clone(), mode, check, server.stop().clone())));
     }
-    let http_task = http.map(|l| tokio::spawn(http::serve(l, server.clone())));
+    let http_task = http.map(|l| tokio::spawn(http::serve(l, http_tls, server.clone())));
 
-    let grpc_result = serve_grpc(grpc, server.clone(), health_svc).await;
+    let grpc_result = serve_grpc(grpc, grpc_tls, server.clone(), health_svc).await;
 
     // The gRPC server may have failed on its own: stop everything else too.
     stop_tx.send_replace(true);
@@ -166,6 +177,7 @@ pub async fn serve(
 
 async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     server: Server,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) -> Result<(), ServerError> {
@@ -180,7 +192,6 @@ async fn serve_grpc(
                 .max_encoding_message_size(MAX_ENCODING_BYTES)
         };
     }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = server.stop().clone();
     let limits = &server.config().transport;
     let router = tonic::transport::Server::builder()
@@ -190,6 +201,7 @@ async fn serve_grpc(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .layer(oversize::OversizeLayer)
+        .layer(tls::CertUserLayer)
         .add_service(health)
         .add_service(svc!(KvServer))
         .add_service(svc!(WatchServer))
@@ -199,10 +211,22 @@ async fn serve_grpc(
         .add_service(svc!(AuthServer))
         .add_service(svc!(LockServer))
         .add_service(svc!(ElectionServer));
-    let run = router.serve_with_incoming_shutdown(incoming, async move { stop.wait().await });
     let grace = server.config().shutdown_grace;
-    let stop = server.stop().clone();
-    with_grace(run, stop, grace, "gRPC").await.map_err(ServerError::Grpc)
+    let stopped = async move { stop.wait().await };
+    let result = match tls {
+        Some(config) => {
+            // Plaintext clients fail the handshake and never reach tonic.
+            let incoming = roster_tls::TlsIncoming::new(listener, config).map_err(ServerError::Http)?;
+            let run = router.serve_with_incoming_shutdown(tls::grpc_incoming(incoming), stopped);
+            with_grace(run, server.stop().clone(), grace, "gRPC").await
+        }
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let run = router.serve_with_incoming_shutdown(incoming, stopped);
+            with_grace(run, server.stop().clone(), grace, "gRPC").await
+        }
+    };
+    result.map_err(ServerError::Grpc)
 }
 
 /// Runs `fut`; once `stop` fires, waits at most `grace` more for it.

@@ -11,6 +11,8 @@
 //! - [`Etcdctl`]: runs the real `etcdctl` against an endpoint, with a
 //!   timeout, or in the background ([`Background`]) for the commands that
 //!   keep running (`watch`, `lease keep-alive`, `lock`, `elect`).
+//! - [`TestCa`]: certificate authorities and certificates made with the
+//!   real `openssl` command, for the TLS tests.
 //! - [`require_etcd`] / [`require_etcdctl`]: skip loudly when the tools are
 //!   missing, but never under `CI=true`.
 //!
@@ -20,12 +22,14 @@
 mod cluster;
 mod etcdctl;
 mod server;
+mod tls;
 mod tools;
 
 pub use cluster::{CLUSTER_SIZE, EtcdCluster};
 pub use etcdctl::{Background, CtlOutput, Etcdctl};
 pub use server::{Etcd, Roster, ServerLog, StartFailure};
-pub use tools::{free_port, require_etcd, require_etcdctl, which};
+pub use tls::{Pair, TestCa};
+pub use tools::{free_port, require_etcd, require_etcdctl, require_openssl, which};
 
 /// How long a server may take to answer after it was spawned.
 pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

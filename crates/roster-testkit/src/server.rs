@@ -118,6 +118,33 @@ pub(crate) fn channel_to(endpoint: &str) -> Channel {
         .connect_lazy()
 }
 
+/// Waits (bounded) until the log, past byte `from`, holds `line`; fails
+/// early when the process exits.
+pub(crate) async fn wait_logged(
+    proc: &mut Proc,
+    line: &str,
+    from: usize,
+    log: &ServerLog,
+) -> Result<(), StartFailure> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = proc.exited() {
+            return Err(StartFailure { status: Some(status), log: log.read(), reason: "exited during start".into() });
+        }
+        if log.read().get(from..).is_some_and(|l| l.contains(line)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(StartFailure {
+                status: None,
+                log: log.read(),
+                reason: format!("no {line:?} in the log within {START_TIMEOUT:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded) until the server answers a linearizable Range, and fails
 /// early when the process exits.
 pub(crate) async fn wait_ready(
@@ -151,6 +178,9 @@ pub(crate) async fn wait_ready(
         let probe = maintenance.status(StatusRequest {});
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
             Ok(Ok(_)) => return Ok(channel),
+            // With auth on, an anonymous probe is refused, by a server that
+            // is up.
+            Ok(Err(status)) if status.message() == "etcdserver: user name is empty" => return Ok(channel),
             Ok(Err(status)) => last_err = format!("{status:?}"),
             Err(_) => last_err = "probe timed out".into(),
         }
@@ -167,9 +197,13 @@ pub(crate) fn etcd_bin() -> Result<PathBuf, StartFailure> {
 /// directory. Killed by its PID when dropped.
 pub struct Etcd {
     client_port: u16,
+    /// The HTTPS client port, for [`Etcd::try_start_tls`].
+    tls_port: Option<u16>,
     channel: Channel,
     log: ServerLog,
     proc: Proc,
+    /// The flags it was started with, for [`Etcd::restart`].
+    argv: Vec<std::ffi::OsString>,
     _dir: TempDir,
 }
 
@@ -196,6 +230,22 @@ impl Etcd {
     }
 
     pub async fn try_start_with_args(args: &[&str]) -> Result<Etcd, StartFailure> {
+        Self::try_start_inner(args, false).await
+    }
+
+    /// As [`Etcd::try_start_with_args`] with TLS `args` (`--cert-file`,
+    /// `--key-file`, ...): etcd serves HTTPS on [`Etcd::tls_endpoint`]
+    /// besides its plaintext port.
+    pub async fn try_start_tls(args: &[&str]) -> Result<Etcd, StartFailure> {
+        Self::try_start_inner(args, true).await
+    }
+
+    /// `https://127.0.0.1:PORT`, for etcd started with TLS.
+    pub fn tls_endpoint(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("https://127.0.0.1:{p}"))
+    }
+
+    async fn try_start_inner(args: &[&str], tls: bool) -> Result<Etcd, StartFailure> {
         let bin = etcd_bin()?;
         let mut last = None;
         for _ in 0..PORT_RETRIES {
@@ -204,13 +254,18 @@ impl Etcd {
                 .tempdir()
                 .expect("tempdir");
             let (client_port, peer_port) = (free_port(), free_port());
+            let tls_port = tls.then(free_port);
             let client = format!("http://127.0.0.1:{client_port}");
+            let listen = match tls_port {
+                Some(p) => format!("{client},https://127.0.0.1:{p}"),
+                None => client.clone(),
+            };
             let peer = format!("http://127.0.0.1:{peer_port}");
             let mut cmd = Command::new(&bin);
             cmd.current_dir(dir.path())
                 .arg("--name=testkit")
                 .arg(format!("--data-dir={}", dir.path().join("data").display()))
-                .arg(format!("--listen-client-urls={client}"))
+                .arg(format!("--listen-client-urls={listen}"))
                 .arg(format!("--advertise-client-urls={client}"))
                 .arg(format!("--listen-peer-urls={peer}"))
                 .arg(format!("--initial-advertise-peer-urls={peer}"))
@@ -225,6 +280,7 @@ impl Etcd {
             let log = ServerLog {
                 path: dir.path().join("etcd.log"),
             };
+            let argv: Vec<std::ffi::OsString> = cmd.get_args().map(Into::into).collect();
             let mut proc = Proc::spawn(cmd, &log.path).map_err(|reason| StartFailure {
                 status: None,
                 log: String::new(),
@@ -235,9 +291,11 @@ impl Etcd {
                 Ok(channel) => {
                     return Ok(Etcd {
                         client_port,
+                        tls_port,
                         channel,
                         log,
                         proc,
+                        argv,
                         _dir: dir,
                     });
                 }
@@ -246,6 +304,21 @@ impl Etcd {
             }
         }
         Err(last.expect("at least one attempt"))
+    }
+
+    /// Kills etcd by its PID and starts it again on the same data dir and
+    /// ports (as after a crash: leases and data survive, simple auth tokens
+    /// do not). Panics when it does not come back.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        let bin = etcd_bin().expect("etcd on PATH");
+        let mut cmd = Command::new(&bin);
+        cmd.current_dir(self._dir.path()).args(&self.argv);
+        self.proc = Proc::spawn(cmd, &self.log.path).unwrap_or_else(|e| panic!("etcd restart: {e}"));
+        let endpoint = self.endpoint();
+        self.channel = wait_ready(&mut self.proc, &endpoint, &self.log)
+            .await
+            .unwrap_or_else(|e| panic!("etcd did not restart: {e}"));
     }
 
     /// `127.0.0.1:PORT`, as etcdctl's `--endpoints` takes it.
@@ -292,6 +365,9 @@ pub struct Roster {
     channel: Option<Channel>,
     /// Appended to `roster serve ...` on every start.
     extra_args: Vec<String>,
+    /// Started with TLS flags: readiness is read from the log, and there is
+    /// no plaintext channel.
+    tls: bool,
     _log_dir: TempDir,
 }
 
@@ -339,6 +415,17 @@ impl Roster {
         Ok(r)
     }
 
+    /// `roster serve --in-memory` with TLS `args` (`--cert-file` ...,
+    /// passed after `--listen`). Ready once it logs that it serves; it has
+    /// no [`Roster::channel`].
+    pub async fn try_start_tls(bin: impl AsRef<Path>, args: &[&str]) -> Result<Roster, StartFailure> {
+        let mut r = Self::unstarted(bin.as_ref(), DataDir::InMemory);
+        r.extra_args = args.iter().map(|a| a.to_string()).collect();
+        r.tls = true;
+        r.spawn_and_wait().await?;
+        Ok(r)
+    }
+
     async fn start_with(bin: &Path, data: DataDir) -> Roster {
         let mut r = Self::unstarted(bin, data);
         if let Err(e) = r.spawn_and_wait().await {
@@ -363,6 +450,7 @@ impl Roster {
             proc: None,
             channel: None,
             extra_args: Vec::new(),
+            tls: false,
             _log_dir: log_dir,
         }
     }
@@ -399,10 +487,15 @@ impl Roster {
                 log: String::new(),
                 reason,
             })?;
-            match wait_ready(&mut proc, &self.endpoint(), &self.log).await {
+            let ready = if self.tls {
+                wait_logged(&mut proc, "roster serving", before, &self.log).await.map(|()| None)
+            } else {
+                wait_ready(&mut proc, &self.endpoint(), &self.log).await.map(Some)
+            };
+            match ready {
                 Ok(channel) => {
                     self.proc = Some(proc);
-                    self.channel = Some(channel);
+                    self.channel = channel;
                     return Ok(());
                 }
                 Err(mut e) => {

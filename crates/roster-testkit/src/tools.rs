@@ -17,12 +17,16 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 fn require(tool: &str) -> Option<PathBuf> {
+    require_from(tool, "etcd-server etcd-client")
+}
+
+fn require_from(tool: &str, packages: &str) -> Option<PathBuf> {
     if let Some(p) = which(tool) {
         return Some(p);
     }
     let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
     let msg = format!(
-        "!!! SKIPPED: `{tool}` not installed; install the Debian packages etcd-server etcd-client !!!"
+        "!!! SKIPPED: `{tool}` not installed; install the Debian packages {packages} !!!"
     );
     if ci {
         panic!("{msg} (CI=true: tests must not skip)");
@@ -44,6 +48,12 @@ pub fn require_etcd() -> Option<PathBuf> {
 /// As [`require_etcd`], for `etcdctl`.
 pub fn require_etcdctl() -> Option<PathBuf> {
     require("etcdctl")
+}
+
+/// As [`require_etcd`], for `openssl` (the TLS tests make their
+/// certificates with it).
+pub fn require_openssl() -> Option<PathBuf> {
+    require_from("openssl", "openssl")
 }
 
 /// A loopback port that was free a moment ago. The caller's server binds it

@@ -15,11 +15,25 @@
 //! refuses them instead of hanging, and [`WatchStream::next`] probes a
 //! silent stream so that a stopped member is noticed within seconds rather
 //! than when HTTP/2 keepalive gives up.
+//!
+//! With [`ClientConfig::credentials`] the client authenticates
+//! (`Auth.Authenticate`) before its first call and sends the token as the
+//! `token` metadata of every request, streams included. A call refused with
+//! `etcdserver: invalid auth token` (the token expired, or the server
+//! restarted and forgot it), `etcdserver: user name is empty` or
+//! `etcdserver: revision of auth store is old` re-authenticates once and is
+//! retried once, as etcd's Go client does. A watch whose create is
+//! canceled for a stale token (etcd's cancel reason names the same errors)
+//! is reopened once with a fresh token too. A server with auth
+//! off answers Authenticate with "authentication is not enabled", and the
+//! client then carries on without a token.
 
 use crate::error::{Error, Result};
 use roster_api::etcdserverpb::{
-    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
+    auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient, *,
 };
+use arc_swap::ArcSwapOption;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,8 +43,9 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-/// Where and how to reach the registry.
-#[derive(Debug, Clone)]
+/// Where and how to reach the registry. `Debug` shows no secret: neither
+/// the password nor the TLS key.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// `host:port`, `http://host:port` or (with the `tls` feature) `https://host:port`.
     pub endpoints: Vec<String>,
@@ -52,9 +67,62 @@ pub struct ClientConfig {
     /// stopped or cut off, and the stream fails ([`Error::Stalled`]) so its
     /// owner reconnects elsewhere. HTTP/2 keepalive would take 15 s.
     pub watch_probe: Duration,
-    /// TLS for `https://` endpoints.
+    /// TLS for `https://` endpoints: the CA to trust and, for servers that
+    /// require client certificates, the client's identity (see
+    /// [`ClientConfig::tls_from_files`]).
     #[cfg(feature = "tls")]
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// An etcd user to authenticate as; `None`: no token is sent.
+    pub credentials: Option<Credentials>,
+}
+
+/// An etcd user name and password. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).field("password", &"<redacted>").finish()
+    }
+}
+
+// === impl Credentials ===
+
+impl Credentials {
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials { user: user.into(), password: password.into() }
+    }
+
+    /// Splits `name[:password]` as etcdctl's `--user` takes it: the user
+    /// name, and the password when one was given.
+    pub fn split(spec: &str) -> (&str, Option<&str>) {
+        match spec.split_once(':') {
+            Some((user, password)) => (user, Some(password)),
+            None => (spec, None),
+        }
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("ClientConfig");
+        d.field("endpoints", &self.endpoints)
+            .field("request_timeout", &self.request_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("watch_probe", &self.watch_probe);
+        // tonic's own Debug would print the client key's PEM.
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.as_ref().map(|_| "<set>"));
+        d.field("credentials", &self.credentials).finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -67,6 +135,7 @@ impl Default for ClientConfig {
             watch_probe: Duration::from_secs(2),
             #[cfg(feature = "tls")]
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -79,6 +148,39 @@ impl ClientConfig {
     /// Parses a comma-separated endpoint list, as `--endpoints` takes it.
     pub fn from_list(list: &str) -> Self {
         Self::new(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
+    }
+
+    /// Authenticate as `user` with `password`.
+    pub fn with_credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::new(user, password));
+        self
+    }
+
+    /// TLS from PEM files, as etcdctl's `--cacert`, `--cert` and `--key`:
+    /// the CA to trust (without it, the system's roots) and a client
+    /// certificate with its key for servers with `--client-cert-auth`.
+    #[cfg(feature = "tls")]
+    pub fn tls_from_files(
+        cacert: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<tonic::transport::ClientTlsConfig> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", p.display())))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match cacert {
+            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca, "CA certificate")?)),
+            None => tls.with_native_roots(),
+        };
+        match (cert, key) {
+            (Some(c), Some(k)) => {
+                tls = tls.identity(tonic::transport::Identity::from_pem(read(c, "certificate")?, read(k, "key")?));
+            }
+            (None, None) => {}
+            _ => return Err(Error::Config("a client certificate needs both --cert and --key".into())),
+        }
+        Ok(tls)
     }
 }
 
@@ -94,7 +196,10 @@ pub struct Client {
 pub const FAILED_COOLDOWN: Duration = Duration::from_secs(10);
 
 struct Inner {
-    endpoints: Vec<(String, Channel)>,
+    /// Per endpoint: its name, and its channel with the token attached.
+    endpoints: Vec<(String, AuthChannel)>,
+    /// The token every request carries, and how to renew it.
+    auth: Arc<Auth>,
     /// Index (always `< endpoints.len()`) of the endpoint that last worked.
     /// Atomics rather than a lock: every call reads it, and racing
     /// fail-overs settle by compare-and-swap.
@@ -113,6 +218,11 @@ pub struct WatchStream {
     pub responses: tonic::Streaming<WatchResponse>,
     /// The endpoint this stream is on.
     pub endpoint: String,
+    /// A response (or error) already read from `responses`, handed out
+    /// first by [`WatchStream::next`] and [`WatchStream::message`].
+    pending: Option<std::result::Result<WatchResponse, tonic::Status>>,
+    /// The generation of the token the stream was opened with.
+    token_generation: u64,
     /// `None` with a single endpoint: there is nowhere else to go, so a
     /// silent stream is simply waited on.
     probe: Option<Duration>,
@@ -166,9 +276,19 @@ impl Client {
             }
             endpoints.push((ep.clone(), e.connect_lazy()));
         }
+        let auth = Arc::new(Auth::new(config.credentials.clone()));
+        let endpoints: Vec<_> =
+            endpoints.into_iter().map(|(name, raw)| (name, AuthChannel { raw, token: auth.clone() })).collect();
         let failed_at = endpoints.iter().map(|_| AtomicU64::new(0)).collect();
         Ok(Client {
-            inner: Arc::new(Inner { endpoints, current: AtomicUsize::new(0), failed_at, epoch: Instant::now(), config }),
+            inner: Arc::new(Inner {
+                endpoints,
+                auth,
+                current: AtomicUsize::new(0),
+                failed_at,
+                epoch: Instant::now(),
+                config,
+            }),
         })
     }
 
@@ -262,19 +382,44 @@ impl Client {
     /// all within the request timeout.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let timeout = self.inner.config.request_timeout;
         let deadline = Instant::now() + timeout;
         let n = self.inner.endpoints.len();
         let mut last = None;
-        for _ in 0..n {
+        let mut reauthed = false;
+        let mut attempts = 0;
+        while attempts < n {
+            attempts += 1;
             let i = self.index();
             let (name, ch) = &self.inner.endpoints[i];
             let until = (Instant::now() + self.attempt_timeout()).min(deadline);
+            let seen = match tokio::time::timeout_at(until, self.ensure_token(i)).await {
+                Ok(Ok(seen)) => seen,
+                Ok(Err(Error::Status(s))) if is_unreachable(&s) => {
+                    self.fail_over(i);
+                    last = Some(s.message().to_owned());
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) if Instant::now() >= deadline => return Err(Error::Timeout(timeout)),
+                Err(_) => {
+                    self.fail_over(i);
+                    last = Some(format!("no answer from {name} within {:?}", self.attempt_timeout()));
+                    continue;
+                }
+            };
             match tokio::time::timeout_at(until, f(ch.clone())).await {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if !reauthed && self.inner.auth.creds.is_some() && needs_new_token(&s) => {
+                    // Once: a fresh token refused again is a real refusal.
+                    tracing::debug!(endpoint = %name, error = %s.message(), "token refused; authenticating again");
+                    reauthed = true;
+                    attempts -= 1;
+                    self.inner.auth.invalidate(seen);
+                }
                 Ok(Err(s)) if is_unreachable(&s) => {
                     tracing::debug!(endpoint = %name, error = %s, "endpoint unreachable; failing over");
                     self.fail_over(i);
@@ -344,16 +489,52 @@ impl Client {
     /// the stream opens: etcd (grpc-go) sends the response headers only with
     /// its first message, so waiting for them first would hang.
     pub async fn watch_stream(&self, create: WatchCreateRequest) -> Result<WatchStream> {
+        let mut stream = self.watch_stream_once(create.clone()).await?;
+        if self.inner.auth.creds.is_none() {
+            return Ok(stream);
+        }
+        // etcd refuses a watch with a stale token by canceling its create;
+        // see whether a fresh token does better.
+        let first = tokio::time::timeout(self.attempt_timeout(), stream.responses.message()).await;
+        match first {
+            Ok(Ok(Some(r))) if r.canceled && watch_needs_new_token(&r.cancel_reason) => {
+                tracing::debug!(endpoint = %stream.endpoint, "watch refused; authenticating again and retrying once");
+                self.inner.auth.invalidate(stream.token_generation);
+                self.watch_stream_once(create).await
+            }
+            Ok(Ok(r)) => {
+                stream.pending = r.map(Ok);
+                Ok(stream)
+            }
+            Ok(Err(s)) => {
+                stream.pending = Some(Err(s));
+                Ok(stream)
+            }
+            Err(_) => Ok(stream),
+        }
+    }
+
+    async fn watch_stream_once(&self, create: WatchCreateRequest) -> Result<WatchStream> {
         let (tx, rx) = mpsc::channel(16);
         let first = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
         tx.try_send(first).expect("a new channel has room");
         let (i, endpoint, ch) = self.current();
+        let token_generation = self.ensure_token(i).await?;
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
         let mut watch = WatchClient::new(ch);
         let responses = self.open(i, watch.watch(req)).await?;
         let probe = self.can_fail_over().then_some(self.inner.config.watch_probe);
-        Ok(WatchStream { requests: tx, responses, endpoint, probe, heard: Instant::now(), probed: None })
+        Ok(WatchStream {
+            requests: tx,
+            responses,
+            endpoint,
+            pending: None,
+            token_generation,
+            probe,
+            heard: Instant::now(),
+            probed: None,
+        })
     }
 
     /// Opens a keepalive stream for `lease` on the current endpoint, with
@@ -362,6 +543,7 @@ impl Client {
         let (tx, rx) = mpsc::channel(4);
         tx.try_send(LeaseKeepAliveRequest { id: lease }).expect("a new channel has room");
         let (i, endpoint, ch) = self.current();
+        self.ensure_token(i).await?;
         let mut client = LeaseClient::new(ch);
         let responses = self.open(i, client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
         Ok(KeepAliveStream { requests: tx, responses, endpoint })
@@ -372,12 +554,48 @@ impl Client {
     /// member, so this never fails over mid-stream.
     pub async fn snapshot(&self) -> Result<(String, tonic::Streaming<SnapshotResponse>)> {
         let (i, endpoint, ch) = self.current();
+        self.ensure_token(i).await?;
         let mut client = MaintenanceClient::new(ch).max_decoding_message_size(usize::MAX);
         let stream = self.open(i, client.snapshot(SnapshotRequest {})).await?;
         Ok((endpoint, stream))
     }
 
-    fn current(&self) -> (usize, String, Channel) {
+    /// Authenticates on endpoint `i` when no token is held yet; returns the
+    /// generation of the token requests will now carry.
+    async fn ensure_token(&self, i: usize) -> Result<u64> {
+        let auth = &self.inner.auth;
+        let Some(creds) = &auth.creds else { return Ok(0) };
+        if let Some(generation) = auth.settled() {
+            return Ok(generation);
+        }
+        // One authentication at a time; the others wait for its token.
+        let _renewing = auth.renewing.lock().await;
+        if let Some(generation) = auth.settled() {
+            return Ok(generation);
+        }
+        // Without the old token: etcd checks a token sent with
+        // Authenticate, and refuses a stale one.
+        let raw = self.inner.endpoints[i].1.raw.clone();
+        let req = AuthenticateRequest { name: creds.user.clone(), password: creds.password.clone() };
+        let token = match AuthClient::new(raw).authenticate(req).await {
+            Ok(r) => {
+                let token = r.into_inner().token;
+                let mut value = tonic::codegen::http::HeaderValue::from_str(&token)
+                    .map_err(|_| Error::Config("the server sent a token that is not valid metadata".into()))?;
+                // Kept out of HPACK's tables, as a secret.
+                value.set_sensitive(true);
+                Some(value)
+            }
+            // As etcd's client: credentials for a server without auth are
+            // not an error.
+            Err(s) if s.code() == Code::FailedPrecondition && s.message() == "etcdserver: authentication is not enabled" => None,
+            Err(s) => return Err(Error::Status(s)),
+        };
+        tracing::debug!(user = %creds.user, with_token = token.is_some(), "authenticated");
+        Ok(auth.set(token))
+    }
+
+    fn current(&self) -> (usize, String, AuthChannel) {
         let i = self.index();
         let (name, ch) = &self.inner.endpoints[i];
         (i, name.clone(), ch.clone())
@@ -417,6 +635,9 @@ impl WatchStream {
     /// probes are consumed here. With one endpoint it simply waits.
     /// Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<WatchResponse>> {
+        if let Some(first) = self.pending.take() {
+            return Ok(Some(first?));
+        }
         let Some(probe) = self.probe else {
             return Ok(self.responses.message().await?);
         };
@@ -450,8 +671,160 @@ impl WatchStream {
     }
 }
 
+// === impl WatchStream (reads) ===
+
+impl WatchStream {
+    /// The next response without probing (see [`WatchStream::next`]);
+    /// `None` when the server ended the stream. Cancel-safe.
+    pub async fn message(&mut self) -> std::result::Result<Option<WatchResponse>, tonic::Status> {
+        if let Some(first) = self.pending.take() {
+            return first.map(Some);
+        }
+        self.responses.message().await
+    }
+}
+
+/// Refusals that a fresh token may cure, as etcd's Go client retries them.
+const TOKEN_REFUSALS: [&str; 3] =
+    ["etcdserver: invalid auth token", "etcdserver: user name is empty", "etcdserver: revision of auth store is old"];
+
+fn needs_new_token(s: &tonic::Status) -> bool {
+    TOKEN_REFUSALS.contains(&s.message())
+}
+
+/// etcd 3.4 cancels a watch created with a stale token with the whole gRPC
+/// error as its reason: "rpc error: code = Unauthenticated desc =
+/// etcdserver: invalid auth token".
+fn watch_needs_new_token(cancel_reason: &str) -> bool {
+    TOKEN_REFUSALS.iter().any(|m| cancel_reason.ends_with(m))
+}
+
+/// The token requests carry, shared by every endpoint's channel.
+struct Auth {
+    creds: Option<Credentials>,
+    /// `None`: not authenticated yet (or the token was refused). Read on
+    /// every request, so lock-free.
+    current: ArcSwapOption<Token>,
+    /// Held while authenticating, so that many calls refused at once
+    /// authenticate once.
+    renewing: tokio::sync::Mutex<()>,
+    generations: AtomicU64,
+}
+
+struct Token {
+    /// `None`: the server has auth off; requests go without a token.
+    value: Option<tonic::codegen::http::HeaderValue>,
+    generation: u64,
+}
+
+// === impl Auth ===
+
+impl Auth {
+    fn new(creds: Option<Credentials>) -> Self {
+        Auth { creds, current: ArcSwapOption::empty(), renewing: tokio::sync::Mutex::new(()), generations: AtomicU64::new(1) }
+    }
+
+    /// The generation of the token held, when one is.
+    fn settled(&self) -> Option<u64> {
+        self.current.load().as_ref().map(|t| t.generation)
+    }
+
+    fn set(&self, value: Option<tonic::codegen::http::HeaderValue>) -> u64 {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        self.current.store(Some(Arc::new(Token { value, generation })));
+        generation
+    }
+
+    /// Drops the token of generation `seen`, unless another call already
+    /// replaced it.
+    fn invalidate(&self, seen: u64) {
+        let cur = self.current.load();
+        if cur.as_ref().is_some_and(|t| t.generation == seen) {
+            self.current.compare_and_swap(&*cur, None);
+        }
+    }
+}
+
+/// A channel that attaches the current token to every request.
+#[derive(Clone)]
+pub(crate) struct AuthChannel {
+    raw: Channel,
+    token: Arc<Auth>,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for AuthChannel {
+    type Response = <Channel as tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Response;
+    type Error = <Channel as tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Error;
+    type Future = <Channel as tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        tonic::codegen::Service::poll_ready(&mut self.raw, cx)
+    }
+
+    fn call(&mut self, mut req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(value) = self.token.current.load().as_ref().and_then(|t| t.value.clone()) {
+            req.headers_mut().insert("token", value);
+        }
+        tonic::codegen::Service::call(&mut self.raw, req)
+    }
+}
+
 /// etcd answers a progress request with a response for watch id -1 that
 /// carries only a header.
 fn is_probe_answer(r: &WatchResponse) -> bool {
     r.watch_id == -1 && r.events.is_empty() && !r.created && !r.canceled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_debug_never_shows_the_password() {
+        let c = Credentials::new("svc", "s3cret");
+        let cfg = ClientConfig { credentials: Some(c.clone()), ..Default::default() };
+        for text in [format!("{c:?}"), format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(!text.contains("s3cret") && text.contains("svc"), "{text}");
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn config_debug_never_shows_the_tls_key() {
+        let key = b"-----BEGIN PRIVATE KEY-----\nSECRETKEYBYTES\n-----END PRIVATE KEY-----\n".to_vec();
+        let identity = tonic::transport::Identity::from_pem(b"cert".to_vec(), key);
+        let tls = tonic::transport::ClientTlsConfig::new().identity(identity);
+        let cfg = ClientConfig { tls: Some(tls), ..Default::default() };
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("SECRETKEYBYTES") && !text.contains("83, 69, 67"), "{text}");
+        assert!(text.contains("tls: Some(\"<set>\")"), "{text}");
+    }
+
+    #[test]
+    fn user_spec_splits_at_the_first_colon() {
+        assert_eq!(Credentials::split("svc"), ("svc", None));
+        assert_eq!(Credentials::split("svc:pw"), ("svc", Some("pw")));
+        assert_eq!(Credentials::split("svc:p:w"), ("svc", Some("p:w")));
+        assert_eq!(Credentials::split("svc:"), ("svc", Some("")));
+    }
+
+    #[test]
+    fn stale_token_refusals_are_told_from_real_denials() {
+        assert!(watch_needs_new_token("rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"));
+        assert!(watch_needs_new_token("etcdserver: invalid auth token"));
+        assert!(!watch_needs_new_token("etcdserver: permission denied"));
+        assert!(needs_new_token(&tonic::Status::unauthenticated("etcdserver: invalid auth token")));
+        assert!(!needs_new_token(&tonic::Status::permission_denied("etcdserver: permission denied")));
+    }
+
+    #[test]
+    fn a_token_replaced_by_another_call_is_not_dropped() {
+        let auth = Auth::new(Some(Credentials::new("u", "p")));
+        let first = auth.set(None);
+        let second = auth.set(None);
+        auth.invalidate(first);
+        assert_eq!(auth.settled(), Some(second), "a stale refusal must not drop the newer token");
+        auth.invalidate(second);
+        assert_eq!(auth.settled(), None);
+    }
 }

@@ -45,7 +45,7 @@ pub mod mirror;
 mod registration;
 mod registry;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, Credentials};
 pub use discovery::{Change, Discovery, Snapshot};
 pub use error::{Error, Result};
 pub use instance::Instance;

@@ -339,7 +339,7 @@ impl Task {
                     }
                     // Read without probing: a stopped member shows in the
                     // keepalive first, which then moves both streams.
-                    resp = w.responses.message() => match resp {
+                    resp = w.message() => match resp {
                         Ok(Some(r)) => {
                             let deleted = r.events.iter().any(|e| e.r#type == EventType::Delete as i32);
                             if deleted {

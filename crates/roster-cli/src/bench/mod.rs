@@ -67,6 +67,8 @@ pub struct Common {
     /// `--total` is not reached.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     max_duration: u64,
+    #[command(flatten)]
+    tls: target::BenchTls,
 }
 
 impl Common {
@@ -80,6 +82,12 @@ impl Common {
             }
         }
         Ok(())
+    }
+
+    /// The targets, each with the TLS settings (the same for all).
+    fn targets(&self) -> Result<Vec<Target>> {
+        let tls = self.tls.client_config()?;
+        Ok(self.targets.iter().map(|t| Target { tls: tls.clone(), ..t.clone() }).collect())
     }
 
     fn max(&self) -> Duration {

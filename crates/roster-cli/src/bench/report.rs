@@ -194,8 +194,9 @@ impl Table {
     pub async fn compare<W: Workload>(&mut self, common: &Common, w: &W) -> Result<()> {
         common.validate()?;
         let name = w.name();
+        let targets = common.targets()?;
         let mut results: Vec<(&Target, Outcome)> = Vec::new();
-        for t in &common.targets {
+        for t in &targets {
             eprintln!("== {name} on {} ({})", t.name, t.addr);
             let o = w
                 .run(t, common.max())

@@ -11,6 +11,50 @@ pub struct Target {
     pub name: String,
     /// `host:port`, without a scheme.
     pub addr: String,
+    /// TLS for the bench's own HTTP/2 client (`--cacert`, `--cert`, `--key`).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// `--cacert`, `--cert`, `--key`: TLS to every target, etcdctl's names.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BenchTls {
+    /// CA (PEM) of the targets' server certificates; given, the bench
+    /// connects with TLS.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for targets with --client-cert-auth.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "cacert"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl BenchTls {
+    /// The rustls client configuration (ALPN h2), `None` without --cacert.
+    pub fn client_config(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        use rustls::pki_types::pem::PemObject;
+        let Some(ca) = &self.cacert else { return Ok(None) };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in roster_tls::load_certs(ca, "--cacert")? {
+            roots.add(cert).with_context(|| format!("--cacert {}", ca.display()))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                let chain = roster_tls::load_certs(c, "--cert")?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(k)
+                    .map_err(|_| anyhow::anyhow!("--key {} is not a readable PEM private key", k.display()))?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Some(std::sync::Arc::new(config)))
+    }
 }
 
 // === impl Target ===
@@ -41,12 +85,16 @@ impl Target {
         Ok(Target {
             name: name.to_owned(),
             addr: addr.to_owned(),
+            tls: None,
         })
     }
 
     /// `n` channels, each its own HTTP/2 connection, each connected now so
     /// that an unreachable endpoint fails here with a clear message.
     pub async fn connect(&self, n: u64) -> Result<Vec<Channel>> {
+        if self.tls.is_some() {
+            bail!("this workload (or --client tonic) does not speak TLS yet; `put` and `range` with the default h2 client do");
+        }
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .with_context(|| format!("{:?} is not a valid address", self.addr))?
             .connect_timeout(Duration::from_secs(3))
@@ -63,7 +111,7 @@ impl Target {
     pub async fn connect_unary(&self, n: u64) -> Result<Vec<super::wire::Conn>> {
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n.max(1) {
-            let c = super::wire::Conn::connect(&self.addr).await.with_context(|| self.unreachable())?;
+            let c = super::wire::Conn::connect_with(&self.addr, self.tls.as_ref()).await.with_context(|| self.unreachable())?;
             out.push(c);
         }
         Ok(out)

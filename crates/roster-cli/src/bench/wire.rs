@@ -35,7 +35,13 @@ pub struct Conn {
 
 impl Conn {
     /// Connects to `addr` (`host:port`) and completes the HTTP/2 handshake.
+    #[cfg(test)]
     pub async fn connect(addr: &str) -> std::io::Result<Conn> {
+        Self::connect_with(addr, None).await
+    }
+
+    /// As [`Conn::connect`], over TLS when `tls` is given.
+    pub async fn connect_with(addr: &str, tls: Option<&std::sync::Arc<rustls::ClientConfig>>) -> std::io::Result<Conn> {
         let authority: http::uri::Authority = addr
             .parse()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr:?}: {e}")))?;
@@ -43,11 +49,23 @@ impl Conn {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 3 s"))??;
         tcp.set_nodelay(true)?;
+        let Some(tls) = tls else { return Self::handshake(tcp, authority).await };
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let name = rustls::pki_types::ServerName::try_from(host)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr:?}: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?;
+        Self::handshake(stream, authority).await
+    }
+
+    async fn handshake<T>(io: T, authority: http::uri::Authority) -> std::io::Result<Conn>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         // Windows large enough that answers never wait on a WINDOW_UPDATE.
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(async move {

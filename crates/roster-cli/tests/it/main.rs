@@ -27,6 +27,12 @@
 //!   etcd restored from roster's snapshot (and roster from etcd's).
 //! - `storage_faults`: a full disk (a tmpfs the test mounts) and a
 //!   DeleteRange over a million keys across `kill -9`.
+//! - `client_auth`: the SDK and CLI authenticating against etcd with auth
+//!   on: re-authentication on token expiry and restart, `--user`, and
+//!   etcd's CN-as-user under `--client-cert-auth`.
+//! - `tls`: TLS on `roster serve` with openssl-made certificates: client
+//!   certificates from the right CA only, plaintext refused, certificates
+//!   reloaded from disk, HTTPS health.
 //!
 //! Tests that need etcd print a loud notice and skip when it is missing, but
 //! never under `CI=true`.
@@ -34,6 +40,7 @@
 mod auth;
 mod bad_input;
 mod bench_cli;
+mod client_auth;
 mod config_cli;
 mod crash;
 mod differential;
@@ -46,3 +53,4 @@ mod registry_cli;
 mod snapshot;
 mod storage_faults;
 mod support;
+mod tls;

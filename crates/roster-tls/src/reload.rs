@@ -1,0 +1,129 @@
+//! A certificate resolver that follows its files on disk.
+
+use crate::{TlsError, load_certs};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// What a file looked like when it was last read: enough to notice a
+/// rewrite (mtime, size) or a rename over it (inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        ino,
+    })
+}
+
+pub(crate) struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    /// The pair in service and the stamps of the files it was last read
+    /// (or tried) from. A std mutex held only to compare stamps and, rarely,
+    /// to reload: handshakes are synchronous here, and a reload must not
+    /// run twice at once.
+    current: Mutex<(Option<Stamp>, Option<Stamp>, Arc<CertifiedKey>)>,
+}
+
+impl std::fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ReloadingCert")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish()
+    }
+}
+
+// === impl ReloadingCert ===
+
+impl ReloadingCert {
+    pub(crate) fn load(
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let stamps = (stamp(&cert_file), stamp(&key_file));
+        let key = read_pair(&cert_file, &key_file, &provider)?;
+        Ok(ReloadingCert {
+            cert_file,
+            key_file,
+            provider,
+            current: Mutex::new((stamps.0, stamps.1, key)),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let now = (stamp(&self.cert_file), stamp(&self.key_file));
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if (cur.0, cur.1) == now {
+            return cur.2.clone();
+        }
+        // Stamped even when the load fails, so a broken file is reported
+        // once, not on every handshake; the next change is tried again.
+        (cur.0, cur.1) = now;
+        match read_pair(&self.cert_file, &self.key_file, &self.provider) {
+            Ok(key) => {
+                tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate changed on disk; serving the new one");
+                cur.2 = key;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate changed on disk but does not load; still serving the previous one")
+            }
+        }
+        cur.2.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn read_pair(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = load_certs(cert_file, "--cert-file")?;
+    let key_err = |reason: String| TlsError::File {
+        what: "--key-file",
+        path: key_file.to_owned(),
+        reason,
+    };
+    // The error text of a key parser may quote the key: keep only its kind.
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(e) => key_err(e.to_string()),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            key_err("no private key (PEM \"BEGIN PRIVATE KEY\") in it".into())
+        }
+        _ => key_err("not a PEM private key".into()),
+    })?;
+    let pair = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        TlsError::Config(format!(
+            "{} and {} do not make a usable pair: {e}",
+            cert_file.display(),
+            key_file.display()
+        ))
+    })?;
+    Ok(Arc::new(pair))
+}
