@@ -149,4 +149,26 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    /// `--key` (a client key) is global, and `roster config` has a
+    /// positional `key`: they must not share an id.
+    #[test]
+    fn tls_and_user_flags_parse_in_every_command() {
+        let tls = ["--cacert", "ca.pem", "--cert", "c.pem", "--key", "k.pem", "--user", "svc:pw"];
+        for cmd in [
+            &["config", "get", "/k"][..],
+            &["config", "set", "/k.json", "{}"],
+            &["config", "watch", "/k.json"],
+            &["ls"],
+            &["watch", "hello"],
+            &["register", "hello", "127.0.0.1:1"],
+            &["gateway", "--cert-file", "s.pem", "--key-file", "s.key"],
+        ] {
+            let argv: Vec<&str> = ["roster"].iter().chain(cmd).chain(&tls).copied().collect();
+            Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+        let bench = ["roster", "bench", "put", "--cacert", "ca.pem", "--cert", "c.pem", "--key", "k.pem"];
+        Cli::try_parse_from(bench).unwrap();
+        assert!(Cli::try_parse_from(["roster", "ls", "--cert", "c.pem"]).is_err(), "--cert needs --key");
+    }
 }

@@ -44,14 +44,15 @@ pub struct ConnectArgs {
     pub cacert: Option<PathBuf>,
     /// Client certificate (PEM) for servers that require one
     /// (`--client-cert-auth`); needs --key.
-    #[arg(long, env = "ROSTER_CERT", global = true, value_name = "FILE", requires = "key")]
+    // Own ids: `roster config` has a positional `key`.
+    #[arg(long = "cert", id = "client_cert", env = "ROSTER_CERT", global = true, value_name = "FILE", requires = "client_key")]
     pub cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, env = "ROSTER_KEY", global = true, value_name = "FILE", requires = "cert")]
+    #[arg(long = "key", id = "client_key", env = "ROSTER_KEY", global = true, value_name = "FILE", requires = "client_cert")]
     pub key: Option<PathBuf>,
     /// etcd user, `name` or `name:password`. Without a password it is read
     /// from --password-file, or asked for at a terminal.
-    #[arg(long, env = "ROSTER_USER", global = true, value_name = "NAME[:PASSWORD]")]
+    #[arg(long, env = "ROSTER_USER", hide_env_values = true, global = true, value_name = "NAME[:PASSWORD]")]
     pub user: Option<UserArg>,
     /// File whose first line is the password of --user.
     #[arg(long, env = "ROSTER_PASSWORD_FILE", global = true, value_name = "FILE")]

@@ -792,7 +792,7 @@ mod tests {
     #[test]
     fn config_debug_never_shows_the_tls_key() {
         let key = b"-----BEGIN PRIVATE KEY-----\nSECRETKEYBYTES\n-----END PRIVATE KEY-----\n".to_vec();
-        let identity = tonic::transport::Identity::from_pem(b"cert".to_vec(), key);
+        let identity = tonic::transport::Identity::from_pem(b"cert", key);
         let tls = tonic::transport::ClientTlsConfig::new().identity(identity);
         let cfg = ClientConfig { tls: Some(tls), ..Default::default() };
         let text = format!("{cfg:?}");

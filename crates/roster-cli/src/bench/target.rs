@@ -20,13 +20,13 @@ pub struct Target {
 pub struct BenchTls {
     /// CA (PEM) of the targets' server certificates; given, the bench
     /// connects with TLS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long = "cacert", id = "bench_cacert", value_name = "FILE")]
     pub cacert: Option<std::path::PathBuf>,
     /// Client certificate (PEM), for targets with --client-cert-auth.
-    #[arg(long, value_name = "FILE", requires_all = ["key", "cacert"])]
+    #[arg(long = "cert", id = "bench_cert", value_name = "FILE", requires_all = ["bench_key", "bench_cacert"])]
     pub cert: Option<std::path::PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
+    #[arg(long = "key", id = "bench_key", value_name = "FILE", requires = "bench_cert")]
     pub key: Option<std::path::PathBuf>,
 }
 
