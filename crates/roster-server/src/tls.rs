@@ -17,10 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::codegen::http::Request;
 
-/// The CN of the verified client certificate of the connection a request
-/// came on. Defined again by the auth module; unified at merge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CertUser(pub String);
+pub(crate) use crate::auth::CertUser;
 
 /// tonic's connect info for a TLS connection.
 #[derive(Debug, Clone)]

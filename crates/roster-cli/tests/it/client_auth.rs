@@ -298,14 +298,26 @@ async fn cli_user_flag_password_file_and_env_authenticate() {
     }
 }
 
-/// etcd 3.4 under `--client-cert-auth` with auth on: a request without a
-/// token is the user named by the client certificate's CN. The same test
-/// against `roster serve` needs the auth service (left for the merge).
+/// Under `--client-cert-auth` with auth on, a request without a token is
+/// the user named by the client certificate's CN: on etcd 3.4 and on
+/// `roster serve` alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_takes_the_client_certificate_cn_as_the_user() {
     if require_openssl().is_none() || require_etcd().is_none() || require_etcdctl().is_none() {
         return;
     }
+    cn_is_the_user(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roster_takes_the_client_certificate_cn_as_the_user() {
+    if require_openssl().is_none() || require_etcdctl().is_none() {
+        return;
+    }
+    cn_is_the_user(false).await;
+}
+
+async fn cn_is_the_user(on_etcd: bool) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "cn");
     let server = ca.server("server", "etcd");
@@ -322,10 +334,20 @@ async fn etcd_takes_the_client_certificate_cn_as_the_user() {
         &cafile,
         "--client-cert-auth",
     ];
-    let etcd = Etcd::try_start_tls(&args)
-        .await
-        .unwrap_or_else(|e| panic!("etcd with TLS: {e}"));
-    let https = etcd.tls_endpoint().unwrap();
+    // Whichever runs, the other stays None and is dropped at the end.
+    let (etcd, roster) = if on_etcd {
+        (Some(Etcd::try_start_tls(&args).await.unwrap_or_else(|e| panic!("etcd with TLS: {e}"))), None)
+    } else {
+        let r = roster_testkit::Roster::try_start_tls(crate::support::roster_bin(), &args)
+            .await
+            .unwrap_or_else(|e| panic!("roster serve with TLS: {e}"));
+        (None, Some(r))
+    };
+    let https = match (&etcd, &roster) {
+        (Some(e), _) => e.tls_endpoint().unwrap(),
+        (_, Some(r)) => format!("https://{}", r.endpoint()),
+        _ => unreachable!(),
+    };
     let ctl = |pair: &roster_testkit::Pair| {
         vec![
             "--cacert".to_owned(),

@@ -37,7 +37,6 @@ use tonic::metadata::MetadataMap;
 /// it in the request's extensions; it counts when no token is sent, as in
 /// etcd with `--client-cert-auth`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // built by the TLS layer (slice D), read here
 pub(crate) struct CertUser(pub String);
 
 /// Which tokens the server issues (`--auth-token`).
