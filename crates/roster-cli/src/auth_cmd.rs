@@ -23,9 +23,7 @@ Examples:
 pub struct AuthArgs {
     #[command(subcommand)]
     command: AuthCommand,
-    /// `name[:password]` to authenticate as (root, for most commands).
-    #[arg(long, env = "ROSTER_USER", global = true, hide_env_values = true)]
-    user: Option<String>,
+    /// Where, and as whom (`--user`, root for most commands).
     #[command(flatten)]
     conn: ConnectArgs,
 }
@@ -135,7 +133,7 @@ type Auth = AuthClient<InterceptedService<Channel, Token>>;
 /// one place the CLI turns `--user` into a token.
 pub(crate) async fn auth_channel(
     conn: &ConnectArgs,
-    user: Option<&str>,
+    creds: Option<&roster::client::Credentials>,
 ) -> Result<(Channel, Option<String>)> {
     let first = conn.endpoints.split(',').next().unwrap_or_default().trim();
     let url = if first.contains("://") {
@@ -149,13 +147,10 @@ pub(crate) async fn auth_channel(
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
-    let Some(user) = user else {
+    let Some(c) = creds else {
         return Ok((channel, None));
     };
-    let (name, password) = match user.split_once(':') {
-        Some((n, p)) => (n.to_owned(), p.to_owned()),
-        None => bail!("--user {user:?}: give name:password"),
-    };
+    let (name, password) = (c.user.clone(), c.password().to_owned());
     let resp = AuthClient::new(channel.clone())
         .authenticate(AuthenticateRequest { name, password })
         .await
@@ -245,7 +240,8 @@ fn perm_name(p: &Permission) -> &'static str {
 }
 
 pub async fn run(args: AuthArgs) -> Result<()> {
-    let (channel, token) = auth_channel(&args.conn, args.user.as_deref()).await?;
+    let creds = args.conn.client_config()?.credentials;
+    let (channel, token) = auth_channel(&args.conn, creds.as_ref()).await?;
     let mut c = client(channel, token);
     match args.command {
         AuthCommand::Enable => {
