@@ -404,3 +404,64 @@ async fn cn_is_the_user(on_etcd: bool) {
         "etcdserver: permission denied"
     );
 }
+
+/// `roster auth enable` and `roster auth grant-service hello svc` on
+/// `roster serve`: the scoped user registers `hello`, is refused for
+/// `other` with nothing written, and its registration carries on across a
+/// token TTL shorter than its lease and a server restart (tokens gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_service_credential_registers_only_its_service_across_token_expiry_and_restart() {
+    let mut server = roster_testkit::Roster::try_start_in_with_args(
+        roster_bin(),
+        tempfile::tempdir().unwrap().keep(),
+        &["--auth-token-ttl", "2"],
+    )
+    .await
+    .unwrap();
+    let ep = server.endpoint();
+    let cli = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(roster_bin()).args(&args).output().await.unwrap();
+        assert!(out.status.success(), "roster {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let password_in = |out: &str, user: &str| -> String {
+        let line = out.lines().find(|l| l.starts_with(&format!("Created user {user} with password "))).unwrap_or_else(|| panic!("{out}"));
+        line.rsplit(' ').next().unwrap().to_owned()
+    };
+    let out = cli(vec!["auth".into(), "enable".into(), "--endpoints".into(), ep.clone()]).await;
+    let root = format!("root:{}", password_in(&out, "root"));
+    let out = cli(vec!["auth".into(), "grant-service".into(), "hello".into(), "svc".into(), "--user".into(), root.clone(), "--endpoints".into(), ep.clone()]).await;
+    let svc_pw = password_in(&out, "svc");
+
+    let svc_client = || {
+        let mut cfg = ClientConfig::new([ep.clone()]);
+        cfg.request_timeout = Duration::from_secs(3);
+        Client::new(cfg.with_credentials("svc", svc_pw.clone())).unwrap()
+    };
+    let svc = Registry::new(svc_client()).with_ttl(Duration::from_secs(6));
+    let reg = svc.register(Instance::new("hello", "127.0.0.1:50051").with_id("one")).await.unwrap();
+    reg.registered(Duration::from_secs(5)).await.unwrap();
+
+    // Another service: refused with etcd's error, and nothing written.
+    let refused = svc_client()
+        .put(PutRequest { key: "/services/other/x".into(), value: "127.0.0.1:50052".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(message(refused), "etcdserver: permission denied");
+    let ctl = Etcdctl::new(ep.clone());
+    let listed = ctl.run(&["--user", &root, "get", "/services/", "--prefix", "--keys-only"]).await.ok();
+    assert!(listed.stdout.contains("/services/hello/one"), "{}", listed.stdout);
+    assert!(!listed.stdout.contains("other"), "nothing written for other: {}", listed.stdout);
+
+    // Longer than the token TTL and the lease TTL: still registered.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let got = ctl.run(&["--user", &root, "get", "/services/hello/one", "--keys-only"]).await.ok();
+    assert!(got.stdout.contains("/services/hello/one"), "lost across token expiry: {}", got.stdout);
+
+    // A restart forgets every token.
+    server.restart().await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let got = ctl.run(&["--user", &root, "get", "/services/hello/one", "--keys-only"]).await.ok();
+    assert!(got.stdout.contains("/services/hello/one"), "lost across a restart: {}", got.stdout);
+    drop(reg);
+}
