@@ -146,7 +146,7 @@ save_snapshot() {
 if [ -n "$SNAPSHOT" ]; then
     start_both snap
     echo "== loading $KEYS keys of 256 B into both (roster pid $ROSTER_PID, etcd pid $ETCD_PID)"
-    bench put --conns 10 --clients 100 --total "$KEYS" --key-space "$KEYS" --sequential-keys --val-size 256 \
+    bench put --conns 10 --clients 100 --total "$KEYS" --key-space "$KEYS" --sequential-keys --val-size 256 --max-duration "$LIMIT" \
         --target "roster=127.0.0.1:$RP" --target "etcd=127.0.0.1:$EP"
     read -r RS RM < <(save_snapshot roster "$ROSTER_PID" "127.0.0.1:$RP")
     read -r ES EM < <(save_snapshot etcd "$ETCD_PID" "127.0.0.1:$EP")

@@ -724,3 +724,33 @@ async fn an_interrupted_snapshot_save_leaves_no_file() {
     assert!(!file.exists(), "no snapshot file from a cut stream");
     assert!(!part.exists(), "no partial file left behind");
 }
+
+/// Membership changes are refused with an error that says why and where
+/// to go; MoveLeader to the one member is a no-op, to any other id etcd's
+/// bad-transferee error.
+#[tokio::test]
+async fn membership_changes_are_refused_with_the_way_to_an_etcd_cluster() {
+    if require_etcdctl().is_none() {
+        return;
+    }
+    let server = Roster::start(roster_bin()).await;
+    let ctl = Etcdctl::new(server.endpoint());
+    for args in [
+        &["member", "add", "m2", "--peer-urls=http://127.0.0.1:2390"][..],
+        &["member", "remove", "1234"],
+        &["member", "update", "1234", "--peer-urls=http://127.0.0.1:2391"],
+    ] {
+        let r = ctl.run(args).await;
+        assert!(!r.success(), "{args:?} succeeded");
+        assert!(
+            r.stderr.contains("single-node registry") && r.stderr.contains("etcdctl snapshot restore"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    let mut m = MaintenanceClient::new(server.channel());
+    let me = m.status(StatusRequest {}).await.unwrap().into_inner().header.unwrap().member_id;
+    m.move_leader(MoveLeaderRequest { target_id: me }).await.unwrap();
+    let err = m.move_leader(MoveLeaderRequest { target_id: me ^ 1 }).await.unwrap_err();
+    assert!(err.message().starts_with("etcdserver: bad leader transferee"), "{}", err.message());
+}
