@@ -408,7 +408,19 @@ fn scan(path: &Path, bytes: &[u8], repair: bool) -> Result<Scan, StoreError> {
             }
             Some(h) => {
                 let body = &rest[BATCH_HEADER..BATCH_HEADER + h.len as usize];
-                if chain_crc(h.prev, body) != h.crc {
+                // One batch is in flight at a time (and the seal only after
+                // the last is durable), so a torn batch is the last thing
+                // in the file: anything but zeros after a whole batch that
+                // fails its checksum means damage, not a torn write.
+                let after = &rest[BATCH_HEADER + h.len as usize..];
+                if chain_crc(h.prev, body) != h.crc && after.iter().any(|b| *b != 0) {
+                    let why = "a batch checksum mismatch with more log after it";
+                    if repair {
+                        out.why = Some(format!("repair: {why}"));
+                        return Ok(out);
+                    }
+                    return Err(damage(path, at, why));
+                } else if chain_crc(h.prev, body) != h.crc {
                     Some("a batch checksum mismatch".to_owned())
                 } else if h.kind == KIND_SEAL && !body.is_empty() || h.kind > KIND_SEAL {
                     Some(format!("a batch of unknown kind {}", h.kind))
@@ -437,6 +449,33 @@ fn scan(path: &Path, bytes: &[u8], repair: bool) -> Result<Scan, StoreError> {
                 return Ok(out);
             }
             return Err(damage(path, at, &format!("{why}; a valid batch follows at byte {}", at + 1 + next)));
+        }
+        // The length this header claims, even if the header is damaged:
+        // a batch that ends before the file does, with more than zeros
+        // after it, was not the last write, so it is not torn.
+        if rest.len() >= BATCH_HEADER {
+            let claimed = u64::from_le_bytes(rest[16..24].try_into().expect("8 bytes"));
+            let end = usize::try_from(claimed).ok().and_then(|l| l.checked_add(BATCH_HEADER));
+            if let Some(end) = end.filter(|e| *e < rest.len()) {
+                if rest[end..].iter().any(|b| *b != 0) {
+                    if repair {
+                        out.why = Some(format!("repair: {why}"));
+                        return Ok(out);
+                    }
+                    return Err(damage(path, at, &format!("{why}; the log goes on after this batch")));
+                }
+            }
+        }
+        // A batch marker later on, even in a damaged header (a seal, or a
+        // batch written after this one), means the log went on past this
+        // spot. A body holding those four bytes by chance is refused too:
+        // refusing (with --repair-wal) is safe, dropping a write is not.
+        if let Some(next) = find(&rest[1..], BATCH_MAGIC) {
+            if repair {
+                out.why = Some(format!("repair: {why}"));
+                return Ok(out);
+            }
+            return Err(damage(path, at, &format!("{why}; a damaged batch follows at byte {}", at + 1 + next)));
         }
         out.why = Some(format!("{why} at the end of the log (a write torn by a crash; it was never acknowledged)"));
         return Ok(out);
