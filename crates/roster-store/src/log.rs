@@ -26,7 +26,10 @@
 //! Every batch is vouched for by the one after it (its `seq` and `prev`),
 //! and a clean close appends a seal that vouches for the last. So only the
 //! final batch of a log that did not close cleanly can be torn by a crash,
-//! and only if nothing valid follows it. That batch may be cut: it was being
+//! and only if it is the last thing in the file: no valid batch, no batch
+//! marker and (by the length its header claims) no non-zero byte follows
+//! it, since one batch is written at a time and the seal only after the
+//! last is durable. That batch may be cut: it was being
 //! written when the process died, so it was never acknowledged. Any other
 //! damage (a bad header, length, checksum or chain anywhere with a valid
 //! batch after it) refuses to start, naming the file and offset. `repair`
