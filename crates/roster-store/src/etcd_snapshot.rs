@@ -121,6 +121,15 @@ fn rev_bytes(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
     b
 }
 
+/// One entry of the `key` bucket: the revision (with `'t'` for a
+/// tombstone, `live` being `None`), and the encoded KeyValue (only the key
+/// for a tombstone).
+fn bucket_entry(key: Bytes, mod_rev: i64, sub: u32, live: Option<mvccpb::KeyValue>) -> (Vec<u8>, Vec<u8>) {
+    let tombstone = live.is_none();
+    let kv = live.unwrap_or(mvccpb::KeyValue { key, ..Default::default() });
+    (rev_bytes(mod_rev, i64::from(sub), tombstone), kv.encode_to_vec())
+}
+
 // === writing ===
 
 /// Keys visited, or changes read, per hold of the shared lock while a
@@ -189,9 +198,8 @@ impl Store {
                 }
             }
             let (key, e) = buf.pop_front()?;
-            let tombstone = e.is_tombstone();
-            let kv = if tombstone { mvccpb::KeyValue { key, ..Default::default() } } else { e.to_kv(&key) };
-            Some((rev_bytes(e.mod_rev, i64::from(e.sub), tombstone), kv.encode_to_vec()))
+            let live = (!e.is_tombstone()).then(|| e.to_kv(&key));
+            Some(bucket_entry(key, e.mod_rev, e.sub, live))
         })
     }
 }
@@ -230,19 +238,16 @@ fn key_bucket(snap: &Snapshot) -> impl Iterator<Item = (i64, bool, Vec<u8>, Vec<
         let k = &snap.keys[ki];
         let e = &k.entries[ei];
         let tombstone = e.version == 0;
-        let kv = if tombstone {
-            mvccpb::KeyValue { key: k.key.clone(), ..Default::default() }
-        } else {
-            mvccpb::KeyValue {
-                key: k.key.clone(),
-                create_revision: e.create_rev,
-                mod_revision: e.mod_rev,
-                version: e.version,
-                value: e.value.clone(),
-                lease: e.lease,
-            }
-        };
-        (main, tombstone, rev_bytes(main, i64::from(sub), tombstone), kv.encode_to_vec())
+        let live = (!tombstone).then(|| mvccpb::KeyValue {
+            key: k.key.clone(),
+            create_revision: e.create_rev,
+            mod_revision: e.mod_rev,
+            version: e.version,
+            value: e.value.clone(),
+            lease: e.lease,
+        });
+        let (rev, value) = bucket_entry(k.key.clone(), main, sub, live);
+        (main, tombstone, rev, value)
     })
 }
 
