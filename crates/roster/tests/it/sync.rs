@@ -3,7 +3,7 @@
 //! both directions, and leader failover after a `kill -9`. Each scenario
 //! runs against an in-process `roster serve` and against a real etcd.
 
-mod support;
+use crate::support;
 
 use roster::sync::{put_op, Election, Mutex, Session};
 use roster::{Client, Error};

@@ -1,5 +1,4 @@
 //! What the SDK's integration tests share: an in-process `roster serve`.
-#![allow(dead_code)] // each test binary uses a different part
 
 use roster::{Client, ClientConfig, Registry};
 use roster_store::{Store, StoreConfig};

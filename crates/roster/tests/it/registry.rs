@@ -1,7 +1,7 @@
 //! Registration and discovery scenarios against an in-process `roster serve`
 //! (and, where the scenario needs etcd itself, a real etcd).
 
-mod support;
+use crate::support;
 
 use roster::{Change, Instance, RegistrationStatus};
 use support::{eventually, Server};

@@ -1,7 +1,7 @@
 //! Dynamic configuration: fan-out to 100 watchers, rejected values, the
 //! cache file across a registry outage, deletes, and the prefix form.
 
-mod support;
+use crate::support;
 
 use roster::config::{self, ConfigEvent, Format, Options};
 use roster::Client;

@@ -1,0 +1,6 @@
+//! The store's integration tests, one binary.
+
+mod corruption;
+mod faults;
+mod store;
+mod watch_hostile;

@@ -1,0 +1,9 @@
+//! The SDK's integration tests, one binary: each module runs against an
+//! in-process `roster serve` and, where it says so, a real etcd.
+
+mod cluster;
+mod config;
+mod etcd;
+mod registry;
+mod support;
+mod sync;
