@@ -45,7 +45,7 @@ impl Transcript {
 
 /// The scenario: fill to NOSPACE, check what is refused and what is not,
 /// then recover by delete + compact + defragment + disarm.
-async fn nospace_transcript(channel: Channel, endpoint: &str) -> Vec<String> {
+async fn nospace_transcript(channel: Channel, endpoint: &str) -> (Vec<String>, bool) {
     let mut kv = KvClient::new(channel.clone());
     let mut lease = LeaseClient::new(channel.clone());
     let mut mt = MaintenanceClient::new(channel);
@@ -89,9 +89,14 @@ async fn nospace_transcript(channel: Channel, endpoint: &str) -> Vec<String> {
     let txn_del = TxnRequest { success: vec![op(Request::RequestDeleteRange(del_none))], ..Default::default() };
     t.note("delete-only txn", outcome(kv.txn(txn_del).await).map(|r| r.succeeded));
 
+    // etcd may apply the put it refuses (its apply-time quota check answers
+    // NOSPACE after writing, its up-front check before): count what is there.
+    let count = RangeRequest { key: b"k".to_vec().into(), range_end: b"l".to_vec().into(), count_only: true, ..Default::default() };
+    let present = kv.range(count).await.unwrap().into_inner().count;
+    assert!(present == filled as i64 || present == filled as i64 + 1, "{present} keys after {filled} puts");
     let all = DeleteRangeRequest { key: b"k".to_vec().into(), range_end: b"l".to_vec().into(), ..Default::default() };
     let deleted = outcome(kv.delete_range(all).await).map(|r| r.deleted);
-    t.note("delete every key", deleted.clone().map(|n| n == filled as i64));
+    t.note("delete every key", deleted.clone().map(|n| n == present));
     let current = kv.range(RangeRequest { key: b"a".to_vec().into(), ..Default::default() }).await.unwrap().into_inner();
     let rev = current.header.unwrap().revision;
     t.note("compact", outcome(kv.compact(CompactionRequest { revision: rev, physical: true }).await).map(|_| ()));
@@ -112,7 +117,7 @@ async fn nospace_transcript(channel: Channel, endpoint: &str) -> Vec<String> {
     t.note("lease grant after disarm", outcome(lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await).map(|_| ()));
     let status = mt.status(StatusRequest {}).await.unwrap().into_inner();
     t.note("status errors after disarm", status.errors);
-    t.lines
+    (t.lines, present > filled as i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,13 +126,14 @@ async fn nospace_transcript_matches_etcd() {
         return;
     }
     let etcd = Etcd::start_with_args(&[QUOTA]).await;
-    let want = nospace_transcript(etcd.channel(), &etcd.endpoint()).await;
+    let (want, _) = nospace_transcript(etcd.channel(), &etcd.endpoint()).await;
     drop(etcd);
     let dir = tempfile::tempdir().unwrap();
     let roster = Roster::try_start_in_with_args(roster_bin(), dir.path(), &[QUOTA])
         .await
         .unwrap_or_else(|e| panic!("roster serve did not start: {e}"));
-    let got = nospace_transcript(roster.channel(), &roster.endpoint()).await;
+    let (got, applied_refused_put) = nospace_transcript(roster.channel(), &roster.endpoint()).await;
+    assert!(!applied_refused_put, "roster wrote the put it refused with NOSPACE");
     // Spot checks, so that a transcript both servers got wrong still fails.
     let nospace = format!("put over the quota: (ResourceExhausted, {NOSPACE:?})");
     assert!(want.contains(&nospace), "etcd: {want:#?}");
