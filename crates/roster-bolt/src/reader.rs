@@ -12,6 +12,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+/// What a walk calls for each entry: (page id, key, value).
+type Visit<'a> = dyn FnMut(u32, &[u8], &[u8]) -> Result<()> + 'a;
+
 /// Deeper than any real tree (a tree of 4 KiB pages that deep would hold
 /// more keys than there are bytes on any disk), so a cycle ends here.
 const MAX_DEPTH: usize = 64;
@@ -60,11 +63,11 @@ impl Reader {
             if len >= 2 * ps as u64 {
                 let mut buf = vec![0u8; ps];
                 file.read_exact_at(&mut buf, ps as u64)?;
-                if let Ok(m) = parse_meta(&buf) {
-                    if m.page_size == ps {
-                        metas.push(m);
-                        break;
-                    }
+                if let Ok(m) = parse_meta(&buf)
+                    && m.page_size == ps
+                {
+                    metas.push(m);
+                    break;
                 }
             }
         }
@@ -225,7 +228,7 @@ impl Reader {
         node: Node,
         depth: usize,
         label: &str,
-        f: &mut dyn FnMut(u32, &[u8], &[u8]) -> Result<()>,
+        f: &mut Visit<'_>,
     ) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::Corrupt(format!(

@@ -268,9 +268,12 @@ fn write_db<W: Write + Seek>(
     w.finish()
 }
 
+/// A bucket's name and its entries, in key order.
+type NamedBucket = (&'static [u8], Vec<(Vec<u8>, Vec<u8>)>);
+
 /// Every bucket but the contents of `key` (listed empty, in its place),
 /// in bbolt's order: by name.
-fn small_buckets(snap: &Snapshot, member_id: u64) -> Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)> {
+fn small_buckets(snap: &Snapshot, member_id: u64) -> Vec<NamedBucket> {
     let mut leases: Vec<&LeaseRec> = snap.leases.iter().collect();
     // Keys are big-endian i64s, ordered as bytes.
     leases.sort_by_key(|l| l.id.to_be_bytes());
@@ -287,7 +290,7 @@ fn small_buckets(snap: &Snapshot, member_id: u64) -> Vec<(&'static [u8], Vec<(Ve
     let member = format!(
         r#"{{"id":{member_id},"peerURLs":["http://localhost:2380"],"name":"default","clientURLs":["http://localhost:2379"]}}"#
     );
-    let mut buckets: Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)> = vec![
+    let mut buckets: Vec<NamedBucket> = vec![
         (KEY, vec![]),
         (LEASE, leases),
         (META, meta),

@@ -10,6 +10,9 @@ use roster_api::range::KeyRange;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+/// A change's place in revision order: (revision, sub-revision).
+pub type ChangePos = (i64, u32);
+
 /// One revision of one key. `version == 0` marks a tombstone.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
@@ -151,7 +154,7 @@ impl KeySpace {
     /// revision `upto`, in revision order, each with its key and entry;
     /// also the position of the last one, to resume after (`None` at the
     /// end).
-    pub fn changes_after(&self, after: (i64, u32), upto: i64, max: usize) -> (Vec<(Bytes, Entry)>, Option<(i64, u32)>) {
+    pub fn changes_after(&self, after: (i64, u32), upto: i64, max: usize) -> (Vec<(Bytes, Entry)>, Option<ChangePos>) {
         let start = self.changes.partition_point(|c| (c.0, c.1) <= after);
         let slice: Vec<&(i64, u32, Bytes)> = self.changes[start..].iter().take_while(|c| c.0 <= upto).take(max).collect();
         let last = slice.last().map(|c| (c.0, c.1));

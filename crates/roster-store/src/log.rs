@@ -459,14 +459,14 @@ fn scan(path: &Path, bytes: &[u8], repair: bool) -> Result<Scan, StoreError> {
         if rest.len() >= BATCH_HEADER {
             let claimed = u64::from_le_bytes(rest[16..24].try_into().expect("8 bytes"));
             let end = usize::try_from(claimed).ok().and_then(|l| l.checked_add(BATCH_HEADER));
-            if let Some(end) = end.filter(|e| *e < rest.len()) {
-                if rest[end..].iter().any(|b| *b != 0) {
-                    if repair {
-                        out.why = Some(format!("repair: {why}"));
-                        return Ok(out);
-                    }
-                    return Err(damage(path, at, &format!("{why}; the log goes on after this batch")));
+            if let Some(end) = end.filter(|e| *e < rest.len())
+                && rest[end..].iter().any(|b| *b != 0)
+            {
+                if repair {
+                    out.why = Some(format!("repair: {why}"));
+                    return Ok(out);
                 }
+                return Err(damage(path, at, &format!("{why}; the log goes on after this batch")));
             }
         }
         // A batch marker later on, even in a damaged header (a seal, or a
