@@ -5,7 +5,7 @@
   "use strict";
   var live = document.getElementById("live");
   var status = document.getElementById("live-status");
-  function say(text) { if (status) status.textContent = text; }
+  function say(text) { if (status) status.textContent = text; (window.__rosterLog = window.__rosterLog || []).push(Date.now() + " " + text); }
 
   // Lease TTLs count down between updates.
   function arm(root) {
@@ -27,13 +27,15 @@
   var areas = (live.getAttribute("data-areas") || "").split(" ").filter(Boolean);
   if (areas.length === 0) return;
 
-  var busy = false, again = false;
+  var busy = false, again = false, rev = 0;
   function refresh() {
     if (busy) { again = true; return; }
     busy = true;
-    fetch(location.href, { headers: { "X-Roster-Live": "1" }, credentials: "same-origin" })
+    say("fetching");
+    fetch(location.href, { headers: { "X-Roster-Live": "1", "X-Roster-Rev": String(rev) }, credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (html) {
+        say("refreshed " + html.length);
         // Keep keyboard focus on the control that had it, if it is still there.
         var focused = document.activeElement && document.activeElement.id;
         live.innerHTML = html;
@@ -45,10 +47,18 @@
       .then(function () { busy = false; if (again) { again = false; refresh(); } });
   }
 
-  var es = new EventSource("/ui/events");
-  es.addEventListener("hello", function (e) { say("live · revision " + e.lastEventId); });
+  // From the revision the page was read at; a reconnect resumes from the
+  // last event's id (Last-Event-ID), which the browser sends by itself.
+  var es = new EventSource("/ui/events?since=" + encodeURIComponent(live.getAttribute("data-since") || ""));
+  es.addEventListener("hello", function (e) {
+    say("live · revision " + e.lastEventId);
+    // Something changed between reading the page and opening the stream.
+    var since = Number(live.getAttribute("data-since") || 0);
+    if (Number(e.lastEventId) > since) { rev = Number(e.lastEventId); refresh(); }
+  });
   es.addEventListener("change", function (e) {
     var d = JSON.parse(e.data);
+    rev = Math.max(rev, d.rev);
     say("live · revision " + d.rev);
     if (areas.indexOf("all") >= 0 || d.areas.some(function (a) { return areas.indexOf(a) >= 0; })) refresh();
   });

@@ -232,7 +232,9 @@ async fn watch_once(
             continue;
         }
         let mut touched = [false; 4];
-        let mut last = rev;
+        // The events' own revisions, not the header's: a header may run
+        // ahead of what a read sees yet.
+        let mut last = 0;
         for ev in &resp.events {
             if let Some(kv) = &ev.kv {
                 touched[areas.of(&kv.key)] = true;

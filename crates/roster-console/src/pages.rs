@@ -85,6 +85,10 @@ struct Ctx {
     auth_on: bool,
     /// The request wants the live part only.
     live: bool,
+    /// The hub's revision before anything was read for this page: the
+    /// page's event stream starts from it, so a change made between the
+    /// read and the stream's opening is not missed.
+    since: i64,
 }
 
 enum Denied {
@@ -102,7 +106,12 @@ impl Ctx {
             .get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
         let auth_on = auth_on(shared).await;
         let live = headers.contains_key("x-roster-live");
+        let since = shared.hub.current().revision;
+        // Read no older than the revision the page was told of.
+        let wanted: i64 = headers.get("x-roster-rev").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let wanted = wanted.max(since);
         let ctx = Ctx {
+            since,
             client: session
                 .user
                 .as_ref()
@@ -113,9 +122,29 @@ impl Ctx {
             live,
         };
         match ctx.denied() {
-            None => Ok(ctx),
+            None => {
+                ctx.caught_up(wanted).await;
+                Ok(ctx)
+            }
             Some(Denied::Login) => Err(ctx.with_cookie(redirect("/ui/login"))),
             Some(Denied::Forbidden(why)) => Err(ctx.with_cookie(forbidden(&why))),
+        }
+    }
+
+    /// Waits (briefly) until a read sees revision `rev`: the watch may
+    /// tell of a revision before every read path shows it.
+    async fn caught_up(&self, rev: i64) {
+        if rev <= 0 {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let req = roster_api::etcdserverpb::RangeRequest { key: vec![0].into(), limit: 1, keys_only: true, ..Default::default() };
+            let seen = self.client.range(req).await.ok().and_then(|r| r.header).map_or(0, |h| h.revision);
+            if seen >= rev || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -315,7 +344,7 @@ fn layout(
                         p.flash #flash role="status" { (msg) }
                     }
                     (fixed)
-                    div #live data-areas=(areas) aria-live="off" { (live) }
+                    div #live data-areas=(areas) data-since=(ctx.since) aria-live="off" { (live) }
                 }
             }
         }
@@ -1318,6 +1347,7 @@ async fn login_page(State(shared): St, headers: HeaderMap) -> Response {
         session,
         auth_on: true,
         live: false,
+        since: 0,
     };
     login_form(&ctx, None, StatusCode::OK)
 }
@@ -1357,6 +1387,7 @@ async fn login(State(shared): St, headers: HeaderMap, Form(f): Form<LoginForm>) 
         session,
         auth_on: true,
         live: false,
+        since: 0,
     };
     if f.csrf != ctx.session.csrf {
         return login_form(
