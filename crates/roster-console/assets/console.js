@@ -5,7 +5,7 @@
   "use strict";
   var live = document.getElementById("live");
   var status = document.getElementById("live-status");
-  function say(text) { if (status) status.textContent = text; (window.__rosterLog = window.__rosterLog || []).push(Date.now() + " " + text); }
+  function say(text) { if (status) status.textContent = text; }
 
   // Lease TTLs count down between updates.
   function arm(root) {
@@ -27,15 +27,14 @@
   var areas = (live.getAttribute("data-areas") || "").split(" ").filter(Boolean);
   if (areas.length === 0) return;
 
+  say("connecting…");
   var busy = false, again = false, rev = 0;
   function refresh() {
     if (busy) { again = true; return; }
     busy = true;
-    say("fetching");
     fetch(location.href, { headers: { "X-Roster-Live": "1", "X-Roster-Rev": String(rev) }, credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (html) {
-        say("refreshed " + html.length);
         // Keep keyboard focus on the control that had it, if it is still there.
         var focused = document.activeElement && document.activeElement.id;
         live.innerHTML = html;

@@ -327,7 +327,7 @@ fn layout(
                         }
                     }
                     div.who {
-                        span #live-status aria-live="polite" { "not live" }
+                        span #live-status aria-live="polite" {}
                         @if ctx.shared.config.read_only { span.badge { "read-only" } }
                         @if let Some(user) = ctx.user() {
                             span.user { "Signed in as " strong { (user) } }
