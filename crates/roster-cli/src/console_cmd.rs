@@ -36,7 +36,13 @@ pub struct ConsoleOpts {
 
 impl ConsoleOpts {
     /// The console for a listener at `addr` (`tls`: whether it has TLS).
-    pub fn console(&self, client: ClientConfig, addr: SocketAddr, tls: bool, http_base: Option<String>) -> Result<Console> {
+    pub fn console(
+        &self,
+        client: ClientConfig,
+        addr: SocketAddr,
+        tls: bool,
+        http_base: Option<String>,
+    ) -> Result<Console> {
         let config = ConsoleConfig {
             prefix: self.console_prefix.clone(),
             config_prefix: self.console_config_prefix.clone(),
@@ -79,12 +85,26 @@ pub struct ConsoleArgs {
     conn: ConnectArgs,
 }
 
-pub async fn run(args: ConsoleArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("bound socket has no address")?;
-    let console = args.opts.console(args.conn.client_config()?, addr, false, args.metrics_url.clone())?;
+pub async fn run(
+    args: ConsoleArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("bound socket has no address")?;
+    let console = args.opts.console(
+        args.conn.client_config()?,
+        addr,
+        false,
+        args.metrics_url.clone(),
+    )?;
     tracing::info!(endpoints = %args.conn.endpoints, "roster console on http://{addr}/ui/");
-    axum::serve(listener, console.router()).with_graceful_shutdown(shutdown).await.context("console server failed")?;
+    axum::serve(listener, console.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("console server failed")?;
     Ok(())
 }

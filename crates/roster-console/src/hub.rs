@@ -12,11 +12,14 @@
 //!
 //! With auth on and no credentials of the console's own, the watch is
 //! refused; the first user to log in lends the hub their client
-//! ([`Hub::offer`]).
+//! ([`Hub::offer`]). A user who may not read the whole keyspace gets the
+//! widest of `/` and the registry prefix that they may watch: still one
+//! watch, and the pages outside it update on reload only.
 
 use parking_lot::Mutex;
 use roster::Client;
 use roster_api::etcdserverpb::WatchCreateRequest;
+use roster_api::range::prefix_end;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -152,18 +155,38 @@ async fn run(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut delay = Duration::from_millis(100);
+    // What the one watch covers: everything, or, for a user who may not
+    // read everything, `/`, or the registry prefix alone.
+    let scopes: [(Vec<u8>, Vec<u8>); 3] = [
+        (vec![0], vec![0]),
+        (b"/".to_vec(), prefix_end(b"/")),
+        (
+            areas.services.as_bytes().to_vec(),
+            prefix_end(areas.services.as_bytes()),
+        ),
+    ];
+    let mut scope = 0;
     loop {
         let Some(client) = lender.client.lock().clone() else {
             return;
         };
         let outcome = tokio::select! {
-            r = watch_once(&client, &tx, &areas, &seen) => r,
+            r = watch_once(&client, &scopes[scope], &tx, &areas, &seen) => r,
             _ = &mut stop => return,
         };
+        if matches!(&outcome, Err(e) if e.contains("permission denied")) && scope + 1 < scopes.len()
+        {
+            scope += 1;
+            continue;
+        }
         let refused = matches!(&outcome, Err(e) if is_refusal(e));
         *lender.refused.lock() = refused;
+        if refused {
+            // A lent client starts from the widest scope again.
+            scope = 0;
+        }
         if let Err(e) = &outcome {
-            tracing::debug!(error = %e, "console watch ended; reopening");
+            tracing::debug!(error = %e, scope, "console watch ended; reopening");
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -188,14 +211,15 @@ fn is_refusal(e: &str) -> bool {
 /// canceled for compaction (a resync was published).
 async fn watch_once(
     client: &Client,
+    (key, range_end): &(Vec<u8>, Vec<u8>),
     tx: &watch::Sender<Tick>,
     areas: &Areas,
     seen: &Mutex<BTreeMap<i64, SystemTime>>,
 ) -> Result<(), String> {
     let from = tx.borrow().revision;
     let create = WatchCreateRequest {
-        key: vec![0].into(),
-        range_end: vec![0].into(),
+        key: key.clone().into(),
+        range_end: range_end.clone().into(),
         start_revision: if from > 0 { from + 1 } else { 0 },
         ..Default::default()
     };

@@ -108,7 +108,11 @@ impl Ctx {
         let live = headers.contains_key("x-roster-live");
         let since = shared.hub.current().revision;
         // Read no older than the revision the page was told of.
-        let wanted: i64 = headers.get("x-roster-rev").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let wanted: i64 = headers
+            .get("x-roster-rev")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let wanted = wanted.max(since);
         let ctx = Ctx {
             since,
@@ -137,11 +141,22 @@ impl Ctx {
         if rev <= 0 {
             return;
         }
+        // A key every user of the console may read: the registry prefix.
+        let key = data::service_prefix(&self.shared.config.prefix, None).into_bytes();
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            let req = roster_api::etcdserverpb::RangeRequest { key: vec![0].into(), limit: 1, keys_only: true, ..Default::default() };
-            let seen = self.client.range(req).await.ok().and_then(|r| r.header).map_or(0, |h| h.revision);
-            if seen >= rev || Instant::now() >= deadline {
+            let req = roster_api::etcdserverpb::RangeRequest {
+                range_end: roster_api::range::prefix_end(&key).into(),
+                key: key.clone().into(),
+                limit: 1,
+                keys_only: true,
+                ..Default::default()
+            };
+            // An error tells nothing of the revision: do not wait on it.
+            let Ok(seen) = self.client.range(req).await else {
+                return;
+            };
+            if seen.header.map_or(0, |h| h.revision) >= rev || Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -244,10 +259,10 @@ impl Ctx {
 }
 
 async fn auth_on(shared: &Shared) -> bool {
-    if let Some((at, on)) = *shared.auth_on.lock() {
-        if at.elapsed() < AUTH_PROBE_TTL {
-            return on;
-        }
+    if let Some((at, on)) = *shared.auth_on.lock()
+        && at.elapsed() < AUTH_PROBE_TTL
+    {
+        return on;
     }
     let req = roster_api::etcdserverpb::RangeRequest {
         key: vec![0].into(),
@@ -259,7 +274,7 @@ async fn auth_on(shared: &Shared) -> bool {
         Ok(_) => false,
         Err(roster::Error::Status(s)) => data::is_auth_refusal(s.message()),
         // Unreachable: keep the last answer (assume on at first, the safe side).
-        Err(_) => return shared.auth_on.lock().map_or(true, |(_, on)| on),
+        Err(_) => return shared.auth_on.lock().is_none_or(|(_, on)| on),
     };
     *shared.auth_on.lock() = Some((Instant::now(), on));
     on
@@ -1056,11 +1071,11 @@ fn participants_table(
                 tbody {
                     @for (name, kvs) in m {
                         @let head = &kvs[0];
-                        tr {
+                        tr data-name=(name) {
                             th scope="row" { (name) }
                             td { code { (String::from_utf8_lossy(&head.key)) } @if !head.value.is_empty() { " = " (String::from_utf8_lossy(&head.value)) } }
                             td { (format!("{:x}", head.lease)) }
-                            td { @if kvs.len() == 1 { "none" } @else { ol { @for kv in &kvs[1..] { li { code { (String::from_utf8_lossy(&kv.key)) } " (lease " (format!("{:x}", kv.lease)) ")" } } } } }
+                            td { @if kvs.len() == 1 { "none" } @else { ol { @for kv in &kvs[1..] { li data-key=(String::from_utf8_lossy(&kv.key)) { code { (String::from_utf8_lossy(&kv.key)) } " (lease " (format!("{:x}", kv.lease)) ")" } } } } }
                         }
                     }
                 }
@@ -1154,7 +1169,7 @@ fn opt(v: Option<f64>) -> String {
 fn bytes(n: i64) -> String {
     match n {
         ..1024 => format!("{n} B"),
-        ..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
         _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
 }
@@ -1282,10 +1297,10 @@ async fn events(State(shared): St, headers: HeaderMap) -> Response {
                     .data(seen.revision.to_string()),
             ),
         };
-        if let Some(ev) = first {
-            if tx.send(Ok(ev)).await.is_err() {
-                return;
-            }
+        if let Some(ev) = first
+            && tx.send(Ok(ev)).await.is_err()
+        {
+            return;
         }
         loop {
             tokio::select! {

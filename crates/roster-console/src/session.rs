@@ -64,21 +64,21 @@ impl Sessions {
     /// The session named by `cookie`, or a new one.
     pub fn get_or_create(&self, cookie: Option<&str>) -> View {
         let mut map = self.map.lock();
-        if let Some(s) = cookie.and_then(|c| map.get_mut(c)) {
-            if s.used.elapsed() < IDLE {
-                s.used = Instant::now();
-                return View {
-                    id: s.id.clone(),
-                    csrf: s.csrf.clone(),
-                    user: s.user.clone(),
-                    new: false,
-                };
-            }
+        if let Some(s) = cookie.and_then(|c| map.get_mut(c))
+            && s.used.elapsed() < IDLE
+        {
+            s.used = Instant::now();
+            return View {
+                id: s.id.clone(),
+                csrf: s.csrf.clone(),
+                user: s.user.clone(),
+                new: false,
+            };
         }
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.values().min_by_key(|s| s.used).map(|s| s.id.clone()) {
-                map.remove(&oldest);
-            }
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.values().min_by_key(|s| s.used).map(|s| s.id.clone())
+        {
+            map.remove(&oldest);
         }
         let s = Session {
             id: random_token(),
@@ -129,10 +129,9 @@ impl Sessions {
             .lock()
             .get(id)
             .and_then(|s| s.probes.get(key).copied())
+            && at.elapsed() < PROBE_TTL
         {
-            if at.elapsed() < PROBE_TTL {
-                return ok;
-            }
+            return ok;
         }
         let ok = probe_write(client, key).await;
         if let Some(s) = self.map.lock().get_mut(id) {

@@ -37,10 +37,7 @@ impl Client {
             action: AlarmAction::Get as i32,
             ..Default::default()
         };
-        self.call(|ch| {
-            let req = req.clone();
-            async move { MaintenanceClient::new(ch).alarm(req).await }
-        })
-        .await
+        self.call(|ch| async move { MaintenanceClient::new(ch).alarm(req).await })
+            .await
     }
 }

@@ -40,7 +40,10 @@ pub struct ConsoleBench {
     changes: usize,
 }
 
-type Http = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+type Http = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
 
 struct Row {
     name: String,
@@ -55,7 +58,9 @@ struct Row {
 pub async fn run(args: ConsoleBench) -> Result<()> {
     let mut rows = Vec::new();
     for t in &args.targets {
-        let (name, rest) = t.split_once('=').context("--target is NAME=ENDPOINT[@METRICS_URL]")?;
+        let (name, rest) = t
+            .split_once('=')
+            .context("--target is NAME=ENDPOINT[@METRICS_URL]")?;
         let (endpoint, metrics) = match rest.split_once('@') {
             Some((e, m)) => (e, Some(m.to_owned())),
             None => (rest, None),
@@ -65,10 +70,18 @@ pub async fn run(args: ConsoleBench) -> Result<()> {
     }
     println!(
         "{:<10} {:>13} {:>14} {:>11} {:>11} {:>15} {:>22}",
-        "target", "first render", "render median", "event p50", "event p99", "visible p99", "watchers before/+console/+pages"
+        "target",
+        "first render",
+        "render median",
+        "event p50",
+        "event p99",
+        "visible p99",
+        "watchers before/+console/+pages"
     );
     for r in &rows {
-        let w = r.watchers.map(|w| w.map_or("-".to_owned(), |v| format!("{v:.0}")));
+        let w = r
+            .watchers
+            .map(|w| w.map_or("-".to_owned(), |v| format!("{v:.0}")));
         println!(
             "{:<10} {:>13.1?} {:>14.1?} {:>11.1?} {:>11.1?} {:>15.1?} {:>22}",
             r.name,
@@ -94,11 +107,18 @@ pub async fn run(args: ConsoleBench) -> Result<()> {
     Ok(())
 }
 
-async fn one(args: &ConsoleBench, name: &str, endpoint: &str, metrics: Option<String>) -> Result<Row> {
+async fn one(
+    args: &ConsoleBench,
+    name: &str,
+    endpoint: &str,
+    metrics: Option<String>,
+) -> Result<Row> {
     let client = Client::connect([endpoint.to_owned()])?;
     let lease = client.lease_grant(600).await?.id;
     load(&client, args, lease).await?;
-    let http: Http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let http: Http =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
     let watchers_before = match &metrics {
         Some(m) => watchers(&http, m).await,
         None => None,
@@ -111,9 +131,11 @@ async fn one(args: &ConsoleBench, name: &str, endpoint: &str, metrics: Option<St
     let console = roster_console::Console::new(config)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        axum::serve(listener, console.router()).with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        }).into_future(),
+        axum::serve(listener, console.router())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
     );
     let base = format!("http://{addr}");
 
@@ -122,7 +144,10 @@ async fn one(args: &ConsoleBench, name: &str, endpoint: &str, metrics: Option<St
     let (status, body) = get(&http, &format!("{base}/ui/"), false).await?;
     let first_render = start.elapsed();
     if status != 200 || !body.contains(&format!("{} services", args.services)) {
-        bail!("unexpected services page ({status}): {}", &body[..body.len().min(300)]);
+        bail!(
+            "unexpected services page ({status}): {}",
+            &body[..body.len().min(300)]
+        );
     }
     let mut renders = Vec::new();
     for _ in 0..10 {
@@ -145,12 +170,19 @@ async fn one(args: &ConsoleBench, name: &str, endpoint: &str, metrics: Option<St
     let (tx, mut events) = mpsc::unbounded_channel::<(usize, i64, Instant)>();
     let mut streams = Vec::new();
     for page in 0..args.pages {
-        streams.push(tokio::spawn(sse(http.clone(), format!("{base}/ui/events"), page, tx.clone())));
+        streams.push(tokio::spawn(sse(
+            http.clone(),
+            format!("{base}/ui/events"),
+            page,
+            tx.clone(),
+        )));
     }
     // Every stream says hello first.
     let mut hello = 0;
     while hello < args.pages {
-        tokio::time::timeout(Duration::from_secs(5), events.recv()).await.context("event streams did not open")?;
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .context("event streams did not open")?;
         hello += 1;
     }
     let watchers_pages = match &metrics {
@@ -162,11 +194,19 @@ async fn one(args: &ConsoleBench, name: &str, endpoint: &str, metrics: Option<St
     let mut visible = Vec::new();
     for n in 0..args.changes {
         let svc = n % args.services;
-        let inst = Instance::new(format!("svc-{svc:04}"), format!("10.0.{}.{}:80", svc / 250, svc % 250))
-            .with_id("i0")
-            .with_weight(100 + (n as u32 % 7));
+        let inst = Instance::new(
+            format!("svc-{svc:04}"),
+            format!("10.0.{}.{}:80", svc / 250, svc % 250),
+        )
+        .with_id("i0")
+        .with_weight(100 + (n as u32 % 7));
         let key = format!("/services/svc-{svc:04}/i0");
-        let put = PutRequest { key: key.into_bytes().into(), value: inst.to_value().into_bytes().into(), lease, ..Default::default() };
+        let put = PutRequest {
+            key: key.into_bytes().into(),
+            value: inst.to_value().into_bytes().into(),
+            lease,
+            ..Default::default()
+        };
         let at = Instant::now();
         let rev = client.put(put).await?.header.map_or(0, |h| h.revision);
         let mut seen = vec![None; args.pages];
@@ -190,7 +230,8 @@ async fn one(args: &ConsoleBench, name: &str, endpoint: &str, metrics: Option<St
     }
     latencies.sort();
     visible.sort();
-    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
+    let pct =
+        |v: &[Duration], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
 
     for s in streams {
         s.abort();
@@ -223,9 +264,12 @@ async fn load(client: &Client, args: &ConsoleBench, lease: i64) -> Result<()> {
     let mut ops = Vec::with_capacity(args.services * args.instances);
     for s in 0..args.services {
         for i in 0..args.instances {
-            let inst = Instance::new(format!("svc-{s:04}"), format!("10.{}.{}.{}:80", s / 250, s % 250, i))
-                .with_id(format!("i{i}"))
-                .with_zone(format!("z{}", i % 3));
+            let inst = Instance::new(
+                format!("svc-{s:04}"),
+                format!("10.{}.{}.{}:80", s / 250, s % 250, i),
+            )
+            .with_id(format!("i{i}"))
+            .with_zone(format!("z{}", i % 3));
             ops.push(RequestOp {
                 request: Some(request_op::Request::RequestPut(PutRequest {
                     key: format!("/services/svc-{s:04}/i{i}").into_bytes().into(),
@@ -242,7 +286,14 @@ async fn load(client: &Client, args: &ConsoleBench, lease: i64) -> Result<()> {
             set.join_next().await.context("join")???;
         }
         let (c, success) = (client.clone(), chunk.to_vec());
-        set.spawn(async move { c.txn(TxnRequest { success, ..Default::default() }).await.map(|_| ()) });
+        set.spawn(async move {
+            c.txn(TxnRequest {
+                success,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        });
     }
     while let Some(r) = set.join_next().await {
         r??;
@@ -263,23 +314,44 @@ async fn get(http: &Http, url: &str, live: bool) -> Result<(u16, String)> {
 
 /// The registry's watcher gauge.
 async fn watchers(http: &Http, base: &str) -> Option<f64> {
-    let (_, text) = get(http, &format!("{}/metrics", base.trim_end_matches('/')), false).await.ok()?;
+    let (_, text) = get(
+        http,
+        &format!("{}/metrics", base.trim_end_matches('/')),
+        false,
+    )
+    .await
+    .ok()?;
     text.lines()
-        .filter(|l| l.starts_with("roster_watchers ") || l.starts_with("etcd_debugging_mvcc_watcher_total "))
+        .filter(|l| {
+            l.starts_with("roster_watchers ") || l.starts_with("etcd_debugging_mvcc_watcher_total ")
+        })
         .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
 /// Reads one event stream; reports each event's id as it arrives.
-async fn sse(http: Http, url: String, page: usize, tx: mpsc::UnboundedSender<(usize, i64, Instant)>) -> Result<()> {
-    let resp = http.request(http::Request::get(&url).body(Empty::new())?).await?;
+async fn sse(
+    http: Http,
+    url: String,
+    page: usize,
+    tx: mpsc::UnboundedSender<(usize, i64, Instant)>,
+) -> Result<()> {
+    let resp = http
+        .request(http::Request::get(&url).body(Empty::new())?)
+        .await?;
     let mut body = resp.into_body();
     let mut buf = String::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         buf.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
-            if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id: ")).and_then(|v| v.trim().parse().ok()) {
+            if let Some(id) = event
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .and_then(|v| v.trim().parse().ok())
+            {
                 let _ = tx.send((page, id, Instant::now()));
             }
         }

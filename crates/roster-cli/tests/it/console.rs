@@ -13,8 +13,8 @@
 use crate::support::roster_bin;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use roster::{Client, ClientConfig, Instance, Registry};
-use roster_api::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
-use roster_testkit::{free_port, require_etcd, require_etcdctl, which, Etcd, Etcdctl, Roster};
+use roster_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, request_op};
+use roster_testkit::{Etcd, Etcdctl, Roster, free_port, require_etcd, require_etcdctl, which};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -42,10 +42,19 @@ impl Chrome {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        let mut chrome = Chrome { driver: child, browser: None };
+        let mut chrome = Chrome {
+            driver: child,
+            browser: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {port}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut caps = serde_json::Map::new();
@@ -106,26 +115,44 @@ async fn disappears(b: &Browser, css: &str, within: Duration) -> Duration {
         if b.find_all(Locator::Css(css)).await.unwrap().is_empty() {
             return start.elapsed();
         }
-        assert!(start.elapsed() < within, "{css} still there after {within:?}");
+        assert!(
+            start.elapsed() < within,
+            "{css} still there after {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 async fn text(b: &Browser, css: &str) -> String {
-    b.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    b.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn click(b: &Browser, css: &str) {
-    b.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    b.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
 }
 
 /// Marks the document, so that a later check tells a reload apart.
 async fn mark(b: &Browser) {
-    b.execute("window.__rosterMark = 42;", vec![]).await.unwrap();
+    b.execute("window.__rosterMark = 42;", vec![])
+        .await
+        .unwrap();
 }
 
 async fn still_marked(b: &Browser) -> bool {
-    b.execute("return window.__rosterMark === 42;", vec![]).await.unwrap() == json!(true)
+    b.execute("return window.__rosterMark === 42;", vec![])
+        .await
+        .unwrap()
+        == json!(true)
 }
 
 fn screenshots_dir() -> PathBuf {
@@ -138,7 +165,10 @@ async fn screenshot(b: &Browser, name: &str) {
     let png = b.screenshot().await.unwrap();
     let path = screenshots_dir().join(format!("{name}.png"));
     std::fs::write(&path, png).unwrap();
-    println!("screenshot: {}", path.canonicalize().unwrap_or(path).display());
+    println!(
+        "screenshot: {}",
+        path.canonicalize().unwrap_or(path).display()
+    );
 }
 
 fn sdk(endpoint: &str) -> Client {
@@ -146,7 +176,13 @@ fn sdk(endpoint: &str) -> Client {
 }
 
 async fn value_of(c: &Client, key: &str) -> Option<Vec<u8>> {
-    let r = c.range(RangeRequest { key: key.as_bytes().to_vec().into(), ..Default::default() }).await.unwrap();
+    let r = c
+        .range(RangeRequest {
+            key: key.as_bytes().to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     r.kvs.first().map(|kv| kv.value.to_vec())
 }
 
@@ -154,9 +190,14 @@ async fn value_of(c: &Client, key: &str) -> Option<Vec<u8>> {
 async fn put_instance(c: &Client, inst: &Instance) -> String {
     let lease = c.lease_grant(60).await.unwrap().id;
     let key = format!("/services/{}/{}", inst.service, inst.id);
-    c.put(PutRequest { key: key.clone().into_bytes().into(), value: inst.to_value().into_bytes().into(), lease, ..Default::default() })
-        .await
-        .unwrap();
+    c.put(PutRequest {
+        key: key.clone().into_bytes().into(),
+        value: inst.to_value().into_bytes().into(),
+        lease,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     key
 }
 
@@ -166,7 +207,9 @@ fn sel(key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn console_in_chromium() {
-    let Some(chrome) = Chrome::start().await else { return };
+    let Some(chrome) = Chrome::start().await else {
+        return;
+    };
     let server = Roster::start_in_memory(roster_bin()).await;
     let ui = format!("{}/ui", server.http_url());
     let c = sdk(&server.endpoint());
@@ -176,6 +219,7 @@ async fn console_in_chromium() {
     actions(b, &ui, &c).await;
     config_edits(b, &ui, &c).await;
     paging(b, &ui, &c).await;
+    coordination(b, &ui, &c).await;
     screenshots(b, &ui).await;
     auth_read_only(b).await;
     real_etcd(b).await;
@@ -188,12 +232,18 @@ async fn live_updates(b: &Browser, ui: &str, endpoint: &str, c: &Client) {
     // The event stream is open once the status says so.
     let start = Instant::now();
     while !text(b, "#live-status").await.starts_with("live") {
-        assert!(start.elapsed() < Duration::from_secs(5), "the page never went live");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the page never went live"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     mark(b).await;
     let registry = Registry::new(c.clone());
-    let reg = registry.register(Instance::new("late", "127.0.0.1:7001")).await.unwrap();
+    let reg = registry
+        .register(Instance::new("late", "127.0.0.1:7001"))
+        .await
+        .unwrap();
     reg.registered(Duration::from_secs(5)).await.unwrap();
     let took = appears(b, "tr[data-service=\"late\"]", Duration::from_secs(3)).await;
     println!("registered after load: visible after {took:?}");
@@ -202,30 +252,72 @@ async fn live_updates(b: &Browser, ui: &str, endpoint: &str, c: &Client) {
 
     // A registration whose process dies: gone once its 2 s TTL runs out.
     let mut proc = tokio::process::Command::new(roster_bin())
-        .args(["register", "doomed", "127.0.0.1:7002", "--ttl", "2", "--endpoints", endpoint])
+        .args([
+            "register",
+            "doomed",
+            "127.0.0.1:7002",
+            "--ttl",
+            "2",
+            "--endpoints",
+            endpoint,
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     b.goto(&format!("{ui}/services/doomed")).await.unwrap();
-    appears(b, "tr[data-key=\"/services/doomed/127.0.0.1:7002\"]", Duration::from_secs(5)).await;
+    appears(
+        b,
+        "tr[data-key=\"/services/doomed/127.0.0.1:7002\"]",
+        Duration::from_secs(5),
+    )
+    .await;
     mark(b).await;
     // A TTL counting down is on the row.
-    let ttl: i64 = b.find(Locator::Css("span.ttl")).await.unwrap().attr("data-ttl").await.unwrap().unwrap().parse().unwrap();
+    let ttl: i64 = b
+        .find(Locator::Css("span.ttl"))
+        .await
+        .unwrap()
+        .attr("data-ttl")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((0..=2).contains(&ttl), "ttl {ttl}");
     proc.start_kill().unwrap(); // SIGKILL
     proc.wait().await.unwrap();
-    let gone = disappears(b, "tr[data-key=\"/services/doomed/127.0.0.1:7002\"]", Duration::from_secs(8)).await;
+    let gone = disappears(
+        b,
+        "tr[data-key=\"/services/doomed/127.0.0.1:7002\"]",
+        Duration::from_secs(8),
+    )
+    .await;
     println!("kill -9: row gone after {gone:?}");
-    assert!(gone > Duration::from_millis(500), "gone after {gone:?}: before the lease could expire");
+    assert!(
+        gone > Duration::from_millis(500),
+        "gone after {gone:?}: before the lease could expire"
+    );
     assert!(still_marked(b).await, "the page reloaded");
     reg.deregister().await.unwrap();
 }
 
 async fn actions(b: &Browser, ui: &str, c: &Client) {
-    let a = put_instance(c, &Instance::new("shop", "10.0.0.1:80").with_id("a").with_zone("eu-1")).await;
-    let w = put_instance(c, &Instance::new("shop", "10.0.0.2:80").with_id("w").with_zone("eu-2")).await;
+    let a = put_instance(
+        c,
+        &Instance::new("shop", "10.0.0.1:80")
+            .with_id("a")
+            .with_zone("eu-1"),
+    )
+    .await;
+    let w = put_instance(
+        c,
+        &Instance::new("shop", "10.0.0.2:80")
+            .with_id("w")
+            .with_zone("eu-2"),
+    )
+    .await;
     let d = put_instance(c, &Instance::new("shop", "10.0.0.3:80").with_id("d")).await;
     b.goto(&format!("{ui}/services/shop")).await.unwrap();
     appears(b, &sel(&d), Duration::from_secs(3)).await;
@@ -233,16 +325,36 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     // Drain: confirmed, then done in the registry and shown in the page.
     click(b, &format!("{} a[href*='action=drain']", sel(&a))).await;
     appears(b, "#confirm", Duration::from_secs(3)).await;
-    assert!(text(b, "main").await.contains("Drain: its weight goes to 0"), "confirmation page");
+    assert!(
+        text(b, "main")
+            .await
+            .contains("Drain: its weight goes to 0"),
+        "confirmation page"
+    );
     click(b, "#confirm").await;
     appears(b, "#flash", Duration::from_secs(3)).await;
-    assert!(text(b, "#flash").await.contains("drained"), "{}", text(b, "#flash").await);
+    assert!(
+        text(b, "#flash").await.contains("drained"),
+        "{}",
+        text(b, "#flash").await
+    );
     let inst = Instance::from_value("shop", "a", &value_of(c, &a).await.unwrap()).unwrap();
-    assert_eq!((inst.weight, inst.meta.get("drain").map(String::as_str)), (0, Some("true")));
-    appears(b, &format!("{}[data-drained]", sel(&a)), Duration::from_secs(2)).await;
+    assert_eq!(
+        (inst.weight, inst.meta.get("drain").map(String::as_str)),
+        (0, Some("true"))
+    );
+    appears(
+        b,
+        &format!("{}[data-drained]", sel(&a)),
+        Duration::from_secs(2),
+    )
+    .await;
 
     // Weight.
-    let input = b.find(Locator::Css(&format!("{} input.weight", sel(&w)))).await.unwrap();
+    let input = b
+        .find(Locator::Css(&format!("{} input.weight", sel(&w))))
+        .await
+        .unwrap();
     input.clear().await.unwrap();
     input.send_keys("7").await.unwrap();
     click(b, &format!("{} form.inline button", sel(&w))).await;
@@ -262,20 +374,36 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     disappears(b, &sel(&d), Duration::from_secs(2)).await;
 
     // Filters: by zone.
-    b.goto(&format!("{ui}/services/shop?zone=eu-2")).await.unwrap();
+    b.goto(&format!("{ui}/services/shop?zone=eu-2"))
+        .await
+        .unwrap();
     appears(b, &sel(&w), Duration::from_secs(2)).await;
-    assert!(b.find_all(Locator::Css(&sel(&a))).await.unwrap().is_empty(), "zone filter");
+    assert!(
+        b.find_all(Locator::Css(&sel(&a))).await.unwrap().is_empty(),
+        "zone filter"
+    );
     screenshot(b, "service-instances").await;
 }
 
 async fn set_value(b: &Browser, v: &str) {
-    b.execute("document.getElementById('value').value = arguments[0];", vec![json!(v)]).await.unwrap();
+    b.execute(
+        "document.getElementById('value').value = arguments[0];",
+        vec![json!(v)],
+    )
+    .await
+    .unwrap();
 }
 
 async fn config_edits(b: &Browser, ui: &str, c: &Client) {
     let key = "/config/app.json";
     let original = r#"{"workers": 2}"#;
-    c.put(PutRequest { key: key.into(), value: original.into(), ..Default::default() }).await.unwrap();
+    c.put(PutRequest {
+        key: key.into(),
+        value: original.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let page = format!("{ui}/config/key?key={key}");
 
     // Invalid: refused with the message `roster config set` gives.
@@ -284,7 +412,8 @@ async fn config_edits(b: &Browser, ui: &str, c: &Client) {
     click(b, "#review").await;
     appears(b, "#validation", Duration::from_secs(3)).await;
     let shown = text(b, "#validation").await;
-    let expected = roster::config::check_value(roster::config::Format::Json, br#"{"workers": "#).unwrap_err();
+    let expected =
+        roster::config::check_value(roster::config::Format::Json, br#"{"workers": "#).unwrap_err();
     assert_eq!(shown, expected);
     assert_eq!(value_of(c, key).await.unwrap(), original.as_bytes());
 
@@ -292,23 +421,53 @@ async fn config_edits(b: &Browser, ui: &str, c: &Client) {
     set_value(b, r#"{"workers": 3}"#).await;
     click(b, "#review").await;
     appears(b, "#publish", Duration::from_secs(3)).await;
-    assert!(text(b, "pre.diff").await.contains(r#"+ {"workers": 3}"#), "{}", text(b, "pre.diff").await);
-    c.put(PutRequest { key: key.into(), value: r#"{"workers": 9}"#.into(), ..Default::default() }).await.unwrap();
+    assert!(
+        text(b, "pre.diff").await.contains(r#"+ {"workers": 3}"#),
+        "{}",
+        text(b, "pre.diff").await
+    );
+    c.put(PutRequest {
+        key: key.into(),
+        value: r#"{"workers": 9}"#.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     click(b, "#publish").await;
     appears(b, "#conflict", Duration::from_secs(3)).await;
-    assert!(text(b, "#conflict").await.contains("was changed by someone else"), "{}", text(b, "#conflict").await);
+    assert!(
+        text(b, "#conflict")
+            .await
+            .contains("was changed by someone else"),
+        "{}",
+        text(b, "#conflict").await
+    );
     assert_eq!(value_of(c, key).await.unwrap(), br#"{"workers": 9}"#);
     screenshot(b, "config-conflict").await;
 
     // Rollback to the original value.
     b.goto(&page).await.unwrap();
     let first_rev: i64 = {
-        let rows = b.find_all(Locator::Css("table.history tr[data-revision]")).await.unwrap();
-        rows.last().unwrap().attr("data-revision").await.unwrap().unwrap().parse().unwrap()
+        let rows = b
+            .find_all(Locator::Css("table.history tr[data-revision]"))
+            .await
+            .unwrap();
+        rows.last()
+            .unwrap()
+            .attr("data-revision")
+            .await
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     click(b, &format!("tr[data-revision=\"{first_rev}\"] button")).await;
     appears(b, "#flash", Duration::from_secs(3)).await;
-    assert!(text(b, "#flash").await.contains("Rolled back"), "{}", text(b, "#flash").await);
+    assert!(
+        text(b, "#flash").await.contains("Rolled back"),
+        "{}",
+        text(b, "#flash").await
+    );
     assert_eq!(value_of(c, key).await.unwrap(), original.as_bytes());
     screenshot(b, "config-key").await;
 }
@@ -317,7 +476,11 @@ async fn paging(b: &Browser, ui: &str, c: &Client) {
     const N: usize = 100_000;
     let start = Instant::now();
     // 128 puts per txn (etcd's limit), 16 txns in flight.
-    let batches: Vec<Vec<usize>> = (0..N).collect::<Vec<_>>().chunks(128).map(<[usize]>::to_vec).collect();
+    let batches: Vec<Vec<usize>> = (0..N)
+        .collect::<Vec<_>>()
+        .chunks(128)
+        .map(<[usize]>::to_vec)
+        .collect();
     let mut set = tokio::task::JoinSet::new();
     for batch in batches {
         while set.len() >= 16 {
@@ -335,7 +498,12 @@ async fn paging(b: &Browser, ui: &str, c: &Client) {
                     })),
                 })
                 .collect();
-            c.txn(TxnRequest { success, ..Default::default() }).await.unwrap();
+            c.txn(TxnRequest {
+                success,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         });
     }
     while let Some(r) = set.join_next().await {
@@ -343,10 +511,17 @@ async fn paging(b: &Browser, ui: &str, c: &Client) {
     }
     println!("loaded {N} keys in {:?}", start.elapsed());
     b.goto(&format!("{ui}/keys?prefix=/bulk/")).await.unwrap();
-    assert!(text(b, "#key-count").await.starts_with("100000 keys"), "{}", text(b, "#key-count").await);
+    assert!(
+        text(b, "#key-count").await.starts_with("100000 keys"),
+        "{}",
+        text(b, "#key-count").await
+    );
     let first = |n: usize| format!("/bulk/{n:06}");
     for page in 0..3 {
-        let rows = b.find_all(Locator::Css("table.keys tbody th")).await.unwrap();
+        let rows = b
+            .find_all(Locator::Css("table.keys tbody th"))
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 100);
         assert_eq!(rows[0].text().await.unwrap(), first(page * 100));
         click(b, "#next-page").await;
@@ -354,11 +529,62 @@ async fn paging(b: &Browser, ui: &str, c: &Client) {
         appears(b, &first_row, Duration::from_secs(3)).await;
     }
     // The last page: 50 keys and no next link.
-    b.goto(&format!("{ui}/keys?prefix=/bulk/&after=/bulk/099949")).await.unwrap();
-    let rows = b.find_all(Locator::Css("table.keys tbody th")).await.unwrap();
+    b.goto(&format!("{ui}/keys?prefix=/bulk/&after=/bulk/099949"))
+        .await
+        .unwrap();
+    let rows = b
+        .find_all(Locator::Css("table.keys tbody th"))
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 50);
-    assert!(b.find_all(Locator::Css("#next-page")).await.unwrap().is_empty());
+    assert!(
+        b.find_all(Locator::Css("#next-page"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     screenshot(b, "keys").await;
+}
+
+async fn coordination(b: &Browser, ui: &str, c: &Client) {
+    use roster::sync::{Mutex, Session};
+    let holder = Session::new(c, Duration::from_secs(10)).await.unwrap();
+    let waiter = Session::new(c, Duration::from_secs(10)).await.unwrap();
+    let guard = Mutex::new(&holder, "/locks/nightly").lock().await.unwrap();
+    let queued = Mutex::new(&waiter, "/locks/nightly");
+    let wait = tokio::spawn(async move { queued.lock().await });
+    b.goto(&format!("{ui}/coordination")).await.unwrap();
+    let waiter_key = format!("/locks/nightly/{:x}", waiter.lease());
+    appears(
+        b,
+        &format!("li[data-key=\"{waiter_key}\"]"),
+        Duration::from_secs(3),
+    )
+    .await;
+    let row = text(b, "tr[data-name=\"/locks/nightly\"]").await;
+    assert!(
+        row.contains(&format!("/locks/nightly/{:x}", holder.lease())),
+        "holder: {row}"
+    );
+    screenshot(b, "coordination").await;
+    // The holder lets go: the waiter holds it, and the page shows that live.
+    guard.unlock().await.unwrap();
+    let held = wait.await.unwrap().unwrap();
+    assert_eq!(held.key(), waiter_key);
+    disappears(
+        b,
+        &format!("li[data-key=\"{waiter_key}\"]"),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        text(b, "tr[data-name=\"/locks/nightly\"]")
+            .await
+            .contains(&waiter_key)
+    );
+    held.unlock().await.unwrap();
+    holder.close().await.unwrap();
+    waiter.close().await.unwrap();
 }
 
 async fn screenshots(b: &Browser, ui: &str) {
@@ -373,8 +599,18 @@ async fn screenshots(b: &Browser, ui: &str) {
 
 async fn login(b: &Browser, ui: &str, user: &str, password: &str) {
     b.goto(&format!("{ui}/login")).await.unwrap();
-    b.find(Locator::Css("#user")).await.unwrap().send_keys(user).await.unwrap();
-    b.find(Locator::Css("#password")).await.unwrap().send_keys(password).await.unwrap();
+    b.find(Locator::Css("#user"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    b.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
     click(b, "#sign-in").await;
     appears(b, "span.user", Duration::from_secs(5)).await;
 }
@@ -384,21 +620,32 @@ async fn auth_read_only(b: &Browser) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = Roster::try_start_in_with_args(roster_bin(), dir.path(), &["--bcrypt-cost", "4"]).await.unwrap();
+    let server = Roster::try_start_in_with_args(roster_bin(), dir.path(), &["--bcrypt-cost", "4"])
+        .await
+        .unwrap();
     let ctl = Etcdctl::new(server.endpoint());
     for cmd in [
         &["user", "add", "root:rootpw"][..],
         &["user", "grant-role", "root", "root"],
         &["user", "add", "viewer:viewerpw"],
         &["role", "add", "viewer"],
-        &["role", "grant-permission", "viewer", "--prefix=true", "read", "/"],
+        &[
+            "role",
+            "grant-permission",
+            "viewer",
+            "--prefix=true",
+            "read",
+            "/",
+        ],
         &["user", "grant-role", "viewer", "viewer"],
         &["auth", "enable"],
     ] {
         ctl.run(cmd).await.ok();
     }
     let ui = format!("{}/ui", server.http_url());
-    let root = Client::new(ClientConfig::new([server.endpoint()]).with_credentials("root", "rootpw")).unwrap();
+    let root =
+        Client::new(ClientConfig::new([server.endpoint()]).with_credentials("root", "rootpw"))
+            .unwrap();
     let key = put_instance(&root, &Instance::new("vault", "10.1.0.1:80").with_id("v1")).await;
 
     // Not signed in: the console asks for credentials.
@@ -407,7 +654,18 @@ async fn auth_read_only(b: &Browser) {
     login(b, &ui, "viewer", "viewerpw").await;
     b.goto(&format!("{ui}/services/vault")).await.unwrap();
     appears(b, &sel(&key), Duration::from_secs(3)).await;
-    assert!(b.find_all(Locator::Css("td.actions, a.button, form.inline")).await.unwrap().is_empty(), "read-only user sees actions");
+    // Live under auth too: the console's watch runs on a signed-in user's client.
+    let live = put_instance(&root, &Instance::new("vault", "10.1.0.2:80").with_id("v2")).await;
+    let took = appears(b, &sel(&live), Duration::from_secs(3)).await;
+    println!("under auth: visible after {took:?}");
+    assert!(took < Duration::from_secs(1), "appeared after {took:?}");
+    assert!(
+        b.find_all(Locator::Css("td.actions, a.button, form.inline"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "read-only user sees actions"
+    );
     screenshot(b, "read-only-user").await;
     // A forged deregister, with the session's own CSRF token: 403.
     let status = b
@@ -421,13 +679,21 @@ async fn auth_read_only(b: &Browser) {
         .await
         .unwrap();
     assert_eq!(status, json!(403));
-    assert!(value_of(&root, &key).await.is_some(), "the forged action did something");
+    assert!(
+        value_of(&root, &key).await.is_some(),
+        "the forged action did something"
+    );
 
     // root, in the same browser, gets the buttons.
     click(b, "form[action='/ui/logout'] button").await;
     login(b, &ui, "root", "rootpw").await;
     b.goto(&format!("{ui}/services/vault")).await.unwrap();
-    appears(b, &format!("{} td.actions", sel(&key)), Duration::from_secs(3)).await;
+    appears(
+        b,
+        &format!("{} td.actions", sel(&key)),
+        Duration::from_secs(3),
+    )
+    .await;
     click(b, "form[action='/ui/logout'] button").await;
 }
 
@@ -438,14 +704,23 @@ async fn real_etcd(b: &Browser) {
     let etcd = Etcd::start().await;
     let port = free_port();
     let mut console = tokio::process::Command::new(roster_bin())
-        .args(["console", "--endpoints", &etcd.endpoint(), "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "console",
+            "--endpoints",
+            &etcd.endpoint(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "roster console did not listen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -454,7 +729,10 @@ async fn real_etcd(b: &Browser) {
     b.goto(&format!("{ui}/")).await.unwrap();
     let start = Instant::now();
     while !text(b, "#live-status").await.starts_with("live") {
-        assert!(start.elapsed() < Duration::from_secs(5), "the page never went live against etcd");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the page never went live against etcd"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let key = put_instance(&c, &Instance::new("on-etcd", "10.2.0.1:80").with_id("e1")).await;
@@ -469,7 +747,10 @@ async fn real_etcd(b: &Browser) {
     let inst = Instance::from_value("on-etcd", "e1", &value_of(&c, &key).await.unwrap()).unwrap();
     assert_eq!(inst.weight, 0);
     b.goto(&format!("{ui}/registry")).await.unwrap();
-    assert!(text(b, "main").await.contains("3.4"), "etcd's version on the registry page");
+    assert!(
+        text(b, "main").await.contains("3.4"),
+        "etcd's version on the registry page"
+    );
     screenshot(b, "registry-etcd").await;
     console.start_kill().unwrap();
     console.wait().await.unwrap();
