@@ -755,3 +755,81 @@ async fn real_etcd(b: &Browser) {
     console.start_kill().unwrap();
     console.wait().await.unwrap();
 }
+
+/// The first event of `/ui/events` for a given `Last-Event-ID` (or none):
+/// its `event:` name and `id:`.
+async fn first_event(http: &str, last_id: Option<i64>) -> (String, i64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = http.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let header = last_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+    let req =
+        format!("GET /ui/events HTTP/1.1\r\nHost: {host}\r\n{header}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), s.read(&mut buf))
+            .await
+            .expect("no event within 3 s")
+            .unwrap();
+        assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(ev) = text
+            .split("\r\n\r\n")
+            .nth(1)
+            .and_then(|body| body.split("\n\n").find(|e| e.contains("id:")))
+        {
+            let field = |name: &str| {
+                ev.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            return (
+                field("event:").unwrap_or_default(),
+                field("id:").unwrap().parse().unwrap(),
+            );
+        }
+    }
+}
+
+/// A reconnecting page sends the last revision it saw: it is told of what
+/// changed since at once, and a page that is current just gets a hello.
+#[tokio::test]
+async fn event_stream_resumes_from_last_event_id() {
+    let server = Roster::start_in_memory(roster_bin()).await;
+    let c = sdk(&server.endpoint());
+    let mut rev = 0;
+    for i in 0..3 {
+        let put = PutRequest {
+            key: format!("/services/resume/{i}").into_bytes().into(),
+            value: "10.0.0.1:80".into(),
+            ..Default::default()
+        };
+        rev = c.put(put).await.unwrap().header.unwrap().revision;
+    }
+    // The console's watch has caught up once a fresh stream says hello at `rev`.
+    let start = Instant::now();
+    loop {
+        let (event, id) = first_event(&server.http_url(), None).await;
+        assert_eq!(event, "hello");
+        if id == rev {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the console's watch is at {id}, not {rev}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        first_event(&server.http_url(), Some(rev - 2)).await,
+        ("change".to_owned(), rev)
+    );
+    assert_eq!(
+        first_event(&server.http_url(), Some(rev)).await,
+        ("hello".to_owned(), rev)
+    );
+}
