@@ -64,10 +64,7 @@ fn parse_format(s: &str) -> Result<Format, String> {
 }
 
 fn format_of(key: &str, explicit: Option<Format>) -> Result<Format> {
-    match explicit.or_else(|| Format::from_key(key)) {
-        Some(f) => Ok(f),
-        None => bail!("cannot tell the format of {key:?}: end the key in .json, .toml, .yaml or .yml, or pass --format"),
-    }
+    roster::config::format_for(key, explicit).map_err(anyhow::Error::msg)
 }
 
 pub async fn run(args: ConfigArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
@@ -85,9 +82,7 @@ pub async fn run(args: ConfigArgs, shutdown: impl std::future::Future<Output = (
                 }
                 (None, None) => unreachable!("clap requires a value or --file"),
             };
-            if let Err(e) = format.decode::<serde::de::IgnoredAny>(value.as_bytes()) {
-                bail!("not written: the value is not valid {format}: {e}");
-            }
+            roster::config::check_value(format, value.as_bytes()).map_err(anyhow::Error::msg)?;
             let put = PutRequest { key: key.clone().into_bytes().into(), value: value.clone().into_bytes().into(), ..Default::default() };
             let resp = client.put(put).await.with_context(|| format!("cannot write {key}"))?;
             let rev = resp.header.map_or(0, |h| h.revision);

@@ -5,6 +5,7 @@
 mod auth_cmd;
 mod bench;
 mod config_cmd;
+mod console_cmd;
 mod demo;
 mod gateway_cmd;
 mod registry_cmd;
@@ -63,6 +64,10 @@ enum Commands {
     Auth(auth_cmd::AuthArgs),
     /// Dynamic configuration: set (checked before it is written), get, watch.
     Config(config_cmd::ConfigArgs),
+    /// The web console (`/ui/`) against any etcd-API registry: services,
+    /// instances, configuration, locks and the registry, live. `roster
+    /// serve` serves the same on its --http listener.
+    Console(console_cmd::ConsoleArgs),
     /// etcd snapshots: save one from a member, show one's status, restore
     /// one (etcd's or Roster's) into a new Roster data dir.
     Snapshot(snapshot_cmd::SnapshotArgs),
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
             Commands::Snapshot(args) => snapshot_cmd::run(args).await,
             Commands::Gateway(args) => gateway_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Auth(args) => auth_cmd::run(args).await,
+            Commands::Console(args) => console_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Config(args) => config_cmd::run(args, serve::shutdown_signal()?).await,
             Commands::Watch(args) => registry_cmd::watch(args, serve::shutdown_signal()?).await,
         }

@@ -72,6 +72,13 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "http")]
     no_http: bool,
 
+    /// Do not serve the web console at /ui/ on the --http listener.
+    #[arg(long)]
+    no_console: bool,
+
+    #[command(flatten)]
+    console: crate::console_cmd::ConsoleOpts,
+
     /// Directory for the write-ahead log, snapshots and the member identity.
     /// Created if missing; only one server may use it at a time.
     #[arg(long, default_value = "./roster-data", value_name = "DIR")]
@@ -486,7 +493,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     } else {
         args.advertise_client_urls.clone()
     };
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         cluster_id: identity.cluster_id,
         member_id: identity.member_id,
         name: args.name.clone(),
@@ -514,9 +521,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         http_tls: http_tls.clone(),
         ..Default::default()
     };
+    config.http_routes = match http_addr {
+        Some(h) if !args.no_console => console_routes(&args, grpc_addr, grpc_tls.is_some(), h, http_tls.is_some())?,
+        _ => None,
+    };
     let shutdown = shutdown_signal()?;
 
     let http_note = match http_addr {
+        Some(h) if config.http_routes.is_some() => format!("health, metrics and the console on {http_scheme}://{h} (/ui/)"),
         Some(h) => format!("health and metrics on {http_scheme}://{h}"),
         None => "HTTP health and metrics off".to_owned(),
     };
@@ -534,6 +546,28 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     roster_server::serve(grpc, http, store, config, shutdown).await.context("server failed")?;
     tracing::info!("roster stopped");
     Ok(())
+}
+
+/// The console for `--http`, talking to this server's gRPC listener
+/// through the SDK like any other client.
+fn console_routes(
+    args: &ServeArgs,
+    grpc: SocketAddr,
+    grpc_tls: bool,
+    http: SocketAddr,
+    http_tls: bool,
+) -> Result<Option<axum::Router>> {
+    if grpc_tls {
+        // It would need a client certificate and CA of its own to reach
+        // the gRPC listener; `roster console --cacert ...` does that.
+        tracing::warn!("the console is not served at /ui/: the gRPC listener has TLS (run `roster console` with --cacert)");
+        return Ok(None);
+    }
+    let local = |a: SocketAddr| if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a };
+    let client = roster::ClientConfig::new([local(grpc).to_string()]);
+    // Its own /health and /metrics, read over plain HTTP only.
+    let http_base = (!http_tls).then(|| format!("http://{}", local(http)));
+    Ok(Some(args.console.console(client, http, http_tls, http_base)?.router()))
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed now, so a

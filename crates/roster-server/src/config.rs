@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub tls: Option<roster_tls::ServerTls>,
     /// TLS on the HTTP (health, metrics) listener; `None`: plaintext.
     pub http_tls: Option<roster_tls::ServerTls>,
+    /// More routes for the HTTP listener, from the caller (the CLI mounts
+    /// the console at `/ui/` this way; the server knows nothing of it).
+    pub http_routes: Option<axum::Router>,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -120,6 +123,7 @@ impl Default for ServerConfig {
             auth: crate::AuthConfig::default(),
             tls: None,
             http_tls: None,
+            http_routes: None,
         }
     }
 }

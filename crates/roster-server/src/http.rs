@@ -1,5 +1,6 @@
 //! The HTTP side: `GET /health` in etcd's shape and `GET /metrics` for
-//! Prometheus.
+//! Prometheus, plus whatever routes the caller adds
+//! ([`ServerConfig::http_routes`](crate::ServerConfig::http_routes)).
 
 use crate::{Server, ServerError};
 use axum::extract::State;
@@ -16,7 +17,12 @@ const HEALTHY: &str = r#"{"health":"true"}"#;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub(crate) fn router(server: Server) -> Router {
-    Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(server)
+    let extra = server.config().http_routes.clone();
+    let own = Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(server);
+    match extra {
+        Some(routes) => own.merge(routes),
+        None => own,
+    }
 }
 
 pub(crate) async fn serve(

@@ -380,7 +380,7 @@ impl Client {
     /// Runs `f` on the current endpoint, failing over to the others when
     /// one is unreachable or does not answer within the attempt timeout,
     /// all within the request timeout.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -75,6 +75,21 @@ impl Format {
     }
 }
 
+/// The format of `key`: `explicit` if given, else the key's suffix.
+/// Writers (`roster config set`, the console) share it.
+pub fn format_for(key: &str, explicit: Option<Format>) -> std::result::Result<Format, String> {
+    explicit.or_else(|| Format::from_key(key)).ok_or_else(|| {
+        format!("cannot tell the format of {key:?}: end the key in .json, .toml, .yaml or .yml, or pass --format")
+    })
+}
+
+/// The check a value passes before it is written (`roster config set`, the
+/// console's editor): it must decode in its format, so that no watcher is
+/// handed a value it would reject for its syntax.
+pub fn check_value(format: Format, value: &[u8]) -> std::result::Result<(), String> {
+    format.decode::<serde::de::IgnoredAny>(value).map(|_| ()).map_err(|e| format!("not written: the value is not valid {format}: {e}"))
+}
+
 impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -37,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod sync;
+mod admin;
 mod backoff;
 mod discovery;
 mod error;

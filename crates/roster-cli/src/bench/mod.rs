@@ -14,8 +14,11 @@
 //! - `driver.rs`: the closed loop of `--clients` over `--conns`.
 //! - `report.rs`: histograms, progress on stderr, and the results table.
 //! - one file per workload: `put.rs`, `range.rs`, `keepalive.rs`,
-//!   `watch.rs`, `memory.rs`, `discovery.rs`, `hold.rs`, `expiry.rs`, `hostile.rs`.
+//!   `watch.rs`, `memory.rs`, `discovery.rs`, `hold.rs`, `expiry.rs`, `hostile.rs`,
+//!   and `console.rs` (the web console: first render, change-to-page
+//!   latency, its watch count; its own targets and table).
 
+mod console;
 mod discovery;
 mod driver;
 mod expiry;
@@ -49,6 +52,7 @@ Examples:
   roster bench expiry --leases 10000 --ttl 10 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench hostile --phase 5 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench all --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
+  roster bench console --target roster=127.0.0.1:2379@http://127.0.0.1:2381 --target etcd=127.0.0.1:23790@http://127.0.0.1:23791
 
 Results go to stdout as a table, progress to stderr.")]
 pub struct BenchArgs {
@@ -208,6 +212,10 @@ enum Command {
         #[command(flatten)]
         hostile: hostile::Hostile,
     },
+    /// The web console over `--services` x `--instances`: first render of
+    /// the services page, change-to-event latency with `--pages` open, and
+    /// the registry's watcher count with and without the console.
+    Console(console::ConsoleBench),
     /// The whole suite: put 10x100 and 1x1, range serializable and
     /// linearizable 10x100, keepalive of 1000 leases, watch fan-out to 100,
     /// and registration-to-discovery latency over 1000 SDK watchers.
@@ -231,6 +239,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             put.pids.validate(&common)?;
             table.compare(&common, &put).await?
         }
+        Command::Console(c) => return console::run(c).await,
         Command::Range { common, range } => table.compare(&common, &range).await?,
         Command::Keepalive { common, keepalive } => table.compare(&common, &keepalive).await?,
         Command::Watch { common, watch } => table.compare(&common, &watch).await?,

@@ -11,6 +11,8 @@
 //! - `lock_election`: the server-side Lock and Election services, scripted
 //!   against etcd and roster with identical transcripts.
 //! - `gateway_cli`: `roster gateway` following its config key and SIGHUP.
+//! - `console`: the web console in a real Chromium over WebDriver: live
+//!   updates, actions, configuration edits, paging, auth, real etcd.
 //! - `config_cli`: `roster config set`, `get` and `watch`, on roster and etcd.
 //! - `bench_cli`: small runs of `roster bench hold` and `discovery` (their
 //!   table rows, and that they leave nothing registered), and of `put`,
@@ -42,6 +44,7 @@ mod bad_input;
 mod bench_cli;
 mod client_auth;
 mod config_cli;
+mod console;
 mod crash;
 mod differential;
 mod etcdctl;
