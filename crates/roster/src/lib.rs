@@ -36,6 +36,7 @@ pub mod balance;
 pub mod client;
 pub mod config;
 pub mod grpc;
+pub mod health;
 pub mod sync;
 mod backoff;
 mod discovery;
@@ -44,6 +45,7 @@ mod instance;
 pub mod mirror;
 mod registration;
 mod registry;
+pub mod task;
 
 pub use client::{Client, ClientConfig, Credentials};
 pub use discovery::{Change, Discovery, Snapshot};
