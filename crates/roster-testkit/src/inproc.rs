@@ -37,15 +37,15 @@ impl InProcess {
         Self::start_with(Some(dir), ServerConfig::default(), store).await
     }
 
-    /// A server over `store` with `config`; `data` is where `store` keeps
-    /// its files, if anywhere, for restarts.
+    /// A server over `store` with `config` (its `client_urls` set to the
+    /// bound address); `data` is where `store` keeps its files, if
+    /// anywhere, for restarts.
     pub async fn start_with(data: Option<PathBuf>, mut config: ServerConfig, store: Store) -> InProcess {
         let grpc_l = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let http_l = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let (grpc, http) = (grpc_l.local_addr().unwrap(), http_l.local_addr().unwrap());
-        if config.client_urls.is_empty() {
-            config.client_urls = vec![format!("http://{grpc}")];
-        }
+        // MemberList advertises where this member really is.
+        config.client_urls = vec![format!("http://{grpc}")];
         let mut s = InProcess { grpc, http, data, config, stop: None, task: None };
         s.serve(grpc_l, http_l, store);
         s
