@@ -26,15 +26,13 @@ fn register(endpoint: &str, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Polls `roster ls --json` until `f` holds of it.
 async fn until(what: &str, limit: Duration, endpoint: &str, f: impl Fn(&[Value]) -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f(&ls_json(endpoint).await) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    roster_testkit::eventually(what, limit, async || {
+        let listed = ls_json(endpoint).await;
+        if f(&listed) { Ok(()) } else { Err(format!("{listed:?}")) }
+    })
+    .await
 }
 
 /// `roster watch hello --json`, and its output line by line.
