@@ -5,7 +5,7 @@
 //! registered only once a probe passes. After that, `fall` failures in a row
 //! withdraw it (its lease is revoked, so it leaves every list at once) and
 //! `rise` passes in a row restore it, so one slow answer does not flap the
-//! instance. The counting is [`Thresholds`], pure logic; the probes are real
+//! instance. The counting is `Thresholds`, pure logic; the probes are real
 //! connections.
 //!
 //! ```no_run
