@@ -11,9 +11,11 @@
 //! - `limits`: made-up names, forwarding headers, error bodies, slow
 //!   readers, connection floods, rate and concurrency limits, reloads.
 //! - `access_log`: what the access log records and redacts.
+//! - `lifecycle`: a dropped gateway closes every watch it opened.
 
 mod access_log;
 mod framing;
+mod lifecycle;
 mod limits;
 mod routing;
 mod smuggling;
