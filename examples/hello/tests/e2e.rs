@@ -16,13 +16,13 @@ fn init_log() {
 
 /// A registry to run against: an in-process `roster serve` or a real etcd.
 enum Backend {
-    Roster(roster_testkit::InProcess),
+    Roster(Box<roster_testkit::InProcess>),
     Etcd(roster_testkit::Etcd),
 }
 
 impl Backend {
     async fn roster() -> Backend {
-        Backend::Roster(roster_testkit::InProcess::start().await)
+        Backend::Roster(Box::new(roster_testkit::InProcess::start().await))
     }
 
     async fn etcd() -> Option<Backend> {
