@@ -7,7 +7,17 @@
 //!   these strings are wire facts.
 //! - [`validate`]: the request checks etcd makes before it touches the store.
 //! - [`range`]: key-range helpers shared by the store and clients.
+//! - [`authpb`], [`v3lockpb`], [`v3electionpb`]: etcd's auth records and
+//!   the server-side Lock and Election services.
+//! - [`ops`]: request builders for the lock and election recipes, shared by
+//!   the SDK and the server so both follow etcd's `concurrency` package.
 //! - `codec` (with `grpc`): the codec every generated service uses.
+//!
+//! ```
+//! use roster_api::range::prefix_end;
+//! // Watch `/services/hello/` and nothing past it: etcd's prefix end.
+//! assert_eq!(prefix_end(b"/services/hello/"), b"/services/hello0".to_vec());
+//! ```
 
 #![allow(clippy::doc_lazy_continuation)]
 

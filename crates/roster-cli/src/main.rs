@@ -1,6 +1,12 @@
 //! The `roster` command: parse, init tracing, run the subcommand. Errors are
 //! printed with their whole chain; a usage error exits 2 (clap), any other
 //! failure exits 1.
+//!
+//! One module per group of subcommands: `serve` (`roster serve`),
+//! `registry_cmd` (`register`, `ls`, `watch`; health checks are the SDK's
+//! `roster::health`), `config_cmd` (`config`), `gateway_cmd` (`gateway`),
+//! `auth_cmd` (`auth`), `snapshot_cmd` (`snapshot`), `demo` (`demo`) and
+//! `bench` (`bench`).
 
 mod auth_cmd;
 mod bench;

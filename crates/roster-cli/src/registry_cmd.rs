@@ -2,6 +2,7 @@
 //! command line, through the SDK.
 
 use anyhow::{bail, Context, Result};
+use roster::health::{self, Check, HealthCheck};
 use roster::{Change, Client, ClientConfig, Instance, Registry, RegistrationStatus};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -157,12 +158,22 @@ pub struct RegisterArgs {
     #[arg(long = "meta", value_parser = parse_kv)]
     pub meta: Vec<(String, String)>,
     /// Active health check: `http://host:port/path`, `tcp://host:port` or
-    /// `grpc://host:port`. The instance is withdrawn while it fails.
+    /// `grpc://host:port[/service]`. The instance is registered once it
+    /// passes and withdrawn while it fails.
     #[arg(long)]
     pub check: Option<String>,
     /// Seconds between health checks.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = health::DEFAULT_INTERVAL.as_secs())]
     pub check_interval: u64,
+    /// Seconds one health check may take before it counts as failed.
+    #[arg(long, default_value_t = health::DEFAULT_TIMEOUT.as_secs())]
+    pub check_timeout: u64,
+    /// Passes in a row that restore a withdrawn instance.
+    #[arg(long, default_value_t = health::DEFAULT_RISE)]
+    pub check_rise: u32,
+    /// Failures in a row that withdraw the instance.
+    #[arg(long, default_value_t = health::DEFAULT_FALL)]
+    pub check_fall: u32,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -208,17 +219,29 @@ pub async fn register(args: RegisterArgs, shutdown: impl std::future::Future<Out
     inst.tags = args.tags.clone();
     inst.meta = args.meta.iter().cloned().collect();
     inst.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let check = args.check.as_deref().map(Check::parse).transpose()?;
+    let check = match args.check.as_deref() {
+        Some(url) => {
+            let check = HealthCheck::new(Check::parse(url).map_err(|e| anyhow::anyhow!("--{e}"))?)
+                .with_interval(Duration::from_secs(args.check_interval.max(1)))
+                .with_timeout(Duration::from_secs(args.check_timeout.max(1)))
+                .with_rise(args.check_rise)
+                .with_fall(args.check_fall);
+            check.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(check)
+        }
+        None => None,
+    };
     if args.ttl < 2 {
         bail!("--ttl must be at least 2 seconds (etcd's minimum lease TTL)");
     }
     let registry = args.registry.registry()?.with_ttl(Duration::from_secs(args.ttl));
 
-    let reg = registry.register(inst).await?;
+    let reg = match check {
+        Some(check) => registry.register_checked(inst, check).await?,
+        None => registry.register(inst).await?,
+    };
     eprintln!("registering {} at {} (ttl {}s) on {}", reg.key(), args.addr, args.ttl, args.registry.endpoints);
     let mut status = reg.status();
-    let mut healthy = true;
-    let mut tick = tokio::time::interval(Duration::from_secs(args.check_interval.max(1)));
     tokio::pin!(shutdown);
     print_status(&status.borrow_and_update());
     loop {
@@ -227,21 +250,6 @@ pub async fn register(args: RegisterArgs, shutdown: impl std::future::Future<Out
             changed = status.changed() => {
                 if changed.is_err() { break }
                 print_status(&status.borrow_and_update());
-            }
-            _ = tick.tick(), if check.is_some() => {
-                let ok = check.as_ref().expect("guarded").probe().await;
-                match (healthy, &ok) {
-                    (true, Err(e)) => {
-                        eprintln!("health check failed ({e}); withdrawing the instance");
-                        reg.pause().await?;
-                    }
-                    (false, Ok(())) => {
-                        eprintln!("health check passes again; restoring the instance");
-                        reg.resume().await?;
-                    }
-                    _ => {}
-                }
-                healthy = ok.is_ok();
             }
         }
     }
@@ -256,66 +264,10 @@ fn print_status(s: &RegistrationStatus) {
         RegistrationStatus::Registered { lease } => eprintln!("status: registered (lease {lease:x})"),
         RegistrationStatus::Lost { reason } => eprintln!("status: lost ({reason}); registering again"),
         RegistrationStatus::Paused => eprintln!("status: withdrawn"),
+        RegistrationStatus::Unhealthy { reason } => eprintln!("status: withdrawn, health check fails ({reason})"),
         RegistrationStatus::Deregistered => eprintln!("status: deregistered"),
         other => eprintln!("status: {other:?}"),
     }
-}
-
-/// An active health check.
-enum Check {
-    Tcp(String),
-    Http { host: String, path: String },
-    Grpc(String),
-}
-
-impl Check {
-    fn parse(url: &str) -> Result<Check> {
-        let (scheme, rest) = url.split_once("://").with_context(|| format!("--check {url:?}: expected scheme://host:port"))?;
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if !host.contains(':') {
-            bail!("--check {url:?}: the address needs a port");
-        }
-        Ok(match scheme {
-            "tcp" => Check::Tcp(host.into()),
-            "http" => Check::Http { host: host.into(), path: path.into() },
-            "grpc" => Check::Grpc(host.into()),
-            other => bail!("--check {url:?}: unsupported scheme {other:?} (use http, tcp or grpc)"),
-        })
-    }
-
-    async fn probe(&self) -> Result<(), String> {
-        let limit = Duration::from_secs(2);
-        let run = async {
-            match self {
-                Check::Tcp(addr) => tokio::net::TcpStream::connect(addr).await.map(|_| ()).map_err(|e| e.to_string()),
-                Check::Http { host, path } => http_get(host, path).await,
-                Check::Grpc(addr) => grpc_health(addr).await,
-            }
-        };
-        tokio::time::timeout(limit, run).await.map_err(|_| "timed out".to_owned())?
-    }
-}
-
-async fn http_get(host: &str, path: &str) -> Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(host).await.map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: roster-check\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&buf[..n]);
-    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("not an HTTP response")?;
-    if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP {code}")) }
-}
-
-async fn grpc_health(addr: &str) -> Result<(), String> {
-    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
-    let r = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.map_err(|e| e.message().to_owned())?;
-    if r.into_inner().status == ServingStatus::Serving as i32 { Ok(()) } else { Err("not serving".into()) }
 }
 
 // === ls ===

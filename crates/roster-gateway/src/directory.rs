@@ -38,7 +38,7 @@ struct Shared {
 
 /// Stops the mirror task when dropped.
 pub struct DirectoryTask {
-    _stop: mirror::Stop,
+    _stop: roster::task::DropGuard,
 }
 
 // === impl Directory ===

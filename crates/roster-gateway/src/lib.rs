@@ -18,6 +18,7 @@
 //! - `proxy`: the hyper engine (HTTP/2, gRPC, and what the fast path hands
 //!   over), the attempts, and the failures: JSON errors for HTTP callers,
 //!   `grpc-status` for gRPC callers.
+//! - `metrics`: requests, latency and retries per service and instance.
 //! - `server`: the listener (HTTP/1.1 + h2c, or HTTPS with ALPN h2 and
 //!   http/1.1, bounded heads, graceful
 //!   drain, bounded accept queues) and the admin listener (`/metrics`, `/health`).

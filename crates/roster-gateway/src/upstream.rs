@@ -20,17 +20,12 @@ pub struct Upstream {
     pub limiter: RouteLimiter,
     /// Keeps the instance list followed.
     _discovery: Discovery,
-    follow: tokio::task::AbortHandle,
+    /// Stops the task that feeds the balancer with this upstream.
+    _follow: roster::task::DropGuard,
     /// Seconds since the gateway started, at the last request.
     used: AtomicU64,
     /// A route named the service when this was started.
     configured: bool,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.follow.abort();
-    }
 }
 
 /// One service's upstreams, one per policy some route uses.
@@ -173,16 +168,15 @@ impl Upstreams {
         let discovery = self.registry.discover(service);
         let balancer = Arc::new(Balancer::new(policy).with_health(self.health.clone()));
         let (d, b) = (discovery.clone(), balancer.clone());
-        let follow = tokio::spawn(async move {
+        let follow = roster::task::spawn(async move {
             let mut changes = Box::pin(d.changes());
             d.ready().await;
             b.update(usable(d.instances()));
             while changes.next().await.is_some() {
                 b.update(usable(d.instances()));
             }
-        })
-        .abort_handle();
-        Arc::new(Upstream { balancer, budget: RetryBudget::new(), limiter: RouteLimiter::default(), _discovery: discovery, follow, used: AtomicU64::new(self.now()), configured })
+        });
+        Arc::new(Upstream { balancer, budget: RetryBudget::new(), limiter: RouteLimiter::default(), _discovery: discovery, _follow: follow, used: AtomicU64::new(self.now()), configured })
     }
 }
 

@@ -13,14 +13,16 @@
 //!   recipes run over the store on the caller's lease.
 //! - `http`: `GET /health` and `GET /metrics`.
 //! - `metrics`: the Prometheus registry.
-//! - `config`: [`ServerConfig`].
 //! - `compactor`: etcd's periodic and revision auto-compaction.
+//! - `backup`: scheduled etcd-format snapshot files, the newest kept.
 //! - `config`: [`ServerConfig`] and its [`TransportLimits`].
 //! - `tls`: TLS connections for tonic and axum, and the client
 //!   certificate's CN as a request extension (`CertUser`).
 //! - `limit`: the cap on unary calls in flight ("etcdserver: too many
 //!   requests"). HTTP/2 keepalive and the stream limit are tonic's, set in
 //!   `serve_grpc`.
+//! - `oversize`: an oversized request gets grpc-go's answer, as etcd's.
+//! - `responses`: server-streaming responses fed through a bounded queue.
 //!
 //! Every gRPC service is implemented on one cheap `Clone` handle, `Server`,
 //! over an `Arc` of what all handlers share.

@@ -19,9 +19,10 @@
 //!
 //! Modules: `keyspace` (histories), `apply` (etcd's request semantics), `auth`
 //! (users, roles and the auth flag, with etcd's rules),
-//! `lease` (TTL table), `record` + `log` (durability, the WAL format and
+//! `lease` (TTL table), `clock` (injected time), `quota` (space quota,
+//! alarms, defragment), `record` + `log` (durability, the WAL format and
 //! the disk seam), `fault` (fault injection through that seam, for tests),
-//! `watch` (fan-out).
+//! `watch` (fan-out), `etcd_snapshot` (etcd-format snapshots both ways).
 
 mod apply;
 pub mod auth;

@@ -13,6 +13,10 @@
 //!   keep running (`watch`, `lease keep-alive`, `lock`, `elect`).
 //! - [`TestCa`]: certificate authorities and certificates made with the
 //!   real `openssl` command, for the TLS tests.
+//! - [`InProcess`]: `roster serve` inside the test process, on loopback
+//!   ports, with `/metrics` read by [`InProcess::metric`].
+//! - [`eventually`]: the one bounded polling helper; [`http_get`] for the
+//!   HTTP sides.
 //! - [`require_etcd`] / [`require_etcdctl`]: skip loudly when the tools are
 //!   missing, but never under `CI=true`.
 //!
@@ -21,15 +25,19 @@
 
 mod cluster;
 mod etcdctl;
+mod inproc;
+mod poll;
 mod server;
 mod tls;
 mod tools;
 
 pub use cluster::{CLUSTER_SIZE, EtcdCluster};
 pub use etcdctl::{Background, CtlOutput, Etcdctl};
+pub use inproc::InProcess;
+pub use poll::{Outcome, eventually, eventually_or, http_get};
 pub use server::{Etcd, Roster, ServerLog, StartFailure};
 pub use tls::{Pair, TestCa};
-pub use tools::{free_port, require_etcd, require_etcdctl, require_openssl, which};
+pub use tools::{GOPATH, free_port, require_etcd, require_etcdctl, require_go, require_openssl, which};
 
 /// How long a server may take to answer after it was spawned.
 pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

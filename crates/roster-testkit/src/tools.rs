@@ -56,6 +56,22 @@ pub fn require_openssl() -> Option<PathBuf> {
     require_from("openssl", "openssl")
 }
 
+/// The path of `go`, when it and the Go sources of etcd's client and
+/// grpc-go (Debian's GOPATH packages under `/usr/share/gocode`) are there;
+/// otherwise as [`require_etcd`].
+pub fn require_go() -> Option<PathBuf> {
+    const PACKAGES: &str = "golang-go golang-etcd-server-dev golang-google-grpc-dev";
+    let go = require_from("go", PACKAGES)?;
+    let sources = ["go.etcd.io/etcd/clientv3/naming/resolver", "google.golang.org/grpc"];
+    match sources.iter().find(|s| !std::path::Path::new(GOPATH).join("src").join(s).is_dir()) {
+        None => Some(go),
+        Some(missing) => require_from(&format!("{GOPATH}/src/{missing}"), PACKAGES),
+    }
+}
+
+/// Where Debian's Go packages keep their sources, as a GOPATH.
+pub const GOPATH: &str = "/usr/share/gocode";
+
 /// A loopback port that was free a moment ago. The caller's server binds it
 /// next; a lost race shows up as a failed start, which the starters retry.
 pub fn free_port() -> u16 {

@@ -27,6 +27,7 @@
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::mirror::{self, Mirror};
+use crate::task::DropGuard;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use roster_api::mvccpb::{event::EventType, Event, KeyValue};
@@ -183,9 +184,9 @@ where
         if key.is_empty() {
             return Err(Error::Config("config key is empty".into()));
         }
-        let core = self.start(client, mirror::Range::key(key), Mode::Key, key).await?;
+        let (core, task) = self.start(client, mirror::Range::key(key), Mode::Key, key).await?;
         if core.entries.load().values.contains_key(key) {
-            return Ok(Config { key: key.to_owned(), core });
+            return Ok(Config { key: key.to_owned(), core, _task: task });
         }
         let why = match core.last_error.lock().clone() {
             Some(e) => e,
@@ -200,11 +201,13 @@ where
         if prefix.is_empty() {
             return Err(Error::Config("config prefix is empty".into()));
         }
-        let core = self.start(client, mirror::Range::prefix(prefix), Mode::Prefix, prefix).await?;
-        Ok(ConfigTree { prefix: prefix.to_owned(), core })
+        let (core, task) = self.start(client, mirror::Range::prefix(prefix), Mode::Prefix, prefix).await?;
+        Ok(ConfigTree { prefix: prefix.to_owned(), core, _task: task })
     }
 
-    async fn start(self, client: &Client, range: mirror::Range, mode: Mode, label: &str) -> Result<Arc<Core<T>>> {
+    /// The core, and the guard of the task that mirrors into it: handles
+    /// share the guard, the task only the core.
+    async fn start(self, client: &Client, range: mirror::Range, mode: Mode, label: &str) -> Result<(Arc<Core<T>>, Arc<DropGuard>)> {
         let core = Arc::new(Core {
             label: label.to_owned(),
             mode,
@@ -214,7 +217,6 @@ where
             entries: ArcSwap::from_pointee(Entries::default()),
             changes: broadcast::channel(1024).0,
             last_error: Mutex::new(None),
-            stop: Mutex::new(None),
         });
         let cached = core.load_cache();
         let listed = match mirror::list(client, &range, &*core).await {
@@ -226,9 +228,8 @@ where
             }
             Err(e) => return Err(e),
         };
-        let stop = mirror::spawn(client.clone(), range, core.clone(), listed);
-        *core.stop.lock() = Some(stop);
-        Ok(core)
+        let task = mirror::spawn(client.clone(), range, core.clone(), listed);
+        Ok((core, Arc::new(task)))
     }
 }
 
@@ -236,11 +237,12 @@ where
 pub struct Config<T> {
     key: String,
     core: Arc<Core<T>>,
+    _task: Arc<DropGuard>,
 }
 
 impl<T> Clone for Config<T> {
     fn clone(&self) -> Self {
-        Config { key: self.key.clone(), core: self.core.clone() }
+        Config { key: self.key.clone(), core: self.core.clone(), _task: self._task.clone() }
     }
 }
 
@@ -283,21 +285,16 @@ impl<T: Send + Sync + 'static> Config<T> {
     }
 }
 
-impl<T> Drop for Config<T> {
-    fn drop(&mut self) {
-        self.core.release();
-    }
-}
-
 /// Every key under a prefix, decoded. Cheap to clone.
 pub struct ConfigTree<T> {
     prefix: String,
     core: Arc<Core<T>>,
+    _task: Arc<DropGuard>,
 }
 
 impl<T> Clone for ConfigTree<T> {
     fn clone(&self) -> Self {
-        ConfigTree { prefix: self.prefix.clone(), core: self.core.clone() }
+        ConfigTree { prefix: self.prefix.clone(), core: self.core.clone(), _task: self._task.clone() }
     }
 }
 
@@ -326,12 +323,6 @@ impl<T: Send + Sync + 'static> ConfigTree<T> {
 
     pub fn is_stale(&self) -> bool {
         self.core.entries.load().stale
-    }
-}
-
-impl<T> Drop for ConfigTree<T> {
-    fn drop(&mut self) {
-        self.core.release();
     }
 }
 
@@ -396,18 +387,6 @@ struct Core<T> {
     entries: ArcSwap<Entries<T>>,
     changes: broadcast::Sender<ConfigEvent<T>>,
     last_error: Mutex<Option<String>>,
-    /// The mirroring task; it holds the core too, so the handles stop it.
-    stop: Mutex<Option<mirror::Stop>>,
-}
-
-impl<T> Core<T> {
-    /// Called when a handle drops: with only the task's reference and this
-    /// one left, no handle remains, so the task stops.
-    fn release(self: &Arc<Self>) {
-        if Arc::strong_count(self) <= 2 {
-            self.stop.lock().take();
-        }
-    }
 }
 
 impl<T: Send + Sync + 'static> Core<T> {

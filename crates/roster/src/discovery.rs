@@ -9,6 +9,7 @@
 use crate::client::Client;
 use crate::instance::Instance;
 use crate::mirror::{self, Mirror};
+use crate::task::DropGuard;
 use arc_swap::ArcSwap;
 use roster_api::mvccpb::{event::EventType, Event, KeyValue};
 use std::collections::BTreeMap;
@@ -41,7 +42,7 @@ pub struct Snapshot {
 #[derive(Clone)]
 pub struct Discovery {
     cell: Arc<Cell>,
-    _stop: Arc<mirror::Stop>,
+    _task: Arc<DropGuard>,
 }
 
 /// What the task publishes and handles read.
@@ -61,8 +62,8 @@ impl Discovery {
         let cell = Arc::new(Cell { service: service.clone(), snapshot: ArcSwap::from_pointee(Snapshot::default()), changes, ready });
         let dir = format!("{prefix}/{service}/");
         let range = mirror::Range::prefix(&dir);
-        let stop = mirror::spawn(client, range, Arc::new(Task { dir, cell: cell.clone() }), None);
-        Discovery { cell, _stop: Arc::new(stop) }
+        let task = mirror::spawn(client, range, Arc::new(Task { dir, cell: cell.clone() }), None);
+        Discovery { cell, _task: Arc::new(task) }
     }
 
     pub fn service(&self) -> &str {

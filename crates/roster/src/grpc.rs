@@ -13,6 +13,7 @@
 use crate::balance::{Balancer, Guard, HealthConfig, Policy};
 use crate::discovery::Discovery;
 use crate::instance::Instance;
+use crate::task::DropGuard;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,6 +57,8 @@ impl Default for ChannelConfig {
 #[derive(Clone)]
 pub struct Channel {
     inner: Arc<Inner>,
+    /// Stops the task that follows discovery with the last clone.
+    _follow: Arc<DropGuard>,
 }
 
 struct Inner {
@@ -65,15 +68,6 @@ struct Inner {
     hash_header: Option<http::HeaderName>,
     connect_timeout: Duration,
     _discovery: Discovery,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
 }
 
 // === impl Channel ===
@@ -90,7 +84,6 @@ impl Channel {
         if let Some(z) = &config.zone {
             balancer = balancer.with_zone(z.clone());
         }
-        let (stop, stopped) = tokio::sync::oneshot::channel();
         let inner = Arc::new(Inner {
             service: discovery.service().to_owned(),
             balancer,
@@ -98,24 +91,16 @@ impl Channel {
             hash_header,
             connect_timeout: config.connect_timeout,
             _discovery: discovery.clone(),
-            stop: Some(stop),
         });
         inner.sync(&discovery.instances());
-        let weak = Arc::downgrade(&inner);
         let mut changes = Box::pin(discovery.changes());
-        tokio::spawn(async move {
-            let follow = async {
-                while changes.next().await.is_some() {
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.sync(&discovery.instances());
-                }
-            };
-            tokio::select! {
-                _ = follow => {}
-                _ = stopped => {}
+        let state = inner.clone();
+        let follow = crate::task::spawn(async move {
+            while changes.next().await.is_some() {
+                state.sync(&discovery.instances());
             }
         });
-        Ok(Channel { inner })
+        Ok(Channel { inner, _follow: Arc::new(follow) })
     }
 
     pub fn balancer(&self) -> &Balancer {

@@ -2,8 +2,22 @@
 //!
 //! The value is etcd's endpoint JSON (`{"Op":0,"Addr":…,"Metadata":…}`), so
 //! etcd's own Go gRPC resolver (`etcd:///services/hello`) can read what
-//! Roster writes. Readers are tolerant: they also accept a plain `host:port`
-//! and endpoint JSON with any metadata.
+//! Roster writes. Our fields travel in `Metadata` as a JSON *string* that
+//! holds a JSON object:
+//!
+//! ```text
+//! {"Op":0,"Addr":"10.0.0.7:50051","Metadata":"{\"id\":\"a1\",\"weight\":100,…}"}
+//! ```
+//!
+//! etcd's resolver copies `Metadata` into grpc-go's `resolver.Address`, and
+//! older grpc-go (1.33, as Debian ships it with etcd's Go client) uses
+//! addresses as map keys: a JSON object decodes to a Go map, which panics
+//! with "hash of unhashable type", while a string hashes. Go users still
+//! get our fields, one `json.Unmarshal` away.
+//!
+//! Readers are tolerant: they accept that form, the JSON object Roster
+//! wrote before, etcd endpoint JSON with any other metadata, and a plain
+//! `host:port`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -98,10 +112,11 @@ impl Instance {
         Ok(())
     }
 
-    /// The registry value: etcd endpoint JSON with our fields as metadata.
+    /// The registry value: etcd endpoint JSON with our fields as metadata,
+    /// a string of JSON (see the module doc for why not an object).
     pub fn to_value(&self) -> String {
-        let metadata = serde_json::to_value(self).expect("an Instance always serializes");
-        serde_json::to_string(&EndpointJson { op: 0, addr: self.addr.clone(), metadata: Some(metadata) })
+        let fields = serde_json::to_string(self).expect("an Instance always serializes");
+        serde_json::to_string(&EndpointJson { op: 0, addr: self.addr.clone(), metadata: Some(serde_json::Value::String(fields)) })
             .expect("an endpoint always serializes")
     }
 
@@ -115,7 +130,18 @@ impl Instance {
                 return Err("endpoint JSON has no Addr".into());
             }
             let mut inst = Instance::new(service, ep.addr.clone()).with_id(id);
-            if let Some(serde_json::Value::Object(m)) = ep.metadata {
+            let metadata = match ep.metadata {
+                // Ours: an object in a string. Any other string is kept as is.
+                Some(serde_json::Value::String(text)) => match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(object @ serde_json::Value::Object(_)) => Some(object),
+                    _ => {
+                        inst.meta.insert("metadata".into(), text);
+                        None
+                    }
+                },
+                other => other,
+            };
+            if let Some(serde_json::Value::Object(m)) = metadata {
                 // Our own metadata when present; otherwise keep what we can.
                 match serde_json::from_value::<Instance>(serde_json::Value::Object(m.clone())) {
                     Ok(ours) => {
@@ -152,8 +178,21 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&v).unwrap();
         assert_eq!(json["Op"], 0);
         assert_eq!(json["Addr"], "10.0.0.7:50051");
-        assert_eq!(json["Metadata"]["weight"], 5);
+        let fields: serde_json::Value = serde_json::from_str(json["Metadata"].as_str().expect("Metadata is a string")).unwrap();
+        assert_eq!(fields["weight"], 5);
         assert_eq!(Instance::from_value("hello", "a1", v.as_bytes()).unwrap(), i);
+    }
+
+    /// What Roster wrote before Metadata became a string: still read whole.
+    #[test]
+    fn metadata_written_as_an_object_still_reads() {
+        let old = br#"{"Op":0,"Addr":"10.0.0.7:50051","Metadata":{"id":"a1","service":"hello","addr":"10.0.0.7:50051","weight":5,"zone":"eu-1","meta":{"k":"v"}}}"#;
+        let want = Instance::new("hello", "10.0.0.7:50051").with_id("a1").with_zone("eu-1").with_weight(5).with_meta("k", "v");
+        assert_eq!(Instance::from_value("hello", "a1", old).unwrap(), want);
+        let foreign_string = Instance::from_value("hello", "x", br#"{"Addr":"1.2.3.4:5","Metadata":"opaque"}"#).unwrap();
+        assert_eq!((foreign_string.addr.as_str(), foreign_string.meta["metadata"].as_str()), ("1.2.3.4:5", "opaque"));
+        let null = Instance::from_value("hello", "x", br#"{"Addr":"1.2.3.4:5","Metadata":null}"#).unwrap();
+        assert_eq!(null.weight, 100);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use crate::backoff::Backoff;
 use crate::client::Client;
+use crate::task::DropGuard;
 use roster_api::etcdserverpb::{RangeRequest, WatchCreateRequest};
 use roster_api::mvccpb::{Event, KeyValue};
 use std::sync::Arc;
@@ -46,22 +47,12 @@ impl Range {
     }
 }
 
-/// Stops the mirroring task when the last handle that owns it is dropped.
-#[derive(Debug)]
-pub struct Stop(tokio::task::AbortHandle);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Mirrors `range` into `m` in a background task. `listed` is the revision
 /// `m` was already listed at, if it was: the watch starts right after it, so
-/// no update made since is folded into a second listing.
-pub fn spawn<M: Mirror + 'static>(client: Client, range: Range, m: Arc<M>, listed: Option<i64>) -> Stop {
-    let task = tokio::spawn(async move { run(&client, &range, &*m, listed).await });
-    Stop(task.abort_handle())
+/// no update made since is folded into a second listing. The task, and
+/// its watch, stop when the guard drops.
+pub fn spawn<M: Mirror + 'static>(client: Client, range: Range, m: Arc<M>, listed: Option<i64>) -> DropGuard {
+    crate::task::spawn(async move { run(&client, &range, &*m, listed).await })
 }
 
 /// Mirrors `range` into `m` until the future is dropped.

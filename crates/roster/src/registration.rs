@@ -16,13 +16,30 @@
 //! keeps its connections open and stays silent) costs no lease as long as
 //! another member answers. With one endpoint a slow answer is waited for:
 //! reconnecting would only add load to a registry that is already slow.
+//!
+//! With a [`HealthCheck`], the instance is registered only while the check
+//! passes: its lease is revoked when it fails `fall` times in a row and a
+//! new one granted after `rise` passes (see [`crate::health`]).
+//!
+//! The task stops with its handle (see [`crate::task`]), revoking the lease
+//! on the way out unless [`Registration::abandon`] said not to.
+//!
+//! The code follows the phases: [`Task::run`] alternates between waiting
+//! while withdrawn ([`Task::wait_admitted`]) and a registered phase
+//! ([`Task::register`], then [`Task::hold`]); `hold` opens the keepalive and
+//! watch streams ([`Task::open_streams`]), makes sure the key is there
+//! ([`Task::restore_key`]) and renews ([`Task::renew`]) until a stream
+//! breaks, which reconnects, or something ends the phase ([`Exit`]).
 
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::health::HealthCheck;
 use crate::instance::Instance;
+use crate::task::{DropGuard, Stopping};
+use crate::client::{KeepAliveStream, WatchStream};
 use roster_api::etcdserverpb::{
-    LeaseKeepAliveRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest, WatchCreateRequest, WatchResponse,
 };
 use roster_api::mvccpb::event::EventType;
 use std::collections::VecDeque;
@@ -45,6 +62,9 @@ pub enum RegistrationStatus {
     Lost { reason: String },
     /// Withdrawn for draining; `resume` registers again.
     Paused,
+    /// Withdrawn because its health check fails (or has not passed yet);
+    /// registered again once it passes `rise` times in a row.
+    Unhealthy { reason: String },
     /// Withdrawn for good.
     Deregistered,
 }
@@ -53,7 +73,8 @@ enum Cmd {
     Pause(oneshot::Sender<()>),
     Resume,
     Deregister(oneshot::Sender<Result<()>>),
-    Abandon,
+    /// Acknowledged before the handle drops, so the drop does not revoke.
+    Abandon(oneshot::Sender<()>),
 }
 
 /// A live registration. Dropping it withdraws the instance in the
@@ -62,15 +83,30 @@ pub struct Registration {
     key: String,
     cmds: mpsc::Sender<Cmd>,
     status: watch::Receiver<RegistrationStatus>,
+    _task: DropGuard,
 }
 
+// === impl Registration ===
+
 impl Registration {
-    pub(crate) fn spawn(client: Client, key: String, instance: Instance, ttl: Duration) -> Registration {
+    pub(crate) fn spawn(client: Client, key: String, instance: Instance, ttl: Duration, check: Option<HealthCheck>) -> Registration {
         let (cmds, rx) = mpsc::channel(4);
         let (tx, status) = watch::channel(RegistrationStatus::Registering);
-        let task = Task { client, key: key.clone(), value: instance.to_value(), ttl, cmds: rx, status: tx, lease: 0 };
-        tokio::spawn(task.run());
-        Registration { key, cmds, status }
+        let value = instance.to_value();
+        let task_key = key.clone();
+        let guard = crate::task::spawn_with(move |stopping| {
+            let (health, checker) = match check {
+                Some(check) => {
+                    let (verdict, health) = watch::channel(None);
+                    (Some(health), Some(crate::task::spawn(check.run(verdict))))
+                }
+                None => (None, None),
+            };
+            let signals = Signals { cmds: rx, stopping, health, _checker: checker };
+            let task = Task { client, key: task_key, value, ttl, signals, status: tx, lease: 0, paused: false };
+            task.run()
+        });
+        Registration { key, cmds, status, _task: guard }
     }
 
     /// The registry key, `<prefix>/<service>/<id>`.
@@ -104,6 +140,8 @@ impl Registration {
         rx.await.map_err(|_| Error::Closed)
     }
 
+    /// Ends a [`pause`](Self::pause). A failing health check still keeps
+    /// the instance withdrawn until it passes.
     pub async fn resume(&self) -> Result<()> {
         self.cmds.send(Cmd::Resume).await.map_err(|_| Error::Closed)
     }
@@ -111,7 +149,10 @@ impl Registration {
     /// Stops renewing without revoking: the key stays until its lease
     /// expires, exactly as when the process dies. For demos and tests.
     pub async fn abandon(self) {
-        let _ = self.cmds.send(Cmd::Abandon).await;
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Abandon(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Revokes the lease, so the instance leaves every list at once, and
@@ -128,24 +169,134 @@ struct Task {
     key: String,
     value: String,
     ttl: Duration,
-    cmds: mpsc::Receiver<Cmd>,
+    signals: Signals,
     status: watch::Sender<RegistrationStatus>,
     lease: i64,
+    /// Paused by the user, for draining.
+    paused: bool,
 }
 
-/// Why a registered phase ended.
+/// What can end a phase besides the registry: commands, the handle
+/// dropping, the health check.
+struct Signals {
+    cmds: mpsc::Receiver<Cmd>,
+    stopping: Stopping,
+    /// The check's verdict; `None` inside before its first probe.
+    health: Option<Verdict>,
+    _checker: Option<DropGuard>,
+}
+
+/// A health check's verdict: `None` before its first probe, then whether
+/// it passes and why not.
+type Verdict = watch::Receiver<Option<std::result::Result<(), String>>>;
+
+/// Why a phase ended.
 enum Exit {
     Lost(String),
     Pause(oneshot::Sender<()>),
+    Unhealthy(String),
     Stop(Option<oneshot::Sender<Result<()>>>),
     /// Stop without revoking.
-    Abandon,
+    Abandon(oneshot::Sender<()>),
 }
+
+/// What one step of [`Task::hold`] leads to.
+enum Step {
+    /// Open the streams again (on another endpoint where it failed over).
+    Reconnect,
+    Exit(Exit),
+}
+
+// === impl Signals ===
+
+impl Signals {
+    /// Why the health check withholds the instance, if it does.
+    fn unhealthy(&self) -> Option<String> {
+        let health = self.health.as_ref()?;
+        match &*health.borrow() {
+            None => Some("health check has not passed yet".into()),
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e.clone()),
+        }
+    }
+
+
+    /// Waits for what ends a registered phase: a command that does, the
+    /// handle dropping, or the check failing.
+    async fn next_exit(&mut self) -> Exit {
+        loop {
+            tokio::select! {
+                // Commands first: an abandon sent before the handle dropped
+                // must win over the drop.
+                biased;
+                cmd = self.cmds.recv() => if let Some(exit) = cmd_exit(cmd) {
+                    return exit;
+                },
+                _ = self.stopping.stopped() => return Exit::Stop(None),
+                _ = health_changed(&mut self.health) => if let Some(why) = self.unhealthy() {
+                    return Exit::Unhealthy(why);
+                },
+            }
+        }
+    }
+}
+
+/// Resolves when the health verdict changes; never without a check.
+async fn health_changed(health: &mut Option<Verdict>) {
+    match health {
+        Some(h) => {
+            if h.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What a command does to a live registration; `None` changes nothing.
+fn cmd_exit(cmd: Option<Cmd>) -> Option<Exit> {
+    match cmd {
+        Some(Cmd::Pause(done)) => Some(Exit::Pause(done)),
+        Some(Cmd::Resume) => None,
+        Some(Cmd::Deregister(done)) => Some(Exit::Stop(Some(done))),
+        Some(Cmd::Abandon(done)) => Some(Exit::Abandon(done)),
+        None => Some(Exit::Stop(None)),
+    }
+}
+
+/// The state of one registered phase's renewals.
+struct Renewals {
+    /// Time between renewals: TTL/3.
+    interval: Duration,
+    /// Past this a renewal's member is taken for stopped; `None` (one
+    /// endpoint): wait, as reconnecting would only add load.
+    answer_within: Option<Duration>,
+    /// Opening the streams is held to the same deadline.
+    open_within: Duration,
+    /// When a renewal was last answered.
+    last_ok: Instant,
+    backoff: Backoff,
+}
+
+/// The two streams of a registered phase.
+struct Streams {
+    ka: KeepAliveStream,
+    w: WatchStream,
+    /// When each renewal still unanswered was sent, oldest first: one
+    /// answer comes for each, in order. The stream opens with one.
+    unanswered: VecDeque<Instant>,
+}
+
+// === impl Task ===
 
 impl Task {
     async fn run(mut self) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
+            if let Some(exit) = self.wait_admitted().await {
+                self.finish(exit).await;
+                return;
+            }
             let exit = match self.register().await {
                 Ok(()) => {
                     backoff.reset();
@@ -155,16 +306,9 @@ impl Task {
                 }
                 Err(e) => {
                     tracing::warn!(key = %self.key, error = %e, "registration failed; retrying");
-                    let delay = backoff.next_delay();
                     tokio::select! {
-                        _ = sleep(delay) => continue,
-                        cmd = self.cmds.recv() => match cmd {
-                            Some(Cmd::Pause(done)) => Exit::Pause(done),
-                            Some(Cmd::Resume) => continue,
-                            Some(Cmd::Deregister(done)) => Exit::Stop(Some(done)),
-                            Some(Cmd::Abandon) => return,
-                            None => Exit::Stop(None),
-                        },
+                        _ = sleep(backoff.next_delay()) => continue,
+                        exit = self.signals.next_exit() => exit,
                     }
                 }
             };
@@ -176,38 +320,79 @@ impl Task {
                 }
                 Exit::Pause(done) => {
                     let _ = self.withdraw().await;
+                    self.paused = true;
                     self.status.send_replace(RegistrationStatus::Paused);
                     let _ = done.send(());
-                    loop {
-                        match self.cmds.recv().await {
-                            Some(Cmd::Resume) => break,
-                            Some(Cmd::Pause(done)) => {
-                                let _ = done.send(());
-                            }
-                            Some(Cmd::Deregister(done)) => {
-                                self.status.send_replace(RegistrationStatus::Deregistered);
-                                let _ = done.send(Ok(()));
-                                return;
-                            }
-                            Some(Cmd::Abandon) | None => return,
-                        }
-                    }
-                    self.status.send_replace(RegistrationStatus::Registering);
                 }
-                Exit::Abandon => {
-                    tracing::info!(key = %self.key, "abandoned; the key expires with its lease");
-                    return;
+                Exit::Unhealthy(reason) => {
+                    let _ = self.withdraw().await;
+                    self.status.send_replace(RegistrationStatus::Unhealthy { reason });
                 }
-                Exit::Stop(done) => {
-                    let res = self.withdraw().await;
-                    self.status.send_replace(RegistrationStatus::Deregistered);
-                    tracing::info!(key = %self.key, "deregistered");
-                    if let Some(done) = done {
-                        let _ = done.send(res);
-                    }
+                exit => {
+                    self.finish(exit).await;
                     return;
                 }
             }
+        }
+    }
+
+    /// Waits while the instance is withdrawn, paused or failing its check;
+    /// `Some` if the registration is to end instead.
+    async fn wait_admitted(&mut self) -> Option<Exit> {
+        loop {
+            let withheld = match (self.paused, self.signals.unhealthy()) {
+                (true, _) => Some(RegistrationStatus::Paused),
+                (false, Some(reason)) => Some(RegistrationStatus::Unhealthy { reason }),
+                (false, None) => None,
+            };
+            let Some(status) = withheld else {
+                if matches!(*self.status.borrow(), RegistrationStatus::Paused | RegistrationStatus::Unhealthy { .. }) {
+                    self.status.send_replace(RegistrationStatus::Registering);
+                }
+                return None;
+            };
+            // The first probe is awaited as Registering, not Unhealthy.
+            let first_probe = self.signals.health.as_ref().is_some_and(|h| h.borrow().is_none());
+            if !first_probe || self.paused {
+                self.status.send_if_modified(|s| {
+                    let changed = *s != status;
+                    *s = status;
+                    changed
+                });
+            }
+            let signals = &mut self.signals;
+            tokio::select! {
+                biased;
+                cmd = signals.cmds.recv() => match cmd {
+                    Some(Cmd::Resume) => self.paused = false,
+                    Some(Cmd::Pause(done)) => {
+                        self.paused = true;
+                        let _ = done.send(());
+                    }
+                    other => return cmd_exit(other),
+                },
+                _ = signals.stopping.stopped() => return Some(Exit::Stop(None)),
+                _ = health_changed(&mut signals.health) => {}
+            }
+        }
+    }
+
+    /// Ends the task: revokes the lease unless abandoned.
+    async fn finish(&mut self, exit: Exit) {
+        match exit {
+            Exit::Abandon(done) => {
+                tracing::info!(key = %self.key, "abandoned; the key expires with its lease");
+                let _ = done.send(());
+            }
+            Exit::Stop(done) => {
+                let res = self.withdraw().await;
+                self.status.send_replace(RegistrationStatus::Deregistered);
+                tracing::info!(key = %self.key, "deregistered");
+                if let Some(done) = done {
+                    let _ = done.send(res);
+                }
+            }
+            Exit::Lost(_) | Exit::Pause(_) | Exit::Unhealthy(_) => unreachable!("not an end"),
         }
     }
 
@@ -241,139 +426,164 @@ impl Task {
     }
 
     /// Keeps the lease alive and the key present until something ends the
-    /// registration.
+    /// registered phase.
     async fn hold(&mut self) -> Exit {
         let interval = (self.ttl / 3).max(Duration::from_millis(200));
-        // Past this a renewal's member is taken for stopped; `None` (one
-        // endpoint): wait, as reconnecting would only add load.
         let answer_within = self.client.renewal_deadline(interval);
-        // Opening the streams is held to the same deadline.
-        let open_within = answer_within.unwrap_or(self.ttl);
-        let mut last_ok = Instant::now();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        'reconnect: loop {
-            let create = WatchCreateRequest { key: self.key.clone().into(), ..Default::default() };
-            let endpoint = self.client.current_endpoint().to_owned();
-            // When each renewal still unanswered was sent, oldest first: one
-            // answer comes for each, in order. The stream opens with one.
-            let mut unanswered = VecDeque::from([Instant::now()]);
-            // The keepalive stream opens with its first renewal answered, so
-            // opening is held to the same deadline as any renewal.
-            let streams = async { Ok::<_, Error>((self.client.keep_alive_stream(self.lease).await?, self.client.watch_stream(create).await?)) };
-            let opened = match tokio::time::timeout(open_within, streams).await {
-                Ok(opened) => opened,
-                Err(_) => {
-                    self.client.fail_over_from(&endpoint);
-                    Err(Error::Stalled { endpoint, silent: open_within })
-                }
-            };
-            let (mut ka, mut w) = match opened {
+        let mut r = Renewals {
+            interval,
+            answer_within,
+            open_within: answer_within.unwrap_or(self.ttl),
+            last_ok: Instant::now(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+        };
+        loop {
+            let streams = match self.open_streams(&r).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(key = %self.key, error = %e, "cannot open keepalive/watch streams");
-                    // The lease may be gone, but only a member can tell: the
-                    // next renewal that is answered says so (TTL 0), or that
-                    // it lives on (a new etcd leader extends every lease, so
-                    // it can outlast a TTL of silence).
-                    if last_ok.elapsed() > self.ttl && matches!(*self.status.borrow(), RegistrationStatus::Registered { .. }) {
-                        tracing::warn!(key = %self.key, "registry unreachable for longer than the TTL; the registration may be lost");
-                        self.status.send_replace(RegistrationStatus::Lost { reason: "registry unreachable for longer than the TTL".into() });
-                    }
+                    self.note_silence(&r);
                     tokio::select! {
-                        _ = sleep(backoff.next_delay()) => continue 'reconnect,
-                        cmd = self.cmds.recv() => match cmd_exit(cmd) {
-                            Some(exit) => return exit,
-                            None => continue 'reconnect,
-                        },
+                        _ = sleep(r.backoff.next_delay()) => continue,
+                        exit = self.signals.next_exit() => return exit,
                     }
                 }
             };
-            // The key may have gone while no watch was open.
-            match self.key_exists().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(key = %self.key, "own key missing; putting it back");
-                    if let Err(e) = self.put().await {
-                        return Exit::Lost(format!("key missing and lease gone: {e}"));
-                    }
-                }
-                Err(_) => continue 'reconnect,
-            }
-            // Renew at once: this also tells us whether the lease survived.
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                let overdue = async {
-                    match (unanswered.front(), answer_within) {
-                        (Some(sent), Some(within)) => tokio::time::sleep_until(*sent + within).await,
-                        _ => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tick.tick() => match ka.requests.try_send(LeaseKeepAliveRequest { id: self.lease }) {
-                        Ok(()) => unanswered.push_back(Instant::now()),
-                        // Not draining: the deadline of those queued applies.
-                        Err(TrySendError::Full(_)) => {}
-                        Err(TrySendError::Closed(_)) => continue 'reconnect,
-                    },
-                    resp = ka.responses.message() => match resp {
-                        Ok(Some(r)) if r.ttl > 0 => {
-                            last_ok = Instant::now();
-                            unanswered.pop_front();
-                            backoff.reset();
-                            if !matches!(*self.status.borrow(), RegistrationStatus::Registered { .. }) {
-                                tracing::info!(key = %self.key, lease = self.lease, "registry reachable again; the lease lived on");
-                                self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
-                            }
-                        }
-                        Ok(Some(_)) => return Exit::Lost("lease expired or revoked (keepalive answered TTL 0)".into()),
-                        Ok(None) | Err(_) => {
-                            self.client.fail_over_from(&ka.endpoint);
-                            sleep(backoff.next_delay()).await;
-                            continue 'reconnect;
-                        }
-                    },
-                    _ = overdue => {
-                        tracing::warn!(key = %self.key, endpoint = %ka.endpoint, "keepalive unanswered for {:?}; renewing on another endpoint", open_within);
-                        self.client.fail_over_from(&ka.endpoint);
-                        continue 'reconnect;
-                    }
-                    // Read without probing: a stopped member shows in the
-                    // keepalive first, which then moves both streams.
-                    resp = w.message() => match resp {
-                        Ok(Some(r)) => {
-                            let deleted = r.events.iter().any(|e| e.r#type == EventType::Delete as i32);
-                            if deleted {
-                                tracing::warn!(key = %self.key, "own key deleted under a live registration; putting it back");
-                                if let Err(e) = self.put().await {
-                                    return Exit::Lost(format!("key deleted and lease gone: {e}"));
-                                }
-                            }
-                            if r.canceled && r.compact_revision == 0 {
-                                continue 'reconnect;
-                            }
-                        }
-                        Ok(None) | Err(_) => {
-                            self.client.fail_over_from(&w.endpoint);
-                            sleep(backoff.next_delay()).await;
-                            continue 'reconnect;
-                        }
-                    },
-                    cmd = self.cmds.recv() => if let Some(exit) = cmd_exit(cmd) {
-                        return exit;
-                    },
-                }
+            let step = match self.restore_key().await {
+                Ok(()) => self.renew(&mut r, streams).await,
+                Err(step) => step,
+            };
+            match step {
+                Step::Reconnect => continue,
+                Step::Exit(exit) => return exit,
             }
         }
     }
-}
 
-/// What a command does to a live registration; `None` changes nothing.
-fn cmd_exit(cmd: Option<Cmd>) -> Option<Exit> {
-    match cmd {
-        Some(Cmd::Pause(done)) => Some(Exit::Pause(done)),
-        Some(Cmd::Resume) => None,
-        Some(Cmd::Deregister(done)) => Some(Exit::Stop(Some(done))),
-        Some(Cmd::Abandon) => Some(Exit::Abandon),
-        None => Some(Exit::Stop(None)),
+    /// Opens the keepalive and watch streams on the current endpoint, held
+    /// to the renewal deadline: the keepalive stream opens with its first
+    /// renewal answered.
+    async fn open_streams(&self, r: &Renewals) -> Result<Streams> {
+        let create = WatchCreateRequest { key: self.key.clone().into(), ..Default::default() };
+        let endpoint = self.client.current_endpoint().to_owned();
+        let unanswered = VecDeque::from([Instant::now()]);
+        let open = async { Ok::<_, Error>((self.client.keep_alive_stream(self.lease).await?, self.client.watch_stream(create).await?)) };
+        match tokio::time::timeout(r.open_within, open).await {
+            Ok(opened) => opened.map(|(ka, w)| Streams { ka, w, unanswered }),
+            Err(_) => {
+                self.client.fail_over_from(&endpoint);
+                Err(Error::Stalled { endpoint, silent: r.open_within })
+            }
+        }
+    }
+
+    /// After a TTL without an answer the lease may be gone, but only a
+    /// member can tell: the next renewal that is answered says so (TTL 0),
+    /// or that it lives on (a new etcd leader extends every lease, so it
+    /// can outlast a TTL of silence). Until then the status says `Lost`.
+    fn note_silence(&self, r: &Renewals) {
+        if r.last_ok.elapsed() > self.ttl && matches!(*self.status.borrow(), RegistrationStatus::Registered { .. }) {
+            tracing::warn!(key = %self.key, "registry unreachable for longer than the TTL; the registration may be lost");
+            self.status.send_replace(RegistrationStatus::Lost { reason: "registry unreachable for longer than the TTL".into() });
+        }
+    }
+
+    /// The key may have gone while no watch was open: put it back.
+    async fn restore_key(&self) -> std::result::Result<(), Step> {
+        match self.key_exists().await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::warn!(key = %self.key, "own key missing; putting it back");
+                self.put().await.map_err(|e| Step::Exit(Exit::Lost(format!("key missing and lease gone: {e}"))))
+            }
+            Err(_) => Err(Step::Reconnect),
+        }
+    }
+
+    /// Renews every interval on `s` and reacts to what comes back, until a
+    /// stream needs reopening or the phase ends.
+    async fn renew(&mut self, r: &mut Renewals, mut s: Streams) -> Step {
+        // Renew at once: this also tells us whether the lease survived.
+        let mut tick = tokio::time::interval(r.interval);
+        loop {
+            let overdue = async {
+                match (s.unanswered.front(), r.answer_within) {
+                    (Some(sent), Some(within)) => tokio::time::sleep_until(*sent + within).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let step = tokio::select! {
+                _ = tick.tick() => match s.ka.requests.try_send(LeaseKeepAliveRequest { id: self.lease }) {
+                    Ok(()) => {
+                        s.unanswered.push_back(Instant::now());
+                        None
+                    }
+                    // Not draining: the deadline of those queued applies.
+                    Err(TrySendError::Full(_)) => None,
+                    Err(TrySendError::Closed(_)) => Some(Step::Reconnect),
+                },
+                resp = s.ka.responses.message() => self.on_renewal(r, &mut s, resp).await,
+                _ = overdue => {
+                    tracing::warn!(key = %self.key, endpoint = %s.ka.endpoint, "keepalive unanswered for {:?}; renewing on another endpoint", r.open_within);
+                    self.client.fail_over_from(&s.ka.endpoint);
+                    Some(Step::Reconnect)
+                }
+                // Read without probing: a stopped member shows in the
+                // keepalive first, which then moves both streams.
+                resp = s.w.message() => self.on_own_key(r, &s, resp).await,
+                exit = self.signals.next_exit() => Some(Step::Exit(exit)),
+            };
+            if let Some(step) = step {
+                return step;
+            }
+        }
+    }
+
+    /// One keepalive answer, or the stream's end.
+    async fn on_renewal(
+        &self,
+        r: &mut Renewals,
+        s: &mut Streams,
+        resp: std::result::Result<Option<LeaseKeepAliveResponse>, tonic::Status>,
+    ) -> Option<Step> {
+        match resp {
+            Ok(Some(a)) if a.ttl > 0 => {
+                r.last_ok = Instant::now();
+                s.unanswered.pop_front();
+                r.backoff.reset();
+                if !matches!(*self.status.borrow(), RegistrationStatus::Registered { .. }) {
+                    tracing::info!(key = %self.key, lease = self.lease, "registry reachable again; the lease lived on");
+                    self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
+                }
+                None
+            }
+            Ok(Some(_)) => Some(Step::Exit(Exit::Lost("lease expired or revoked (keepalive answered TTL 0)".into()))),
+            Ok(None) | Err(_) => {
+                self.client.fail_over_from(&s.ka.endpoint);
+                sleep(r.backoff.next_delay()).await;
+                Some(Step::Reconnect)
+            }
+        }
+    }
+
+    /// One watch response on the own key: a delete under a live lease puts
+    /// it back.
+    async fn on_own_key(&self, r: &mut Renewals, s: &Streams, resp: std::result::Result<Option<WatchResponse>, tonic::Status>) -> Option<Step> {
+        match resp {
+            Ok(Some(w)) => {
+                if w.events.iter().any(|e| e.r#type == EventType::Delete as i32) {
+                    tracing::warn!(key = %self.key, "own key deleted under a live registration; putting it back");
+                    if let Err(e) = self.put().await {
+                        return Some(Step::Exit(Exit::Lost(format!("key deleted and lease gone: {e}"))));
+                    }
+                }
+                (w.canceled && w.compact_revision == 0).then_some(Step::Reconnect)
+            }
+            Ok(None) | Err(_) => {
+                self.client.fail_over_from(&s.w.endpoint);
+                sleep(r.backoff.next_delay()).await;
+                Some(Step::Reconnect)
+            }
+        }
     }
 }

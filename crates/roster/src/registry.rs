@@ -3,6 +3,7 @@
 use crate::client::Client;
 use crate::discovery::Discovery;
 use crate::error::{Error, Result};
+use crate::health::HealthCheck;
 use crate::instance::Instance;
 use crate::registration::{Registration, RegistrationStatus};
 use std::time::Duration;
@@ -55,12 +56,25 @@ impl Registry {
     /// client's request timeout; past that it returns the handle anyway and
     /// keeps retrying in the background (see [`Registration::status`]).
     pub async fn register(&self, instance: Instance) -> Result<Registration> {
+        self.start(instance, None).await
+    }
+
+    /// Registers `instance` while `check` passes: it is withdrawn while the
+    /// check fails and restored when it passes again (see
+    /// [`crate::health`]). Waits for the first probe and registration as
+    /// [`register`](Self::register) does.
+    pub async fn register_checked(&self, instance: Instance, check: HealthCheck) -> Result<Registration> {
+        check.validate().map_err(Error::Config)?;
+        self.start(instance, Some(check)).await
+    }
+
+    async fn start(&self, instance: Instance, check: Option<HealthCheck>) -> Result<Registration> {
         instance.validate().map_err(Error::Instance)?;
         if self.ttl < Duration::from_secs(1) {
             return Err(Error::Config(format!("TTL {:?} is below one second", self.ttl)));
         }
         let key = self.key_of(&instance.service, &instance.id);
-        let reg = Registration::spawn(self.client.clone(), key, instance, self.ttl);
+        let reg = Registration::spawn(self.client.clone(), key, instance, self.ttl, check);
         let mut st = reg.status();
         let first = st.wait_for(|s| !matches!(s, RegistrationStatus::Registering));
         let _ = tokio::time::timeout(self.client.config().request_timeout, first).await;

@@ -8,31 +8,21 @@ use roster::grpc::{Channel, ChannelConfig};
 use roster::{Client, ClientConfig, Discovery, Instance, Registry};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 fn init_log() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
 }
-use tokio::sync::oneshot;
 
 /// A registry to run against: an in-process `roster serve` or a real etcd.
 enum Backend {
-    Roster { endpoint: String, _stop: oneshot::Sender<()> },
+    Roster(Box<roster_testkit::InProcess>),
     Etcd(roster_testkit::Etcd),
 }
 
 impl Backend {
     async fn roster() -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = listener.local_addr().unwrap().to_string();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let config = roster_server::ServerConfig::default();
-            let _ = roster_server::serve(listener, None, roster_store::Store::in_memory(), config, async {
-                let _ = rx.await;
-            })
-            .await;
-        });
-        Backend::Roster { endpoint, _stop: tx }
+        Backend::Roster(Box::new(roster_testkit::InProcess::start().await))
     }
 
     async fn etcd() -> Option<Backend> {
@@ -43,7 +33,7 @@ impl Backend {
 
     fn endpoint(&self) -> String {
         match self {
-            Backend::Roster { endpoint, .. } => endpoint.clone(),
+            Backend::Roster(r) => r.endpoint(),
             Backend::Etcd(e) => e.endpoint(),
         }
     }
@@ -90,12 +80,7 @@ impl Drop for HelloProc {
 }
 
 async fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
+    roster_testkit::eventually(what, limit, || std::future::ready(f())).await
 }
 
 fn listed(d: &Discovery, id: &str) -> bool {

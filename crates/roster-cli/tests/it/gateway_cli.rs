@@ -6,7 +6,7 @@
 use crate::support::roster_bin;
 use roster_testkit::{Etcdctl, Roster};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::process::{Child, Command};
 
 fn gateway(args: &[&str]) -> Child {
@@ -26,15 +26,11 @@ async fn status(url: &str) -> u16 {
 }
 
 async fn until_status(url: &str, want: u16, limit: Duration) {
-    let t = Instant::now();
-    loop {
+    roster_testkit::eventually(&format!("{url} to answer {want}"), limit, async || {
         let got = status(url).await;
-        if got == want {
-            return;
-        }
-        assert!(t.elapsed() < limit, "{url}: still {got} after {limit:?}, wanted {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if got == want { Ok(()) } else { Err(format!("{got}")) }
+    })
+    .await;
 }
 
 fn sig(child: &Child, which: &str) {

@@ -13,6 +13,9 @@
 //! - `gateway_cli`: `roster gateway` following its config key and SIGHUP.
 //! - `console`: the web console in a real Chromium over WebDriver: live
 //!   updates, actions, configuration edits, paging, auth, real etcd.
+//! - `go_interop`: etcd's Go client (Debian's packages, built offline)
+//!   dials SDK-registered hello instances through etcd's resolver, and
+//!   registers an endpoint the SDK discovers; on roster and etcd.
 //! - `config_cli`: `roster config set`, `get` and `watch`, on roster and etcd.
 //! - `bench_cli`: small runs of `roster bench hold` and `discovery` (their
 //!   table rows, and that they leave nothing registered), and of `put`,
@@ -49,6 +52,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod gateway_cli;
+mod go_interop;
 mod hostile;
 mod lock_election;
 mod quota;

@@ -26,15 +26,13 @@ fn register(endpoint: &str, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Polls `roster ls --json` until `f` holds of it.
 async fn until(what: &str, limit: Duration, endpoint: &str, f: impl Fn(&[Value]) -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f(&ls_json(endpoint).await) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    roster_testkit::eventually(what, limit, async || {
+        let listed = ls_json(endpoint).await;
+        if f(&listed) { Ok(()) } else { Err(format!("{listed:?}")) }
+    })
+    .await
 }
 
 /// `roster watch hello --json`, and its output line by line.
@@ -182,6 +180,8 @@ async fn bad_arguments_get_helpful_errors() {
         (vec!["register", "hello", "127.0.0.1:1", "--meta", "novalue"], "expected k=v"),
         (vec!["register", "hello", "127.0.0.1:1", "--ttl", "1"], "at least 2 seconds"),
         (vec!["register", "hello", "127.0.0.1:1", "--check", "ftp://x:1"], "unsupported scheme"),
+        (vec!["register", "hello", "127.0.0.1:1", "--check", "tcp://127.0.0.1:1", "--check-rise", "0"], "rise and fall must be at least 1"),
+        (vec!["register", "hello", "127.0.0.1:1", "--check", "tcp://127.0.0.1:1", "--check-fall", "0"], "rise and fall must be at least 1"),
         (vec!["ls", "--endpoints", "127.0.0.1:1"], "cannot reach any registry endpoint"),
     ] {
         let out = Command::new(roster_bin()).args(&args).output().await.unwrap();

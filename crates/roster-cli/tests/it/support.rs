@@ -1,7 +1,6 @@
 //! Helpers shared by the test modules.
 
 use roster_api::etcdserverpb::ResponseHeader;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `roster` binary cargo built for these tests.
 pub fn roster_bin() -> &'static str {
@@ -25,14 +24,9 @@ pub fn zero_ids(h: &mut Option<ResponseHeader>) {
     }
 }
 
-/// `GET` over plain HTTP/1.1: the status code and the body.
+/// `GET` over plain HTTP/1.1 on `http://host:port`: the status code and
+/// the body (roster-testkit's [`roster_testkit::http_get`]).
 pub async fn http_get(base: &str, path: &str) -> (u16, String) {
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    let addr = base.trim_start_matches("http://").parse().unwrap_or_else(|e| panic!("{base}: {e}"));
+    roster_testkit::http_get(addr, path).await.unwrap()
 }

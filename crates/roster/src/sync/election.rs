@@ -5,6 +5,9 @@ use roster_api::ops::{created_at, delete_op, first_created, get, kvs_of, put_op 
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::task::DropGuard;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use roster_api::etcdserverpb::{TxnRequest, WatchCreateRequest};
 use roster_api::mvccpb::{event::EventType, KeyValue};
 use std::time::Duration;
@@ -97,11 +100,11 @@ impl Election {
 
     /// The leader's key-value now (once there is one) and every change
     /// after: a new leader or a new value. It reconnects by itself; the
-    /// task stops when the stream is dropped.
+    /// task, and its watch, stop as soon as the stream is dropped.
     pub fn observe(&self) -> impl Stream<Item = KeyValue> + Send + 'static {
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
-        tokio::spawn(async move {
+        let task = crate::task::spawn(async move {
             let mut last: Option<(Vec<u8>, i64)> = None;
             let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
             loop {
@@ -113,7 +116,7 @@ impl Election {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         });
-        ReceiverStream::new(rx)
+        Observer { leaders: ReceiverStream::new(rx), _task: task }
     }
 
     /// Follows leaders until an error; `Ok` once the receiver is gone.
@@ -204,6 +207,21 @@ impl Election {
                 return Ok(Some(kv));
             }
         }
+    }
+}
+
+/// What [`Election::observe`] returns: the leaders, and the guard of the
+/// task that follows them.
+struct Observer {
+    leaders: ReceiverStream<KeyValue>,
+    _task: DropGuard,
+}
+
+impl Stream for Observer {
+    type Item = KeyValue;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<KeyValue>> {
+        Pin::new(&mut self.leaders).poll_next(cx)
     }
 }
 

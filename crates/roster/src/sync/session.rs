@@ -3,6 +3,7 @@
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::task::DropGuard;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -28,13 +29,8 @@ struct Inner {
     lease: i64,
     ttl: Duration,
     lost: watch::Sender<bool>,
-    keepalive: tokio::task::AbortHandle,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.keepalive.abort();
-    }
+    /// Stops the keepalive with the last clone.
+    keepalive: DropGuard,
 }
 
 impl Session {
@@ -60,7 +56,7 @@ impl Session {
     fn start(client: &Client, lease: i64, ttl: Duration, confirmed: Instant) -> Session {
         let (lost, _) = watch::channel(false);
         let task = KeepAlive { client: client.clone(), lease, ttl, lost: lost.clone() };
-        let keepalive = tokio::spawn(task.run(confirmed)).abort_handle();
+        let keepalive = crate::task::spawn(task.run(confirmed));
         Session { inner: Arc::new(Inner { client: client.clone(), lease, ttl, lost, keepalive }) }
     }
 
@@ -90,7 +86,7 @@ impl Session {
     /// Revokes the lease: every lock and candidacy of this session ends at
     /// once, in one revision.
     pub async fn close(self) -> Result<()> {
-        self.inner.keepalive.abort();
+        self.inner.keepalive.stop();
         self.inner.lost.send_replace(true);
         match self.inner.client.lease_revoke(self.inner.lease).await {
             Ok(_) => Ok(()),

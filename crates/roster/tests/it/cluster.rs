@@ -184,20 +184,9 @@ async fn read(cluster: &EtcdCluster, i: usize) -> Result<BTreeMap<String, KeyVal
     }
 }
 
-/// Polls `f` every 20 ms until it holds; panics with `what` (and the
-/// cluster's logs) after `limit`. Returns how long it took.
-async fn eventually(cluster: &EtcdCluster, what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Result<(), String>) -> Duration {
-    let start = Instant::now();
-    loop {
-        let last = match f().await {
-            Ok(()) => return start.elapsed(),
-            Err(e) => e,
-        };
-        if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting until {what}; last: {last}\n{}", cluster.logs(30));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// [`roster_testkit::eventually`], with the cluster's logs on a timeout.
+async fn eventually(cluster: &EtcdCluster, what: &str, limit: Duration, f: impl AsyncFnMut() -> Result<(), String>) -> Duration {
+    roster_testkit::eventually_or(what, limit, f, || cluster.logs(30)).await
 }
 
 /// What the watchers went through while the fault lasted.

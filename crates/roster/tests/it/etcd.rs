@@ -7,6 +7,7 @@ use roster_api::etcdserverpb::{kv_client::KvClient, CompactionRequest, DeleteRan
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use crate::support::eventually;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -69,14 +70,6 @@ impl Proxy {
 
 fn ids(d: &roster::Discovery) -> BTreeSet<String> {
     d.instances().into_iter().map(|i| i.id).collect()
-}
-
-async fn eventually(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

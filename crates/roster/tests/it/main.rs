@@ -4,6 +4,8 @@
 mod cluster;
 mod config;
 mod etcd;
+mod health;
+mod lifecycle;
 mod registry;
 mod support;
 mod sync;

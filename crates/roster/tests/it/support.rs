@@ -1,91 +1,62 @@
-//! What the SDK's integration tests share: an in-process `roster serve`.
+//! What the SDK's integration tests share: the in-process `roster serve`
+//! and the polling helper of `roster-testkit`, with SDK clients on top.
 
 use roster::{Client, ClientConfig, Registry};
-use roster_store::{Store, StoreConfig};
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+
+pub use roster_testkit::InProcess;
 
 /// An in-process registry server on a fixed loopback address, restartable.
-pub struct Server {
-    addr: SocketAddr,
-    data: Option<PathBuf>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
+pub struct Server(InProcess);
 
 impl Server {
     pub async fn start(data: Option<PathBuf>) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut s = Server { addr, data, stop: None, task: None };
-        s.serve(listener);
-        s
-    }
-
-    fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let store = match &self.data {
-            Some(dir) => Store::open(StoreConfig { data_dir: Some(dir.clone()), ..Default::default() }).unwrap(),
-            None => Store::in_memory(),
-        };
-        let (tx, rx) = oneshot::channel();
-        let config = roster_server::ServerConfig::default();
-        self.stop = Some(tx);
-        self.task = Some(tokio::spawn(async move {
-            roster_server::serve(listener, None, store, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        }));
+        Server(match data {
+            Some(dir) => InProcess::start_in(dir).await,
+            None => InProcess::start().await,
+        })
     }
 
     pub async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-
-    pub async fn restart(&mut self) {
-        self.stop().await;
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-
-    pub fn endpoint(&self) -> String {
-        self.addr.to_string()
+        let _ = self.0.stop().await;
     }
 
     pub fn client(&self) -> Client {
-        let mut cfg = ClientConfig::new([self.endpoint()]);
-        cfg.request_timeout = Duration::from_secs(2);
-        Client::new(cfg).unwrap()
+        client_with_timeout(&self.endpoint(), Duration::from_secs(2))
     }
 
     pub fn registry(&self, ttl: u64) -> Registry {
-        let mut cfg = ClientConfig::new([self.endpoint()]);
-        cfg.request_timeout = Duration::from_secs(2);
-        Registry::new(Client::new(cfg).unwrap()).with_ttl(Duration::from_secs(ttl))
+        Registry::new(self.client()).with_ttl(Duration::from_secs(ttl))
     }
 }
 
+impl Deref for Server {
+    type Target = InProcess;
+    fn deref(&self) -> &InProcess {
+        &self.0
+    }
+}
+
+impl DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut InProcess {
+        &mut self.0
+    }
+}
+
+/// [`roster_testkit::eventually`] for a plain condition.
 pub async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
+    roster_testkit::eventually(what, limit, || std::future::ready(f())).await
 }
-
 
 pub fn client(endpoint: &str) -> Client {
+    client_with_timeout(endpoint, Duration::from_secs(3))
+}
+
+fn client_with_timeout(endpoint: &str, timeout: Duration) -> Client {
     let mut cfg = ClientConfig::new([endpoint.to_owned()]);
-    cfg.request_timeout = Duration::from_secs(3);
+    cfg.request_timeout = timeout;
     Client::new(cfg).unwrap()
 }
 
