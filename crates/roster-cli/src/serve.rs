@@ -159,8 +159,11 @@ pub struct ServeArgs {
     // --- end of transport limits ---
 
     /// Auth token kind: `simple` (etcd's default; random tokens kept in
-    /// memory, gone on restart).
-    #[arg(long, default_value = "simple", value_name = "KIND", value_parser = parse_auth_token)]
+    /// memory, gone on restart) or, with etcd's syntax,
+    /// `jwt,sign-method=RS256,pub-key=<file>,priv-key=<file>[,ttl=5m]`:
+    /// signed tokens etcd would accept with the same keys. With only
+    /// pub-key the server verifies tokens but issues none.
+    #[arg(long, default_value = "simple", value_name = "KIND[,OPTS]", value_parser = parse_auth_token)]
     auth_token: AuthToken,
 
     /// How long a simple token lives unused (etcd's `--auth-token-ttl`, in
@@ -173,12 +176,49 @@ pub struct ServeArgs {
     bcrypt_cost: u32,
 }
 
-/// `--auth-token`: etcd's syntax is `<kind>[,option=value...]`.
+/// `--auth-token`: etcd's syntax, `<kind>[,option=value...]`: `simple`, or
+/// `jwt,sign-method=<alg>,pub-key=<file>,priv-key=<file>[,ttl=<duration>]`.
+/// JWT keys are read here, so a bad file fails the start with its name.
 fn parse_auth_token(s: &str) -> Result<AuthToken, String> {
-    match s.split(',').next().unwrap_or_default() {
+    let mut parts = s.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let mut opts = std::collections::BTreeMap::new();
+    for pair in parts {
+        let Some((k, v)) = pair.split_once('=').filter(|(_, v)| !v.contains('=')) else {
+            return Err(format!("invalid --auth-token option {pair:?}; write option=value"));
+        };
+        if opts.insert(k, v).is_some() {
+            return Err(format!("--auth-token option {k:?} is given twice"));
+        }
+    }
+    match kind {
+        // etcd ignores options after `simple`; so do we.
         "simple" => Ok(AuthToken::Simple),
-        "jwt" => Err("--auth-token jwt is not supported yet; use simple".to_owned()),
-        other => Err(format!("unknown auth token kind {other:?}; expected simple")),
+        "jwt" => {
+            if let Some(k) = opts.keys().find(|k| !["sign-method", "pub-key", "priv-key", "ttl"].contains(k)) {
+                return Err(format!("unknown --auth-token jwt option {k:?}; jwt takes sign-method, pub-key, priv-key and ttl"));
+            }
+            let sign_method = opts.get("sign-method").filter(|m| !m.is_empty()).ok_or(
+                "--auth-token jwt needs sign-method=<RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|HS256|HS384|HS512|EdDSA>",
+            )?;
+            let path = |k: &str| opts.get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+            let ttl = match opts.get("ttl").filter(|v| !v.is_empty()) {
+                Some(t) => parse_go_duration(t).map_err(|e| format!("--auth-token jwt ttl: {e}"))?,
+                None => roster_server::DEFAULT_JWT_TTL,
+            };
+            if ttl.is_zero() {
+                return Err("--auth-token jwt ttl must be more than 0".into());
+            }
+            let options = roster_server::JwtOptions {
+                sign_method: sign_method.to_string(),
+                pub_key: path("pub-key"),
+                priv_key: path("priv-key"),
+                ttl,
+            };
+            let jwt = roster_server::Jwt::load(options).map_err(|e| format!("--auth-token: {e}"))?;
+            Ok(AuthToken::Jwt(Arc::new(jwt)))
+        }
+        other => Err(format!("unknown auth token kind {other:?}; expected simple or jwt,sign-method=...")),
     }
 }
 
@@ -669,6 +709,32 @@ mod tests {
         assert!(Cli::try_parse_from(["serve", "--max-concurrent-streams", "0"]).is_err());
         assert!(Cli::try_parse_from(["serve", "--max-inflight-requests", "0"]).is_err());
         assert!(Cli::try_parse_from(["serve", "--grpc-keepalive-timeout", "20"]).is_err());
+    }
+
+    #[test]
+    fn auth_token_specs_parse_as_etcd_reads_them_and_bad_ones_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"k").unwrap();
+        assert_eq!(parse_auth_token("simple").unwrap(), AuthToken::Simple);
+        assert_eq!(parse_auth_token("simple,foo=bar").unwrap(), AuthToken::Simple);
+        let spec = format!("jwt,priv-key={},sign-method=HS256,ttl=1m30s", secret.display());
+        let AuthToken::Jwt(j) = parse_auth_token(&spec).unwrap() else { panic!("not jwt") };
+        assert_eq!(j.options().ttl, Duration::from_secs(90));
+        assert_eq!(j.options().sign_method, "HS256");
+        let spec = format!("jwt,priv-key={},sign-method=HS256", secret.display());
+        let AuthToken::Jwt(j) = parse_auth_token(&spec).unwrap() else { panic!("not jwt") };
+        assert_eq!(j.options().ttl, Duration::from_secs(300), "etcd's default");
+        let err = |s: &str| parse_auth_token(s).unwrap_err();
+        assert!(err("jwt").contains("needs sign-method="), "{}", err("jwt"));
+        assert!(err("jwt,sign-method").contains("write option=value"));
+        assert!(err("jwt,ttl=1s,ttl=2s").contains("given twice"));
+        assert!(err("jwt,sign-method=RS256,pubkey=x").contains("unknown --auth-token jwt option \"pubkey\""));
+        assert!(err("jwt,sign-method=RS256").contains("needs a key"), "{}", err("jwt,sign-method=RS256"));
+        assert!(err("jwt,sign-method=XX256,pub-key=/k").contains("unknown JWT sign-method"));
+        assert!(err("jwt,sign-method=RS256,pub-key=/none/k.pem").contains("cannot read JWT key /none/k.pem"));
+        assert!(err(&format!("jwt,sign-method=HS256,priv-key={},ttl=5", secret.display())).contains("ttl"));
+        assert!(err("kerberos").contains("unknown auth token kind"));
     }
 
     #[test]

@@ -43,7 +43,7 @@ mod tls;
 mod watch;
 
 pub use backup::BackupConfig;
-pub use auth::{AuthConfig, AuthToken};
+pub use auth::{AuthConfig, AuthToken, DEFAULT_JWT_TTL, Jwt, JwtError, JwtOptions};
 pub use config::{AutoCompaction, ServerConfig, TransportLimits, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES};
 
 use metrics::Metrics;

@@ -33,6 +33,8 @@
 //! - `tls`: TLS on `roster serve` with openssl-made certificates: client
 //!   certificates from the right CA only, plaintext refused, certificates
 //!   reloaded from disk, HTTPS health.
+//! - `jwt`: `--auth-token jwt,...` tokens cross-verified with etcd started
+//!   with the same keys; verify-only and expiry as in etcd.
 //!
 //! Tests that need etcd print a loud notice and skip when it is missing, but
 //! never under `CI=true`.
@@ -47,6 +49,7 @@ mod differential;
 mod etcdctl;
 mod gateway_cli;
 mod hostile;
+mod jwt;
 mod lock_election;
 mod quota;
 mod registry_cli;

@@ -4,7 +4,8 @@
 //!   users, roles), over the store's durable auth tables.
 //! - `perm`: the permission index, rebuilt from those tables on every
 //!   change; a check is O(log n) in the grants.
-//! - `token`: simple tokens.
+//! - `token`: simple tokens, and [`Tokens`](token::Tokens) over both kinds.
+//! - `jwt`: JWT tokens, etcd's claims and signature methods.
 //!
 //! Enforcement: every unary call goes through [`Server::unary`](crate::Server),
 //! which asks the request type what it needs ([`Guarded::need`]) and has the
@@ -15,10 +16,12 @@
 //! certificate's CN ([`CertUser`], put in the request's extensions by the TLS
 //! layer), else nobody, with etcd's errors for each case.
 
+mod jwt;
 mod perm;
 mod service;
 mod token;
 
+pub use jwt::{DEFAULT_JWT_TTL, Jwt, JwtError, JwtOptions};
 pub(crate) use token::AuthInfo;
 
 use crate::ServerConfig;
@@ -30,7 +33,7 @@ use roster_store::{AuthTables, Store};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
-use token::SimpleTokens;
+use token::{SimpleTokens, Tokens};
 use tonic::metadata::MetadataMap;
 
 /// The user named by a verified client certificate's CN. The TLS layer puts
@@ -46,13 +49,16 @@ pub enum AuthToken {
     /// Random strings kept in the server's memory (etcd's default).
     #[default]
     Simple,
+    /// Signed JWTs, with keys already loaded ([`Jwt::load`]).
+    Jwt(Arc<Jwt>),
 }
 
 /// Auth settings (`--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     pub token: AuthToken,
-    /// How long a simple token lives unused. etcd: 300 s.
+    /// How long a simple token lives unused. etcd: 300 s. (A JWT's
+    /// lifetime is its own `ttl` option.)
     pub token_ttl: Duration,
     /// bcrypt cost for new passwords, 4..=31. etcd: 10.
     pub bcrypt_cost: u32,
@@ -106,7 +112,7 @@ pub(crate) trait Guarded {
 
 /// The tokens and the permission index.
 pub(crate) struct Gate {
-    tokens: SimpleTokens,
+    tokens: Tokens,
     /// Swapped whole after each auth change; readers clone the `Arc`.
     index: RwLock<Arc<PermIndex>>,
     config: AuthConfig,
@@ -118,7 +124,10 @@ impl Gate {
     pub(crate) fn new(config: &ServerConfig, tables: &AuthTables) -> Gate {
         let config = config.auth.clone();
         Gate {
-            tokens: SimpleTokens::new(config.token_ttl),
+            tokens: match &config.token {
+                AuthToken::Simple => Tokens::Simple(SimpleTokens::new(config.token_ttl)),
+                AuthToken::Jwt(j) => Tokens::Jwt(j.clone()),
+            },
             index: RwLock::new(Arc::new(PermIndex::build(tables))),
             config,
         }
