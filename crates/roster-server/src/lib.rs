@@ -315,6 +315,9 @@ pub(crate) trait Headed {
     /// Whether a missing revision is filled with the current one. etcd's
     /// ClusterServer sends ids and term only.
     const FILL_REVISION: bool = true;
+    /// Whether the response carries a header at all: etcd's Alarm answers
+    /// with none.
+    const HEADER: bool = true;
     fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
 }
 
@@ -340,7 +343,6 @@ headed!(
     LeaseTimeToLiveResponse,
     LeaseLeasesResponse,
     StatusResponse,
-    AlarmResponse,
     DefragmentResponse,
     HashResponse,
     HashKvResponse,
@@ -376,6 +378,13 @@ macro_rules! headed_in {
 
 headed_in!(v3lockpb: LockResponse, UnlockResponse);
 headed_in!(v3electionpb: CampaignResponse, ProclaimResponse, LeaderResponse, ResignResponse);
+
+impl Headed for roster_api::etcdserverpb::AlarmResponse {
+    const HEADER: bool = false;
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+        &mut self.header
+    }
+}
 
 impl Headed for roster_api::etcdserverpb::MemberListResponse {
     const FILL_REVISION: bool = false;
@@ -441,7 +450,14 @@ impl Server {
             return Ok(());
         }
         let who = self.gate().identify(req.metadata(), req.extensions());
-        self.gate().permit(&who, &need, self.store()).map_err(Status::from)
+        self.gate().permit(&who, &need, self.store()).map_err(|e| {
+            let status = Status::from(e);
+            if Req::PLAIN {
+                Status::new(tonic::Code::Unknown, status.message())
+            } else {
+                status
+            }
+        })
     }
 
     /// Fills the top-level header the store left partial: ids, term, and the
@@ -486,7 +502,9 @@ impl Server {
             Err(refused) => Err(refused),
         };
         let result = result.map(|mut resp| {
-            if Resp::FILL_REVISION {
+            if !Resp::HEADER {
+                *resp.header_mut() = None;
+            } else if Resp::FILL_REVISION {
                 self.fill_header(resp.header_mut());
             } else {
                 self.fill_ids(resp.header_mut().get_or_insert_with(ResponseHeader::default));

@@ -65,12 +65,29 @@ pub struct Registration {
 }
 
 impl Registration {
-    pub(crate) fn spawn(client: Client, key: String, instance: Instance, ttl: Duration) -> Registration {
+    /// Also returns word of the first attempt: `Some` refusal when the
+    /// registry refused it for good (no permission, bad credentials).
+    pub(crate) fn spawn(
+        client: Client,
+        key: String,
+        instance: Instance,
+        ttl: Duration,
+    ) -> (Registration, oneshot::Receiver<Option<tonic::Status>>) {
         let (cmds, rx) = mpsc::channel(4);
         let (tx, status) = watch::channel(RegistrationStatus::Registering);
-        let task = Task { client, key: key.clone(), value: instance.to_value(), ttl, cmds: rx, status: tx, lease: 0 };
+        let (first_tx, first) = oneshot::channel();
+        let task = Task {
+            client,
+            key: key.clone(),
+            value: instance.to_value(),
+            ttl,
+            cmds: rx,
+            status: tx,
+            lease: 0,
+            first: Some(first_tx),
+        };
         tokio::spawn(task.run());
-        Registration { key, cmds, status }
+        (Registration { key, cmds, status }, first)
     }
 
     /// The registry key, `<prefix>/<service>/<id>`.
@@ -131,6 +148,21 @@ struct Task {
     cmds: mpsc::Receiver<Cmd>,
     status: watch::Sender<RegistrationStatus>,
     lease: i64,
+    /// Told how the first attempt went, then `None`.
+    first: Option<oneshot::Sender<Option<tonic::Status>>>,
+}
+
+/// A refusal that retrying will not change: the caller lacks the
+/// permission, or its credentials are wrong.
+fn refusal(e: &Error) -> Option<tonic::Status> {
+    match e {
+        Error::Status(s)
+            if s.code() == tonic::Code::PermissionDenied || s.message().contains("authentication failed") =>
+        {
+            Some(s.clone())
+        }
+        _ => None,
+    }
 }
 
 /// Why a registered phase ended.
@@ -146,10 +178,16 @@ impl Task {
     async fn run(mut self) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let exit = match self.register().await {
+            let attempt = self.register().await;
+            if attempt.is_ok() {
+                self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
+            }
+            if let Some(first) = self.first.take() {
+                let _ = first.send(attempt.as_ref().err().and_then(refusal));
+            }
+            let exit = match attempt {
                 Ok(()) => {
                     backoff.reset();
-                    self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
                     tracing::info!(key = %self.key, lease = self.lease, "registered");
                     self.hold().await
                 }

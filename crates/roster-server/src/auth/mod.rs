@@ -90,8 +90,15 @@ pub(crate) enum Need<'a> {
     Open,
     /// A token, if sent, must be valid; nothing else.
     Token,
+    /// As `Token`, but a bad token is the auth package's own error (code
+    /// Unknown, "auth: ..."): etcd's Alarm returns raft's error unconverted.
+    PlainToken,
     /// The root role.
     Admin,
+    /// The root role, or being this user (etcd's UserGet).
+    AdminOrSelf(&'a str),
+    /// The root role, or holding this role (etcd's RoleGet).
+    AdminOrHolder(&'a str),
     /// The root role, for a Maintenance call: etcd's maintenance layer
     /// returns the auth package's own errors, which reach clients as code
     /// Unknown with an "auth: " text.
@@ -108,6 +115,10 @@ pub(crate) enum Need<'a> {
 /// etcd's gRPC layer validates before its auth layer looks.
 pub(crate) trait Guarded {
     fn need(&self) -> Need<'_>;
+    /// Whether a refusal reaches the caller as code Unknown with the
+    /// message: etcd's Lock and Election servers call the KV through an
+    /// in-process client, which turns every error into a plain one.
+    const PLAIN: bool = false;
 }
 
 /// The tokens and the permission index.
@@ -181,13 +192,19 @@ impl Gate {
         if let Need::Open = need {
             return Ok(());
         }
-        let who = who.as_ref().map_err(Clone::clone)?;
+        let who = match (who, need) {
+            // etcd's maintenance layer returns the auth package's own error.
+            (Err(EtcdError::InvalidAuthToken), Need::Maintenance | Need::PlainToken) => {
+                return Err(EtcdError::Plain("auth: invalid auth token".into()));
+            }
+            (who, _) => who.as_ref().map_err(Clone::clone)?,
+        };
         let idx = self.index();
         if !idx.enabled {
             return Ok(());
         }
         match need {
-            Need::Open | Need::Token => Ok(()),
+            Need::Open | Need::Token | Need::PlainToken => Ok(()),
             Need::Maintenance => {
                 let plain = |msg: &str| EtcdError::Plain(format!("auth: {msg}"));
                 let Some(who) = who.as_ref().filter(|w| !w.user.is_empty()) else {
@@ -199,17 +216,38 @@ impl Gate {
                     Some(_) => Err(plain("permission denied")),
                 }
             }
-            Need::Admin => {
-                let Some(who) = who.as_ref().filter(|w| !w.user.is_empty()) else {
-                    return Err(EtcdError::UserEmpty);
+            Need::Admin | Need::AdminOrSelf(_) | Need::AdminOrHolder(_) => {
+                let admin = match who.as_ref().filter(|w| !w.user.is_empty()) {
+                    None => Err(EtcdError::UserEmpty),
+                    Some(w) => match idx.users.get(&w.user) {
+                        None => Err(EtcdError::UserNotFound),
+                        Some(u) if u.root => Ok(()),
+                        Some(_) => Err(EtcdError::PermissionDenied),
+                    },
                 };
-                match idx.users.get(&who.user) {
-                    None => Err(EtcdError::UserNotFound),
-                    Some(u) if u.root => Ok(()),
-                    Some(_) => Err(EtcdError::PermissionDenied),
-                }
+                let user = who.as_ref().map_or("", |w| w.user.as_str());
+                let excused = match need {
+                    Need::AdminOrSelf(name) => *name == user,
+                    Need::AdminOrHolder(role) => idx.holds(user, role),
+                    _ => false,
+                };
+                if excused { Ok(()) } else { admin }
             }
             Need::Keys { spans, leases } => {
+                // etcd checks a lease's keys one by one: revoking a lease
+                // that holds none asks nothing, not even a user.
+                let lease_keys: Vec<_> = leases
+                    .iter()
+                    .flat_map(|&id| {
+                        store
+                            .lease_time_to_live(pb::LeaseTimeToLiveRequest { id, keys: true })
+                            .map(|r| r.keys)
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                if spans.is_empty() && lease_keys.is_empty() {
+                    return Ok(());
+                }
                 let who = who.clone().unwrap_or_default();
                 if who.revision == 0 {
                     return Err(EtcdError::UserEmpty);
@@ -230,16 +268,10 @@ impl Gate {
                         return Err(EtcdError::PermissionDenied);
                     }
                 }
-                for &id in leases {
-                    let keys = store
-                        .lease_time_to_live(pb::LeaseTimeToLiveRequest { id, keys: true })
-                        .map(|r| r.keys)
-                        .unwrap_or_default();
-                    for k in keys {
-                        let (a, b) = interval(&k, b"");
-                        if !u.write.covers(&a, &b) {
-                            return Err(EtcdError::PermissionDenied);
-                        }
+                for k in lease_keys {
+                    let (a, b) = interval(&k, b"");
+                    if !u.write.covers(&a, &b) {
+                        return Err(EtcdError::PermissionDenied);
                     }
                 }
                 Ok(())
@@ -380,20 +412,31 @@ macro_rules! need {
 }
 
 need!(Open: pb::LeaseTimeToLiveRequest, pb::LeaseLeasesRequest, pb::MemberListRequest, pb::StatusRequest, pb::AuthenticateRequest);
-need!(Token: pb::AlarmRequest, pb::AuthStatusRequest);
+need!(Token: pb::AuthStatusRequest);
+need!(PlainToken: pb::AlarmRequest);
 need!(Maintenance: pb::DefragmentRequest, pb::HashRequest, pb::HashKvRequest, pb::MoveLeaderRequest, pb::SnapshotRequest);
+impl Guarded for pb::AuthUserGetRequest {
+    fn need(&self) -> Need<'_> {
+        Need::AdminOrSelf(&self.name)
+    }
+}
+
+impl Guarded for pb::AuthRoleGetRequest {
+    fn need(&self) -> Need<'_> {
+        Need::AdminOrHolder(&self.role)
+    }
+}
+
 need!(Admin:
     pb::AuthEnableRequest,
     pb::AuthDisableRequest,
     pb::AuthUserAddRequest,
-    pb::AuthUserGetRequest,
     pb::AuthUserListRequest,
     pb::AuthUserDeleteRequest,
     pb::AuthUserChangePasswordRequest,
     pb::AuthUserGrantRoleRequest,
     pb::AuthUserRevokeRoleRequest,
     pb::AuthRoleAddRequest,
-    pb::AuthRoleGetRequest,
     pb::AuthRoleListRequest,
     pb::AuthRoleDeleteRequest,
     pb::AuthRoleGrantPermissionRequest,
@@ -418,30 +461,35 @@ fn recipe(name: &[u8], joins: bool) -> Need<'static> {
 }
 
 impl Guarded for lk::LockRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         recipe(&self.name, true)
     }
 }
 
 impl Guarded for el::CampaignRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         recipe(&self.name, true)
     }
 }
 
 impl Guarded for el::LeaderRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         recipe(&self.name, false)
     }
 }
 
 impl Guarded for lk::UnlockRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         keys(vec![write(&self.key, b"")])
     }
 }
 
 impl Guarded for el::ProclaimRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         match &self.leader {
             Some(l) => keys(vec![write(&l.key, b"")]),
@@ -451,6 +499,7 @@ impl Guarded for el::ProclaimRequest {
 }
 
 impl Guarded for el::ResignRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         match &self.leader {
             Some(l) => keys(vec![write(&l.key, b"")]),
