@@ -26,26 +26,9 @@ pub struct ServeArgs {
     /// and --http-key-file, or else --cert-file and --key-file.
     #[arg(long, default_value = "127.0.0.1:2381", value_name = "ADDR", value_parser = parse_listen)]
     http: ListenAddr,
-    // --- TLS (etcd's flag names) ---
-    /// Server certificate (PEM, leaf first) for the gRPC listener. Read
-    /// again on the next handshake whenever the file changes.
-    #[arg(long, value_name = "FILE", requires = "key_file", help_heading = "TLS")]
-    cert_file: Option<PathBuf>,
-
-    /// Private key (PEM) of --cert-file; reloaded with it.
-    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "TLS")]
-    key_file: Option<PathBuf>,
-
-    /// CA certificates (PEM) that sign the client certificates accepted
-    /// with --client-cert-auth. Read at start.
-    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "TLS")]
-    trusted_ca_file: Option<PathBuf>,
-
-    /// Require every gRPC client to present a certificate signed by
-    /// --trusted-ca-file. With auth enabled, the certificate's CN is the
-    /// user name of requests that carry no token, as in etcd.
-    #[arg(long, requires = "trusted_ca_file", help_heading = "TLS")]
-    client_cert_auth: bool,
+    // --- TLS (etcd's flag names), of the gRPC listener ---
+    #[command(flatten)]
+    tls: crate::tls_args::TlsArgs,
 
     /// Certificate for the --http listener [default: --cert-file when
     /// --http is https://]. Given, the --http listener is HTTPS.
@@ -326,24 +309,29 @@ fn tls_for(flag: &str, addr: &ListenAddr, tls: Option<roster_tls::ServerTls>, ce
 }
 
 /// The loud warnings for a listener reachable beyond this machine without
-/// TLS or without client authentication; empty on loopback.
-fn exposure_warnings(what: &str, addr: SocketAddr, tls: Option<&roster_tls::ServerTls>) -> Vec<String> {
+/// TLS, or without a way to tell clients apart (client certificates, or
+/// auth enabled in the store); empty on loopback.
+fn exposure_warnings(what: &str, addr: SocketAddr, tls: Option<&roster_tls::ServerTls>, auth_enabled: bool) -> Vec<String> {
     if addr.ip().is_loopback() {
         return Vec::new();
     }
-    match tls {
-        None => vec![format!(
-            "{what} listens on {addr}, beyond this machine, WITHOUT TLS: anyone who can reach it reads and \
-             changes every key in plaintext. Turn TLS on with --cert-file and --key-file (https://), and require \
+    let mut out = Vec::new();
+    if tls.is_none() {
+        out.push(format!(
+            "{what} listens on {addr}, beyond this machine, WITHOUT TLS: anyone who can reach it reads what \
+             crosses the network in plaintext. Turn TLS on with --cert-file and --key-file (https://), and require \
              client certificates with --trusted-ca-file and --client-cert-auth, or bind 127.0.0.1"
-        )],
-        Some(t) if !t.client_cert_auth => vec![format!(
-            "{what} listens on {addr} with TLS but WITHOUT client certificates: any client that can reach it \
-             is served unless auth is enabled (`etcdctl user add root`, `etcdctl user grant-role root root`, \
-             `etcdctl auth enable`). Require client certificates with --trusted-ca-file and --client-cert-auth"
-        )],
-        Some(_) => Vec::new(),
+        ));
     }
+    if !auth_enabled && !tls.is_some_and(|t| t.client_cert_auth) {
+        out.push(format!(
+            "{what} listens on {addr}, beyond this machine, WITHOUT auth: any client that can reach it reads and \
+             changes every key. Enable auth (`roster auth enable`, or `etcdctl user add root`, `etcdctl user \
+             grant-role root root`, `etcdctl auth enable`), or require client certificates with --trusted-ca-file \
+             and --client-cert-auth"
+        ));
+    }
+    out
 }
 
 /// Ids that make this data dir one etcd member of one cluster, kept across
@@ -458,26 +446,17 @@ fn open_store(dir: Option<&Path>, repair: bool) -> Result<Store> {
 pub async fn run(args: ServeArgs) -> Result<()> {
     let auto_compaction = AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
         .map_err(anyhow::Error::msg)?;
-    let grpc_tls = tls_for(
-        "--listen",
-        &args.listen,
-        args.cert_file.as_ref().zip(args.key_file.as_ref()).map(|(c, k)| roster_tls::ServerTls {
-            trusted_ca_file: args.trusted_ca_file.clone(),
-            client_cert_auth: args.client_cert_auth,
-            ..roster_tls::ServerTls::new(c, k)
-        }),
-        "--cert-file",
-    )?;
+    let grpc_tls = tls_for("--listen", &args.listen, args.tls.server_tls()?, "--cert-file")?;
     let http_tls = if args.no_http {
         None
     } else {
         // HTTPS on --http: its own files, or the gRPC ones for https://.
         let files = match (&args.http_cert_file, &args.http_key_file) {
             (Some(c), Some(k)) => Some((c, k)),
-            _ if args.http.1 == Scheme::Https => args.cert_file.as_ref().zip(args.key_file.as_ref()),
+            _ if args.http.1 == Scheme::Https => args.tls.cert_file.as_ref().zip(args.tls.key_file.as_ref()),
             _ => None,
         };
-        let cert_flag = if args.cert_file.is_some() { "--http-cert-file (or --cert-file)" } else { "--http-cert-file" };
+        let cert_flag = if args.tls.cert_file.is_some() { "--http-cert-file (or --cert-file)" } else { "--http-cert-file" };
         let tls = files.map(|(c, k)| roster_tls::ServerTls {
             trusted_ca_file: args.http_trusted_ca_file.clone(),
             client_cert_auth: args.http_client_cert_auth,
@@ -513,9 +492,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => MemberIdentity::random(),
     };
 
-    for warning in exposure_warnings("the etcd gRPC API", grpc_addr, grpc_tls.as_ref())
+    // Auth as the store has it now: a data dir with auth enabled needs no
+    // warning about it.
+    let auth_enabled = store.auth_tables().enabled;
+    for warning in exposure_warnings("the etcd gRPC API", grpc_addr, grpc_tls.as_ref(), auth_enabled)
         .into_iter()
-        .chain(http_addr.into_iter().flat_map(|h| exposure_warnings("HTTP health and metrics", h, http_tls.as_ref())))
+        .chain(http_addr.into_iter().flat_map(|h| exposure_warnings("HTTP health and metrics", h, http_tls.as_ref(), true)))
     {
         tracing::warn!("{warning}");
     }
@@ -636,14 +618,21 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:2379".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:2379".parse().unwrap();
         let mut tls = roster_tls::ServerTls::new("c", "k");
-        assert!(exposure_warnings("gRPC", lo, None).is_empty());
-        let w = exposure_warnings("gRPC", any, None);
+        assert!(exposure_warnings("gRPC", lo, None, false).is_empty());
+        let w = exposure_warnings("gRPC", any, None, false);
+        assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("WITHOUT TLS") && w[0].contains("--cert-file and --key-file"), "{w:?}");
-        let w = exposure_warnings("gRPC", any, Some(&tls));
-        assert!(w[0].contains("WITHOUT client certificates") && w[0].contains("auth enable"), "{w:?}");
+        assert!(w[1].contains("WITHOUT auth") && w[1].contains("auth enable"), "{w:?}");
+        let w = exposure_warnings("gRPC", any, None, true);
+        assert_eq!(w.len(), 1, "auth on in the store: TLS only: {w:?}");
+        assert!(w[0].contains("WITHOUT TLS"), "{w:?}");
+        let w = exposure_warnings("gRPC", any, Some(&tls), false);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("WITHOUT auth") && w[0].contains("--client-cert-auth"), "{w:?}");
+        assert!(exposure_warnings("gRPC", any, Some(&tls), true).is_empty(), "TLS and auth on");
         tls.client_cert_auth = true;
-        assert!(exposure_warnings("gRPC", any, Some(&tls)).is_empty());
-        assert!(exposure_warnings("gRPC", "[::1]:1".parse().unwrap(), None).is_empty());
+        assert!(exposure_warnings("gRPC", any, Some(&tls), false).is_empty());
+        assert!(exposure_warnings("gRPC", "[::1]:1".parse().unwrap(), None, false).is_empty());
     }
 
     #[test]

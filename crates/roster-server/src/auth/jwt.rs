@@ -603,6 +603,61 @@ mod tests {
         assert!(e.contains("no PUBLIC KEY PEM block"), "{e}");
     }
 
+    fn pem(label: &str, der: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+    }
+
+    #[test]
+    fn eddsa_signs_and_a_server_with_only_the_public_key_verifies() {
+        let rng = SystemRandom::new();
+        let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let public = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        // SubjectPublicKeyInfo { id-Ed25519, BIT STRING key }.
+        let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        spki.extend_from_slice(&public);
+        let dir = tempfile::tempdir().unwrap();
+        let (k, p) = (dir.path().join("ed.key"), dir.path().join("ed.pub"));
+        std::fs::write(&k, pem("PRIVATE KEY", pkcs8.as_ref())).unwrap();
+        std::fs::write(&p, pem("PUBLIC KEY", &spki)).unwrap();
+        let opts = |pubk: Option<&Path>, privk: Option<&Path>| JwtOptions {
+            sign_method: "EdDSA".into(),
+            pub_key: pubk.map(Path::to_owned),
+            priv_key: privk.map(Path::to_owned),
+            ttl: DEFAULT_JWT_TTL,
+        };
+        let signer = Jwt::load(opts(Some(&p), Some(&k))).unwrap();
+        let token = signer.issue(&alice()).unwrap();
+        assert_eq!(segment_alg(&token), "EdDSA");
+        let verifier = Jwt::load(opts(Some(&p), None)).unwrap();
+        assert_eq!(verifier.info(&token), Some(alice()));
+        assert_eq!(verifier.issue(&alice()), None, "verify-only");
+        // A public key of another type is refused at load.
+        let e = Jwt::load(JwtOptions {
+            sign_method: "ES256".into(),
+            ..opts(Some(&p), None)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is not a P-256 EC key"), "{e}");
+        // A private key that is not the public key's pair is refused.
+        let other = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let k2 = dir.path().join("other.key");
+        std::fs::write(&k2, pem("PRIVATE KEY", other.as_ref())).unwrap();
+        let e = Jwt::load(opts(Some(&p), Some(&k2))).unwrap_err().to_string();
+        assert!(e.contains("are not one key pair"), "{e}");
+    }
+
+    fn segment_alg(token: &str) -> String {
+        let h = URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&h).unwrap();
+        v["alg"].as_str().unwrap().to_owned()
+    }
+
     #[test]
     fn der_reader_refuses_truncated_input() {
         assert_eq!(tlv(&[0x30, 0x05, 1, 2]), None);
