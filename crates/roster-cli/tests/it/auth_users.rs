@@ -319,7 +319,6 @@ async fn script(side: &mut Side, who: &str, n: i64, caller: Caller) {
             key: b("/p/m/"),
             range_end: b("/p/m0"),
             prev_kv: true,
-            ..Default::default()
         },
     )))
     .await;

@@ -494,10 +494,8 @@ fn sec1(der: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     };
     let mut public = None;
     while let Some((tag, inner, next)) = tlv(rest) {
-        if tag == 0xa1 {
-            if let Some((0x03, bits, _)) = tlv(inner) {
-                public = bits.split_first().filter(|(u, _)| **u == 0).map(|(_, k)| k);
-            }
+        if let (0xa1, Some((0x03, bits, _))) = (tag, tlv(inner)) {
+            public = bits.split_first().filter(|(u, _)| **u == 0).map(|(_, k)| k);
         }
         rest = next;
     }
