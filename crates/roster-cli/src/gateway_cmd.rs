@@ -45,21 +45,11 @@ pub struct GatewayArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 10)]
     drain: u64,
-    /// Terminate TLS on --listen with this certificate (PEM, leaf first),
-    /// offering h2 and http/1.1 by ALPN. Reloaded on the next handshake
-    /// when the file changes. The registry connection has its own flags
-    /// (--cacert, --cert, --key, --user).
-    #[arg(long, value_name = "FILE", requires = "key_file", help_heading = "TLS")]
-    cert_file: Option<PathBuf>,
-    /// Private key (PEM) of --cert-file.
-    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "TLS")]
-    key_file: Option<PathBuf>,
-    /// CA whose client certificates are accepted with --client-cert-auth.
-    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "TLS")]
-    trusted_ca_file: Option<PathBuf>,
-    /// Require callers to present a certificate signed by --trusted-ca-file.
-    #[arg(long, requires = "trusted_ca_file", help_heading = "TLS")]
-    client_cert_auth: bool,
+    /// TLS on --listen (h2 and http/1.1 by ALPN): these flags, or else
+    /// the config's `[tls]` table. The registry connection has its own
+    /// flags (--cacert, --cert, --key, --user).
+    #[command(flatten)]
+    tls: crate::tls_args::TlsArgs,
     #[command(flatten)]
     conn: ConnectArgs,
 }
@@ -71,25 +61,6 @@ fn read_config(path: &Option<PathBuf>) -> Result<Config> {
 }
 
 pub async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let tls = match (&args.cert_file, &args.key_file) {
-        (Some(c), Some(k)) => Some(
-            roster_tls::ServerTls {
-                trusted_ca_file: args.trusted_ca_file.clone(),
-                client_cert_auth: args.client_cert_auth,
-                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-                ..roster_tls::ServerTls::new(c, k)
-            }
-            .server_config()?,
-        ),
-        _ => None,
-    };
-    if !args.listen.ip().is_loopback() && tls.is_none() {
-        tracing::warn!(
-            "the gateway listens on {}, beyond this machine, WITHOUT TLS: requests and answers cross the network in \
-             plaintext. Turn TLS on with --cert-file and --key-file, or bind 127.0.0.1",
-            args.listen
-        );
-    }
     let client = args.conn.client()?;
     let mut config = read_config(&args.config)?;
     let followed = match &args.config_key {
@@ -103,6 +74,19 @@ pub async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = 
         }
         None => None,
     };
+    // The flags, if any is given, else the config's [tls]: one checker.
+    let tls = if args.tls.files().is_empty() { config.tls.clone() } else { args.tls.server_tls()? };
+    let tls = match tls {
+        Some(t) => Some(roster_tls::ServerTls { alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()], ..t }.server_config()?),
+        None => None,
+    };
+    if !args.listen.ip().is_loopback() && tls.is_none() {
+        tracing::warn!(
+            "the gateway listens on {}, beyond this machine, WITHOUT TLS: requests and answers cross the network in \
+             plaintext. Turn TLS on with --cert-file and --key-file (or [tls] in --config), or bind 127.0.0.1",
+            args.listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let admin = if args.no_admin {
         None

@@ -17,6 +17,7 @@ mod gateway_cmd;
 mod registry_cmd;
 mod serve;
 mod snapshot_cmd;
+mod tls_args;
 
 use clap::{Parser, Subcommand};
 

@@ -26,26 +26,9 @@ pub struct ServeArgs {
     /// and --http-key-file, or else --cert-file and --key-file.
     #[arg(long, default_value = "127.0.0.1:2381", value_name = "ADDR", value_parser = parse_listen)]
     http: ListenAddr,
-    // --- TLS (etcd's flag names) ---
-    /// Server certificate (PEM, leaf first) for the gRPC listener. Read
-    /// again on the next handshake whenever the file changes.
-    #[arg(long, value_name = "FILE", requires = "key_file", help_heading = "TLS")]
-    cert_file: Option<PathBuf>,
-
-    /// Private key (PEM) of --cert-file; reloaded with it.
-    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "TLS")]
-    key_file: Option<PathBuf>,
-
-    /// CA certificates (PEM) that sign the client certificates accepted
-    /// with --client-cert-auth. Read at start.
-    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "TLS")]
-    trusted_ca_file: Option<PathBuf>,
-
-    /// Require every gRPC client to present a certificate signed by
-    /// --trusted-ca-file. With auth enabled, the certificate's CN is the
-    /// user name of requests that carry no token, as in etcd.
-    #[arg(long, requires = "trusted_ca_file", help_heading = "TLS")]
-    client_cert_auth: bool,
+    // --- TLS (etcd's flag names), of the gRPC listener ---
+    #[command(flatten)]
+    tls: crate::tls_args::TlsArgs,
 
     /// Certificate for the --http listener [default: --cert-file when
     /// --http is https://]. Given, the --http listener is HTTPS.
@@ -166,8 +149,11 @@ pub struct ServeArgs {
     // --- end of transport limits ---
 
     /// Auth token kind: `simple` (etcd's default; random tokens kept in
-    /// memory, gone on restart).
-    #[arg(long, default_value = "simple", value_name = "KIND", value_parser = parse_auth_token)]
+    /// memory, gone on restart) or, with etcd's syntax,
+    /// `jwt,sign-method=RS256,pub-key=<file>,priv-key=<file>[,ttl=5m]`:
+    /// signed tokens etcd would accept with the same keys. With only
+    /// pub-key the server verifies tokens but issues none.
+    #[arg(long, default_value = "simple", value_name = "KIND[,OPTS]", value_parser = parse_auth_token)]
     auth_token: AuthToken,
 
     /// How long a simple token lives unused (etcd's `--auth-token-ttl`, in
@@ -180,12 +166,49 @@ pub struct ServeArgs {
     bcrypt_cost: u32,
 }
 
-/// `--auth-token`: etcd's syntax is `<kind>[,option=value...]`.
+/// `--auth-token`: etcd's syntax, `<kind>[,option=value...]`: `simple`, or
+/// `jwt,sign-method=<alg>,pub-key=<file>,priv-key=<file>[,ttl=<duration>]`.
+/// JWT keys are read here, so a bad file fails the start with its name.
 fn parse_auth_token(s: &str) -> Result<AuthToken, String> {
-    match s.split(',').next().unwrap_or_default() {
+    let mut parts = s.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let mut opts = std::collections::BTreeMap::new();
+    for pair in parts {
+        let Some((k, v)) = pair.split_once('=').filter(|(_, v)| !v.contains('=')) else {
+            return Err(format!("invalid --auth-token option {pair:?}; write option=value"));
+        };
+        if opts.insert(k, v).is_some() {
+            return Err(format!("--auth-token option {k:?} is given twice"));
+        }
+    }
+    match kind {
+        // etcd ignores options after `simple`; so do we.
         "simple" => Ok(AuthToken::Simple),
-        "jwt" => Err("--auth-token jwt is not supported yet; use simple".to_owned()),
-        other => Err(format!("unknown auth token kind {other:?}; expected simple")),
+        "jwt" => {
+            if let Some(k) = opts.keys().find(|k| !["sign-method", "pub-key", "priv-key", "ttl"].contains(k)) {
+                return Err(format!("unknown --auth-token jwt option {k:?}; jwt takes sign-method, pub-key, priv-key and ttl"));
+            }
+            let sign_method = opts.get("sign-method").filter(|m| !m.is_empty()).ok_or(
+                "--auth-token jwt needs sign-method=<RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|HS256|HS384|HS512|EdDSA>",
+            )?;
+            let path = |k: &str| opts.get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+            let ttl = match opts.get("ttl").filter(|v| !v.is_empty()) {
+                Some(t) => parse_go_duration(t).map_err(|e| format!("--auth-token jwt ttl: {e}"))?,
+                None => roster_server::DEFAULT_JWT_TTL,
+            };
+            if ttl.is_zero() {
+                return Err("--auth-token jwt ttl must be more than 0".into());
+            }
+            let options = roster_server::JwtOptions {
+                sign_method: sign_method.to_string(),
+                pub_key: path("pub-key"),
+                priv_key: path("priv-key"),
+                ttl,
+            };
+            let jwt = roster_server::Jwt::load(options).map_err(|e| format!("--auth-token: {e}"))?;
+            Ok(AuthToken::Jwt(Arc::new(jwt)))
+        }
+        other => Err(format!("unknown auth token kind {other:?}; expected simple or jwt,sign-method=...")),
     }
 }
 
@@ -293,24 +316,29 @@ fn tls_for(flag: &str, addr: &ListenAddr, tls: Option<roster_tls::ServerTls>, ce
 }
 
 /// The loud warnings for a listener reachable beyond this machine without
-/// TLS or without client authentication; empty on loopback.
-fn exposure_warnings(what: &str, addr: SocketAddr, tls: Option<&roster_tls::ServerTls>) -> Vec<String> {
+/// TLS, or without a way to tell clients apart (client certificates, or
+/// auth enabled in the store); empty on loopback.
+fn exposure_warnings(what: &str, addr: SocketAddr, tls: Option<&roster_tls::ServerTls>, auth_enabled: bool) -> Vec<String> {
     if addr.ip().is_loopback() {
         return Vec::new();
     }
-    match tls {
-        None => vec![format!(
-            "{what} listens on {addr}, beyond this machine, WITHOUT TLS: anyone who can reach it reads and \
-             changes every key in plaintext. Turn TLS on with --cert-file and --key-file (https://), and require \
+    let mut out = Vec::new();
+    if tls.is_none() {
+        out.push(format!(
+            "{what} listens on {addr}, beyond this machine, WITHOUT TLS: anyone who can reach it reads what \
+             crosses the network in plaintext. Turn TLS on with --cert-file and --key-file (https://), and require \
              client certificates with --trusted-ca-file and --client-cert-auth, or bind 127.0.0.1"
-        )],
-        Some(t) if !t.client_cert_auth => vec![format!(
-            "{what} listens on {addr} with TLS but WITHOUT client certificates: any client that can reach it \
-             is served unless auth is enabled (`etcdctl user add root`, `etcdctl user grant-role root root`, \
-             `etcdctl auth enable`). Require client certificates with --trusted-ca-file and --client-cert-auth"
-        )],
-        Some(_) => Vec::new(),
+        ));
     }
+    if !auth_enabled && !tls.is_some_and(|t| t.client_cert_auth) {
+        out.push(format!(
+            "{what} listens on {addr}, beyond this machine, WITHOUT auth: any client that can reach it reads and \
+             changes every key. Enable auth (`roster auth enable`, or `etcdctl user add root`, `etcdctl user \
+             grant-role root root`, `etcdctl auth enable`), or require client certificates with --trusted-ca-file \
+             and --client-cert-auth"
+        ));
+    }
+    out
 }
 
 /// Ids that make this data dir one etcd member of one cluster, kept across
@@ -425,26 +453,17 @@ fn open_store(dir: Option<&Path>, repair: bool) -> Result<Store> {
 pub async fn run(args: ServeArgs) -> Result<()> {
     let auto_compaction = AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
         .map_err(anyhow::Error::msg)?;
-    let grpc_tls = tls_for(
-        "--listen",
-        &args.listen,
-        args.cert_file.as_ref().zip(args.key_file.as_ref()).map(|(c, k)| roster_tls::ServerTls {
-            trusted_ca_file: args.trusted_ca_file.clone(),
-            client_cert_auth: args.client_cert_auth,
-            ..roster_tls::ServerTls::new(c, k)
-        }),
-        "--cert-file",
-    )?;
+    let grpc_tls = tls_for("--listen", &args.listen, args.tls.server_tls()?, "--cert-file")?;
     let http_tls = if args.no_http {
         None
     } else {
         // HTTPS on --http: its own files, or the gRPC ones for https://.
         let files = match (&args.http_cert_file, &args.http_key_file) {
             (Some(c), Some(k)) => Some((c, k)),
-            _ if args.http.1 == Scheme::Https => args.cert_file.as_ref().zip(args.key_file.as_ref()),
+            _ if args.http.1 == Scheme::Https => args.tls.cert_file.as_ref().zip(args.tls.key_file.as_ref()),
             _ => None,
         };
-        let cert_flag = if args.cert_file.is_some() { "--http-cert-file (or --cert-file)" } else { "--http-cert-file" };
+        let cert_flag = if args.tls.cert_file.is_some() { "--http-cert-file (or --cert-file)" } else { "--http-cert-file" };
         let tls = files.map(|(c, k)| roster_tls::ServerTls {
             trusted_ca_file: args.http_trusted_ca_file.clone(),
             client_cert_auth: args.http_client_cert_auth,
@@ -480,9 +499,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => MemberIdentity::random(),
     };
 
-    for warning in exposure_warnings("the etcd gRPC API", grpc_addr, grpc_tls.as_ref())
+    // Auth as the store has it now: a data dir with auth enabled needs no
+    // warning about it.
+    let auth_enabled = store.auth_tables().enabled;
+    for warning in exposure_warnings("the etcd gRPC API", grpc_addr, grpc_tls.as_ref(), auth_enabled)
         .into_iter()
-        .chain(http_addr.into_iter().flat_map(|h| exposure_warnings("HTTP health and metrics", h, http_tls.as_ref())))
+        .chain(http_addr.into_iter().flat_map(|h| exposure_warnings("HTTP health and metrics", h, http_tls.as_ref(), true)))
     {
         tracing::warn!("{warning}");
     }
@@ -630,14 +652,21 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:2379".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:2379".parse().unwrap();
         let mut tls = roster_tls::ServerTls::new("c", "k");
-        assert!(exposure_warnings("gRPC", lo, None).is_empty());
-        let w = exposure_warnings("gRPC", any, None);
+        assert!(exposure_warnings("gRPC", lo, None, false).is_empty());
+        let w = exposure_warnings("gRPC", any, None, false);
+        assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("WITHOUT TLS") && w[0].contains("--cert-file and --key-file"), "{w:?}");
-        let w = exposure_warnings("gRPC", any, Some(&tls));
-        assert!(w[0].contains("WITHOUT client certificates") && w[0].contains("auth enable"), "{w:?}");
+        assert!(w[1].contains("WITHOUT auth") && w[1].contains("auth enable"), "{w:?}");
+        let w = exposure_warnings("gRPC", any, None, true);
+        assert_eq!(w.len(), 1, "auth on in the store: TLS only: {w:?}");
+        assert!(w[0].contains("WITHOUT TLS"), "{w:?}");
+        let w = exposure_warnings("gRPC", any, Some(&tls), false);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("WITHOUT auth") && w[0].contains("--client-cert-auth"), "{w:?}");
+        assert!(exposure_warnings("gRPC", any, Some(&tls), true).is_empty(), "TLS and auth on");
         tls.client_cert_auth = true;
-        assert!(exposure_warnings("gRPC", any, Some(&tls)).is_empty());
-        assert!(exposure_warnings("gRPC", "[::1]:1".parse().unwrap(), None).is_empty());
+        assert!(exposure_warnings("gRPC", any, Some(&tls), false).is_empty());
+        assert!(exposure_warnings("gRPC", "[::1]:1".parse().unwrap(), None, false).is_empty());
     }
 
     #[test]
@@ -703,6 +732,32 @@ mod tests {
         assert!(Cli::try_parse_from(["serve", "--max-concurrent-streams", "0"]).is_err());
         assert!(Cli::try_parse_from(["serve", "--max-inflight-requests", "0"]).is_err());
         assert!(Cli::try_parse_from(["serve", "--grpc-keepalive-timeout", "20"]).is_err());
+    }
+
+    #[test]
+    fn auth_token_specs_parse_as_etcd_reads_them_and_bad_ones_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"k").unwrap();
+        assert_eq!(parse_auth_token("simple").unwrap(), AuthToken::Simple);
+        assert_eq!(parse_auth_token("simple,foo=bar").unwrap(), AuthToken::Simple);
+        let spec = format!("jwt,priv-key={},sign-method=HS256,ttl=1m30s", secret.display());
+        let AuthToken::Jwt(j) = parse_auth_token(&spec).unwrap() else { panic!("not jwt") };
+        assert_eq!(j.options().ttl, Duration::from_secs(90));
+        assert_eq!(j.options().sign_method, "HS256");
+        let spec = format!("jwt,priv-key={},sign-method=HS256", secret.display());
+        let AuthToken::Jwt(j) = parse_auth_token(&spec).unwrap() else { panic!("not jwt") };
+        assert_eq!(j.options().ttl, Duration::from_secs(300), "etcd's default");
+        let err = |s: &str| parse_auth_token(s).unwrap_err();
+        assert!(err("jwt").contains("needs sign-method="), "{}", err("jwt"));
+        assert!(err("jwt,sign-method").contains("write option=value"));
+        assert!(err("jwt,ttl=1s,ttl=2s").contains("given twice"));
+        assert!(err("jwt,sign-method=RS256,pubkey=x").contains("unknown --auth-token jwt option \"pubkey\""));
+        assert!(err("jwt,sign-method=RS256").contains("needs a key"), "{}", err("jwt,sign-method=RS256"));
+        assert!(err("jwt,sign-method=XX256,pub-key=/k").contains("unknown JWT sign-method"));
+        assert!(err("jwt,sign-method=RS256,pub-key=/none/k.pem").contains("cannot read JWT key /none/k.pem"));
+        assert!(err(&format!("jwt,sign-method=HS256,priv-key={},ttl=5", secret.display())).contains("ttl"));
+        assert!(err("kerberos").contains("unknown auth token kind"));
     }
 
     #[test]

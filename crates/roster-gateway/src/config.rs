@@ -25,6 +25,12 @@
 //! `max_connections_per_ip` (default 1024, 0 for none; `trusted_proxies`
 //! are exempt). Connections over either are closed at accept.
 //! `access_log_redact_query = true` logs queries as `?REDACTED`.
+//!
+//! `[tls]` terminates TLS on the listener, with the keys of etcd's flags:
+//! `cert_file`, `key_file`, `trusted_ca_file`, `client_cert_auth`. Checked
+//! by the same code as `roster gateway`'s flags, which replace the table
+//! when any is given. It is read at start; the files it names are reloaded
+//! when they change.
 
 use roster::balance::Policy;
 use serde::Deserialize;
@@ -70,6 +76,9 @@ pub struct FileConfig {
     /// Most open connections from one client address (default 1024; 0 for
     /// no cap). `trusted_proxies` are exempt.
     pub max_connections_per_ip: Option<usize>,
+    /// TLS on the listener (see the module doc).
+    #[serde(default)]
+    pub tls: roster_tls::TlsFiles,
     #[serde(default)]
     pub defaults: RouteOptions,
     #[serde(default, rename = "route")]
@@ -170,6 +179,8 @@ pub struct Config {
     pub max_connections: usize,
     /// 0: no cap.
     pub max_connections_per_ip: usize,
+    /// The listener's TLS, checked; `None` for plaintext.
+    pub tls: Option<roster_tls::ServerTls>,
     pub defaults: Policies,
     pub routes: Vec<Route>,
 }
@@ -243,7 +254,9 @@ impl Config {
             return Err(ConfigError(format!("prefix {prefix:?} must start with '/'")));
         }
         let trusted_proxies = f.trusted_proxies.iter().map(|c| c.parse()).collect::<Result<Vec<Cidr>, _>>()?;
+        let tls = f.tls.server_tls(roster_tls::TlsNames::FILE).map_err(|e| ConfigError(e.to_string()))?;
         Ok(Config {
+            tls,
             trusted_proxies,
             debug_errors: f.debug_errors.unwrap_or(false),
             response_idle_timeout: Duration::from_millis(f.response_idle_timeout_ms.unwrap_or(60_000).max(1)),
@@ -366,6 +379,23 @@ pub fn valid_service(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_table_is_checked_like_the_flags() {
+        let c = Config::parse("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n", "gw.toml").unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!((tls.cert_file.to_str(), tls.key_file.to_str()), (Some("c.pem"), Some("k.pem")));
+        assert!(!tls.client_cert_auth);
+        assert_eq!(Config::parse("", "gw.toml").unwrap().tls, None);
+        let e = Config::parse("[tls]\ncert_file = \"c.pem\"\n", "gw.toml").unwrap_err().to_string();
+        assert_eq!(e, "gw.toml: [tls] cert_file needs [tls] key_file");
+        let e = Config::parse("[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_cert_auth = true\n", "gw.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client_cert_auth needs [tls] trusted_ca_file"), "{e}");
+        let e = Config::parse("[tls]\ncert = \"c\"\n", "gw.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown field `cert`"), "{e}");
+    }
 
     #[test]
     fn an_empty_file_routes_every_service_by_path() {

@@ -45,7 +45,7 @@ mod tls;
 mod watch;
 
 pub use backup::BackupConfig;
-pub use auth::{AuthConfig, AuthToken};
+pub use auth::{AuthConfig, AuthToken, DEFAULT_JWT_TTL, Jwt, JwtError, JwtOptions};
 pub use config::{AutoCompaction, ServerConfig, TransportLimits, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES};
 
 use metrics::Metrics;
@@ -317,6 +317,9 @@ pub(crate) trait Headed {
     /// Whether a missing revision is filled with the current one. etcd's
     /// ClusterServer sends ids and term only.
     const FILL_REVISION: bool = true;
+    /// Whether the response carries a header at all: etcd's Alarm answers
+    /// with none.
+    const HEADER: bool = true;
     fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
 }
 
@@ -342,7 +345,6 @@ headed!(
     LeaseTimeToLiveResponse,
     LeaseLeasesResponse,
     StatusResponse,
-    AlarmResponse,
     DefragmentResponse,
     HashResponse,
     HashKvResponse,
@@ -378,6 +380,13 @@ macro_rules! headed_in {
 
 headed_in!(v3lockpb: LockResponse, UnlockResponse);
 headed_in!(v3electionpb: CampaignResponse, ProclaimResponse, LeaderResponse, ResignResponse);
+
+impl Headed for roster_api::etcdserverpb::AlarmResponse {
+    const HEADER: bool = false;
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+        &mut self.header
+    }
+}
 
 impl Headed for roster_api::etcdserverpb::MemberListResponse {
     const FILL_REVISION: bool = false;
@@ -443,7 +452,14 @@ impl Server {
             return Ok(());
         }
         let who = self.gate().identify(req.metadata(), req.extensions());
-        self.gate().permit(&who, &need, self.store()).map_err(Status::from)
+        self.gate().permit(&who, &need, self.store()).map_err(|e| {
+            let status = Status::from(e);
+            if Req::PLAIN {
+                Status::new(tonic::Code::Unknown, status.message())
+            } else {
+                status
+            }
+        })
     }
 
     /// Fills the top-level header the store left partial: ids, term, and the
@@ -488,7 +504,9 @@ impl Server {
             Err(refused) => Err(refused),
         };
         let result = result.map(|mut resp| {
-            if Resp::FILL_REVISION {
+            if !Resp::HEADER {
+                *resp.header_mut() = None;
+            } else if Resp::FILL_REVISION {
                 self.fill_header(resp.header_mut());
             } else {
                 self.fill_ids(resp.header_mut().get_or_insert_with(ResponseHeader::default));

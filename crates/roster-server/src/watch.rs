@@ -87,13 +87,14 @@ async fn read_requests(
             }
         };
         match req.request_union {
-            Some(RequestUnion::CreateRequest(c)) => {
-                if permitted(server, who, &c) {
-                    control.create(c).await;
-                } else if deny(server, &c, tx).await.is_err() {
-                    return;
+            Some(RequestUnion::CreateRequest(c)) => match permitted(server, who, &c) {
+                Ok(()) => control.create(c).await,
+                Err(denied) => {
+                    if deny(server, denied, tx).await.is_err() {
+                        return;
+                    }
                 }
-            }
+            },
             Some(RequestUnion::CancelRequest(c)) => control.cancel(c.watch_id).await,
             Some(RequestUnion::ProgressRequest(_)) => control.progress().await,
             // A kind from a newer etcd: ignored, as etcd ignores unknown ones.
@@ -102,26 +103,32 @@ async fn read_requests(
     }
 }
 
-/// Read on the watched range (an empty key is "\0", the smallest), or, for
-/// a bad token, no. etcd answers both the same way.
-fn permitted(server: &Server, who: &Result<Option<AuthInfo>, EtcdError>, c: &WatchCreateRequest) -> bool {
+/// Read on the watched range (an empty key is "\0", the smallest), with a
+/// valid token.
+fn permitted(server: &Server, who: &Result<Option<AuthInfo>, EtcdError>, c: &WatchCreateRequest) -> Result<(), EtcdError> {
     let key: &[u8] = if c.key.is_empty() { b"\0" } else { &c.key };
     let need = Need::Keys { spans: vec![Span { key: key.into(), range_end: c.range_end[..].into(), write: false }], leases: vec![] };
-    server.gate().permit(who, &need, server.store()).is_ok()
+    server.gate().permit(who, &need, server.store())
 }
 
-/// etcd's answer to a watch the caller may not read: created and canceled
-/// at once, with the reason.
-async fn deny(server: &Server, c: &WatchCreateRequest, tx: &Feed<WatchResponse>) -> Result<(), crate::responses::Gone> {
+/// etcd's answer to a watch the caller may not open: created and canceled
+/// at once, with watch id -1 and the whole gRPC error text (code included)
+/// as the reason: a bad token, no user, an old auth revision, else
+/// permission denied.
+async fn deny(server: &Server, denied: EtcdError, tx: &Feed<WatchResponse>) -> Result<(), crate::responses::Gone> {
     let mut header = roster_api::etcdserverpb::ResponseHeader { revision: server.store().revision(), ..Default::default() };
     server.fill_ids(&mut header);
+    let reason = match denied {
+        e @ (EtcdError::InvalidAuthToken | EtcdError::AuthOldRevision | EtcdError::UserEmpty) => e,
+        _ => EtcdError::PermissionDenied,
+    };
+    let status = tonic::Status::from(reason);
     let resp = WatchResponse {
         header: Some(header),
-        watch_id: c.watch_id,
+        watch_id: -1,
         created: true,
         canceled: true,
-        // etcd puts the whole gRPC error text here, code included.
-        cancel_reason: format!("rpc error: code = PermissionDenied desc = {}", EtcdError::PermissionDenied),
+        cancel_reason: format!("rpc error: code = {:?} desc = {}", status.code(), status.message()),
         ..Default::default()
     };
     tx.send(Ok(resp)).await

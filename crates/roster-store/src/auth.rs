@@ -6,8 +6,8 @@
 //! and rebuild its permission index from it. Changes copy on write (the
 //! tables are small next to the keyspace) and are logged as their effects:
 //! the users and roles as they are after the change, and what was removed.
-//! Every change bumps the auth revision; none bumps the keyspace revision,
-//! as in etcd. Password hashing is the caller's: bcrypt is slow on purpose
+//! Every change but enable bumps the auth revision (etcd 3.4 keeps it on
+//! enable); none bumps the keyspace revision, as in etcd. Password hashing is the caller's: bcrypt is slow on purpose
 //! and must not run under the store's lock.
 
 use crate::record::AuthRec;
@@ -105,6 +105,10 @@ impl AuthTables {
     /// (enable when on, disable when off), which bumps nothing.
     pub(crate) fn apply(&mut self, c: AuthChange) -> Result<Option<AuthRec>, EtcdError> {
         let mut rec = AuthRec::default();
+        // etcd 3.4's AuthEnable writes the flag but keeps the revision;
+        // every other change bumps it. (A JWT names the revision, so tokens
+        // only cross-verify with etcd when the two agree.)
+        let bump = !matches!(c, AuthChange::Enable);
         match c {
             AuthChange::Enable => {
                 if self.enabled {
@@ -240,7 +244,9 @@ impl AuthTables {
                 rec.put_roles.push(r.clone());
             }
         }
-        self.revision += 1;
+        if bump {
+            self.revision += 1;
+        }
         rec.revision = self.revision;
         Ok(Some(rec))
     }
@@ -332,13 +338,15 @@ mod tests {
         .unwrap();
         let before = t.revision;
         assert!(t.apply(AuthChange::Enable).unwrap().is_some());
-        assert_eq!(t.revision, before + 1);
+        assert_eq!(t.revision, before, "etcd 3.4's enable keeps the revision");
         assert_eq!(
             t.apply(AuthChange::Enable),
             Ok(None),
             "enable when on is ignored"
         );
-        assert_eq!(t.revision, before + 1);
+        assert_eq!(t.revision, before);
+        assert!(t.apply(AuthChange::Disable).unwrap().is_some());
+        assert_eq!(t.revision, before + 1, "disable bumps it");
     }
 
     #[test]

@@ -1,8 +1,12 @@
-//! A certificate resolver that follows its files on disk.
+//! A certificate resolver and a client-certificate verifier that follow
+//! their files on disk.
 
 use crate::{TlsError, load_certs};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::PrivateKeyDer;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls::pki_types::pem::PemObject;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -126,4 +130,124 @@ fn read_pair(
         ))
     })?;
     Ok(Arc::new(pair))
+}
+
+/// A client-certificate verifier that follows `--trusted-ca-file` on disk:
+/// each handshake stats the file, and a changed one is read again, so a CA
+/// rotated on disk takes effect on the next handshake, as a renewed
+/// certificate does. A file that does not load keeps the previous CAs.
+pub(crate) struct ReloadingRoots {
+    ca_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    /// The verifier in service and the stamp of the file it was built
+    /// from; held only to compare stamps and, rarely, to rebuild.
+    current: Mutex<(Option<Stamp>, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl std::fmt::Debug for ReloadingRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingRoots")
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+fn verifier(
+    ca_file: &std::path::Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = Arc::new(crate::load_roots(ca_file)?);
+    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| {
+            TlsError::Config(format!(
+                "client certificate verifier from {}: {e}",
+                ca_file.display()
+            ))
+        })
+}
+
+// === impl ReloadingRoots ===
+
+impl ReloadingRoots {
+    pub(crate) fn load(ca_file: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let stamp = stamp(&ca_file);
+        let inner = verifier(&ca_file, &provider)?;
+        Ok(ReloadingRoots {
+            ca_file,
+            provider,
+            current: Mutex::new((stamp, inner)),
+        })
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        let now = stamp(&self.ca_file);
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.0 == now {
+            return cur.1.clone();
+        }
+        cur.0 = now;
+        match verifier(&self.ca_file, &self.provider) {
+            Ok(v) => {
+                tracing::info!(ca_file = %self.ca_file.display(), "trusted CA file changed on disk; verifying client certificates with it");
+                cur.1 = v;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "trusted CA file changed on disk but does not load; still using the previous CAs")
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+impl ClientCertVerifier for ReloadingRoots {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    /// No hints: they would have to outlive a reload. Clients then offer
+    /// the certificate they have, as etcd's and Roster's do anyway.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        cur.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        cur.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }

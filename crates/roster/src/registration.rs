@@ -89,9 +89,18 @@ pub struct Registration {
 // === impl Registration ===
 
 impl Registration {
-    pub(crate) fn spawn(client: Client, key: String, instance: Instance, ttl: Duration, check: Option<HealthCheck>) -> Registration {
+    /// Also returns word of the first attempt: `Some` refusal when the
+    /// registry refused it for good (no permission, bad credentials).
+    pub(crate) fn spawn(
+        client: Client,
+        key: String,
+        instance: Instance,
+        ttl: Duration,
+        check: Option<HealthCheck>,
+    ) -> (Registration, oneshot::Receiver<Option<tonic::Status>>) {
         let (cmds, rx) = mpsc::channel(4);
         let (tx, status) = watch::channel(RegistrationStatus::Registering);
+        let (first_tx, first) = oneshot::channel();
         let value = instance.to_value();
         let task_key = key.clone();
         let guard = crate::task::spawn_with(move |stopping| {
@@ -103,10 +112,10 @@ impl Registration {
                 None => (None, None),
             };
             let signals = Signals { cmds: rx, stopping, health, _checker: checker };
-            let task = Task { client, key: task_key, value, ttl, signals, status: tx, lease: 0, paused: false };
+            let task = Task { client, key: task_key, value, ttl, signals, status: tx, lease: 0, paused: false, first: Some(first_tx) };
             task.run()
         });
-        Registration { key, cmds, status, _task: guard }
+        (Registration { key, cmds, status, _task: guard }, first)
     }
 
     /// The registry key, `<prefix>/<service>/<id>`.
@@ -174,6 +183,21 @@ struct Task {
     lease: i64,
     /// Paused by the user, for draining.
     paused: bool,
+    /// Told how the first attempt went, then `None`.
+    first: Option<oneshot::Sender<Option<tonic::Status>>>,
+}
+
+/// A refusal that retrying will not change: the caller lacks the
+/// permission, or its credentials are wrong.
+fn refusal(e: &Error) -> Option<tonic::Status> {
+    match e {
+        Error::Status(s)
+            if s.code() == tonic::Code::PermissionDenied || s.message().contains("authentication failed") =>
+        {
+            Some(s.clone())
+        }
+        _ => None,
+    }
 }
 
 /// What can end a phase besides the registry: commands, the handle
@@ -297,10 +321,16 @@ impl Task {
                 self.finish(exit).await;
                 return;
             }
-            let exit = match self.register().await {
+            let attempt = self.register().await;
+            if attempt.is_ok() {
+                self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
+            }
+            if let Some(first) = self.first.take() {
+                let _ = first.send(attempt.as_ref().err().and_then(refusal));
+            }
+            let exit = match attempt {
                 Ok(()) => {
                     backoff.reset();
-                    self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
                     tracing::info!(key = %self.key, lease = self.lease, "registered");
                     self.hold().await
                 }

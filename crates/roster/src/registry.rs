@@ -5,7 +5,7 @@ use crate::discovery::Discovery;
 use crate::error::{Error, Result};
 use crate::health::HealthCheck;
 use crate::instance::Instance;
-use crate::registration::{Registration, RegistrationStatus};
+use crate::registration::Registration;
 use std::time::Duration;
 
 /// Default key prefix: instances live at `/services/<service>/<id>`.
@@ -74,10 +74,13 @@ impl Registry {
             return Err(Error::Config(format!("TTL {:?} is below one second", self.ttl)));
         }
         let key = self.key_of(&instance.service, &instance.id);
-        let reg = Registration::spawn(self.client.clone(), key, instance, self.ttl, check);
-        let mut st = reg.status();
-        let first = st.wait_for(|s| !matches!(s, RegistrationStatus::Registering));
-        let _ = tokio::time::timeout(self.client.config().request_timeout, first).await;
+        let (reg, first) = Registration::spawn(self.client.clone(), key, instance, self.ttl, check);
+        // A refusal (no permission for this service, bad credentials) is
+        // the caller's to see now; other failures are retried in the
+        // background. Dropping `reg` revokes any lease it was granted.
+        if let Ok(Ok(Some(refused))) = tokio::time::timeout(self.client.config().request_timeout, first).await {
+            return Err(Error::Status(refused));
+        }
         Ok(reg)
     }
 

@@ -15,9 +15,10 @@
 //! - `report.rs`: histograms, progress on stderr, and the results table.
 //! - one file per workload: `put.rs`, `range.rs`, `keepalive.rs`,
 //!   `watch.rs`, `memory.rs`, `discovery.rs`, `hold.rs`, `expiry.rs`, `hostile.rs`,
-//!   and `console.rs` (the web console: first render, change-to-page
-//!   latency, its watch count; its own targets and table).
+//!   `authenticate.rs`, and `console.rs` (the web console: first render,
+//!   change-to-page latency, its watch count; its own targets and table).
 
+mod authenticate;
 mod console;
 mod discovery;
 mod driver;
@@ -51,6 +52,8 @@ Examples:
   roster bench hold --instances 10000 --target roster=127.0.0.1:2379 --pid roster=$(pgrep -f 'roster serve')
   roster bench expiry --leases 10000 --ttl 10 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench hostile --phase 5 --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
+  roster bench authenticate --user bench:pw --conns 2 --clients 16 --total 400 \\
+      --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench all --target roster=127.0.0.1:2379 --target etcd=127.0.0.1:23790
   roster bench console --target roster=127.0.0.1:2379@http://127.0.0.1:2381 --target etcd=127.0.0.1:23790@http://127.0.0.1:23791
 
@@ -73,6 +76,18 @@ pub struct Common {
     max_duration: u64,
     #[command(flatten)]
     tls: target::BenchTls,
+    /// `NAME:PASSWORD` to authenticate as on every target (auth on): `put`
+    /// and `range` then send its token with every call, and
+    /// `authenticate` logs in as it.
+    #[arg(long = "user", id = "bench_user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
+    user: Option<(String, String)>,
+}
+
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, p)) if !n.is_empty() => Ok((n.to_owned(), p.to_owned())),
+        _ => Err(format!("{s:?}: expected NAME:PASSWORD")),
+    }
 }
 
 impl Common {
@@ -91,7 +106,7 @@ impl Common {
     /// The targets, each with the TLS settings (the same for all).
     fn targets(&self) -> Result<Vec<Target>> {
         let tls = self.tls.client_config()?;
-        Ok(self.targets.iter().map(|t| Target { tls: tls.clone(), ..t.clone() }).collect())
+        Ok(self.targets.iter().map(|t| Target { tls: tls.clone(), user: self.user.clone(), ..t.clone() }).collect())
     }
 
     fn max(&self) -> Duration {
@@ -216,6 +231,14 @@ enum Command {
     /// the services page, change-to-event latency with `--pages` open, and
     /// the registry's watcher count with and without the console.
     Console(console::ConsoleBench),
+    /// Authenticate calls in a closed loop as `--user` (auth on): logins per
+    /// second, which bcrypt bounds; etcd runs them one at a time.
+    Authenticate {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        authenticate: authenticate::Authenticate,
+    },
     /// The whole suite: put 10x100 and 1x1, range serializable and
     /// linearizable 10x100, keepalive of 1000 leases, watch fan-out to 100,
     /// and registration-to-discovery latency over 1000 SDK watchers.
@@ -249,6 +272,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             table.compare(&common, &hold).await?
         }
         Command::Expiry { common, expiry } => table.compare(&common, &expiry).await?,
+        Command::Authenticate { common, authenticate } => {
+            if common.user.is_none() {
+                bail!("bench authenticate needs --user NAME:PASSWORD of a user on every target");
+            }
+            table.compare(&common, &authenticate).await?
+        }
         Command::Hostile { common, hostile } => {
             for w in hostile.workloads() {
                 table.compare(&common, &w).await?;

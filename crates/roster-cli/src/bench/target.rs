@@ -13,6 +13,9 @@ pub struct Target {
     pub addr: String,
     /// TLS for the bench's own HTTP/2 client (`--cacert`, `--cert`, `--key`).
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `--user NAME:PASSWORD`: authenticate once, send the token with
+    /// every call of the h2 client.
+    pub user: Option<(String, String)>,
 }
 
 /// `--cacert`, `--cert`, `--key`: TLS to every target, etcdctl's names.
@@ -86,6 +89,7 @@ impl Target {
             name: name.to_owned(),
             addr: addr.to_owned(),
             tls: None,
+            user: None,
         })
     }
 
@@ -94,6 +98,9 @@ impl Target {
     pub async fn connect(&self, n: u64) -> Result<Vec<Channel>> {
         if self.tls.is_some() {
             bail!("this workload (or --client tonic) does not speak TLS yet; `put` and `range` with the default h2 client do");
+        }
+        if self.user.is_some() {
+            bail!("this workload (or --client tonic) does not send --user's token yet; `put` and `range` with the default h2 client do");
         }
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .with_context(|| format!("{:?} is not a valid address", self.addr))?
@@ -107,8 +114,23 @@ impl Target {
         Ok(out)
     }
 
-    /// `n` bare HTTP/2 connections for unary calls (see [`super::wire`]).
+    /// `n` bare HTTP/2 connections for unary calls (see [`super::wire`]),
+    /// sending the `--user`'s token when one is given.
     pub async fn connect_unary(&self, n: u64) -> Result<Vec<super::wire::Conn>> {
+        let mut out = self.connect_unary_anonymous(n).await?;
+        if let Some((name, password)) = &self.user {
+            let req = roster_api::etcdserverpb::AuthenticateRequest { name: name.clone(), password: password.clone() };
+            let resp: roster_api::etcdserverpb::AuthenticateResponse = out[0]
+                .call(super::wire::AUTHENTICATE, &req)
+                .await
+                .map_err(|s| anyhow::anyhow!("--user {name}: {}", s.message()))?;
+            out = out.into_iter().map(|c| c.with_token(&resp.token)).collect::<Result<_, _>>()?;
+        }
+        Ok(out)
+    }
+
+    /// As [`Target::connect_unary`], without authenticating.
+    pub async fn connect_unary_anonymous(&self, n: u64) -> Result<Vec<super::wire::Conn>> {
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n.max(1) {
             let c = super::wire::Conn::connect_with(&self.addr, self.tls.as_ref()).await.with_context(|| self.unreachable())?;

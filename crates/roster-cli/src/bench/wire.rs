@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 pub const KV_PUT: &str = "/etcdserverpb.KV/Put";
 pub const KV_RANGE: &str = "/etcdserverpb.KV/Range";
 pub const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
+pub const AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
 
 /// A gRPC message is at most this large (etcd's client default).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -29,6 +30,8 @@ const MAX_MESSAGE: usize = 64 << 20;
 pub struct Conn {
     send: h2::client::SendRequest<Bytes>,
     authority: http::uri::Authority,
+    /// Sent as `token` metadata on every call, when auth is on.
+    token: Option<HeaderValue>,
 }
 
 // === impl Conn ===
@@ -73,7 +76,14 @@ impl Conn {
                 tracing::debug!(error = %e, "bench connection ended");
             }
         });
-        Ok(Conn { send, authority })
+        Ok(Conn { send, authority, token: None })
+    }
+
+    /// This connection, sending `token` with every call.
+    pub fn with_token(mut self, token: &str) -> Result<Conn, Status> {
+        let v = HeaderValue::from_str(token).map_err(|_| Status::internal("the token is not a valid header value"))?;
+        self.token = Some(v);
+        Ok(self)
     }
 
     /// Calls `path` with `req` and decodes the answer.
@@ -89,6 +99,9 @@ impl Conn {
         let h = head.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
+        if let Some(t) = &self.token {
+            h.insert("token", t.clone());
+        }
 
         let mut send = self.send.clone().ready().await.map_err(transport)?;
         let (answer, mut body) = send.send_request(head, false).map_err(transport)?;

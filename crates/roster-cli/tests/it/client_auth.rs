@@ -448,6 +448,11 @@ async fn a_grant_service_credential_registers_only_its_service_across_token_expi
         .await
         .unwrap_err();
     assert_eq!(message(refused), "etcdserver: permission denied");
+    // Registering as another service says so at once, not after a timeout.
+    let started = Instant::now();
+    let refused = svc.register(Instance::new("other", "127.0.0.1:50052").with_id("x")).await.err().expect("registered as other");
+    assert_eq!(message(refused), "etcdserver: permission denied");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     let ctl = Etcdctl::new(ep.clone());
     let listed = ctl.run(&["--user", &root, "get", "/services/", "--prefix", "--keys-only"]).await.ok();
     assert!(listed.stdout.contains("/services/hello/one"), "{}", listed.stdout);

@@ -38,11 +38,17 @@
 //! - `tls`: TLS on `roster serve` with openssl-made certificates: client
 //!   certificates from the right CA only, plaintext refused, certificates
 //!   reloaded from disk, HTTPS health.
+//! - `auth_users`: with auth on, one script of requests run as root, a
+//!   read-only user, a prefix writer, a user with no roles, no token and a
+//!   bad token, on etcd and on roster: identical transcripts.
+//! - `jwt`: `--auth-token jwt,...` tokens cross-verified with etcd started
+//!   with the same keys; verify-only and expiry as in etcd.
 //!
 //! Tests that need etcd print a loud notice and skip when it is missing, but
 //! never under `CI=true`.
 
 mod auth;
+mod auth_users;
 mod bad_input;
 mod bench_cli;
 mod client_auth;
@@ -54,6 +60,7 @@ mod etcdctl;
 mod gateway_cli;
 mod go_interop;
 mod hostile;
+mod jwt;
 mod lock_election;
 mod quota;
 mod registry_cli;

@@ -1,8 +1,9 @@
 //! TLS on `roster serve` with openssl-made certificates: etcdctl and the
 //! SDK get in with a certificate signed by the trusted CA, and are refused
 //! without one, with one from another CA, and over plaintext; a certificate
-//! replaced on disk is served on the next handshake; the HTTP listener
-//! serves HTTPS.
+//! replaced on disk is served on the next handshake, and a trusted CA file
+//! replaced on disk is used on the next handshake; the HTTP listener serves
+//! HTTPS.
 
 use crate::support::roster_bin;
 use roster::{Client, ClientConfig};
@@ -15,6 +16,7 @@ use std::time::Duration;
 /// a client certificate from the second.
 struct Certs {
     ca: TestCa,
+    other: TestCa,
     server: Pair,
     client: Pair,
     rogue: Pair,
@@ -31,6 +33,7 @@ fn certs() -> Option<Certs> {
     let rogue = other.client("rogue", "mallory");
     Some(Certs {
         ca,
+        other,
         server,
         client,
         rogue,
@@ -266,6 +269,47 @@ async fn certificate_swapped_on_disk_is_served_on_the_next_handshake() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_ca_swapped_on_disk_is_used_on_the_next_handshake() {
+    let Some(c) = certs() else { return };
+    let live = tempfile::tempdir().unwrap();
+    let ca = live.path().join("ca.pem");
+    swap_in(&c.ca.cert, &ca);
+    let args = [
+        "--cert-file",
+        s(&c.server.cert),
+        "--key-file",
+        s(&c.server.key),
+        "--trusted-ca-file",
+        s(&ca),
+        "--client-cert-auth",
+    ];
+    let server = Roster::try_start_tls(roster_bin(), &args).await.unwrap();
+    let https = format!("https://{}", server.endpoint());
+    // A new client each time: a new connection, so a new handshake.
+    let put_as = |who: &Pair| {
+        let identity = ClientConfig::tls_from_files(Some(&c.ca.cert), Some(&who.cert), Some(&who.key)).unwrap();
+        let client = sdk(https.clone(), Some(identity));
+        async move { client.put(put("/tls/ca", "v")).await }
+    };
+    put_as(&c.client).await.unwrap();
+    put_as(&c.rogue).await.expect_err("a client of the other CA got in");
+
+    // The CA rotated: the other CA's clients get in, the first's no longer.
+    swap_in(&c.other.cert, &ca);
+    put_as(&c.rogue).await.expect("the new CA's client was refused");
+    put_as(&c.client).await.expect_err("the old CA's client still got in");
+
+    // A broken file keeps the CAs in use.
+    std::fs::write(&ca, "not a certificate").unwrap();
+    put_as(&c.rogue).await.expect("a broken CA file dropped the CAs in use");
+    assert!(
+        server.log().read().contains("trusted CA file changed on disk but does not load"),
+        "{}",
+        server.log().tail(20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_listener_serves_https_and_refuses_bad_tls_flags() {
     let Some(c) = certs() else { return };
     let server = serve_mtls(
@@ -439,4 +483,36 @@ async fn gateway_terminates_tls_with_h2_and_http1_and_reaches_its_registry_over_
             .0,
         0
     );
+
+    // The same TLS from the config file's [tls], client certificates
+    // required: served to a CA-signed client only.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("gateway.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\ntrusted_ca_file = {:?}\nclient_cert_auth = true\n",
+            s(&c.server.cert),
+            s(&c.server.key),
+            ca
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", roster_testkit::free_port());
+    let _gw2 = tokio::process::Command::new(roster_bin())
+        .args(["--log", "warn", "gateway", "--no-admin", "--listen", &listen, "--endpoints", &https])
+        .args(["--cacert", ca, "--cert", cert, "--key", key, "--config", s(&toml)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("https://{listen}/regsvc/health");
+    let with_cert = ["--http1.1", "--cert", cert, "--key", key];
+    let start = std::time::Instant::now();
+    while curl(&url, &c.ca.cert, &with_cert).await.0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(15), "the gateway with [tls] never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(curl(&url, &c.ca.cert, &["--http1.1"]).await.0, 0, "served without a client certificate");
 }

@@ -4,7 +4,8 @@
 //!   users, roles), over the store's durable auth tables.
 //! - `perm`: the permission index, rebuilt from those tables on every
 //!   change; a check is O(log n) in the grants.
-//! - `token`: simple tokens.
+//! - `token`: simple tokens, and [`Tokens`](token::Tokens) over both kinds.
+//! - `jwt`: JWT tokens, etcd's claims and signature methods.
 //!
 //! Enforcement: every unary call goes through [`Server::unary`](crate::Server),
 //! which asks the request type what it needs ([`Guarded::need`]) and has the
@@ -15,10 +16,12 @@
 //! certificate's CN ([`CertUser`], put in the request's extensions by the TLS
 //! layer), else nobody, with etcd's errors for each case.
 
+mod jwt;
 mod perm;
 mod service;
 mod token;
 
+pub use jwt::{DEFAULT_JWT_TTL, Jwt, JwtError, JwtOptions};
 pub(crate) use token::AuthInfo;
 
 use crate::ServerConfig;
@@ -30,7 +33,7 @@ use roster_store::{AuthTables, Store};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
-use token::SimpleTokens;
+use token::{SimpleTokens, Tokens};
 use tonic::metadata::MetadataMap;
 
 /// The user named by a verified client certificate's CN. The TLS layer puts
@@ -46,13 +49,16 @@ pub enum AuthToken {
     /// Random strings kept in the server's memory (etcd's default).
     #[default]
     Simple,
+    /// Signed JWTs, with keys already loaded ([`Jwt::load`]).
+    Jwt(Arc<Jwt>),
 }
 
 /// Auth settings (`--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     pub token: AuthToken,
-    /// How long a simple token lives unused. etcd: 300 s.
+    /// How long a simple token lives unused. etcd: 300 s. (A JWT's
+    /// lifetime is its own `ttl` option.)
     pub token_ttl: Duration,
     /// bcrypt cost for new passwords, 4..=31. etcd: 10.
     pub bcrypt_cost: u32,
@@ -84,8 +90,15 @@ pub(crate) enum Need<'a> {
     Open,
     /// A token, if sent, must be valid; nothing else.
     Token,
+    /// As `Token`, but a bad token is the auth package's own error (code
+    /// Unknown, "auth: ..."): etcd's Alarm returns raft's error unconverted.
+    PlainToken,
     /// The root role.
     Admin,
+    /// The root role, or being this user (etcd's UserGet).
+    AdminOrSelf(&'a str),
+    /// The root role, or holding this role (etcd's RoleGet).
+    AdminOrHolder(&'a str),
     /// The root role, for a Maintenance call: etcd's maintenance layer
     /// returns the auth package's own errors, which reach clients as code
     /// Unknown with an "auth: " text.
@@ -102,11 +115,15 @@ pub(crate) enum Need<'a> {
 /// etcd's gRPC layer validates before its auth layer looks.
 pub(crate) trait Guarded {
     fn need(&self) -> Need<'_>;
+    /// Whether a refusal reaches the caller as code Unknown with the
+    /// message: etcd's Lock and Election servers call the KV through an
+    /// in-process client, which turns every error into a plain one.
+    const PLAIN: bool = false;
 }
 
 /// The tokens and the permission index.
 pub(crate) struct Gate {
-    tokens: SimpleTokens,
+    tokens: Tokens,
     /// Swapped whole after each auth change; readers clone the `Arc`.
     index: RwLock<Arc<PermIndex>>,
     config: AuthConfig,
@@ -118,7 +135,10 @@ impl Gate {
     pub(crate) fn new(config: &ServerConfig, tables: &AuthTables) -> Gate {
         let config = config.auth.clone();
         Gate {
-            tokens: SimpleTokens::new(config.token_ttl),
+            tokens: match &config.token {
+                AuthToken::Simple => Tokens::Simple(SimpleTokens::new(config.token_ttl)),
+                AuthToken::Jwt(j) => Tokens::Jwt(j.clone()),
+            },
             index: RwLock::new(Arc::new(PermIndex::build(tables))),
             config,
         }
@@ -172,13 +192,19 @@ impl Gate {
         if let Need::Open = need {
             return Ok(());
         }
-        let who = who.as_ref().map_err(Clone::clone)?;
+        let who = match (who, need) {
+            // etcd's maintenance layer returns the auth package's own error.
+            (Err(EtcdError::InvalidAuthToken), Need::Maintenance | Need::PlainToken) => {
+                return Err(EtcdError::Plain("auth: invalid auth token".into()));
+            }
+            (who, _) => who.as_ref().map_err(Clone::clone)?,
+        };
         let idx = self.index();
         if !idx.enabled {
             return Ok(());
         }
         match need {
-            Need::Open | Need::Token => Ok(()),
+            Need::Open | Need::Token | Need::PlainToken => Ok(()),
             Need::Maintenance => {
                 let plain = |msg: &str| EtcdError::Plain(format!("auth: {msg}"));
                 let Some(who) = who.as_ref().filter(|w| !w.user.is_empty()) else {
@@ -190,17 +216,38 @@ impl Gate {
                     Some(_) => Err(plain("permission denied")),
                 }
             }
-            Need::Admin => {
-                let Some(who) = who.as_ref().filter(|w| !w.user.is_empty()) else {
-                    return Err(EtcdError::UserEmpty);
+            Need::Admin | Need::AdminOrSelf(_) | Need::AdminOrHolder(_) => {
+                let admin = match who.as_ref().filter(|w| !w.user.is_empty()) {
+                    None => Err(EtcdError::UserEmpty),
+                    Some(w) => match idx.users.get(&w.user) {
+                        None => Err(EtcdError::UserNotFound),
+                        Some(u) if u.root => Ok(()),
+                        Some(_) => Err(EtcdError::PermissionDenied),
+                    },
                 };
-                match idx.users.get(&who.user) {
-                    None => Err(EtcdError::UserNotFound),
-                    Some(u) if u.root => Ok(()),
-                    Some(_) => Err(EtcdError::PermissionDenied),
-                }
+                let user = who.as_ref().map_or("", |w| w.user.as_str());
+                let excused = match need {
+                    Need::AdminOrSelf(name) => *name == user,
+                    Need::AdminOrHolder(role) => idx.holds(user, role),
+                    _ => false,
+                };
+                if excused { Ok(()) } else { admin }
             }
             Need::Keys { spans, leases } => {
+                // etcd checks a lease's keys one by one: revoking a lease
+                // that holds none asks nothing, not even a user.
+                let lease_keys: Vec<_> = leases
+                    .iter()
+                    .flat_map(|&id| {
+                        store
+                            .lease_time_to_live(pb::LeaseTimeToLiveRequest { id, keys: true })
+                            .map(|r| r.keys)
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                if spans.is_empty() && lease_keys.is_empty() {
+                    return Ok(());
+                }
                 let who = who.clone().unwrap_or_default();
                 if who.revision == 0 {
                     return Err(EtcdError::UserEmpty);
@@ -221,16 +268,10 @@ impl Gate {
                         return Err(EtcdError::PermissionDenied);
                     }
                 }
-                for &id in leases {
-                    let keys = store
-                        .lease_time_to_live(pb::LeaseTimeToLiveRequest { id, keys: true })
-                        .map(|r| r.keys)
-                        .unwrap_or_default();
-                    for k in keys {
-                        let (a, b) = interval(&k, b"");
-                        if !u.write.covers(&a, &b) {
-                            return Err(EtcdError::PermissionDenied);
-                        }
+                for k in lease_keys {
+                    let (a, b) = interval(&k, b"");
+                    if !u.write.covers(&a, &b) {
+                        return Err(EtcdError::PermissionDenied);
                     }
                 }
                 Ok(())
@@ -371,20 +412,31 @@ macro_rules! need {
 }
 
 need!(Open: pb::LeaseTimeToLiveRequest, pb::LeaseLeasesRequest, pb::MemberListRequest, pb::StatusRequest, pb::AuthenticateRequest);
-need!(Token: pb::AlarmRequest, pb::AuthStatusRequest);
+need!(Token: pb::AuthStatusRequest);
+need!(PlainToken: pb::AlarmRequest);
 need!(Maintenance: pb::DefragmentRequest, pb::HashRequest, pb::HashKvRequest, pb::MoveLeaderRequest, pb::SnapshotRequest);
+impl Guarded for pb::AuthUserGetRequest {
+    fn need(&self) -> Need<'_> {
+        Need::AdminOrSelf(&self.name)
+    }
+}
+
+impl Guarded for pb::AuthRoleGetRequest {
+    fn need(&self) -> Need<'_> {
+        Need::AdminOrHolder(&self.role)
+    }
+}
+
 need!(Admin:
     pb::AuthEnableRequest,
     pb::AuthDisableRequest,
     pb::AuthUserAddRequest,
-    pb::AuthUserGetRequest,
     pb::AuthUserListRequest,
     pb::AuthUserDeleteRequest,
     pb::AuthUserChangePasswordRequest,
     pb::AuthUserGrantRoleRequest,
     pb::AuthUserRevokeRoleRequest,
     pb::AuthRoleAddRequest,
-    pb::AuthRoleGetRequest,
     pb::AuthRoleListRequest,
     pb::AuthRoleDeleteRequest,
     pb::AuthRoleGrantPermissionRequest,
@@ -409,30 +461,35 @@ fn recipe(name: &[u8], joins: bool) -> Need<'static> {
 }
 
 impl Guarded for lk::LockRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         recipe(&self.name, true)
     }
 }
 
 impl Guarded for el::CampaignRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         recipe(&self.name, true)
     }
 }
 
 impl Guarded for el::LeaderRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         recipe(&self.name, false)
     }
 }
 
 impl Guarded for lk::UnlockRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         keys(vec![write(&self.key, b"")])
     }
 }
 
 impl Guarded for el::ProclaimRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         match &self.leader {
             Some(l) => keys(vec![write(&l.key, b"")]),
@@ -442,6 +499,7 @@ impl Guarded for el::ProclaimRequest {
 }
 
 impl Guarded for el::ResignRequest {
+    const PLAIN: bool = true;
     fn need(&self) -> Need<'_> {
         match &self.leader {
             Some(l) => keys(vec![write(&l.key, b"")]),

@@ -90,6 +90,8 @@ impl KeySet {
 pub(crate) struct UserPerms {
     /// Holds the root role: everything is allowed.
     pub root: bool,
+    /// The roles granted, sorted (the store keeps them so).
+    pub roles: Vec<String>,
     pub read: KeySet,
     pub write: KeySet,
 }
@@ -108,7 +110,10 @@ impl PermIndex {
     pub(crate) fn build(t: &AuthTables) -> PermIndex {
         let mut users = HashMap::with_capacity(t.users.len());
         for (name, u) in &t.users {
-            let mut p = UserPerms::default();
+            let mut p = UserPerms {
+                roles: u.roles.clone(),
+                ..Default::default()
+            };
             for role in &u.roles {
                 if role == roster_store::auth::ROOT {
                     p.root = true;
@@ -132,6 +137,13 @@ impl PermIndex {
             revision: t.revision,
             users,
         }
+    }
+
+    /// Whether `user` was granted `role` (etcd's HasRole).
+    pub(crate) fn holds(&self, user: &str, role: &str) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| u.roles.iter().any(|r| r == role))
     }
 }
 

@@ -72,10 +72,15 @@ impl Server {
         if !ok {
             return Err(EtcdError::AuthFailed.into());
         }
-        Ok(self.gate().tokens.issue(AuthInfo {
-            user: name,
-            revision: tables.revision,
-        }))
+        self.gate()
+            .tokens
+            .issue(AuthInfo {
+                user: name,
+                revision: tables.revision,
+            })
+            .ok_or_else(|| {
+                EtcdError::Plain("auth: token signing attempted with verify-only key".into()).into()
+            })
     }
 }
 

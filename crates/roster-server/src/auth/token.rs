@@ -1,11 +1,14 @@
 //! Auth tokens. `simple` (etcd's default): a random string the server maps
 //! to a user and the auth revision it was issued at, expiring after the TTL
 //! of disuse (each use renews it, as etcd's simple tokens do). Tokens live
-//! only in memory and do not survive a restart, as in etcd.
+//! only in memory and do not survive a restart, as in etcd. `jwt`: see
+//! [`super::jwt`]; [`Tokens`] is the one face of both.
 
+use super::jwt::Jwt;
 use parking_lot::Mutex;
 use rand::Rng;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Who a token speaks for.
@@ -87,6 +90,46 @@ impl SimpleTokens {
     /// Ends every token (auth disabled).
     pub(crate) fn clear(&self) {
         self.map.lock().clear();
+    }
+}
+
+/// The token provider `--auth-token` chose.
+pub(crate) enum Tokens {
+    Simple(SimpleTokens),
+    Jwt(Arc<Jwt>),
+}
+
+// === impl Tokens ===
+
+impl Tokens {
+    /// A token for `info`; `None` when the provider may not sign
+    /// (verify-only JWT).
+    pub(crate) fn issue(&self, info: AuthInfo) -> Option<String> {
+        match self {
+            Tokens::Simple(t) => Some(t.issue(info)),
+            Tokens::Jwt(j) => j.issue(&info),
+        }
+    }
+
+    pub(crate) fn info(&self, token: &str) -> Option<AuthInfo> {
+        match self {
+            Tokens::Simple(t) => t.info(token),
+            Tokens::Jwt(j) => j.info(token),
+        }
+    }
+
+    /// Ends every token of `user`. A JWT cannot be ended, as in etcd.
+    pub(crate) fn invalidate_user(&self, user: &str) {
+        if let Tokens::Simple(t) = self {
+            t.invalidate_user(user);
+        }
+    }
+
+    /// Ends every token (auth disabled); JWTs stay verifiable, as in etcd.
+    pub(crate) fn clear(&self) {
+        if let Tokens::Simple(t) = self {
+            t.clear();
+        }
     }
 }
 

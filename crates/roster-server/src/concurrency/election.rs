@@ -79,8 +79,7 @@ impl Election for Server {
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
         // The same check as Leader: read on the election's keys.
-        let who = self.gate().identify(req.metadata(), req.extensions());
-        self.gate().permit(&who, &crate::auth::Guarded::need(req.get_ref()), self.store()).map_err(Status::from)?;
+        self.authorize(&req)?;
         let prefix = ops::prefix_of(&req.into_inner().name);
         let (tx, rx) = responses::queue(16);
         let server = self.clone();
