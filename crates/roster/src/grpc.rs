@@ -408,13 +408,16 @@ impl Inner {
 
     async fn attempt_on(&self, guard: Guard, parts: &http::request::Parts, payload: &Payload, deadline: Option<Instant>) -> Outcome {
         let stats = guard.endpoint().stats.clone();
-        let Some(mut conn) = self.conns.load().get(&guard.instance().id).cloned() else {
-            let msg = format!("instance {} of service {:?} just left", guard.instance().id, self.service);
+        // However the attempt ends (also when the call is dropped), the
+        // guard goes first, then whoever waits for capacity is woken.
+        let mut held = Held { guard: Some(guard), inner: self };
+        let conn = self.conns.load().get(&held.guard().instance().id).cloned();
+        let Some(mut conn) = conn else {
+            let msg = format!("instance {} of service {:?} just left", held.guard().instance().id, self.service);
             return Outcome::Unsent(stats, Failure::Answered(self.unavailable(msg)));
         };
         if let Err(e) = std::future::poll_fn(|cx| conn.poll_ready(cx)).await {
-            guard.connect_failure();
-            self.wake();
+            held.take().connect_failure();
             return Outcome::Unsent(stats, Failure::Transport(e.into()));
         }
         let (body, read) = payload.body();
@@ -427,14 +430,14 @@ impl Inner {
         if let Some(d) = deadline {
             set_grpc_timeout(req.headers_mut(), d.saturating_duration_since(Instant::now()));
         }
-        let outcome = match conn.call(req).await {
+        match conn.call(req).await {
             Ok(resp) => {
-                report(guard, &resp);
+                report(held.take(), &resp);
                 Outcome::Answer(resp)
             }
             Err(e) => {
                 // The connection failed: the instance is likely gone.
-                guard.connect_failure();
+                held.take().connect_failure();
                 let e: BoxError = e.into();
                 if never_sent(&*e) || payload.unread(read.as_deref()) {
                     Outcome::Unsent(stats, Failure::Transport(e))
@@ -442,9 +445,31 @@ impl Inner {
                     Outcome::Failed(stats, e)
                 }
             }
-        };
-        self.wake();
-        outcome
+        }
+    }
+}
+
+/// An attempt's guard; when it is dropped, callers waiting in `poll_ready`
+/// for capacity are woken.
+struct Held<'a> {
+    guard: Option<Guard>,
+    inner: &'a Inner,
+}
+
+impl Held<'_> {
+    fn guard(&self) -> &Guard {
+        self.guard.as_ref().expect("held until taken")
+    }
+
+    fn take(&mut self) -> Guard {
+        self.guard.take().expect("taken once")
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        self.inner.wake();
     }
 }
 
