@@ -69,7 +69,7 @@ struct Worker {
 impl Worker {
     fn start(role: &str, endpoint: &str, env: &[(&str, &str)]) -> Worker {
         let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", "sync_worker", "--ignored", "--nocapture", "--test-threads=1"])
+        cmd.args(["--exact", "sync::sync_worker", "--ignored", "--nocapture", "--test-threads=1"])
             .env("ROSTER_SYNC_WORKER", role)
             .env("ROSTER_ENDPOINT", endpoint)
             .envs(env.iter().copied())
