@@ -324,7 +324,11 @@ impl Inner {
     /// tried.
     async fn send(self: Arc<Self>, req: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
         let started = Instant::now();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // Nothing below this channel reads request extensions (they are for
+        // layers above it), so the first attempt takes them and retries go
+        // without: cloning them cost an allocation per call.
+        let mut extensions = Some(std::mem::take(&mut parts.extensions));
         let deadline = grpc_timeout(&parts.headers).map(|t| started + t);
         let key = self.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
         let policy = self.policy_for(parts.uri.path());
@@ -335,11 +339,11 @@ impl Inner {
         let in_time = || deadline.is_none_or(|d| Instant::now() < d);
         loop {
             let retried = transparent + attempts > 1;
-            let outcome = self.attempt(&parts, &payload, key.as_deref(), &tried, deadline.filter(|_| retried)).await;
+            let outcome = self.attempt(&parts, extensions.take().unwrap_or_default(), &payload, key.as_deref(), &tried, deadline.filter(|_| retried)).await;
             let (stats, failure) = match outcome {
                 Outcome::Answer(resp) => {
-                    let code = resp.headers().get("grpc-status").map(|v| tonic::Code::from_bytes(v.as_bytes()));
-                    let again = policy.is_some_and(|p| code.is_some_and(|c| p.retryable_codes.contains(&c)));
+                    let code = || resp.headers().get(GRPC_STATUS).map(|v| tonic::Code::from_bytes(v.as_bytes()));
+                    let again = policy.is_some_and(|p| code().is_some_and(|c| p.retryable_codes.contains(&c)));
                     if !again {
                         return Ok(resp);
                     }
@@ -388,13 +392,13 @@ impl Inner {
 
     /// One attempt on one instance. `deadline` rewrites `grpc-timeout` to
     /// the time left (on retries).
-    async fn attempt(&self, parts: &http::request::Parts, payload: &Payload, key: Option<&[u8]>, tried: &[Arc<EndpointStats>], deadline: Option<Instant>) -> Outcome {
+    async fn attempt(&self, parts: &http::request::Parts, extensions: http::Extensions, payload: &Payload, key: Option<&[u8]>, tried: &[Arc<EndpointStats>], deadline: Option<Instant>) -> Outcome {
         let picked = self.balancer.pick_avoiding(key, tried);
         let Some(guard) = picked else {
             if !tried.is_empty() {
                 // Everything untried is ejected or gone: any instance, then.
                 return match self.balancer.pick(key) {
-                    Some(g) => self.attempt_on(g, parts, payload, deadline).await,
+                    Some(g) => self.attempt_on(g, parts, extensions, payload, deadline).await,
                     None => Outcome::NoInstance(self.unavailable(format!("no available instance of service {:?}", self.service))),
                 };
             }
@@ -403,10 +407,10 @@ impl Inner {
             }
             return Outcome::NoInstance(self.unavailable(format!("no available instance of service {:?}", self.service)));
         };
-        self.attempt_on(guard, parts, payload, deadline).await
+        self.attempt_on(guard, parts, extensions, payload, deadline).await
     }
 
-    async fn attempt_on(&self, guard: Guard, parts: &http::request::Parts, payload: &Payload, deadline: Option<Instant>) -> Outcome {
+    async fn attempt_on(&self, guard: Guard, parts: &http::request::Parts, extensions: http::Extensions, payload: &Payload, deadline: Option<Instant>) -> Outcome {
         let stats = guard.endpoint().stats.clone();
         // However the attempt ends (also when the call is dropped), the
         // guard goes first, then whoever waits for capacity is woken.
@@ -426,7 +430,7 @@ impl Inner {
         *req.uri_mut() = parts.uri.clone();
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
-        *req.extensions_mut() = parts.extensions.clone();
+        *req.extensions_mut() = extensions;
         if let Some(d) = deadline {
             set_grpc_timeout(req.headers_mut(), d.saturating_duration_since(Instant::now()));
         }
@@ -551,7 +555,7 @@ impl Service<http::Request<Body>> for Channel {
 /// is the server's processing time.
 fn report(guard: Guard, resp: &http::Response<Body>) {
     let status = resp.status();
-    let grpc_unavailable = resp.headers().get("grpc-status").is_some_and(|v| v == "14");
+    let grpc_unavailable = resp.headers().get(GRPC_STATUS).is_some_and(|v| v == "14");
     if grpc_unavailable || status == http::StatusCode::BAD_GATEWAY || status == http::StatusCode::SERVICE_UNAVAILABLE {
         guard.failure();
     } else {
@@ -559,9 +563,12 @@ fn report(guard: Guard, resp: &http::Response<Body>) {
     }
 }
 
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// The call's `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let v = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
@@ -579,7 +586,7 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 fn set_grpc_timeout(headers: &mut http::HeaderMap, left: Duration) {
     let ms = left.as_millis().clamp(1, 99_999_999);
     if let Ok(v) = http::HeaderValue::from_str(&format!("{ms}m")) {
-        headers.insert("grpc-timeout", v);
+        headers.insert(GRPC_TIMEOUT, v);
     }
 }
 
