@@ -30,6 +30,11 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Bodies up to this size are held so that the request can be retried.
 pub(crate) const REPLAY_LIMIT: usize = 64 * 1024;
+/// How long the first frame of a body of unknown length (HTTP/2, gRPC) is
+/// waited for before the body is streamed as it comes, and so sent once.
+/// It was 1 ms, which a loaded machine overran: a unary gRPC call then
+/// could not be sent to another instance when its first was refused.
+const FIRST_FRAME_WAIT: Duration = Duration::from_millis(50);
 /// How long a new service may take to list its instances on first use.
 pub(crate) const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
 
@@ -645,7 +650,11 @@ impl RequestBody {
         let mut held = Vec::new();
         let mut size = 0;
         while size <= REPLAY_LIMIT {
-            match tokio::time::timeout(Duration::from_millis(1), body.frame()).await {
+            // The first frame may wait for a busy connection task: a unary
+            // gRPC body then stays replayable, so a refused connection can
+            // go to another instance. Later frames are already in hand.
+            let wait = if held.is_empty() { FIRST_FRAME_WAIT } else { Duration::from_millis(1) };
+            match tokio::time::timeout(wait, body.frame()).await {
                 Ok(None) => return Ok(RequestBody::Replayable(Some(concat(held)))),
                 Ok(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
