@@ -81,7 +81,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         tick.tick().await;
         let r = hello::say(&mut client, "demo", Duration::from_secs(1)).await;
         if let Err(e) = &r {
-            say(format!("client: a call failed ({}); that instance is ejected", e.message()));
+            say(format!("client: a call failed ({})", e.message()));
         }
         tally.record(&r);
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -94,6 +94,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             s.task.abort();
             s.reg.abandon().await;
             say(format!("{} crashes: stops serving, and no one revokes its lease", s.name));
+            say("client: calls it would take are refused before they reach it, so they go to the others; no call fails".into());
         }
         if !joined && t0.elapsed() >= Duration::from_secs(6) {
             joined = true;

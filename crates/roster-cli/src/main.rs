@@ -32,9 +32,10 @@ use std::process::ExitCode;
 #[command(name = "roster", version, propagate_version = true)]
 struct Cli {
     /// Log filter: a level (error, warn, info, debug, trace) or tracing
-    /// directives such as `roster_server=debug,info`.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_name = "FILTER")]
-    log: String,
+    /// directives such as `roster_server=debug,info`. Default: info, and
+    /// warn for `demo` (so that its narration reads clean).
+    #[arg(long, global = true, env = "RUST_LOG", value_name = "FILTER")]
+    log: Option<String>,
 
     #[command(subcommand)]
     command: Commands,
@@ -107,8 +108,9 @@ fn runtime_for(command: &Commands) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_tracing(&cli.log) {
-        eprintln!("error: invalid --log filter {:?}: {e}", cli.log);
+    let log = cli.log.clone().unwrap_or_else(|| if matches!(cli.command, Commands::Demo(_)) { "warn" } else { "info" }.to_owned());
+    if let Err(e) = init_tracing(&log) {
+        eprintln!("error: invalid --log filter {log:?}: {e}");
         return ExitCode::from(2);
     }
     let runtime = match runtime_for(&cli.command) {

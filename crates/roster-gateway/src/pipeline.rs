@@ -289,7 +289,13 @@ impl Proxy {
             replayable,
         );
         loop {
-            let Some(guard) = upstream.balancer.pick(hash_key.map(|(_, v)| v)) else {
+            // An instance not tried yet first; with every one tried, any.
+            let key = hash_key.map(|(_, v)| v);
+            let picked = upstream
+                .balancer
+                .pick_avoiding(key, attempts.tried())
+                .or_else(|| upstream.balancer.pick(key));
+            let Some(guard) = picked else {
                 return Err(attempts.exhausted());
             };
             let instance = guard.instance().addr.clone();

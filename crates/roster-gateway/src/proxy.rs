@@ -7,7 +7,8 @@ use crate::config::{Config, Policies};
 use crate::limits::{Limited, Permit};
 use crate::metrics::Metrics;
 use crate::pipeline::{Ask, ErrorReply, Exchange, Reply, connection_tokens, hop_by_hop};
-use crate::upstream::{RetryBudget, Unavailable, Upstreams};
+use crate::upstream::{Unavailable, Upstreams};
+use roster::balance::RetryBudget;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -18,8 +19,9 @@ use hyper::body::{Body as _, Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use roster::balance::Guard;
+use roster::balance::{EndpointStats, Guard};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
@@ -28,6 +30,11 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Bodies up to this size are held so that the request can be retried.
 pub(crate) const REPLAY_LIMIT: usize = 64 * 1024;
+/// How long the first frame of a body of unknown length (HTTP/2, gRPC) is
+/// waited for before the body is streamed as it comes, and so sent once.
+/// It was 1 ms, which a loaded machine overran: a unary gRPC call then
+/// could not be sent to another instance when its first was refused.
+const FIRST_FRAME_WAIT: Duration = Duration::from_millis(50);
 /// How long a new service may take to list its instances on first use.
 pub(crate) const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
 
@@ -267,8 +274,17 @@ pub(crate) struct Attempts<'a> {
     idempotent: bool,
     replayable: bool,
     retries: u32,
+    /// Retries of attempts that never reached an instance; they do not
+    /// count against `max`, only against the budget and the deadline.
+    transparent: u32,
+    /// The instances tried, so a retry goes elsewhere.
+    tried: Vec<Arc<EndpointStats>>,
     last: LastError,
 }
+
+/// Transparent retries per request at most, whatever the set's size: the
+/// budget bounds them across requests, this within one.
+const MAX_TRANSPARENT: u32 = 8;
 
 impl<'a> Attempts<'a> {
     /// Starts a request's attempts; the request pays into the retry budget.
@@ -291,12 +307,19 @@ impl<'a> Attempts<'a> {
             idempotent,
             replayable,
             retries: 0,
+            transparent: 0,
+            tried: Vec::new(),
             last: LastError::None,
         }
     }
 
+    /// The instances this request tried, for [`Balancer::pick_avoiding`](roster::balance::Balancer::pick_avoiding).
+    pub(crate) fn tried(&self) -> &[Arc<EndpointStats>] {
+        &self.tried
+    }
+
     pub(crate) fn retries(&self) -> u32 {
-        self.retries
+        self.retries + self.transparent
     }
 
     /// Time left before the overall timeout.
@@ -316,6 +339,22 @@ impl<'a> Attempts<'a> {
         true
     }
 
+    /// Whether an attempt that never reached its instance (refused
+    /// connection) may go to another one: within the deadline and the
+    /// budget, and not counted against `retries`, so that a dead instance
+    /// not yet ejected, or probed half-open, never fails a request.
+    fn transparently(&mut self, instance: &str) -> bool {
+        let allowed = self.replayable
+            && self.transparent < MAX_TRANSPARENT
+            && Instant::now() < self.deadline;
+        if !allowed || !self.budget.withdraw() {
+            return false;
+        }
+        self.metrics.retry(self.service, instance);
+        self.transparent += 1;
+        true
+    }
+
     /// The attempt failed before an answer: `Ok` to try another instance,
     /// or the failure to answer with.
     pub(crate) fn failed(
@@ -324,6 +363,7 @@ impl<'a> Attempts<'a> {
         instance: &str,
         fault: Fault,
     ) -> Result<(), Failure> {
+        self.tried.push(guard.endpoint().stats.clone());
         // A refused connection never reached the instance: safe to retry anything.
         let (retryable, last) = match fault {
             Fault::Timeout => {
@@ -332,7 +372,11 @@ impl<'a> Attempts<'a> {
             }
             Fault::Connect(why) => {
                 guard.connect_failure();
-                (true, LastError::Transport(why))
+                if self.transparently(instance) {
+                    self.last = LastError::Transport(why);
+                    return Ok(());
+                }
+                (false, LastError::Transport(why))
             }
             Fault::Transport(why) => {
                 guard.failure();
@@ -359,6 +403,9 @@ impl<'a> Attempts<'a> {
         grpc: bool,
         latency: Duration,
     ) -> Answered {
+        if unavailable {
+            self.tried.push(guard.endpoint().stats.clone());
+        }
         if unavailable && self.another(true, instance) {
             guard.failure();
             self.last = LastError::Status(status);
@@ -386,7 +433,7 @@ impl<'a> Attempts<'a> {
             },
             last => Failure::Upstream {
                 service: self.service.to_owned(),
-                retries: self.retries,
+                retries: self.retries + self.transparent,
                 last,
             },
         }
@@ -396,7 +443,7 @@ impl<'a> Attempts<'a> {
     pub(crate) fn give_up(&self, last: LastError) -> Failure {
         Failure::Upstream {
             service: self.service.to_owned(),
-            retries: self.retries,
+            retries: self.retries + self.transparent,
             last,
         }
     }
@@ -603,7 +650,11 @@ impl RequestBody {
         let mut held = Vec::new();
         let mut size = 0;
         while size <= REPLAY_LIMIT {
-            match tokio::time::timeout(Duration::from_millis(1), body.frame()).await {
+            // The first frame may wait for a busy connection task: a unary
+            // gRPC body then stays replayable, so a refused connection can
+            // go to another instance. Later frames are already in hand.
+            let wait = if held.is_empty() { FIRST_FRAME_WAIT } else { Duration::from_millis(1) };
+            match tokio::time::timeout(wait, body.frame()).await {
                 Ok(None) => return Ok(RequestBody::Replayable(Some(concat(held)))),
                 Ok(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {

@@ -2,8 +2,8 @@
 //! (service, policy), created on the first request that needs them, for
 //! names a route configures or the service directory lists.
 
-use parking_lot::{Mutex, RwLock};
-use roster::balance::{Balancer, HealthConfig, Policy};
+use parking_lot::RwLock;
+use roster::balance::{Balancer, HealthConfig, Policy, RetryBudget};
 use roster::{Discovery, Instance, Registry};
 use std::collections::HashMap;
 use crate::directory::{Directory, DirectoryTask};
@@ -198,60 +198,4 @@ fn usable(instances: Vec<Instance>) -> Vec<Instance> {
             keep
         })
         .collect()
-}
-
-/// Retries may add at most a share of the requests: each request deposits
-/// `percent/100` of a token, each retry takes one. A small reserve lets a
-/// quiet service retry at all.
-pub struct RetryBudget {
-    tokens: Mutex<f64>,
-}
-
-impl RetryBudget {
-    const RESERVE: f64 = 10.0;
-
-    pub fn new() -> RetryBudget {
-        RetryBudget { tokens: Mutex::new(Self::RESERVE) }
-    }
-
-    pub fn deposit(&self, percent: u32) {
-        let mut t = self.tokens.lock();
-        *t = (*t + f64::from(percent) / 100.0).min(Self::RESERVE.max(100.0));
-    }
-
-    pub fn withdraw(&self) -> bool {
-        let mut t = self.tokens.lock();
-        if *t >= 1.0 {
-            *t -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-impl Default for RetryBudget {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_caps_retries_at_the_share_plus_the_reserve() {
-        for per_request in [1, 3] {
-            let b = RetryBudget::new();
-            let mut granted = 0;
-            for _ in 0..1000 {
-                b.deposit(20);
-                for _ in 0..per_request {
-                    granted += usize::from(b.withdraw());
-                }
-            }
-            assert!((205..=210).contains(&granted), "20% of 1000 plus the reserve of 10, got {granted}");
-        }
-    }
 }

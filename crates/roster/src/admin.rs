@@ -2,7 +2,7 @@
 //! console): member list, status, alarms. Each is one unary call with the
 //! client's failover and timeouts.
 
-use crate::client::Client;
+use crate::client::{Client, Repeat};
 use crate::error::Result;
 use roster_api::etcdserverpb::alarm_request::AlarmAction;
 use roster_api::etcdserverpb::cluster_client::ClusterClient;
@@ -17,13 +17,13 @@ use roster_api::etcdserverpb::{
 impl Client {
     /// `Maintenance.Status` of the endpoint in use.
     pub async fn status(&self) -> Result<StatusResponse> {
-        self.call(|ch| async move { MaintenanceClient::new(ch).status(StatusRequest {}).await })
+        self.call(Repeat::Safe, |ch| async move { MaintenanceClient::new(ch).status(StatusRequest {}).await })
             .await
     }
 
     /// `Cluster.MemberList`.
     pub async fn member_list(&self) -> Result<MemberListResponse> {
-        self.call(|ch| async move {
+        self.call(Repeat::Safe, |ch| async move {
             ClusterClient::new(ch)
                 .member_list(MemberListRequest::default())
                 .await
@@ -37,7 +37,7 @@ impl Client {
             action: AlarmAction::Get as i32,
             ..Default::default()
         };
-        self.call(|ch| async move { MaintenanceClient::new(ch).alarm(req).await })
+        self.call(Repeat::Safe, |ch| async move { MaintenanceClient::new(ch).alarm(req).await })
             .await
     }
 }

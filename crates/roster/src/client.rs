@@ -8,6 +8,14 @@
 //! [`ClientConfig::attempt_timeout`], and an endpoint that failed is
 //! avoided for a while ([`FAILED_COOLDOWN`]).
 //!
+//! Only what cannot have been applied, or is harmless to apply twice, is
+//! sent to the next endpoint after an attempt that may have reached its
+//! member: reads, put, delete, lease revoke and renewals. A lease grant is
+//! made safe by choosing its ID here. A transaction that writes is applied
+//! at most once: after a timeout it fails with [`Error::OutcomeUnknown`],
+//! and it moves on only when its connection was refused (so `fenced_txn`
+//! can never apply twice while its fence still holds).
+//!
 //! Streams (watch, keepalive) are opened on the current endpoint, and their
 //! owners reconnect through [`Client`] when they break, after telling it
 //! which endpoint failed ([`Client::fail_over_from`]). Watches carry the
@@ -240,6 +248,32 @@ pub struct KeepAliveStream {
     pub endpoint: String,
 }
 
+/// Whether a request may be sent again once it may have reached a member.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Repeat {
+    /// Reads, and writes harmless to repeat.
+    Safe,
+    /// Never sent twice; the name is the operation's, for the error.
+    AtMostOnce(&'static str),
+}
+
+/// etcd refuses a proposal with this when its member has no leader: the
+/// request was not applied.
+const NO_LEADER: &str = "etcdserver: no leader";
+
+/// etcd's answer to a grant of an ID already in use.
+const LEASE_EXISTS: &str = "etcdserver: lease already exists";
+
+/// Whether a transaction may write: any put, delete or nested writing txn.
+fn txn_writes(t: &TxnRequest) -> bool {
+    use roster_api::etcdserverpb::request_op::Request;
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(Request::RequestRange(_)) | None => false,
+        Some(Request::RequestTxn(inner)) => txn_writes(inner),
+        Some(_) => true,
+    })
+}
+
 fn is_unreachable(s: &tonic::Status) -> bool {
     matches!(s.code(), Code::Unavailable | Code::Unknown) && s.message() != "etcdserver: request timed out"
         || s.code() == Code::Cancelled
@@ -380,7 +414,10 @@ impl Client {
     /// Runs `f` on the current endpoint, failing over to the others when
     /// one is unreachable or does not answer within the attempt timeout,
     /// all within the request timeout.
-    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    ///
+    /// With `repeat` [`Repeat::AtMostOnce`] a request that may have reached
+    /// its member is never sent again: only a refused connection moves on.
+    pub(crate) async fn call<T, F, Fut>(&self, repeat: Repeat, f: F) -> Result<T>
     where
         F: Fn(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -421,16 +458,31 @@ impl Client {
                     self.inner.auth.invalidate(seen);
                 }
                 Ok(Err(s)) if is_unreachable(&s) => {
-                    tracing::debug!(endpoint = %name, error = %s, "endpoint unreachable; failing over");
                     self.fail_over(i);
+                    if let Repeat::AtMostOnce(op) = repeat
+                        && !crate::grpc::never_sent(&s)
+                        && s.message() != NO_LEADER
+                    {
+                        return Err(Error::OutcomeUnknown { op, endpoint: name.clone(), reason: s.message().to_owned() });
+                    }
+                    tracing::debug!(endpoint = %name, error = %s, "endpoint unreachable; failing over");
                     last = Some(s.message().to_owned());
                 }
                 Ok(Err(s)) => return Err(Error::Status(s)),
-                Err(_) if Instant::now() >= deadline => return Err(Error::Timeout(timeout)),
+                Err(_) if Instant::now() >= deadline => {
+                    if let Repeat::AtMostOnce(op) = repeat {
+                        return Err(Error::OutcomeUnknown { op, endpoint: name.clone(), reason: format!("no answer within {timeout:?}") });
+                    }
+                    return Err(Error::Timeout(timeout));
+                }
                 Err(_) => {
                     // Stopped or cut off: it keeps the connection and never answers.
-                    tracing::debug!(endpoint = %name, "no answer within the attempt timeout; failing over");
                     self.fail_over(i);
+                    if let Repeat::AtMostOnce(op) = repeat {
+                        let reason = format!("no answer within {:?}", self.attempt_timeout());
+                        return Err(Error::OutcomeUnknown { op, endpoint: name.clone(), reason });
+                    }
+                    tracing::debug!(endpoint = %name, "no answer within the attempt timeout; failing over");
                     last = Some(format!("no answer from {name} within {:?}", self.attempt_timeout()));
                 }
             }
@@ -440,15 +492,17 @@ impl Client {
     }
 
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
-        self.call(|ch| {
+        self.call(Repeat::Safe, |ch| {
             let r = r.clone();
             async move { KvClient::new(ch).range(r).await }
         })
         .await
     }
 
+    /// Sent again on another endpoint after a timeout: a put applied twice
+    /// leaves the same value (one more revision).
     pub async fn put(&self, r: PutRequest) -> Result<PutResponse> {
-        self.call(|ch| {
+        self.call(Repeat::Safe, |ch| {
             let r = r.clone();
             async move { KvClient::new(ch).put(r).await }
         })
@@ -456,31 +510,55 @@ impl Client {
     }
 
     pub async fn delete_range(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        self.call(|ch| {
+        self.call(Repeat::Safe, |ch| {
             let r = r.clone();
             async move { KvClient::new(ch).delete_range(r).await }
         })
         .await
     }
 
+    /// A transaction that writes is applied at most once: after a timeout,
+    /// or a connection broken once it was sent, it fails with
+    /// [`Error::OutcomeUnknown`] instead of being sent again (its compares
+    /// may still hold, so a second copy would apply too). A read-only one
+    /// fails over like a range.
     pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse> {
-        self.call(|ch| {
+        let repeat = if txn_writes(&r) { Repeat::AtMostOnce("txn") } else { Repeat::Safe };
+        self.call(repeat, |ch| {
             let r = r.clone();
             async move { KvClient::new(ch).txn(r).await }
         })
         .await
     }
 
+    /// The lease ID is chosen here, not by the server, so that a grant that
+    /// timed out can be sent again safely: if the first copy was applied,
+    /// the retry is refused with etcd's "lease already exists", and the
+    /// lease is ours.
     pub async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
-        self.call(|ch| async move { LeaseClient::new(ch).lease_grant(LeaseGrantRequest { ttl, id: 0 }).await }).await
+        let id = (rand::random::<u64>() >> 1).max(1) as i64;
+        let sent = std::sync::atomic::AtomicU32::new(0);
+        let granted = self
+            .call(Repeat::Safe, |ch| {
+                sent.fetch_add(1, Ordering::Relaxed);
+                async move { LeaseClient::new(ch).lease_grant(LeaseGrantRequest { ttl, id }).await }
+            })
+            .await;
+        match granted {
+            Err(Error::Status(s)) if sent.load(Ordering::Relaxed) > 1 && s.message() == LEASE_EXISTS => {
+                let ttl = self.lease_time_to_live(id, false).await?.granted_ttl;
+                Ok(LeaseGrantResponse { id, ttl, ..Default::default() })
+            }
+            other => other,
+        }
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
-        self.call(|ch| async move { LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id }).await }).await
+        self.call(Repeat::Safe, |ch| async move { LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id }).await }).await
     }
 
     pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
-        self.call(|ch| async move { LeaseClient::new(ch).lease_time_to_live(LeaseTimeToLiveRequest { id, keys }).await })
+        self.call(Repeat::Safe, |ch| async move { LeaseClient::new(ch).lease_time_to_live(LeaseTimeToLiveRequest { id, keys }).await })
             .await
     }
 

@@ -87,6 +87,27 @@ impl Discovery {
         BroadcastStream::new(self.cell.changes.subscribe()).filter_map(|c| c.ok())
     }
 
+    /// The instances as tower [`Change`](tower::discover::Change)s, for
+    /// tower's own balancers (the stream is a `tower::discover::Discover`):
+    /// an `Insert` per instance listed now, then `Insert` for every instance
+    /// added or updated (it replaces the old service) and `Remove` for every
+    /// one gone. `make` builds an instance's service; one it returns `None`
+    /// for is left out.
+    pub fn discover<S, F>(&self, mut make: F) -> impl Stream<Item = Result<tower::discover::Change<String, S>, std::convert::Infallible>> + Send + 'static
+    where
+        F: FnMut(&Instance) -> Option<S> + Send + 'static,
+        S: Send + 'static,
+    {
+        use tower::discover::Change as Tower;
+        // Subscribed first: a change between the two is seen twice, not lost.
+        let changes = self.changes();
+        let now: Vec<_> = self.cell.snapshot.load().instances.values().filter_map(|i| make(i).map(|s| Ok(Tower::Insert(i.id.clone(), s)))).collect();
+        tokio_stream::iter(now).chain(changes.filter_map(move |c| match c {
+            Change::Added(i) | Change::Updated(i) => make(&i).map(|s| Ok(Tower::Insert(i.id, s))),
+            Change::Removed(i) => Some(Ok(Tower::Remove(i.id))),
+        }))
+    }
+
     /// Waits until the first list has arrived.
     pub async fn ready(&self) {
         let mut rx = self.cell.ready.subscribe();

@@ -15,6 +15,12 @@ pub enum Error {
     /// off) although its connection is still open.
     #[error("registry endpoint {endpoint} silent for {silent:?} (stopped or cut off)")]
     Stalled { endpoint: String, silent: std::time::Duration },
+    /// A write that is not safe to repeat (a transaction that writes) was
+    /// sent, and no answer came: its member stopped answering or its
+    /// connection broke after the request left. It may or may not have been
+    /// applied, so it was not sent to another endpoint; read back to know.
+    #[error("{op} on {endpoint}: outcome unknown ({reason}); it may or may not have been applied, so it was not sent again")]
+    OutcomeUnknown { op: &'static str, endpoint: String, reason: String },
     /// An endpoint or option was malformed.
     #[error("invalid configuration: {0}")]
     Config(String),

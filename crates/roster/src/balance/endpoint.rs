@@ -135,6 +135,12 @@ impl EndpointStats {
         self.ejected_until.load(Ordering::Relaxed) != 0
     }
 
+    /// When the ejection ends (see [`now_ms`]), if ejected.
+    pub(crate) fn ejection_end(&self) -> Option<u64> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        (until != 0).then_some(until)
+    }
+
     /// Healthy, or ejected with the backoff over and no probe in flight.
     /// The clock is read only for ejected endpoints: the hot path never.
     pub(crate) fn available(&self) -> bool {

@@ -16,11 +16,20 @@
 //! - Zone preference: with a local zone set, endpoints in that zone are
 //!   used while at least half of them are healthy; otherwise all are.
 //!
+//! - Capacity: with [`Balancer::with_max_in_flight`] an endpoint that has
+//!   that many requests in flight is passed over, and [`Balancer::capacity`]
+//!   says whether any endpoint can take a request now (what
+//!   `grpc::Channel::poll_ready` reports).
+//! - Retries: [`Balancer::pick_avoiding`] skips endpoints a request already
+//!   tried, and a [`RetryBudget`] caps the extra load retries may add.
+//!
 //! Randomness comes from a seedable generator, so tests are deterministic.
 
+mod budget;
 mod endpoint;
 mod policy;
 
+pub use budget::RetryBudget;
 pub use endpoint::{EndpointStats, Guard, HealthConfig};
 use endpoint::Ejections;
 pub use policy::Policy;
@@ -65,6 +74,8 @@ pub struct Balancer {
     /// every pick a contended atomic.
     rng: AtomicU64,
     seeded: bool,
+    /// Requests in flight at which an endpoint is full (0: no limit).
+    max_in_flight: usize,
 }
 
 /// Virtual nodes per unit of weight (weight 100 gives 100 points).
@@ -83,7 +94,15 @@ impl Balancer {
             ejections: Arc::default(),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ now_ms()),
             seeded: false,
+            max_in_flight: 0,
         }
+    }
+
+    /// Passes over an endpoint while it has `max` requests in flight
+    /// (0: no limit).
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max;
+        self
     }
 
     pub fn with_health(mut self, health: HealthConfig) -> Self {
@@ -145,18 +164,27 @@ impl Balancer {
     /// returned guard counts the request as in flight until it is dropped;
     /// report its outcome with [`Guard::success`] or [`Guard::failure`].
     pub fn pick(&self, key: Option<&[u8]>) -> Option<Guard> {
+        self.pick_avoiding(key, &[])
+    }
+
+    /// As [`pick`](Self::pick), passing over the endpoints whose statistics
+    /// are in `avoid` (those a request already tried; statistics, unlike
+    /// endpoints, survive set updates).
+    pub fn pick_avoiding(&self, key: Option<&[u8]>, avoid: &[Arc<EndpointStats>]) -> Option<Guard> {
         let set = self.set.load();
         if set.endpoints.is_empty() {
             return None;
         }
         let local = self.use_local(&set);
-        let ok = |i: usize| {
+        let max = self.max_in_flight;
+        let usable = |i: usize| {
             let e = &set.endpoints[i];
-            (!local || e.instance.zone.as_str() == self.zone.as_deref().unwrap_or("")) && e.stats.available()
+            e.stats.available() && (max == 0 || e.stats.in_flight() < max) && !avoid.iter().any(|a| Arc::ptr_eq(a, &e.stats))
         };
+        let ok = |i: usize| (!local || set.endpoints[i].instance.zone.as_str() == self.zone.as_deref().unwrap_or("")) && usable(i);
         let idx = match self.policy {
             Policy::RoundRobin => self.round_robin(&set, local, ok),
-            Policy::WeightedRoundRobin => self.weighted(&set, ok),
+            Policy::WeightedRoundRobin => self.weighted(&set, ok, usable),
             Policy::Random => self.random(&set, local, ok),
             Policy::LeastRequest => self.least_request(&set, local, ok),
             Policy::ConsistentHash => self.hashed(&set, key.unwrap_or_default(), ok),
@@ -164,6 +192,29 @@ impl Balancer {
         let e = set.endpoints[idx].clone();
         e.stats.admit();
         Some(Guard::new(e, self.policy == Policy::LeastRequest))
+    }
+
+    /// Whether some endpoint can take a request now. An empty set can: its
+    /// requests fail fast rather than wait. Otherwise every endpoint is
+    /// ejected or full, and the error says when the first ejection ends
+    /// (`None`: only a finished request frees one).
+    pub fn capacity(&self) -> Result<(), Option<std::time::Duration>> {
+        let set = self.set.load();
+        let max = self.max_in_flight;
+        if set.endpoints.is_empty() || (max == 0 && self.ejections.ejected.load(Ordering::Relaxed) == 0) {
+            return Ok(());
+        }
+        let mut soonest: Option<u64> = None;
+        for e in &set.endpoints {
+            let room = max == 0 || e.stats.in_flight() < max;
+            if room && e.stats.available() {
+                return Ok(());
+            }
+            if room && let Some(until) = e.stats.ejection_end() {
+                soonest = Some(soonest.map_or(until, |s| s.min(until)));
+            }
+        }
+        Err(soonest.map(|until| std::time::Duration::from_millis(until.saturating_sub(now_ms()).max(1))))
     }
 
     /// Local endpoints are preferred while at least half are healthy.
@@ -188,7 +239,7 @@ impl Balancer {
         (0..n).map(|_| at(self.cursor.fetch_add(1, Ordering::Relaxed))).find(|&i| ok(i))
     }
 
-    fn weighted(&self, set: &Set, ok: impl Fn(usize) -> bool) -> Option<usize> {
+    fn weighted(&self, set: &Set, ok: impl Fn(usize) -> bool, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let n = set.wrr.len();
         if n == 0 {
             return None;
@@ -196,7 +247,7 @@ impl Balancer {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         (0..n).map(|k| set.wrr[(start + k) % n]).find(|&i| ok(i)).or_else(|| {
             // Zone preference may exclude every weighted slot; fall back.
-            (0..set.endpoints.len()).find(|&i| set.endpoints[i].stats.available())
+            (0..set.endpoints.len()).find(|&i| usable(i))
         })
     }
 

@@ -1,6 +1,7 @@
 //! The SDK's integration tests, one binary: each module runs against an
 //! in-process `roster serve` and, where it says so, a real etcd.
 
+mod calls;
 mod cluster;
 mod config;
 mod etcd;

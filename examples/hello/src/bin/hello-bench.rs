@@ -34,6 +34,8 @@ struct Figures {
     secs: f64,
     hist: Histogram<u64>,
     errors: u64,
+    /// Process CPU time (user + system) over the measurement.
+    cpu: Duration,
 }
 
 impl Figures {
@@ -43,6 +45,21 @@ impl Figures {
     fn ms(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
     }
+    /// CPU per call, client and servers together (all in this process).
+    /// Unlike throughput and latency, it hardly moves when other processes
+    /// compete for the cores, so it compares two builds run back to back.
+    fn cpu_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+}
+
+/// This process's CPU time so far, from /proc (clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
 }
 
 async fn load<T>(client: HelloClient<T>, clients: usize, duration: Duration) -> Figures
@@ -55,6 +72,7 @@ where
 {
     let deadline = Instant::now() + duration;
     let start = Instant::now();
+    let cpu_start = cpu_time();
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let mut c = client.clone();
@@ -74,7 +92,7 @@ where
             (hist, ops, errors)
         }));
     }
-    let mut f = Figures { ops: 0, secs: 0.0, hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"), errors: 0 };
+    let mut f = Figures { ops: 0, secs: 0.0, hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"), errors: 0, cpu: Duration::ZERO };
     for t in tasks {
         let (h, ops, errors) = t.await.expect("caller task");
         f.hist.add(h).expect("same bounds");
@@ -82,11 +100,12 @@ where
         f.errors += errors;
     }
     f.secs = start.elapsed().as_secs_f64();
+    f.cpu = cpu_time().saturating_sub(cpu_start);
     f
 }
 
 fn row(name: &str, f: &Figures) {
-    println!("{name:<34} {:>10.0} {:>9.2} {:>9.2} {:>7}", f.rate(), f.ms(0.5), f.ms(0.99), f.errors);
+    println!("{name:<34} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1}", f.rate(), f.ms(0.5), f.ms(0.99), f.errors, f.cpu_us());
 }
 
 #[tokio::main]
@@ -123,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     let endpoints = addrs.iter().map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("valid").tcp_nodelay(true));
     let tonic_channel = tonic::transport::Channel::balance_list(endpoints);
 
-    println!("{:<34} {:>10} {:>9} {:>9} {:>7}", "scenario / channel", "calls/s", "p50 ms", "p99 ms", "errors");
+    println!("{:<34} {:>10} {:>9} {:>9} {:>7} {:>12}", "scenario / channel", "calls/s", "p50 ms", "p99 ms", "errors", "cpu us/call");
     for (scenario, slow) in [("3 equal instances", 0), ("one instance slow", args.slow_ms)] {
         greeters[0].delay_us.store(slow * 1000, Ordering::Relaxed);
         eprintln!("== {scenario}: {} callers, {}s each", args.clients, duration.as_secs());
@@ -131,7 +150,13 @@ async fn main() -> anyhow::Result<()> {
         row(&format!("{scenario} / roster::grpc p2c"), &r);
         let t = load(HelloClient::new(tonic_channel.clone()), args.clients, duration).await;
         row(&format!("{scenario} / tonic balance_list"), &t);
-        println!("  ratio roster/tonic: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x", r.rate() / t.rate(), r.ms(0.5) / t.ms(0.5), r.ms(0.99) / t.ms(0.99));
+        println!(
+            "  ratio roster/tonic: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x, cpu/call {:.2}x",
+            r.rate() / t.rate(),
+            r.ms(0.5) / t.ms(0.5),
+            r.ms(0.99) / t.ms(0.99),
+            r.cpu_us() / t.cpu_us()
+        );
     }
     for r in regs {
         r.deregister().await?;
