@@ -247,4 +247,4 @@ pub use discovery::{Change, Discovery, Snapshot};
 pub use error::{Error, Result};
 pub use instance::Instance;
 pub use registration::{Registration, RegistrationStatus};
-pub use registry::{Registry, DEFAULT_PREFIX, DEFAULT_TTL};
+pub use registry::{drain_key, drain_prefix, Registry, DEFAULT_PREFIX, DEFAULT_TTL};

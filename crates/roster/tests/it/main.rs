@@ -3,6 +3,7 @@
 
 mod cluster;
 mod config;
+mod drain;
 mod etcd;
 mod health;
 mod lifecycle;
