@@ -322,7 +322,7 @@ pub async fn act(client: &Client, prefix: &str, key: &str, action: Action) -> Re
             }
             delete(client, &marker).await?;
             Ok(format!(
-                "{svc}/{id} was not drained: this instance does not follow drain requests (its key is still there after {} s); set its weight to 0 instead",
+                "{svc}/{id} was not drained: this instance does not follow drain requests; set its weight to 0 instead (no registration withdrew its key within {} s)",
                 FOLLOW_WAIT.as_secs()
             ))
         }
