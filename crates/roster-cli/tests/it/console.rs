@@ -345,7 +345,13 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     appears(b, "#flash", Duration::from_secs(5)).await;
     let flash = text(b, "#flash").await;
     assert!(flash.contains("shop/a drained"), "{flash}");
-    assert_eq!(*reg.status().borrow(), roster::RegistrationStatus::Paused);
+    // The key went first; the status follows within the same step.
+    let paused = tokio::time::timeout(
+        Duration::from_secs(2),
+        async { reg.status().wait_for(|s| *s == roster::RegistrationStatus::Paused).await.is_ok() },
+    )
+    .await;
+    assert!(paused == Ok(true), "paused by the drain: {:?}", *reg.status().borrow());
     assert_eq!(value_of(c, &a).await, None, "key withdrawn");
     let marker = registry.drain_key_of("shop", "a");
     let held = c
@@ -385,7 +391,12 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     appears(b, "#flash", Duration::from_secs(5)).await;
     let flash = text(b, "#flash").await;
     assert!(flash.contains("shop/a resumed"), "{flash}");
-    assert_eq!(*reg.status().borrow(), roster::RegistrationStatus::Registered { lease });
+    let back = tokio::time::timeout(
+        Duration::from_secs(2),
+        async { reg.status().wait_for(|s| *s == roster::RegistrationStatus::Registered { lease }).await.is_ok() },
+    )
+    .await;
+    assert!(back == Ok(true), "registered again on the same lease: {:?}", *reg.status().borrow());
     assert!(value_of(c, &a).await.is_some(), "key back");
     assert_eq!(value_of(c, &marker).await, None, "marker deleted");
     let start = Instant::now();
