@@ -573,7 +573,17 @@ impl Task {
     /// revision on, as a second watch on the own key's stream.
     async fn watch_drain(&mut self, s: &Streams) -> std::result::Result<(), Step> {
         let read = RangeRequest { key: self.drain_key.clone().into(), count_only: true, ..Default::default() };
-        let r = self.client.range(read).await.map_err(|_| Step::Reconnect)?;
+        let r = match self.client.range(read).await {
+            Ok(r) => r,
+            // A user who may not read its marker cannot be drained by one:
+            // registering matters more than following drains.
+            Err(Error::Status(s)) if s.message() == "etcdserver: permission denied" => {
+                tracing::warn!(key = %self.key, marker = %self.drain_key, "may not read the drain marker; drains by operators are not followed");
+                self.drained = false;
+                return Ok(());
+            }
+            Err(_) => return Err(Step::Reconnect),
+        };
         self.drained = r.count > 0;
         let from = r.header.map_or(0, |h| h.revision) + 1;
         let create = WatchCreateRequest { key: self.drain_key.clone().into(), start_revision: from, ..Default::default() };
