@@ -263,7 +263,7 @@ fn print_status(s: &RegistrationStatus) {
         RegistrationStatus::Registering => eprintln!("status: registering"),
         RegistrationStatus::Registered { lease } => eprintln!("status: registered (lease {lease:x})"),
         RegistrationStatus::Lost { reason } => eprintln!("status: lost ({reason}); registering again"),
-        RegistrationStatus::Paused => eprintln!("status: withdrawn"),
+        RegistrationStatus::Paused => eprintln!("status: withdrawn (paused or drained; the lease is kept)"),
         RegistrationStatus::Unhealthy { reason } => eprintln!("status: withdrawn, health check fails ({reason})"),
         RegistrationStatus::Deregistered => eprintln!("status: deregistered"),
         other => eprintln!("status: {other:?}"),

@@ -31,28 +31,18 @@ pub fn is_auth_refusal(msg: &str) -> bool {
     .contains(&msg)
 }
 
-/// One registered instance and what its key says about it.
+/// One registered instance and what its key says about it. A drained
+/// instance has no key (its registration withdrew it): it is read from its
+/// drain marker, which holds its value and lives on its lease.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub key: String,
     pub instance: Instance,
     pub lease: i64,
     pub create_revision: i64,
+    /// A drain marker exists for it (see [`roster::drain_key`]).
+    pub drained: bool,
 }
-
-impl Entry {
-    pub fn drained(&self) -> bool {
-        self.instance
-            .meta
-            .get(DRAIN_META)
-            .is_some_and(|v| v == "true")
-    }
-}
-
-/// Metadata the console sets on a drained instance (with weight 0); the
-/// weight before it is kept in [`DRAIN_WEIGHT_META`] for resume.
-pub const DRAIN_META: &str = "drain";
-pub const DRAIN_WEIGHT_META: &str = "drain.weight";
 
 pub fn service_prefix(prefix: &str, service: Option<&str>) -> String {
     let p = prefix.trim_end_matches('/');
@@ -62,37 +52,77 @@ pub fn service_prefix(prefix: &str, service: Option<&str>) -> String {
     }
 }
 
-/// Every instance under `prefix` (or one service's), and the revision read.
+/// Where the drain markers of `prefix` (or of one service) live.
+fn drain_range(prefix: &str, service: Option<&str>) -> String {
+    service_prefix(&roster::drain_prefix(prefix), service)
+}
+
+fn range_op(start: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: start.as_bytes().to_vec().into(),
+            range_end: prefix_end(start.as_bytes()).into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Every instance under `prefix` (or one service's), drained ones
+/// included, and the revision read: keys and markers in one read.
 pub async fn instances(
     client: &Client,
     prefix: &str,
     service: Option<&str>,
 ) -> Result<(Vec<Entry>, i64)> {
-    let start = service_prefix(prefix, service);
-    let req = RangeRequest {
-        key: start.clone().into_bytes().into(),
-        range_end: prefix_end(start.as_bytes()).into(),
+    let txn = TxnRequest {
+        success: vec![
+            range_op(&service_prefix(prefix, service)),
+            range_op(&drain_range(prefix, service)),
+        ],
         ..Default::default()
     };
-    let resp = client.range(req).await.map_err(err)?;
+    let resp = client.txn(txn).await.map_err(err)?;
+    let mut ranges = resp.responses.into_iter().map(|r| match r.response {
+        Some(roster_api::etcdserverpb::response_op::Response::ResponseRange(r)) => r.kvs,
+        _ => Vec::new(),
+    });
+    let (keys, markers) = (ranges.next().unwrap_or_default(), ranges.next().unwrap_or_default());
     let base = service_prefix(prefix, None);
-    let mut out = Vec::with_capacity(resp.kvs.len());
-    for kv in &resp.kvs {
-        let key = String::from_utf8_lossy(&kv.key).into_owned();
-        let Some((svc, id)) = key.strip_prefix(&base).and_then(|r| r.split_once('/')) else {
-            continue;
+    let drain_base = drain_range(prefix, None);
+    let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut read = |kv: &KeyValue, base: &str, drained: bool| {
+        let raw = String::from_utf8_lossy(&kv.key).into_owned();
+        let Some((svc, id)) = raw.strip_prefix(base).and_then(|r| r.split_once('/')) else {
+            return;
         };
-        match Instance::from_value(svc, id, &kv.value) {
-            Ok(instance) => out.push(Entry {
-                key: key.clone(),
-                instance,
-                lease: kv.lease,
-                create_revision: kv.create_revision,
-            }),
-            Err(e) => tracing::debug!(key, error = %e, "skipping a value that is not an instance"),
+        let key = format!("{base_keys}{svc}/{id}", base_keys = service_prefix(prefix, None));
+        if let Some(e) = out.get_mut(&key) {
+            e.drained |= drained;
+            return;
         }
+        match Instance::from_value(svc, id, &kv.value) {
+            Ok(instance) => {
+                out.insert(
+                    key.clone(),
+                    Entry {
+                        key,
+                        instance,
+                        lease: kv.lease,
+                        create_revision: kv.create_revision,
+                        drained,
+                    },
+                );
+            }
+            Err(e) => tracing::debug!(key = raw, error = %e, "skipping a value that is not an instance"),
+        }
+    };
+    for kv in &keys {
+        read(kv, &base, false);
     }
-    Ok((out, resp.header.map_or(0, |h| h.revision)))
+    for kv in &markers {
+        read(kv, &drain_base, true);
+    }
+    Ok((out.into_values().collect(), resp.header.map_or(0, |h| h.revision)))
 }
 
 /// Remaining TTL of each lease (seconds; -1 when gone), asked concurrently.
@@ -230,71 +260,120 @@ impl Action {
     }
 }
 
+/// How long Drain and Resume wait for the instance's registration to
+/// withdraw or put back its key.
+const FOLLOW_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits up to [`FOLLOW_WAIT`] until `key` exists (`want`) or not.
+async fn key_becomes(client: &Client, key: &str, want: bool) -> Result<bool> {
+    let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+    loop {
+        if get(client, key, 0).await?.is_some() == want {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn delete(client: &Client, key: &str) -> Result<()> {
+    let del = DeleteRangeRequest {
+        key: key.as_bytes().to_vec().into(),
+        ..Default::default()
+    };
+    client.delete_range(del).await.map_err(err).map(|_| ())
+}
+
 /// Applies `action` to the instance at `key`; the message says what was done.
+///
+/// Drain writes the instance's drain marker on its own lease, holding its
+/// value; the SDK registration that watches it withdraws the key and keeps
+/// the lease, and Resume deletes the marker. An instance no registration
+/// keeps (a key put by hand) does not follow: the marker is taken back.
 pub async fn act(client: &Client, prefix: &str, key: &str, action: Action) -> Result<String> {
     let base = service_prefix(prefix, None);
     let Some((svc, id)) = key.strip_prefix(&base).and_then(|r| r.split_once('/')) else {
         return Err(format!("{key} is not an instance key under {base}"));
     };
-    let Some(kv) = get(client, key, 0).await? else {
-        return Err(format!("{key} is not registered (any more)"));
-    };
-    if action == Action::Deregister {
-        if kv.lease != 0 {
-            client.lease_revoke(kv.lease).await.map_err(err)?;
-            return Ok(format!(
-                "{svc}/{id} deregistered (lease {:x} revoked)",
-                kv.lease
-            ));
-        }
-        let del = DeleteRangeRequest {
-            key: key.as_bytes().to_vec().into(),
-            ..Default::default()
-        };
-        client.delete_range(del).await.map_err(err)?;
-        return Ok(format!("{svc}/{id} deregistered (key deleted)"));
-    }
-    let mut inst = Instance::from_value(svc, id, &kv.value)?;
-    let done = match action {
+    let marker = roster::drain_key(prefix, svc, id);
+    let current = get(client, key, 0).await?;
+    match action {
         Action::Drain => {
-            if inst.meta.get(DRAIN_META).is_none_or(|v| v != "true") {
-                inst.meta
-                    .insert(DRAIN_WEIGHT_META.into(), inst.weight.to_string());
-                inst.meta.insert(DRAIN_META.into(), "true".into());
-                inst.weight = 0;
+            let Some(kv) = current else {
+                return match get(client, &marker, 0).await? {
+                    Some(_) => Ok(format!("{svc}/{id} is drained already")),
+                    None => Err(format!("{key} is not registered (any more)")),
+                };
+            };
+            let put = PutRequest {
+                key: marker.as_bytes().to_vec().into(),
+                value: kv.value.clone(),
+                lease: kv.lease,
+                ..Default::default()
+            };
+            client.put(put).await.map_err(err)?;
+            if key_becomes(client, key, false).await? {
+                return Ok(format!(
+                    "{svc}/{id} drained: its registration withdrew it and keeps its lease {:x}",
+                    kv.lease
+                ));
             }
-            format!("{svc}/{id} drained (weight 0)")
+            delete(client, &marker).await?;
+            Ok(format!(
+                "{svc}/{id} was not drained: this instance does not follow drain requests; set its weight to 0 instead (no registration withdrew its key within {} s)",
+                FOLLOW_WAIT.as_secs()
+            ))
         }
         Action::Resume => {
-            inst.meta.remove(DRAIN_META);
-            if let Some(w) = inst
-                .meta
-                .remove(DRAIN_WEIGHT_META)
-                .and_then(|w| w.parse().ok())
-            {
-                inst.weight = w;
+            if get(client, &marker, 0).await?.is_none() {
+                return Err(format!("{svc}/{id} is not drained"));
             }
-            format!("{svc}/{id} resumed (weight {})", inst.weight)
+            delete(client, &marker).await?;
+            if key_becomes(client, key, true).await? {
+                Ok(format!("{svc}/{id} resumed: its registration put it back"))
+            } else {
+                Ok(format!(
+                    "{svc}/{id}: drain ended, but its registration has not put it back within {} s (paused by its own process, or failing its health check)",
+                    FOLLOW_WAIT.as_secs()
+                ))
+            }
+        }
+        Action::Deregister => {
+            // A drained instance has only its marker, on the same lease.
+            let (kv, what) = match current {
+                Some(kv) => (kv, key),
+                None => match get(client, &marker, 0).await? {
+                    Some(kv) => (kv, marker.as_str()),
+                    None => return Err(format!("{key} is not registered (any more)")),
+                },
+            };
+            if kv.lease != 0 {
+                client.lease_revoke(kv.lease).await.map_err(err)?;
+                return Ok(format!(
+                    "{svc}/{id} deregistered (lease {:x} revoked)",
+                    kv.lease
+                ));
+            }
+            delete(client, what).await?;
+            Ok(format!("{svc}/{id} deregistered (key deleted)"))
         }
         Action::Weight(w) => {
+            let Some(kv) = current else {
+                return Err(format!("{key} is not registered (any more)"));
+            };
+            let mut inst = Instance::from_value(svc, id, &kv.value)?;
             inst.weight = w;
-            format!("{svc}/{id} weight set to {w}")
+            match compare_and_put(client, key, kv.mod_revision, inst.to_value().into_bytes(), true)
+                .await?
+            {
+                Swap::Done { .. } => Ok(format!("{svc}/{id} weight set to {w}")),
+                Swap::Conflict { .. } => Err(format!(
+                    "{key} changed meanwhile; nothing was written, try again"
+                )),
+            }
         }
-        Action::Deregister => unreachable!("handled above"),
-    };
-    match compare_and_put(
-        client,
-        key,
-        kv.mod_revision,
-        inst.to_value().into_bytes(),
-        true,
-    )
-    .await?
-    {
-        Swap::Done { .. } => Ok(done),
-        Swap::Conflict { .. } => Err(format!(
-            "{key} changed meanwhile; nothing was written, try again"
-        )),
     }
 }
 

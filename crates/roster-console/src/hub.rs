@@ -48,6 +48,8 @@ pub struct Tick {
 #[derive(Debug, Clone)]
 pub struct Areas {
     pub services: String,
+    /// The drain markers beside the services (counted as services).
+    pub drains: String,
     pub config: String,
     pub locks: String,
     pub elections: String,
@@ -56,7 +58,7 @@ pub struct Areas {
 impl Areas {
     fn of(&self, key: &[u8]) -> usize {
         let starts = |p: &str| key.starts_with(p.as_bytes());
-        if starts(&self.services) {
+        if starts(&self.services) || starts(&self.drains) {
             SERVICES
         } else if starts(&self.config) {
             CONFIG

@@ -118,6 +118,7 @@ impl Console {
         };
         let areas = hub::Areas {
             services: format!("{}/", config.prefix.trim_end_matches('/')),
+            drains: format!("{}/", roster::drain_prefix(&config.prefix)),
             config: config.config_prefix.clone(),
             locks: config.lock_prefix.clone(),
             elections: config.election_prefix.clone(),

@@ -455,7 +455,7 @@ async fn services(State(shared): St, headers: HeaderMap, Query(filter): Query<Fi
                 versions: Default::default(),
             });
         r.instances += 1;
-        r.drained += usize::from(e.drained());
+        r.drained += usize::from(e.drained);
         if !e.instance.zone.is_empty() {
             r.zones.insert(e.instance.zone.clone());
         }
@@ -545,8 +545,8 @@ async fn service(
                 tbody {
                     @for e in &shown {
                         @let i = &e.instance;
-                        tr data-key=(e.key) data-drained[e.drained()] {
-                            th scope="row" { (i.id) @if e.drained() { " " span.badge.drained { "drained" } } }
+                        tr data-key=(e.key) data-drained[e.drained] {
+                            th scope="row" { (i.id) @if e.drained { " " span.badge.drained { "drained" } } }
                             td { code { (i.addr) } }
                             td { (i.zone) }
                             td.num data-weight { (i.weight) }
@@ -561,7 +561,7 @@ async fn service(
                             td { (registered(&ctx, e.create_revision)) }
                             @if writable {
                                 td.actions {
-                                    @if e.drained() {
+                                    @if e.drained {
                                         a.button href={ "/ui/confirm?action=resume&key=" (enc(&e.key)) } { "Resume" span.sr { " " (i.id) } }
                                     } @else {
                                         a.button href={ "/ui/confirm?action=drain&key=" (enc(&e.key)) } { "Drain" span.sr { " " (i.id) } }
@@ -634,8 +634,8 @@ async fn confirm(State(shared): St, headers: HeaderMap, Query(q): Query<ActionQu
         );
     };
     let what = match action {
-        Action::Drain => "Drain: its weight goes to 0 and it is marked drained, on the same lease. Balancers that weigh send it nothing.".to_owned(),
-        Action::Resume => "Resume: its weight before draining comes back.".to_owned(),
+        Action::Drain => "Drain: a drain marker on its own lease asks its registration to withdraw it from every list and keep its lease, as its own pause would; the marker goes when the instance does. An instance that no registration keeps (a key put by hand) does not follow: set its weight to 0 instead.".to_owned(),
+        Action::Resume => "Resume: the drain marker is deleted and its registration puts it back.".to_owned(),
         Action::Deregister => "Deregister: its lease is revoked, so it leaves every list at once. A live process registers again.".to_owned(),
         Action::Weight(w) => format!("Set its weight to {w}."),
     };

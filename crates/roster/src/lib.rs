@@ -72,7 +72,11 @@
 //! ```
 //!
 //! **[`Registration`]** (module `registration`): keeps one instance
-//! registered while its handle lives; pause and resume for draining.
+//! registered while its handle lives; pause and resume for draining. An
+//! operator drains it from another process by writing its drain marker
+//! ([`drain_key`], as the console's Drain does): the registration then
+//! withdraws its key exactly as on `pause`, keeping its lease, until the
+//! marker is deleted.
 //!
 //! ```no_run
 //! # async fn demo(registry: roster::Registry) -> roster::Result<()> {
@@ -247,4 +251,4 @@ pub use discovery::{Change, Discovery, Snapshot};
 pub use error::{Error, Result};
 pub use instance::Instance;
 pub use registration::{Registration, RegistrationStatus};
-pub use registry::{Registry, DEFAULT_PREFIX, DEFAULT_TTL};
+pub use registry::{drain_key, drain_prefix, Registry, DEFAULT_PREFIX, DEFAULT_TTL};

@@ -21,15 +21,27 @@
 //! passes: its lease is revoked when it fails `fall` times in a row and a
 //! new one granted after `rise` passes (see [`crate::health`]).
 //!
+//! Pausing withdraws the key but keeps the lease renewed. So does a drain
+//! marker (see [`crate::registry::drain_key`]), which an operator (the
+//! console) writes on the instance's own lease from another process: the
+//! task watches the marker on the same stream as its own key, withdraws the
+//! key while the marker exists and puts it back when it is deleted, unless
+//! the user paused it too. As the marker lives on the lease, it goes when
+//! the instance dies or its lease is lost; a failing health check revokes
+//! the lease and so ends a drain as well.
+//!
 //! The task stops with its handle (see [`crate::task`]), revoking the lease
 //! on the way out unless [`Registration::abandon`] said not to.
 //!
 //! The code follows the phases: [`Task::run`] alternates between waiting
 //! while withdrawn ([`Task::wait_admitted`]) and a registered phase
 //! ([`Task::register`], then [`Task::hold`]); `hold` opens the keepalive and
-//! watch streams ([`Task::open_streams`]), makes sure the key is there
-//! ([`Task::restore_key`]) and renews ([`Task::renew`]) until a stream
-//! breaks, which reconnects, or something ends the phase ([`Exit`]).
+//! watch streams ([`Task::open_streams`]), reads and watches the drain
+//! marker ([`Task::watch_drain`]), makes sure the key is there or withdrawn
+//! as pause and drain say ([`Task::restore_key`]) and renews
+//! ([`Task::renew`]) until a stream breaks, which reconnects, or something
+//! ends the phase ([`Exit`]); a pause, resume or drain change in between
+//! puts or withdraws the key ([`Task::apply_hold`]).
 
 use crate::backoff::Backoff;
 use crate::client::Client;
@@ -39,7 +51,8 @@ use crate::instance::Instance;
 use crate::task::{DropGuard, Stopping};
 use crate::client::{KeepAliveStream, WatchStream};
 use roster_api::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest, WatchCreateRequest, WatchResponse,
+    watch_request, DeleteRangeRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest,
+    WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use roster_api::mvccpb::event::EventType;
 use std::collections::VecDeque;
@@ -60,7 +73,8 @@ pub enum RegistrationStatus {
     /// for longer than the TTL); a new one, or word that the lease lived
     /// on, is on its way.
     Lost { reason: String },
-    /// Withdrawn for draining; `resume` registers again.
+    /// Withdrawn for draining (a user pause or an operator's drain
+    /// marker): the key is gone, the lease is kept.
     Paused,
     /// Withdrawn because its health check fails (or has not passed yet);
     /// registered again once it passes `rise` times in a row.
@@ -94,6 +108,7 @@ impl Registration {
     pub(crate) fn spawn(
         client: Client,
         key: String,
+        drain_key: String,
         instance: Instance,
         ttl: Duration,
         check: Option<HealthCheck>,
@@ -111,8 +126,8 @@ impl Registration {
                 }
                 None => (None, None),
             };
-            let signals = Signals { cmds: rx, stopping, health, _checker: checker };
-            let task = Task { client, key: task_key, value, ttl, signals, status: tx, lease: 0, paused: false, first: Some(first_tx) };
+            let signals = Signals { cmds: rx, stopping, health, _checker: checker, paused: false, pause_acks: Vec::new() };
+            let task = Task { client, key: task_key, drain_key, value, ttl, signals, status: tx, lease: 0, drained: false, first: Some(first_tx) };
             task.run()
         });
         (Registration { key, cmds, status, _task: guard }, first)
@@ -142,15 +157,19 @@ impl Registration {
         }
     }
 
-    /// Withdraws the instance (revokes the lease) until [`resume`](Self::resume).
+    /// Withdraws the instance until [`resume`](Self::resume): deletes its
+    /// key and keeps the lease renewed (so a drain marker on it stays).
+    /// Returns once the key is deleted, or at once while the registry is
+    /// unreachable (the key is withdrawn on reconnecting). An operator's
+    /// drain marker has the same effect; either keeps it withdrawn.
     pub async fn pause(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.cmds.send(Cmd::Pause(tx)).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)
     }
 
-    /// Ends a [`pause`](Self::pause). A failing health check still keeps
-    /// the instance withdrawn until it passes.
+    /// Ends a [`pause`](Self::pause). A drain marker or a failing health
+    /// check still keeps the instance withdrawn.
     pub async fn resume(&self) -> Result<()> {
         self.cmds.send(Cmd::Resume).await.map_err(|_| Error::Closed)
     }
@@ -176,13 +195,15 @@ impl Registration {
 struct Task {
     client: Client,
     key: String,
+    /// The drain marker an operator writes on our lease.
+    drain_key: String,
     value: String,
     ttl: Duration,
     signals: Signals,
     status: watch::Sender<RegistrationStatus>,
     lease: i64,
-    /// Paused by the user, for draining.
-    paused: bool,
+    /// The drain marker exists (as last read or watched on this lease).
+    drained: bool,
     /// Told how the first attempt went, then `None`.
     first: Option<oneshot::Sender<Option<tonic::Status>>>,
 }
@@ -208,6 +229,10 @@ struct Signals {
     /// The check's verdict; `None` inside before its first probe.
     health: Option<Verdict>,
     _checker: Option<DropGuard>,
+    /// Paused by the user, for draining.
+    paused: bool,
+    /// Pauses acknowledged once the key is withdrawn.
+    pause_acks: Vec<oneshot::Sender<()>>,
 }
 
 /// A health check's verdict: `None` before its first probe, then whether
@@ -217,7 +242,6 @@ type Verdict = watch::Receiver<Option<std::result::Result<(), String>>>;
 /// Why a phase ended.
 enum Exit {
     Lost(String),
-    Pause(oneshot::Sender<()>),
     Unhealthy(String),
     Stop(Option<oneshot::Sender<Result<()>>>),
     /// Stop without revoking.
@@ -245,22 +269,49 @@ impl Signals {
     }
 
 
-    /// Waits for what ends a registered phase: a command that does, the
-    /// handle dropping, or the check failing.
+    /// Waits for the next command, the handle dropping, or the check
+    /// failing: `Some` if that ends a registered phase, `None` for a pause
+    /// or resume (recorded in `paused`; the pause waits in `pause_acks`).
+    async fn next_change(&mut self) -> Option<Exit> {
+        tokio::select! {
+            // Commands first: an abandon sent before the handle dropped
+            // must win over the drop.
+            biased;
+            cmd = self.cmds.recv() => match cmd {
+                Some(Cmd::Pause(done)) => {
+                    self.paused = true;
+                    self.pause_acks.push(done);
+                    None
+                }
+                Some(Cmd::Resume) => {
+                    self.paused = false;
+                    None
+                }
+                Some(Cmd::Deregister(done)) => Some(Exit::Stop(Some(done))),
+                Some(Cmd::Abandon(done)) => Some(Exit::Abandon(done)),
+                None => Some(Exit::Stop(None)),
+            },
+            _ = self.stopping.stopped() => Some(Exit::Stop(None)),
+            _ = health_changed(&mut self.health) => self.unhealthy().map(Exit::Unhealthy),
+        }
+    }
+
+    /// Waits for what ends a phase while no key can be put or withdrawn
+    /// (no lease, or the registry unreachable): pauses are acknowledged at
+    /// once and applied when the key can be.
     async fn next_exit(&mut self) -> Exit {
         loop {
-            tokio::select! {
-                // Commands first: an abandon sent before the handle dropped
-                // must win over the drop.
-                biased;
-                cmd = self.cmds.recv() => if let Some(exit) = cmd_exit(cmd) {
-                    return exit;
-                },
-                _ = self.stopping.stopped() => return Exit::Stop(None),
-                _ = health_changed(&mut self.health) => if let Some(why) = self.unhealthy() {
-                    return Exit::Unhealthy(why);
-                },
+            let change = self.next_change().await;
+            self.ack_pauses();
+            if let Some(exit) = change {
+                return exit;
             }
+        }
+    }
+
+    fn ack_pauses(&mut self) {
+        for done in self.pause_acks.drain(..) {
+            let _ = done.send(());
         }
     }
 }
@@ -274,17 +325,6 @@ async fn health_changed(health: &mut Option<Verdict>) {
             }
         }
         None => std::future::pending().await,
-    }
-}
-
-/// What a command does to a live registration; `None` changes nothing.
-fn cmd_exit(cmd: Option<Cmd>) -> Option<Exit> {
-    match cmd {
-        Some(Cmd::Pause(done)) => Some(Exit::Pause(done)),
-        Some(Cmd::Resume) => None,
-        Some(Cmd::Deregister(done)) => Some(Exit::Stop(Some(done))),
-        Some(Cmd::Abandon(done)) => Some(Exit::Abandon(done)),
-        None => Some(Exit::Stop(None)),
     }
 }
 
@@ -323,7 +363,7 @@ impl Task {
             }
             let attempt = self.register().await;
             if attempt.is_ok() {
-                self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
+                self.status.send_replace(self.held_status());
             }
             if let Some(first) = self.first.take() {
                 let _ = first.send(attempt.as_ref().err().and_then(refusal));
@@ -348,12 +388,6 @@ impl Task {
                     self.status.send_replace(RegistrationStatus::Lost { reason });
                     self.lease = 0;
                 }
-                Exit::Pause(done) => {
-                    let _ = self.withdraw().await;
-                    self.paused = true;
-                    self.status.send_replace(RegistrationStatus::Paused);
-                    let _ = done.send(());
-                }
                 Exit::Unhealthy(reason) => {
                     let _ = self.withdraw().await;
                     self.status.send_replace(RegistrationStatus::Unhealthy { reason });
@@ -366,43 +400,39 @@ impl Task {
         }
     }
 
-    /// Waits while the instance is withdrawn, paused or failing its check;
-    /// `Some` if the registration is to end instead.
+    /// Waits, without a lease, while the health check fails; `Some` if the
+    /// registration is to end instead. A pause meanwhile is only recorded:
+    /// it is held with a lease (see [`Task::apply_hold`]).
     async fn wait_admitted(&mut self) -> Option<Exit> {
         loop {
-            let withheld = match (self.paused, self.signals.unhealthy()) {
-                (true, _) => Some(RegistrationStatus::Paused),
-                (false, Some(reason)) => Some(RegistrationStatus::Unhealthy { reason }),
-                (false, None) => None,
-            };
-            let Some(status) = withheld else {
-                if matches!(*self.status.borrow(), RegistrationStatus::Paused | RegistrationStatus::Unhealthy { .. }) {
+            let paused = self.signals.paused;
+            let Some(reason) = self.signals.unhealthy() else {
+                let stale = match *self.status.borrow() {
+                    RegistrationStatus::Unhealthy { .. } => true,
+                    RegistrationStatus::Paused => !paused,
+                    _ => false,
+                };
+                if stale {
                     self.status.send_replace(RegistrationStatus::Registering);
                 }
                 return None;
             };
+            let status = if paused { RegistrationStatus::Paused } else { RegistrationStatus::Unhealthy { reason } };
             // The first probe is awaited as Registering, not Unhealthy.
             let first_probe = self.signals.health.as_ref().is_some_and(|h| h.borrow().is_none());
-            if !first_probe || self.paused {
+            if !first_probe || paused {
                 self.status.send_if_modified(|s| {
                     let changed = *s != status;
                     *s = status;
                     changed
                 });
             }
-            let signals = &mut self.signals;
-            tokio::select! {
-                biased;
-                cmd = signals.cmds.recv() => match cmd {
-                    Some(Cmd::Resume) => self.paused = false,
-                    Some(Cmd::Pause(done)) => {
-                        self.paused = true;
-                        let _ = done.send(());
-                    }
-                    other => return cmd_exit(other),
-                },
-                _ = signals.stopping.stopped() => return Some(Exit::Stop(None)),
-                _ = health_changed(&mut signals.health) => {}
+            // No lease, so no key: a pause holds already.
+            self.signals.ack_pauses();
+            match self.signals.next_change().await {
+                // Still failing: already waited for.
+                None | Some(Exit::Unhealthy(_)) => {}
+                exit => return exit,
             }
         }
     }
@@ -422,14 +452,55 @@ impl Task {
                     let _ = done.send(res);
                 }
             }
-            Exit::Lost(_) | Exit::Pause(_) | Exit::Unhealthy(_) => unreachable!("not an end"),
+            Exit::Lost(_) | Exit::Unhealthy(_) => unreachable!("not an end"),
         }
     }
 
+    /// Grants a lease and puts the key on it, unless paused.
     async fn register(&mut self) -> Result<()> {
         let ttl = self.ttl.as_secs().max(1) as i64;
         self.lease = self.client.lease_grant(ttl).await?.id;
+        // A marker on the old lease went with it.
+        self.drained = false;
+        if self.withheld() {
+            return Ok(());
+        }
         self.put().await
+    }
+
+    /// Whether the key is to stay withdrawn: paused by the user or drained
+    /// by an operator.
+    fn withheld(&self) -> bool {
+        self.signals.paused || self.drained
+    }
+
+    /// The status of a held lease.
+    fn held_status(&self) -> RegistrationStatus {
+        if self.withheld() { RegistrationStatus::Paused } else { RegistrationStatus::Registered { lease: self.lease } }
+    }
+
+    fn show_held(&self) {
+        let status = self.held_status();
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+
+    /// Puts the key, or withdraws it keeping the lease, as pause and drain
+    /// say; an error means the registry did not answer (reconnect).
+    async fn apply_hold(&mut self) -> Result<()> {
+        if self.withheld() {
+            self.client.delete_range(DeleteRangeRequest { key: self.key.clone().into(), ..Default::default() }).await?;
+            tracing::info!(key = %self.key, paused = self.signals.paused, drained = self.drained, "withdrawn; the lease is kept");
+            self.signals.ack_pauses();
+        } else {
+            self.put().await?;
+            tracing::info!(key = %self.key, lease = self.lease, "put back after a pause or drain");
+        }
+        self.show_held();
+        Ok(())
     }
 
     async fn put(&self) -> Result<()> {
@@ -479,7 +550,11 @@ impl Task {
                     }
                 }
             };
-            let step = match self.restore_key().await {
+            let settled = match self.watch_drain(&streams).await {
+                Ok(()) => self.restore_key().await,
+                Err(step) => Err(step),
+            };
+            let step = match settled {
                 Ok(()) => self.renew(&mut r, streams).await,
                 Err(step) => step,
             };
@@ -518,16 +593,44 @@ impl Task {
         }
     }
 
-    /// The key may have gone while no watch was open: put it back.
-    async fn restore_key(&self) -> std::result::Result<(), Step> {
+    /// Reads whether the drain marker exists and watches it from that
+    /// revision on, as a second watch on the own key's stream.
+    async fn watch_drain(&mut self, s: &Streams) -> std::result::Result<(), Step> {
+        let read = RangeRequest { key: self.drain_key.clone().into(), count_only: true, ..Default::default() };
+        let r = match self.client.range(read).await {
+            Ok(r) => r,
+            // A user who may not read its marker cannot be drained by one:
+            // registering matters more than following drains.
+            Err(Error::Status(s)) if s.message() == "etcdserver: permission denied" => {
+                tracing::warn!(key = %self.key, marker = %self.drain_key, "may not read the drain marker; drains by operators are not followed");
+                self.drained = false;
+                return Ok(());
+            }
+            Err(_) => return Err(Step::Reconnect),
+        };
+        self.drained = r.count > 0;
+        let from = r.header.map_or(0, |h| h.revision) + 1;
+        let create = WatchCreateRequest { key: self.drain_key.clone().into(), start_revision: from, ..Default::default() };
+        let req = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
+        s.w.requests.send(req).await.map_err(|_| Step::Reconnect)
+    }
+
+    /// The key may have gone while no watch was open: put it back, unless
+    /// it is to stay withdrawn (then make sure it is).
+    async fn restore_key(&mut self) -> std::result::Result<(), Step> {
+        if self.withheld() {
+            return self.apply_hold().await.map_err(|_| Step::Reconnect);
+        }
         match self.key_exists().await {
-            Ok(true) => Ok(()),
+            Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(key = %self.key, "own key missing; putting it back");
-                self.put().await.map_err(|e| Step::Exit(Exit::Lost(format!("key missing and lease gone: {e}"))))
+                self.put().await.map_err(|e| Step::Exit(Exit::Lost(format!("key missing and lease gone: {e}"))))?;
             }
-            Err(_) => Err(Step::Reconnect),
+            Err(_) => return Err(Step::Reconnect),
         }
+        self.show_held();
+        Ok(())
     }
 
     /// Renews every interval on `s` and reacts to what comes back, until a
@@ -561,7 +664,10 @@ impl Task {
                 // Read without probing: a stopped member shows in the
                 // keepalive first, which then moves both streams.
                 resp = s.w.message() => self.on_own_key(r, &s, resp).await,
-                exit = self.signals.next_exit() => Some(Step::Exit(exit)),
+                change = self.signals.next_change() => match change {
+                    Some(exit) => Some(Step::Exit(exit)),
+                    None => self.apply_hold().await.err().map(|_| Step::Reconnect),
+                },
             };
             if let Some(step) = step {
                 return step;
@@ -581,9 +687,9 @@ impl Task {
                 r.last_ok = Instant::now();
                 s.unanswered.pop_front();
                 r.backoff.reset();
-                if !matches!(*self.status.borrow(), RegistrationStatus::Registered { .. }) {
+                if *self.status.borrow() != self.held_status() {
                     tracing::info!(key = %self.key, lease = self.lease, "registry reachable again; the lease lived on");
-                    self.status.send_replace(RegistrationStatus::Registered { lease: self.lease });
+                    self.show_held();
                 }
                 None
             }
@@ -596,12 +702,33 @@ impl Task {
         }
     }
 
-    /// One watch response on the own key: a delete under a live lease puts
-    /// it back.
-    async fn on_own_key(&self, r: &mut Renewals, s: &Streams, resp: std::result::Result<Option<WatchResponse>, tonic::Status>) -> Option<Step> {
+    /// One watch response on the own key or the drain marker: the marker
+    /// coming or going withdraws or restores the key; a delete of the key
+    /// under a live lease, not withdrawn, puts it back.
+    async fn on_own_key(
+        &mut self,
+        r: &mut Renewals,
+        s: &Streams,
+        resp: std::result::Result<Option<WatchResponse>, tonic::Status>,
+    ) -> Option<Step> {
         match resp {
             Ok(Some(w)) => {
-                if w.events.iter().any(|e| e.r#type == EventType::Delete as i32) {
+                let was = self.withheld();
+                let mut own_deleted = false;
+                for e in &w.events {
+                    let Some(kv) = &e.kv else { continue };
+                    let deleted = e.r#type == EventType::Delete as i32;
+                    if kv.key.as_ref() == self.drain_key.as_bytes() {
+                        self.drained = !deleted;
+                    } else if kv.key.as_ref() == self.key.as_bytes() {
+                        own_deleted |= deleted;
+                    }
+                }
+                if self.withheld() != was {
+                    if self.apply_hold().await.is_err() {
+                        return Some(Step::Reconnect);
+                    }
+                } else if own_deleted && !self.withheld() {
                     tracing::warn!(key = %self.key, "own key deleted under a live registration; putting it back");
                     if let Err(e) = self.put().await {
                         return Some(Step::Exit(Exit::Lost(format!("key deleted and lease gone: {e}"))));

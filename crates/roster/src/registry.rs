@@ -10,6 +10,24 @@ use std::time::Duration;
 
 /// Default key prefix: instances live at `/services/<service>/<id>`.
 pub const DEFAULT_PREFIX: &str = "/services";
+/// What follows a registry prefix to make its sibling prefix of drain
+/// markers: `/services` keeps its markers under `/services.drain/`, outside
+/// what Discovery (or etcd's resolver) reads as instances.
+pub const DRAIN_SUFFIX: &str = ".drain";
+
+/// The drain marker of instance `<prefix>/<service>/<id>`: while it exists
+/// the instance's [`Registration`] keeps its key withdrawn, as
+/// [`Registration::pause`] does. Operators write it on the instance's own
+/// lease (so it dies with the instance), holding the instance's value.
+pub fn drain_key(prefix: &str, service: &str, id: &str) -> String {
+    format!("{}/{service}/{id}", drain_prefix(prefix))
+}
+
+/// The prefix every drain marker of `prefix` lives under (no trailing slash).
+pub fn drain_prefix(prefix: &str) -> String {
+    format!("{}{DRAIN_SUFFIX}", prefix.trim_end_matches('/'))
+}
+
 /// Default lease TTL of a registration.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
@@ -51,6 +69,11 @@ impl Registry {
         format!("{}/{}/{}", self.prefix, service, id)
     }
 
+    /// The drain marker key of an instance (see [`drain_key`]).
+    pub fn drain_key_of(&self, service: &str, id: &str) -> String {
+        drain_key(&self.prefix, service, id)
+    }
+
     /// Registers `instance` and keeps it registered until the handle is
     /// dropped or deregistered. Waits for the first registration up to the
     /// client's request timeout; past that it returns the handle anyway and
@@ -74,7 +97,8 @@ impl Registry {
             return Err(Error::Config(format!("TTL {:?} is below one second", self.ttl)));
         }
         let key = self.key_of(&instance.service, &instance.id);
-        let (reg, first) = Registration::spawn(self.client.clone(), key, instance, self.ttl, check);
+        let drain = self.drain_key_of(&instance.service, &instance.id);
+        let (reg, first) = Registration::spawn(self.client.clone(), key, drain, instance, self.ttl, check);
         // A refusal (no permission for this service, bad credentials) is
         // the caller's to see now; other failures are retried in the
         // background. Dropping `reg` revokes any lease it was granted.

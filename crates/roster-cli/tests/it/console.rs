@@ -304,13 +304,20 @@ async fn live_updates(b: &Browser, ui: &str, endpoint: &str, c: &Client) {
 }
 
 async fn actions(b: &Browser, ui: &str, c: &Client) {
-    let a = put_instance(
-        c,
-        &Instance::new("shop", "10.0.0.1:80")
-            .with_id("a")
-            .with_zone("eu-1"),
-    )
-    .await;
+    // A live SDK registration follows Drain; the others are keys put by hand.
+    let registry = Registry::new(c.clone()).with_ttl(Duration::from_secs(10));
+    let reg = registry
+        .register(
+            Instance::new("shop", "10.0.0.1:80")
+                .with_id("a")
+                .with_zone("eu-1"),
+        )
+        .await
+        .unwrap();
+    let lease = reg.registered(Duration::from_secs(5)).await.unwrap();
+    let a = reg.key().to_owned();
+    let discovery = registry.discover("shop");
+    discovery.ready().await;
     let w = put_instance(
         c,
         &Instance::new("shop", "10.0.0.2:80")
@@ -321,34 +328,103 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     let d = put_instance(c, &Instance::new("shop", "10.0.0.3:80").with_id("d")).await;
     b.goto(&format!("{ui}/services/shop")).await.unwrap();
     appears(b, &sel(&d), Duration::from_secs(3)).await;
+    let listed = |id: &str| discovery.instances().iter().any(|i| i.id == id);
+    assert!(listed("a"), "discovered before the drain");
 
-    // Drain: confirmed, then done in the registry and shown in the page.
+    // Drain: confirmed, then the registration withdraws it (keeping its
+    // lease) and the page shows it drained, from its marker.
     click(b, &format!("{} a[href*='action=drain']", sel(&a))).await;
     appears(b, "#confirm", Duration::from_secs(3)).await;
     assert!(
         text(b, "main")
             .await
-            .contains("Drain: its weight goes to 0"),
+            .contains("Drain: a drain marker on its own lease"),
         "confirmation page"
     );
     click(b, "#confirm").await;
-    appears(b, "#flash", Duration::from_secs(3)).await;
-    assert!(
-        text(b, "#flash").await.contains("drained"),
-        "{}",
-        text(b, "#flash").await
-    );
-    let inst = Instance::from_value("shop", "a", &value_of(c, &a).await.unwrap()).unwrap();
-    assert_eq!(
-        (inst.weight, inst.meta.get("drain").map(String::as_str)),
-        (0, Some("true"))
-    );
+    appears(b, "#flash", Duration::from_secs(5)).await;
+    let flash = text(b, "#flash").await;
+    assert!(flash.contains("shop/a drained"), "{flash}");
+    // The key went first; the status follows within the same step.
+    let paused = tokio::time::timeout(
+        Duration::from_secs(2),
+        async { reg.status().wait_for(|s| *s == roster::RegistrationStatus::Paused).await.is_ok() },
+    )
+    .await;
+    assert!(paused == Ok(true), "paused by the drain: {:?}", *reg.status().borrow());
+    assert_eq!(value_of(c, &a).await, None, "key withdrawn");
+    let marker = registry.drain_key_of("shop", "a");
+    let held = c
+        .range(RangeRequest {
+            key: marker.clone().into_bytes().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .kvs;
+    assert_eq!(held.first().map(|kv| kv.lease), Some(lease), "marker on the instance's lease");
+    let start = Instant::now();
+    while listed("a") {
+        assert!(start.elapsed() < Duration::from_secs(3), "discovery still lists a drained instance");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     appears(
         b,
         &format!("{}[data-drained]", sel(&a)),
         Duration::from_secs(2),
     )
     .await;
+    assert!(
+        text(b, &sel(&a)).await.contains("10.0.0.1:80"),
+        "a drained instance still shows its address"
+    );
+    b.goto(&format!("{ui}/")).await.unwrap();
+    appears(b, "tr[data-service=\"shop\"]", Duration::from_secs(3)).await;
+    let row = text(b, "tr[data-service=\"shop\"]").await;
+    assert!(row.contains("partly drained") && row.contains("1 drained"), "{row}");
+    b.goto(&format!("{ui}/services/shop")).await.unwrap();
+
+    // Resume: the marker goes, the registration puts the key back.
+    click(b, &format!("{} a[href*='action=resume']", sel(&a))).await;
+    appears(b, "#confirm", Duration::from_secs(3)).await;
+    click(b, "#confirm").await;
+    appears(b, "#flash", Duration::from_secs(5)).await;
+    let flash = text(b, "#flash").await;
+    assert!(flash.contains("shop/a resumed"), "{flash}");
+    let back = tokio::time::timeout(
+        Duration::from_secs(2),
+        async { reg.status().wait_for(|s| *s == roster::RegistrationStatus::Registered { lease }).await.is_ok() },
+    )
+    .await;
+    assert!(back == Ok(true), "registered again on the same lease: {:?}", *reg.status().borrow());
+    assert!(value_of(c, &a).await.is_some(), "key back");
+    assert_eq!(value_of(c, &marker).await, None, "marker deleted");
+    let start = Instant::now();
+    while !listed("a") {
+        assert!(start.elapsed() < Duration::from_secs(3), "discovery did not list it again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        b.find(Locator::Css(&format!("{}[data-drained]", sel(&a))))
+            .await
+            .is_err(),
+        "still shown drained after resume"
+    );
+
+    // A key that no registration keeps does not follow: said so, nothing
+    // changed (no marker left behind, weight as it was).
+    click(b, &format!("{} a[href*='action=drain']", sel(&w))).await;
+    appears(b, "#confirm", Duration::from_secs(3)).await;
+    click(b, "#confirm").await;
+    appears(b, "#flash", Duration::from_secs(6)).await;
+    let flash = text(b, "#flash").await;
+    assert!(
+        flash.contains("does not follow drain requests; set its weight to 0 instead"),
+        "{flash}"
+    );
+    assert_eq!(value_of(c, &registry.drain_key_of("shop", "w")).await, None, "marker taken back");
+    let inst = Instance::from_value("shop", "w", &value_of(c, &w).await.unwrap()).unwrap();
+    assert_eq!(inst.weight, 100);
 
     // Weight.
     let input = b
@@ -383,6 +459,7 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
         "zone filter"
     );
     screenshot(b, "service-instances").await;
+    reg.deregister().await.unwrap();
 }
 
 async fn set_value(b: &Browser, v: &str) {
@@ -743,9 +820,10 @@ async fn real_etcd(b: &Browser) {
     click(b, &format!("{} a[href*='action=drain']", sel(&key))).await;
     appears(b, "#confirm", Duration::from_secs(3)).await;
     click(b, "#confirm").await;
-    appears(b, "#flash", Duration::from_secs(3)).await;
-    let inst = Instance::from_value("on-etcd", "e1", &value_of(&c, &key).await.unwrap()).unwrap();
-    assert_eq!(inst.weight, 0);
+    appears(b, "#flash", Duration::from_secs(6)).await;
+    let flash = text(b, "#flash").await;
+    assert!(flash.contains("does not follow drain requests"), "{flash}");
+    assert!(value_of(&c, &key).await.is_some(), "a key put by hand stays");
     b.goto(&format!("{ui}/registry")).await.unwrap();
     assert!(
         text(b, "main").await.contains("3.4"),

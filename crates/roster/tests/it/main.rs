@@ -4,6 +4,7 @@
 mod calls;
 mod cluster;
 mod config;
+mod drain;
 mod etcd;
 mod health;
 mod lifecycle;
