@@ -104,10 +104,8 @@ impl EtcdError {
     pub fn code(&self) -> ErrorCode {
         use EtcdError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt | AuthOldRevision => {
-                ErrorCode::InvalidArgument
-            }
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | RequestTooLarge
+            | UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt | AuthOldRevision => ErrorCode::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => ErrorCode::OutOfRange,
             LeaseNotFound => ErrorCode::NotFound,
             LeaseExists | AuthNotEnabled | RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound

@@ -3,8 +3,9 @@
 //! the store), so both follow etcd's `concurrency` package to the letter.
 
 use crate::etcdserverpb::{
-    compare, range_request::{SortOrder, SortTarget}, request_op, response_op, Compare, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, ResponseOp,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, ResponseOp, compare,
+    range_request::{SortOrder, SortTarget},
+    request_op, response_op,
 };
 use crate::mvccpb::KeyValue;
 

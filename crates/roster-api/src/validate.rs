@@ -2,9 +2,7 @@
 //! order, so that a request with several faults gets the same error etcd
 //! would give.
 
-use crate::etcdserverpb::{
-    request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
+use crate::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op::Request};
 use crate::{EtcdError, MAX_REQUEST_BYTES, MAX_TXN_OPS};
 use std::collections::HashSet;
 
@@ -124,8 +122,7 @@ fn collect_writes(ops: &[RequestOp]) -> Result<Writes<'_>, EtcdError> {
             w.puts.insert(k);
         }
         for k in &other.puts {
-            if (w.puts.contains(k) && !then.puts.contains(k)) || w.dels.iter().any(|d| d.covers(k))
-            {
+            if (w.puts.contains(k) && !then.puts.contains(k)) || w.dels.iter().any(|d| d.covers(k)) {
                 return Err(EtcdError::DuplicateKey);
             }
             w.puts.insert(k);
@@ -150,9 +147,7 @@ mod tests {
     use super::*;
 
     fn put(k: &str) -> RequestOp {
-        RequestOp {
-            request: Some(Request::RequestPut(PutRequest { key: k.to_owned().into(), ..Default::default() })),
-        }
+        RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.to_owned().into(), ..Default::default() })) }
     }
     fn del(k: &str, end: &str) -> RequestOp {
         RequestOp {
@@ -191,7 +186,10 @@ mod tests {
         assert_eq!(check(vec![put("a"), txn(vec![put("a")], vec![])]), Err(EtcdError::DuplicateKey));
         assert_eq!(check(vec![del("a", "b"), txn(vec![put("a")], vec![])]), Err(EtcdError::DuplicateKey));
         // A delete in one nested txn conflicts with a put in a later one.
-        assert_eq!(check(vec![txn(vec![del("a", "")], vec![]), txn(vec![put("a")], vec![])]), Err(EtcdError::DuplicateKey));
+        assert_eq!(
+            check(vec![txn(vec![del("a", "")], vec![]), txn(vec![put("a")], vec![])]),
+            Err(EtcdError::DuplicateKey)
+        );
         // A delete in a child conflicts with a put at this level.
         assert_eq!(check(vec![txn(vec![del("a", "b")], vec![]), put("a")]), Err(EtcdError::DuplicateKey));
     }

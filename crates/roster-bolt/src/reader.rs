@@ -5,8 +5,7 @@
 //! hostile file gives an error, never a panic or a loop.
 
 use crate::{
-    BRANCH, BUCKET_LEAF, ELEMENT, Error, LEAF, MAGIC, META, META_SUMMED, PAGE_HEADER, Result,
-    VERSION, fnv1a64, name,
+    BRANCH, BUCKET_LEAF, ELEMENT, Error, LEAF, MAGIC, META, META_SUMMED, PAGE_HEADER, Result, VERSION, fnv1a64, name,
 };
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -72,10 +71,7 @@ impl Reader {
             }
         }
         let Some(meta) = metas.into_iter().max_by_key(|m| m.txid) else {
-            return Err(Error::NotBolt(format!(
-                "{}: no valid meta page",
-                path.display()
-            )));
+            return Err(Error::NotBolt(format!("{}: no valid meta page", path.display())));
         };
         if len < meta.high_water * meta.page_size as u64 {
             return Err(Error::Corrupt(format!(
@@ -86,18 +82,9 @@ impl Reader {
             )));
         }
         if meta.root >= meta.high_water || meta.root < 2 {
-            return Err(Error::Corrupt(format!(
-                "root bucket page {} is out of bounds",
-                meta.root
-            )));
+            return Err(Error::Corrupt(format!("root bucket page {} is out of bounds", meta.root)));
         }
-        Ok(Reader {
-            file,
-            page_size: meta.page_size,
-            root: meta.root,
-            high_water: meta.high_water,
-            txid: meta.txid,
-        })
+        Ok(Reader { file, page_size: meta.page_size, root: meta.root, high_water: meta.high_water, txid: meta.txid })
     }
 
     pub fn page_size(&self) -> usize {
@@ -116,43 +103,26 @@ impl Reader {
     /// Names of the top-level buckets, in order.
     pub fn buckets(&self) -> Result<Vec<Vec<u8>>> {
         let mut names = Vec::new();
-        self.walk(
-            Node::Page(self.page(self.root)?),
-            0,
-            "<root>",
-            &mut |flags, k, _| {
-                if flags & BUCKET_LEAF == 0 {
-                    return Err(Error::Corrupt(format!(
-                        "the root bucket holds a plain key {:?}",
-                        name(k)
-                    )));
-                }
-                names.push(k.to_vec());
-                Ok(())
-            },
-        )?;
+        self.walk(Node::Page(self.page(self.root)?), 0, "<root>", &mut |flags, k, _| {
+            if flags & BUCKET_LEAF == 0 {
+                return Err(Error::Corrupt(format!("the root bucket holds a plain key {:?}", name(k))));
+            }
+            names.push(k.to_vec());
+            Ok(())
+        })?;
         Ok(names)
     }
 
     /// Calls `f` with every key and value of a top-level bucket, in key
     /// order; returns false when there is no such bucket.
-    pub fn for_each(
-        &self,
-        bucket: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<bool> {
+    pub fn for_each(&self, bucket: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<bool> {
         let mut header = None;
-        self.walk(
-            Node::Page(self.page(self.root)?),
-            0,
-            "<root>",
-            &mut |flags, k, v| {
-                if k == bucket && flags & BUCKET_LEAF != 0 {
-                    header = Some(v.to_vec());
-                }
-                Ok(())
-            },
-        )?;
+        self.walk(Node::Page(self.page(self.root)?), 0, "<root>", &mut |flags, k, v| {
+            if k == bucket && flags & BUCKET_LEAF != 0 {
+                header = Some(v.to_vec());
+            }
+            Ok(())
+        })?;
         let Some(v) = header else { return Ok(false) };
         let label = name(bucket);
         let node = self.bucket_root(&v, &label)?;
@@ -162,9 +132,7 @@ impl Reader {
                 return Err(Error::Nested(label.clone()));
             }
             if last.as_deref().is_some_and(|l| l >= k) {
-                return Err(Error::Corrupt(format!(
-                    "keys of bucket {label:?} are out of order"
-                )));
+                return Err(Error::Corrupt(format!("keys of bucket {label:?} are out of order")));
             }
             last = Some(k.to_vec());
             f(k, v)
@@ -175,18 +143,13 @@ impl Reader {
     /// The root node of a bucket from its header in the parent's leaf.
     fn bucket_root(&self, v: &[u8], label: &str) -> Result<Node> {
         if v.len() < 16 {
-            return Err(Error::Corrupt(format!(
-                "bucket {label:?} has a {}-byte header",
-                v.len()
-            )));
+            return Err(Error::Corrupt(format!("bucket {label:?} has a {}-byte header", v.len())));
         }
         let root = u64::from_le_bytes(v[..8].try_into().unwrap());
         if root == 0 {
             let page = &v[16..];
             if page.len() < PAGE_HEADER {
-                return Err(Error::Corrupt(format!(
-                    "bucket {label:?} has a truncated inline page"
-                )));
+                return Err(Error::Corrupt(format!("bucket {label:?} has a truncated inline page")));
             }
             return Ok(Node::Inline(page.to_vec()));
         }
@@ -196,10 +159,7 @@ impl Reader {
     /// Reads page `id` with its overflow pages.
     fn page(&self, id: u64) -> Result<Vec<u8>> {
         if id < 2 || id >= self.high_water {
-            return Err(Error::Corrupt(format!(
-                "page {id} is out of bounds (high water mark {})",
-                self.high_water
-            )));
+            return Err(Error::Corrupt(format!("page {id} is out of bounds (high water mark {})", self.high_water)));
         }
         let ps = self.page_size as u64;
         let mut buf = vec![0u8; self.page_size];
@@ -211,29 +171,18 @@ impl Reader {
         let overflow = u64::from(u32::from_le_bytes(buf[12..16].try_into().unwrap()));
         if overflow > 0 {
             if id + overflow >= self.high_water {
-                return Err(Error::Corrupt(format!(
-                    "page {id} overflows past the high water mark"
-                )));
+                return Err(Error::Corrupt(format!("page {id} overflows past the high water mark")));
             }
             buf.resize(((overflow + 1) * ps) as usize, 0);
-            self.file
-                .read_exact_at(&mut buf[self.page_size..], (id + 1) * ps)?;
+            self.file.read_exact_at(&mut buf[self.page_size..], (id + 1) * ps)?;
         }
         Ok(buf)
     }
 
     /// Visits the leaf elements under `node` in order as (flags, key, value).
-    fn walk(
-        &self,
-        node: Node,
-        depth: usize,
-        label: &str,
-        f: &mut Visit<'_>,
-    ) -> Result<()> {
+    fn walk(&self, node: Node, depth: usize, label: &str, f: &mut Visit<'_>) -> Result<()> {
         if depth > MAX_DEPTH {
-            return Err(Error::Corrupt(format!(
-                "bucket {label:?} is deeper than {MAX_DEPTH} levels (a cycle?)"
-            )));
+            return Err(Error::Corrupt(format!("bucket {label:?} is deeper than {MAX_DEPTH} levels (a cycle?)")));
         }
         let inline = matches!(node, Node::Inline(_));
         let b = node.bytes();
@@ -254,8 +203,7 @@ impl Reader {
             LEAF => {
                 for i in 0..count {
                     let e = PAGE_HEADER + i * ELEMENT;
-                    let (eflags, pos, ksize, vsize) =
-                        (field(e) as u32, field(e + 4), field(e + 8), field(e + 12));
+                    let (eflags, pos, ksize, vsize) = (field(e) as u32, field(e + 4), field(e + 8), field(e + 12));
                     let k = slice(e + pos, ksize)?;
                     let v = slice(e + pos + ksize, vsize)?;
                     f(eflags, k, v)?;
@@ -270,9 +218,7 @@ impl Reader {
                 }
                 Ok(())
             }
-            other => Err(corrupt(&format!(
-                "page of type {other:#x} where a leaf or branch belongs"
-            ))),
+            other => Err(corrupt(&format!("page of type {other:#x} where a leaf or branch belongs"))),
         }
     }
 }
@@ -305,10 +251,5 @@ fn parse_meta(page: &[u8]) -> Result<Meta, String> {
     if !page_size.is_power_of_two() || !(512..=1 << 16).contains(&page_size) {
         return Err(format!("page size {page_size}"));
     }
-    Ok(Meta {
-        page_size,
-        root: u64_at(16),
-        high_water: u64_at(40),
-        txid: u64_at(48),
-    })
+    Ok(Meta { page_size, root: u64_at(16), high_water: u64_at(40), txid: u64_at(48) })
 }

@@ -4,8 +4,8 @@
 //! written last, when the root and the high water mark are known.
 
 use crate::{
-    BRANCH, BUCKET_LEAF, ELEMENT, Error, FREELIST, LEAF, MAGIC, META, META_SUMMED, PAGE_HEADER,
-    PAGE_SIZE, Result, VERSION, fnv1a64, name,
+    BRANCH, BUCKET_LEAF, ELEMENT, Error, FREELIST, LEAF, MAGIC, META, META_SUMMED, PAGE_HEADER, PAGE_SIZE, Result,
+    VERSION, fnv1a64, name,
 };
 use std::io::{Seek, SeekFrom, Write};
 
@@ -77,26 +77,13 @@ impl<W: Write + Seek> Writer<W> {
 
     /// `page_size` must be a power of two of at least 1 KiB.
     pub fn with_page_size(mut out: W, page_size: usize) -> Result<Self> {
-        assert!(
-            page_size.is_power_of_two() && page_size >= 1024,
-            "page size {page_size}"
-        );
+        assert!(page_size.is_power_of_two() && page_size >= 1024, "page size {page_size}");
         out.seek(SeekFrom::Start(FIRST_DATA_PAGE * page_size as u64))?;
-        Ok(Writer {
-            out,
-            page_size,
-            next: FIRST_DATA_PAGE,
-            buckets: Vec::new(),
-            buf: Vec::with_capacity(page_size),
-        })
+        Ok(Writer { out, page_size, next: FIRST_DATA_PAGE, buckets: Vec::new(), buf: Vec::with_capacity(page_size) })
     }
 
     /// Writes one top-level bucket. Keys must be strictly increasing.
-    pub fn bucket<K, V>(
-        &mut self,
-        bucket: &[u8],
-        entries: impl IntoIterator<Item = (K, V)>,
-    ) -> Result<()>
+    pub fn bucket<K, V>(&mut self, bucket: &[u8], entries: impl IntoIterator<Item = (K, V)>) -> Result<()>
     where
         K: AsRef<[u8]>,
         V: AsRef<[u8]>,

@@ -136,11 +136,7 @@ pub(crate) async fn auth_channel(
     creds: Option<&roster::client::Credentials>,
 ) -> Result<(Channel, Option<String>)> {
     let first = conn.endpoints.split(',').next().unwrap_or_default().trim();
-    let url = if first.contains("://") {
-        first.to_owned()
-    } else {
-        format!("http://{first}")
-    };
+    let url = if first.contains("://") { first.to_owned() } else { format!("http://{first}") };
     let channel = Channel::from_shared(url.clone())
         .with_context(|| format!("bad endpoint {first:?}"))?
         .timeout(std::time::Duration::from_secs(conn.timeout.max(1)))
@@ -177,9 +173,7 @@ fn status(s: tonic::Status) -> anyhow::Error {
 
 fn generated_password() -> String {
     let mut rng = rand::rng();
-    (0..24)
-        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
-        .collect()
+    (0..24).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
 }
 
 fn prefix_end(key: &str) -> Vec<u8> {
@@ -196,11 +190,7 @@ fn range_end(key: &str, end: Option<String>, prefix: bool) -> Vec<u8> {
 
 /// Adds `name`; returns whether it was new.
 async fn ensure_user(c: &mut Auth, name: &str, password: &str) -> Result<bool> {
-    let req = AuthUserAddRequest {
-        name: name.into(),
-        password: password.into(),
-        ..Default::default()
-    };
+    let req = AuthUserAddRequest { name: name.into(), password: password.into(), ..Default::default() };
     match c.user_add(req).await {
         Ok(_) => Ok(true),
         Err(s) if s.message() == roster_api::EtcdError::UserAlreadyExist.to_string() => Ok(false),
@@ -217,17 +207,10 @@ async fn ensure_role(c: &mut Auth, name: &str) -> Result<()> {
 }
 
 async fn grant(c: &mut Auth, role: &str, perm: Type, key: &[u8], range_end: Vec<u8>) -> Result<()> {
-    let perm = Permission {
-        perm_type: perm as i32,
-        key: key.to_vec().into(),
-        range_end: range_end.into(),
-    };
-    c.role_grant_permission(AuthRoleGrantPermissionRequest {
-        name: role.into(),
-        perm: Some(perm),
-    })
-    .await
-    .map_err(status)?;
+    let perm = Permission { perm_type: perm as i32, key: key.to_vec().into(), range_end: range_end.into() };
+    c.role_grant_permission(AuthRoleGrantPermissionRequest { name: role.into(), perm: Some(perm) })
+        .await
+        .map_err(status)?;
     Ok(())
 }
 
@@ -248,18 +231,9 @@ pub async fn run(args: AuthArgs) -> Result<()> {
             let password = generated_password();
             let created = ensure_user(&mut c, "root", &password).await?;
             ensure_role(&mut c, "root").await?;
-            let req = AuthUserGrantRoleRequest {
-                user: "root".into(),
-                role: "root".into(),
-            };
-            c.user_grant_role(req)
-                .await
-                .map_err(status)
-                .context("cannot grant root its role")?;
-            c.auth_enable(AuthEnableRequest {})
-                .await
-                .map_err(status)
-                .context("cannot enable auth")?;
+            let req = AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() };
+            c.user_grant_role(req).await.map_err(status).context("cannot grant root its role")?;
+            c.auth_enable(AuthEnableRequest {}).await.map_err(status).context("cannot enable auth")?;
             if created {
                 println!("Created user root with password {password}");
                 println!("It is shown only now: keep it safe.");
@@ -267,27 +241,17 @@ pub async fn run(args: AuthArgs) -> Result<()> {
             println!("Authentication Enabled");
         }
         AuthCommand::Disable => {
-            c.auth_disable(AuthDisableRequest {})
-                .await
-                .map_err(status)?;
+            c.auth_disable(AuthDisableRequest {}).await.map_err(status)?;
             println!("Authentication Disabled");
         }
         AuthCommand::Status => {
-            let s = c
-                .auth_status(AuthStatusRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
+            let s = c.auth_status(AuthStatusRequest {}).await.map_err(status)?.into_inner();
             println!("Authentication Status: {}", s.enabled);
             println!("AuthRevision: {}", s.auth_revision);
         }
         AuthCommand::User(u) => user(&mut c, u).await?,
         AuthCommand::Role(r) => role(&mut c, r).await?,
-        AuthCommand::GrantService {
-            service,
-            account: user,
-            prefix,
-        } => {
+        AuthCommand::GrantService { service, account: user, prefix } => {
             if service.is_empty() || service.contains('/') {
                 bail!("service name {service:?} must be non-empty and hold no '/'");
             }
@@ -295,14 +259,7 @@ pub async fn run(args: AuthArgs) -> Result<()> {
             let own = format!("{root}/{service}/");
             let role = format!("service-{service}");
             ensure_role(&mut c, &role).await?;
-            grant(
-                &mut c,
-                &role,
-                Type::Readwrite,
-                own.as_bytes(),
-                prefix_end(&own),
-            )
-            .await?;
+            grant(&mut c, &role, Type::Readwrite, own.as_bytes(), prefix_end(&own)).await?;
             let all = format!("{root}/");
             grant(&mut c, &role, Type::Read, all.as_bytes(), prefix_end(&all)).await?;
             let password = generated_password();
@@ -310,12 +267,9 @@ pub async fn run(args: AuthArgs) -> Result<()> {
                 println!("Created user {user} with password {password}");
                 println!("It is shown only now: keep it safe.");
             }
-            c.user_grant_role(AuthUserGrantRoleRequest {
-                user: user.clone(),
-                role: role.clone(),
-            })
-            .await
-            .map_err(status)?;
+            c.user_grant_role(AuthUserGrantRoleRequest { user: user.clone(), role: role.clone() })
+                .await
+                .map_err(status)?;
             println!("User {user} may register {service} under {own} and read {all} (role {role})");
         }
     }
@@ -324,77 +278,47 @@ pub async fn run(args: AuthArgs) -> Result<()> {
 
 async fn user(c: &mut Auth, cmd: UserCommand) -> Result<()> {
     match cmd {
-        UserCommand::Add {
-            account: user,
-            no_password,
-        } => {
+        UserCommand::Add { account: user, no_password } => {
             let (name, password) = match user.split_once(':') {
                 Some((n, p)) => (n.to_owned(), p.to_owned()),
                 None if no_password => (user.clone(), String::new()),
                 None => bail!("give name:password, or --no-password"),
             };
             let options = Some(UserAddOptions { no_password });
-            c.user_add(AuthUserAddRequest {
-                name: name.clone(),
-                password,
-                options,
-                ..Default::default()
-            })
-            .await
-            .map_err(status)?;
+            c.user_add(AuthUserAddRequest { name: name.clone(), password, options, ..Default::default() })
+                .await
+                .map_err(status)?;
             println!("User {name} created");
         }
         UserCommand::Get { name } => {
-            let r = c
-                .user_get(AuthUserGetRequest { name: name.clone() })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let r = c.user_get(AuthUserGetRequest { name: name.clone() }).await.map_err(status)?.into_inner();
             println!("User: {name}");
             println!("Roles: {}", r.roles.join(" "));
         }
         UserCommand::List => {
-            for u in c
-                .user_list(AuthUserListRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .users
-            {
+            for u in c.user_list(AuthUserListRequest {}).await.map_err(status)?.into_inner().users {
                 println!("{u}");
             }
         }
         UserCommand::Delete { name } => {
-            c.user_delete(AuthUserDeleteRequest { name: name.clone() })
-                .await
-                .map_err(status)?;
+            c.user_delete(AuthUserDeleteRequest { name: name.clone() }).await.map_err(status)?;
             println!("User {name} deleted");
         }
         UserCommand::Passwd { name, password } => {
-            let req = AuthUserChangePasswordRequest {
-                name,
-                password,
-                ..Default::default()
-            };
+            let req = AuthUserChangePasswordRequest { name, password, ..Default::default() };
             c.user_change_password(req).await.map_err(status)?;
             println!("Password updated");
         }
         UserCommand::GrantRole { name, role } => {
-            c.user_grant_role(AuthUserGrantRoleRequest {
-                user: name.clone(),
-                role: role.clone(),
-            })
-            .await
-            .map_err(status)?;
+            c.user_grant_role(AuthUserGrantRoleRequest { user: name.clone(), role: role.clone() })
+                .await
+                .map_err(status)?;
             println!("Role {role} is granted to user {name}");
         }
         UserCommand::RevokeRole { name, role } => {
-            c.user_revoke_role(AuthUserRevokeRoleRequest {
-                name: name.clone(),
-                role: role.clone(),
-            })
-            .await
-            .map_err(status)?;
+            c.user_revoke_role(AuthUserRevokeRoleRequest { name: name.clone(), role: role.clone() })
+                .await
+                .map_err(status)?;
             println!("Role {role} is revoked from user {name}");
         }
     }
@@ -404,63 +328,34 @@ async fn user(c: &mut Auth, cmd: UserCommand) -> Result<()> {
 async fn role(c: &mut Auth, cmd: RoleCommand) -> Result<()> {
     match cmd {
         RoleCommand::Add { name } => {
-            c.role_add(AuthRoleAddRequest { name: name.clone() })
-                .await
-                .map_err(status)?;
+            c.role_add(AuthRoleAddRequest { name: name.clone() }).await.map_err(status)?;
             println!("Role {name} created");
         }
         RoleCommand::Get { name } => {
-            let r = c
-                .role_get(AuthRoleGetRequest { role: name.clone() })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let r = c.role_get(AuthRoleGetRequest { role: name.clone() }).await.map_err(status)?.into_inner();
             println!("Role {name}");
             for p in &r.perm {
                 let key = String::from_utf8_lossy(&p.key);
                 match &p.range_end[..] {
                     [] => println!("{}: {key}", perm_name(p)),
-                    end => println!(
-                        "{}: [{key}, {})",
-                        perm_name(p),
-                        String::from_utf8_lossy(end)
-                    ),
+                    end => println!("{}: [{key}, {})", perm_name(p), String::from_utf8_lossy(end)),
                 }
             }
         }
         RoleCommand::List => {
-            for r in c
-                .role_list(AuthRoleListRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .roles
-            {
+            for r in c.role_list(AuthRoleListRequest {}).await.map_err(status)?.into_inner().roles {
                 println!("{r}");
             }
         }
         RoleCommand::Delete { name } => {
-            c.role_delete(AuthRoleDeleteRequest { role: name.clone() })
-                .await
-                .map_err(status)?;
+            c.role_delete(AuthRoleDeleteRequest { role: name.clone() }).await.map_err(status)?;
             println!("Role {name} deleted");
         }
-        RoleCommand::GrantPermission {
-            name,
-            perm,
-            key,
-            range_end: end,
-            prefix,
-        } => {
+        RoleCommand::GrantPermission { name, perm, key, range_end: end, prefix } => {
             grant(c, &name, perm, key.as_bytes(), range_end(&key, end, prefix)).await?;
             println!("Role {name} updated");
         }
-        RoleCommand::RevokePermission {
-            name,
-            key,
-            range_end: end,
-            prefix,
-        } => {
+        RoleCommand::RevokePermission { name, key, range_end: end, prefix } => {
             let range_end = range_end(&key, end, prefix);
             let req = AuthRoleRevokePermissionRequest {
                 role: name.clone(),

@@ -1,7 +1,7 @@
 //! `roster config set|get|watch`: dynamic configuration from the command line.
 
 use crate::registry_cmd::ConnectArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use roster::config::{ConfigEvent, Format, Options};
 use roster_api::etcdserverpb::{PutRequest, RangeRequest};
 use std::io::Write;
@@ -83,14 +83,22 @@ pub async fn run(args: ConfigArgs, shutdown: impl std::future::Future<Output = (
                 (None, None) => unreachable!("clap requires a value or --file"),
             };
             roster::config::check_value(format, value.as_bytes()).map_err(anyhow::Error::msg)?;
-            let put = PutRequest { key: key.clone().into_bytes().into(), value: value.clone().into_bytes().into(), ..Default::default() };
+            let put = PutRequest {
+                key: key.clone().into_bytes().into(),
+                value: value.clone().into_bytes().into(),
+                ..Default::default()
+            };
             let resp = client.put(put).await.with_context(|| format!("cannot write {key}"))?;
             let rev = resp.header.map_or(0, |h| h.revision);
             println!("{key}: {} bytes of {format} written at revision {rev}", value.len());
         }
         ConfigCommand::Get { key, prefix } => {
             let range_end = if prefix { roster_api::range::prefix_end(key.as_bytes()) } else { Vec::new() };
-            let req = RangeRequest { key: key.clone().into_bytes().into(), range_end: range_end.into(), ..Default::default() };
+            let req = RangeRequest {
+                key: key.clone().into_bytes().into(),
+                range_end: range_end.into(),
+                ..Default::default()
+            };
             let resp = client.range(req).await.with_context(|| format!("cannot read {key}"))?;
             if resp.kvs.is_empty() {
                 bail!("{key} is not set");

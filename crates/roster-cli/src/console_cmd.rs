@@ -85,26 +85,13 @@ pub struct ConsoleArgs {
     conn: ConnectArgs,
 }
 
-pub async fn run(
-    args: ConsoleArgs,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+pub async fn run(args: ConsoleArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("bound socket has no address")?;
-    let console = args.opts.console(
-        args.conn.client_config()?,
-        addr,
-        false,
-        args.metrics_url.clone(),
-    )?;
+    let addr = listener.local_addr().context("bound socket has no address")?;
+    let console = args.opts.console(args.conn.client_config()?, addr, false, args.metrics_url.clone())?;
     tracing::info!(endpoints = %args.conn.endpoints, "roster console on http://{addr}/ui/");
-    axum::serve(listener, console.router())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("console server failed")?;
+    axum::serve(listener, console.router()).with_graceful_shutdown(shutdown).await.context("console server failed")?;
     Ok(())
 }

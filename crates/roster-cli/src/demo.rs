@@ -41,9 +41,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let registry_task = tokio::spawn(roster_server::serve(listener, None, roster_store::Store::in_memory(), Default::default(), async {
-        let _ = stop_rx.await;
-    }));
+    let registry_task = tokio::spawn(roster_server::serve(
+        listener,
+        None,
+        roster_store::Store::in_memory(),
+        Default::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     say(format!("registry (roster serve, in memory) on {addr}; etcdctl --endpoints {addr} works too"));
 
     // Short leases, so that a crashed server visibly expires.
@@ -94,7 +100,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             s.task.abort();
             s.reg.abandon().await;
             say(format!("{} crashes: stops serving, and no one revokes its lease", s.name));
-            say("client: calls it would take are refused before they reach it, so they go to the others; no call fails".into());
+            say(
+                "client: calls it would take are refused before they reach it, so they go to the others; no call fails"
+                    .into(),
+            );
         }
         if !joined && t0.elapsed() >= Duration::from_secs(6) {
             joined = true;

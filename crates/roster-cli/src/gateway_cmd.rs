@@ -77,7 +77,9 @@ pub async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = 
     // The flags, if any is given, else the config's [tls]: one checker.
     let tls = if args.tls.files().is_empty() { config.tls.clone() } else { args.tls.server_tls()? };
     let tls = match tls {
-        Some(t) => Some(roster_tls::ServerTls { alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()], ..t }.server_config()?),
+        Some(t) => {
+            Some(roster_tls::ServerTls { alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()], ..t }.server_config()?)
+        }
         None => None,
     };
     if !args.listen.ip().is_loopback() && tls.is_none() {
@@ -87,11 +89,17 @@ pub async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = 
             args.listen
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let admin = if args.no_admin {
         None
     } else {
-        Some(tokio::net::TcpListener::bind(args.admin).await.with_context(|| format!("cannot listen on --admin {}", args.admin))?)
+        Some(
+            tokio::net::TcpListener::bind(args.admin)
+                .await
+                .with_context(|| format!("cannot listen on --admin {}", args.admin))?,
+        )
     };
     let gateway = Gateway::new(roster::Registry::new(client), config);
     eprintln!(
@@ -113,7 +121,11 @@ pub async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = 
 }
 
 /// Reloads on SIGHUP (from --config) and on changes of --config-key.
-async fn follow_reloads(gateway: Gateway, path: Option<PathBuf>, key: Option<roster::config::Config<roster_gateway::config::FileConfig>>) {
+async fn follow_reloads(
+    gateway: Gateway,
+    path: Option<PathBuf>,
+    key: Option<roster::config::Config<roster_gateway::config::FileConfig>>,
+) {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut changes = key.as_ref().map(|k| Box::pin(k.changes()));

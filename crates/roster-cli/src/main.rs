@@ -108,7 +108,10 @@ fn runtime_for(command: &Commands) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = cli.log.clone().unwrap_or_else(|| if matches!(cli.command, Commands::Demo(_)) { "warn" } else { "info" }.to_owned());
+    let log = cli
+        .log
+        .clone()
+        .unwrap_or_else(|| if matches!(cli.command, Commands::Demo(_)) { "warn" } else { "info" }.to_owned());
     if let Err(e) = init_tracing(&log) {
         eprintln!("error: invalid --log filter {log:?}: {e}");
         return ExitCode::from(2);

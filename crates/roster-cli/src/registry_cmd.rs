@@ -1,9 +1,9 @@
 //! `roster register`, `roster ls` and `roster watch`: the registry from the
 //! command line, through the SDK.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use roster::health::{self, Check, HealthCheck};
-use roster::{Change, Client, ClientConfig, Instance, Registry, RegistrationStatus};
+use roster::{Change, Client, ClientConfig, Instance, RegistrationStatus, Registry};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,10 +46,24 @@ pub struct ConnectArgs {
     /// Client certificate (PEM) for servers that require one
     /// (`--client-cert-auth`); needs --key.
     // Own ids: `roster config` has a positional `key`.
-    #[arg(long = "cert", id = "client_cert", env = "ROSTER_CERT", global = true, value_name = "FILE", requires = "client_key")]
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        env = "ROSTER_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "client_key"
+    )]
     pub cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long = "key", id = "client_key", env = "ROSTER_KEY", global = true, value_name = "FILE", requires = "client_cert")]
+    #[arg(
+        long = "key",
+        id = "client_key",
+        env = "ROSTER_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
     pub key: Option<PathBuf>,
     /// etcd user, `name` or `name:password`. Without a password it is read
     /// from --password-file, or asked for at a terminal.
@@ -95,14 +109,16 @@ impl ConnectArgs {
         let mut cfg = ClientConfig::from_list(&self.endpoints);
         cfg.request_timeout = Duration::from_secs(self.timeout.max(1));
         if self.cacert.is_some() || self.cert.is_some() {
-            cfg.tls = Some(ClientConfig::tls_from_files(self.cacert.as_deref(), self.cert.as_deref(), self.key.as_deref())?);
+            cfg.tls =
+                Some(ClientConfig::tls_from_files(self.cacert.as_deref(), self.cert.as_deref(), self.key.as_deref())?);
         }
         if let Some(user) = &self.user {
             let password = match (&user.password, &self.password_file) {
                 (Some(p), _) => p.clone(),
                 (None, Some(path)) => read_password_file(path)?,
                 (None, None) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
-                    rpassword::prompt_password(format!("Password of {}: ", user.name)).context("cannot read the password")?
+                    rpassword::prompt_password(format!("Password of {}: ", user.name))
+                        .context("cannot read the password")?
                 }
                 (None, None) => bail!(
                     "--user {} has no password: give --user {}:PASSWORD or --password-file FILE, or run at a terminal to be asked",
@@ -118,7 +134,8 @@ impl ConnectArgs {
 
 /// The first line of `path`, without its line ending.
 fn read_password_file(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --password-file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read --password-file {}", path.display()))?;
     Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
@@ -281,7 +298,11 @@ pub async fn ls(args: LsArgs) -> Result<()> {
     };
     let end = roster_api::range::prefix_end(dir.as_bytes());
     let resp = client
-        .range(roster_api::etcdserverpb::RangeRequest { key: dir.clone().into(), range_end: end.into(), ..Default::default() })
+        .range(roster_api::etcdserverpb::RangeRequest {
+            key: dir.clone().into(),
+            range_end: end.into(),
+            ..Default::default()
+        })
         .await
         .with_context(|| format!("cannot list {dir} on {}", args.registry.endpoints))?;
     let mut ttls: BTreeMap<i64, i64> = BTreeMap::new();
@@ -318,10 +339,16 @@ pub async fn ls(args: LsArgs) -> Result<()> {
         eprintln!("no instances under {dir}");
         return Ok(());
     }
-    println!("{:<20} {:<24} {:<22} {:>6} {:<8} {:<8} {:>5}", "SERVICE", "ID", "ADDR", "WEIGHT", "ZONE", "VERSION", "TTL");
+    println!(
+        "{:<20} {:<24} {:<22} {:>6} {:<8} {:<8} {:>5}",
+        "SERVICE", "ID", "ADDR", "WEIGHT", "ZONE", "VERSION", "TTL"
+    );
     for (i, lease) in &rows {
         let ttl = ttl_of(*lease).map_or("-".to_owned(), |t| format!("{t}s"));
-        println!("{:<20} {:<24} {:<22} {:>6} {:<8} {:<8} {:>5}", i.service, i.id, i.addr, i.weight, i.zone, i.version, ttl);
+        println!(
+            "{:<20} {:<24} {:<22} {:>6} {:<8} {:<8} {:>5}",
+            i.service, i.id, i.addr, i.weight, i.zone, i.version, ttl
+        );
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `roster serve`: bind the ports, open the store, hand both to
 //! `roster_server::serve`, and stop gracefully on SIGINT or SIGTERM.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use roster_server::{AuthConfig, AuthToken, AutoCompaction, BackupConfig, ServerConfig, TransportLimits};
 use roster_store::{Store, StoreConfig, StoreError, SystemClock};
 use serde::{Deserialize, Serialize};
@@ -50,7 +50,6 @@ pub struct ServeArgs {
     #[arg(long, requires = "http_trusted_ca_file", help_heading = "TLS")]
     http_client_cert_auth: bool,
     // --- end of TLS ---
-
     /// Do not serve HTTP health and metrics.
     #[arg(long, conflicts_with = "http")]
     no_http: bool,
@@ -147,7 +146,6 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=(u32::MAX as u64)))]
     max_inflight_requests: u64,
     // --- end of transport limits ---
-
     /// Auth token kind: `simple` (etcd's default; random tokens kept in
     /// memory, gone on restart) or, with etcd's syntax,
     /// `jwt,sign-method=RS256,pub-key=<file>,priv-key=<file>[,ttl=5m]`:
@@ -186,7 +184,9 @@ fn parse_auth_token(s: &str) -> Result<AuthToken, String> {
         "simple" => Ok(AuthToken::Simple),
         "jwt" => {
             if let Some(k) = opts.keys().find(|k| !["sign-method", "pub-key", "priv-key", "ttl"].contains(k)) {
-                return Err(format!("unknown --auth-token jwt option {k:?}; jwt takes sign-method, pub-key, priv-key and ttl"));
+                return Err(format!(
+                    "unknown --auth-token jwt option {k:?}; jwt takes sign-method, pub-key, priv-key and ttl"
+                ));
             }
             let sign_method = opts.get("sign-method").filter(|m| !m.is_empty()).ok_or(
                 "--auth-token jwt needs sign-method=<RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|HS256|HS384|HS512|EdDSA>",
@@ -304,11 +304,20 @@ fn parse_listen(s: &str) -> Result<ListenAddr, String> {
 /// Whether a listener serves TLS, from its scheme and whether certificate
 /// files were given; plaintext asked for explicitly beside certificate
 /// files is refused rather than silently ignoring them.
-fn tls_for(flag: &str, addr: &ListenAddr, tls: Option<roster_tls::ServerTls>, cert_flag: &str) -> Result<Option<roster_tls::ServerTls>> {
+fn tls_for(
+    flag: &str,
+    addr: &ListenAddr,
+    tls: Option<roster_tls::ServerTls>,
+    cert_flag: &str,
+) -> Result<Option<roster_tls::ServerTls>> {
     match (addr.1, tls) {
         (Scheme::Https, None) => bail!("{flag} https://{} needs {cert_flag} and its key file", addr.0),
         (Scheme::Http, Some(_)) => {
-            bail!("{flag} http://{} is plaintext but {cert_flag} is given; use https://{} (or host:port)", addr.0, addr.0)
+            bail!(
+                "{flag} http://{} is plaintext but {cert_flag} is given; use https://{} (or host:port)",
+                addr.0,
+                addr.0
+            )
         }
         (Scheme::Http, None) | (Scheme::Bare, None) => Ok(None),
         (Scheme::Https | Scheme::Bare, Some(t)) => Ok(Some(t)),
@@ -318,7 +327,12 @@ fn tls_for(flag: &str, addr: &ListenAddr, tls: Option<roster_tls::ServerTls>, ce
 /// The loud warnings for a listener reachable beyond this machine without
 /// TLS, or without a way to tell clients apart (client certificates, or
 /// auth enabled in the store); empty on loopback.
-fn exposure_warnings(what: &str, addr: SocketAddr, tls: Option<&roster_tls::ServerTls>, auth_enabled: bool) -> Vec<String> {
+fn exposure_warnings(
+    what: &str,
+    addr: SocketAddr,
+    tls: Option<&roster_tls::ServerTls>,
+    auth_enabled: bool,
+) -> Vec<String> {
     if addr.ip().is_loopback() {
         return Vec::new();
     }
@@ -442,7 +456,9 @@ fn open_store(dir: Option<&Path>, repair: bool) -> Result<Store> {
     };
     Store::open(config).map_err(|e| {
         let hint = match &e {
-            StoreError::Locked { .. } => "cannot open the store: is another roster serve using this data dir?".to_owned(),
+            StoreError::Locked { .. } => {
+                "cannot open the store: is another roster serve using this data dir?".to_owned()
+            }
             StoreError::Corrupt(_) => format!("refusing to start on damaged data in {}", dir.display()),
             _ => format!("cannot open the store in {}", dir.display()),
         };
@@ -463,7 +479,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             _ if args.http.1 == Scheme::Https => args.tls.cert_file.as_ref().zip(args.tls.key_file.as_ref()),
             _ => None,
         };
-        let cert_flag = if args.tls.cert_file.is_some() { "--http-cert-file (or --cert-file)" } else { "--http-cert-file" };
+        let cert_flag =
+            if args.tls.cert_file.is_some() { "--http-cert-file (or --cert-file)" } else { "--http-cert-file" };
         let tls = files.map(|(c, k)| roster_tls::ServerTls {
             trusted_ca_file: args.http_trusted_ca_file.clone(),
             client_cert_auth: args.http_client_cert_auth,
@@ -483,7 +500,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let grpc = bind(&args.listen).await?;
     let http = if args.no_http { None } else { Some(bind(&args.http).await?) };
     let grpc_addr = grpc.local_addr().context("bound gRPC socket has no address")?;
-    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose().context("bound HTTP socket has no address")?;
+    let http_addr =
+        http.as_ref().map(TcpListener::local_addr).transpose().context("bound HTTP socket has no address")?;
 
     // Replaying the log can take a while; keep it off the async workers.
     let dir = (!args.in_memory).then(|| args.data_dir.clone());
@@ -502,10 +520,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     // Auth as the store has it now: a data dir with auth enabled needs no
     // warning about it.
     let auth_enabled = store.auth_tables().enabled;
-    for warning in exposure_warnings("the etcd gRPC API", grpc_addr, grpc_tls.as_ref(), auth_enabled)
-        .into_iter()
-        .chain(http_addr.into_iter().flat_map(|h| exposure_warnings("HTTP health and metrics", h, http_tls.as_ref(), true)))
-    {
+    for warning in exposure_warnings("the etcd gRPC API", grpc_addr, grpc_tls.as_ref(), auth_enabled).into_iter().chain(
+        http_addr.into_iter().flat_map(|h| exposure_warnings("HTTP health and metrics", h, http_tls.as_ref(), true)),
+    ) {
         tracing::warn!("{warning}");
     }
     let grpc_scheme = if grpc_tls.is_some() { "https" } else { "http" };
@@ -550,7 +567,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
 
     let http_note = match http_addr {
-        Some(h) if config.http_routes.is_some() => format!("health, metrics and the console on {http_scheme}://{h} (/ui/)"),
+        Some(h) if config.http_routes.is_some() => {
+            format!("health, metrics and the console on {http_scheme}://{h} (/ui/)")
+        }
         Some(h) => format!("health and metrics on {http_scheme}://{h}"),
         None => "HTTP health and metrics off".to_owned(),
     };
@@ -582,7 +601,9 @@ fn console_routes(
     if grpc_tls {
         // It would need a client certificate and CA of its own to reach
         // the gRPC listener; `roster console --cacert ...` does that.
-        tracing::warn!("the console is not served at /ui/: the gRPC listener has TLS (run `roster console` with --cacert)");
+        tracing::warn!(
+            "the console is not served at /ui/: the gRPC listener has TLS (run `roster console` with --cacert)"
+        );
         return Ok(None);
     }
     let local = |a: SocketAddr| if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a };
@@ -597,7 +618,7 @@ fn console_routes(
 pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         Ok(async move {
@@ -721,13 +742,26 @@ mod tests {
             (a.grpc_keepalive_interval, a.grpc_keepalive_timeout, a.grpc_keepalive_min_time),
             (d.keepalive_interval, d.keepalive_timeout, d.keepalive_min_time)
         );
-        assert_eq!((a.max_concurrent_streams, a.max_inflight_requests as usize), (d.max_concurrent_streams, d.max_inflight_requests));
+        assert_eq!(
+            (a.max_concurrent_streams, a.max_inflight_requests as usize),
+            (d.max_concurrent_streams, d.max_inflight_requests)
+        );
         let a = Cli::parse_from([
-            "serve", "--grpc-keepalive-interval", "1m", "--grpc-keepalive-timeout", "500ms",
-            "--max-concurrent-streams", "100", "--max-inflight-requests", "7",
+            "serve",
+            "--grpc-keepalive-interval",
+            "1m",
+            "--grpc-keepalive-timeout",
+            "500ms",
+            "--max-concurrent-streams",
+            "100",
+            "--max-inflight-requests",
+            "7",
         ])
         .serve;
-        assert_eq!((a.grpc_keepalive_interval, a.grpc_keepalive_timeout), (Duration::from_secs(60), Duration::from_millis(500)));
+        assert_eq!(
+            (a.grpc_keepalive_interval, a.grpc_keepalive_timeout),
+            (Duration::from_secs(60), Duration::from_millis(500))
+        );
         assert_eq!((a.max_concurrent_streams, a.max_inflight_requests), (100, 7));
         assert!(Cli::try_parse_from(["serve", "--max-concurrent-streams", "0"]).is_err());
         assert!(Cli::try_parse_from(["serve", "--max-inflight-requests", "0"]).is_err());

@@ -70,17 +70,9 @@ pub async fn run(args: SnapshotArgs) -> Result<()> {
             print!("{}", render_status(&st, &write_out));
             Ok(())
         }
-        SnapshotCommand::Restore {
-            file,
-            data_dir,
-            skip_hash_check,
-        } => {
+        SnapshotCommand::Restore { file, data_dir, skip_hash_check } => {
             let started = Instant::now();
-            eprintln!(
-                "restoring {} into {} ...",
-                file.display(),
-                data_dir.display()
-            );
+            eprintln!("restoring {} into {} ...", file.display(), data_dir.display());
             let r = tokio::task::spawn_blocking({
                 let (file, data_dir) = (file.clone(), data_dir.clone());
                 move || etcd_snapshot::restore(&file, &data_dir, skip_hash_check)
@@ -97,10 +89,7 @@ pub async fn run(args: SnapshotArgs) -> Result<()> {
                 data_dir.display(),
                 started.elapsed()
             );
-            println!(
-                "start it with: roster serve --data-dir {}",
-                data_dir.display()
-            );
+            println!("start it with: roster serve --data-dir {}", data_dir.display());
             Ok(())
         }
     }
@@ -115,8 +104,7 @@ async fn save(file: &Path, conn: &ConnectArgs) -> Result<()> {
         let _ = std::fs::remove_file(&part);
         return Err(e);
     }
-    std::fs::rename(&part, file)
-        .with_context(|| format!("cannot rename {} to {}", part.display(), file.display()))?;
+    std::fs::rename(&part, file).with_context(|| format!("cannot rename {} to {}", part.display(), file.display()))?;
     println!("Snapshot saved at {}", file.display());
     Ok(())
 }
@@ -141,10 +129,7 @@ async fn receive(
         let msg = match stream.message().await {
             Ok(Some(m)) => m,
             Ok(None) => break,
-            Err(s) => bail!(
-                "snapshot from {endpoint} failed after {got} bytes: {}",
-                s.message()
-            ),
+            Err(s) => bail!("snapshot from {endpoint} failed after {got} bytes: {}", s.message()),
         };
         out.write_all(&msg.blob)?;
         got += msg.blob.len() as u64;
@@ -161,17 +146,11 @@ async fn receive(
         }
     }
     if held.len() != 32 || h.finalize().as_slice() != held.as_slice() {
-        bail!(
-            "snapshot from {endpoint} ended after {got} bytes without a matching sha256 (cut off?)"
-        );
+        bail!("snapshot from {endpoint} ended after {got} bytes without a matching sha256 (cut off?)");
     }
     let f = out.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
-    eprintln!(
-        "received {} from {endpoint} in {:.1?}",
-        human_bytes(got),
-        started.elapsed()
-    );
+    eprintln!("received {} from {endpoint} in {:.1?}", human_bytes(got), started.elapsed());
     Ok(())
 }
 
@@ -182,38 +161,17 @@ fn render_status(st: &SnapshotStatus, format: &str) -> String {
             st.hash, st.revision, st.total_keys, st.total_size
         );
     }
-    let cells = [
-        format!("{:x}", st.hash),
-        st.revision.to_string(),
-        st.total_keys.to_string(),
-        human_bytes(st.total_size),
-    ];
+    let cells =
+        [format!("{:x}", st.hash), st.revision.to_string(), st.total_keys.to_string(), human_bytes(st.total_size)];
     let heads = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
-    let widths: Vec<usize> = heads
-        .iter()
-        .zip(&cells)
-        .map(|(h, c)| h.len().max(c.len()) + 2)
-        .collect();
-    let rule: String = widths
-        .iter()
-        .map(|w| format!("+{}", "-".repeat(*w)))
-        .collect::<String>()
-        + "+\n";
+    let widths: Vec<usize> = heads.iter().zip(&cells).map(|(h, c)| h.len().max(c.len()) + 2).collect();
+    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(*w))).collect::<String>() + "+\n";
     let center = |s: &str, w: usize| {
         let left = (w - s.len()) / 2;
-        format!(
-            "{}{}{}",
-            " ".repeat(left),
-            s,
-            " ".repeat(w - s.len() - left)
-        )
+        format!("{}{}{}", " ".repeat(left), s, " ".repeat(w - s.len() - left))
     };
-    let head: String = heads
-        .iter()
-        .zip(&widths)
-        .map(|(h, w)| format!("|{}", center(h, *w)))
-        .collect::<String>()
-        + "|\n";
+    let head: String =
+        heads.iter().zip(&widths).map(|(h, w)| format!("|{}", center(h, *w))).collect::<String>() + "|\n";
     let row: String = cells
         .iter()
         .zip(&widths)
@@ -238,11 +196,7 @@ fn human_bytes(n: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     let e = ((n as f64).ln() / 1000f64.ln()).floor() as usize;
     let val = ((n as f64) / 1000f64.powi(e as i32) * 10.0 + 0.5).floor() / 10.0;
-    if val < 10.0 {
-        format!("{val:.1} {}", units[e])
-    } else {
-        format!("{val:.0} {}", units[e])
-    }
+    if val < 10.0 { format!("{val:.1} {}", units[e]) } else { format!("{val:.0} {}", units[e]) }
 }
 
 #[cfg(test)]

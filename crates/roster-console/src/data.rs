@@ -5,8 +5,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use roster::{Client, Instance};
 use roster_api::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
-    request_op,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
 };
 use roster_api::mvccpb::KeyValue;
 use roster_api::range::prefix_end;
@@ -23,12 +22,7 @@ fn err(e: roster::Error) -> String {
 }
 
 pub fn is_auth_refusal(msg: &str) -> bool {
-    [
-        "etcdserver: user name is empty",
-        "etcdserver: invalid auth token",
-        "etcdserver: permission denied",
-    ]
-    .contains(&msg)
+    ["etcdserver: user name is empty", "etcdserver: invalid auth token", "etcdserver: permission denied"].contains(&msg)
 }
 
 /// One registered instance and what its key says about it. A drained
@@ -69,16 +63,9 @@ fn range_op(start: &str) -> RequestOp {
 
 /// Every instance under `prefix` (or one service's), drained ones
 /// included, and the revision read: keys and markers in one read.
-pub async fn instances(
-    client: &Client,
-    prefix: &str,
-    service: Option<&str>,
-) -> Result<(Vec<Entry>, i64)> {
+pub async fn instances(client: &Client, prefix: &str, service: Option<&str>) -> Result<(Vec<Entry>, i64)> {
     let txn = TxnRequest {
-        success: vec![
-            range_op(&service_prefix(prefix, service)),
-            range_op(&drain_range(prefix, service)),
-        ],
+        success: vec![range_op(&service_prefix(prefix, service)), range_op(&drain_range(prefix, service))],
         ..Default::default()
     };
     let resp = client.txn(txn).await.map_err(err)?;
@@ -104,13 +91,7 @@ pub async fn instances(
             Ok(instance) => {
                 out.insert(
                     key.clone(),
-                    Entry {
-                        key,
-                        instance,
-                        lease: kv.lease,
-                        create_revision: kv.create_revision,
-                        drained,
-                    },
+                    Entry { key, instance, lease: kv.lease, create_revision: kv.create_revision, drained },
                 );
             }
             Err(e) => tracing::debug!(key = raw, error = %e, "skipping a value that is not an instance"),
@@ -126,27 +107,12 @@ pub async fn instances(
 }
 
 /// Remaining TTL of each lease (seconds; -1 when gone), asked concurrently.
-pub async fn lease_ttls(
-    client: &Client,
-    leases: impl IntoIterator<Item = i64>,
-) -> BTreeMap<i64, i64> {
+pub async fn lease_ttls(client: &Client, leases: impl IntoIterator<Item = i64>) -> BTreeMap<i64, i64> {
     let mut set = tokio::task::JoinSet::new();
-    for lease in leases
-        .into_iter()
-        .filter(|l| *l != 0)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .take(500)
+    for lease in leases.into_iter().filter(|l| *l != 0).collect::<std::collections::BTreeSet<_>>().into_iter().take(500)
     {
         let c = client.clone();
-        set.spawn(async move {
-            (
-                lease,
-                c.lease_time_to_live(lease, false)
-                    .await
-                    .map_or(-1, |r| r.ttl),
-            )
-        });
+        set.spawn(async move { (lease, c.lease_time_to_live(lease, false).await.map_or(-1, |r| r.ttl)) });
     }
     let mut out = BTreeMap::new();
     while let Some(r) = set.join_next().await {
@@ -158,11 +124,7 @@ pub async fn lease_ttls(
 }
 
 pub async fn get(client: &Client, key: &str, revision: i64) -> Result<Option<KeyValue>> {
-    let req = RangeRequest {
-        key: key.as_bytes().to_vec().into(),
-        revision,
-        ..Default::default()
-    };
+    let req = RangeRequest { key: key.as_bytes().to_vec().into(), revision, ..Default::default() };
     Ok(client.range(req).await.map_err(err)?.kvs.into_iter().next())
 }
 
@@ -202,29 +164,18 @@ pub async fn compare_and_put(
         ignore_lease: keep_lease,
         ..Default::default()
     };
-    let get = RangeRequest {
-        key: key.as_bytes().to_vec().into(),
-        ..Default::default()
-    };
+    let get = RangeRequest { key: key.as_bytes().to_vec().into(), ..Default::default() };
     let txn = TxnRequest {
         compare: vec![mod_rev_is(key, expected)],
-        success: vec![RequestOp {
-            request: Some(request_op::Request::RequestPut(put)),
-        }],
-        failure: vec![RequestOp {
-            request: Some(request_op::Request::RequestRange(get)),
-        }],
+        success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put)) }],
+        failure: vec![RequestOp { request: Some(request_op::Request::RequestRange(get)) }],
     };
     let resp = client.txn(txn).await.map_err(err)?;
     if resp.succeeded {
-        return Ok(Swap::Done {
-            revision: resp.header.map_or(0, |h| h.revision),
-        });
+        return Ok(Swap::Done { revision: resp.header.map_or(0, |h| h.revision) });
     }
     let current = resp.responses.into_iter().find_map(|r| match r.response {
-        Some(roster_api::etcdserverpb::response_op::Response::ResponseRange(r)) => {
-            r.kvs.into_iter().next()
-        }
+        Some(roster_api::etcdserverpb::response_op::Response::ResponseRange(r)) => r.kvs.into_iter().next(),
         _ => None,
     });
     Ok(Swap::Conflict { current })
@@ -279,10 +230,7 @@ async fn key_becomes(client: &Client, key: &str, want: bool) -> Result<bool> {
 }
 
 async fn delete(client: &Client, key: &str) -> Result<()> {
-    let del = DeleteRangeRequest {
-        key: key.as_bytes().to_vec().into(),
-        ..Default::default()
-    };
+    let del = DeleteRangeRequest { key: key.as_bytes().to_vec().into(), ..Default::default() };
     client.delete_range(del).await.map_err(err).map(|_| ())
 }
 
@@ -351,10 +299,7 @@ pub async fn act(client: &Client, prefix: &str, key: &str, action: Action) -> Re
             };
             if kv.lease != 0 {
                 client.lease_revoke(kv.lease).await.map_err(err)?;
-                return Ok(format!(
-                    "{svc}/{id} deregistered (lease {:x} revoked)",
-                    kv.lease
-                ));
+                return Ok(format!("{svc}/{id} deregistered (lease {:x} revoked)", kv.lease));
             }
             delete(client, what).await?;
             Ok(format!("{svc}/{id} deregistered (key deleted)"))
@@ -365,13 +310,9 @@ pub async fn act(client: &Client, prefix: &str, key: &str, action: Action) -> Re
             };
             let mut inst = Instance::from_value(svc, id, &kv.value)?;
             inst.weight = w;
-            match compare_and_put(client, key, kv.mod_revision, inst.to_value().into_bytes(), true)
-                .await?
-            {
+            match compare_and_put(client, key, kv.mod_revision, inst.to_value().into_bytes(), true).await? {
                 Swap::Done { .. } => Ok(format!("{svc}/{id} weight set to {w}")),
-                Swap::Conflict { .. } => Err(format!(
-                    "{key} changed meanwhile; nothing was written, try again"
-                )),
+                Swap::Conflict { .. } => Err(format!("{key} changed meanwhile; nothing was written, try again")),
             }
         }
     }
@@ -403,10 +344,7 @@ pub async fn history(client: &Client, current: &KeyValue, max: usize) -> Result<
             Err(e) => return Err(e),
         }
     }
-    Ok(History {
-        versions,
-        compacted,
-    })
+    Ok(History { versions, compacted })
 }
 
 /// A page of the key browser.
@@ -419,12 +357,7 @@ pub struct KeyPage {
 
 /// Up to `limit` keys under `prefix` after `after` (exclusive), keys only:
 /// a million keys cost one page each.
-pub async fn keys(
-    client: &Client,
-    prefix: &str,
-    after: Option<&str>,
-    limit: i64,
-) -> Result<KeyPage> {
+pub async fn keys(client: &Client, prefix: &str, after: Option<&str>, limit: i64) -> Result<KeyPage> {
     let end = prefix_end(prefix.as_bytes());
     let start = match after {
         Some(a) if !a.is_empty() => {
@@ -434,20 +367,10 @@ pub async fn keys(
         }
         _ => prefix.as_bytes().to_vec(),
     };
-    let req = RangeRequest {
-        key: start.into(),
-        range_end: end.into(),
-        limit,
-        keys_only: true,
-        ..Default::default()
-    };
+    let req = RangeRequest { key: start.into(), range_end: end.into(), limit, keys_only: true, ..Default::default() };
     let resp = client.range(req).await.map_err(err)?;
     Ok(KeyPage {
-        keys: resp
-            .kvs
-            .into_iter()
-            .map(|kv| (kv.key.to_vec(), kv.mod_revision, kv.lease))
-            .collect(),
+        keys: resp.kvs.into_iter().map(|kv| (kv.key.to_vec(), kv.mod_revision, kv.lease)).collect(),
         count: resp.count,
         more: resp.more,
         revision: resp.header.map_or(0, |h| h.revision),
@@ -456,10 +379,7 @@ pub async fn keys(
 
 /// Participants of every lock or election under `prefix`, by name, each
 /// list oldest first (the holder or leader first).
-pub async fn participants(
-    client: &Client,
-    prefix: &str,
-) -> Result<BTreeMap<String, Vec<KeyValue>>> {
+pub async fn participants(client: &Client, prefix: &str) -> Result<BTreeMap<String, Vec<KeyValue>>> {
     let req = RangeRequest {
         key: prefix.as_bytes().to_vec().into(),
         range_end: prefix_end(prefix.as_bytes()).into(),
@@ -470,10 +390,7 @@ pub async fn participants(
     let mut out: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
     for kv in resp.kvs {
         let key = String::from_utf8_lossy(&kv.key).into_owned();
-        let name = key
-            .rsplit_once('/')
-            .map_or(key.as_str(), |(n, _)| n)
-            .to_owned();
+        let name = key.rsplit_once('/').map_or(key.as_str(), |(n, _)| n).to_owned();
         out.entry(name).or_default().push(kv);
     }
     for v in out.values_mut() {
@@ -488,18 +405,11 @@ pub async fn compaction_point(client: &Client, current: i64) -> Result<i64> {
     let readable = |rev: i64| {
         let c = client.clone();
         async move {
-            let req = RangeRequest {
-                key: vec![0].into(),
-                limit: 1,
-                keys_only: true,
-                revision: rev,
-                ..Default::default()
-            };
+            let req =
+                RangeRequest { key: vec![0].into(), limit: 1, keys_only: true, revision: rev, ..Default::default() };
             match c.range(req).await {
                 Ok(_) => Ok(true),
-                Err(roster::Error::Status(s))
-                    if s.message().contains("required revision has been compacted") =>
-                {
+                Err(roster::Error::Status(s)) if s.message().contains("required revision has been compacted") => {
                     Ok(false)
                 }
                 Err(e) => Err(err(e)),
@@ -526,10 +436,7 @@ pub async fn compaction_point(client: &Client, current: i64) -> Result<i64> {
 /// GETs of the registry's `/health` and `/metrics` (plain HTTP).
 pub struct HttpProbe {
     base: Option<String>,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Empty<Bytes>,
-    >,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     /// The last requests total and when it was read, for a rate.
     last: parking_lot::Mutex<Option<(std::time::Instant, f64)>>,
 }
@@ -545,14 +452,8 @@ pub struct Figures {
 
 impl HttpProbe {
     pub fn new(base: Option<String>) -> Self {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        HttpProbe {
-            base,
-            client,
-            last: parking_lot::Mutex::new(None),
-        }
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        HttpProbe { base, client, last: parking_lot::Mutex::new(None) }
     }
 
     pub fn configured(&self) -> bool {
@@ -561,27 +462,16 @@ impl HttpProbe {
 
     async fn fetch(&self, path: &str) -> Option<String> {
         let base = self.base.as_ref()?;
-        let uri: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
-            .parse()
-            .ok()?;
-        let resp = tokio::time::timeout(Duration::from_secs(2), self.client.get(uri))
-            .await
-            .ok()?
-            .ok()?;
-        let body = tokio::time::timeout(Duration::from_secs(2), resp.into_body().collect())
-            .await
-            .ok()?
-            .ok()?;
+        let uri: http::Uri = format!("{}{path}", base.trim_end_matches('/')).parse().ok()?;
+        let resp = tokio::time::timeout(Duration::from_secs(2), self.client.get(uri)).await.ok()?.ok()?;
+        let body = tokio::time::timeout(Duration::from_secs(2), resp.into_body().collect()).await.ok()?.ok()?;
         String::from_utf8(body.to_bytes().to_vec()).ok()
     }
 
     /// The `backup` member of `/health`, if the registry reports one.
     pub async fn backup(&self) -> Option<serde_json::Value> {
         let body = self.fetch("/health").await?;
-        serde_json::from_str::<serde_json::Value>(&body)
-            .ok()?
-            .get("backup")
-            .cloned()
+        serde_json::from_str::<serde_json::Value>(&body).ok()?.get("backup").cloned()
     }
 
     pub async fn figures(&self) -> Option<Figures> {
@@ -597,9 +487,7 @@ impl HttpProbe {
             };
             let metric = name.split('{').next().unwrap_or(name);
             match metric {
-                "roster_grpc_requests_total" | "grpc_server_handled_total" => {
-                    *total.get_or_insert(0.0) += v
-                }
+                "roster_grpc_requests_total" | "grpc_server_handled_total" => *total.get_or_insert(0.0) += v,
                 "roster_watchers" | "etcd_debugging_mvcc_watcher_total" => f.watchers = Some(v),
                 "roster_store_leases" => f.leases = Some(v),
                 "roster_store_compact_revision" => f.compact_revision = Some(v),
@@ -625,17 +513,12 @@ impl HttpProbe {
 pub fn formatted(format: roster::config::Format, value: &[u8]) -> Option<String> {
     use roster::config::Format;
     match format {
-        Format::Json => format
-            .decode::<serde_json::Value>(value)
-            .ok()
-            .and_then(|v| serde_json::to_string_pretty(&v).ok()),
-        Format::Toml => format
-            .decode::<toml::Table>(value)
-            .ok()
-            .and_then(|v| toml::to_string_pretty(&v).ok()),
-        Format::Yaml => format
-            .decode::<serde_yaml_ng::Value>(value)
-            .ok()
-            .and_then(|v| serde_yaml_ng::to_string(&v).ok()),
+        Format::Json => {
+            format.decode::<serde_json::Value>(value).ok().and_then(|v| serde_json::to_string_pretty(&v).ok())
+        }
+        Format::Toml => format.decode::<toml::Table>(value).ok().and_then(|v| toml::to_string_pretty(&v).ok()),
+        Format::Yaml => {
+            format.decode::<serde_yaml_ng::Value>(value).ok().and_then(|v| serde_yaml_ng::to_string(&v).ok())
+        }
     }
 }

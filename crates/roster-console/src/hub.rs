@@ -106,20 +106,11 @@ const SEEN_CAP: usize = 100_000;
 impl Hub {
     pub fn start(client: Client, areas: Areas) -> Hub {
         let (tx, tick) = watch::channel(Tick::default());
-        let lender = Arc::new(Lender {
-            client: Mutex::new(Some(client)),
-            ..Default::default()
-        });
+        let lender = Arc::new(Lender { client: Mutex::new(Some(client)), ..Default::default() });
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let (stop_tx, stop) = tokio::sync::oneshot::channel();
         tokio::spawn(run(tx, lender.clone(), areas, seen.clone(), stop));
-        Hub {
-            tick,
-            lender,
-            seen,
-            started: SystemTime::now(),
-            _guard: DropGuard(Some(stop_tx)),
-        }
+        Hub { tick, lender, seen, started: SystemTime::now(), _guard: DropGuard(Some(stop_tx)) }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Tick> {
@@ -162,10 +153,7 @@ async fn run(
     let scopes: [(Vec<u8>, Vec<u8>); 3] = [
         (vec![0], vec![0]),
         (b"/".to_vec(), prefix_end(b"/")),
-        (
-            areas.services.as_bytes().to_vec(),
-            prefix_end(areas.services.as_bytes()),
-        ),
+        (areas.services.as_bytes().to_vec(), prefix_end(areas.services.as_bytes())),
     ];
     let mut scope = 0;
     loop {
@@ -176,8 +164,7 @@ async fn run(
             r = watch_once(&client, &scopes[scope], &tx, &areas, &seen) => r,
             _ = &mut stop => return,
         };
-        if matches!(&outcome, Err(e) if e.contains("permission denied")) && scope + 1 < scopes.len()
-        {
+        if matches!(&outcome, Err(e) if e.contains("permission denied")) && scope + 1 < scopes.len() {
             scope += 1;
             continue;
         }
@@ -195,18 +182,12 @@ async fn run(
             _ = lender.offered.notified(), if refused => {}
             _ = &mut stop => return,
         }
-        delay = if outcome.is_ok() {
-            Duration::from_millis(100)
-        } else {
-            (delay * 2).min(Duration::from_secs(2))
-        };
+        delay = if outcome.is_ok() { Duration::from_millis(100) } else { (delay * 2).min(Duration::from_secs(2)) };
     }
 }
 
 fn is_refusal(e: &str) -> bool {
-    e.contains("permission denied")
-        || e.contains("user name is empty")
-        || e.contains("invalid auth token")
+    e.contains("permission denied") || e.contains("user name is empty") || e.contains("invalid auth token")
 }
 
 /// One watch stream until it ends. `Ok` when it ended cleanly or was
@@ -225,10 +206,7 @@ async fn watch_once(
         start_revision: if from > 0 { from + 1 } else { 0 },
         ..Default::default()
     };
-    let mut stream = client
-        .watch_stream(create)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = client.watch_stream(create).await.map_err(|e| e.to_string())?;
     loop {
         let resp = match stream.next().await {
             Ok(Some(r)) => r,

@@ -111,11 +111,8 @@ impl Console {
         let mut anon_config = config.client.clone();
         anon_config.credentials = None;
         let anon = Client::new(anon_config)?;
-        let watcher = if config.client.credentials.is_some() {
-            Client::new(config.client.clone())?
-        } else {
-            anon.clone()
-        };
+        let watcher =
+            if config.client.credentials.is_some() { Client::new(config.client.clone())? } else { anon.clone() };
         let areas = hub::Areas {
             services: format!("{}/", config.prefix.trim_end_matches('/')),
             drains: format!("{}/", roster::drain_prefix(&config.prefix)),
@@ -132,9 +129,7 @@ impl Console {
             sessions: session::Sessions::default(),
             auth_on: parking_lot::Mutex::new(None),
         };
-        Ok(Console {
-            shared: Arc::new(shared),
-        })
+        Ok(Console { shared: Arc::new(shared) })
     }
 
     /// The console's routes, all under `/ui/`.

@@ -56,14 +56,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/ui/events", get(events))
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
-        .route(
-            "/ui/assets/console.js",
-            get(|| async { asset("text/javascript; charset=utf-8", JS) }),
-        )
-        .route(
-            "/ui/assets/console.css",
-            get(|| async { asset("text/css; charset=utf-8", CSS) }),
-        )
+        .route("/ui/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
+        .route("/ui/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .with_state(shared)
 }
 
@@ -98,28 +92,18 @@ enum Denied {
 
 impl Ctx {
     async fn new(shared: &Arc<Shared>, headers: &HeaderMap) -> Result<Ctx, Response> {
-        let cookie = headers
-            .get(axum::http::header::COOKIE)
-            .and_then(|v| v.to_str().ok());
-        let session = shared
-            .sessions
-            .get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
+        let cookie = headers.get(axum::http::header::COOKIE).and_then(|v| v.to_str().ok());
+        let session = shared.sessions.get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
         let auth_on = auth_on(shared).await;
         let live = headers.contains_key("x-roster-live");
         let since = shared.hub.current().revision;
         // Read no older than the revision the page was told of.
-        let wanted: i64 = headers
-            .get("x-roster-rev")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let wanted: i64 =
+            headers.get("x-roster-rev").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
         let wanted = wanted.max(since);
         let ctx = Ctx {
             since,
-            client: session
-                .user
-                .as_ref()
-                .map_or_else(|| shared.anon.clone(), |(_, c)| c.clone()),
+            client: session.user.as_ref().map_or_else(|| shared.anon.clone(), |(_, c)| c.clone()),
             shared: shared.clone(),
             session,
             auth_on,
@@ -186,10 +170,7 @@ impl Ctx {
         if !self.auth_on {
             return true;
         }
-        self.shared
-            .sessions
-            .can_write(&self.session.id, &self.client, key)
-            .await
+        self.shared.sessions.can_write(&self.session.id, &self.client, key).await
     }
 
     /// Refuses a POST whose CSRF token is not the session's, or that may
@@ -201,9 +182,7 @@ impl Ctx {
             ));
         }
         if self.shared.config.read_only {
-            return Err(forbidden(
-                "This console is read-only (--console-read-only).",
-            ));
+            return Err(forbidden("This console is read-only (--console-read-only)."));
         }
         if !self.can_write(key).await {
             let who = self.user().unwrap_or("this console");
@@ -214,15 +193,8 @@ impl Ctx {
 
     fn with_cookie(&self, mut resp: Response) -> Response {
         if self.session.new {
-            let secure = if self.shared.config.secure_cookie {
-                "; Secure"
-            } else {
-                ""
-            };
-            let c = format!(
-                "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict{secure}",
-                self.session.id
-            );
+            let secure = if self.shared.config.secure_cookie { "; Secure" } else { "" };
+            let c = format!("{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict{secure}", self.session.id);
             if let Ok(v) = HeaderValue::from_str(&c) {
                 resp.headers_mut().append(SET_COOKIE, v);
             }
@@ -245,15 +217,7 @@ impl Ctx {
     }
 
     fn error_page(&self, status: StatusCode, title: &str, msg: &str) -> Response {
-        let body = layout(
-            self,
-            title,
-            "",
-            "",
-            None,
-            html! { p.error role="alert" { (msg) } },
-            html! {},
-        );
+        let body = layout(self, title, "", "", None, html! { p.error role="alert" { (msg) } }, html! {});
         self.with_cookie(html_response(status, body))
     }
 }
@@ -264,12 +228,8 @@ async fn auth_on(shared: &Shared) -> bool {
     {
         return on;
     }
-    let req = roster_api::etcdserverpb::RangeRequest {
-        key: vec![0].into(),
-        limit: 1,
-        keys_only: true,
-        ..Default::default()
-    };
+    let req =
+        roster_api::etcdserverpb::RangeRequest { key: vec![0].into(), limit: 1, keys_only: true, ..Default::default() };
     let on = match shared.anon.range(req).await {
         Ok(_) => false,
         Err(roster::Error::Status(s)) => data::is_auth_refusal(s.message()),
@@ -281,14 +241,7 @@ async fn auth_on(shared: &Shared) -> bool {
 }
 
 fn html_response(status: StatusCode, body: Markup) -> Response {
-    (
-        status,
-        [
-            (CONTENT_TYPE, "text/html; charset=utf-8"),
-            (CACHE_CONTROL, "no-store"),
-        ],
-        body.into_string(),
-    )
+    (status, [(CONTENT_TYPE, "text/html; charset=utf-8"), (CACHE_CONTROL, "no-store")], body.into_string())
         .into_response()
 }
 
@@ -386,13 +339,9 @@ impl Filter {
         let i = &e.instance;
         let q = self.q.trim().to_lowercase();
         let text_hit = q.is_empty()
-            || [&i.service, &i.id, &i.addr, &i.zone, &i.version]
-                .iter()
-                .any(|f| f.to_lowercase().contains(&q))
+            || [&i.service, &i.id, &i.addr, &i.zone, &i.version].iter().any(|f| f.to_lowercase().contains(&q))
             || i.tags.iter().any(|t| t.to_lowercase().contains(&q))
-            || i.meta
-                .iter()
-                .any(|(k, v)| k.to_lowercase().contains(&q) || v.to_lowercase().contains(&q));
+            || i.meta.iter().any(|(k, v)| k.to_lowercase().contains(&q) || v.to_lowercase().contains(&q));
         let tag_hit = self.tag.trim().is_empty() || i.tags.iter().any(|t| t == self.tag.trim());
         let zone_hit = self.zone.trim().is_empty() || i.zone == self.zone.trim();
         let meta_hit = match self.meta.trim().split_once('=') {
@@ -446,14 +395,12 @@ async fn services(State(shared): St, headers: HeaderMap, Query(filter): Query<Fi
         if !(q.is_empty() || e.instance.service.to_lowercase().contains(&q) || filter.matches(e)) {
             continue;
         }
-        let r = rows
-            .entry(e.instance.service.clone())
-            .or_insert_with(|| ServiceRow {
-                instances: 0,
-                drained: 0,
-                zones: Default::default(),
-                versions: Default::default(),
-            });
+        let r = rows.entry(e.instance.service.clone()).or_insert_with(|| ServiceRow {
+            instances: 0,
+            drained: 0,
+            zones: Default::default(),
+            versions: Default::default(),
+        });
         r.instances += 1;
         r.drained += usize::from(e.drained);
         if !e.instance.zone.is_empty() {
@@ -487,13 +434,7 @@ async fn services(State(shared): St, headers: HeaderMap, Query(filter): Query<Fi
             }
         }
     };
-    ctx.page(
-        "Services",
-        "services",
-        "services",
-        filter.form("/ui/", false),
-        live,
-    )
+    ctx.page("Services", "services", "services", filter.form("/ui/", false), live)
 }
 
 fn health(instances: usize, drained: usize) -> (&'static str, &'static str) {
@@ -518,16 +459,13 @@ async fn service(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let (entries, rev) =
-        match data::instances(&ctx.client, &shared.config.prefix, Some(&name)).await {
-            Ok(x) => x,
-            Err(e) => return ctx.error_page(StatusCode::BAD_GATEWAY, &name, &e),
-        };
+    let (entries, rev) = match data::instances(&ctx.client, &shared.config.prefix, Some(&name)).await {
+        Ok(x) => x,
+        Err(e) => return ctx.error_page(StatusCode::BAD_GATEWAY, &name, &e),
+    };
     let shown: Vec<&Entry> = entries.iter().filter(|e| filter.matches(e)).collect();
     let ttls = data::lease_ttls(&ctx.client, shown.iter().map(|e| e.lease)).await;
-    let writable = ctx
-        .can_write(&data::service_prefix(&shared.config.prefix, Some(&name)))
-        .await;
+    let writable = ctx.can_write(&data::service_prefix(&shared.config.prefix, Some(&name))).await;
     let back = format!("/ui/services/{}", enc(&name));
     let live = html! {
         p.summary { (shown.len()) " of " (entries.len()) " instances shown, at revision " (rev) "." }
@@ -678,11 +616,7 @@ async fn action(State(shared): St, headers: HeaderMap, Form(f): Form<ActionForm>
         return r;
     }
     let Some(action) = Action::parse(&f.action, f.weight.as_deref()) else {
-        return ctx.error_page(
-            StatusCode::BAD_REQUEST,
-            "Action",
-            "Unknown action or bad weight.",
-        );
+        return ctx.error_page(StatusCode::BAD_REQUEST, "Action", "Unknown action or bad weight.");
     };
     let msg = match data::act(&ctx.client, &shared.config.prefix, &f.key, action).await {
         Ok(done) => done,
@@ -776,11 +710,7 @@ async fn config_key(State(shared): St, headers: HeaderMap, Query(q): Query<KeyQu
         Err(e) => return ctx.error_page(StatusCode::BAD_GATEWAY, &q.key, &e),
     };
     let Some(kv) = kv else {
-        return ctx.error_page(
-            StatusCode::NOT_FOUND,
-            &q.key,
-            "This key is not set (any more).",
-        );
+        return ctx.error_page(StatusCode::NOT_FOUND, &q.key, "This key is not set (any more).");
     };
     let format = roster::config::format_for(&q.key, None).ok();
     let history = match data::history(&ctx.client, &kv, 20).await {
@@ -868,11 +798,7 @@ fn validate(key: &str, value: &str) -> Result<(), String> {
     roster::config::check_value(format, value.as_bytes())
 }
 
-async fn config_preview(
-    State(shared): St,
-    headers: HeaderMap,
-    Form(f): Form<EditForm>,
-) -> Response {
+async fn config_preview(State(shared): St, headers: HeaderMap, Form(f): Form<EditForm>) -> Response {
     let ctx = match Ctx::new(&shared, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -888,10 +814,7 @@ async fn config_preview(
         Ok(kv) => kv,
         Err(e) => return ctx.error_page(StatusCode::BAD_GATEWAY, &f.key, &e),
     };
-    let old = current
-        .as_ref()
-        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
-        .unwrap_or_default();
+    let old = current.as_ref().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).unwrap_or_default();
     let moved = current.as_ref().map_or(0, |kv| kv.mod_revision) != f.expected;
     let fixed = html! {
         h2 { "Review" }
@@ -937,25 +860,14 @@ async fn config_save(State(shared): St, headers: HeaderMap, Form(f): Form<EditFo
         let fixed = editor(&ctx, &f.key, f.expected, &f.value, Some(&e));
         return ctx.page(&f.key, "config", "", fixed, html! {});
     }
-    match data::compare_and_put(
-        &ctx.client,
-        &f.key,
-        f.expected,
-        f.value.clone().into_bytes(),
-        false,
-    )
-    .await
-    {
+    match data::compare_and_put(&ctx.client, &f.key, f.expected, f.value.clone().into_bytes(), false).await {
         Ok(Swap::Done { revision }) => {
             ctx.flash(format!("Published {} at revision {revision}.", f.key));
             redirect(&format!("/ui/config/key?key={}", enc(&f.key)))
         }
         Ok(Swap::Conflict { current }) => {
             let now = current.as_ref().map_or(0, |kv| kv.mod_revision);
-            let theirs = current
-                .as_ref()
-                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
-                .unwrap_or_default();
+            let theirs = current.as_ref().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).unwrap_or_default();
             let fixed = html! {
                 p.error #conflict role="alert" {
                     "Not saved: " code { (f.key) } " was changed by someone else (now at revision " (now)
@@ -982,11 +894,7 @@ struct RollbackForm {
     expected: i64,
 }
 
-async fn config_rollback(
-    State(shared): St,
-    headers: HeaderMap,
-    Form(f): Form<RollbackForm>,
-) -> Response {
+async fn config_rollback(State(shared): St, headers: HeaderMap, Form(f): Form<RollbackForm>) -> Response {
     let ctx = match Ctx::new(&shared, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -998,10 +906,7 @@ async fn config_rollback(
     let old = match data::get(&ctx.client, &f.key, f.revision).await {
         Ok(Some(kv)) if kv.mod_revision == f.revision => kv,
         Ok(_) => {
-            ctx.flash(format!(
-                "Not rolled back: {} had no value written at revision {}.",
-                f.key, f.revision
-            ));
+            ctx.flash(format!("Not rolled back: {} had no value written at revision {}.", f.key, f.revision));
             return redirect(&back);
         }
         Err(e) => {
@@ -1014,20 +919,13 @@ async fn config_rollback(
         ctx.flash(format!("Not rolled back: {e}"));
         return redirect(&back);
     }
-    let msg =
-        match data::compare_and_put(&ctx.client, &f.key, f.expected, old.value.to_vec(), false)
-            .await
-        {
-            Ok(Swap::Done { revision }) => format!(
-                "Rolled back {} to the value of revision {} (now revision {revision}).",
-                f.key, f.revision
-            ),
-            Ok(Swap::Conflict { .. }) => format!(
-                "Not rolled back: {} changed meanwhile. Nothing was written.",
-                f.key
-            ),
-            Err(e) => format!("Not rolled back: {e}"),
-        };
+    let msg = match data::compare_and_put(&ctx.client, &f.key, f.expected, old.value.to_vec(), false).await {
+        Ok(Swap::Done { revision }) => {
+            format!("Rolled back {} to the value of revision {} (now revision {revision}).", f.key, f.revision)
+        }
+        Ok(Swap::Conflict { .. }) => format!("Not rolled back: {} changed meanwhile. Nothing was written.", f.key),
+        Err(e) => format!("Not rolled back: {e}"),
+    };
     ctx.flash(msg);
     redirect(&back)
 }
@@ -1047,13 +945,7 @@ async fn coordination(State(shared): St, headers: HeaderMap) -> Response {
         h2 { "Elections under " code { (shared.config.election_prefix) } }
         (participants_table(&elections, "Election", "Leader", "Candidates"))
     };
-    ctx.page(
-        "Coordination",
-        "coordination",
-        "coordination",
-        html! {},
-        live,
-    )
+    ctx.page("Coordination", "coordination", "coordination", html! {}, live)
 }
 
 fn participants_table(
@@ -1098,18 +990,12 @@ async fn registry(State(shared): St, headers: HeaderMap) -> Response {
         shared.http.figures(),
         shared.http.backup(),
     );
-    let revision = status
-        .as_ref()
-        .ok()
-        .and_then(|s| s.header.as_ref())
-        .map_or(0, |h| h.revision);
+    let revision = status.as_ref().ok().and_then(|s| s.header.as_ref()).map_or(0, |h| h.revision);
     let compacted = match figures.as_ref().and_then(|f| f.compact_revision) {
         Some(c) => Ok(c as i64),
         None => data::compaction_point(&ctx.client, revision).await,
     };
-    let Tick {
-        revision: hub_rev, ..
-    } = shared.hub.current();
+    let Tick { revision: hub_rev, .. } = shared.hub.current();
     let live = html! {
         h2 { "Status" }
         @match &status {
@@ -1189,19 +1075,12 @@ async fn keys(State(shared): St, headers: HeaderMap, Query(q): Query<KeysQuery>)
         Ok(c) => c,
         Err(r) => return r,
     };
-    let prefix = if q.prefix.is_empty() {
-        "/".to_owned()
-    } else {
-        q.prefix.clone()
-    };
+    let prefix = if q.prefix.is_empty() { "/".to_owned() } else { q.prefix.clone() };
     let page = match data::keys(&ctx.client, &prefix, Some(&q.after), PAGE).await {
         Ok(p) => p,
         Err(e) => return ctx.error_page(StatusCode::BAD_GATEWAY, "Keys", &e),
     };
-    let last = page
-        .keys
-        .last()
-        .map(|(k, _, _)| String::from_utf8_lossy(k).into_owned());
+    let last = page.keys.last().map(|(k, _, _)| String::from_utf8_lossy(k).into_owned());
     let fixed = html! {
         form.filters role="search" method="get" action="/ui/keys" {
             div.field { label for="prefix" { "Key prefix" } input #prefix type="search" name="prefix" value=(prefix); }
@@ -1238,11 +1117,7 @@ async fn key_value(State(shared): St, headers: HeaderMap, Query(q): Query<KeyQue
     let kv = match data::get(&ctx.client, &q.key, 0).await {
         Ok(Some(kv)) => kv,
         Ok(None) => {
-            return ctx.error_page(
-                StatusCode::NOT_FOUND,
-                &q.key,
-                "This key is not set (any more).",
-            );
+            return ctx.error_page(StatusCode::NOT_FOUND, &q.key, "This key is not set (any more).");
         }
         Err(e) => return ctx.error_page(StatusCode::BAD_GATEWAY, &q.key, &e),
     };
@@ -1258,13 +1133,7 @@ async fn key_value(State(shared): St, headers: HeaderMap, Query(q): Query<KeyQue
         (value_block(roster::config::format_for(&q.key, None).ok(), &kv.value[..kv.value.len().min(SHOWN)]))
         @if kv.value.len() > SHOWN { p.note { "Only the first 64 KiB are shown." } }
     };
-    ctx.page(
-        &q.key,
-        "keys",
-        "",
-        html! { p { a href="/ui/keys" { "All keys" } } },
-        live,
-    )
+    ctx.page(&q.key, "keys", "", html! { p { a href="/ui/keys" { "All keys" } } }, live)
 }
 
 // === live updates ===
@@ -1274,28 +1143,17 @@ async fn events(State(shared): St, headers: HeaderMap) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let last: Option<i64> = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let last: Option<i64> = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let mut rx = shared.hub.subscribe();
     let (tx, out) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(4);
     tokio::spawn(async move {
         let mut seen = rx.borrow_and_update().clone();
         let first = match last {
-            Some(l) if seen.compacted > l => Some(
-                Event::default()
-                    .event("resync")
-                    .id(seen.revision.to_string())
-                    .data("{}"),
-            ),
+            Some(l) if seen.compacted > l => {
+                Some(Event::default().event("resync").id(seen.revision.to_string()).data("{}"))
+            }
             Some(l) if seen.revision > l => Some(change_event(&seen, hub::AREAS.to_vec())),
-            _ => Some(
-                Event::default()
-                    .event("hello")
-                    .id(seen.revision.to_string())
-                    .data(seen.revision.to_string()),
-            ),
+            _ => Some(Event::default().event("hello").id(seen.revision.to_string()).data(seen.revision.to_string())),
         };
         if let Some(ev) = first
             && tx.send(Ok(ev)).await.is_err()
@@ -1309,17 +1167,9 @@ async fn events(State(shared): St, headers: HeaderMap) -> Response {
             }
             let now = rx.borrow_and_update().clone();
             let ev = if now.resyncs != seen.resyncs {
-                Some(
-                    Event::default()
-                        .event("resync")
-                        .id(now.compacted.to_string())
-                        .data("{}"),
-                )
+                Some(Event::default().event("resync").id(now.compacted.to_string()).data("{}"))
             } else {
-                let areas: Vec<&str> = (0..4)
-                    .filter(|&a| now.gens[a] != seen.gens[a])
-                    .map(|a| hub::AREAS[a])
-                    .collect();
+                let areas: Vec<&str> = (0..4).filter(|&a| now.gens[a] != seen.gens[a]).map(|a| hub::AREAS[a]).collect();
                 (!areas.is_empty()).then(|| change_event(&now, areas))
             };
             seen = now;
@@ -1332,38 +1182,21 @@ async fn events(State(shared): St, headers: HeaderMap) -> Response {
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(out);
-    ctx.with_cookie(
-        Sse::new(stream)
-            .keep_alive(KeepAlive::default())
-            .into_response(),
-    )
+    ctx.with_cookie(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
 fn change_event(t: &Tick, areas: Vec<&str>) -> Event {
     let data = serde_json::json!({ "rev": t.revision, "areas": areas });
-    Event::default()
-        .event("change")
-        .id(t.revision.to_string())
-        .data(data.to_string())
+    Event::default().event("change").id(t.revision.to_string()).data(data.to_string())
 }
 
 // === login ===
 
 async fn login_page(State(shared): St, headers: HeaderMap) -> Response {
-    let cookie = headers
-        .get(axum::http::header::COOKIE)
-        .and_then(|v| v.to_str().ok());
-    let session = shared
-        .sessions
-        .get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
-    let ctx = Ctx {
-        client: shared.anon.clone(),
-        shared: shared.clone(),
-        session,
-        auth_on: true,
-        live: false,
-        since: 0,
-    };
+    let cookie = headers.get(axum::http::header::COOKIE).and_then(|v| v.to_str().ok());
+    let session = shared.sessions.get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
+    let ctx =
+        Ctx { client: shared.anon.clone(), shared: shared.clone(), session, auth_on: true, live: false, since: 0 };
     login_form(&ctx, None, StatusCode::OK)
 }
 
@@ -1390,26 +1223,12 @@ struct LoginForm {
 }
 
 async fn login(State(shared): St, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
-    let cookie = headers
-        .get(axum::http::header::COOKIE)
-        .and_then(|v| v.to_str().ok());
-    let session = shared
-        .sessions
-        .get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
-    let ctx = Ctx {
-        client: shared.anon.clone(),
-        shared: shared.clone(),
-        session,
-        auth_on: true,
-        live: false,
-        since: 0,
-    };
+    let cookie = headers.get(axum::http::header::COOKIE).and_then(|v| v.to_str().ok());
+    let session = shared.sessions.get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
+    let ctx =
+        Ctx { client: shared.anon.clone(), shared: shared.clone(), session, auth_on: true, live: false, since: 0 };
     if f.csrf != ctx.session.csrf {
-        return login_form(
-            &ctx,
-            Some("The form is stale; try again."),
-            StatusCode::FORBIDDEN,
-        );
+        return login_form(&ctx, Some("The form is stale; try again."), StatusCode::FORBIDDEN);
     }
     let mut config = shared.config.client.clone();
     config.credentials = Some(roster::Credentials::new(f.user.clone(), f.password));
@@ -1419,12 +1238,8 @@ async fn login(State(shared): St, headers: HeaderMap, Form(f): Form<LoginForm>) 
     };
     // Any answer but a refused authentication means the credentials work;
     // what the user may read is the registry's business, page by page.
-    let req = roster_api::etcdserverpb::RangeRequest {
-        key: vec![0].into(),
-        limit: 1,
-        keys_only: true,
-        ..Default::default()
-    };
+    let req =
+        roster_api::etcdserverpb::RangeRequest { key: vec![0].into(), limit: 1, keys_only: true, ..Default::default() };
     match client.range(req).await {
         Ok(_) => {}
         Err(roster::Error::Status(s)) if s.code() == tonic::Code::PermissionDenied => {}
@@ -1445,12 +1260,8 @@ struct CsrfForm {
 }
 
 async fn logout(State(shared): St, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    let cookie = headers
-        .get(axum::http::header::COOKIE)
-        .and_then(|v| v.to_str().ok());
-    let session = shared
-        .sessions
-        .get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
+    let cookie = headers.get(axum::http::header::COOKIE).and_then(|v| v.to_str().ok());
+    let session = shared.sessions.get_or_create(cookie.and_then(|c| session::cookie(c, COOKIE)));
     if f.csrf == session.csrf {
         shared.sessions.logout(&session.id);
     }
@@ -1462,9 +1273,7 @@ fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

@@ -68,12 +68,7 @@ impl Sessions {
             && s.used.elapsed() < IDLE
         {
             s.used = Instant::now();
-            return View {
-                id: s.id.clone(),
-                csrf: s.csrf.clone(),
-                user: s.user.clone(),
-                new: false,
-            };
+            return View { id: s.id.clone(), csrf: s.csrf.clone(), user: s.user.clone(), new: false };
         }
         if map.len() >= MAX_SESSIONS
             && let Some(oldest) = map.values().min_by_key(|s| s.used).map(|s| s.id.clone())
@@ -88,12 +83,7 @@ impl Sessions {
             probes: HashMap::new(),
             used: Instant::now(),
         };
-        let view = View {
-            id: s.id.clone(),
-            csrf: s.csrf.clone(),
-            user: None,
-            new: true,
-        };
+        let view = View { id: s.id.clone(), csrf: s.csrf.clone(), user: None, new: true };
         map.insert(s.id.clone(), s);
         view
     }
@@ -124,11 +114,7 @@ impl Sessions {
     /// Whether `client` may write `key`, asked of the registry (cached
     /// per session for a few seconds).
     pub async fn can_write(&self, id: &str, client: &Client, key: &str) -> bool {
-        if let Some((at, ok)) = self
-            .map
-            .lock()
-            .get(id)
-            .and_then(|s| s.probes.get(key).copied())
+        if let Some((at, ok)) = self.map.lock().get(id).and_then(|s| s.probes.get(key).copied())
             && at.elapsed() < PROBE_TTL
         {
             return ok;
@@ -157,11 +143,7 @@ async fn probe_write(client: &Client, key: &str) -> bool {
             ..Default::default()
         })),
     };
-    let txn = TxnRequest {
-        compare: vec![never],
-        success: vec![put],
-        failure: vec![],
-    };
+    let txn = TxnRequest { compare: vec![never], success: vec![put], failure: vec![] };
     match client.txn(txn).await {
         Ok(_) => true,
         Err(e) => {
@@ -173,11 +155,7 @@ async fn probe_write(client: &Client, key: &str) -> bool {
 
 /// The value of cookie `name` in a `Cookie` header.
 pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header
-        .split(';')
-        .filter_map(|p| p.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+    header.split(';').filter_map(|p| p.trim().split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
 #[cfg(test)]

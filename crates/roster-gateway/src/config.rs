@@ -236,7 +236,9 @@ impl Config {
             }
             for g in &r.grpc {
                 if g.is_empty() || g.contains('/') {
-                    return Err(ConfigError(format!("{at}: grpc entry {g:?} must be a service name like \"pkg.Service\"")));
+                    return Err(ConfigError(format!(
+                        "{at}: grpc entry {g:?} must be a service name like \"pkg.Service\""
+                    )));
                 }
             }
             routes.push(Route {
@@ -309,7 +311,9 @@ impl Cidr {
             v4 => v4,
         };
         let (net, ip, width) = match (self.net, ip) {
-            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => (u128::from(u32::from(n)), u128::from(u32::from(i)), 32),
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => {
+                (u128::from(u32::from(n)), u128::from(u32::from(i)), 32)
+            }
             (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
             _ => return false,
         };
@@ -358,8 +362,10 @@ fn resolve(base: &Policies, o: &RouteOptions, at: &str) -> Result<Policies, Conf
         timeout: ms(o.timeout_ms, base.timeout, "timeout_ms")?,
         strip_prefix: o.strip_prefix.unwrap_or(base.strip_prefix),
         retry_budget_percent: o.retry_budget_percent.unwrap_or(base.retry_budget_percent).min(100),
-        max_concurrent_requests: at_least_1(o.max_concurrent_requests, "max_concurrent_requests")?.or(base.max_concurrent_requests),
-        rate_limit_per_second: at_least_1(o.rate_limit_per_second, "rate_limit_per_second")?.or(base.rate_limit_per_second),
+        max_concurrent_requests: at_least_1(o.max_concurrent_requests, "max_concurrent_requests")?
+            .or(base.max_concurrent_requests),
+        rate_limit_per_second: at_least_1(o.rate_limit_per_second, "rate_limit_per_second")?
+            .or(base.rate_limit_per_second),
         rate_limit_burst: at_least_1(o.rate_limit_burst, "rate_limit_burst")?.or(base.rate_limit_burst),
     };
     if p.per_try_timeout > p.timeout {
@@ -436,7 +442,15 @@ mod tests {
     #[test]
     fn trusted_proxies_are_address_blocks() {
         let c = Config::parse("trusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\"]\n", "t").unwrap();
-        for (ip, trusted) in [("10.1.2.3", true), ("11.0.0.1", false), ("192.168.1.7", true), ("192.168.1.8", false), ("fd12::1", true), ("fe80::1", false), ("::ffff:10.9.9.9", true)] {
+        for (ip, trusted) in [
+            ("10.1.2.3", true),
+            ("11.0.0.1", false),
+            ("192.168.1.7", true),
+            ("192.168.1.8", false),
+            ("fd12::1", true),
+            ("fe80::1", false),
+            ("::ffff:10.9.9.9", true),
+        ] {
             assert_eq!(c.trusts(ip.parse().unwrap()), trusted, "{ip}");
         }
         assert!(!Config::default().trusts("127.0.0.1".parse().unwrap()), "nobody by default");
@@ -456,7 +470,10 @@ mod tests {
         .unwrap();
         assert_eq!((c.max_connections, c.max_connections_per_ip), (50, 1024));
         let p = &c.routes[0].policies;
-        assert_eq!((p.max_concurrent_requests, p.rate_limit_per_second, p.rate_limit_burst), (Some(8), Some(100), None));
+        assert_eq!(
+            (p.max_concurrent_requests, p.rate_limit_per_second, p.rate_limit_burst),
+            (Some(8), Some(100), None)
+        );
         assert_eq!(Config::default().defaults.rate_limit_per_second, None, "no limit unless configured");
         let e = Config::parse("[[route]]\nservice = \"a\"\nrate_limit_per_second = 0\n", "gw.toml").unwrap_err().0;
         assert!(e.contains("rate_limit_per_second must be at least 1"), "{e}");

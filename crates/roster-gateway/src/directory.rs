@@ -13,9 +13,9 @@
 //! keep the last known names, as discovery does.
 
 use parking_lot::RwLock;
-use roster::mirror::{self, Mirror};
 use roster::Client;
-use roster_api::mvccpb::{event::EventType, Event, KeyValue};
+use roster::mirror::{self, Mirror};
+use roster_api::mvccpb::{Event, KeyValue, event::EventType};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -37,8 +37,8 @@ mod upstream;
 pub use config::{Config, ConfigError};
 pub use server::DEFAULT_DRAIN;
 
-use roster::balance::HealthConfig;
 use roster::Registry;
+use roster::balance::HealthConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;

@@ -1,13 +1,13 @@
 //! Prometheus metrics: requests, latency and retries per service and
 //! instance, rendered at `GET /metrics` on the admin listener.
 
+use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -59,15 +59,32 @@ impl Metrics {
         let requests = Family::<Request, Counter>::default();
         let latency = Family::<Service, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let retries = Family::<Instance, Counter>::default();
-        registry.register("requests", "Requests answered, by service, instance that answered (\"-\" for none) and HTTP status", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by service, instance that answered (\"-\" for none) and HTTP status",
+            requests.clone(),
+        );
         registry.register("request_duration_seconds", "Time to the response head, retries included", latency.clone());
         registry.register("retries", "Attempts retried, by the instance that failed", retries.clone());
         let (upstreams, directory) = (Gauge::default(), Gauge::default());
         registry.register("upstreams", "Services (by policy) the gateway follows with a discovery", upstreams.clone());
         registry.register("directory_services", "Service names with instances in the registry", directory.clone());
         let refused = Counter::default();
-        registry.register("refused_connections", "Client connections closed at accept: over max_connections, max_connections_per_ip or a full accept queue", refused.clone());
-        Metrics { registry, requests, latency, retries, upstreams, directory, refused, cache: RwLock::new(HashMap::new()) }
+        registry.register(
+            "refused_connections",
+            "Client connections closed at accept: over max_connections, max_connections_per_ip or a full accept queue",
+            refused.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            retries,
+            upstreams,
+            directory,
+            refused,
+            cache: RwLock::new(HashMap::new()),
+        }
     }
 
     pub fn refused_connection(&self) {

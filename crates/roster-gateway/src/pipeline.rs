@@ -24,9 +24,7 @@
 
 use crate::config::{Config, Policies};
 use crate::limits::Permit;
-use crate::proxy::{
-    Access, Answered, Attempts, FIRST_LIST_WAIT, Failure, Fault, Proxy, is_idempotent,
-};
+use crate::proxy::{Access, Answered, Attempts, FIRST_LIST_WAIT, Failure, Fault, Proxy, is_idempotent};
 use crate::route::route;
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -116,24 +114,14 @@ impl ErrorReply {
             headers.push(("content-type", Cow::Borrowed("application/grpc")));
             headers.push(("grpc-status", Cow::Owned(grpc_code.to_string())));
             headers.push(("grpc-message", Cow::Owned(percent_encode(&message))));
-            ErrorReply {
-                status: StatusCode::OK,
-                headers,
-                body: Bytes::new(),
-            }
+            ErrorReply { status: StatusCode::OK, headers, body: Bytes::new() }
         } else {
             headers.push(("content-type", Cow::Borrowed("application/json")));
-            ErrorReply {
-                status,
-                headers,
-                body: Bytes::from(body.to_string() + "\n"),
-            }
+            ErrorReply { status, headers, body: Bytes::from(body.to_string() + "\n") }
         };
         let mut reply = reply;
         if let Some(s) = fail.retry_after() {
-            reply
-                .headers
-                .push(("retry-after", Cow::Owned(s.to_string())));
+            reply.headers.push(("retry-after", Cow::Owned(s.to_string())));
         }
         reply
     }
@@ -150,10 +138,7 @@ impl ErrorReply {
 
     /// The gRPC status this answer carries, for the access log.
     fn grpc_status(&self) -> &str {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == "grpc-status")
-            .map_or("", |(_, v)| v)
+        self.headers.iter().find(|(n, _)| *n == "grpc-status").map_or("", |(_, v)| v)
     }
 }
 
@@ -161,24 +146,13 @@ impl ErrorReply {
 pub(crate) fn percent_encode(message: &str) -> String {
     message
         .bytes()
-        .map(|b| {
-            if (0x20..0x7f).contains(&b) && b != b'%' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
+        .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
 }
 
 impl Proxy {
     /// Runs one request through the pipeline and records it.
-    pub(crate) async fn pipeline<'h, E, I>(
-        &self,
-        ask: &Ask<'_>,
-        headers: I,
-        exchange: &mut E,
-    ) -> Reply<E::Answer>
+    pub(crate) async fn pipeline<'h, E, I>(&self, ask: &Ask<'_>, headers: I, exchange: &mut E) -> Reply<E::Answer>
     where
         E: Exchange,
         I: Iterator<Item = Line<'h>> + Clone,
@@ -186,29 +160,18 @@ impl Proxy {
         let started = Instant::now();
         // Held for the request, which may stream for long: not a guard.
         let config = self.config.load_full();
-        let (reply, service, instance, retries) =
-            match self.attempts(&config, ask, headers, exchange).await {
-                Ok((answer, permit, service, instance, retries)) => (
-                    Reply::Deliver { answer, permit },
-                    service,
-                    instance,
-                    retries,
-                ),
-                Err(fail) => {
-                    let reply = ErrorReply::from_failure(&fail, ask.grpc, config.debug_errors);
-                    (
-                        Reply::Error(reply),
-                        fail.service().to_owned(),
-                        "-".to_owned(),
-                        fail.retries(),
-                    )
-                }
-            };
+        let (reply, service, instance, retries) = match self.attempts(&config, ask, headers, exchange).await {
+            Ok((answer, permit, service, instance, retries)) => {
+                (Reply::Deliver { answer, permit }, service, instance, retries)
+            }
+            Err(fail) => {
+                let reply = ErrorReply::from_failure(&fail, ask.grpc, config.debug_errors);
+                (Reply::Error(reply), fail.service().to_owned(), "-".to_owned(), fail.retries())
+            }
+        };
         let (status, grpc_status) = match &reply {
             Reply::Deliver { answer, .. } => {
-                let g = E::grpc_status(answer)
-                    .and_then(|g| std::str::from_utf8(g).ok())
-                    .unwrap_or("");
+                let g = E::grpc_status(answer).and_then(|g| std::str::from_utf8(g).ok()).unwrap_or("");
                 (E::status(answer), g)
             }
             Reply::Error(e) => (e.status, e.grpc_status()),
@@ -240,95 +203,60 @@ impl Proxy {
         I: Iterator<Item = Line<'h>> + Clone,
     {
         let Some(target) = route(config, ask.host, ask.path, ask.grpc) else {
-            return Err(Failure::NoRoute {
-                path: ask.path.to_owned(),
-            });
+            return Err(Failure::NoRoute { path: ask.path.to_owned() });
         };
         let service = target.service.into_owned();
         let policies: &Policies = target.policies;
         let upstream = self
             .upstreams
-            .get(
-                &service,
-                policies.policy,
-                FIRST_LIST_WAIT,
-                target.configured,
-            )
+            .get(&service, policies.policy, FIRST_LIST_WAIT, target.configured)
             .await
             .map_err(|e| Failure::unavailable(service.clone(), e))?;
         let permit = upstream
             .limiter
             .admit(policies)
-            .map_err(|limited| Failure::Limited {
-                service: service.clone(),
-                limited,
-            })?;
-        let hash_key = policies.hash_header.as_ref().and_then(|name| {
-            headers
-                .clone()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
-        });
+            .map_err(|limited| Failure::Limited { service: service.clone(), limited })?;
+        let hash_key = policies
+            .hash_header
+            .as_ref()
+            .and_then(|name| headers.clone().find(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes())));
         forward(config, ask, &target.path, headers, exchange);
-        let replayable = exchange
-            .body()
-            .await
-            .map_err(|detail| Failure::BadRequest {
-                service: service.clone(),
-                detail,
-            })?;
+        let replayable =
+            exchange.body().await.map_err(|detail| Failure::BadRequest { service: service.clone(), detail })?;
 
         let idempotent = ask.grpc || is_idempotent(ask.method);
         let deadline = Instant::now() + policies.timeout;
-        let mut attempts = Attempts::new(
-            &self.metrics,
-            &upstream.budget,
-            &service,
-            policies,
-            deadline,
-            idempotent,
-            replayable,
-        );
+        let mut attempts =
+            Attempts::new(&self.metrics, &upstream.budget, &service, policies, deadline, idempotent, replayable);
         loop {
             // An instance not tried yet first; with every one tried, any.
             let key = hash_key.map(|(_, v)| v);
-            let picked = upstream
-                .balancer
-                .pick_avoiding(key, attempts.tried())
-                .or_else(|| upstream.balancer.pick(key));
+            let picked = upstream.balancer.pick_avoiding(key, attempts.tried()).or_else(|| upstream.balancer.pick(key));
             let Some(guard) = picked else {
                 return Err(attempts.exhausted());
             };
             let instance = guard.instance().addr.clone();
             let try_started = Instant::now();
-            let fault = match tokio::time::timeout(
-                policies.per_try_timeout.min(attempts.left()),
-                exchange.attempt(&instance),
-            )
-            .await
-            {
-                Err(_) => Fault::Timeout,
-                Ok(Err(fault)) => fault,
-                Ok(Ok(answer)) => {
-                    let status = E::status(&answer);
-                    let unavailable =
-                        unavailable(ask.grpc, idempotent, status, E::grpc_status(&answer));
-                    match attempts.answered(
-                        guard,
-                        &instance,
-                        status,
-                        unavailable,
-                        ask.grpc,
-                        try_started.elapsed(),
-                    ) {
-                        Answered::Retry => continue,
-                        Answered::Fail(f) => return Err(f),
-                        Answered::Deliver => {
-                            let retries = attempts.retries();
-                            return Ok((answer, permit, service, instance, retries));
+            let fault =
+                match tokio::time::timeout(policies.per_try_timeout.min(attempts.left()), exchange.attempt(&instance))
+                    .await
+                {
+                    Err(_) => Fault::Timeout,
+                    Ok(Err(fault)) => fault,
+                    Ok(Ok(answer)) => {
+                        let status = E::status(&answer);
+                        let unavailable = unavailable(ask.grpc, idempotent, status, E::grpc_status(&answer));
+                        match attempts.answered(guard, &instance, status, unavailable, ask.grpc, try_started.elapsed())
+                        {
+                            Answered::Retry => continue,
+                            Answered::Fail(f) => return Err(f),
+                            Answered::Deliver => {
+                                let retries = attempts.retries();
+                                return Ok((answer, permit, service, instance, retries));
+                            }
                         }
                     }
-                }
-            };
+                };
             attempts.failed(guard, &instance, fault)?;
         }
     }
@@ -349,20 +277,11 @@ pub(crate) fn forward<'h, E: Exchange>(
 
 /// Whether an answer says the instance could not serve: gRPC
 /// `UNAVAILABLE`, or 502/503 to an idempotent HTTP request.
-pub(crate) fn unavailable(
-    grpc: bool,
-    idempotent: bool,
-    status: StatusCode,
-    grpc_status: Option<&[u8]>,
-) -> bool {
+pub(crate) fn unavailable(grpc: bool, idempotent: bool, status: StatusCode, grpc_status: Option<&[u8]>) -> bool {
     if grpc {
         grpc_status == Some(b"14")
     } else {
-        idempotent
-            && matches!(
-                status,
-                StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-            )
+        idempotent && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
     }
 }
 
@@ -394,28 +313,18 @@ pub(crate) const HOP_BY_HOP: [&str; 8] = [
 /// Whether a header stays on this hop: a hop-by-hop one, or one the
 /// message's `Connection` names. For requests and answers, both engines.
 pub(crate) fn hop_by_hop(name: &[u8], named: &[&[u8]]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
         || named.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
 /// The names a `Connection` value lists.
 pub(crate) fn connection_tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
+    v.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 
 /// Headers the gateway always writes itself, so the client's never pass.
-pub(crate) const REWRITTEN: [&str; 6] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-];
+pub(crate) const REWRITTEN: [&str; 6] =
+    ["host", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
 /// Writes the headers to forward, for both engines: the client's
 /// end-to-end headers in order, minus hop-by-hop ones, whatever
@@ -448,11 +357,7 @@ pub(crate) fn forward_headers<'h, E: Exchange>(
         }
     }
     for (n, v) in headers {
-        if !(REWRITTEN
-            .iter()
-            .any(|r| n.eq_ignore_ascii_case(r.as_bytes()))
-            || hop_by_hop(n, &named))
-        {
+        if !(REWRITTEN.iter().any(|r| n.eq_ignore_ascii_case(r.as_bytes())) || hop_by_hop(n, &named)) {
             out.header(n, v);
         }
     }
@@ -503,10 +408,7 @@ mod tests {
         type Answer = ();
         fn target(&mut self, _: &str) {}
         fn header(&mut self, name: &[u8], value: &[u8]) {
-            self.0.push((
-                String::from_utf8_lossy(name).into_owned(),
-                String::from_utf8_lossy(value).into_owned(),
-            ));
+            self.0.push((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()));
         }
         async fn body(&mut self) -> Result<bool, String> {
             Ok(true)
@@ -537,19 +439,12 @@ mod tests {
             content_length,
         };
         let mut out = Lines::default();
-        forward_headers(
-            lines.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
-            &ask,
-            trusted,
-            &mut out,
-        );
+        forward_headers(lines.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())), &ask, trusted, &mut out);
         out.0
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
+        p.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -600,12 +495,7 @@ mod tests {
     #[test]
     fn unavailable_means_grpc_14_or_an_idempotent_502_503() {
         assert!(unavailable(true, true, StatusCode::OK, Some(b"14")));
-        assert!(!unavailable(
-            true,
-            true,
-            StatusCode::SERVICE_UNAVAILABLE,
-            None
-        ));
+        assert!(!unavailable(true, true, StatusCode::SERVICE_UNAVAILABLE, None));
         assert!(unavailable(false, true, StatusCode::BAD_GATEWAY, None));
         assert!(
             !unavailable(false, false, StatusCode::SERVICE_UNAVAILABLE, None),
@@ -616,22 +506,13 @@ mod tests {
     #[test]
     fn grpc_errors_carry_status_and_a_percent_encoded_message() {
         let r = ErrorReply::from_failure(
-            &Failure::NoInstance {
-                service: "s".into(),
-                detail: "100% gone".into(),
-            },
+            &Failure::NoInstance { service: "s".into(), detail: "100% gone".into() },
             true,
             false,
         );
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.grpc_status(), "14");
-        let msg = r
-            .headers
-            .iter()
-            .find(|(n, _)| *n == "grpc-message")
-            .unwrap()
-            .1
-            .clone();
+        let msg = r.headers.iter().find(|(n, _)| *n == "grpc-message").unwrap().1.clone();
         assert_eq!(msg, "roster gateway: 100%25 gone (service \"s\")");
     }
 }

@@ -8,7 +8,6 @@ use crate::limits::{Limited, Permit};
 use crate::metrics::Metrics;
 use crate::pipeline::{Ask, ErrorReply, Exchange, Reply, connection_tokens, hop_by_hop};
 use crate::upstream::{Unavailable, Upstreams};
-use roster::balance::RetryBudget;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,6 +18,7 @@ use hyper::body::{Body as _, Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use roster::balance::RetryBudget;
 use roster::balance::{EndpointStats, Guard};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,14 +62,8 @@ impl Pools {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30));
-        let http1 = builder
-            .clone()
-            .pool_max_idle_per_host(1024)
-            .build(connector.clone());
+        builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(30));
+        let http1 = builder.clone().pool_max_idle_per_host(1024).build(connector.clone());
         let http2 = builder.http2_only(true).build(connector);
         Pools { http1, http2 }
     }
@@ -77,49 +71,24 @@ impl Pools {
 
 impl Proxy {
     pub fn new(config: Config, upstreams: Upstreams) -> Proxy {
-        Proxy {
-            config: ArcSwap::from_pointee(config),
-            upstreams,
-            metrics: Metrics::new(),
-        }
+        Proxy { config: ArcSwap::from_pointee(config), upstreams, metrics: Metrics::new() }
     }
 
     /// The hyper engine: the request as hyper read it goes through the
     /// pipeline; the answer goes back through hyper.
-    pub async fn handle(
-        &self,
-        pools: &Pools,
-        req: Request<Incoming>,
-        client: SocketAddr,
-    ) -> Response<Body> {
+    pub async fn handle(&self, pools: &Pools, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let grpc = is_grpc(req.headers());
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or(parts.uri.authority().map(|a| a.as_str()));
+        let host =
+            parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(parts.uri.authority().map(|a| a.as_str()));
         // A length the client declared (and hyper holds the body to) goes on as it was.
-        let content_length = if parts.headers.contains_key(header::CONTENT_LENGTH) {
-            body.size_hint().exact()
-        } else {
-            None
-        };
-        let ask = Ask {
-            client,
-            method: &parts.method,
-            host,
-            path,
-            grpc,
-            content_length,
-        };
+        let content_length =
+            if parts.headers.contains_key(header::CONTENT_LENGTH) { body.size_hint().exact() } else { None };
+        let ask = Ask { client, method: &parts.method, host, path, grpc, content_length };
         // http's header iterator cannot be cloned; the pipeline reads the lines twice.
-        let lines: Vec<(&[u8], &[u8])> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-            .collect();
+        let lines: Vec<(&[u8], &[u8])> =
+            parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())).collect();
         let mut exchange = HyperExchange {
             pools,
             method: parts.method.clone(),
@@ -129,10 +98,7 @@ impl Proxy {
             incoming: Some(body),
             body: RequestBody::Replayable(None),
         };
-        match self
-            .pipeline(&ask, lines.iter().copied(), &mut exchange)
-            .await
-        {
+        match self.pipeline(&ask, lines.iter().copied(), &mut exchange).await {
             Reply::Deliver { answer, permit } => {
                 relay_response(answer, permit, self.config.load().response_idle_timeout)
             }
@@ -143,11 +109,7 @@ impl Proxy {
     /// Counts an answered request and writes its access log line.
     pub(crate) fn record(&self, a: &Access<'_>, status: u16, took: Duration) {
         // No route and names nobody registered share one series.
-        let service = if a.service.is_empty() {
-            UNROUTED
-        } else {
-            a.service
-        };
+        let service = if a.service.is_empty() { UNROUTED } else { a.service };
         self.metrics.request(service, a.instance, status, took);
         tracing::info!(
             target: "roster_gateway::access",
@@ -197,16 +159,8 @@ impl Exchange for HyperExchange<'_> {
         *up.method_mut() = self.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = self.headers.clone();
-        *up.version_mut() = if self.use_h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        let sent = if self.use_h2 {
-            self.pools.http2.request(up)
-        } else {
-            self.pools.http1.request(up)
-        };
+        *up.version_mut() = if self.use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        let sent = if self.use_h2 { self.pools.http2.request(up) } else { self.pools.http1.request(up) };
         sent.await.map_err(|e| {
             if e.is_connect() {
                 Fault::Connect(format!("cannot connect to {instance}: {}", source_text(&e)))
@@ -221,20 +175,13 @@ impl Exchange for HyperExchange<'_> {
     }
 
     fn grpc_status(answer: &Response<Incoming>) -> Option<&[u8]> {
-        answer
-            .headers()
-            .get("grpc-status")
-            .map(HeaderValue::as_bytes)
+        answer.headers().get("grpc-status").map(HeaderValue::as_bytes)
     }
 }
 
 impl ErrorReply {
     fn into_response(self) -> Response<Body> {
-        let mut resp = Response::new(if self.body.is_empty() {
-            empty()
-        } else {
-            full(self.body)
-        });
+        let mut resp = Response::new(if self.body.is_empty() { empty() } else { full(self.body) });
         *resp.status_mut() = self.status;
         for (name, value) in self.headers {
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -329,8 +276,7 @@ impl<'a> Attempts<'a> {
 
     /// Whether one more attempt is allowed: counts the retry if so.
     fn another(&mut self, wanted: bool, instance: &str) -> bool {
-        let allowed =
-            wanted && self.replayable && self.retries < self.max && Instant::now() < self.deadline;
+        let allowed = wanted && self.replayable && self.retries < self.max && Instant::now() < self.deadline;
         if !allowed || !self.budget.withdraw() {
             return false;
         }
@@ -344,9 +290,7 @@ impl<'a> Attempts<'a> {
     /// budget, and not counted against `retries`, so that a dead instance
     /// not yet ejected, or probed half-open, never fails a request.
     fn transparently(&mut self, instance: &str) -> bool {
-        let allowed = self.replayable
-            && self.transparent < MAX_TRANSPARENT
-            && Instant::now() < self.deadline;
+        let allowed = self.replayable && self.transparent < MAX_TRANSPARENT && Instant::now() < self.deadline;
         if !allowed || !self.budget.withdraw() {
             return false;
         }
@@ -357,12 +301,7 @@ impl<'a> Attempts<'a> {
 
     /// The attempt failed before an answer: `Ok` to try another instance,
     /// or the failure to answer with.
-    pub(crate) fn failed(
-        &mut self,
-        guard: Guard,
-        instance: &str,
-        fault: Fault,
-    ) -> Result<(), Failure> {
+    pub(crate) fn failed(&mut self, guard: Guard, instance: &str, fault: Fault) -> Result<(), Failure> {
         self.tried.push(guard.endpoint().stats.clone());
         // A refused connection never reached the instance: safe to retry anything.
         let (retryable, last) = match fault {
@@ -431,21 +370,15 @@ impl<'a> Attempts<'a> {
                 service: self.service.to_owned(),
                 detail: "no instance is registered or healthy".into(),
             },
-            last => Failure::Upstream {
-                service: self.service.to_owned(),
-                retries: self.retries + self.transparent,
-                last,
-            },
+            last => {
+                Failure::Upstream { service: self.service.to_owned(), retries: self.retries + self.transparent, last }
+            }
         }
     }
 
     /// Stops with `last` as the reason.
     pub(crate) fn give_up(&self, last: LastError) -> Failure {
-        Failure::Upstream {
-            service: self.service.to_owned(),
-            retries: self.retries + self.transparent,
-            last,
-        }
+        Failure::Upstream { service: self.service.to_owned(), retries: self.retries + self.transparent, last }
     }
 }
 
@@ -502,10 +435,7 @@ impl Failure {
     pub(crate) fn unavailable(service: String, e: Unavailable) -> Failure {
         match e {
             Unavailable::Unknown => Failure::Unknown { service },
-            e @ Unavailable::TooMany(_) => Failure::NoInstance {
-                service,
-                detail: e.to_string(),
-            },
+            e @ Unavailable::TooMany(_) => Failure::NoInstance { service, detail: e.to_string() },
         }
     }
 
@@ -530,26 +460,15 @@ impl Failure {
     /// Seconds for the `Retry-After` header, for answers that have one.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
-            Failure::Limited {
-                limited: Limited::Concurrency,
-                ..
-            } => Some(1),
-            Failure::Limited {
-                limited: Limited::Rate { retry_after },
-                ..
-            } => Some(*retry_after),
+            Failure::Limited { limited: Limited::Concurrency, .. } => Some(1),
+            Failure::Limited { limited: Limited::Rate { retry_after }, .. } => Some(*retry_after),
             _ => None,
         }
     }
 
     /// Logs what the caller is not told: which instance failed and how.
     pub(crate) fn log(&self) {
-        if let Failure::Upstream {
-            service,
-            retries,
-            last: LastError::Transport(detail),
-        } = self
-        {
+        if let Failure::Upstream { service, retries, last: LastError::Transport(detail) } = self {
             tracing::warn!(service, retries, error = detail, "upstream failed");
         }
     }
@@ -558,11 +477,9 @@ impl Failure {
     /// with `debug` does the body show instance addresses and error text.
     pub(crate) fn parts(&self, debug: bool) -> (StatusCode, u8, serde_json::Value) {
         match self {
-            Failure::NoRoute { path } => (
-                StatusCode::NOT_FOUND,
-                12,
-                serde_json::json!({"error": "no route", "path": path}),
-            ),
+            Failure::NoRoute { path } => {
+                (StatusCode::NOT_FOUND, 12, serde_json::json!({"error": "no route", "path": path}))
+            }
             Failure::Unknown { service } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 14,
@@ -578,36 +495,22 @@ impl Failure {
                 13,
                 serde_json::json!({"error": "cannot read the request body", "service": service, "detail": detail}),
             ),
-            Failure::Limited {
-                service,
-                limited: Limited::Concurrency,
-            } => (
+            Failure::Limited { service, limited: Limited::Concurrency } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 14,
                 serde_json::json!({"error": "too many requests in flight", "service": service, "detail": "max_concurrent_requests reached"}),
             ),
-            Failure::Limited {
-                service,
-                limited: Limited::Rate { .. },
-            } => (
+            Failure::Limited { service, limited: Limited::Rate { .. } } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 8,
                 serde_json::json!({"error": "rate limited", "service": service, "detail": "rate_limit_per_second reached"}),
             ),
-            Failure::Upstream {
-                service,
-                retries,
-                last: LastError::Timeout,
-            } => (
+            Failure::Upstream { service, retries, last: LastError::Timeout } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 4,
                 serde_json::json!({"error": "upstream timed out", "service": service, "retries": retries}),
             ),
-            Failure::Upstream {
-                service,
-                retries,
-                last,
-            } => {
+            Failure::Upstream { service, retries, last } => {
                 let detail = match last {
                     LastError::Transport(t) if debug => t.clone(),
                     LastError::Transport(_) => "the instance could not be reached".to_owned(),
@@ -637,10 +540,7 @@ impl RequestBody {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(None));
         }
-        let small = body
-            .size_hint()
-            .upper()
-            .is_some_and(|n| n as usize <= REPLAY_LIMIT);
+        let small = body.size_hint().upper().is_some_and(|n| n as usize <= REPLAY_LIMIT);
         if small {
             let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
             return Ok(RequestBody::Replayable(Some(bytes)));
@@ -675,12 +575,7 @@ impl RequestBody {
     }
 
     fn streaming(held: Vec<Bytes>, extra: Option<Frame<Bytes>>, rest: Incoming) -> RequestBody {
-        let head = tokio_stream::iter(
-            held.into_iter()
-                .map(Frame::data)
-                .chain(extra)
-                .map(Ok::<_, BoxError>),
-        );
+        let head = tokio_stream::iter(held.into_iter().map(Frame::data).chain(extra).map(Ok::<_, BoxError>));
         let tail = BodyStream::new(rest).map(|r| r.map_err(|e| Box::new(e) as BoxError));
         RequestBody::Streaming(Some(BoxBody::new(StreamBody::new(head.chain(tail)))))
     }
@@ -731,12 +626,8 @@ fn relay_response(resp: Response<Incoming>, permit: Permit, idle: Duration) -> R
         .map(<[u8]>::to_vec)
         .collect();
     let named: Vec<&[u8]> = named.iter().map(Vec::as_slice).collect();
-    let drop: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|n| hop_by_hop(n.as_str().as_bytes(), &named))
-        .cloned()
-        .collect();
+    let drop: Vec<HeaderName> =
+        parts.headers.keys().filter(|n| hop_by_hop(n.as_str().as_bytes(), &named)).cloned().collect();
     for n in drop {
         parts.headers.remove(n);
     }
@@ -803,12 +694,9 @@ impl hyper::body::Body for Relayed {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.rx.poll_recv(cx) {
-            std::task::Poll::Ready(None)
-                if !self.complete.load(std::sync::atomic::Ordering::Acquire) =>
-            {
+            std::task::Poll::Ready(None) if !self.complete.load(std::sync::atomic::Ordering::Acquire) => {
                 std::task::Poll::Ready(Some(Err(
-                    "the answer was cut off: response idle timeout or the instance went away"
-                        .into(),
+                    "the answer was cut off: response idle timeout or the instance went away".into(),
                 )))
             }
             other => other,
@@ -821,15 +709,11 @@ impl hyper::body::Body for Relayed {
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    h.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 pub(crate) fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
 fn source_text(e: &hyper_util::client::legacy::Error) -> String {
@@ -848,11 +732,7 @@ mod tests {
 
     #[test]
     fn only_safe_methods_are_retried_after_a_send() {
-        assert!(
-            is_idempotent(&Method::GET)
-                && is_idempotent(&Method::PUT)
-                && is_idempotent(&Method::DELETE)
-        );
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT) && is_idempotent(&Method::DELETE));
         assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
     }
 }

@@ -4,7 +4,7 @@
 //! kept); a route's exact `host`; `Host: <service>.<domain>`; the longest
 //! configured `path_prefix`; then `/<service>/<rest>` for any service.
 
-use crate::config::{valid_service, Config, Policies};
+use crate::config::{Config, Policies, valid_service};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +19,12 @@ pub struct Target<'a> {
 
 /// Routes a request; `None` means no route (404).
 pub fn route<'a>(config: &'a Config, host: Option<&str>, path_and_query: &'a str, grpc: bool) -> Option<Target<'a>> {
-    let keep = |service: &'a str| Target { service: Cow::Borrowed(service), path: path_and_query.to_owned(), policies: policies_of(config, service), configured: true };
+    let keep = |service: &'a str| Target {
+        service: Cow::Borrowed(service),
+        path: path_and_query.to_owned(),
+        policies: policies_of(config, service),
+        configured: true,
+    };
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
@@ -45,7 +50,12 @@ pub fn route<'a>(config: &'a Config, host: Option<&str>, path_and_query: &'a str
             }
             if config.auto_routes {
                 let path = path_and_query.to_owned();
-                return Some(Target { service: Cow::Owned(label.to_owned()), path, policies: &config.defaults, configured: false });
+                return Some(Target {
+                    service: Cow::Owned(label.to_owned()),
+                    path,
+                    policies: &config.defaults,
+                    configured: false,
+                });
             }
         }
     }
@@ -146,7 +156,11 @@ mod tests {
         let c = config("domain = \"svc.local\"\n[[route]]\nservice = \"web\"\nhost = \"www.example.com\"\n");
         assert_eq!(to(&c, Some("www.example.com:8080"), "/a", false), pair("web", "/a"));
         assert_eq!(to(&c, Some("Hello.SVC.local"), "/a?b", false), pair("hello", "/a?b"));
-        assert_eq!(to(&c, Some("a.b.svc.local"), "/x/y", false), pair("x", "/y"), "not a service label: falls to the path");
+        assert_eq!(
+            to(&c, Some("a.b.svc.local"), "/x/y", false),
+            pair("x", "/y"),
+            "not a service label: falls to the path"
+        );
         assert_eq!(to(&c, Some("svc.local"), "/x/y", false), pair("x", "/y"));
     }
 

@@ -4,7 +4,7 @@
 
 use crate::h1;
 use crate::limits::{Connections, Slot};
-use crate::proxy::{empty, full, Body, Pools, Proxy};
+use crate::proxy::{Body, Pools, Proxy, empty, full};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -143,7 +143,11 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, tls: Option<tokio_rustls::T
         .half_close(true)
         // hyper answers 431 past this (its floor is 8 KiB).
         .max_buf_size(config.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).max_concurrent_streams(1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_bytes as u32)
+        .max_concurrent_streams(1024);
     let pools = Pools::new();
     let fast_pool = Arc::new(h1::Pool::default());
     let graceful = GracefulShutdown::new();
@@ -188,7 +192,8 @@ async fn worker(mut inbox: Inbox, proxy: Arc<Proxy>, tls: Option<tokio_rustls::T
                     let (proxy, pools) = (proxy.clone(), pools.clone());
                     async move { Ok::<_, Infallible>(proxy.handle(&pools, req, peer).await) }
                 });
-                let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                let conn =
+                    watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
                 if let Err(e) = conn.await {
                     tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                 }
@@ -269,11 +274,15 @@ async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
 
 fn admin(proxy: &Proxy, req: &Request<Incoming>) -> Response<Body> {
     let (status, body, ctype) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, full(Bytes::from({
-            let (upstreams, directory) = proxy.upstreams.held();
-            proxy.metrics.held(upstreams, directory);
-            proxy.metrics.render()
-        })), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "/metrics" => (
+            StatusCode::OK,
+            full(Bytes::from({
+                let (upstreams, directory) = proxy.upstreams.held();
+                proxy.metrics.held(upstreams, directory);
+                proxy.metrics.render()
+            })),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
         "/health" => (StatusCode::OK, full(Bytes::from_static(b"{\"health\":\"true\"}\n")), "application/json"),
         _ => (StatusCode::NOT_FOUND, empty(), "text/plain"),
     };

@@ -2,14 +2,14 @@
 //! (service, policy), created on the first request that needs them, for
 //! names a route configures or the service directory lists.
 
+use crate::directory::{Directory, DirectoryTask};
+use crate::limits::RouteLimiter;
 use parking_lot::RwLock;
 use roster::balance::{Balancer, HealthConfig, Policy, RetryBudget};
 use roster::{Discovery, Instance, Registry};
 use std::collections::HashMap;
-use crate::directory::{Directory, DirectoryTask};
-use crate::limits::RouteLimiter;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
@@ -88,9 +88,19 @@ impl Upstreams {
 
     /// The upstream for `service`, waiting up to `wait` for its first list
     /// if it is new. `configured` says a route names the service.
-    pub async fn get(&self, service: &str, policy: Policy, wait: Duration, configured: bool) -> Result<Arc<Upstream>, Unavailable> {
+    pub async fn get(
+        &self,
+        service: &str,
+        policy: Policy,
+        wait: Duration,
+        configured: bool,
+    ) -> Result<Arc<Upstream>, Unavailable> {
         // The hot path: a shared lock and no allocation.
-        let known = self.map.read().get(service).and_then(|by_policy| by_policy.iter().find(|(p, _)| *p == policy).map(|(_, u)| u.clone()));
+        let known = self
+            .map
+            .read()
+            .get(service)
+            .and_then(|by_policy| by_policy.iter().find(|(p, _)| *p == policy).map(|(_, u)| u.clone()));
         let (up, fresh) = match known {
             Some(u) => (u, false),
             None => {
@@ -153,7 +163,9 @@ impl Upstreams {
         map.retain(|name, by_policy| {
             by_policy.retain(|(_, u)| {
                 let routed = configured.map_or(u.configured, |c| c(name));
-                routed || (self.directory.contains(name) && now.saturating_sub(u.used.load(Ordering::Relaxed)) < IDLE.as_secs())
+                routed
+                    || (self.directory.contains(name)
+                        && now.saturating_sub(u.used.load(Ordering::Relaxed)) < IDLE.as_secs())
             });
             !by_policy.is_empty()
         });
@@ -176,7 +188,15 @@ impl Upstreams {
                 b.update(usable(d.instances()));
             }
         });
-        Arc::new(Upstream { balancer, budget: RetryBudget::new(), limiter: RouteLimiter::default(), _discovery: discovery, _follow: follow, used: AtomicU64::new(self.now()), configured })
+        Arc::new(Upstream {
+            balancer,
+            budget: RetryBudget::new(),
+            limiter: RouteLimiter::default(),
+            _discovery: discovery,
+            _follow: follow,
+            used: AtomicU64::new(self.now()),
+            configured,
+        })
     }
 }
 

@@ -10,8 +10,8 @@
 //! again.
 
 use crate::Server;
-use std::sync::Mutex;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,7 +62,8 @@ pub(crate) async fn run(server: Server, config: BackupConfig) {
     if let Some(found) = existing(&config.dir).last() {
         let at = std::fs::metadata(found).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
         let revision = revision_of(found).unwrap_or(0);
-        *server.backups().latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Latest { at, path: found.clone(), revision, bytes: 0 });
+        *server.backups().latest.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Latest { at, path: found.clone(), revision, bytes: 0 });
     }
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

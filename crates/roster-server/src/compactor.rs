@@ -12,9 +12,9 @@
 //! "Already compacted" counts as success, as in etcd. A failed compaction is
 //! logged and tried again at the next tick. The task ends on shutdown.
 
-use crate::config::AutoCompaction;
 use crate::Stop;
-use roster_store::{pb, EtcdError, Store};
+use crate::config::AutoCompaction;
+use roster_store::{EtcdError, Store, pb};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -145,7 +145,8 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         let period = Duration::from_millis(600);
         let started = std::time::Instant::now();
-        let task = tokio::spawn(run(store.clone(), AutoCompaction::Periodic(period), Duration::from_secs(3600), Stop(rx)));
+        let task =
+            tokio::spawn(run(store.clone(), AutoCompaction::Periodic(period), Duration::from_secs(3600), Stop(rx)));
         put_n(&store, 5).await;
         let early = store.revision();
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -8,7 +8,7 @@
 
 use crate::Server;
 use roster_api::etcdserverpb::{LeaseGrantRequest, ResponseHeader, TxnRequest, TxnResponse, WatchCreateRequest};
-use roster_api::mvccpb::{event::EventType, KeyValue};
+use roster_api::mvccpb::{KeyValue, event::EventType};
 use roster_api::ops;
 use roster_store::{Store, WatchEvents};
 use tonic::Status;
@@ -45,7 +45,13 @@ async fn session_lease(store: &Store, lease: i64) -> Result<i64, Status> {
 /// Creates `key` on `lease` unless it exists (then its value is left). Also
 /// reads the oldest key under `prefix`. Returns the txn response, our key's
 /// creation revision and the holder's.
-async fn enqueue(store: &Store, prefix: &[u8], key: &[u8], value: &[u8], lease: i64) -> Result<(TxnResponse, i64, i64), Status> {
+async fn enqueue(
+    store: &Store,
+    prefix: &[u8],
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<(TxnResponse, i64, i64), Status> {
     let owner = ops::range_op(ops::first_created(prefix));
     let txn = TxnRequest {
         compare: vec![ops::created_at(key, 0)],
@@ -92,7 +98,8 @@ async fn until_deleted(events: &mut WatchEvents) {
 
 /// Deletes `key` if it is still the one created at `rev`.
 async fn delete_if_created_at(store: &Store, key: &[u8], rev: i64) -> Result<TxnResponse, Status> {
-    let txn = TxnRequest { compare: vec![ops::created_at(key, rev)], success: vec![ops::delete_op(key)], failure: vec![] };
+    let txn =
+        TxnRequest { compare: vec![ops::created_at(key, rev)], success: vec![ops::delete_op(key)], failure: vec![] };
     Ok(store.txn(txn).await?)
 }
 

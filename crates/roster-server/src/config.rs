@@ -165,8 +165,12 @@ impl ServerConfig {
             return bad("auto_compaction_check must be positive");
         }
         match self.auto_compaction {
-            Some(AutoCompaction::Periodic(p)) if p.is_zero() => return bad("a periodic auto-compaction needs a positive period"),
-            Some(AutoCompaction::Revision(n)) if n <= 0 => return bad("a revision auto-compaction needs a positive revision count"),
+            Some(AutoCompaction::Periodic(p)) if p.is_zero() => {
+                return bad("a periodic auto-compaction needs a positive period");
+            }
+            Some(AutoCompaction::Revision(n)) if n <= 0 => {
+                return bad("a revision auto-compaction needs a positive revision count");
+            }
             _ => {}
         }
         let t = &self.transport;
@@ -208,7 +212,9 @@ impl AutoCompaction {
         match mode {
             "periodic" => {
                 let period = match count {
-                    Some(hours) => Duration::from_secs(hours.checked_mul(3600).ok_or("--auto-compaction-retention is too long")?),
+                    Some(hours) => {
+                        Duration::from_secs(hours.checked_mul(3600).ok_or("--auto-compaction-retention is too long")?)
+                    }
                     None => parse_go_duration(retention).map_err(|why| {
                         format!(
                             "invalid --auto-compaction-retention {retention:?} for periodic mode: {why}; \

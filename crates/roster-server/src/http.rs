@@ -3,12 +3,12 @@
 //! ([`ServerConfig::http_routes`](crate::ServerConfig::http_routes)).
 
 use crate::{Server, ServerError};
+use axum::Router;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 

@@ -1,11 +1,11 @@
 //! etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact.
 
-use crate::{check_raft_size, Server};
-use roster_api::etcdserverpb::{
-    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
-};
+use crate::{Server, check_raft_size};
 use roster_api::etcdserverpb::request_op::Request as Op;
+use roster_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
+};
 use roster_api::validate;
 use tonic::{Request, Response, Status};
 

@@ -1,13 +1,13 @@
 //! etcdserverpb.Lease: Grant, Revoke, KeepAlive (stream), TimeToLive, Leases.
 
-use crate::{check_raft_size, Server};
-use roster_api::etcdserverpb::{
-    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
-};
-use roster_api::EtcdError;
 use crate::responses::{self, Feed, Responses};
+use crate::{Server, check_raft_size};
+use roster_api::EtcdError;
+use roster_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    lease_server::Lease,
+};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 const GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
@@ -68,11 +68,7 @@ impl Lease for Server {
 /// Answers each keepalive in order until the client closes its side, goes
 /// away, or the server stops. An unknown lease answers TTL 0, never an error,
 /// as etcd does.
-async fn keep_alive(
-    server: Server,
-    mut inbound: Streaming<LeaseKeepAliveRequest>,
-    tx: Feed<LeaseKeepAliveResponse>,
-) {
+async fn keep_alive(server: Server, mut inbound: Streaming<LeaseKeepAliveRequest>, tx: Feed<LeaseKeepAliveResponse>) {
     let _gauge = server.metrics().keepalive_stream();
     let serve = async {
         loop {

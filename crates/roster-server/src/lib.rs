@@ -44,14 +44,14 @@ mod responses;
 mod tls;
 mod watch;
 
-pub use backup::BackupConfig;
 pub use auth::{AuthConfig, AuthToken, DEFAULT_JWT_TTL, Jwt, JwtError, JwtOptions};
-pub use config::{AutoCompaction, ServerConfig, TransportLimits, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES};
+pub use backup::BackupConfig;
+pub use config::{AutoCompaction, DEFAULT_QUOTA_BYTES, MAX_QUOTA_BYTES, ServerConfig, TransportLimits};
 
 use metrics::Metrics;
 use roster_api::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
+    ResponseHeader, auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use roster_api::v3electionpb::election_server::ElectionServer;
 use roster_api::v3lockpb::lock_server::LockServer;
@@ -111,7 +111,9 @@ pub async fn serve(
     // Files are checked before anything is served.
     // gRPC clients (tonic's among them) insist on ALPN h2; the HTTP side is
     // HTTP/1.1 only.
-    let with_alpn = |t: &roster_tls::ServerTls, proto: &[u8]| roster_tls::ServerTls { alpn: vec![proto.to_vec()], ..t.clone() }.server_config();
+    let with_alpn = |t: &roster_tls::ServerTls, proto: &[u8]| {
+        roster_tls::ServerTls { alpn: vec![proto.to_vec()], ..t.clone() }.server_config()
+    };
     let grpc_tls = config.tls.as_ref().map(|t| with_alpn(t, b"h2")).transpose()?;
     let http_tls = config.http_tls.as_ref().map(|t| with_alpn(t, b"http/1.1")).transpose()?;
     let (stop_tx, stop_rx) = signal::channel(false);
@@ -143,10 +145,8 @@ pub async fn serve(
         tracing::warn!(quota, max = MAX_QUOTA_BYTES, "quota-backend-bytes exceeds the maximum etcd recommends");
     }
     store.set_quota(quota, server.config().member_id);
-    let mut background = vec![
-        tokio::spawn(lease_expiry(server.clone())),
-        tokio::spawn(progress_notify(server.clone())),
-    ];
+    let mut background =
+        vec![tokio::spawn(lease_expiry(server.clone())), tokio::spawn(progress_notify(server.clone()))];
     if let Some(b) = server.config().backup.clone() {
         background.push(tokio::spawn(backup::run(server.clone(), b)));
     }
@@ -454,11 +454,7 @@ impl Server {
         let who = self.gate().identify(req.metadata(), req.extensions());
         self.gate().permit(&who, &need, self.store()).map_err(|e| {
             let status = Status::from(e);
-            if Req::PLAIN {
-                Status::new(tonic::Code::Unknown, status.message())
-            } else {
-                status
-            }
+            if Req::PLAIN { Status::new(tonic::Code::Unknown, status.message()) } else { status }
         })
     }
 

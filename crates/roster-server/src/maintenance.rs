@@ -11,11 +11,11 @@
 //! does (`memberID:<id> alarm:NOSPACE `), after any storage failure.
 
 use crate::responses::{self, Responses};
-use crate::{Server, RAFT_TERM};
+use crate::{RAFT_TERM, Server};
 use roster_api::etcdserverpb::{
-    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse, maintenance_server::Maintenance,
 };
 use tonic::{Request, Response, Status};
 
@@ -127,7 +127,11 @@ impl Maintenance for Server {
                 while at < block.len() {
                     let end = (at + SNAPSHOT_CHUNK).min(block.len());
                     let remaining = snap.remaining() + (block.len() - end) as u64;
-                    let item = SnapshotResponse { header: None, remaining_bytes: remaining, blob: block[at..end].to_vec().into() };
+                    let item = SnapshotResponse {
+                        header: None,
+                        remaining_bytes: remaining,
+                        blob: block[at..end].to_vec().into(),
+                    };
                     at = end;
                     tokio::select! {
                         sent = feed.send(Ok(item)) => if sent.is_err() { return },

@@ -9,7 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use roster_store::StoreStatus;
 use std::time::Duration;
@@ -211,18 +211,27 @@ mod tests {
         m.observe("/etcdserverpb.KV/Put", tonic::Code::Ok, Some(Duration::from_millis(2)));
         m.observe("/etcdserverpb.KV/Put", tonic::Code::InvalidArgument, Some(Duration::from_millis(1)));
         let _w = m.watch_stream();
-        let text = m.render(&StoreStatus { revision: 7, keys: 3, ..Default::default() }, &crate::backup::BackupState::default());
+        let text = m.render(
+            &StoreStatus { revision: 7, keys: 3, ..Default::default() },
+            &crate::backup::BackupState::default(),
+        );
         assert!(text.contains("roster_store_revision 7"), "{text}");
         assert!(text.contains("roster_store_keys 3"), "{text}");
         assert!(text.contains("roster_store_failed 0"), "{text}");
-        let text = m.render(&StoreStatus { failure: Some("disk gone".into()), ..Default::default() }, &crate::backup::BackupState::default());
+        let text = m.render(
+            &StoreStatus { failure: Some("disk gone".into()), ..Default::default() },
+            &crate::backup::BackupState::default(),
+        );
         assert!(text.contains("roster_store_failed 1"), "{text}");
         assert!(text.contains("roster_watch_streams 1"), "{text}");
         assert!(
             text.contains(r#"roster_grpc_requests_total{method="/etcdserverpb.KV/Put",code="InvalidArgument"} 1"#),
             "{text}"
         );
-        assert!(text.contains("roster_grpc_request_duration_seconds_count{method=\"/etcdserverpb.KV/Put\"} 2"), "{text}");
+        assert!(
+            text.contains("roster_grpc_request_duration_seconds_count{method=\"/etcdserverpb.KV/Put\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

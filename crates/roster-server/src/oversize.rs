@@ -80,7 +80,9 @@ mod tests {
         h.insert("grpc-status", HeaderValue::from_static("11"));
         h.insert(
             "grpc-message",
-            HeaderValue::from_static("Error, decoded message length too large: found 3000012 bytes, the limit is: 2097152 bytes"),
+            HeaderValue::from_static(
+                "Error, decoded message length too large: found 3000012 bytes, the limit is: 2097152 bytes",
+            ),
         );
         rewrite(&mut h);
         assert_eq!(h["grpc-status"], "8");
@@ -93,6 +95,9 @@ mod tests {
         h.insert("grpc-status", HeaderValue::from_static("11"));
         h.insert("grpc-message", HeaderValue::from_static("etcdserver: too large lease TTL"));
         rewrite(&mut h);
-        assert_eq!((h["grpc-status"].to_str().unwrap(), h["grpc-message"].to_str().unwrap()), ("11", "etcdserver: too large lease TTL"));
+        assert_eq!(
+            (h["grpc-status"].to_str().unwrap(), h["grpc-message"].to_str().unwrap()),
+            ("11", "etcdserver: too large lease TTL")
+        );
     }
 }

@@ -46,21 +46,13 @@ impl tonic::transport::server::Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
@@ -86,9 +78,7 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Handshaken connections as tonic's incoming stream.
-pub(crate) fn grpc_incoming(
-    incoming: TlsIncoming,
-) -> impl tokio_stream::Stream<Item = io::Result<TlsConn>> {
+pub(crate) fn grpc_incoming(incoming: TlsIncoming) -> impl tokio_stream::Stream<Item = io::Result<TlsConn>> {
     tokio_stream::StreamExt::map(incoming, |c| Ok(TlsConn::new(c)))
 }
 
@@ -122,10 +112,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        let cn = req
-            .extensions()
-            .get::<TlsPeer>()
-            .and_then(|p| p.0.common_name.clone());
+        let cn = req.extensions().get::<TlsPeer>().and_then(|p| p.0.common_name.clone());
         if let Some(cn) = cn {
             req.extensions_mut().insert(CertUser(cn));
         }
@@ -179,10 +166,7 @@ mod tests {
 
     fn request(common_name: Option<&str>) -> Request<()> {
         let mut req = Request::new(());
-        let peer = Peer {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            common_name: common_name.map(str::to_owned),
-        };
+        let peer = Peer { addr: "127.0.0.1:1".parse().unwrap(), common_name: common_name.map(str::to_owned) };
         req.extensions_mut().insert(TlsPeer(peer));
         req
     }
@@ -190,19 +174,8 @@ mod tests {
     #[tokio::test]
     async fn client_certificate_cn_becomes_the_request_cert_user() {
         let mut svc = CertUserLayer.layer(Echo);
-        assert_eq!(
-            svc.call(request(Some("alice"))).await.unwrap(),
-            Some(CertUser("alice".into()))
-        );
-        assert_eq!(
-            svc.call(request(None)).await.unwrap(),
-            None,
-            "no certificate, no user"
-        );
-        assert_eq!(
-            svc.call(Request::new(())).await.unwrap(),
-            None,
-            "plaintext connection"
-        );
+        assert_eq!(svc.call(request(Some("alice"))).await.unwrap(), Some(CertUser("alice".into())));
+        assert_eq!(svc.call(request(None)).await.unwrap(), None, "no certificate, no user");
+        assert_eq!(svc.call(Request::new(())).await.unwrap(), None, "plaintext connection");
     }
 }

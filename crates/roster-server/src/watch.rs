@@ -6,14 +6,14 @@
 //! channel's receiver, the writer sees it closed and ends, and the reader is
 //! ended with it, so a vanished client costs nothing for long.
 
-use crate::auth::{AuthInfo, Need, Span};
 use crate::Server;
-use roster_api::etcdserverpb::{
-    watch_request::RequestUnion, watch_server::Watch, WatchCreateRequest, WatchRequest, WatchResponse,
-};
-use roster_api::EtcdError;
-use roster_store::{WatchControl, WatchEvents};
+use crate::auth::{AuthInfo, Need, Span};
 use crate::responses::{self, Feed, Responses};
+use roster_api::EtcdError;
+use roster_api::etcdserverpb::{
+    WatchCreateRequest, WatchRequest, WatchResponse, watch_request::RequestUnion, watch_server::Watch,
+};
+use roster_store::{WatchControl, WatchEvents};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 const WATCH: &str = "/etcdserverpb.Watch/Watch";
@@ -105,9 +105,16 @@ async fn read_requests(
 
 /// Read on the watched range (an empty key is "\0", the smallest), with a
 /// valid token.
-fn permitted(server: &Server, who: &Result<Option<AuthInfo>, EtcdError>, c: &WatchCreateRequest) -> Result<(), EtcdError> {
+fn permitted(
+    server: &Server,
+    who: &Result<Option<AuthInfo>, EtcdError>,
+    c: &WatchCreateRequest,
+) -> Result<(), EtcdError> {
     let key: &[u8] = if c.key.is_empty() { b"\0" } else { &c.key };
-    let need = Need::Keys { spans: vec![Span { key: key.into(), range_end: c.range_end[..].into(), write: false }], leases: vec![] };
+    let need = Need::Keys {
+        spans: vec![Span { key: key.into(), range_end: c.range_end[..].into(), write: false }],
+        leases: vec![],
+    };
     server.gate().permit(who, &need, server.store())
 }
 
@@ -116,7 +123,8 @@ fn permitted(server: &Server, who: &Result<Option<AuthInfo>, EtcdError>, c: &Wat
 /// as the reason: a bad token, no user, an old auth revision, else
 /// permission denied.
 async fn deny(server: &Server, denied: EtcdError, tx: &Feed<WatchResponse>) -> Result<(), crate::responses::Gone> {
-    let mut header = roster_api::etcdserverpb::ResponseHeader { revision: server.store().revision(), ..Default::default() };
+    let mut header =
+        roster_api::etcdserverpb::ResponseHeader { revision: server.store().revision(), ..Default::default() };
     server.fill_ids(&mut header);
     let reason = match denied {
         e @ (EtcdError::InvalidAuthToken | EtcdError::AuthOldRevision | EtcdError::UserEmpty) => e,

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
-use roster_store::pb::{request_op::Request, PutRequest, RequestOp, TxnRequest, WatchCreateRequest};
+use roster_store::pb::{PutRequest, RequestOp, TxnRequest, WatchCreateRequest, request_op::Request};
 use roster_store::{Store, WatchControl, WatchEvents};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ fn case(rt: &tokio::runtime::Runtime, name: &'static str, watchers: usize) -> Ca
         let mut streams = Vec::with_capacity(watchers);
         for i in 0..watchers {
             let (ctl, mut ev) = store.watch_stream();
-            ctl.create(WatchCreateRequest { key: Bytes::from(format!("/services/other/{i}")), ..Default::default() }).await;
+            ctl.create(WatchCreateRequest { key: Bytes::from(format!("/services/other/{i}")), ..Default::default() })
+                .await;
             assert!(ev.next().await.expect("created").created);
             streams.push((ctl, ev));
         }
@@ -38,12 +39,22 @@ fn case(rt: &tokio::runtime::Runtime, name: &'static str, watchers: usize) -> Ca
 }
 
 fn put(key: &'static str) -> PutRequest {
-    PutRequest { key: Bytes::from_static(key.as_bytes()), value: Bytes::from_static(b"10.0.0.7:50051"), ..Default::default() }
+    PutRequest {
+        key: Bytes::from_static(key.as_bytes()),
+        value: Bytes::from_static(b"10.0.0.7:50051"),
+        ..Default::default()
+    }
 }
 
 fn txn() -> TxnRequest {
     let success = (0..100)
-        .map(|i| RequestOp { request: Some(Request::RequestPut(PutRequest { key: Bytes::from(format!("/bench/txn/{i:03}")), value: Bytes::from_static(b"v"), ..Default::default() })) })
+        .map(|i| RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: Bytes::from(format!("/bench/txn/{i:03}")),
+                value: Bytes::from_static(b"v"),
+                ..Default::default()
+            })),
+        })
         .collect();
     TxnRequest { compare: vec![], success, failure: vec![] }
 }
@@ -63,7 +74,14 @@ fn criterion_cases(c: &mut Criterion, rt: &tokio::runtime::Runtime, cases: &[Cas
 }
 
 /// Median per-write time of each case over interleaved rounds.
-fn interleaved(rt: &tokio::runtime::Runtime, cases: &[Case], what: &str, rounds: usize, per_round: usize, write: impl Fn(&Store)) {
+fn interleaved(
+    rt: &tokio::runtime::Runtime,
+    cases: &[Case],
+    what: &str,
+    rounds: usize,
+    per_round: usize,
+    write: impl Fn(&Store),
+) {
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
         // Alternate who goes first, too.
@@ -87,7 +105,12 @@ fn interleaved(rt: &tokio::runtime::Runtime, cases: &[Case], what: &str, rounds:
     for (case, m) in cases.iter().zip(&medians) {
         println!("{what:>7} {:>22}: {:>9.2} us per write", case.name, m.as_secs_f64() * 1e6);
     }
-    println!("{what:>7} ratio {} / {}: {:.3}", cases[1].name, cases[0].name, medians[1].as_secs_f64() / medians[0].as_secs_f64());
+    println!(
+        "{what:>7} ratio {} / {}: {:.3}",
+        cases[1].name,
+        cases[0].name,
+        medians[1].as_secs_f64() / medians[0].as_secs_f64()
+    );
 }
 
 fn main() {

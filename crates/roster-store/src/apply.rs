@@ -5,20 +5,20 @@
 //! write's effects are gathered into a [`Record`] for the log and a list of
 //! events for watchers.
 
-use crate::keyspace::{make_event, Entry, KeySpace};
 use crate::auth::{AuthChange, AuthTables};
+use crate::keyspace::{Entry, KeySpace, make_event};
 use crate::lease::LeaseTable;
 use crate::record::{Change, EntryRec, KeyRec, LeaseRec, Record, Snapshot};
 use bytes::Bytes;
 use roster_api::etcdserverpb::{
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
     compare::{CompareResult, CompareTarget, TargetUnion},
     range_request::{SortOrder, SortTarget},
     request_op::Request,
     response_op::Response,
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use roster_api::{mvccpb, EtcdError};
+use roster_api::{EtcdError, mvccpb};
 use std::time::Duration;
 
 /// Everything a write can change, behind one lock.
@@ -71,7 +71,10 @@ impl State {
         }
         // With no explicit order and no filters, etcd reads only limit + 1
         // keys (in key order) and sorts just those by the target.
-        let filtered = r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0;
+        let filtered = r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
         let cap = (r.limit > 0 && r.sort_order == SortOrder::None as i32 && !filtered)
             .then(|| usize::try_from(r.limit).unwrap_or(usize::MAX).saturating_add(1));
         Ok(RangeScan { cur, rev, count: 0, found: Vec::new(), after: None, cap, done: false })
@@ -99,7 +102,9 @@ impl State {
             if r.count_only || scan.cap.is_some_and(|c| scan.found.len() >= c) {
                 continue;
             }
-            if keep(e.mod_rev, r.min_mod_revision, r.max_mod_revision) && keep(e.create_rev, r.min_create_revision, r.max_create_revision) {
+            if keep(e.mod_rev, r.min_mod_revision, r.max_mod_revision)
+                && keep(e.create_rev, r.min_create_revision, r.max_create_revision)
+            {
                 scan.found.push(e.to_kv(k));
             }
         }
@@ -205,7 +210,12 @@ impl Write {
             self.record.rev = self.rev();
         }
         let r = &self.record;
-        if r.changes.is_empty() && r.grants.is_empty() && r.revokes.is_empty() && r.compact.is_none() && r.auth.is_none() {
+        if r.changes.is_empty()
+            && r.grants.is_empty()
+            && r.revokes.is_empty()
+            && r.compact.is_none()
+            && r.auth.is_none()
+        {
             return (None, self.events);
         }
         state.seq += 1;
@@ -224,9 +234,11 @@ impl State {
         let readable = w.begin >= self.compact_rev;
         let event_prev = if new.create_rev == rev || !readable { None } else { before.map(|b| b.to_kv(&key)) };
         if let Some(p) = &prev
-            && p.lease != 0 && p.lease != lease {
-                self.leases.detach(p.lease, &key);
-            }
+            && p.lease != 0
+            && p.lease != lease
+        {
+            self.leases.detach(p.lease, &key);
+        }
         if lease != 0 {
             self.leases.attach(lease, &key);
         }
@@ -282,7 +294,8 @@ impl State {
     }
 
     fn apply_put(&mut self, w: &mut Write, p: &PutRequest) -> PutResponse {
-        let cur = if p.ignore_value || p.ignore_lease { self.kv.get(&p.key).and_then(|h| h.latest()).cloned() } else { None };
+        let cur =
+            if p.ignore_value || p.ignore_lease { self.kv.get(&p.key).and_then(|h| h.latest()).cloned() } else { None };
         let value = match (&cur, p.ignore_value) {
             (Some(c), true) => c.value.clone(),
             _ => p.value.clone(),
@@ -311,9 +324,10 @@ impl State {
         let mut prev_kvs = Vec::new();
         for k in &keys {
             if let Some(prev) = self.do_delete(w, k)
-                && d.prev_kv {
-                    prev_kvs.push(prev.to_kv(k));
-                }
+                && d.prev_kv
+            {
+                prev_kvs.push(prev.to_kv(k));
+            }
         }
         DeleteRangeResponse { header: header(w.read_rev()), deleted: keys.len() as i64, prev_kvs }
     }

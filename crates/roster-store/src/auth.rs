@@ -32,12 +32,7 @@ pub struct AuthTables {
 impl Default for AuthTables {
     fn default() -> Self {
         // A fresh etcd reports auth revision 1.
-        AuthTables {
-            enabled: false,
-            revision: 1,
-            users: BTreeMap::new(),
-            roles: BTreeMap::new(),
-        }
+        AuthTables { enabled: false, revision: 1, users: BTreeMap::new(), roles: BTreeMap::new() }
     }
 }
 
@@ -128,11 +123,7 @@ impl AuthTables {
                 self.enabled = false;
                 rec.enabled = Some(false);
             }
-            AuthChange::UserAdd {
-                name,
-                password,
-                no_password,
-            } => {
+            AuthChange::UserAdd { name, password, no_password } => {
                 if name.is_empty() {
                     return Err(EtcdError::UserEmpty);
                 }
@@ -179,11 +170,7 @@ impl AuthTables {
                     return Err(EtcdError::InvalidAuthMgmt);
                 }
                 let u = self.users.get_mut(&name).ok_or(EtcdError::UserNotFound)?;
-                let at = u
-                    .roles
-                    .iter()
-                    .position(|r| *r == role)
-                    .ok_or(EtcdError::RoleNotGranted)?;
+                let at = u.roles.iter().position(|r| *r == role).ok_or(EtcdError::RoleNotGranted)?;
                 u.roles.remove(at);
                 rec.put_users.push(u.clone());
             }
@@ -194,10 +181,7 @@ impl AuthTables {
                 if self.roles.contains_key(&name) {
                     return Err(EtcdError::RoleAlreadyExist);
                 }
-                let role = Role {
-                    name: Bytes::from(name.clone().into_bytes()),
-                    key_permission: vec![],
-                };
+                let role = Role { name: Bytes::from(name.clone().into_bytes()), key_permission: vec![] };
                 rec.put_roles.push(role.clone());
                 self.roles.insert(name, role);
             }
@@ -220,20 +204,13 @@ impl AuthTables {
                 let perms = &mut role.key_permission;
                 // Sorted by key; the same key and range_end is updated in place.
                 let at = perms.partition_point(|p| p.key < perm.key);
-                match perms[at..]
-                    .iter()
-                    .position(|p| p.key == perm.key && p.range_end == perm.range_end)
-                {
+                match perms[at..].iter().position(|p| p.key == perm.key && p.range_end == perm.range_end) {
                     Some(i) => perms[at + i].perm_type = perm.perm_type,
                     None => perms.insert(at, perm),
                 }
                 rec.put_roles.push(role.clone());
             }
-            AuthChange::RoleRevokePermission {
-                role,
-                key,
-                range_end,
-            } => {
+            AuthChange::RoleRevokePermission { role, key, range_end } => {
                 let r = self.roles.get_mut(&role).ok_or(EtcdError::RoleNotFound)?;
                 let at = r
                     .key_permission
@@ -260,12 +237,10 @@ impl AuthTables {
             self.roles.remove(name);
         }
         for u in &rec.put_users {
-            self.users
-                .insert(String::from_utf8_lossy(&u.name).into_owned(), u.clone());
+            self.users.insert(String::from_utf8_lossy(&u.name).into_owned(), u.clone());
         }
         for r in &rec.put_roles {
-            self.roles
-                .insert(String::from_utf8_lossy(&r.name).into_owned(), r.clone());
+            self.roles.insert(String::from_utf8_lossy(&r.name).into_owned(), r.clone());
         }
         if let Some(e) = rec.enabled {
             self.enabled = e;
@@ -302,48 +277,26 @@ mod tests {
     use roster_api::authpb::permission::Type;
 
     fn add_user(t: &mut AuthTables, name: &str) {
-        t.apply(AuthChange::UserAdd {
-            name: name.into(),
-            password: Bytes::from_static(b"h"),
-            no_password: false,
-        })
-        .unwrap();
+        t.apply(AuthChange::UserAdd { name: name.into(), password: Bytes::from_static(b"h"), no_password: false })
+            .unwrap();
     }
 
     fn perm(key: &str, end: &str, ty: Type) -> Permission {
-        Permission {
-            perm_type: ty as i32,
-            key: Bytes::from(key.to_owned()),
-            range_end: Bytes::from(end.to_owned()),
-        }
+        Permission { perm_type: ty as i32, key: Bytes::from(key.to_owned()), range_end: Bytes::from(end.to_owned()) }
     }
 
     #[test]
     fn enable_needs_root_user_with_root_role() {
         let mut t = AuthTables::default();
-        assert_eq!(
-            t.apply(AuthChange::Enable),
-            Err(EtcdError::RootUserNotExist)
-        );
+        assert_eq!(t.apply(AuthChange::Enable), Err(EtcdError::RootUserNotExist));
         add_user(&mut t, ROOT);
-        assert_eq!(
-            t.apply(AuthChange::Enable),
-            Err(EtcdError::RootRoleNotExist)
-        );
+        assert_eq!(t.apply(AuthChange::Enable), Err(EtcdError::RootRoleNotExist));
         // etcdctl's recovery: the root role may be granted before it exists.
-        t.apply(AuthChange::UserGrantRole {
-            user: ROOT.into(),
-            role: ROOT.into(),
-        })
-        .unwrap();
+        t.apply(AuthChange::UserGrantRole { user: ROOT.into(), role: ROOT.into() }).unwrap();
         let before = t.revision;
         assert!(t.apply(AuthChange::Enable).unwrap().is_some());
         assert_eq!(t.revision, before, "etcd 3.4's enable keeps the revision");
-        assert_eq!(
-            t.apply(AuthChange::Enable),
-            Ok(None),
-            "enable when on is ignored"
-        );
+        assert_eq!(t.apply(AuthChange::Enable), Ok(None), "enable when on is ignored");
         assert_eq!(t.revision, before);
         assert!(t.apply(AuthChange::Disable).unwrap().is_some());
         assert_eq!(t.revision, before + 1, "disable bumps it");
@@ -354,78 +307,39 @@ mod tests {
         let mut t = AuthTables::default();
         add_user(&mut t, ROOT);
         t.apply(AuthChange::RoleAdd { name: ROOT.into() }).unwrap();
-        t.apply(AuthChange::UserGrantRole {
-            user: ROOT.into(),
-            role: ROOT.into(),
-        })
-        .unwrap();
+        t.apply(AuthChange::UserGrantRole { user: ROOT.into(), role: ROOT.into() }).unwrap();
         t.apply(AuthChange::Enable).unwrap();
+        assert_eq!(t.apply(AuthChange::UserDelete { name: ROOT.into() }), Err(EtcdError::InvalidAuthMgmt));
+        assert_eq!(t.apply(AuthChange::RoleDelete { name: ROOT.into() }), Err(EtcdError::InvalidAuthMgmt));
         assert_eq!(
-            t.apply(AuthChange::UserDelete { name: ROOT.into() }),
-            Err(EtcdError::InvalidAuthMgmt)
-        );
-        assert_eq!(
-            t.apply(AuthChange::RoleDelete { name: ROOT.into() }),
-            Err(EtcdError::InvalidAuthMgmt)
-        );
-        assert_eq!(
-            t.apply(AuthChange::UserRevokeRole {
-                name: ROOT.into(),
-                role: ROOT.into()
-            }),
+            t.apply(AuthChange::UserRevokeRole { name: ROOT.into(), role: ROOT.into() }),
             Err(EtcdError::InvalidAuthMgmt)
         );
         t.apply(AuthChange::Disable).unwrap();
-        t.apply(AuthChange::UserDelete { name: ROOT.into() })
-            .unwrap();
+        t.apply(AuthChange::UserDelete { name: ROOT.into() }).unwrap();
     }
 
     #[test]
     fn duplicates_and_missing_names_have_etcds_errors() {
         let mut t = AuthTables::default();
         add_user(&mut t, "a");
-        let dup = AuthChange::UserAdd {
-            name: "a".into(),
-            password: Bytes::new(),
-            no_password: false,
-        };
+        let dup = AuthChange::UserAdd { name: "a".into(), password: Bytes::new(), no_password: false };
         assert_eq!(t.apply(dup), Err(EtcdError::UserAlreadyExist));
-        let empty = AuthChange::UserAdd {
-            name: String::new(),
-            password: Bytes::new(),
-            no_password: false,
-        };
+        let empty = AuthChange::UserAdd { name: String::new(), password: Bytes::new(), no_password: false };
         assert_eq!(t.apply(empty), Err(EtcdError::UserEmpty));
-        assert_eq!(
-            t.apply(AuthChange::RoleAdd {
-                name: String::new()
-            }),
-            Err(EtcdError::RoleEmpty)
-        );
+        assert_eq!(t.apply(AuthChange::RoleAdd { name: String::new() }), Err(EtcdError::RoleEmpty));
         t.apply(AuthChange::RoleAdd { name: "r".into() }).unwrap();
+        assert_eq!(t.apply(AuthChange::RoleAdd { name: "r".into() }), Err(EtcdError::RoleAlreadyExist));
         assert_eq!(
-            t.apply(AuthChange::RoleAdd { name: "r".into() }),
-            Err(EtcdError::RoleAlreadyExist)
-        );
-        assert_eq!(
-            t.apply(AuthChange::UserGrantRole {
-                user: "a".into(),
-                role: "x".into()
-            }),
+            t.apply(AuthChange::UserGrantRole { user: "a".into(), role: "x".into() }),
             Err(EtcdError::RoleNotFound)
         );
         assert_eq!(
-            t.apply(AuthChange::UserGrantRole {
-                user: "b".into(),
-                role: "r".into()
-            }),
+            t.apply(AuthChange::UserGrantRole { user: "b".into(), role: "r".into() }),
             Err(EtcdError::UserNotFound)
         );
         assert_eq!(
-            t.apply(AuthChange::UserRevokeRole {
-                name: "a".into(),
-                role: "r".into()
-            }),
+            t.apply(AuthChange::UserRevokeRole { name: "a".into(), role: "r".into() }),
             Err(EtcdError::RoleNotGranted)
         );
         let revoke = AuthChange::RoleRevokePermission {
@@ -440,16 +354,8 @@ mod tests {
     fn grants_stay_sorted_and_update_in_place() {
         let mut t = AuthTables::default();
         t.apply(AuthChange::RoleAdd { name: "r".into() }).unwrap();
-        for p in [
-            perm("b", "", Type::Read),
-            perm("a", "c", Type::Write),
-            perm("b", "", Type::Readwrite),
-        ] {
-            t.apply(AuthChange::RoleGrantPermission {
-                name: "r".into(),
-                perm: p,
-            })
-            .unwrap();
+        for p in [perm("b", "", Type::Read), perm("a", "c", Type::Write), perm("b", "", Type::Readwrite)] {
+            t.apply(AuthChange::RoleGrantPermission { name: "r".into(), perm: p }).unwrap();
         }
         assert_eq!(
             t.role("r").unwrap().key_permission,
@@ -465,21 +371,8 @@ mod tests {
         let mut run = |t: &mut AuthTables, c| log.extend(t.apply(c).unwrap());
         run(&mut t, AuthChange::RoleAdd { name: "r".into() });
         for u in ["a", "b"] {
-            run(
-                &mut t,
-                AuthChange::UserAdd {
-                    name: u.into(),
-                    password: Bytes::from_static(b"h"),
-                    no_password: false,
-                },
-            );
-            run(
-                &mut t,
-                AuthChange::UserGrantRole {
-                    user: u.into(),
-                    role: "r".into(),
-                },
-            );
+            run(&mut t, AuthChange::UserAdd { name: u.into(), password: Bytes::from_static(b"h"), no_password: false });
+            run(&mut t, AuthChange::UserGrantRole { user: u.into(), role: "r".into() });
         }
         run(&mut t, AuthChange::RoleDelete { name: "r".into() });
         assert!(t.users.values().all(|u| u.roles.is_empty()));

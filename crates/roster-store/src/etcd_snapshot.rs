@@ -63,25 +63,13 @@ struct LeasePb {
 #[non_exhaustive]
 pub enum SnapshotError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Bolt {
-        path: PathBuf,
-        source: roster_bolt::Error,
-    },
+    Bolt { path: PathBuf, source: roster_bolt::Error },
     #[error("{path}: snapshot missing hash but --skip-hash-check=false")]
     NoHash { path: PathBuf },
-    #[error(
-        "{path}: sha256 mismatch: the file says {expected}, its contents hash to {actual} (truncated or damaged?)"
-    )]
-    HashMismatch {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    #[error("{path}: sha256 mismatch: the file says {expected}, its contents hash to {actual} (truncated or damaged?)")]
+    HashMismatch { path: PathBuf, expected: String, actual: String },
     #[error("{path}: not an etcd snapshot: {why}")]
     Layout { path: PathBuf, why: String },
     #[error("data-dir {0:?} exists")]
@@ -159,7 +147,8 @@ impl Store {
             (meta, pin)
         };
         let keys = self.key_bucket_sliced(meta.rev, meta.compact_rev);
-        write_db(&meta, keys, out, member_id).map_err(|e| StoreError::Corrupt(format!("cannot write an etcd snapshot: {e}")))
+        write_db(&meta, keys, out, member_id)
+            .map_err(|e| StoreError::Corrupt(format!("cannot write an etcd snapshot: {e}")))
     }
 
     /// etcd's `key` bucket at `rev`: first what compaction at `compact`
@@ -363,25 +352,13 @@ impl Store {
     /// Writes an etcd snapshot of the visible state to an unlinked file in
     /// `tmp_dir`, ready to stream: no second copy is held in memory, and no
     /// partial file is left behind whatever happens to the stream.
-    pub fn etcd_snapshot_stream(
-        &self,
-        tmp_dir: &Path,
-        member_id: u64,
-    ) -> Result<SnapshotStream, StoreError> {
-        let io = |source| StoreError::Io {
-            path: tmp_dir.to_path_buf(),
-            source,
-        };
+    pub fn etcd_snapshot_stream(&self, tmp_dir: &Path, member_id: u64) -> Result<SnapshotStream, StoreError> {
+        let io = |source| StoreError::Io { path: tmp_dir.to_path_buf(), source };
         let file = tempfile::tempfile_in(tmp_dir).map_err(io)?;
         let (out, db_len) = self.write_etcd_db(BufWriter::new(file), member_id)?;
         let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
         file.rewind().map_err(io)?;
-        Ok(SnapshotStream {
-            file,
-            db_len,
-            sent: 0,
-            sha: Some(Sha256::new()),
-        })
+        Ok(SnapshotStream { file, db_len, sent: 0, sha: Some(Sha256::new()) })
     }
 }
 
@@ -393,7 +370,8 @@ impl Store {
         let part = PathBuf::from(format!("{}.part", path.display()));
         let io = |source| SnapshotError::Io { path: part.clone(), source };
         let written = (|| {
-            let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part).map_err(io)?;
+            let file =
+                fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part).map_err(io)?;
             let (out, db_len) = self.write_etcd_db(BufWriter::new(file), member_id)?;
             let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
             // The writer seeks back for the meta pages, so hash afterwards.
@@ -513,10 +491,7 @@ fn hash_kv(snap: &Snapshot, rev: i64) -> HashKv {
 /// tells by the size: a database is a whole number of 512-byte sectors).
 /// Returns the length of the database part.
 pub fn verify_hash(path: &Path, skip_hash_check: bool) -> Result<u64, SnapshotError> {
-    let io = |source| SnapshotError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| SnapshotError::Io { path: path.to_path_buf(), source };
     let mut f = File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     let has_hash = len % 512 == SHA_LEN as u64;
@@ -524,9 +499,7 @@ pub fn verify_hash(path: &Path, skip_hash_check: bool) -> Result<u64, SnapshotEr
         if skip_hash_check {
             return Ok(len);
         }
-        return Err(SnapshotError::NoHash {
-            path: path.to_path_buf(),
-        });
+        return Err(SnapshotError::NoHash { path: path.to_path_buf() });
     }
     let db_len = len - SHA_LEN as u64;
     if skip_hash_check {
@@ -561,19 +534,11 @@ fn hex(b: &[u8]) -> String {
 /// `etcdctl snapshot status`: hash, revision, keys and size of a snapshot
 /// or backend database file.
 pub fn status(path: &Path) -> Result<SnapshotStatus, SnapshotError> {
-    let bolt = |source| SnapshotError::Bolt {
-        path: path.to_path_buf(),
-        source,
-    };
+    let bolt = |source| SnapshotError::Bolt { path: path.to_path_buf(), source };
     let r = Reader::open(path).map_err(bolt)?;
     let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     let mut h = crc.digest();
-    let mut st = SnapshotStatus {
-        hash: 0,
-        revision: 0,
-        total_keys: 0,
-        total_size: r.size(),
-    };
+    let mut st = SnapshotStatus { hash: 0, revision: 0, total_keys: 0, total_size: r.size() };
     for name in r.buckets().map_err(bolt)? {
         h.update(&name);
         let is_key = name == KEY;
@@ -595,14 +560,8 @@ pub fn status(path: &Path) -> Result<SnapshotStatus, SnapshotError> {
 /// Reads an etcd backend database (an etcd or Roster snapshot with its
 /// hash already checked) into Roster's snapshot form.
 fn read_db(path: &Path) -> Result<Snapshot, SnapshotError> {
-    let bolt = |source| SnapshotError::Bolt {
-        path: path.to_path_buf(),
-        source,
-    };
-    let layout = |why: String| SnapshotError::Layout {
-        path: path.to_path_buf(),
-        why,
-    };
+    let bolt = |source| SnapshotError::Bolt { path: path.to_path_buf(), source };
+    let layout = |why: String| SnapshotError::Layout { path: path.to_path_buf(), why };
     let r = Reader::open(path).map_err(bolt)?;
     let mut histories: HashMap<Bytes, Vec<EntryRec>> = HashMap::new();
     let mut last_rev = 0i64;
@@ -613,30 +572,19 @@ fn read_db(path: &Path) -> Result<Snapshot, SnapshotError> {
                 17 => false,
                 18 if k[17] == b't' => true,
                 _ => {
-                    bad.get_or_insert_with(|| {
-                        format!("a key-bucket entry has a {}-byte revision", k.len())
-                    });
+                    bad.get_or_insert_with(|| format!("a key-bucket entry has a {}-byte revision", k.len()));
                     return Ok(());
                 }
             };
             let main = u64::from_be_bytes(k[..8].try_into().unwrap()) as i64;
             let sub = u64::from_be_bytes(k[9..17].try_into().unwrap());
             let Ok(kv) = mvccpb::KeyValue::decode(v) else {
-                bad.get_or_insert_with(|| {
-                    format!("revision {main} holds a value that is not a KeyValue")
-                });
+                bad.get_or_insert_with(|| format!("revision {main} holds a value that is not a KeyValue"));
                 return Ok(());
             };
             last_rev = main;
             let entry = if tombstone {
-                EntryRec {
-                    mod_rev: main,
-                    create_rev: 0,
-                    version: 0,
-                    lease: 0,
-                    value: Bytes::new(),
-                    sub: sub as u32,
-                }
+                EntryRec { mod_rev: main, create_rev: 0, version: 0, lease: 0, value: Bytes::new(), sub: sub as u32 }
             } else {
                 EntryRec {
                     mod_rev: main,
@@ -668,28 +616,15 @@ fn read_db(path: &Path) -> Result<Snapshot, SnapshotError> {
     let mut leases = Vec::new();
     r.for_each(LEASE, |_, v| {
         if let Ok(l) = LeasePb::decode(v) {
-            leases.push(LeaseRec {
-                id: l.id,
-                ttl: l.ttl,
-            });
+            leases.push(LeaseRec { id: l.id, ttl: l.ttl });
         }
         Ok(())
     })
     .map_err(bolt)?;
     let auth = read_auth(&r).map_err(bolt)?.map_err(layout)?;
     let keys: BTreeMap<Bytes, Vec<EntryRec>> = histories.into_iter().collect();
-    let keys = keys
-        .into_iter()
-        .map(|(key, entries)| KeyRec { key, entries })
-        .collect();
-    Ok(Snapshot {
-        seq: 0,
-        rev: last_rev.max(compact_rev).max(1),
-        compact_rev,
-        keys,
-        leases,
-        auth,
-    })
+    let keys = keys.into_iter().map(|(key, entries)| KeyRec { key, entries }).collect();
+    Ok(Snapshot { seq: 0, rev: last_rev.max(compact_rev).max(1), compact_rev, keys, leases, auth })
 }
 
 /// etcd's auth buckets: the flag and revision, users and roles (their
@@ -736,11 +671,7 @@ fn read_auth(r: &Reader) -> roster_bolt::Result<Result<Option<AuthRec>, String>>
 /// `roster snapshot restore`: builds a new Roster data dir at `dir` from an
 /// etcd or Roster snapshot. The snapshot is checked in full before
 /// anything is written, and the dir appears only once complete.
-pub fn restore(
-    snapshot: &Path,
-    dir: &Path,
-    skip_hash_check: bool,
-) -> Result<Restored, SnapshotError> {
+pub fn restore(snapshot: &Path, dir: &Path, skip_hash_check: bool) -> Result<Restored, SnapshotError> {
     if dir.exists() {
         return Err(SnapshotError::DirExists(dir.to_path_buf()));
     }
@@ -749,19 +680,13 @@ pub fn restore(
     let restored = Restored {
         revision: snap.rev,
         compact_revision: snap.compact_rev,
-        keys: snap
-            .keys
-            .iter()
-            .filter(|k| k.entries.last().is_some_and(|e| e.version != 0))
-            .count() as u64,
+        keys: snap.keys.iter().filter(|k| k.entries.last().is_some_and(|e| e.version != 0)).count() as u64,
         revisions: snap.keys.iter().map(|k| k.entries.len() as u64).sum(),
         leases: snap.leases.len() as u64,
     };
     let tmp = dir.with_file_name(format!(
         ".{}.restoring",
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -773,10 +698,7 @@ pub fn restore(
     fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let written = (|| {
         let (mut log, _) = crate::log::Log::open(&tmp, false, std::sync::Arc::new(crate::OsDisk))?;
-        log.write_snapshot(&snap).map_err(|source| StoreError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+        log.write_snapshot(&snap).map_err(|source| StoreError::Io { path: tmp.clone(), source })?;
         Ok::<_, StoreError>(())
     })();
     if let Err(e) = written {
@@ -785,9 +707,7 @@ pub fn restore(
     }
     fs::rename(&tmp, dir).map_err(io(dir))?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io(parent))?;
+        File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))?;
     }
     Ok(restored)
 }

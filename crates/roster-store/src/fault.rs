@@ -9,8 +9,8 @@
 use crate::log::{Disk, FileKind, LogFile};
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which call fails, counted from 1 over every file of the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

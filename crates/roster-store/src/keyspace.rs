@@ -156,7 +156,8 @@ impl KeySpace {
     /// end).
     pub fn changes_after(&self, after: (i64, u32), upto: i64, max: usize) -> (Vec<(Bytes, Entry)>, Option<ChangePos>) {
         let start = self.changes.partition_point(|c| (c.0, c.1) <= after);
-        let slice: Vec<&(i64, u32, Bytes)> = self.changes[start..].iter().take_while(|c| c.0 <= upto).take(max).collect();
+        let slice: Vec<&(i64, u32, Bytes)> =
+            self.changes[start..].iter().take_while(|c| c.0 <= upto).take(max).collect();
         let last = slice.last().map(|c| (c.0, c.1));
         let found = slice
             .into_iter()
@@ -245,7 +246,15 @@ impl KeySpace {
     /// The work follows the changes in the window (from the change index),
     /// not the number of keys in the range, so a watcher far behind costs one
     /// bounded slice per call however wide its range.
-    pub fn events(&self, range: &OwnedRange, from: i64, to: i64, prev_kv: bool, prev_floor: i64, limit: EventLimit) -> (Vec<mvccpb::Event>, i64) {
+    pub fn events(
+        &self,
+        range: &OwnedRange,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+        prev_floor: i64,
+        limit: EventLimit,
+    ) -> (Vec<mvccpb::Event>, i64) {
         let last = to.min(from.saturating_add(i64::try_from(limit.revs.max(1) - 1).unwrap_or(i64::MAX)));
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -265,8 +274,15 @@ impl KeySpace {
                 // The value at revision - 1: a txn may have written the key
                 // twice in one revision.
                 let creation = !e.is_tombstone() && e.create_rev == e.mod_rev;
-                let prev = if prev_kv && !creation && rev > prev_floor { hist.at(rev - 1).map(|p| p.to_kv(key)) } else { None };
-                size += EVENT_OVERHEAD + key.len() + e.value.len() + prev.as_ref().map_or(0, |p| p.key.len() + p.value.len());
+                let prev = if prev_kv && !creation && rev > prev_floor {
+                    hist.at(rev - 1).map(|p| p.to_kv(key))
+                } else {
+                    None
+                };
+                size += EVENT_OVERHEAD
+                    + key.len()
+                    + e.value.len()
+                    + prev.as_ref().map_or(0, |p| p.key.len() + p.value.len());
                 these.push(make_event(key, e, prev));
             }
             if !these.is_empty() {
@@ -406,7 +422,8 @@ mod tests {
         let no_limit = EventLimit { revs: usize::MAX, bytes: usize::MAX };
         let (evs, covered) = ks.events(&all, 3, 4, true, 0, no_limit);
         assert_eq!(covered, 4);
-        let keys: Vec<_> = evs.iter().map(|e| (e.kv.as_ref().unwrap().key.clone(), e.kv.as_ref().unwrap().mod_revision)).collect();
+        let keys: Vec<_> =
+            evs.iter().map(|e| (e.kv.as_ref().unwrap().key.clone(), e.kv.as_ref().unwrap().mod_revision)).collect();
         assert_eq!(keys, vec![(Bytes::from("a"), 3), (Bytes::from("b"), 3), (Bytes::from("a"), 4)]);
         assert!(evs[0].prev_kv.is_none(), "a creation has no previous value");
         assert_eq!(evs[1].prev_kv.as_ref().unwrap().value, "1");

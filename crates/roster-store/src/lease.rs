@@ -65,7 +65,10 @@ impl LeaseTable {
             self.expiry.remove(&(old.queued, id));
         }
         self.expiry.insert((deadline, id));
-        self.leases.insert(id, Lease { ttl, deadline: AtomicU64::new(nanos(deadline)), queued: deadline, keys: HashSet::new() });
+        self.leases.insert(
+            id,
+            Lease { ttl, deadline: AtomicU64::new(nanos(deadline)), queued: deadline, keys: HashSet::new() },
+        );
     }
 
     /// Removes the lease; returns the keys that were attached to it.
@@ -84,7 +87,8 @@ impl LeaseTable {
         let now = nanos(now);
         // Renewals race only with each other: keep the later deadline, and
         // never bring back a lease whose deadline has passed.
-        let renewed = l.deadline.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| (d > now).then_some(d.max(next)));
+        let renewed =
+            l.deadline.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| (d > now).then_some(d.max(next)));
         if renewed.is_ok() { l.ttl } else { 0 }
     }
 

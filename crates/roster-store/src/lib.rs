@@ -40,17 +40,17 @@ pub use auth::{AuthChange, AuthTables};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use log::{Disk, FileKind, LogFile, OsDisk};
 pub use quota::{alarm_name, alarm_text};
+pub use roster_api::EtcdError;
+pub use roster_api::authpb;
 pub use roster_api::etcdserverpb as pb;
 pub use roster_api::mvccpb;
-pub use roster_api::authpb;
-pub use roster_api::EtcdError;
 pub use watch::{WatchControl, WatchEvents};
 
 use apply::{State, Write};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -203,7 +203,8 @@ impl Store {
                     state.replay(r, now);
                 }
                 if rec.rewrite {
-                    log.write_snapshot(&state.snapshot()).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+                    log.write_snapshot(&state.snapshot())
+                        .map_err(|source| StoreError::Io { path: dir.clone(), source })?;
                     tracing::info!(dir = %dir.display(), "rewrote an old-format log as a snapshot");
                 }
                 tracing::info!(
@@ -396,7 +397,9 @@ impl Store {
     pub async fn lease_revoke(&self, r: pb::LeaseRevokeRequest) -> Result<pb::LeaseRevokeResponse, EtcdError> {
         self.write(|st, w, _| {
             st.lease_revoke(w, r.id)?;
-            Ok(pb::LeaseRevokeResponse { header: Some(pb::ResponseHeader { revision: w.read_rev(), ..Default::default() }) })
+            Ok(pb::LeaseRevokeResponse {
+                header: Some(pb::ResponseHeader { revision: w.read_rev(), ..Default::default() }),
+            })
         })
         .await
     }
@@ -530,7 +533,10 @@ impl Store {
     /// Applies one write under the exclusive lock, queues it for the next
     /// fsync, and waits for that fsync. `f` must check everything before it
     /// changes anything: an error leaves the state untouched.
-    async fn write<T>(&self, f: impl FnOnce(&mut State, &mut Write, Duration) -> Result<T, EtcdError>) -> Result<T, EtcdError> {
+    async fn write<T>(
+        &self,
+        f: impl FnOnce(&mut State, &mut Write, Duration) -> Result<T, EtcdError>,
+    ) -> Result<T, EtcdError> {
         let (out, rx) = {
             let mut st = self.shared().state.write();
             self.apply(&mut st, f)?
@@ -675,9 +681,10 @@ impl Shared {
             self.wake.notify_all();
         }
         if let Some(t) = self.committer.lock().take()
-            && t.thread().id() != std::thread::current().id() {
-                let _ = t.join();
-            }
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
     }
 
     /// Makes a durable batch visible: readers, then watchers, then writers.

@@ -46,8 +46,8 @@
 //! which a [`Disk`] hands out, so that tests can inject EIO or ENOSPC at any
 //! call (see [`crate::fault`]).
 
-use crate::record::{Record, Snapshot};
 use crate::StoreError;
+use crate::record::{Record, Snapshot};
 use prost::Message;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -174,7 +174,8 @@ impl Log {
     pub fn open(dir: &Path, repair: bool, disk: Arc<dyn Disk>) -> Result<(Log, Recovered), StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path: dir.to_owned() }),
@@ -404,8 +405,12 @@ fn scan(path: &Path, bytes: &[u8], repair: bool) -> Result<Scan, StoreError> {
         let problem = match parse_header(rest) {
             None if rest.len() < BATCH_HEADER => Some("a batch header cut short".to_owned()),
             None => Some("a corrupt batch header".to_owned()),
-            Some(h) if !first && h.seq != out.seq + 1 => Some(format!("batch {} where batch {} belongs", h.seq, out.seq + 1)),
-            Some(h) if h.prev != out.crc && !(first && h.prev == 0) => Some("a batch that does not chain to the one before it".to_owned()),
+            Some(h) if !first && h.seq != out.seq + 1 => {
+                Some(format!("batch {} where batch {} belongs", h.seq, out.seq + 1))
+            }
+            Some(h) if h.prev != out.crc && !(first && h.prev == 0) => {
+                Some("a batch that does not chain to the one before it".to_owned())
+            }
             Some(h) if h.len > (rest.len() - BATCH_HEADER) as u64 => {
                 Some(format!("a batch of {} bytes with {} left in the file", h.len, rest.len() - BATCH_HEADER))
             }
@@ -621,7 +626,10 @@ mod tests {
         bytes[starts[1] as usize + 16 + 3] ^= 0x40;
         fs::write(&wal, &bytes).unwrap();
         let msg = open(dir.path(), false).err().expect("must refuse").to_string();
-        assert!(msg.contains("corrupt") && msg.contains(&format!("byte {}", starts[1])) && msg.contains("--repair-wal"), "{msg}");
+        assert!(
+            msg.contains("corrupt") && msg.contains(&format!("byte {}", starts[1])) && msg.contains("--repair-wal"),
+            "{msg}"
+        );
         assert_eq!(fs::read(&wal).unwrap(), bytes, "a refused log is left as it is");
     }
 

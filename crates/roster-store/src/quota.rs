@@ -39,10 +39,10 @@
 //! 0.3 µs a key) and the log's growth since is added on.
 
 use crate::apply::State;
-use crate::{pb, EtcdError, Shared, Store, StoreError};
+use crate::{EtcdError, Shared, Store, StoreError, pb};
 use parking_lot::Mutex;
-use prost::encoding::encoded_len_varint;
 use prost::Message;
+use prost::encoding::encoded_len_varint;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -121,7 +121,9 @@ impl Quota {
         };
         let nospace = alarms.iter().any(|(t, _)| *t == pb::AlarmType::Nospace as i32);
         if nospace {
-            tracing::warn!("the NOSPACE alarm is raised (kept from before the restart); writes that add data are refused until `etcdctl alarm disarm`");
+            tracing::warn!(
+                "the NOSPACE alarm is raised (kept from before the restart); writes that add data are refused until `etcdctl alarm disarm`"
+            );
         }
         Ok(Quota {
             limit: AtomicU64::new(0),
@@ -156,7 +158,8 @@ impl Quota {
             // Raised already: skip the table lock, which a raise holds
             // through an fsync.
             let member = self.member.load(Ordering::Relaxed);
-            if !self.nospace.load(Ordering::Acquire) && self.activate(member, pb::AlarmType::Nospace as i32) == Ok(true) {
+            if !self.nospace.load(Ordering::Acquire) && self.activate(member, pb::AlarmType::Nospace as i32) == Ok(true)
+            {
                 tracing::warn!(disk_bytes, quota = limit, "database space exceeded; raised the NOSPACE alarm");
             }
             return Err(EtcdError::NoSpace);
@@ -445,7 +448,14 @@ fn message(len: usize) -> usize {
 fn key_len(key: &[u8], hist: &crate::keyspace::History) -> u64 {
     let mut rec = bytes_field(key.len());
     for e in &hist.entries {
-        rec += message(int(e.mod_rev) + int(e.create_rev) + int(e.version) + int(e.lease) + bytes_field(e.value.len()) + int(e.sub as i64));
+        rec += message(
+            int(e.mod_rev)
+                + int(e.create_rev)
+                + int(e.version)
+                + int(e.lease)
+                + bytes_field(e.value.len())
+                + int(e.sub as i64),
+        );
     }
     message(rec) as u64
 }
@@ -542,7 +552,8 @@ mod tests {
             ],
         };
         assert_eq!(txn_cost(&txn), 256 + 1 + 400, "the costlier branch counts");
-        let swapped = pb::TxnRequest { success: txn.failure.clone(), failure: txn.success.clone(), ..Default::default() };
+        let swapped =
+            pb::TxnRequest { success: txn.failure.clone(), failure: txn.success.clone(), ..Default::default() };
         assert_eq!(txn_cost(&swapped), 657);
         let two = pb::TxnRequest { success: txn.success.clone(), ..Default::default() };
         assert_eq!(txn_cost(&two), 2 * (256 + 2), "a branch costs the sum of its puts");
@@ -632,9 +643,18 @@ mod tests {
 
         let get = pb::RangeRequest { key: "k0".into(), ..Default::default() };
         assert_eq!(s.range(get).await.unwrap().kvs.len(), 1);
-        let txn_read = pb::TxnRequest { success: vec![op(Request::RequestRange(pb::RangeRequest { key: "k0".into(), ..Default::default() }))], ..Default::default() };
+        let txn_read = pb::TxnRequest {
+            success: vec![op(Request::RequestRange(pb::RangeRequest { key: "k0".into(), ..Default::default() }))],
+            ..Default::default()
+        };
         assert!(s.txn(txn_read).await.is_ok());
-        let txn_del = pb::TxnRequest { success: vec![op(Request::RequestDeleteRange(pb::DeleteRangeRequest { key: "k0".into(), ..Default::default() }))], ..Default::default() };
+        let txn_del = pb::TxnRequest {
+            success: vec![op(Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: "k0".into(),
+                ..Default::default()
+            }))],
+            ..Default::default()
+        };
         assert!(s.txn(txn_del).await.is_ok());
         let all = pb::DeleteRangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() };
         assert_eq!(s.delete_range(all).await.unwrap().deleted, written - 1);
@@ -660,7 +680,11 @@ mod tests {
         s.defragment().await.unwrap();
         let after = s.status().db_size;
         assert!(after < 20_000, "defragment reclaims the space: {before} -> {after}");
-        assert!((after - s.db_size_in_use()).abs() <= 64, "in use {} matches size {after} after defragment", s.db_size_in_use());
+        assert!(
+            (after - s.db_size_in_use()).abs() <= 64,
+            "in use {} matches size {after} after defragment",
+            s.db_size_in_use()
+        );
         drop(s);
         let s = open(dir.path());
         let all = pb::RangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() };
@@ -687,7 +711,8 @@ mod tests {
     fn a_damaged_alarm_file_refuses_to_start_with_a_way_out() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(ALARM_FILE), b"ROSTALM1\0\0\0\0garbage").unwrap();
-        let err = Store::open(StoreConfig { data_dir: Some(dir.path().to_owned()), ..Default::default() }).err().unwrap();
+        let err =
+            Store::open(StoreConfig { data_dir: Some(dir.path().to_owned()), ..Default::default() }).err().unwrap();
         let msg = err.to_string();
         assert!(msg.contains("alarm table") && msg.contains("delete it"), "{msg}");
     }

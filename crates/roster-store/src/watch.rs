@@ -31,18 +31,18 @@
 
 mod index;
 
-use crate::keyspace::{EventLimit, OwnedRange};
 use crate::Shared;
+use crate::keyspace::{EventLimit, OwnedRange};
 use bytes::Bytes;
 use index::{End, Index};
 use prost::Message;
-use roster_api::etcdserverpb::{watch_create_request::FilterType, ResponseHeader, WatchCreateRequest, WatchResponse};
-use roster_api::mvccpb::{event::EventType, Event};
+use roster_api::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchResponse, watch_create_request::FilterType};
+use roster_api::mvccpb::{Event, event::EventType};
 use roster_api::range::KeyRange;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, Notify};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Notify, mpsc};
 
 /// Responses queued per stream before its watchers fall behind.
 const STREAM_BUFFER: usize = 256;
@@ -200,7 +200,10 @@ impl Hub {
             return;
         }
         let events: Vec<Event> = evs.filter_map(|e| w.shape.apply(e)).collect();
-        debug_assert!(events.iter().all(|e| e.kv.as_ref().is_some_and(|kv| w.range.contains(&kv.key))), "the index matched {wid:?}");
+        debug_assert!(
+            events.iter().all(|e| e.kv.as_ref().is_some_and(|kv| w.range.contains(&kv.key))),
+            "the index matched {wid:?}"
+        );
         if events.is_empty() {
             return;
         }
@@ -365,7 +368,11 @@ impl WatchControl {
                 hub.next_serial += 1;
                 let w = Watcher {
                     range: range.clone(),
-                    shape: Shape { no_put: filters(FilterType::Noput), no_delete: filters(FilterType::Nodelete), prev_kv: r.prev_kv },
+                    shape: Shape {
+                        no_put: filters(FilterType::Noput),
+                        no_delete: filters(FilterType::Nodelete),
+                        prev_kv: r.prev_kv,
+                    },
                     progress_notify: r.progress_notify,
                     min_rev: start,
                     announced: false,
@@ -546,7 +553,8 @@ impl WatchEvents {
                     return (b.pick, Slice::Events(b.events, b.from - 1));
                 }
                 let revs = CATCH_UP_REVS - usize::try_from(b.from - b.pick.from).unwrap_or(0);
-                let limit = EventLimit { revs, bytes: CATCH_UP_PIECE.min(CATCH_UP_BYTES.saturating_sub(b.bytes)).max(1) };
+                let limit =
+                    EventLimit { revs, bytes: CATCH_UP_PIECE.min(CATCH_UP_BYTES.saturating_sub(b.bytes)).max(1) };
                 st.kv.events(&b.pick.range, b.from, b.pick.to, b.pick.shape.prev_kv, compact, limit)
             };
             b.bytes += piece.iter().map(Message::encoded_len).sum::<usize>();
@@ -598,7 +606,13 @@ impl WatchEvents {
             Slice::Compacted(compact_revision) => {
                 hub.remove_watcher(self.stream, pick.id);
                 // etcd sends this with a zero header revision.
-                Some(WatchResponse { header: header(0), watch_id: pick.id, canceled: true, compact_revision, ..Default::default() })
+                Some(WatchResponse {
+                    header: header(0),
+                    watch_id: pick.id,
+                    canceled: true,
+                    compact_revision,
+                    ..Default::default()
+                })
             }
             Slice::Events(events, covered) => {
                 // Publishing skipped it for revisions after `covered`.
@@ -606,7 +620,12 @@ impl WatchEvents {
                 if w.behind.is_some() {
                     slot.lagging.push_back(pick.id);
                 }
-                (!events.is_empty()).then(|| WatchResponse { header: header(visible), watch_id: pick.id, events, ..Default::default() })
+                (!events.is_empty()).then(|| WatchResponse {
+                    header: header(visible),
+                    watch_id: pick.id,
+                    events,
+                    ..Default::default()
+                })
             }
         }
     }

@@ -69,9 +69,7 @@ impl EtcdCluster {
     /// come up; call [`crate::require_etcd`] first to skip when etcd is not
     /// installed.
     pub async fn start() -> EtcdCluster {
-        Self::try_start()
-            .await
-            .unwrap_or_else(|e| panic!("etcd cluster did not start: {e}"))
+        Self::try_start().await.unwrap_or_else(|e| panic!("etcd cluster did not start: {e}"))
     }
 
     pub async fn try_start() -> Result<EtcdCluster, StartFailure> {
@@ -90,10 +88,7 @@ impl EtcdCluster {
     }
 
     fn unstarted(bin: &Path) -> EtcdCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("roster-testkit-etcd-cluster")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("roster-testkit-etcd-cluster").tempdir().expect("tempdir");
         // Distinct ports: `free_port` alone may hand out one twice.
         let mut ports = BTreeSet::new();
         let mut order = Vec::new();
@@ -109,9 +104,7 @@ impl EtcdCluster {
                 client_port: order[2 * i],
                 peer_port: order[2 * i + 1],
                 data_dir: dir.path().join(format!("m{i}.data")),
-                log: ServerLog {
-                    path: dir.path().join(format!("m{i}.log")),
-                },
+                log: ServerLog { path: dir.path().join(format!("m{i}.log")) },
                 id: 0,
                 proc: None,
                 stopped: false,
@@ -148,12 +141,7 @@ impl EtcdCluster {
     fn command(&self, i: usize, state: &str) -> Command {
         let m = &self.members[i];
         let client = format!("http://{}", m.endpoint());
-        let initial = self
-            .members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial = self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
         let mut cmd = Command::new(&self.bin);
         cmd.current_dir(self._dir.path())
             .arg(format!("--name={}", m.name))
@@ -194,13 +182,10 @@ impl EtcdCluster {
         let endpoint = m.endpoint();
         let log = m.log.clone();
         let proc = m.proc.as_mut().expect("spawned");
-        wait_ready(proc, &endpoint, &log)
-            .await
-            .map(|_| ())
-            .map_err(|mut e| {
-                e.reason = format!("member {i} ({endpoint}): {}", e.reason);
-                e
-            })
+        wait_ready(proc, &endpoint, &log).await.map(|_| ()).map_err(|mut e| {
+            e.reason = format!("member {i} ({endpoint}): {}", e.reason);
+            e
+        })
     }
 
     async fn status(&self, i: usize) -> Result<roster_api::etcdserverpb::StatusResponse, String> {
@@ -224,20 +209,17 @@ impl EtcdCluster {
             for i in (0..CLUSTER_SIZE).filter(|&i| self.members[i].running()) {
                 seen.push((i, self.status(i).await.map(|s| s.leader)));
             }
-            let agreed = seen.first().and_then(|(_, l)| l.clone().ok()).filter(|l| {
-                *l != 0 && seen.iter().all(|(_, other)| other.as_ref().ok() == Some(l))
-            });
-            let leader = agreed.and_then(|id| {
-                (0..CLUSTER_SIZE).find(|&j| self.members[j].id == id && self.members[j].running())
-            });
+            let agreed = seen
+                .first()
+                .and_then(|(_, l)| l.clone().ok())
+                .filter(|l| *l != 0 && seen.iter().all(|(_, other)| other.as_ref().ok() == Some(l)));
+            let leader = agreed
+                .and_then(|id| (0..CLUSTER_SIZE).find(|&j| self.members[j].id == id && self.members[j].running()));
             if let Some(j) = leader {
                 return j;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "no agreed, running etcd leader within {START_TIMEOUT:?}: {seen:?}\n{}",
-                    self.logs(40)
-                );
+                panic!("no agreed, running etcd leader within {START_TIMEOUT:?}: {seen:?}\n{}", self.logs(40));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -266,14 +248,8 @@ impl EtcdCluster {
     }
 
     fn signal(&self, i: usize, signal: &str) {
-        let pid = self
-            .pid(i)
-            .unwrap_or_else(|| panic!("member {i} is not running"));
-        let ok = Command::new("kill")
-            .arg(signal)
-            .arg(pid.to_string())
-            .status()
-            .is_ok_and(|s| s.success());
+        let pid = self.pid(i).unwrap_or_else(|| panic!("member {i} is not running"));
+        let ok = Command::new("kill").arg(signal).arg(pid.to_string()).status().is_ok_and(|s| s.success());
         assert!(ok, "kill {signal} {pid} (member {i}) failed");
     }
 
@@ -347,10 +323,7 @@ impl Drop for EtcdCluster {
             // A stopped process dies of SIGKILL too, but let it run first
             // so it goes the ordinary way.
             if let (true, Some(pid)) = (self.members[i].stopped, self.pid(i)) {
-                let _ = Command::new("kill")
-                    .arg("-CONT")
-                    .arg(pid.to_string())
-                    .status();
+                let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
             }
             self.kill(i);
         }

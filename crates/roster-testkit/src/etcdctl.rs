@@ -38,12 +38,7 @@ impl CtlOutput {
     /// The run is expected to fail; returns it for checks on stderr.
     #[track_caller]
     pub fn err(self) -> CtlOutput {
-        assert!(
-            !self.success(),
-            "etcdctl {:?} succeeded but should have failed:\nstdout:\n{}",
-            self.args,
-            self.stdout
-        );
+        assert!(!self.success(), "etcdctl {:?} succeeded but should have failed:\nstdout:\n{}", self.args, self.stdout);
         self
     }
 
@@ -57,12 +52,10 @@ impl CtlOutput {
     where
         T::Err: std::fmt::Debug,
     {
-        self.stdout.trim().parse().unwrap_or_else(|e| {
-            panic!(
-                "etcdctl {:?}: not JSON ({e:?}):\n{}",
-                self.args, self.stdout
-            )
-        })
+        self.stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("etcdctl {:?}: not JSON ({e:?}):\n{}", self.args, self.stdout))
     }
 }
 
@@ -76,10 +69,7 @@ pub struct Etcdctl {
 impl Etcdctl {
     /// `endpoint` is `127.0.0.1:PORT`.
     pub fn new(endpoint: impl Into<String>) -> Etcdctl {
-        Etcdctl {
-            endpoint: endpoint.into(),
-            timeout: Duration::from_secs(20),
-        }
+        Etcdctl { endpoint: endpoint.into(), timeout: Duration::from_secs(20) }
     }
 
     /// Longest a foreground run may take before it is killed (default 20 s).
@@ -122,19 +112,13 @@ impl Etcdctl {
 
     async fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
         let mut cmd = self.command(args);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn etcdctl: {e}"));
         if let Some(input) = stdin {
             let mut w = child.stdin.take().expect("piped stdin");
-            w.write_all(input.as_bytes())
-                .await
-                .expect("write etcdctl stdin");
+            w.write_all(input.as_bytes()).await.expect("write etcdctl stdin");
             drop(w);
         }
         let pid = child.id();
@@ -149,10 +133,7 @@ impl Etcdctl {
                 }
             }
             // The future owned the child (kill_on_drop): it is killed now.
-            Err(_) => panic!(
-                "etcdctl {args:?} (pid {pid:?}) did not finish within {:?}",
-                self.timeout
-            ),
+            Err(_) => panic!("etcdctl {args:?} (pid {pid:?}) did not finish within {:?}", self.timeout),
         }
     }
 
@@ -161,29 +142,13 @@ impl Etcdctl {
     /// when the [`Background`] is dropped.
     pub fn spawn(&self, args: &[&str]) -> Background {
         let mut cmd = self.command(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn etcdctl: {e}"));
         let (tx, lines) = mpsc::unbounded_channel();
         let stderr = Arc::new(Mutex::new(String::new()));
-        tokio::spawn(read_lines(
-            child.stdout.take().expect("piped stdout"),
-            Some(tx),
-            None,
-        ));
-        tokio::spawn(read_lines(
-            child.stderr.take().expect("piped stderr"),
-            None,
-            Some(stderr.clone()),
-        ));
-        Background {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            child,
-            lines,
-            stderr,
-            seen: Vec::new(),
-        }
+        tokio::spawn(read_lines(child.stdout.take().expect("piped stdout"), Some(tx), None));
+        tokio::spawn(read_lines(child.stderr.take().expect("piped stderr"), None, Some(stderr.clone())));
+        Background { args: args.iter().map(|s| s.to_string()).collect(), child, lines, stderr, seen: Vec::new() }
     }
 }
 
@@ -235,10 +200,7 @@ impl Background {
 
     /// The next stdout line; panics (with what was seen) on timeout.
     #[track_caller]
-    pub fn expect_line(
-        &mut self,
-        timeout: Duration,
-    ) -> impl std::future::Future<Output = String> + '_ {
+    pub fn expect_line(&mut self, timeout: Duration) -> impl std::future::Future<Output = String> + '_ {
         let caller = std::panic::Location::caller();
         async move {
             match self.next_line(timeout).await {
@@ -291,19 +253,13 @@ impl Background {
     /// SIGTERM by PID (etcdctl cleans up: `elect` resigns, `lock` unlocks).
     pub fn terminate(&mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         }
     }
 
     /// Waits (bounded) for the process to exit.
     pub async fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .ok()
-            .and_then(Result::ok)
+        tokio::time::timeout(timeout, self.child.wait()).await.ok().and_then(Result::ok)
     }
 }
 

@@ -40,28 +40,13 @@ impl InProcess {
     /// A server over `store` with `config` (its `client_urls` set to the
     /// bound address); `data` is where `store` keeps its files, if
     /// anywhere, for restarts.
-    pub async fn start_with(
-        data: Option<PathBuf>,
-        mut config: ServerConfig,
-        store: Store,
-    ) -> InProcess {
-        let grpc_l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let http_l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+    pub async fn start_with(data: Option<PathBuf>, mut config: ServerConfig, store: Store) -> InProcess {
+        let grpc_l = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let http_l = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let (grpc, http) = (grpc_l.local_addr().unwrap(), http_l.local_addr().unwrap());
         // MemberList advertises where this member really is.
         config.client_urls = vec![format!("http://{grpc}")];
-        let mut s = InProcess {
-            grpc,
-            http,
-            data,
-            config,
-            stop: None,
-            task: None,
-        };
+        let mut s = InProcess { grpc, http, data, config, stop: None, task: None };
         s.serve(grpc_l, http_l, store);
         s
     }
@@ -72,13 +57,7 @@ impl InProcess {
         let shutdown = async move {
             let _ = rx.await;
         };
-        self.task = Some(tokio::spawn(roster_server::serve(
-            grpc,
-            Some(http),
-            store,
-            self.config.clone(),
-            shutdown,
-        )));
+        self.task = Some(tokio::spawn(roster_server::serve(grpc, Some(http), store, self.config.clone(), shutdown)));
     }
 
     /// Stops serving (within the config's grace, plus a little) and says how
@@ -91,10 +70,7 @@ impl InProcess {
             return Ok(());
         };
         let limit = self.config.shutdown_grace + Duration::from_secs(5);
-        tokio::time::timeout(limit, task)
-            .await
-            .expect("serve returned within its grace")
-            .expect("serve did not panic")
+        tokio::time::timeout(limit, task).await.expect("serve returned within its grace").expect("serve did not panic")
     }
 
     /// Stops and serves again on the same ports: with a data directory from
@@ -105,12 +81,8 @@ impl InProcess {
             Some(dir) => open(dir),
             None => Store::in_memory(),
         };
-        let grpc = TcpListener::bind(self.grpc)
-            .await
-            .expect("rebind the gRPC port");
-        let http = TcpListener::bind(self.http)
-            .await
-            .expect("rebind the HTTP port");
+        let grpc = TcpListener::bind(self.grpc).await.expect("rebind the gRPC port");
+        let http = TcpListener::bind(self.http).await.expect("rebind the HTTP port");
         self.serve(grpc, http, store);
     }
 
@@ -146,13 +118,7 @@ impl InProcess {
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (status, body) = crate::http_get(self.http, "/metrics").await.ok()?;
         assert_eq!(status, 200, "/metrics answered {status}: {body}");
-        body.lines().find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
     }
 }
 
@@ -165,9 +131,5 @@ impl Drop for InProcess {
 }
 
 fn open(dir: &std::path::Path) -> Store {
-    Store::open(StoreConfig {
-        data_dir: Some(dir.to_path_buf()),
-        ..Default::default()
-    })
-    .expect("open the store")
+    Store::open(StoreConfig { data_dir: Some(dir.to_path_buf()), ..Default::default() }).expect("open the store")
 }

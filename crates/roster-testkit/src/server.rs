@@ -67,9 +67,7 @@ pub struct ServerLog {
 impl ServerLog {
     /// The whole log.
     pub fn read(&self) -> String {
-        std::fs::read(&self.path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(&self.path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// The last `n` lines.
@@ -102,11 +100,7 @@ impl StartFailure {
 
 impl std::fmt::Display for StartFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (status {:?}); log:\n{}",
-            self.reason, self.status, self.log
-        )
+        write!(f, "{} (status {:?}); log:\n{}", self.reason, self.status, self.log)
     }
 }
 
@@ -120,12 +114,7 @@ pub(crate) fn channel_to(endpoint: &str) -> Channel {
 
 /// Waits (bounded) until the log, past byte `from`, holds `line`; fails
 /// early when the process exits.
-pub(crate) async fn wait_logged(
-    proc: &mut Proc,
-    line: &str,
-    from: usize,
-    log: &ServerLog,
-) -> Result<(), StartFailure> {
+pub(crate) async fn wait_logged(proc: &mut Proc, line: &str, from: usize, log: &ServerLog) -> Result<(), StartFailure> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(status) = proc.exited() {
@@ -147,28 +136,18 @@ pub(crate) async fn wait_logged(
 
 /// Waits (bounded) until the server answers a linearizable Range, and fails
 /// early when the process exits.
-pub(crate) async fn wait_ready(
-    proc: &mut Proc,
-    endpoint: &str,
-    log: &ServerLog,
-) -> Result<Channel, StartFailure> {
+pub(crate) async fn wait_ready(proc: &mut Proc, endpoint: &str, log: &ServerLog) -> Result<Channel, StartFailure> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut last_err = String::new();
     loop {
         if let Some(status) = proc.exited() {
-            return Err(StartFailure {
-                status: Some(status),
-                log: log.read(),
-                reason: "exited during start".into(),
-            });
+            return Err(StartFailure { status: Some(status), log: log.read(), reason: "exited during start".into() });
         }
         if Instant::now() > deadline {
             return Err(StartFailure {
                 status: None,
                 log: log.read(),
-                reason: format!(
-                    "no answer on {endpoint} within {START_TIMEOUT:?}; last error: {last_err}"
-                ),
+                reason: format!("no answer on {endpoint} within {START_TIMEOUT:?}; last error: {last_err}"),
             });
         }
         let channel = channel_to(endpoint);
@@ -212,9 +191,7 @@ impl Etcd {
     /// it does not come up; call [`crate::require_etcd`] first to skip when
     /// etcd is not installed.
     pub async fn start() -> Etcd {
-        Self::try_start()
-            .await
-            .unwrap_or_else(|e| panic!("etcd did not start: {e}"))
+        Self::try_start().await.unwrap_or_else(|e| panic!("etcd did not start: {e}"))
     }
 
     pub async fn try_start() -> Result<Etcd, StartFailure> {
@@ -224,9 +201,7 @@ impl Etcd {
     /// As [`Etcd::start`], with extra etcd flags such as
     /// `--quota-backend-bytes=1048576`.
     pub async fn start_with_args(args: &[&str]) -> Etcd {
-        Self::try_start_with_args(args)
-            .await
-            .unwrap_or_else(|e| panic!("etcd did not start: {e}"))
+        Self::try_start_with_args(args).await.unwrap_or_else(|e| panic!("etcd did not start: {e}"))
     }
 
     pub async fn try_start_with_args(args: &[&str]) -> Result<Etcd, StartFailure> {
@@ -249,10 +224,7 @@ impl Etcd {
         let bin = etcd_bin()?;
         let mut last = None;
         for _ in 0..PORT_RETRIES {
-            let dir = tempfile::Builder::new()
-                .prefix("roster-testkit-etcd")
-                .tempdir()
-                .expect("tempdir");
+            let dir = tempfile::Builder::new().prefix("roster-testkit-etcd").tempdir().expect("tempdir");
             let (client_port, peer_port) = (free_port(), free_port());
             let tls_port = tls.then(free_port);
             let client = format!("http://127.0.0.1:{client_port}");
@@ -277,9 +249,7 @@ impl Etcd {
                 // Never touch anything but loopback, never phone home.
                 .env_remove("ETCD_DISCOVERY")
                 .env_remove("ETCD_LISTEN_METRICS_URLS");
-            let log = ServerLog {
-                path: dir.path().join("etcd.log"),
-            };
+            let log = ServerLog { path: dir.path().join("etcd.log") };
             let argv: Vec<std::ffi::OsString> = cmd.get_args().map(Into::into).collect();
             let mut proc = Proc::spawn(cmd, &log.path).map_err(|reason| StartFailure {
                 status: None,
@@ -289,15 +259,7 @@ impl Etcd {
             let endpoint = format!("127.0.0.1:{client_port}");
             match wait_ready(&mut proc, &endpoint, &log).await {
                 Ok(channel) => {
-                    return Ok(Etcd {
-                        client_port,
-                        tls_port,
-                        channel,
-                        log,
-                        proc,
-                        argv,
-                        _dir: dir,
-                    });
+                    return Ok(Etcd { client_port, tls_port, channel, log, proc, argv, _dir: dir });
                 }
                 Err(e) if e.port_taken() => last = Some(e),
                 Err(e) => return Err(e),
@@ -374,10 +336,7 @@ pub struct Roster {
 impl Roster {
     /// `roster serve` with a fresh temporary data dir.
     pub async fn start(bin: impl AsRef<Path>) -> Roster {
-        let dir = tempfile::Builder::new()
-            .prefix("roster-testkit-data")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("roster-testkit-data").tempdir().expect("tempdir");
         Self::start_with(bin.as_ref(), DataDir::Temp(dir)).await
     }
 
@@ -393,10 +352,7 @@ impl Roster {
 
     /// As [`Roster::start_in`], but a server that refuses to start is an
     /// `Err` carrying its exit status and output rather than a panic.
-    pub async fn try_start_in(
-        bin: impl AsRef<Path>,
-        data_dir: impl Into<PathBuf>,
-    ) -> Result<Roster, StartFailure> {
+    pub async fn try_start_in(bin: impl AsRef<Path>, data_dir: impl Into<PathBuf>) -> Result<Roster, StartFailure> {
         let mut r = Self::unstarted(bin.as_ref(), DataDir::Given(data_dir.into()));
         r.spawn_and_wait().await?;
         Ok(r)
@@ -435,18 +391,13 @@ impl Roster {
     }
 
     fn unstarted(bin: &Path, data: DataDir) -> Roster {
-        let log_dir = tempfile::Builder::new()
-            .prefix("roster-testkit-log")
-            .tempdir()
-            .expect("tempdir");
+        let log_dir = tempfile::Builder::new().prefix("roster-testkit-log").tempdir().expect("tempdir");
         Roster {
             bin: bin.to_owned(),
             data,
             client_port: free_port(),
             http_port: free_port(),
-            log: ServerLog {
-                path: log_dir.path().join("roster.log"),
-            },
+            log: ServerLog { path: log_dir.path().join("roster.log") },
             proc: None,
             channel: None,
             extra_args: Vec::new(),
@@ -500,11 +451,7 @@ impl Roster {
                 }
                 Err(mut e) => {
                     // Only this start's output counts for the port check.
-                    e.log = e
-                        .log
-                        .get(before.min(e.log.len())..)
-                        .unwrap_or_default()
-                        .to_owned();
+                    e.log = e.log.get(before.min(e.log.len())..).unwrap_or_default().to_owned();
                     if e.port_taken() {
                         last = Some(e);
                         continue;

@@ -22,32 +22,13 @@ pub struct TestCa {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// An EC P-256 key in `path` (PKCS#8 PEM).
 fn new_key(dir: &Path, path: &str) {
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            path,
-        ],
-    );
+    openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path]);
 }
 
 impl TestCa {
@@ -76,22 +57,13 @@ impl TestCa {
                 "keyUsage=critical,keyCertSign,cRLSign",
             ],
         );
-        TestCa {
-            dir: dir.to_owned(),
-            name: name.to_owned(),
-            cert: dir.join(cert),
-            key: dir.join(key),
-        }
+        TestCa { dir: dir.to_owned(), name: name.to_owned(), cert: dir.join(cert), key: dir.join(key) }
     }
 
     /// A server certificate for 127.0.0.1 and localhost, CN `cn`, in files
     /// named after `file`.
     pub fn server(&self, file: &str, cn: &str) -> Pair {
-        self.issue(
-            file,
-            cn,
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-        )
+        self.issue(file, cn, "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
     }
 
     /// A client certificate with CN `cn` (the user name under
@@ -101,29 +73,11 @@ impl TestCa {
     }
 
     fn issue(&self, file: &str, cn: &str, ext: &str) -> Pair {
-        let (cert, key, csr, extfile) = (
-            format!("{file}.pem"),
-            format!("{file}.key"),
-            format!("{file}.csr"),
-            format!("{file}.ext"),
-        );
+        let (cert, key, csr, extfile) =
+            (format!("{file}.pem"), format!("{file}.key"), format!("{file}.csr"), format!("{file}.ext"));
         new_key(&self.dir, &key);
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        let ext = format!(
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n{ext}"
-        );
+        openssl(&self.dir, &["req", "-new", "-key", &key, "-out", &csr, "-subj", &format!("/CN={cn}")]);
+        let ext = format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n{ext}");
         std::fs::write(self.dir.join(&extfile), ext).expect("write extfile");
         let serial = format!("0x{:x}", rand_serial());
         openssl(
@@ -147,10 +101,7 @@ impl TestCa {
                 &extfile,
             ],
         );
-        Pair {
-            cert: self.dir.join(cert),
-            key: self.dir.join(key),
-        }
+        Pair { cert: self.dir.join(cert), key: self.dir.join(key) }
     }
 
     pub fn name(&self) -> &str {
@@ -162,11 +113,6 @@ impl TestCa {
 fn rand_serial() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (t ^ (std::process::id() as u64) << 32)
-        .wrapping_add(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-        >> 1
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    (t ^ (std::process::id() as u64) << 32).wrapping_add(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) >> 1
 }

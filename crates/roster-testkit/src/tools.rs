@@ -9,11 +9,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 fn require(tool: &str) -> Option<PathBuf> {
@@ -25,17 +21,11 @@ fn require_from(tool: &str, packages: &str) -> Option<PathBuf> {
         return Some(p);
     }
     let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
-    let msg = format!(
-        "!!! SKIPPED: `{tool}` not installed; install the Debian packages {packages} !!!"
-    );
+    let msg = format!("!!! SKIPPED: `{tool}` not installed; install the Debian packages {packages} !!!");
     if ci {
         panic!("{msg} (CI=true: tests must not skip)");
     }
-    eprintln!(
-        "\n{}\n{msg}\n{}\n",
-        "!".repeat(msg.len()),
-        "!".repeat(msg.len())
-    );
+    eprintln!("\n{}\n{msg}\n{}\n", "!".repeat(msg.len()), "!".repeat(msg.len()));
     None
 }
 

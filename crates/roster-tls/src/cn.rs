@@ -27,9 +27,7 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -82,10 +80,7 @@ fn string_value(tag: u8, bytes: &[u8]) -> Option<String> {
         0x0c | 0x13 | 0x16 => std::str::from_utf8(bytes).ok().map(str::to_owned),
         0x14 => Some(bytes.iter().map(|&b| b as char).collect()),
         0x1e if bytes.len().is_multiple_of(2) => {
-            let units: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
+            let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
             String::from_utf16(&units).ok()
         }
         _ => None,
@@ -132,38 +127,26 @@ mod tests {
     fn common_name_is_found_among_other_attributes() {
         let mut name = rdn(&[0x55, 0x04, 0x0a], 0x0c, b"Acme"); // O
         name.extend(rdn(CN_OID, 0x0c, b"alice"));
-        assert_eq!(
-            common_name(&cert_with_subject(&wrap(SEQUENCE, &name))).as_deref(),
-            Some("alice")
-        );
+        assert_eq!(common_name(&cert_with_subject(&wrap(SEQUENCE, &name))).as_deref(), Some("alice"));
     }
 
     #[test]
     fn last_common_name_wins_as_in_go() {
         let mut name = rdn(CN_OID, 0x13, b"first");
         name.extend(rdn(CN_OID, 0x0c, b"second"));
-        assert_eq!(
-            common_name(&cert_with_subject(&wrap(SEQUENCE, &name))).as_deref(),
-            Some("second")
-        );
+        assert_eq!(common_name(&cert_with_subject(&wrap(SEQUENCE, &name))).as_deref(), Some("second"));
     }
 
     #[test]
     fn no_common_name_is_none() {
         let name = rdn(&[0x55, 0x04, 0x0a], 0x0c, b"Acme");
-        assert_eq!(
-            common_name(&cert_with_subject(&wrap(SEQUENCE, &name))),
-            None
-        );
+        assert_eq!(common_name(&cert_with_subject(&wrap(SEQUENCE, &name))), None);
     }
 
     #[test]
     fn bmp_string_common_name_decodes() {
         let name = rdn(CN_OID, 0x1e, &[0x00, b'b', 0x00, b'o', 0x00, b'b']);
-        assert_eq!(
-            common_name(&cert_with_subject(&wrap(SEQUENCE, &name))).as_deref(),
-            Some("bob")
-        );
+        assert_eq!(common_name(&cert_with_subject(&wrap(SEQUENCE, &name))).as_deref(), Some("bob"));
     }
 
     /// A certificate made by the real openssl, with the CN after other
@@ -174,41 +157,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = std::process::Command::new("openssl")
             .current_dir(dir.path())
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-            ])
-            .args([
-                "-keyout",
-                "k.pem",
-                "-out",
-                "c.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/C=DE/O=Acme/CN=alice",
-            ])
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+            .args(["-keyout", "k.pem", "-out", "c.pem", "-days", "1", "-subj", "/C=DE/O=Acme/CN=alice"])
             .output();
         let Ok(out) = run else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "openssl missing under CI=true"
-            );
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "openssl missing under CI=true");
             eprintln!("!!! SKIPPED: openssl not installed !!!");
             return;
         };
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let der =
-            rustls::pki_types::CertificateDer::from_pem_file(dir.path().join("c.pem")).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let der = rustls::pki_types::CertificateDer::from_pem_file(dir.path().join("c.pem")).unwrap();
         assert_eq!(common_name(&der).as_deref(), Some("alice"));
     }
 

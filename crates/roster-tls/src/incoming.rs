@@ -62,10 +62,7 @@ impl TlsIncoming {
         self.rx.recv().await
     }
 
-    pub fn poll_accept(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<(TlsStream<TcpStream>, Peer)>> {
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<(TlsStream<TcpStream>, Peer)>> {
         self.rx.poll_recv(cx)
     }
 }
@@ -78,11 +75,7 @@ impl tokio_stream::Stream for TlsIncoming {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
-) {
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(TlsStream<TcpStream>, Peer)>) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let (tcp, addr) = tokio::select! {
@@ -107,12 +100,8 @@ async fn accept_loop(
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    let common_name = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| common_name(c));
+                    let common_name =
+                        tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| common_name(c));
                     let _ = tx.send((tls, Peer { addr, common_name })).await;
                 }
                 // A plaintext client, an untrusted or missing client

@@ -39,11 +39,7 @@ use std::sync::Arc;
 #[non_exhaustive]
 pub enum TlsError {
     #[error("cannot read {what} {path}: {reason}")]
-    File {
-        what: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
+    File { what: &'static str, path: PathBuf, reason: String },
     #[error("{0}")]
     Config(String),
 }
@@ -99,8 +95,7 @@ impl ServerTls {
             // not asked for, trusted CA or not.
             (_, false) => builder.with_no_client_auth(),
         };
-        let resolver =
-            reload::ReloadingCert::load(self.cert_file.clone(), self.key_file.clone(), provider)?;
+        let resolver = reload::ReloadingCert::load(self.cert_file.clone(), self.key_file.clone(), provider)?;
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = self.alpn.clone();
         Ok(Arc::new(config))
@@ -187,23 +182,14 @@ impl TlsNames {
 }
 
 /// The certificates in a PEM file.
-pub fn load_certs(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file_err = |reason: String| TlsError::File {
-        what,
-        path: path.to_owned(),
-        reason,
-    };
+pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_err = |reason: String| TlsError::File { what, path: path.to_owned(), reason };
     let pem = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(format!("not PEM certificates: {e}")))?;
     if certs.is_empty() {
-        return Err(file_err(
-            "no certificate (PEM \"BEGIN CERTIFICATE\") in it".into(),
-        ));
+        return Err(file_err("no certificate (PEM \"BEGIN CERTIFICATE\") in it".into()));
     }
     Ok(certs)
 }

@@ -2,14 +2,14 @@
 //! their files on disk.
 
 use crate::{TlsError, load_certs};
-use rustls::crypto::CryptoProvider;
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls::pki_types::pem::PemObject;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -29,11 +29,7 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
     let ino = std::os::unix::fs::MetadataExt::ino(&m);
     #[cfg(not(unix))]
     let ino = 0;
-    Some(Stamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        ino,
-    })
+    Some(Stamp { modified: m.modified().ok(), len: m.len(), ino })
 }
 
 pub(crate) struct ReloadingCert {
@@ -50,29 +46,17 @@ pub(crate) struct ReloadingCert {
 impl std::fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
-        f.debug_struct("ReloadingCert")
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .finish()
+        f.debug_struct("ReloadingCert").field("cert_file", &self.cert_file).field("key_file", &self.key_file).finish()
     }
 }
 
 // === impl ReloadingCert ===
 
 impl ReloadingCert {
-    pub(crate) fn load(
-        cert_file: PathBuf,
-        key_file: PathBuf,
-        provider: Arc<CryptoProvider>,
-    ) -> Result<Self, TlsError> {
+    pub(crate) fn load(cert_file: PathBuf, key_file: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
         let stamps = (stamp(&cert_file), stamp(&key_file));
         let key = read_pair(&cert_file, &key_file, &provider)?;
-        Ok(ReloadingCert {
-            cert_file,
-            key_file,
-            provider,
-            current: Mutex::new((stamps.0, stamps.1, key)),
-        })
+        Ok(ReloadingCert { cert_file, key_file, provider, current: Mutex::new((stamps.0, stamps.1, key)) })
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
@@ -109,11 +93,7 @@ fn read_pair(
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = load_certs(cert_file, "--cert-file")?;
-    let key_err = |reason: String| TlsError::File {
-        what: "--key-file",
-        path: key_file.to_owned(),
-        reason,
-    };
+    let key_err = |reason: String| TlsError::File { what: "--key-file", path: key_file.to_owned(), reason };
     // The error text of a key parser may quote the key: keep only its kind.
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
         rustls::pki_types::pem::Error::Io(e) => key_err(e.to_string()),
@@ -123,11 +103,7 @@ fn read_pair(
         _ => key_err("not a PEM private key".into()),
     })?;
     let pair = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        TlsError::Config(format!(
-            "{} and {} do not make a usable pair: {e}",
-            cert_file.display(),
-            key_file.display()
-        ))
+        TlsError::Config(format!("{} and {} do not make a usable pair: {e}", cert_file.display(), key_file.display()))
     })?;
     Ok(Arc::new(pair))
 }
@@ -146,9 +122,7 @@ pub(crate) struct ReloadingRoots {
 
 impl std::fmt::Debug for ReloadingRoots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReloadingRoots")
-            .field("ca_file", &self.ca_file)
-            .finish()
+        f.debug_struct("ReloadingRoots").field("ca_file", &self.ca_file).finish()
     }
 }
 
@@ -159,12 +133,7 @@ fn verifier(
     let roots = Arc::new(crate::load_roots(ca_file)?);
     rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
-        .map_err(|e| {
-            TlsError::Config(format!(
-                "client certificate verifier from {}: {e}",
-                ca_file.display()
-            ))
-        })
+        .map_err(|e| TlsError::Config(format!("client certificate verifier from {}: {e}", ca_file.display())))
 }
 
 // === impl ReloadingRoots ===
@@ -173,11 +142,7 @@ impl ReloadingRoots {
     pub(crate) fn load(ca_file: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
         let stamp = stamp(&ca_file);
         let inner = verifier(&ca_file, &provider)?;
-        Ok(ReloadingRoots {
-            ca_file,
-            provider,
-            current: Mutex::new((stamp, inner)),
-        })
+        Ok(ReloadingRoots { ca_file, provider, current: Mutex::new((stamp, inner)) })
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
@@ -221,8 +186,7 @@ impl ClientCertVerifier for ReloadingRoots {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current()
-            .verify_client_cert(end_entity, intermediates, now)
+        self.current().verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -246,8 +210,6 @@ impl ClientCertVerifier for ReloadingRoots {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

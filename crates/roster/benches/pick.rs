@@ -1,13 +1,19 @@
 //! Cost of one pick per policy, at 10 and 1,000 instances. The guard is
 //! dropped inside the measurement, so in-flight accounting is included.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use roster::balance::{Balancer, Policy};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use roster::Instance;
+use roster::balance::{Balancer, Policy};
 use std::hint::black_box;
 
 fn set(n: usize) -> Vec<Instance> {
-    (0..n).map(|i| Instance::new("svc", format!("10.0.{}.{}:80", i / 250, i % 250)).with_id(format!("i{i:04}")).with_weight(1 + (i % 5) as u32 * 10)).collect()
+    (0..n)
+        .map(|i| {
+            Instance::new("svc", format!("10.0.{}.{}:80", i / 250, i % 250))
+                .with_id(format!("i{i:04}"))
+                .with_weight(1 + (i % 5) as u32 * 10)
+        })
+        .collect()
 }
 
 fn pick(c: &mut Criterion) {

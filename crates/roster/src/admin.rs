@@ -8,8 +8,7 @@ use roster_api::etcdserverpb::alarm_request::AlarmAction;
 use roster_api::etcdserverpb::cluster_client::ClusterClient;
 use roster_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use roster_api::etcdserverpb::{
-    AlarmRequest, AlarmResponse, MemberListRequest, MemberListResponse, StatusRequest,
-    StatusResponse,
+    AlarmRequest, AlarmResponse, MemberListRequest, MemberListResponse, StatusRequest, StatusResponse,
 };
 
 // === impl Client (maintenance) ===
@@ -17,27 +16,21 @@ use roster_api::etcdserverpb::{
 impl Client {
     /// `Maintenance.Status` of the endpoint in use.
     pub async fn status(&self) -> Result<StatusResponse> {
-        self.call(Repeat::Safe, |ch| async move { MaintenanceClient::new(ch).status(StatusRequest {}).await })
-            .await
+        self.call(Repeat::Safe, |ch| async move { MaintenanceClient::new(ch).status(StatusRequest {}).await }).await
     }
 
     /// `Cluster.MemberList`.
     pub async fn member_list(&self) -> Result<MemberListResponse> {
-        self.call(Repeat::Safe, |ch| async move {
-            ClusterClient::new(ch)
-                .member_list(MemberListRequest::default())
-                .await
-        })
+        self.call(
+            Repeat::Safe,
+            |ch| async move { ClusterClient::new(ch).member_list(MemberListRequest::default()).await },
+        )
         .await
     }
 
     /// The raised alarms (`Maintenance.Alarm` with action GET).
     pub async fn alarms(&self) -> Result<AlarmResponse> {
-        let req = AlarmRequest {
-            action: AlarmAction::Get as i32,
-            ..Default::default()
-        };
-        self.call(Repeat::Safe, |ch| async move { MaintenanceClient::new(ch).alarm(req).await })
-            .await
+        let req = AlarmRequest { action: AlarmAction::Get as i32, ..Default::default() };
+        self.call(Repeat::Safe, |ch| async move { MaintenanceClient::new(ch).alarm(req).await }).await
     }
 }

@@ -37,19 +37,19 @@
 //! client then carries on without a token.
 
 use crate::error::{Error, Result};
+use arc_swap::ArcSwapOption;
 use roster_api::etcdserverpb::{
     auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     watch_client::WatchClient, *,
 };
-use arc_swap::ArcSwapOption;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
 
 /// Where and how to reach the registry. `Debug` shows no secret: neither
 /// the password nor the TLS key.
@@ -302,7 +302,10 @@ impl Client {
             if url.starts_with("https://") {
                 #[cfg(feature = "tls")]
                 {
-                    let tls = config.tls.clone().unwrap_or_else(|| tonic::transport::ClientTlsConfig::new().with_native_roots());
+                    let tls = config
+                        .tls
+                        .clone()
+                        .unwrap_or_else(|| tonic::transport::ClientTlsConfig::new().with_native_roots());
                     e = e.tls_config(tls).map_err(|err| Error::Config(format!("TLS for {ep}: {err}")))?;
                 }
                 #[cfg(not(feature = "tls"))]
@@ -463,7 +466,11 @@ impl Client {
                         && !crate::grpc::never_sent(&s)
                         && s.message() != NO_LEADER
                     {
-                        return Err(Error::OutcomeUnknown { op, endpoint: name.clone(), reason: s.message().to_owned() });
+                        return Err(Error::OutcomeUnknown {
+                            op,
+                            endpoint: name.clone(),
+                            reason: s.message().to_owned(),
+                        });
                     }
                     tracing::debug!(endpoint = %name, error = %s, "endpoint unreachable; failing over");
                     last = Some(s.message().to_owned());
@@ -471,7 +478,11 @@ impl Client {
                 Ok(Err(s)) => return Err(Error::Status(s)),
                 Err(_) if Instant::now() >= deadline => {
                     if let Repeat::AtMostOnce(op) = repeat {
-                        return Err(Error::OutcomeUnknown { op, endpoint: name.clone(), reason: format!("no answer within {timeout:?}") });
+                        return Err(Error::OutcomeUnknown {
+                            op,
+                            endpoint: name.clone(),
+                            reason: format!("no answer within {timeout:?}"),
+                        });
                     }
                     return Err(Error::Timeout(timeout));
                 }
@@ -554,12 +565,15 @@ impl Client {
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
-        self.call(Repeat::Safe, |ch| async move { LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id }).await }).await
+        self.call(Repeat::Safe, |ch| async move { LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id }).await })
+            .await
     }
 
     pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
-        self.call(Repeat::Safe, |ch| async move { LeaseClient::new(ch).lease_time_to_live(LeaseTimeToLiveRequest { id, keys }).await })
-            .await
+        self.call(Repeat::Safe, |ch| async move {
+            LeaseClient::new(ch).lease_time_to_live(LeaseTimeToLiveRequest { id, keys }).await
+        })
+        .await
     }
 
     /// Opens a watch stream with `hasleader` set, on the current endpoint,
@@ -666,7 +680,12 @@ impl Client {
             }
             // As etcd's client: credentials for a server without auth are
             // not an error.
-            Err(s) if s.code() == Code::FailedPrecondition && s.message() == "etcdserver: authentication is not enabled" => None,
+            Err(s)
+                if s.code() == Code::FailedPrecondition
+                    && s.message() == "etcdserver: authentication is not enabled" =>
+            {
+                None
+            }
             Err(s) => return Err(Error::Status(s)),
         };
         tracing::debug!(user = %creds.user, with_token = token.is_some(), "authenticated");
@@ -682,7 +701,11 @@ impl Client {
     /// Opens a stream on endpoint `i` once (its request half cannot be
     /// replayed); an unreachable or silent endpoint makes the next attempt
     /// use another one.
-    async fn open<T>(&self, i: usize, open: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T> {
+    async fn open<T>(
+        &self,
+        i: usize,
+        open: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
         let timeout = self.attempt_timeout();
         match tokio::time::timeout(timeout, open).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
@@ -799,7 +822,12 @@ struct Token {
 
 impl Auth {
     fn new(creds: Option<Credentials>) -> Self {
-        Auth { creds, current: ArcSwapOption::empty(), renewing: tokio::sync::Mutex::new(()), generations: AtomicU64::new(1) }
+        Auth {
+            creds,
+            current: ArcSwapOption::empty(),
+            renewing: tokio::sync::Mutex::new(()),
+            generations: AtomicU64::new(1),
+        }
     }
 
     /// The generation of the token held, when one is.

@@ -30,7 +30,7 @@ use crate::mirror::{self, Mirror};
 use crate::task::DropGuard;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use roster_api::mvccpb::{event::EventType, Event, KeyValue};
+use roster_api::mvccpb::{Event, KeyValue, event::EventType};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,7 +88,10 @@ pub fn format_for(key: &str, explicit: Option<Format>) -> std::result::Result<Fo
 /// console's editor): it must decode in its format, so that no watcher is
 /// handed a value it would reject for its syntax.
 pub fn check_value(format: Format, value: &[u8]) -> std::result::Result<(), String> {
-    format.decode::<serde::de::IgnoredAny>(value).map(|_| ()).map_err(|e| format!("not written: the value is not valid {format}: {e}"))
+    format
+        .decode::<serde::de::IgnoredAny>(value)
+        .map(|_| ())
+        .map_err(|e| format!("not written: the value is not valid {format}: {e}"))
 }
 
 impl fmt::Display for Format {
@@ -207,7 +210,13 @@ where
 
     /// The core, and the guard of the task that mirrors into it: handles
     /// share the guard, the task only the core.
-    async fn start(self, client: &Client, range: mirror::Range, mode: Mode, label: &str) -> Result<(Arc<Core<T>>, Arc<DropGuard>)> {
+    async fn start(
+        self,
+        client: &Client,
+        range: mirror::Range,
+        mode: Mode,
+        label: &str,
+    ) -> Result<(Arc<Core<T>>, Arc<DropGuard>)> {
         let core = Arc::new(Core {
             label: label.to_owned(),
             mode,
@@ -432,7 +441,9 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Core<T> {
         for (key, raw) in file.values {
             match self.decode(&key, raw.as_bytes()) {
                 Ok(v) => {
-                    entries.values.insert(key, Entry { value: Arc::new(v), mod_revision: file.revision, raw: raw.into() });
+                    entries
+                        .values
+                        .insert(key, Entry { value: Arc::new(v), mod_revision: file.revision, raw: raw.into() });
                 }
                 Err(e) => tracing::warn!(path = %path.display(), key, error = %e, "skipping a cached value"),
             }
@@ -549,7 +560,8 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Mirror for Core<T> {
         for ev in events {
             let Some(kv) = &ev.kv else { continue };
             if ev.r#type == EventType::Delete as i32 {
-                changed |= self.remove(&mut next, String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision, &mut out);
+                changed |=
+                    self.remove(&mut next, String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision, &mut out);
             } else {
                 changed |= self.consider(&mut next, kv, &mut out);
             }
@@ -636,7 +648,8 @@ mod tests {
         write_atomically(&path, b"one").unwrap();
         write_atomically(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("app.cache")], "no temporary file left behind");
     }
 }

@@ -11,7 +11,7 @@ use crate::instance::Instance;
 use crate::mirror::{self, Mirror};
 use crate::task::DropGuard;
 use arc_swap::ArcSwap;
-use roster_api::mvccpb::{event::EventType, Event, KeyValue};
+use roster_api::mvccpb::{Event, KeyValue, event::EventType};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
@@ -59,7 +59,12 @@ impl Discovery {
     pub(crate) fn spawn(client: Client, prefix: String, service: String) -> Discovery {
         let (changes, _) = broadcast::channel(1024);
         let (ready, _) = watch::channel(false);
-        let cell = Arc::new(Cell { service: service.clone(), snapshot: ArcSwap::from_pointee(Snapshot::default()), changes, ready });
+        let cell = Arc::new(Cell {
+            service: service.clone(),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            changes,
+            ready,
+        });
         let dir = format!("{prefix}/{service}/");
         let range = mirror::Range::prefix(&dir);
         let task = mirror::spawn(client, range, Arc::new(Task { dir, cell: cell.clone() }), None);
@@ -93,7 +98,10 @@ impl Discovery {
     /// added or updated (it replaces the old service) and `Remove` for every
     /// one gone. `make` builds an instance's service; one it returns `None`
     /// for is left out.
-    pub fn discover<S, F>(&self, mut make: F) -> impl Stream<Item = Result<tower::discover::Change<String, S>, std::convert::Infallible>> + Send + 'static
+    pub fn discover<S, F>(
+        &self,
+        mut make: F,
+    ) -> impl Stream<Item = Result<tower::discover::Change<String, S>, std::convert::Infallible>> + Send + 'static
     where
         F: FnMut(&Instance) -> Option<S> + Send + 'static,
         S: Send + 'static,
@@ -101,7 +109,14 @@ impl Discovery {
         use tower::discover::Change as Tower;
         // Subscribed first: a change between the two is seen twice, not lost.
         let changes = self.changes();
-        let now: Vec<_> = self.cell.snapshot.load().instances.values().filter_map(|i| make(i).map(|s| Ok(Tower::Insert(i.id.clone(), s)))).collect();
+        let now: Vec<_> = self
+            .cell
+            .snapshot
+            .load()
+            .instances
+            .values()
+            .filter_map(|i| make(i).map(|s| Ok(Tower::Insert(i.id.clone(), s))))
+            .collect();
         tokio_stream::iter(now).chain(changes.filter_map(move |c| match c {
             Change::Added(i) | Change::Updated(i) => make(&i).map(|s| Ok(Tower::Insert(i.id, s))),
             Change::Removed(i) => Some(Ok(Tower::Remove(i.id))),

@@ -19,7 +19,9 @@ pub enum Error {
     /// sent, and no answer came: its member stopped answering or its
     /// connection broke after the request left. It may or may not have been
     /// applied, so it was not sent to another endpoint; read back to know.
-    #[error("{op} on {endpoint}: outcome unknown ({reason}); it may or may not have been applied, so it was not sent again")]
+    #[error(
+        "{op} on {endpoint}: outcome unknown ({reason}); it may or may not have been applied, so it was not sent again"
+    )]
     OutcomeUnknown { op: &'static str, endpoint: String, reason: String },
     /// An endpoint or option was malformed.
     #[error("invalid configuration: {0}")]

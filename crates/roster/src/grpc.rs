@@ -53,13 +53,13 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 use tonic::body::Body;
-use tonic::codegen::{http, Service};
+use tonic::codegen::{Service, http};
 use tonic::transport::Endpoint;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -140,7 +140,8 @@ impl RetryPolicy {
 
     /// Before attempt `attempt + 1`: a random share of the current backoff.
     fn backoff(&self, attempt: u32) -> Duration {
-        let grown = self.initial_backoff.as_secs_f64() * self.backoff_multiplier.max(1.0).powi(attempt.saturating_sub(1) as i32);
+        let grown = self.initial_backoff.as_secs_f64()
+            * self.backoff_multiplier.max(1.0).powi(attempt.saturating_sub(1) as i32);
         let cap = grown.min(self.max_backoff.as_secs_f64()).max(0.0);
         Duration::from_secs_f64(cap * rand::random::<f64>())
     }
@@ -188,10 +189,15 @@ impl Channel {
     /// arrives fail fast with UNAVAILABLE; await [`Discovery::ready`] first.
     pub fn new(discovery: Discovery, config: ChannelConfig) -> Result<Channel, crate::Error> {
         let hash_header = match &config.hash_header {
-            Some(h) => Some(http::HeaderName::from_bytes(h.as_bytes()).map_err(|e| crate::Error::Config(format!("hash header {h:?}: {e}")))?),
+            Some(h) => Some(
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|e| crate::Error::Config(format!("hash header {h:?}: {e}")))?,
+            ),
             None => None,
         };
-        let mut balancer = Balancer::new(config.policy).with_health(config.health.clone()).with_max_in_flight(config.max_in_flight_per_instance);
+        let mut balancer = Balancer::new(config.policy)
+            .with_health(config.health.clone())
+            .with_max_in_flight(config.max_in_flight_per_instance);
         if let Some(z) = &config.zone {
             balancer = balancer.with_zone(z.clone());
         }
@@ -324,7 +330,16 @@ impl Inner {
         let in_time = || deadline.is_none_or(|d| Instant::now() < d);
         loop {
             let retried = transparent + attempts > 1;
-            let outcome = self.attempt(&parts, extensions.take().unwrap_or_default(), &payload, key.as_deref(), &tried, deadline.filter(|_| retried)).await;
+            let outcome = self
+                .attempt(
+                    &parts,
+                    extensions.take().unwrap_or_default(),
+                    &payload,
+                    key.as_deref(),
+                    &tried,
+                    deadline.filter(|_| retried),
+                )
+                .await;
             let (stats, failure) = match outcome {
                 Outcome::Answer(resp) => {
                     let code = || resp.headers().get(GRPC_STATUS).map(|v| tonic::Code::from_bytes(v.as_bytes()));
@@ -341,7 +356,9 @@ impl Inner {
                     match deadline {
                         Some(d) => {
                             if tokio::time::timeout_at(d.into(), ready).await.is_err() {
-                                return Ok(self.unavailable(format!("every instance of service {:?} is busy", self.service)));
+                                return Ok(
+                                    self.unavailable(format!("every instance of service {:?} is busy", self.service))
+                                );
                             }
                         }
                         None => ready.await,
@@ -350,7 +367,8 @@ impl Inner {
                 }
                 Outcome::NoInstance(resp) => return Ok(resp),
                 Outcome::Unsent(stats, failure) => {
-                    let again = transparent < MAX_TRANSPARENT && payload.resendable() && in_time() && self.budget.withdraw();
+                    let again =
+                        transparent < MAX_TRANSPARENT && payload.resendable() && in_time() && self.budget.withdraw();
                     if again {
                         tracing::debug!(service = %self.service, error = %failure, "the attempt never reached its instance; trying another");
                         tried.push(stats);
@@ -377,25 +395,44 @@ impl Inner {
 
     /// One attempt on one instance. `deadline` rewrites `grpc-timeout` to
     /// the time left (on retries).
-    async fn attempt(&self, parts: &http::request::Parts, extensions: http::Extensions, payload: &Payload, key: Option<&[u8]>, tried: &[Arc<EndpointStats>], deadline: Option<Instant>) -> Outcome {
+    async fn attempt(
+        &self,
+        parts: &http::request::Parts,
+        extensions: http::Extensions,
+        payload: &Payload,
+        key: Option<&[u8]>,
+        tried: &[Arc<EndpointStats>],
+        deadline: Option<Instant>,
+    ) -> Outcome {
         let picked = self.balancer.pick_avoiding(key, tried);
         let Some(guard) = picked else {
             if !tried.is_empty() {
                 // Everything untried is ejected or gone: any instance, then.
                 return match self.balancer.pick(key) {
                     Some(g) => self.attempt_on(g, parts, extensions, payload, deadline).await,
-                    None => Outcome::NoInstance(self.unavailable(format!("no available instance of service {:?}", self.service))),
+                    None => Outcome::NoInstance(
+                        self.unavailable(format!("no available instance of service {:?}", self.service)),
+                    ),
                 };
             }
             if self.limited && !self.balancer.set().endpoints.is_empty() && self.balancer.capacity().is_err() {
                 return Outcome::Full;
             }
-            return Outcome::NoInstance(self.unavailable(format!("no available instance of service {:?}", self.service)));
+            return Outcome::NoInstance(
+                self.unavailable(format!("no available instance of service {:?}", self.service)),
+            );
         };
         self.attempt_on(guard, parts, extensions, payload, deadline).await
     }
 
-    async fn attempt_on(&self, guard: Guard, parts: &http::request::Parts, extensions: http::Extensions, payload: &Payload, deadline: Option<Instant>) -> Outcome {
+    async fn attempt_on(
+        &self,
+        guard: Guard,
+        parts: &http::request::Parts,
+        extensions: http::Extensions,
+        payload: &Payload,
+        deadline: Option<Instant>,
+    ) -> Outcome {
         let stats = guard.endpoint().stats.clone();
         // However the attempt ends (also when the call is dropped), the
         // guard goes first, then whoever waits for capacity is woken.
@@ -641,7 +678,11 @@ impl Payload {
         match self {
             Payload::Kept { data, trailers } => {
                 let read = Arc::new(AtomicBool::new(false));
-                let body = KeptBody { data: (!data.is_empty()).then(|| data.clone()), trailers: trailers.clone(), read: read.clone() };
+                let body = KeptBody {
+                    data: (!data.is_empty()).then(|| data.clone()),
+                    trailers: trailers.clone(),
+                    read: read.clone(),
+                };
                 (Body::new(body), Some(read))
             }
             Payload::Once(slot) => (Body::new(OnceBody { slot: slot.clone(), taken: None }), None),
@@ -676,7 +717,10 @@ impl http_body::Body for KeptBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         self.read.store(true, Ordering::Release);
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(http_body::Frame::data(d))));
@@ -705,7 +749,10 @@ impl http_body::Body for OnceBody {
     type Data = Bytes;
     type Error = tonic::Status;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         if self.taken.is_none() {
             let taken = self.slot.lock().take();
             self.taken = taken;
@@ -725,7 +772,12 @@ mod tests {
     #[test]
     fn grpc_timeout_round_trips_in_every_unit() {
         let mut h = http::HeaderMap::new();
-        for (v, d) in [("2S", Duration::from_secs(2)), ("150m", Duration::from_millis(150)), ("7u", Duration::from_micros(7)), ("1H", Duration::from_secs(3600))] {
+        for (v, d) in [
+            ("2S", Duration::from_secs(2)),
+            ("150m", Duration::from_millis(150)),
+            ("7u", Duration::from_micros(7)),
+            ("1H", Duration::from_secs(3600)),
+        ] {
             h.insert("grpc-timeout", http::HeaderValue::from_static(v));
             assert_eq!(grpc_timeout(&h), Some(d), "{v}");
         }
@@ -762,7 +814,8 @@ mod tests {
     #[tokio::test]
     async fn a_unary_body_is_kept_and_a_pending_stream_is_sent_once() {
         use http_body::Body as _;
-        let body = Body::new(KeptBody { data: Some(Bytes::from_static(b"hello")), trailers: None, read: Arc::default() });
+        let body =
+            Body::new(KeptBody { data: Some(Bytes::from_static(b"hello")), trailers: None, read: Arc::default() });
         let p = Payload::take(body, 1024).await.unwrap();
         assert!(matches!(&p, Payload::Kept { data, .. } if &data[..] == b"hello"));
         for _ in 0..2 {
@@ -796,7 +849,10 @@ mod tests {
         {
             type Data = Bytes;
             type Error = tonic::Status;
-            fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
                 Pin::new(&mut self.0).poll_next(cx)
             }
         }

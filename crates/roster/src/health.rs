@@ -28,8 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-type Probe =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// What is probed.
 #[derive(Clone)]
@@ -72,9 +71,8 @@ impl Check {
     /// `tcp://host:port`, `http://host:port/path` or `grpc://host:port`
     /// (`grpc://host:port/service` checks one service).
     pub fn parse(url: &str) -> Result<Check, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| format!("check {url:?}: expected scheme://host:port"))?;
+        let (scheme, rest) =
+            url.split_once("://").ok_or_else(|| format!("check {url:?}: expected scheme://host:port"))?;
         let (addr, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -84,22 +82,10 @@ impl Check {
         }
         Ok(match scheme {
             "tcp" => Check::Tcp(addr.into()),
-            "http" => Check::Http {
-                addr: addr.into(),
-                path: if path.is_empty() {
-                    "/".into()
-                } else {
-                    path.into()
-                },
-            },
-            "grpc" => Check::Grpc {
-                addr: addr.into(),
-                service: path.trim_start_matches('/').into(),
-            },
+            "http" => Check::Http { addr: addr.into(), path: if path.is_empty() { "/".into() } else { path.into() } },
+            "grpc" => Check::Grpc { addr: addr.into(), service: path.trim_start_matches('/').into() },
             other => {
-                return Err(format!(
-                    "check {url:?}: unsupported scheme {other:?} (use http, tcp or grpc)"
-                ));
+                return Err(format!("check {url:?}: unsupported scheme {other:?} (use http, tcp or grpc)"));
             }
         })
     }
@@ -117,18 +103,13 @@ impl Check {
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         let run = async {
             match self {
-                Check::Tcp(addr) => tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                Check::Tcp(addr) => tokio::net::TcpStream::connect(addr).await.map(|_| ()).map_err(|e| e.to_string()),
                 Check::Http { addr, path } => http_get(addr, path).await,
                 Check::Grpc { addr, service } => grpc_health(addr, service).await,
                 Check::Custom(probe) => probe().await,
             }
         };
-        tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| format!("timed out after {timeout:?}"))?
+        tokio::time::timeout(timeout, run).await.map_err(|_| format!("timed out after {timeout:?}"))?
     }
 }
 
@@ -145,15 +126,9 @@ impl fmt::Debug for Check {
 
 async fn http_get(addr: &str, path: &str) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: roster-check\r\n\r\n"
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: roster-check\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     // The status line is all that is read: "HTTP/1.1 200 ".
     let mut buf = [0u8; 64];
     let mut n = 0;
@@ -164,31 +139,19 @@ async fn http_get(addr: &str, path: &str) -> Result<(), String> {
         }
     }
     let line = String::from_utf8_lossy(&buf[..n]);
-    let code: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("not an HTTP response")?;
-    if (200..400).contains(&code) {
-        Ok(())
-    } else {
-        Err(format!("HTTP {code}"))
-    }
+    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("not an HTTP response")?;
+    if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP {code}")) }
 }
 
 async fn grpc_health(addr: &str, service: &str) -> Result<(), String> {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect()
         .await
         .map_err(|e| e.to_string())?;
     let r = HealthClient::new(ch)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
+        .check(HealthCheckRequest { service: service.to_owned() })
         .await
         .map_err(|e| e.message().to_owned())?;
     match ServingStatus::try_from(r.into_inner().status) {
@@ -254,11 +217,7 @@ impl HealthCheck {
                 tracing::debug!(check = ?self.check, error = %e, "health check failed");
             }
             if let Some(up) = counts.record(result.is_ok()) {
-                let next = if up {
-                    Ok(())
-                } else {
-                    Err(result.err().unwrap_or_default())
-                };
+                let next = if up { Ok(()) } else { Err(result.err().unwrap_or_default()) };
                 match &next {
                     Ok(()) => tracing::info!(check = ?self.check, "health check passes"),
                     Err(e) => {
@@ -287,12 +246,7 @@ pub(crate) struct Thresholds {
 
 impl Thresholds {
     pub(crate) fn new(rise: u32, fall: u32) -> Thresholds {
-        Thresholds {
-            rise: rise.max(1),
-            fall: fall.max(1),
-            up: None,
-            streak: 0,
-        }
+        Thresholds { rise: rise.max(1), fall: fall.max(1), up: None, streak: 0 }
     }
 
     /// Records one probe; `Some(up)` when the verdict changes.
@@ -340,31 +294,15 @@ mod tests {
 
     #[test]
     fn check_urls_parse() {
-        assert!(
-            matches!(Check::parse("tcp://127.0.0.1:1").unwrap(), Check::Tcp(a) if a == "127.0.0.1:1")
-        );
-        assert!(
-            matches!(Check::parse("http://h:80").unwrap(), Check::Http { path, .. } if path == "/")
-        );
-        assert!(
-            matches!(Check::parse("http://h:80/health").unwrap(), Check::Http { path, .. } if path == "/health")
-        );
-        assert!(
-            matches!(Check::parse("grpc://h:1").unwrap(), Check::Grpc { service, .. } if service.is_empty())
-        );
+        assert!(matches!(Check::parse("tcp://127.0.0.1:1").unwrap(), Check::Tcp(a) if a == "127.0.0.1:1"));
+        assert!(matches!(Check::parse("http://h:80").unwrap(), Check::Http { path, .. } if path == "/"));
+        assert!(matches!(Check::parse("http://h:80/health").unwrap(), Check::Http { path, .. } if path == "/health"));
+        assert!(matches!(Check::parse("grpc://h:1").unwrap(), Check::Grpc { service, .. } if service.is_empty()));
         assert!(
             matches!(Check::parse("grpc://h:1/hello.Greeter").unwrap(), Check::Grpc { service, .. } if service == "hello.Greeter")
         );
-        assert!(
-            Check::parse("ftp://x:1")
-                .unwrap_err()
-                .contains("unsupported scheme")
-        );
-        assert!(
-            Check::parse("tcp://noport")
-                .unwrap_err()
-                .contains("needs a port")
-        );
+        assert!(Check::parse("ftp://x:1").unwrap_err().contains("unsupported scheme"));
+        assert!(Check::parse("tcp://noport").unwrap_err().contains("needs a port"));
         assert!(Check::parse("nourl").is_err());
     }
 }

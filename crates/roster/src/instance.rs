@@ -116,8 +116,12 @@ impl Instance {
     /// a string of JSON (see the module doc for why not an object).
     pub fn to_value(&self) -> String {
         let fields = serde_json::to_string(self).expect("an Instance always serializes");
-        serde_json::to_string(&EndpointJson { op: 0, addr: self.addr.clone(), metadata: Some(serde_json::Value::String(fields)) })
-            .expect("an endpoint always serializes")
+        serde_json::to_string(&EndpointJson {
+            op: 0,
+            addr: self.addr.clone(),
+            metadata: Some(serde_json::Value::String(fields)),
+        })
+        .expect("an endpoint always serializes")
     }
 
     /// Reads a registry value for key `<prefix>/<service>/<id>`. Accepts
@@ -173,12 +177,14 @@ mod tests {
 
     #[test]
     fn value_round_trips_and_is_etcd_endpoint_json() {
-        let i = Instance::new("hello", "10.0.0.7:50051").with_id("a1").with_zone("eu-1").with_weight(5).with_meta("k", "v");
+        let i =
+            Instance::new("hello", "10.0.0.7:50051").with_id("a1").with_zone("eu-1").with_weight(5).with_meta("k", "v");
         let v = i.to_value();
         let json: serde_json::Value = serde_json::from_str(&v).unwrap();
         assert_eq!(json["Op"], 0);
         assert_eq!(json["Addr"], "10.0.0.7:50051");
-        let fields: serde_json::Value = serde_json::from_str(json["Metadata"].as_str().expect("Metadata is a string")).unwrap();
+        let fields: serde_json::Value =
+            serde_json::from_str(json["Metadata"].as_str().expect("Metadata is a string")).unwrap();
         assert_eq!(fields["weight"], 5);
         assert_eq!(Instance::from_value("hello", "a1", v.as_bytes()).unwrap(), i);
     }
@@ -187,9 +193,11 @@ mod tests {
     #[test]
     fn metadata_written_as_an_object_still_reads() {
         let old = br#"{"Op":0,"Addr":"10.0.0.7:50051","Metadata":{"id":"a1","service":"hello","addr":"10.0.0.7:50051","weight":5,"zone":"eu-1","meta":{"k":"v"}}}"#;
-        let want = Instance::new("hello", "10.0.0.7:50051").with_id("a1").with_zone("eu-1").with_weight(5).with_meta("k", "v");
+        let want =
+            Instance::new("hello", "10.0.0.7:50051").with_id("a1").with_zone("eu-1").with_weight(5).with_meta("k", "v");
         assert_eq!(Instance::from_value("hello", "a1", old).unwrap(), want);
-        let foreign_string = Instance::from_value("hello", "x", br#"{"Addr":"1.2.3.4:5","Metadata":"opaque"}"#).unwrap();
+        let foreign_string =
+            Instance::from_value("hello", "x", br#"{"Addr":"1.2.3.4:5","Metadata":"opaque"}"#).unwrap();
         assert_eq!((foreign_string.addr.as_str(), foreign_string.meta["metadata"].as_str()), ("1.2.3.4:5", "opaque"));
         let null = Instance::from_value("hello", "x", br#"{"Addr":"1.2.3.4:5","Metadata":null}"#).unwrap();
         assert_eq!(null.weight, 100);
@@ -199,7 +207,8 @@ mod tests {
     fn readers_are_tolerant() {
         let plain = Instance::from_value("hello", "x", b"127.0.0.1:9000").unwrap();
         assert_eq!((plain.addr.as_str(), plain.weight), ("127.0.0.1:9000", 100));
-        let foreign = Instance::from_value("hello", "x", br#"{"Addr":"1.2.3.4:5","Metadata":{"region":"r1","n":3}}"#).unwrap();
+        let foreign =
+            Instance::from_value("hello", "x", br#"{"Addr":"1.2.3.4:5","Metadata":{"region":"r1","n":3}}"#).unwrap();
         assert_eq!(foreign.meta["region"], "r1");
         assert_eq!(foreign.meta["n"], "3");
         let bare = Instance::from_value("hello", "x", br#"{"Op":0,"Addr":"1.2.3.4:5"}"#).unwrap();

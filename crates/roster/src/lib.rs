@@ -230,20 +230,20 @@
 //!
 //! Internal: `backoff` (jittered exponential delays for every retry loop).
 
+mod admin;
+mod backoff;
 pub mod balance;
 pub mod client;
 pub mod config;
-pub mod grpc;
-pub mod health;
-pub mod sync;
-mod admin;
-mod backoff;
 mod discovery;
 mod error;
+pub mod grpc;
+pub mod health;
 mod instance;
 pub mod mirror;
 mod registration;
 mod registry;
+pub mod sync;
 pub mod task;
 
 pub use client::{Client, ClientConfig, Credentials};
@@ -251,4 +251,4 @@ pub use discovery::{Change, Discovery, Snapshot};
 pub use error::{Error, Result};
 pub use instance::Instance;
 pub use registration::{Registration, RegistrationStatus};
-pub use registry::{drain_key, drain_prefix, Registry, DEFAULT_PREFIX, DEFAULT_TTL};
+pub use registry::{DEFAULT_PREFIX, DEFAULT_TTL, Registry, drain_key, drain_prefix};

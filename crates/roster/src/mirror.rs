@@ -81,7 +81,8 @@ async fn run(client: &Client, range: &Range, m: &impl Mirror, mut listed: Option
 
 /// Lists the range into `m`; returns the revision listed at.
 pub(crate) async fn list(client: &Client, range: &Range, m: &impl Mirror) -> crate::Result<i64> {
-    let req = RangeRequest { key: range.key.clone().into(), range_end: range.range_end.clone().into(), ..Default::default() };
+    let req =
+        RangeRequest { key: range.key.clone().into(), range_end: range.range_end.clone().into(), ..Default::default() };
     let resp = client.range(req).await?;
     let rev = resp.header.map_or(0, |h| h.revision);
     m.reset(&resp.kvs, rev);

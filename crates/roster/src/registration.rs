@@ -45,21 +45,21 @@
 
 use crate::backoff::Backoff;
 use crate::client::Client;
+use crate::client::{KeepAliveStream, WatchStream};
 use crate::error::{Error, Result};
 use crate::health::HealthCheck;
 use crate::instance::Instance;
 use crate::task::{DropGuard, Stopping};
-use crate::client::{KeepAliveStream, WatchStream};
 use roster_api::etcdserverpb::{
-    watch_request, DeleteRangeRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest,
-    WatchCreateRequest, WatchRequest, WatchResponse,
+    DeleteRangeRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest, WatchCreateRequest,
+    WatchRequest, WatchResponse, watch_request,
 };
 use roster_api::mvccpb::event::EventType;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{sleep, Instant};
+use tokio::time::{Instant, sleep};
 
 /// Where a registration stands; observe it with [`Registration::status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,8 +126,20 @@ impl Registration {
                 }
                 None => (None, None),
             };
-            let signals = Signals { cmds: rx, stopping, health, _checker: checker, paused: false, pause_acks: Vec::new() };
-            let task = Task { client, key: task_key, drain_key, value, ttl, signals, status: tx, lease: 0, drained: false, first: Some(first_tx) };
+            let signals =
+                Signals { cmds: rx, stopping, health, _checker: checker, paused: false, pause_acks: Vec::new() };
+            let task = Task {
+                client,
+                key: task_key,
+                drain_key,
+                value,
+                ttl,
+                signals,
+                status: tx,
+                lease: 0,
+                drained: false,
+                first: Some(first_tx),
+            };
             task.run()
         });
         (Registration { key, cmds, status, _task: guard }, first)
@@ -267,7 +279,6 @@ impl Signals {
             Some(Err(e)) => Some(e.clone()),
         }
     }
-
 
     /// Waits for the next command, the handle dropping, or the check
     /// failing: `Some` if that ends a registered phase, `None` for a pause
@@ -504,12 +515,20 @@ impl Task {
     }
 
     async fn put(&self) -> Result<()> {
-        let req = PutRequest { key: self.key.clone().into(), value: self.value.clone().into(), lease: self.lease, ..Default::default() };
+        let req = PutRequest {
+            key: self.key.clone().into(),
+            value: self.value.clone().into(),
+            lease: self.lease,
+            ..Default::default()
+        };
         self.client.put(req).await.map(|_| ())
     }
 
     async fn key_exists(&self) -> Result<bool> {
-        let r = self.client.range(RangeRequest { key: self.key.clone().into(), count_only: true, ..Default::default() }).await?;
+        let r = self
+            .client
+            .range(RangeRequest { key: self.key.clone().into(), count_only: true, ..Default::default() })
+            .await?;
         Ok(r.count > 0)
     }
 
@@ -572,7 +591,9 @@ impl Task {
         let create = WatchCreateRequest { key: self.key.clone().into(), ..Default::default() };
         let endpoint = self.client.current_endpoint().to_owned();
         let unanswered = VecDeque::from([Instant::now()]);
-        let open = async { Ok::<_, Error>((self.client.keep_alive_stream(self.lease).await?, self.client.watch_stream(create).await?)) };
+        let open = async {
+            Ok::<_, Error>((self.client.keep_alive_stream(self.lease).await?, self.client.watch_stream(create).await?))
+        };
         match tokio::time::timeout(r.open_within, open).await {
             Ok(opened) => opened.map(|(ka, w)| Streams { ka, w, unanswered }),
             Err(_) => {
@@ -589,7 +610,9 @@ impl Task {
     fn note_silence(&self, r: &Renewals) {
         if r.last_ok.elapsed() > self.ttl && matches!(*self.status.borrow(), RegistrationStatus::Registered { .. }) {
             tracing::warn!(key = %self.key, "registry unreachable for longer than the TTL; the registration may be lost");
-            self.status.send_replace(RegistrationStatus::Lost { reason: "registry unreachable for longer than the TTL".into() });
+            self.status.send_replace(RegistrationStatus::Lost {
+                reason: "registry unreachable for longer than the TTL".into(),
+            });
         }
     }
 
@@ -610,7 +633,8 @@ impl Task {
         };
         self.drained = r.count > 0;
         let from = r.header.map_or(0, |h| h.revision) + 1;
-        let create = WatchCreateRequest { key: self.drain_key.clone().into(), start_revision: from, ..Default::default() };
+        let create =
+            WatchCreateRequest { key: self.drain_key.clone().into(), start_revision: from, ..Default::default() };
         let req = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
         s.w.requests.send(req).await.map_err(|_| Step::Reconnect)
     }

@@ -14,8 +14,8 @@ use pb::hello_server::{Hello, HelloServer};
 use pb::{SayReply, SayRequest};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The service name instances register under.
@@ -49,11 +49,19 @@ impl Hello for Greeter {
 }
 
 /// Serves a greeter on `listener` until `shutdown` resolves.
-pub async fn serve(listener: tokio::net::TcpListener, id: String, shutdown: impl Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    id: String,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     serve_greeter(listener, Greeter::new(id), shutdown).await
 }
 
-pub async fn serve_greeter(listener: tokio::net::TcpListener, greeter: Greeter, shutdown: impl Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
+pub async fn serve_greeter(
+    listener: tokio::net::TcpListener,
+    greeter: Greeter,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(HelloServer::new(greeter))
         .serve_with_incoming_shutdown(tokio_stream_wrap(listener), shutdown)
@@ -86,7 +94,11 @@ impl Tally {
 }
 
 /// One call; the answering instance's id.
-pub async fn say(client: &mut HelloClient<roster::grpc::Channel>, name: &str, timeout: Duration) -> Result<String, tonic::Status> {
+pub async fn say(
+    client: &mut HelloClient<roster::grpc::Channel>,
+    name: &str,
+    timeout: Duration,
+) -> Result<String, tonic::Status> {
     let mut req = tonic::Request::new(SayRequest { name: name.to_owned() });
     req.set_timeout(timeout);
     Ok(client.say(req).await?.into_inner().instance)

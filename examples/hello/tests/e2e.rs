@@ -7,14 +7,17 @@ use roster::balance::Policy;
 use roster::grpc::{Channel, ChannelConfig, RetryPolicy};
 use roster::{Client, ClientConfig, Discovery, Instance, Registry};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tonic::codegen::StdError;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use tonic::codegen::StdError;
 
 fn init_log() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
 }
 
 /// A registry to run against: an in-process `roster serve` or a real etcd.
@@ -62,7 +65,16 @@ impl HelloProc {
     /// On a given port (0: any), so that a restart keeps the address.
     fn spawn_on(backend: &Backend, id: &str, ttl: u64, port: u16) -> HelloProc {
         let child = Command::new(env!("CARGO_BIN_EXE_hello-server"))
-            .args(["--endpoints", &backend.endpoint(), "--id", id, "--ttl", &ttl.to_string(), "--port", &port.to_string()])
+            .args([
+                "--endpoints",
+                &backend.endpoint(),
+                "--id",
+                id,
+                "--ttl",
+                &ttl.to_string(),
+                "--port",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -165,7 +177,12 @@ async fn kill_9_traffic_moves_before_ttl(backend: Backend) {
         after.record(&hello::say(&mut client, "t", Duration::from_secs(2)).await);
     }
     let elapsed = killed.elapsed();
-    assert_eq!(after.errors, 0, "no call fails: those the dead instance would take are sent elsewhere: {}", after.line());
+    assert_eq!(
+        after.errors,
+        0,
+        "no call fails: those the dead instance would take are sent elsewhere: {}",
+        after.line()
+    );
     assert_eq!(after.by_instance.get("h1").copied().unwrap_or(0), 0, "{}", after.line());
     assert_eq!(after.by_instance.values().sum::<u64>(), 60 - after.errors);
     assert!(elapsed < Duration::from_secs(10), "all of this happens well before the 10 s TTL ({elapsed:?})");
@@ -178,7 +195,9 @@ async fn new_server_gets_calls_within_100ms(backend: Backend) {
     d.ready().await;
     let _procs: Vec<HelloProc> = (0..2).map(|i| HelloProc::spawn(&backend, &format!("old{i}"), 10)).collect();
     wait_until("two instances", Duration::from_secs(10), || d.instances().len() == 2).await;
-    let mut client = HelloClient::new(Channel::new(d.clone(), ChannelConfig { policy: Policy::RoundRobin, ..Default::default() }).unwrap());
+    let mut client = HelloClient::new(
+        Channel::new(d.clone(), ChannelConfig { policy: Policy::RoundRobin, ..Default::default() }).unwrap(),
+    );
 
     // A fourth server, in process so we know the moment it is registered.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -193,10 +212,11 @@ async fn new_server_gets_calls_within_100ms(backend: Backend) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(id) = hello::say(&mut client, "t", Duration::from_secs(1)).await
-                && id == "new" {
-                    let _ = seen_tx.take().expect("once").send(Instant::now());
-                    return;
-                }
+                && id == "new"
+            {
+                let _ = seen_tx.take().expect("once").send(Instant::now());
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     });
@@ -237,7 +257,12 @@ async fn new_server_gets_calls_within_100ms_etcd() {
 
 /// Calls `Say` in a loop until `stop`, counting answers before and after
 /// `killed` was set; bounded by `limit`.
-async fn call_until<T>(mut client: HelloClient<T>, killed: Arc<AtomicBool>, stop: Arc<AtomicBool>, limit: Duration) -> (hello::Tally, hello::Tally)
+async fn call_until<T>(
+    mut client: HelloClient<T>,
+    killed: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    limit: Duration,
+) -> (hello::Tally, hello::Tally)
 where
     T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
     T::Error: Into<StdError>,
@@ -254,7 +279,11 @@ where
         if let Err(s) = &r {
             eprintln!("call failed: {s:?}");
         }
-        if killed.load(Ordering::Relaxed) { after.record(&r) } else { before.record(&r) }
+        if killed.load(Ordering::Relaxed) {
+            after.record(&r)
+        } else {
+            before.record(&r)
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     (before, after)
@@ -262,7 +291,8 @@ where
 
 /// A gateway in process over `backend`, routing `hello.Hello` to `hello`.
 async fn gateway(backend: &Backend) -> (String, oneshot::Sender<()>) {
-    let config = roster_gateway::Config::parse("[[route]]\nservice = \"hello\"\ngrpc = [\"hello.Hello\"]\n", "test").unwrap();
+    let config =
+        roster_gateway::Config::parse("[[route]]\nservice = \"hello\"\ngrpc = [\"hello.Hello\"]\n", "test").unwrap();
     let gw = roster_gateway::Gateway::new(backend.registry(), config);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
@@ -302,10 +332,15 @@ async fn kill_9_under_load_fails_no_call(backend: Backend) {
     d.ready().await;
     let mut procs: Vec<HelloProc> = (0..3).map(|i| HelloProc::spawn(&backend, &format!("k{i}"), ttl)).collect();
     wait_until("three instances", Duration::from_secs(10), || d.instances().len() == 3).await;
-    let config = ChannelConfig { policy: Policy::RoundRobin, retry_policies: vec![RetryPolicy::idempotent(["/hello.Hello/Say"])], ..Default::default() };
+    let config = ChannelConfig {
+        policy: Policy::RoundRobin,
+        retry_policies: vec![RetryPolicy::idempotent(["/hello.Hello/Say"])],
+        ..Default::default()
+    };
     let sdk = HelloClient::new(Channel::new(d.clone(), config).unwrap());
     let (gw_addr, _gw_stop) = gateway(&backend).await;
-    let gw = HelloClient::new(tonic::transport::Endpoint::from_shared(format!("http://{gw_addr}")).unwrap().connect_lazy());
+    let gw =
+        HelloClient::new(tonic::transport::Endpoint::from_shared(format!("http://{gw_addr}")).unwrap().connect_lazy());
 
     let (killed, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let limit = Duration::from_secs(30);
@@ -318,7 +353,8 @@ async fn kill_9_under_load_fails_no_call(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(700)).await;
     killed.store(true, Ordering::Relaxed);
     procs[0].kill_9();
-    let took = wait_until("the killed instance's lease expires", Duration::from_secs(ttl + 5), || !listed(&d, "k0")).await;
+    let took =
+        wait_until("the killed instance's lease expires", Duration::from_secs(ttl + 5), || !listed(&d, "k0")).await;
     eprintln!("k0 left discovery {took:?} after kill -9 (TTL {ttl}s)");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -331,9 +367,16 @@ async fn kill_9_under_load_fails_no_call(backend: Backend) {
             merge(&mut after, a);
         }
         eprintln!("{name}: before the kill {}; after {}", before.line(), after.line());
-        assert_eq!((before.errors, after.errors), (0, 0), "{name}: no call may fail; before {}; after {}", before.line(), after.line());
+        assert_eq!(
+            (before.errors, after.errors),
+            (0, 0),
+            "{name}: no call may fail; before {}; after {}",
+            before.line(),
+            after.line()
+        );
         assert_eq!(before.by_instance.len(), 3, "{name}: all three answered before the kill: {}", before.line());
-        let (k1, k2) = (after.by_instance.get("k1").copied().unwrap_or(0), after.by_instance.get("k2").copied().unwrap_or(0));
+        let (k1, k2) =
+            (after.by_instance.get("k1").copied().unwrap_or(0), after.by_instance.get("k2").copied().unwrap_or(0));
         let total: u64 = after.by_instance.values().sum();
         assert!(total >= 100, "{name}: the load went on after the kill: {}", after.line());
         assert!(k1 * 4 >= total && k2 * 4 >= total, "{name}: the survivors share the calls: {}", after.line());
@@ -369,8 +412,14 @@ async fn an_instance_down_then_back_is_readmitted_and_fails_no_call(backend: Bac
     let mut back = HelloProc::spawn_on(&backend, "b0", 30, port);
     let _others: Vec<HelloProc> = (1..3).map(|i| HelloProc::spawn(&backend, &format!("b{i}"), 30)).collect();
     wait_until("three instances", Duration::from_secs(10), || d.instances().len() == 3).await;
-    let health = roster::balance::HealthConfig { base_ejection: Duration::from_millis(100), max_ejection: Duration::from_millis(300), ..Default::default() };
-    let mut client = HelloClient::new(Channel::new(d.clone(), ChannelConfig { policy: Policy::RoundRobin, health, ..Default::default() }).unwrap());
+    let health = roster::balance::HealthConfig {
+        base_ejection: Duration::from_millis(100),
+        max_ejection: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let mut client = HelloClient::new(
+        Channel::new(d.clone(), ChannelConfig { policy: Policy::RoundRobin, health, ..Default::default() }).unwrap(),
+    );
     let mut tally = hello::Tally::default();
     for _ in 0..30 {
         tally.record(&hello::say(&mut client, "t", Duration::from_secs(2)).await);
@@ -387,7 +436,12 @@ async fn an_instance_down_then_back_is_readmitted_and_fails_no_call(backend: Bac
         down.record(&hello::say(&mut client, "t", Duration::from_secs(2)).await);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(down.errors, 0, "no call fails while the instance is down (about ten probes were made): {}", down.line());
+    assert_eq!(
+        down.errors,
+        0,
+        "no call fails while the instance is down (about ten probes were made): {}",
+        down.line()
+    );
     assert_eq!(down.by_instance.get("b0"), None, "{}", down.line());
     assert!(listed(&d, "b0"), "the lease is alive: the channel, not discovery, kept calls away");
 

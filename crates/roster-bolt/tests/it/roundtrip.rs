@@ -14,11 +14,7 @@ fn write(buckets: &Buckets, page_size: usize) -> Vec<u8> {
     }
     let (out, size) = w.finish().unwrap();
     let bytes = out.into_inner();
-    assert_eq!(
-        bytes.len() as u64,
-        size,
-        "the file is exactly the pages it counts"
-    );
+    assert_eq!(bytes.len() as u64, size, "the file is exactly the pages it counts");
     assert_eq!(size % page_size as u64, 0);
     bytes
 }
@@ -44,11 +40,7 @@ fn buckets() -> impl Strategy<Value = Buckets> {
         8 => proptest::collection::vec(any::<u8>(), 0..64),
         1 => proptest::collection::vec(any::<u8>(), 3000..6000),
     ];
-    let kvs = proptest::collection::btree_map(
-        proptest::collection::vec(any::<u8>(), 0..40),
-        value,
-        0..200,
-    );
+    let kvs = proptest::collection::btree_map(proptest::collection::vec(any::<u8>(), 0..40), value, 0..200);
     proptest::collection::btree_map(proptest::collection::vec(any::<u8>(), 1..12), kvs, 0..5)
 }
 
@@ -83,9 +75,8 @@ proptest! {
 
 #[test]
 fn many_small_keys_make_a_three_level_tree_that_reads_back() {
-    let kvs: BTreeMap<Vec<u8>, Vec<u8>> = (0u64..200_000)
-        .map(|i| (i.to_be_bytes().to_vec(), format!("value-{i}").into_bytes()))
-        .collect();
+    let kvs: BTreeMap<Vec<u8>, Vec<u8>> =
+        (0u64..200_000).map(|i| (i.to_be_bytes().to_vec(), format!("value-{i}").into_bytes())).collect();
     let b: Buckets = [(b"key".to_vec(), kvs)].into();
     let bytes = write(&b, 4096);
     assert_eq!(read(&bytes).unwrap(), b);
@@ -100,7 +91,6 @@ fn unsorted_keys_are_refused() {
 
 #[test]
 fn a_file_that_is_not_bolt_is_named_so() {
-    let err =
-        read(b"this is not a database, just some text that is long enough to look at").unwrap_err();
+    let err = read(b"this is not a database, just some text that is long enough to look at").unwrap_err();
     assert!(err.to_string().contains("not a bbolt database"), "{err}");
 }

@@ -26,20 +26,13 @@ impl Workload for Authenticate {
     }
 
     async fn run(&self, t: &Target, max: Duration) -> Result<Outcome> {
-        let (name, password) = t
-            .user
-            .clone()
-            .context("authenticate needs --user NAME:PASSWORD")?;
+        let (name, password) = t.user.clone().context("authenticate needs --user NAME:PASSWORD")?;
         let req = AuthenticateRequest { name, password };
         // Logins need no token: plain connections.
         let conns = t.connect_unary_anonymous(self.load.conns).await?;
         closed_loop_on("authenticate", t, conns, &self.load, max, move |conn, _| {
             let req = req.clone();
-            async move {
-                conn.call::<_, AuthenticateResponse>(AUTHENTICATE, &req)
-                    .await
-                    .map(drop)
-            }
+            async move { conn.call::<_, AuthenticateResponse>(AUTHENTICATE, &req).await.map(drop) }
         })
         .await
     }

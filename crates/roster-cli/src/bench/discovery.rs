@@ -31,11 +31,7 @@ pub struct Discovery {
 
 impl Discovery {
     pub fn new(watchers: u64, conns: u64, instances: u64) -> Discovery {
-        Discovery {
-            watchers,
-            conns,
-            instances,
-        }
+        Discovery { watchers, conns, instances }
     }
 }
 
@@ -55,9 +51,8 @@ impl Workload for Discovery {
             .map(|_| Ok(roster::Registry::new(roster::Client::connect([t.addr.clone()])?)))
             .collect::<Result<_>>()?;
         let registry = &registries[0];
-        let discoveries: Vec<roster::Discovery> = (0..self.watchers as usize)
-            .map(|i| registries[i % registries.len()].discover(&service))
-            .collect();
+        let discoveries: Vec<roster::Discovery> =
+            (0..self.watchers as usize).map(|i| registries[i % registries.len()].discover(&service)).collect();
         for d in &discoveries {
             tokio::time::timeout(Duration::from_secs(30), d.ready())
                 .await
@@ -91,8 +86,7 @@ impl Workload for Discovery {
                 break;
             }
             let id = format!("i{n}");
-            let inst = roster::Instance::new(&service, format!("127.0.0.1:{}", 20000 + n % 40000))
-                .with_id(&id);
+            let inst = roster::Instance::new(&service, format!("127.0.0.1:{}", 20000 + n % 40000)).with_id(&id);
             let reg = tokio::time::timeout(APPEAR_WITHIN, registry.register(inst))
                 .await
                 .context("registering took over 5 s")??;
@@ -113,9 +107,7 @@ impl Workload for Discovery {
                 }
             }
             errors += pending;
-            tokio::time::timeout(APPEAR_WITHIN, reg.deregister())
-                .await
-                .context("deregistering took over 5 s")??;
+            tokio::time::timeout(APPEAR_WITHIN, reg.deregister()).await.context("deregistering took over 5 s")??;
             progress.add(1);
         }
         sighters.abort_all();

@@ -5,26 +5,20 @@
 use super::Load;
 use super::report::{FirstError, Outcome, Progress, histogram, record_since};
 use super::target::Target;
+use super::wire::Conn;
 use anyhow::{Context, Result};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
-use super::wire::Conn;
 
 /// How long a request sent just before the deadline may still take.
 pub const GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `op(connection, n)` for `n` in `0..load.total`, spread over the
 /// clients, and measures each call, on the bench's own h2 connections.
-pub async fn closed_loop<F, Fut>(
-    what: &str,
-    t: &Target,
-    load: &Load,
-    max: Duration,
-    op: F,
-) -> Result<Outcome>
+pub async fn closed_loop<F, Fut>(what: &str, t: &Target, load: &Load, max: Duration, op: F) -> Result<Outcome>
 where
     F: Fn(Conn, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,

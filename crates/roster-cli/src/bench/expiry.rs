@@ -108,11 +108,16 @@ impl Workload for Expiry {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..n {
             let permit = gate.clone().acquire_owned().await?;
-            let (mut lease, conn, done) = (LeaseClient::new(channels[i % channels.len()].clone()), conns[i % conns.len()].clone(), progress.counter());
+            let (mut lease, conn, done) = (
+                LeaseClient::new(channels[i % channels.len()].clone()),
+                conns[i % conns.len()].clone(),
+                progress.counter(),
+            );
             let key = format!("{prefix}k/{i:07}");
             tasks.spawn(async move {
                 let _permit = permit;
-                let grant = lease.lease_grant(LeaseGrantRequest { ttl: ttl.as_secs() as i64, id: 0 }).await?.into_inner();
+                let grant =
+                    lease.lease_grant(LeaseGrantRequest { ttl: ttl.as_secs() as i64, id: 0 }).await?.into_inner();
                 let due = Instant::now() + ttl;
                 let put = PutRequest { key: key.into(), value: "v".into(), lease: grant.id, ..Default::default() };
                 conn.call::<_, PutResponse>(KV_PUT, &put).await?;
@@ -153,7 +158,8 @@ impl Workload for Expiry {
                 if ev.r#type != EventType::Delete as i32 {
                     continue;
                 }
-                let idx: usize = std::str::from_utf8(&key[key.len() - 7..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let idx: usize =
+                    std::str::from_utf8(&key[key.len() - 7..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
                 lag.saturating_record(now.saturating_duration_since(due[idx]).as_micros().max(1) as u64);
                 gone += 1;
             }
@@ -200,7 +206,11 @@ async fn write_loop(
     let (mut idle, mut during, mut errors) = (histogram(), histogram(), 0);
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let put = PutRequest { key: format!("{prefix}w/{w}/{}", n % 1000).into(), value: vec![b'v'; 256].into(), ..Default::default() };
+        let put = PutRequest {
+            key: format!("{prefix}w/{w}/{}", n % 1000).into(),
+            value: vec![b'v'; 256].into(),
+            ..Default::default()
+        };
         n += 1;
         let before = *phase.lock().expect("not poisoned");
         let t0 = Instant::now();

@@ -72,8 +72,8 @@ impl Workload for Hold {
             let registry = registries[n as usize % registries.len()].clone();
             let permit = gate.clone().acquire_owned().await?;
             let done = progress.counter();
-            let inst = roster::Instance::new(&service, format!("127.0.0.1:{}", 20000 + n % 40000))
-                .with_id(format!("i{n}"));
+            let inst =
+                roster::Instance::new(&service, format!("127.0.0.1:{}", 20000 + n % 40000)).with_id(format!("i{n}"));
             tasks.spawn(async move {
                 let t0 = Instant::now();
                 let reg = registry.register(inst).await?;
@@ -113,10 +113,9 @@ impl Workload for Hold {
         let hold = held.elapsed();
         let rss = pid.map(rss_bytes).transpose()?;
         // A registration that had to start over during the hold lost its lease.
-        let lost = regs
-            .iter()
-            .filter(|r| !matches!(*r.status().borrow(), RegistrationStatus::Registered { .. }))
-            .count() as u64;
+        let lost =
+            regs.iter().filter(|r| !matches!(*r.status().borrow(), RegistrationStatus::Registered { .. })).count()
+                as u64;
         let still = listed(&probe, &service).await?;
 
         withdraw(regs, deadline).await;
@@ -129,16 +128,8 @@ impl Workload for Hold {
         match (cpu_used, rss) {
             (Some(cpu), Some(rss)) => {
                 o.gauges = vec![
-                    Gauge {
-                        label: "CPU",
-                        value: 100.0 * cpu.as_secs_f64() / hold.as_secs_f64(),
-                        unit: "%",
-                    },
-                    Gauge {
-                        label: "RSS",
-                        value: rss as f64 / MIB,
-                        unit: "MiB",
-                    },
+                    Gauge { label: "CPU", value: 100.0 * cpu.as_secs_f64() / hold.as_secs_f64(), unit: "%" },
+                    Gauge { label: "RSS", value: rss as f64 / MIB, unit: "MiB" },
                 ];
                 o.note += &format!(
                     "CPU % of one core over {:.0} s of keepalives (TTL {} s); latency of register",
@@ -146,12 +137,7 @@ impl Workload for Hold {
                     self.ttl
                 );
             }
-            _ => {
-                o.note += &format!(
-                    "registrations/s; pass --pid {}=PID for the server's CPU and RSS",
-                    t.name
-                )
-            }
+            _ => o.note += &format!("registrations/s; pass --pid {}=PID for the server's CPU and RSS", t.name),
         }
         Ok(o)
     }

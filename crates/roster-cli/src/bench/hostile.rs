@@ -135,7 +135,8 @@ impl Workload for HostileRun {
         let (mut idle, _) = put_for(&writer, phase / 2).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
-        let hostile = apart(run_hostile(t.clone(), self.args.clone(), self.scenario, setup, stop.clone(), phase + max))?;
+        let hostile =
+            apart(run_hostile(t.clone(), self.args.clone(), self.scenario, setup, stop.clone(), phase + max))?;
         let (during, put_errors) = put_for(&writer, phase).await?;
         stop.store(true, Ordering::Relaxed);
         let did = tokio::time::timeout(max, hostile)
@@ -169,7 +170,8 @@ impl Workload for HostileRun {
 fn apart<T: Send + 'static>(
     f: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<tokio::sync::oneshot::Receiver<Result<T>>> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("hostile").enable_all().build()?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("hostile").enable_all().build()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("hostile".into()).spawn(move || {
         let _ = tx.send(rt.block_on(f));
@@ -187,7 +189,11 @@ async fn put_for(conn: &Conn, d: Duration) -> Result<(Histogram<u64>, u64)> {
         if Instant::now() >= end {
             break;
         }
-        let req = PutRequest { key: Bytes::from(format!("{WRITER}{:03}", n % 100)), value: value.clone(), ..Default::default() };
+        let req = PutRequest {
+            key: Bytes::from(format!("{WRITER}{:03}", n % 100)),
+            value: value.clone(),
+            ..Default::default()
+        };
         let t0 = Instant::now();
         match tokio::time::timeout(Duration::from_secs(30), conn.call::<_, PutResponse>(KV_PUT, &req)).await {
             Ok(Ok(_)) => record_since(&mut hist, t0),
@@ -213,8 +219,18 @@ struct Registration {
 impl Registration {
     async fn start(ch: Channel) -> Result<Registration> {
         let mut lease = LeaseClient::new(ch.clone());
-        let id = lease.lease_grant(LeaseGrantRequest { ttl: REG_TTL, id: 0 }).await.context("cannot grant a lease")?.into_inner().id;
-        let put = PutRequest { key: "/bench/hostile/registration".into(), value: "127.0.0.1:1".into(), lease: id, ..Default::default() };
+        let id = lease
+            .lease_grant(LeaseGrantRequest { ttl: REG_TTL, id: 0 })
+            .await
+            .context("cannot grant a lease")?
+            .into_inner()
+            .id;
+        let put = PutRequest {
+            key: "/bench/hostile/registration".into(),
+            value: "127.0.0.1:1".into(),
+            lease: id,
+            ..Default::default()
+        };
         KvClient::new(ch).put(put).await.context("cannot register")?;
         let lost = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
@@ -246,7 +262,9 @@ impl Registration {
 enum Setup {
     None,
     /// The revision before the data keys were first written.
-    Data { since: i64 },
+    Data {
+        since: i64,
+    },
     Leases(Vec<i64>),
 }
 
@@ -313,7 +331,11 @@ async fn ensure_keys(t: &Target, n: u64, max: Duration) -> Result<i64> {
                         })),
                     })
                     .collect();
-                c.call::<_, roster_api::etcdserverpb::TxnResponse>("/etcdserverpb.KV/Txn", &TxnRequest { success, ..Default::default() }).await?;
+                c.call::<_, roster_api::etcdserverpb::TxnResponse>(
+                    "/etcdserverpb.KV/Txn",
+                    &TxnRequest { success, ..Default::default() },
+                )
+                .await?;
             }
         });
     }
@@ -425,12 +447,20 @@ async fn flood(t: &Target, ids: Vec<i64>, go: impl Fn() -> bool + Clone + Send +
     let n_leases = ids.len();
     keepalive::revoke(&t.connect(4).await?, ids).await;
     let lost = lost.load(Ordering::Relaxed);
-    Ok(format!("{n} renewals of {n_leases} leases{}", if lost > 0 { format!(", {lost} answered TTL 0") } else { String::new() }))
+    Ok(format!(
+        "{n} renewals of {n_leases} leases{}",
+        if lost > 0 { format!(", {lost} answered TTL 0") } else { String::new() }
+    ))
 }
 
 fn create(key: Bytes, range_end: Bytes, start_revision: i64) -> WatchRequest {
     WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest { key, range_end, start_revision, ..Default::default() })),
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key,
+            range_end,
+            start_revision,
+            ..Default::default()
+        })),
     }
 }
 

@@ -35,11 +35,7 @@ pub struct Keepalive {
 
 impl Keepalive {
     pub fn new(load: Load, leases: u64) -> Keepalive {
-        Keepalive {
-            load,
-            leases,
-            ttl: 300,
-        }
+        Keepalive { load, leases, ttl: 300 }
     }
 }
 
@@ -77,40 +73,33 @@ impl Workload for Keepalive {
                 let Some(mut n) = claim() else {
                     return (hist, errors);
                 };
-                let request = |n: u64| LeaseKeepAliveRequest {
-                    id: mine[n as usize % mine.len()],
-                };
+                let request = |n: u64| LeaseKeepAliveRequest { id: mine[n as usize % mine.len()] };
                 // Queue the first renewal before opening the stream: etcd
                 // sends its response headers only with its first message.
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 let _ = tx.send(request(n)).await;
                 let mut t0 = Instant::now();
                 let hard = (deadline + GRACE).into();
-                let mut stream = match tokio::time::timeout_at(
-                    hard,
-                    LeaseClient::new(ch).lease_keep_alive(ReceiverStream::new(rx)),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s.into_inner(),
-                    Ok(Err(status)) => {
-                        first.status(&status);
-                        return (hist, errors + 1);
-                    }
-                    Err(_) => {
-                        first.set("keepalive stream not opened within --max-duration");
-                        return (hist, errors + 1);
-                    }
-                };
+                let mut stream =
+                    match tokio::time::timeout_at(hard, LeaseClient::new(ch).lease_keep_alive(ReceiverStream::new(rx)))
+                        .await
+                    {
+                        Ok(Ok(s)) => s.into_inner(),
+                        Ok(Err(status)) => {
+                            first.status(&status);
+                            return (hist, errors + 1);
+                        }
+                        Err(_) => {
+                            first.set("keepalive stream not opened within --max-duration");
+                            return (hist, errors + 1);
+                        }
+                    };
                 loop {
                     match tokio::time::timeout_at(hard, stream.message()).await {
                         Ok(Ok(Some(r))) if r.ttl > 0 => record_since(&mut hist, t0),
                         Ok(Ok(Some(r))) => {
                             errors += 1;
-                            first.set(format!(
-                                "lease {:x} renewed with TTL {} (lost)",
-                                r.id, r.ttl
-                            ));
+                            first.set(format!("lease {:x} renewed with TTL {} (lost)", r.id, r.ttl));
                         }
                         Ok(Ok(None)) => {
                             first.set("the server closed a keepalive stream");
@@ -159,21 +148,15 @@ pub(super) async fn grant(conns: &[Channel], n: u64, ttl: i64, max: Duration) ->
     let deadline = tokio::time::Instant::now() + max;
     let mut tasks = JoinSet::new();
     for c in 0..ADMIN_CLIENTS.min(n as usize) {
-        let (mut lease, next, done) = (
-            LeaseClient::new(conns[c % conns.len()].clone()),
-            next.clone(),
-            progress.counter(),
-        );
+        let (mut lease, next, done) =
+            (LeaseClient::new(conns[c % conns.len()].clone()), next.clone(), progress.counter());
         tasks.spawn(async move {
             let mut ids = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < n {
-                let r = tokio::time::timeout_at(
-                    deadline,
-                    lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }),
-                )
-                .await
-                .context("granting the leases took longer than --max-duration")?
-                .context("cannot grant a lease")?;
+                let r = tokio::time::timeout_at(deadline, lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }))
+                    .await
+                    .context("granting the leases took longer than --max-duration")?
+                    .context("cannot grant a lease")?;
                 ids.push(r.into_inner().id);
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -197,11 +180,7 @@ pub(super) async fn revoke(conns: &[Channel], ids: Vec<i64>) {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for c in 0..ADMIN_CLIENTS.min(ids.len()) {
-        let (mut lease, ids, next) = (
-            LeaseClient::new(conns[c % conns.len()].clone()),
-            ids.clone(),
-            next.clone(),
-        );
+        let (mut lease, ids, next) = (LeaseClient::new(conns[c % conns.len()].clone()), ids.clone(), next.clone());
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -210,8 +189,5 @@ pub(super) async fn revoke(conns: &[Channel], ids: Vec<i64>) {
             }
         });
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
 }

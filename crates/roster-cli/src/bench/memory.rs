@@ -4,11 +4,11 @@
 use super::driver::closed_loop;
 use super::report::{Gauge, Outcome};
 use super::target::{ServerPids, Target, rss_bytes};
+use super::wire::{KV_PUT, LEASE_GRANT};
 use super::{Load, Workload};
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
-use super::wire::{KV_PUT, LEASE_GRANT};
 use roster_api::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse, PutRequest, PutResponse};
 use std::time::Duration;
 
@@ -41,25 +41,14 @@ impl Workload for Memory {
         let before = pid.map(rss_bytes).transpose()?;
         let value = Bytes::from(vec![b'm'; self.val_size as usize]);
         let ttl = self.ttl;
-        let load = Load {
-            conns: 4,
-            clients: 64,
-            total: self.keys,
-        };
+        let load = Load { conns: 4, clients: 64, total: self.keys };
         let mut o = closed_loop("lease+put", t, &load, max, move |conn, n| {
             let value = value.clone();
             async move {
-                let lease = conn
-                    .call::<_, LeaseGrantResponse>(LEASE_GRANT, &LeaseGrantRequest { ttl, id: 0 })
-                    .await?
-                    .id;
+                let lease =
+                    conn.call::<_, LeaseGrantResponse>(LEASE_GRANT, &LeaseGrantRequest { ttl, id: 0 }).await?.id;
                 let key = Bytes::from(format!("/bench/mem/{n:09}"));
-                let put = PutRequest {
-                    key,
-                    value,
-                    lease,
-                    ..Default::default()
-                };
+                let put = PutRequest { key, value, lease, ..Default::default() };
                 conn.call::<_, PutResponse>(KV_PUT, &put).await.map(drop)
             }
         })
@@ -69,11 +58,7 @@ impl Workload for Memory {
                 // Let the server settle (background flushes) before reading.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let after = rss_bytes(pid)?;
-                o.gauges = vec![Gauge {
-                    label: "RSS",
-                    value: after as f64 / MIB,
-                    unit: "MiB",
-                }];
+                o.gauges = vec![Gauge { label: "RSS", value: after as f64 / MIB, unit: "MiB" }];
                 o.note = format!(
                     "MiB RSS of pid {pid} ({:.1} before); each key on its own lease; latency grant+put",
                     before as f64 / MIB

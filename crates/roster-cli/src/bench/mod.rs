@@ -94,10 +94,7 @@ impl Common {
     fn validate(&self) -> Result<()> {
         for (i, t) in self.targets.iter().enumerate() {
             if self.targets[..i].iter().any(|o| o.name == t.name) {
-                bail!(
-                    "two targets are named {:?}; give each --target a distinct NAME=",
-                    t.name
-                );
+                bail!("two targets are named {:?}; give each --target a distinct NAME=", t.name);
             }
         }
         Ok(())
@@ -131,11 +128,7 @@ pub struct Load {
 
 impl Load {
     fn new(conns: u64, clients: u64, total: u64) -> Load {
-        Load {
-            conns,
-            clients,
-            total,
-        }
+        Load { conns, clients, total }
     }
 }
 
@@ -287,39 +280,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             memory.pids.validate(&common)?;
             table.compare(&common, &memory).await?
         }
-        Command::All {
-            common,
-            total,
-            no_discovery,
-        } => {
+        Command::All { common, total, no_discovery } => {
             let put = put::Put::new(Load::new(10, 100, total));
             table.compare(&common, &put).await?;
             let single = put::Put::new(Load::new(1, 1, (total / 20).max(500)));
             table.compare(&common, &single).await?;
-            for consistency in [
-                range::Consistency::Serializable,
-                range::Consistency::Linearizable,
-            ] {
-                table
-                    .compare(
-                        &common,
-                        &range::Range::new(Load::new(10, 100, total * 2), consistency),
-                    )
-                    .await?;
+            for consistency in [range::Consistency::Serializable, range::Consistency::Linearizable] {
+                table.compare(&common, &range::Range::new(Load::new(10, 100, total * 2), consistency)).await?;
             }
-            table
-                .compare(
-                    &common,
-                    &keepalive::Keepalive::new(Load::new(10, 100, total), 1000),
-                )
-                .await?;
-            table
-                .compare(&common, &watch::Watch::new(100, 2000))
-                .await?;
+            table.compare(&common, &keepalive::Keepalive::new(Load::new(10, 100, total), 1000)).await?;
+            table.compare(&common, &watch::Watch::new(100, 2000)).await?;
             if !no_discovery {
-                table
-                    .compare(&common, &discovery::Discovery::new(1000, 10, 50))
-                    .await?;
+                table.compare(&common, &discovery::Discovery::new(1000, 10, 50)).await?;
             }
         }
     }

@@ -3,15 +3,15 @@
 use super::driver::{closed_loop, closed_loop_on};
 use super::report::{Gauge, Outcome};
 use super::target::{ServerPids, Target, cpu_time};
+use super::wire::KV_PUT;
 use super::{Load, Workload};
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
-use super::wire::KV_PUT;
 use roster_api::etcdserverpb::kv_client::KvClient;
 use roster_api::etcdserverpb::{PutRequest, PutResponse};
-use tonic::transport::Channel;
 use std::time::Duration;
+use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Args)]
 // No arg group: the subcommand variant of the same name already owns that id.
@@ -72,19 +72,10 @@ impl Workload for Put {
 
     async fn run(&self, t: &Target, max: Duration) -> Result<Outcome> {
         let value = Bytes::from(vec![b'v'; self.val_size as usize]);
-        let (key_size, space, sequential) =
-            (self.key_size as usize, self.key_space, self.sequential_keys);
+        let (key_size, space, sequential) = (self.key_size as usize, self.key_space, self.sequential_keys);
         let request = move |n: u64| {
-            let k = if sequential {
-                n % space
-            } else {
-                rand::random_range(0..space)
-            };
-            PutRequest {
-                key: key(k, key_size),
-                value: value.clone(),
-                ..Default::default()
-            }
+            let k = if sequential { n % space } else { rand::random_range(0..space) };
+            PutRequest { key: key(k, key_size), value: value.clone(), ..Default::default() }
         };
         let pid = self.pids.of(t);
         let cpu_before = pid.map(cpu_time).transpose()?;
@@ -97,7 +88,8 @@ impl Workload for Put {
                 .await?
             }
             ClientStack::Tonic => {
-                let clients: Vec<KvClient<Channel>> = t.connect(self.load.conns).await?.into_iter().map(KvClient::new).collect();
+                let clients: Vec<KvClient<Channel>> =
+                    t.connect(self.load.conns).await?.into_iter().map(KvClient::new).collect();
                 closed_loop_on("put", t, clients, &self.load, max, move |mut kv, n| {
                     let req = request(n);
                     async move { kv.put(req).await.map(drop) }
@@ -110,7 +102,11 @@ impl Workload for Put {
             out.gauges = vec![
                 Gauge { label: "ops/s", value: out.rate(), unit: "ops/s" },
                 Gauge { label: "p99", value: out.ms(0.99).unwrap_or(0.0), unit: "ms" },
-                Gauge { label: "server CPU per put", value: used.as_secs_f64() * 1e6 / out.ops.max(1) as f64, unit: "us" },
+                Gauge {
+                    label: "server CPU per put",
+                    value: used.as_secs_f64() * 1e6 / out.ops.max(1) as f64,
+                    unit: "us",
+                },
             ];
         }
         Ok(out)

@@ -4,11 +4,11 @@
 use super::driver::closed_loop;
 use super::report::Outcome;
 use super::target::Target;
+use super::wire::{KV_PUT, KV_RANGE};
 use super::{Load, Workload};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use super::wire::{KV_PUT, KV_RANGE};
 use roster_api::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
 use std::time::Duration;
 
@@ -43,12 +43,7 @@ const PREFIX: &str = "/bench/range/";
 
 impl Range {
     pub fn new(load: Load, consistency: Consistency) -> Range {
-        Range {
-            load,
-            consistency,
-            keys: 1000,
-            val_size: 256,
-        }
+        Range { load, consistency, keys: 1000, val_size: 256 }
     }
 }
 
@@ -67,42 +62,24 @@ impl Workload for Range {
 
     async fn run(&self, t: &Target, max: Duration) -> Result<Outcome> {
         let value = Bytes::from(vec![b'r'; self.val_size as usize]);
-        let fill = Load {
-            conns: self.load.conns.min(4),
-            clients: self.load.clients.min(32),
-            total: self.keys,
-        };
+        let fill = Load { conns: self.load.conns.min(4), clients: self.load.clients.min(32), total: self.keys };
         let filled = closed_loop("range: writing keys", t, &fill, max, move |conn, n| {
-            let req = PutRequest {
-                key: key(n),
-                value: value.clone(),
-                ..Default::default()
-            };
+            let req = PutRequest { key: key(n), value: value.clone(), ..Default::default() };
             async move { conn.call::<_, PutResponse>(KV_PUT, &req).await.map(drop) }
         })
         .await?;
         if filled.errors > 0 {
             let why = filled.first_error.unwrap_or_default();
-            bail!(
-                "cannot write the {} keys to range over ({} puts failed): {why}",
-                self.keys,
-                filled.errors
-            );
+            bail!("cannot write the {} keys to range over ({} puts failed): {why}", self.keys, filled.errors);
         }
         let (serializable, keys) = (self.consistency == Consistency::Serializable, self.keys);
         closed_loop("range", t, &self.load, max, move |conn, _| {
-            let req = RangeRequest {
-                key: key(rand::random_range(0..keys)),
-                serializable,
-                ..Default::default()
-            };
+            let req = RangeRequest { key: key(rand::random_range(0..keys)), serializable, ..Default::default() };
             async move {
                 let kvs = conn.call::<_, RangeResponse>(KV_RANGE, &req).await?.kvs;
                 match kvs.len() {
                     1 => Ok(()),
-                    n => Err(tonic::Status::data_loss(format!(
-                        "a range of one written key returned {n} keys"
-                    ))),
+                    n => Err(tonic::Status::data_loss(format!("a range of one written key returned {n} keys"))),
                 }
             }
         })

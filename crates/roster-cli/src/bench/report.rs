@@ -59,15 +59,7 @@ pub struct Gauge {
 
 impl Outcome {
     pub fn new(hist: Histogram<u64>, elapsed: Duration, errors: u64) -> Self {
-        Outcome {
-            ops: hist.len(),
-            elapsed,
-            hist,
-            errors,
-            first_error: None,
-            gauges: Vec::new(),
-            note: String::new(),
-        }
+        Outcome { ops: hist.len(), elapsed, hist, errors, first_error: None, gauges: Vec::new(), note: String::new() }
     }
 
     pub fn rate(&self) -> f64 {
@@ -87,12 +79,8 @@ impl Outcome {
     }
 
     fn notes(&self) -> String {
-        let mut parts: Vec<String> = self
-            .gauges
-            .iter()
-            .skip(1)
-            .map(|g| format!("{} {:.1} {}", g.label, g.value, g.unit))
-            .collect();
+        let mut parts: Vec<String> =
+            self.gauges.iter().skip(1).map(|g| format!("{} {:.1} {}", g.label, g.value, g.unit)).collect();
         if !self.note.is_empty() {
             parts.push(self.note.clone());
         }
@@ -122,9 +110,7 @@ impl FirstError {
     }
 
     pub fn status(&self, s: &tonic::Status) {
-        let _ = self
-            .0
-            .get_or_init(|| format!("{:?}: {}", s.code(), s.message()));
+        let _ = self.0.get_or_init(|| format!("{:?}: {}", s.code(), s.message()));
     }
 
     pub fn get(&self) -> Option<String> {
@@ -153,10 +139,7 @@ impl Progress {
             loop {
                 tick.tick().await;
                 let now = seen.load(Ordering::Relaxed);
-                eprintln!(
-                    "   {what}: {now}/{total} ({}/s)",
-                    now.saturating_sub(before)
-                );
+                eprintln!("   {what}: {now}/{total} ({}/s)", now.saturating_sub(before));
                 before = now;
             }
         });
@@ -198,10 +181,7 @@ impl Table {
         let mut results: Vec<(&Target, Outcome)> = Vec::new();
         for t in &targets {
             eprintln!("== {name} on {} ({})", t.name, t.addr);
-            let o = w
-                .run(t, common.max())
-                .await
-                .with_context(|| format!("{name} on {} ({})", t.name, t.addr))?;
+            let o = w.run(t, common.max()).await.with_context(|| format!("{name} on {} ({})", t.name, t.addr))?;
             if self.lines.is_empty() {
                 self.push(format!(
                     "{:<24} {:<10} {:>12} {:>9} {:>9} {:>8}  {}",
@@ -299,30 +279,10 @@ mod tests {
     fn gauges_compare_as_a_plain_ratio() {
         let mut x = outcome(&[1], 1);
         let mut y = outcome(&[1], 1);
-        x.gauges = vec![
-            Gauge {
-                label: "CPU",
-                value: 30.0,
-                unit: "%",
-            },
-            Gauge {
-                label: "RSS",
-                value: 50.0,
-                unit: "MiB",
-            },
-        ];
-        y.gauges = vec![
-            Gauge {
-                label: "RSS",
-                value: 200.0,
-                unit: "MiB",
-            },
-            Gauge {
-                label: "CPU",
-                value: 60.0,
-                unit: "%",
-            },
-        ];
+        x.gauges =
+            vec![Gauge { label: "CPU", value: 30.0, unit: "%" }, Gauge { label: "RSS", value: 50.0, unit: "MiB" }];
+        y.gauges =
+            vec![Gauge { label: "RSS", value: 200.0, unit: "MiB" }, Gauge { label: "CPU", value: 60.0, unit: "%" }];
         assert_eq!(ratio(&x, &y), "CPU 0.50x, RSS 0.25x");
         assert_eq!(x.figure(), "30.0 %");
         assert_eq!(x.notes(), "RSS 50.0 MiB");

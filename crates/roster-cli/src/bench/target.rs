@@ -76,31 +76,26 @@ impl Target {
             return Err(format!("{s:?}: the NAME in NAME=HOST:PORT is empty"));
         }
         let Some((host, port)) = addr.rsplit_once(':') else {
-            return Err(format!(
-                "{s:?}: expected NAME=HOST:PORT, for example roster=127.0.0.1:2379"
-            ));
+            return Err(format!("{s:?}: expected NAME=HOST:PORT, for example roster=127.0.0.1:2379"));
         };
         if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!(
-                "{s:?}: expected NAME=HOST:PORT with a port from 1 to 65535"
-            ));
+            return Err(format!("{s:?}: expected NAME=HOST:PORT with a port from 1 to 65535"));
         }
-        Ok(Target {
-            name: name.to_owned(),
-            addr: addr.to_owned(),
-            tls: None,
-            user: None,
-        })
+        Ok(Target { name: name.to_owned(), addr: addr.to_owned(), tls: None, user: None })
     }
 
     /// `n` channels, each its own HTTP/2 connection, each connected now so
     /// that an unreachable endpoint fails here with a clear message.
     pub async fn connect(&self, n: u64) -> Result<Vec<Channel>> {
         if self.tls.is_some() {
-            bail!("this workload (or --client tonic) does not speak TLS yet; `put` and `range` with the default h2 client do");
+            bail!(
+                "this workload (or --client tonic) does not speak TLS yet; `put` and `range` with the default h2 client do"
+            );
         }
         if self.user.is_some() {
-            bail!("this workload (or --client tonic) does not send --user's token yet; `put` and `range` with the default h2 client do");
+            bail!(
+                "this workload (or --client tonic) does not send --user's token yet; `put` and `range` with the default h2 client do"
+            );
         }
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .with_context(|| format!("{:?} is not a valid address", self.addr))?
@@ -133,7 +128,9 @@ impl Target {
     pub async fn connect_unary_anonymous(&self, n: u64) -> Result<Vec<super::wire::Conn>> {
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n.max(1) {
-            let c = super::wire::Conn::connect_with(&self.addr, self.tls.as_ref()).await.with_context(|| self.unreachable())?;
+            let c = super::wire::Conn::connect_with(&self.addr, self.tls.as_ref())
+                .await
+                .with_context(|| self.unreachable())?;
             out.push(c);
         }
         Ok(out)
@@ -151,13 +148,8 @@ impl Target {
 
 /// Parses `NAME=PID`.
 pub fn parse_pid(s: &str) -> Result<(String, u32), String> {
-    let (name, pid) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected NAME=PID, for example etcd=12345"))?;
-    let pid = pid
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?}: {pid:?} is not a process id"))?;
+    let (name, pid) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=PID, for example etcd=12345"))?;
+    let pid = pid.trim().parse().map_err(|_| format!("{s:?}: {pid:?} is not a process id"))?;
     Ok((name.trim().to_owned(), pid))
 }
 
@@ -178,12 +170,7 @@ impl ServerPids {
             if !common.targets.iter().any(|t| &t.name == name) {
                 bail!(
                     "--pid {name}=... names no --target (targets: {})",
-                    common
-                        .targets
-                        .iter()
-                        .map(|t| t.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    common.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
                 );
             }
         }
@@ -192,10 +179,7 @@ impl ServerPids {
 
     /// The PID given for `t`, if any.
     pub fn of(&self, t: &Target) -> Option<u32> {
-        self.pids
-            .iter()
-            .find(|(name, _)| *name == t.name)
-            .map(|&(_, pid)| pid)
+        self.pids.iter().find(|(name, _)| *name == t.name).map(|&(_, pid)| pid)
     }
 }
 
@@ -205,13 +189,10 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     // Linux reports these in USER_HZ, which its ABI fixes at 100 per second.
     const USER_HZ: u64 = 100;
     let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {path}: is process {pid} running?"))?;
+    let stat =
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}: is process {pid} running?"))?;
     // The command name (field 2) may hold spaces; fields after it are plain.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("unreadable {path}: {stat:?}"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).with_context(|| format!("unreadable {path}: {stat:?}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15; `rest` starts at field 3.
     let ticks = |i: usize| -> Result<u64> {
@@ -227,8 +208,8 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
 /// Resident memory of a process (`VmRSS` in `/proc/<pid>/status`), in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {path}: is process {pid} running?"))?;
+    let status =
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}: is process {pid} running?"))?;
     let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:")) else {
         bail!("{path} has no VmRSS line (a kernel thread or a zombie?)");
     };
@@ -247,20 +228,10 @@ mod tests {
     #[test]
     fn parses_targets_and_rejects_bad_ones() {
         let t = Target::parse("etcd=127.0.0.1:23790").unwrap();
-        assert_eq!(
-            (t.name.as_str(), t.addr.as_str()),
-            ("etcd", "127.0.0.1:23790")
-        );
+        assert_eq!((t.name.as_str(), t.addr.as_str()), ("etcd", "127.0.0.1:23790"));
         let t = Target::parse("http://localhost:2379").unwrap();
         assert_eq!(t.addr, "localhost:2379");
-        for bad in [
-            "etcd",
-            "etcd=localhost",
-            "=1.2.3.4:5",
-            "x=h:0",
-            "x=h:99999",
-            "x=:2379",
-        ] {
+        for bad in ["etcd", "etcd=localhost", "=1.2.3.4:5", "x=h:0", "x=h:99999", "x=:2379"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_pid("etcd=42").unwrap(), ("etcd".to_owned(), 42));

@@ -47,13 +47,7 @@ pub struct Watch {
 
 impl Watch {
     pub fn new(watchers: u64, total: u64) -> Watch {
-        Watch {
-            watchers,
-            total,
-            conns: 4,
-            prefix: false,
-            prefix_keys: 100,
-        }
+        Watch { watchers, total, conns: 4, prefix: false, prefix_keys: 100 }
     }
 }
 
@@ -77,10 +71,7 @@ impl Workload for Watch {
     }
 
     async fn run(&self, t: &Target, max: Duration) -> Result<Outcome> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let base_key = format!("/bench/watch/{}-{nanos}", std::process::id());
         let (watch_key, range_end) = if self.prefix {
             let p = format!("{base_key}/");
@@ -100,42 +91,29 @@ impl Workload for Watch {
         let first = FirstError::default();
         let mut tasks = JoinSet::new();
         for w in 0..watchers as usize {
-            let create = WatchCreateRequest {
-                key: watch_key.clone(),
-                range_end: range_end.clone(),
-                ..Default::default()
-            };
+            let create =
+                WatchCreateRequest { key: watch_key.clone(), range_end: range_end.clone(), ..Default::default() };
             let ch = conns[w % conns.len()].clone();
             let (finished, ready, first) = (finished_rx.clone(), ready_tx.clone(), first.clone());
-            tasks.spawn(watcher(
-                ch,
-                create,
-                total,
-                base,
-                deadline + GRACE,
-                finished,
-                ready,
-                first,
-            ));
+            tasks.spawn(watcher(ch, create, total, base, deadline + GRACE, finished, ready, first));
         }
         drop(ready_tx);
 
         // Every watcher must be created before the first put.
-        let created =
-            tokio::time::timeout_at((base + max.min(Duration::from_secs(30))).into(), async {
-                let mut created = 0;
-                while let Some(r) = ready_rx.recv().await {
-                    match r {
-                        Ok(()) => created += 1,
-                        Err(e) => bail!("a watch stream failed before it was created: {e}"),
-                    }
-                    if created == watchers {
-                        break;
-                    }
+        let created = tokio::time::timeout_at((base + max.min(Duration::from_secs(30))).into(), async {
+            let mut created = 0;
+            while let Some(r) = ready_rx.recv().await {
+                match r {
+                    Ok(()) => created += 1,
+                    Err(e) => bail!("a watch stream failed before it was created: {e}"),
                 }
-                Ok(created)
-            })
-            .await;
+                if created == watchers {
+                    break;
+                }
+            }
+            Ok(created)
+        })
+        .await;
         match created {
             Ok(Ok(n)) if n == watchers => {}
             Ok(Err(e)) => return Err(e),
@@ -158,11 +136,7 @@ impl Workload for Watch {
             let value = Bytes::from(format!("{n} {}", base.elapsed().as_micros()));
             match tokio::time::timeout_at(
                 (deadline + GRACE).into(),
-                kv.put(PutRequest {
-                    key,
-                    value,
-                    ..Default::default()
-                }),
+                kv.put(PutRequest { key, value, ..Default::default() }),
             )
             .await
             {
@@ -197,13 +171,7 @@ impl Workload for Watch {
 
         let expected = acked * watchers;
         let missing = expected.saturating_sub(delivered);
-        let mut o = Outcome::new(
-            hist,
-            last_event
-                .saturating_duration_since(start)
-                .max(Duration::from_micros(1)),
-            0,
-        );
+        let mut o = Outcome::new(hist, last_event.saturating_duration_since(start).max(Duration::from_micros(1)), 0);
         o.ops = delivered;
         o.errors = missing + twice + out_of_order + put_errors;
         o.first_error = first.get();
@@ -239,43 +207,25 @@ async fn watcher(
     ready: mpsc::Sender<Result<(), String>>,
     first: FirstError,
 ) -> Seen {
-    let mut seen = Seen {
-        hist: histogram(),
-        distinct: 0,
-        twice: 0,
-        out_of_order: 0,
-        last_event: None,
-    };
+    let mut seen = Seen { hist: histogram(), distinct: 0, twice: 0, out_of_order: 0, last_event: None };
     let mut marks = vec![0u64; total.div_ceil(64) as usize];
     let mut highest: Option<u64> = None;
     // Queue the create request before opening the stream: etcd sends its
     // response headers only with its first message.
     let (tx, rx) = mpsc::channel(1);
-    let _ = tx
-        .send(WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(create)),
-        })
-        .await;
-    let mut stream = match tokio::time::timeout_at(
-        hard.into(),
-        WatchClient::new(ch).watch(ReceiverStream::new(rx)),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s.into_inner(),
-        Ok(Err(status)) => {
-            let _ = ready
-                .send(Err(format!("{:?}: {}", status.code(), status.message())))
-                .await;
-            return seen;
-        }
-        Err(_) => {
-            let _ = ready
-                .send(Err("the watch stream did not open in time".into()))
-                .await;
-            return seen;
-        }
-    };
+    let _ = tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
+    let mut stream =
+        match tokio::time::timeout_at(hard.into(), WatchClient::new(ch).watch(ReceiverStream::new(rx))).await {
+            Ok(Ok(s)) => s.into_inner(),
+            Ok(Err(status)) => {
+                let _ = ready.send(Err(format!("{:?}: {}", status.code(), status.message()))).await;
+                return seen;
+            }
+            Err(_) => {
+                let _ = ready.send(Err("the watch stream did not open in time".into())).await;
+                return seen;
+            }
+        };
     loop {
         let done = *finished.borrow_and_update();
         if done.is_some_and(|(acked, _)| seen.distinct >= acked) {

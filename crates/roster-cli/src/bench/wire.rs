@@ -87,7 +87,11 @@ impl Conn {
     }
 
     /// Calls `path` with `req` and decodes the answer.
-    pub async fn call<Req: Message, Resp: Message + Default>(&self, path: &'static str, req: &Req) -> Result<Resp, Status> {
+    pub async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        path: &'static str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(self.authority.clone());
@@ -170,10 +174,8 @@ fn grpc_status(h: &HeaderMap) -> Option<Result<(), Status>> {
     if code == 0 {
         return Some(Ok(()));
     }
-    let message = h
-        .get("grpc-message")
-        .map(|m| roster_api::codec::decode_grpc_message(m.as_bytes()))
-        .unwrap_or_default();
+    let message =
+        h.get("grpc-message").map(|m| roster_api::codec::decode_grpc_message(m.as_bytes())).unwrap_or_default();
     Some(Err(Status::new(Code::from_i32(code), message)))
 }
 
@@ -212,7 +214,10 @@ mod tests {
         let again = conn.clone().call::<_, PutResponse>(KV_PUT, &put).await.unwrap();
         assert_eq!(again.header.unwrap().revision, first.header.unwrap().revision + 1, "{addr}");
         // An answer larger than h2's default window of 64 KiB.
-        let got = conn.call::<_, RangeResponse>(KV_RANGE, &RangeRequest { key: "/wire/k".into(), ..Default::default() }).await.unwrap();
+        let got = conn
+            .call::<_, RangeResponse>(KV_RANGE, &RangeRequest { key: "/wire/k".into(), ..Default::default() })
+            .await
+            .unwrap();
         assert_eq!((got.kvs.len(), got.kvs[0].value.len(), got.kvs[0].version), (1, 100_000, 2), "{addr}");
         // etcd refuses an empty key with a trailers-only answer.
         let e = conn.call::<_, PutResponse>(KV_PUT, &PutRequest::default()).await.unwrap_err();

@@ -24,9 +24,7 @@ use roster_api::etcdserverpb::request_op::Request as Op;
 use roster_api::etcdserverpb::watch_client::WatchClient;
 use roster_api::etcdserverpb::watch_request::RequestUnion;
 use roster_api::etcdserverpb::*;
-use roster_api::v3electionpb::{
-    CampaignRequest, LeaderRequest, ResignRequest, election_client::ElectionClient,
-};
+use roster_api::v3electionpb::{CampaignRequest, LeaderRequest, ResignRequest, election_client::ElectionClient};
 use roster_api::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};
 use roster_testkit::{Etcd, Roster, require_etcd};
 use std::time::Duration;
@@ -66,69 +64,31 @@ fn b(s: &str) -> bytes::Bytes {
 }
 
 fn perm(t: PermType, key: &str, end: &str) -> Permission {
-    Permission {
-        perm_type: t as i32,
-        key: b(key),
-        range_end: b(end),
-    }
+    Permission { perm_type: t as i32, key: b(key), range_end: b(end) }
 }
 
 /// The same grants on both servers, then auth on.
 async fn setup(ch: Channel) {
     let mut a = AuthClient::new(ch);
-    for (name, pw) in [
-        ("root", "rootpw"),
-        ("ro", "ropw"),
-        ("pw", "pwpw"),
-        ("none", "nonepw"),
-    ] {
-        a.user_add(AuthUserAddRequest {
-            name: name.into(),
-            password: pw.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    for (name, pw) in [("root", "rootpw"), ("ro", "ropw"), ("pw", "pwpw"), ("none", "nonepw")] {
+        a.user_add(AuthUserAddRequest { name: name.into(), password: pw.into(), ..Default::default() }).await.unwrap();
     }
     let grants = [
         // Reads every key under "/".
         ("reader", vec![perm(PermType::Read, "/", "0")]),
         // Writes and reads /p/..., reads the single key /x.
-        (
-            "p-writer",
-            vec![
-                perm(PermType::Readwrite, "/p/", "/p0"),
-                perm(PermType::Read, "/x", ""),
-            ],
-        ),
+        ("p-writer", vec![perm(PermType::Readwrite, "/p/", "/p0"), perm(PermType::Read, "/x", "")]),
         // Overlaps p-writer: write from /p/m on, up to /q (beyond /p/).
         ("m-writer", vec![perm(PermType::Write, "/p/m", "/q")]),
     ];
     for (role, perms) in grants {
-        a.role_add(AuthRoleAddRequest { name: role.into() })
-            .await
-            .unwrap();
+        a.role_add(AuthRoleAddRequest { name: role.into() }).await.unwrap();
         for p in perms {
-            a.role_grant_permission(AuthRoleGrantPermissionRequest {
-                name: role.into(),
-                perm: Some(p),
-            })
-            .await
-            .unwrap();
+            a.role_grant_permission(AuthRoleGrantPermissionRequest { name: role.into(), perm: Some(p) }).await.unwrap();
         }
     }
-    for (user, role) in [
-        ("root", "root"),
-        ("ro", "reader"),
-        ("pw", "p-writer"),
-        ("pw", "m-writer"),
-    ] {
-        a.user_grant_role(AuthUserGrantRoleRequest {
-            user: user.into(),
-            role: role.into(),
-        })
-        .await
-        .unwrap();
+    for (user, role) in [("root", "root"), ("ro", "reader"), ("pw", "p-writer"), ("pw", "m-writer")] {
+        a.user_grant_role(AuthUserGrantRoleRequest { user: user.into(), role: role.into() }).await.unwrap();
     }
     a.auth_enable(AuthEnableRequest {}).await.unwrap();
 }
@@ -143,25 +103,12 @@ struct Side {
 
 impl Side {
     async fn new(ch: Channel) -> Side {
-        let st = MaintenanceClient::new(ch.clone())
-            .status(StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let st = MaintenanceClient::new(ch.clone()).status(StatusRequest {}).await.unwrap().into_inner();
         let h = st.header.unwrap();
-        Side {
-            ch,
-            ids: [h.cluster_id, h.member_id],
-            lines: vec![],
-        }
+        Side { ch, ids: [h.cluster_id, h.member_id], lines: vec![] }
     }
 
-    fn note<T: std::fmt::Debug>(
-        &mut self,
-        who: &str,
-        what: &str,
-        r: Result<T, (tonic::Code, String)>,
-    ) {
+    fn note<T: std::fmt::Debug>(&mut self, who: &str, what: &str, r: Result<T, (tonic::Code, String)>) {
         let mut line = format!("{who} {what}: {r:?}");
         for id in self.ids {
             line = line.replace(&format!(": {id},"), ": 0,");
@@ -188,19 +135,11 @@ async fn timed<T>(
 }
 
 fn put(k: &str, v: &str) -> PutRequest {
-    PutRequest {
-        key: b(k),
-        value: b(v),
-        ..Default::default()
-    }
+    PutRequest { key: b(k), value: b(v), ..Default::default() }
 }
 
 fn range(k: &str, end: &str) -> RangeRequest {
-    RangeRequest {
-        key: b(k),
-        range_end: b(end),
-        ..Default::default()
-    }
+    RangeRequest { key: b(k), range_end: b(end), ..Default::default() }
 }
 
 fn value_is(k: &str, end: &str, v: &str) -> Compare {
@@ -214,15 +153,11 @@ fn value_is(k: &str, end: &str, v: &str) -> Compare {
 }
 
 fn op_put(k: &str) -> RequestOp {
-    RequestOp {
-        request: Some(Op::RequestPut(put(k, "t"))),
-    }
+    RequestOp { request: Some(Op::RequestPut(put(k, "t"))) }
 }
 
 fn op_range(k: &str, end: &str) -> RequestOp {
-    RequestOp {
-        request: Some(Op::RequestRange(range(k, end))),
-    }
+    RequestOp { request: Some(Op::RequestRange(range(k, end))) }
 }
 
 /// The first response of a watch on `[key, end)`, opened with `token`.
@@ -262,10 +197,8 @@ async fn script(side: &mut Side, who: &str, n: i64, caller: Caller) {
     let token = match caller {
         Caller::User(name, pw) => {
             let r = timed(
-                AuthClient::new(ch.clone()).authenticate(AuthenticateRequest {
-                    name: name.into(),
-                    password: pw.into(),
-                }),
+                AuthClient::new(ch.clone())
+                    .authenticate(AuthenticateRequest { name: name.into(), password: pw.into() }),
             )
             .await;
             let t = r.as_ref().ok().map(|r| r.token.clone());
@@ -294,43 +227,16 @@ async fn script(side: &mut Side, who: &str, n: i64, caller: Caller) {
         let r = timed(kv.put(with(t, put(k, who)))).await;
         side.note(who, &format!("put {k}"), r);
     }
-    let r = timed(kv.put(with(
-        t,
-        PutRequest {
-            prev_kv: true,
-            ..put("/p/m/2", who)
-        },
-    )))
-    .await;
+    let r = timed(kv.put(with(t, PutRequest { prev_kv: true, ..put("/p/m/2", who) }))).await;
     side.note(who, "put /p/m/2 prev_kv (write-only there)", r);
 
-    let r = timed(kv.delete_range(with(
-        t,
-        DeleteRangeRequest {
-            key: b("/p/a"),
-            ..Default::default()
-        },
-    )))
-    .await;
+    let r = timed(kv.delete_range(with(t, DeleteRangeRequest { key: b("/p/a"), ..Default::default() }))).await;
     side.note(who, "delete /p/a", r);
-    let r = timed(kv.delete_range(with(
-        t,
-        DeleteRangeRequest {
-            key: b("/p/m/"),
-            range_end: b("/p/m0"),
-            prev_kv: true,
-        },
-    )))
-    .await;
+    let r =
+        timed(kv.delete_range(with(t, DeleteRangeRequest { key: b("/p/m/"), range_end: b("/p/m0"), prev_kv: true })))
+            .await;
     side.note(who, "delete /p/m/ prefix prev_kv", r);
-    let r = timed(kv.delete_range(with(
-        t,
-        DeleteRangeRequest {
-            key: b("/x"),
-            ..Default::default()
-        },
-    )))
-    .await;
+    let r = timed(kv.delete_range(with(t, DeleteRangeRequest { key: b("/x"), ..Default::default() }))).await;
     side.note(who, "delete /x", r);
 
     let txns = [
@@ -344,11 +250,7 @@ async fn script(side: &mut Side, who: &str, n: i64, caller: Caller) {
         ),
         (
             "txn value(/x)=root ? put /p/c",
-            TxnRequest {
-                compare: vec![value_is("/x", "", "root")],
-                success: vec![op_put("/p/c")],
-                failure: vec![],
-            },
+            TxnRequest { compare: vec![value_is("/x", "", "root")], success: vec![op_put("/p/c")], failure: vec![] },
         ),
         (
             "txn value([/p/, /p0))=t ? put /x : put /p/d",
@@ -368,54 +270,22 @@ async fn script(side: &mut Side, who: &str, n: i64, caller: Caller) {
     let own = 0x1000 + n;
     let r = timed(lease.lease_grant(with(t, LeaseGrantRequest { id: own, ttl: 60 }))).await;
     side.note(who, "lease grant own", r);
-    let r = timed(kv.put(with(
-        t,
-        PutRequest {
-            lease: own,
-            ..put("/p/l", who)
-        },
-    )))
-    .await;
+    let r = timed(kv.put(with(t, PutRequest { lease: own, ..put("/p/l", who) }))).await;
     side.note(who, "put /p/l with own lease", r);
     let root = KvClient::new(ch.clone());
     let rootl = 0x2000 + n;
     let root_token = root_token(&ch).await;
-    timed(
-        LeaseClient::new(ch.clone())
-            .lease_grant(with(&root_token, LeaseGrantRequest { id: rootl, ttl: 60 })),
-    )
-    .await
-    .unwrap();
-    timed(root.clone().put(with(
-        &root_token,
-        PutRequest {
-            lease: rootl,
-            ..put("/x", "leased")
-        },
-    )))
-    .await
-    .unwrap();
-    let r = timed(kv.put(with(
-        t,
-        PutRequest {
-            lease: rootl,
-            ..put("/p/l2", who)
-        },
-    )))
-    .await;
+    timed(LeaseClient::new(ch.clone()).lease_grant(with(&root_token, LeaseGrantRequest { id: rootl, ttl: 60 })))
+        .await
+        .unwrap();
+    timed(root.clone().put(with(&root_token, PutRequest { lease: rootl, ..put("/x", "leased") }))).await.unwrap();
+    let r = timed(kv.put(with(t, PutRequest { lease: rootl, ..put("/p/l2", who) }))).await;
     side.note(who, "put /p/l2 on root's lease holding /x", r);
     let r = timed(lease.lease_revoke(with(t, LeaseRevokeRequest { id: rootl }))).await;
     side.note(who, "revoke root's lease holding /x", r);
     let r = timed(lease.lease_revoke(with(t, LeaseRevokeRequest { id: own }))).await;
     side.note(who, "revoke own lease", r);
-    let r = timed(lease.lease_time_to_live(with(
-        t,
-        LeaseTimeToLiveRequest {
-            id: rootl,
-            keys: true,
-        },
-    )))
-    .await;
+    let r = timed(lease.lease_time_to_live(with(t, LeaseTimeToLiveRequest { id: rootl, keys: true }))).await;
     side.note(who, "time-to-live root's lease", r.map(|r| (r.id, r.keys)));
 
     for (k, end) in [("/p/", "/p0"), ("/x", ""), ("/p/m", "/q"), ("/", "\0")] {
@@ -425,49 +295,21 @@ async fn script(side: &mut Side, who: &str, n: i64, caller: Caller) {
 
     // Lock and election on the caller's own lease.
     let ll = 0x3000 + n;
-    timed(
-        LeaseClient::new(ch.clone())
-            .lease_grant(with(&root_token, LeaseGrantRequest { id: ll, ttl: 60 })),
-    )
-    .await
-    .unwrap();
-    let r = timed(LockClient::new(ch.clone()).lock(with(
-        t,
-        LockRequest {
-            name: b("/p/lock"),
-            lease: ll,
-        },
-    )))
-    .await;
+    timed(LeaseClient::new(ch.clone()).lease_grant(with(&root_token, LeaseGrantRequest { id: ll, ttl: 60 })))
+        .await
+        .unwrap();
+    let r = timed(LockClient::new(ch.clone()).lock(with(t, LockRequest { name: b("/p/lock"), lease: ll }))).await;
     let key = r.as_ref().ok().map(|l| l.key.clone());
     side.note(who, "lock /p/lock", r);
-    let r = timed(LockClient::new(ch.clone()).lock(with(
-        t,
-        LockRequest {
-            name: b("/x/lock"),
-            lease: ll,
-        },
-    )))
-    .await;
+    let r = timed(LockClient::new(ch.clone()).lock(with(t, LockRequest { name: b("/x/lock"), lease: ll }))).await;
     side.note(who, "lock /x/lock", r);
-    let r = timed(LockClient::new(ch.clone()).unlock(with(
-        t,
-        UnlockRequest {
-            key: key.unwrap_or_else(|| b("/p/lock/none")),
-        },
-    )))
+    let r = timed(
+        LockClient::new(ch.clone()).unlock(with(t, UnlockRequest { key: key.unwrap_or_else(|| b("/p/lock/none")) })),
+    )
     .await;
     side.note(who, "unlock", r);
     let mut el = ElectionClient::new(ch.clone());
-    let r = timed(el.campaign(with(
-        t,
-        CampaignRequest {
-            name: b("/p/el"),
-            lease: ll,
-            value: b(who),
-        },
-    )))
-    .await;
+    let r = timed(el.campaign(with(t, CampaignRequest { name: b("/p/el"), lease: ll, value: b(who) }))).await;
     let leader = r.as_ref().ok().and_then(|c| c.leader.clone());
     side.note(who, "campaign /p/el", r);
     let r = timed(el.leader(with(t, LeaderRequest { name: b("/p/el") }))).await;
@@ -475,20 +317,10 @@ async fn script(side: &mut Side, who: &str, n: i64, caller: Caller) {
     let r = timed(el.leader(with(t, LeaderRequest { name: b("/x/el") }))).await;
     side.note(who, "leader /x/el", r);
     if let Some(leader) = leader {
-        let r = timed(el.resign(with(
-            t,
-            ResignRequest {
-                leader: Some(leader),
-            },
-        )))
-        .await;
+        let r = timed(el.resign(with(t, ResignRequest { leader: Some(leader) }))).await;
         side.note(who, "resign", r);
     }
-    timed(
-        LeaseClient::new(ch.clone()).lease_revoke(with(&root_token, LeaseRevokeRequest { id: ll })),
-    )
-    .await
-    .unwrap();
+    timed(LeaseClient::new(ch.clone()).lease_revoke(with(&root_token, LeaseRevokeRequest { id: ll }))).await.unwrap();
 
     let mut m = MaintenanceClient::new(ch.clone());
     let r = timed(m.defragment(with(t, DefragmentRequest {}))).await;
@@ -501,22 +333,13 @@ async fn script(side: &mut Side, who: &str, n: i64, caller: Caller) {
     side.note(who, "status", r.map(|_| "ok"));
     let r = timed(AuthClient::new(ch.clone()).user_list(with(t, AuthUserListRequest {}))).await;
     side.note(who, "user list", r);
-    let r = timed(AuthClient::new(ch.clone()).role_get(with(
-        t,
-        AuthRoleGetRequest {
-            role: "p-writer".into(),
-        },
-    )))
-    .await;
+    let r = timed(AuthClient::new(ch.clone()).role_get(with(t, AuthRoleGetRequest { role: "p-writer".into() }))).await;
     side.note(who, "role get p-writer", r);
 }
 
 async fn root_token(ch: &Channel) -> Option<String> {
     let r = AuthClient::new(ch.clone())
-        .authenticate(AuthenticateRequest {
-            name: "root".into(),
-            password: "rootpw".into(),
-        })
+        .authenticate(AuthenticateRequest { name: "root".into(), password: "rootpw".into() })
         .await
         .unwrap();
     Some(r.into_inner().token)
@@ -530,10 +353,7 @@ async fn transcript(ch: Channel) -> Vec<String> {
     }
     // Last, as etcd writes here and roster does not.
     let ro = AuthClient::new(side.ch.clone())
-        .authenticate(AuthenticateRequest {
-            name: "ro".into(),
-            password: "ropw".into(),
-        })
+        .authenticate(AuthenticateRequest { name: "ro".into(), password: "ropw".into() })
         .await
         .unwrap()
         .into_inner()
@@ -561,9 +381,7 @@ async fn several_users_get_etcds_answers_to_every_request() {
     }
     let etcd = Etcd::start_with_args(&["--bcrypt-cost=4"]).await;
     let data = tempfile::tempdir().unwrap();
-    let roster = Roster::try_start_in_with_args(roster_bin(), data.path(), &["--bcrypt-cost", "4"])
-        .await
-        .unwrap();
+    let roster = Roster::try_start_in_with_args(roster_bin(), data.path(), &["--bcrypt-cost", "4"]).await.unwrap();
     let want = transcript(etcd.channel()).await;
     let got = transcript(roster.channel()).await;
     assert_eq!(want.len(), got.len(), "transcript lengths");
@@ -580,15 +398,7 @@ async fn several_users_get_etcds_answers_to_every_request() {
     assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
     // The script reached every kind of answer: allowed, denied, no user.
     let all = want.join("\n");
-    for needle in [
-        "permission denied",
-        "user name is empty",
-        "invalid auth token",
-        "Ok(",
-    ] {
-        assert!(
-            all.contains(needle),
-            "no {needle:?} in the transcript:\n{all}"
-        );
+    for needle in ["permission denied", "user name is empty", "invalid auth token", "Ok("] {
+        assert!(all.contains(needle), "no {needle:?} in the transcript:\n{all}");
     }
 }

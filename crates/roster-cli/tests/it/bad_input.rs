@@ -57,17 +57,11 @@ fn err(code: Code, msg: &'static str) -> Expect {
 }
 
 fn put(k: &[u8], v: &[u8]) -> PutRequest {
-    PutRequest {
-        key: k.to_vec().into(),
-        value: v.to_vec().into(),
-        ..Default::default()
-    }
+    PutRequest { key: k.to_vec().into(), value: v.to_vec().into(), ..Default::default() }
 }
 
 fn op_put(k: &[u8]) -> RequestOp {
-    RequestOp {
-        request: Some(Request::RequestPut(put(k, b"v"))),
-    }
+    RequestOp { request: Some(Request::RequestPut(put(k, b"v"))) }
 }
 
 fn op_del(k: &[u8], end: &[u8]) -> RequestOp {
@@ -91,38 +85,18 @@ fn op_range(k: &[u8], rev: i64) -> RequestOp {
 }
 
 fn op_txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
-    RequestOp {
-        request: Some(Request::RequestTxn(TxnRequest {
-            compare: vec![],
-            success,
-            failure,
-        })),
-    }
+    RequestOp { request: Some(Request::RequestTxn(TxnRequest { compare: vec![], success, failure })) }
 }
 
 fn txn(success: Vec<RequestOp>) -> Call {
-    Call::Txn(TxnRequest {
-        compare: vec![],
-        success,
-        failure: vec![],
-    })
+    Call::Txn(TxnRequest { compare: vec![], success, failure: vec![] })
 }
 
-const DUP: Expect = Expect::Err(
-    Code::InvalidArgument,
-    "etcdserver: duplicate key given in txn request",
-);
+const DUP: Expect = Expect::Err(Code::InvalidArgument, "etcdserver: duplicate key given in txn request");
 const NO_KEY: Expect = Expect::Err(Code::InvalidArgument, "etcdserver: key is not provided");
-const LEASE_NOT_FOUND: Expect =
-    Expect::Err(Code::NotFound, "etcdserver: requested lease not found");
-const FUTURE: Expect = Expect::Err(
-    Code::OutOfRange,
-    "etcdserver: mvcc: required revision is a future revision",
-);
-const COMPACTED: Expect = Expect::Err(
-    Code::OutOfRange,
-    "etcdserver: mvcc: required revision has been compacted",
-);
+const LEASE_NOT_FOUND: Expect = Expect::Err(Code::NotFound, "etcdserver: requested lease not found");
+const FUTURE: Expect = Expect::Err(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision");
+const COMPACTED: Expect = Expect::Err(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted");
 
 /// The cases, in order. Revisions are those of a fresh server: the setup
 /// writes make revisions 2..=6 and compacts at 4.
@@ -136,50 +110,29 @@ fn cases() -> Vec<Case> {
         case("setup put a again", Call::Put(put(b"a", b"2")), Expect::Ok),
         case("setup put b again", Call::Put(put(b"b", b"2")), Expect::Ok),
         case("setup compact 4", Call::Compact(4), Expect::Ok),
-        case(
-            "setup grant lease 0x77",
-            Call::Grant(LeaseGrantRequest { ttl: 600, id: 0x77 }),
-            Expect::Ok,
-        ),
+        case("setup grant lease 0x77", Call::Grant(LeaseGrantRequest { ttl: 600, id: 0x77 }), Expect::Ok),
         // Size limits.
         case(
             "1.6 MB value",
             Call::Put(put(b"big", &big)),
             err(Code::InvalidArgument, "etcdserver: request is too large"),
         ),
-        case(
-            "1.6 MB key",
-            Call::Put(put(&big, b"v")),
-            err(Code::InvalidArgument, "etcdserver: request is too large"),
-        ),
+        case("1.6 MB key", Call::Put(put(&big, b"v")), err(Code::InvalidArgument, "etcdserver: request is too large")),
         // Reads do not go through etcd's raft request limit: answered, empty.
         case(
             "1.6 MB key in range",
-            Call::Range(RangeRequest {
-                key: big.clone().into(),
-                ..Default::default()
-            }),
+            Call::Range(RangeRequest { key: big.clone().into(), ..Default::default() }),
             Expect::Ok,
         ),
         case(
             "1.6 MB put in txn",
-            txn(vec![RequestOp {
-                request: Some(Request::RequestPut(put(b"big", &big))),
-            }]),
+            txn(vec![RequestOp { request: Some(Request::RequestPut(put(b"big", &big))) }]),
             err(Code::InvalidArgument, "etcdserver: request is too large"),
         ),
         // Empty keys.
-        case(
-            "range with empty key",
-            Call::Range(RangeRequest::default()),
-            NO_KEY,
-        ),
+        case("range with empty key", Call::Range(RangeRequest::default()), NO_KEY),
         case("put with empty key", Call::Put(put(b"", b"v")), NO_KEY),
-        case(
-            "delete with empty key",
-            Call::Delete(DeleteRangeRequest::default()),
-            NO_KEY,
-        ),
+        case("delete with empty key", Call::Delete(DeleteRangeRequest::default()), NO_KEY),
         case(
             "txn compare with empty key",
             Call::Txn(TxnRequest {
@@ -196,11 +149,7 @@ fn cases() -> Vec<Case> {
             NO_KEY,
         ),
         case("txn put with empty key", txn(vec![op_put(b"")]), NO_KEY),
-        case(
-            "nested txn delete with empty key",
-            txn(vec![op_txn(vec![op_del(b"", b"")], vec![])]),
-            NO_KEY,
-        ),
+        case("nested txn delete with empty key", txn(vec![op_txn(vec![op_del(b"", b"")], vec![])]), NO_KEY),
         // Inverted and odd ranges.
         case(
             "inverted range",
@@ -222,45 +171,24 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "range from \\0 to \\0",
-            Call::Range(RangeRequest {
-                key: vec![0].into(),
-                range_end: vec![0].into(),
-                ..Default::default()
-            }),
+            Call::Range(RangeRequest { key: vec![0].into(), range_end: vec![0].into(), ..Default::default() }),
             Expect::Ok,
         ),
         case(
             "delete of a missing key",
-            Call::Delete(DeleteRangeRequest {
-                key: b"nope".to_vec().into(),
-                ..Default::default()
-            }),
+            Call::Delete(DeleteRangeRequest { key: b"nope".to_vec().into(), ..Default::default() }),
             Expect::Ok,
         ),
         // Leases.
-        case(
-            "put with unknown lease",
-            Call::Put(PutRequest {
-                lease: 0x4242,
-                ..put(b"k", b"v")
-            }),
-            LEASE_NOT_FOUND,
-        ),
+        case("put with unknown lease", Call::Put(PutRequest { lease: 0x4242, ..put(b"k", b"v") }), LEASE_NOT_FOUND),
         case(
             "txn put with unknown lease",
             txn(vec![RequestOp {
-                request: Some(Request::RequestPut(PutRequest {
-                    lease: 0x4242,
-                    ..put(b"k", b"v")
-                })),
+                request: Some(Request::RequestPut(PutRequest { lease: 0x4242, ..put(b"k", b"v") })),
             }]),
             LEASE_NOT_FOUND,
         ),
-        case(
-            "revoke unknown lease",
-            Call::Revoke(0x4242),
-            LEASE_NOT_FOUND,
-        ),
+        case("revoke unknown lease", Call::Revoke(0x4242), LEASE_NOT_FOUND),
         case(
             "grant existing lease id",
             Call::Grant(LeaseGrantRequest { ttl: 600, id: 0x77 }),
@@ -268,176 +196,86 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "grant too large TTL",
-            Call::Grant(LeaseGrantRequest {
-                ttl: 9_000_000_001,
-                id: 0x78,
-            }),
+            Call::Grant(LeaseGrantRequest { ttl: 9_000_000_001, id: 0x78 }),
             err(Code::OutOfRange, "etcdserver: too large lease TTL"),
         ),
-        case(
-            "grant TTL 1 is raised to the minimum",
-            Call::Grant(LeaseGrantRequest { ttl: 1, id: 0x79 }),
-            Expect::Ok,
-        ),
+        case("grant TTL 1 is raised to the minimum", Call::Grant(LeaseGrantRequest { ttl: 1, id: 0x79 }), Expect::Ok),
         case("revoke it", Call::Revoke(0x79), Expect::Ok),
         // Txn limits.
         case(
             "129-op txn",
-            txn((0..129)
-                .map(|i| op_put(format!("k{i}").as_bytes()))
-                .collect()),
-            err(
-                Code::InvalidArgument,
-                "etcdserver: too many operations in txn request",
-            ),
+            txn((0..129).map(|i| op_put(format!("k{i}").as_bytes())).collect()),
+            err(Code::InvalidArgument, "etcdserver: too many operations in txn request"),
         ),
-        case(
-            "128-op txn",
-            txn((0..128)
-                .map(|i| op_range(format!("k{i}").as_bytes(), 0))
-                .collect()),
-            Expect::Ok,
-        ),
+        case("128-op txn", txn((0..128).map(|i| op_range(format!("k{i}").as_bytes(), 0)).collect()), Expect::Ok),
         // Duplicate keys in a txn.
-        case(
-            "two puts to one key",
-            txn(vec![op_put(b"d"), op_put(b"d")]),
-            DUP,
-        ),
-        case(
-            "put inside a deleted range",
-            txn(vec![op_del(b"a", b"z"), op_put(b"d")]),
-            DUP,
-        ),
-        case(
-            "put then delete of the key",
-            txn(vec![op_put(b"d"), op_del(b"d", b"")]),
-            DUP,
-        ),
-        case(
-            "overlapping deletes are fine",
-            txn(vec![op_del(b"x1", b"x3"), op_del(b"x2", b"x4")]),
-            Expect::Ok,
-        ),
+        case("two puts to one key", txn(vec![op_put(b"d"), op_put(b"d")]), DUP),
+        case("put inside a deleted range", txn(vec![op_del(b"a", b"z"), op_put(b"d")]), DUP),
+        case("put then delete of the key", txn(vec![op_put(b"d"), op_del(b"d", b"")]), DUP),
+        case("overlapping deletes are fine", txn(vec![op_del(b"x1", b"x3"), op_del(b"x2", b"x4")]), Expect::Ok),
         case(
             "put in both branches of a nested txn is fine",
             txn(vec![op_txn(vec![op_put(b"d")], vec![op_put(b"d")])]),
             Expect::Ok,
         ),
-        case(
-            "put beside a nested put",
-            txn(vec![op_put(b"d"), op_txn(vec![op_put(b"d")], vec![])]),
-            DUP,
-        ),
+        case("put beside a nested put", txn(vec![op_put(b"d"), op_txn(vec![op_put(b"d")], vec![])]), DUP),
         // ignore_value / ignore_lease.
         case(
             "ignore_value with a value",
-            Call::Put(PutRequest {
-                ignore_value: true,
-                ..put(b"a", b"v")
-            }),
+            Call::Put(PutRequest { ignore_value: true, ..put(b"a", b"v") }),
             err(Code::InvalidArgument, "etcdserver: value is provided"),
         ),
         case(
             "ignore_lease with a lease",
-            Call::Put(PutRequest {
-                ignore_lease: true,
-                lease: 0x77,
-                ..put(b"a", b"")
-            }),
+            Call::Put(PutRequest { ignore_lease: true, lease: 0x77, ..put(b"a", b"") }),
             err(Code::InvalidArgument, "etcdserver: lease is provided"),
         ),
         case(
             "ignore_value on a missing key",
-            Call::Put(PutRequest {
-                ignore_value: true,
-                ..put(b"missing", b"")
-            }),
+            Call::Put(PutRequest { ignore_value: true, ..put(b"missing", b"") }),
             err(Code::InvalidArgument, "etcdserver: key not found"),
         ),
         case(
             "ignore_lease on a missing key",
-            Call::Put(PutRequest {
-                ignore_lease: true,
-                ..put(b"missing", b"")
-            }),
+            Call::Put(PutRequest { ignore_lease: true, ..put(b"missing", b"") }),
             err(Code::InvalidArgument, "etcdserver: key not found"),
         ),
         case(
             "ignore_value with an unknown lease on a missing key: the lease is checked first",
-            Call::Put(PutRequest {
-                ignore_value: true,
-                lease: 0x4242,
-                ..put(b"missing", b"")
-            }),
+            Call::Put(PutRequest { ignore_value: true, lease: 0x4242, ..put(b"missing", b"") }),
             LEASE_NOT_FOUND,
         ),
         case(
             "ignore_value on an existing key",
-            Call::Put(PutRequest {
-                ignore_value: true,
-                prev_kv: true,
-                ..put(b"a", b"")
-            }),
+            Call::Put(PutRequest { ignore_value: true, prev_kv: true, ..put(b"a", b"") }),
             Expect::Ok,
         ),
         // Revisions.
         case(
             "range at a future revision",
-            Call::Range(RangeRequest {
-                key: b"a".to_vec().into(),
-                revision: 1000,
-                ..Default::default()
-            }),
+            Call::Range(RangeRequest { key: b"a".to_vec().into(), revision: 1000, ..Default::default() }),
             FUTURE,
         ),
         case(
             "range at a compacted revision",
-            Call::Range(RangeRequest {
-                key: b"a".to_vec().into(),
-                revision: 3,
-                ..Default::default()
-            }),
+            Call::Range(RangeRequest { key: b"a".to_vec().into(), revision: 3, ..Default::default() }),
             COMPACTED,
         ),
         case(
             "range at the compaction revision",
-            Call::Range(RangeRequest {
-                key: b"a".to_vec().into(),
-                revision: 4,
-                ..Default::default()
-            }),
+            Call::Range(RangeRequest { key: b"a".to_vec().into(), revision: 4, ..Default::default() }),
             Expect::Ok,
         ),
-        case(
-            "txn range at a future revision",
-            txn(vec![op_range(b"a", 1000)]),
-            FUTURE,
-        ),
-        case(
-            "txn range at a compacted revision",
-            txn(vec![op_range(b"a", 2)]),
-            COMPACTED,
-        ),
+        case("txn range at a future revision", txn(vec![op_range(b"a", 1000)]), FUTURE),
+        case("txn range at a compacted revision", txn(vec![op_range(b"a", 2)]), COMPACTED),
         case("compact at a future revision", Call::Compact(1000), FUTURE),
-        case(
-            "compact at the compacted revision",
-            Call::Compact(4),
-            COMPACTED,
-        ),
-        case(
-            "compact below the compacted revision",
-            Call::Compact(2),
-            COMPACTED,
-        ),
+        case("compact at the compacted revision", Call::Compact(4), COMPACTED),
+        case("compact below the compacted revision", Call::Compact(2), COMPACTED),
         // Auth is not enabled.
         case(
             "authenticate",
             Call::Authenticate,
-            err(
-                Code::FailedPrecondition,
-                "etcdserver: authentication is not enabled",
-            ),
+            err(Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
         ),
     ]
 }
@@ -448,18 +286,12 @@ fn late_cases() -> Vec<Case> {
     vec![
         case(
             "delete in a nested txn after a sibling nested txn put the key",
-            txn(vec![
-                op_txn(vec![op_put(b"d")], vec![]),
-                op_txn(vec![op_del(b"d", b"")], vec![]),
-            ]),
+            txn(vec![op_txn(vec![op_put(b"d")], vec![]), op_txn(vec![op_del(b"d", b"")], vec![])]),
             Expect::Ok,
         ),
         case(
             "put in a nested txn after a sibling nested txn deleted the key",
-            txn(vec![
-                op_txn(vec![op_del(b"d", b"")], vec![]),
-                op_txn(vec![op_put(b"d")], vec![]),
-            ]),
+            txn(vec![op_txn(vec![op_del(b"d", b"")], vec![]), op_txn(vec![op_put(b"d")], vec![])]),
             DUP,
         ),
     ]
@@ -482,21 +314,12 @@ async fn call(ch: &Channel, c: &Call) -> Result<String, (Code, String)> {
             Call::Range(r) => norm!(kv.range(r).await),
             Call::Delete(r) => norm!(kv.delete_range(r).await),
             Call::Txn(r) => norm!(kv.txn(r).await),
-            Call::Compact(rev) => norm!(
-                kv.compact(CompactionRequest {
-                    revision: rev,
-                    physical: true
-                })
-                .await
-            ),
+            Call::Compact(rev) => norm!(kv.compact(CompactionRequest { revision: rev, physical: true }).await),
             Call::Grant(r) => norm!(lease.lease_grant(r).await),
             Call::Revoke(id) => norm!(lease.lease_revoke(LeaseRevokeRequest { id }).await),
             Call::Authenticate => norm!(
                 AuthClient::new(ch.clone())
-                    .authenticate(AuthenticateRequest {
-                        name: "root".into(),
-                        password: "x".into()
-                    })
+                    .authenticate(AuthenticateRequest { name: "root".into(), password: "x".into() })
                     .await
             ),
         }
@@ -508,11 +331,7 @@ async fn call(ch: &Channel, c: &Call) -> Result<String, (Code, String)> {
 
 fn short(r: &Result<String, (Code, String)>) -> String {
     let s = format!("{r:?}");
-    if s.len() > 600 {
-        format!("{}… ({} chars)", &s[..600], s.len())
-    } else {
-        s
-    }
+    if s.len() > 600 { format!("{}… ({} chars)", &s[..600], s.len()) } else { s }
 }
 
 /// `raft_term` is compared by the differential test; here only semantics.
@@ -522,9 +341,7 @@ fn without_raft_term(s: &str) -> String {
     while let Some(i) = rest.find("raft_term: ") {
         out.push_str(&rest[..i]);
         rest = &rest[i + "raft_term: ".len()..];
-        let end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         out.push_str("raft_term: _");
         rest = &rest[end..];
     }
@@ -553,7 +370,10 @@ async fn bad_input_gets_etcds_codes_and_messages() {
     // Over gRPC's receive limit: grpc-go's code and words, as etcd answers.
     let huge = PutRequest { key: b"huge".to_vec().into(), value: vec![b'x'; 3_000_000].into(), ..Default::default() };
     let limit = roster_api::MAX_REQUEST_BYTES + roster_api::GRPC_OVERHEAD_BYTES;
-    let want = Err((Code::ResourceExhausted, format!("grpc: received message larger than max ({} vs. {limit})", prost::Message::encoded_len(&huge))));
+    let want = Err((
+        Code::ResourceExhausted,
+        format!("grpc: received message larger than max ({} vs. {limit})", prost::Message::encoded_len(&huge)),
+    ));
     let mut targets = vec![("roster", roster.channel())];
     targets.extend(etcd.as_ref().map(|e| ("etcd", e.channel())));
     for (name, ch) in targets {
@@ -567,17 +387,10 @@ async fn bad_input_gets_etcds_codes_and_messages() {
     let mut kv = KvClient::new(roster.channel());
     let still = tokio::time::timeout(
         Duration::from_secs(5),
-        kv.range(RangeRequest {
-            key: b"a".to_vec().into(),
-            ..Default::default()
-        }),
+        kv.range(RangeRequest { key: b"a".to_vec().into(), ..Default::default() }),
     )
     .await;
-    assert!(
-        matches!(still, Ok(Ok(_))),
-        "roster stopped answering: {still:?}\nlog:\n{}",
-        roster.log().tail(30)
-    );
+    assert!(matches!(still, Ok(Ok(_))), "roster stopped answering: {still:?}\nlog:\n{}", roster.log().tail(30));
     assert!(
         problems.is_empty(),
         "{} differences from etcd:\n{}\nroster log (tail):\n{}",
@@ -587,12 +400,7 @@ async fn bad_input_gets_etcds_codes_and_messages() {
     );
 }
 
-async fn check_cases(
-    cases: Vec<Case>,
-    etcd: Option<&Etcd>,
-    roster: &Roster,
-    problems: &mut Vec<String>,
-) {
+async fn check_cases(cases: Vec<Case>, etcd: Option<&Etcd>, roster: &Roster, problems: &mut Vec<String>) {
     for c in cases {
         let r = call(&roster.channel(), &c.call).await;
         let e = match &etcd {
@@ -601,12 +409,7 @@ async fn check_cases(
         };
         if let (Some(e), Expect::Err(code, msg)) = (&e, &c.expect) {
             // The expectation itself is checked against etcd.
-            assert_eq!(
-                e,
-                &Err((*code, msg.to_string())),
-                "expectation for {:?} is wrong for etcd",
-                c.name
-            );
+            assert_eq!(e, &Err((*code, msg.to_string())), "expectation for {:?} is wrong for etcd", c.name);
         }
         match &c.expect {
             Expect::Err(code, msg) => {
@@ -627,12 +430,7 @@ async fn check_cases(
                         _ => false,
                     };
                     if !same {
-                        problems.push(format!(
-                            "{}:\n    etcd   {}\n    roster {}",
-                            c.name,
-                            short(e),
-                            short(&r)
-                        ));
+                        problems.push(format!("{}:\n    etcd   {}\n    roster {}", c.name, short(e), short(&r)));
                     }
                 } else if r.is_err() {
                     problems.push(format!("{}: roster {}", c.name, short(&r)));
@@ -645,21 +443,14 @@ async fn check_cases(
 /// Watch edge cases, as a transcript per server: cancel of an unknown watch
 /// id is ignored and the stream stays usable; a compacted start revision is
 /// created then cancelled with `compact_revision`.
-async fn watch_cases(
-    etcd: Option<Channel>,
-    roster: Channel,
-) -> Vec<(&'static str, Option<String>, String)> {
+async fn watch_cases(etcd: Option<Channel>, roster: Channel) -> Vec<(&'static str, Option<String>, String)> {
     let mut out = Vec::new();
     let e = match &etcd {
         Some(ch) => Some(watch_transcript(ch.clone()).await),
         None => None,
     };
     let r = watch_transcript(roster).await;
-    out.push((
-        "watch: cancel of an unknown id, then create on the same stream; compacted start",
-        e,
-        r,
-    ));
+    out.push(("watch: cancel of an unknown id, then create on the same stream; compacted start", e, r));
     out
 }
 
@@ -705,49 +496,27 @@ async fn watch_transcript(ch: Channel) -> String {
         }
     };
     let send = |r: RequestUnion| {
-        let _ = tx.send(WatchRequest {
-            request_union: Some(r),
-        });
+        let _ = tx.send(WatchRequest { request_union: Some(r) });
     };
-    send(RequestUnion::CancelRequest(WatchCancelRequest {
-        watch_id: 999,
-    }));
-    transcript.push(format!(
-        "cancel 999 -> {}",
-        next(Duration::from_millis(500)).await
-    ));
-    send(RequestUnion::CreateRequest(WatchCreateRequest {
-        key: b"a".to_vec().into(),
-        ..Default::default()
-    }));
-    transcript.push(format!(
-        "create a -> {}",
-        next(Duration::from_secs(5)).await
-    ));
+    send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 999 }));
+    transcript.push(format!("cancel 999 -> {}", next(Duration::from_millis(500)).await));
+    send(RequestUnion::CreateRequest(WatchCreateRequest { key: b"a".to_vec().into(), ..Default::default() }));
+    transcript.push(format!("create a -> {}", next(Duration::from_secs(5)).await));
     send(RequestUnion::CreateRequest(WatchCreateRequest {
         key: b"a".to_vec().into(),
         start_revision: 2,
         ..Default::default()
     }));
-    transcript.push(format!(
-        "create a from compacted rev 2 -> {}",
-        next(Duration::from_secs(5)).await
-    ));
+    transcript.push(format!("create a from compacted rev 2 -> {}", next(Duration::from_secs(5)).await));
     transcript.push(format!("  then -> {}", next(Duration::from_secs(5)).await));
     send(RequestUnion::CreateRequest(WatchCreateRequest {
         key: b"a".to_vec().into(),
         start_revision: 4,
         ..Default::default()
     }));
-    transcript.push(format!(
-        "create a from rev 4 (the compaction revision) -> {}",
-        next(Duration::from_secs(5)).await
-    ));
+    transcript.push(format!("create a from rev 4 (the compaction revision) -> {}", next(Duration::from_secs(5)).await));
     transcript.push(format!("  then -> {}", next(Duration::from_secs(5)).await));
-    transcript.push(format!(
-        "  then -> {}",
-        next(Duration::from_millis(500)).await
-    ));
+    transcript.push(format!("  then -> {}", next(Duration::from_millis(500)).await));
     task.abort();
     transcript.join("\n        ")
 }
@@ -758,8 +527,5 @@ async fn check_cancel_of_unknown_watch_is_ignored(ch: Channel) {
     let transcript = watch_transcript(ch).await;
     let lines: Vec<&str> = transcript.lines().map(str::trim).collect();
     assert_eq!(lines[0], "cancel 999 -> (nothing)", "{transcript}");
-    assert!(
-        lines[1].starts_with("create a -> WatchResponse {") && lines[1].contains("created: true"),
-        "{transcript}"
-    );
+    assert!(lines[1].starts_with("create a -> WatchResponse {") && lines[1].contains("created: true"), "{transcript}");
 }

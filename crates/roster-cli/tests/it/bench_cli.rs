@@ -4,31 +4,45 @@
 //! and etcd at once, checking that their writes were made.
 
 use crate::support::roster_bin;
-use roster_api::etcdserverpb::kv_client::KvClient;
 use roster_api::etcdserverpb::RangeRequest;
+use roster_api::etcdserverpb::kv_client::KvClient;
 use roster_testkit::{Etcd, Roster, require_etcd};
-use tonic::transport::Channel;
 use tokio::process::Command;
+use tonic::transport::Channel;
 
 async fn bench<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = Command::new(roster_bin()).args(["--log", "warn", "bench"]).args(args).output().await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The fields after the workload name of its row: target, figure..., p50,
 /// p99, errors, note words.
 fn row<'a>(table: &'a str, workload: &str) -> Vec<&'a str> {
-    let line = table.lines().find(|l| l.starts_with(workload)).unwrap_or_else(|| panic!("no {workload:?} row in:\n{table}"));
+    let line =
+        table.lines().find(|l| l.starts_with(workload)).unwrap_or_else(|| panic!("no {workload:?} row in:\n{table}"));
     line[workload.len()..].split_whitespace().collect()
 }
 
 /// As [`row`], for every target's row.
 fn rows<'a>(table: &'a str, workload: &str) -> Vec<Vec<&'a str>> {
-    table.lines().filter(|l| l.starts_with(workload)).map(|l| l[workload.len()..].split_whitespace().collect()).collect()
+    table
+        .lines()
+        .filter(|l| l.starts_with(workload))
+        .map(|l| l[workload.len()..].split_whitespace().collect())
+        .collect()
 }
 
 async fn registered_keys(r: &Roster) -> i64 {
-    let req = RangeRequest { key: b"/services/".to_vec().into(), range_end: b"/services0".to_vec().into(), count_only: true, ..Default::default() };
+    let req = RangeRequest {
+        key: b"/services/".to_vec().into(),
+        range_end: b"/services0".to_vec().into(),
+        count_only: true,
+        ..Default::default()
+    };
     KvClient::new(r.channel()).range(req).await.unwrap().into_inner().count
 }
 
@@ -37,7 +51,8 @@ async fn hold_reports_server_cpu_and_rss_and_withdraws_everything() {
     let r = Roster::start(roster_bin()).await;
     let target = format!("roster={}", r.endpoint());
     let pid = format!("roster={}", r.pid().unwrap());
-    let args = ["hold", "--instances", "300", "--conns", "4", "--ttl", "3", "--hold", "2", "--target", &target, "--pid", &pid];
+    let args =
+        ["hold", "--instances", "300", "--conns", "4", "--ttl", "3", "--hold", "2", "--target", &target, "--pid", &pid];
     let (ok, out, err) = bench(&args).await;
     assert!(ok, "bench hold failed:\n{out}\n{err}");
     // roster  <cpu> %  <p50>  <p99>  <errors>  RSS <mib> MiB; CPU % of one core ...
@@ -62,7 +77,8 @@ async fn hold_reports_server_cpu_and_rss_and_withdraws_everything() {
 async fn discovery_counts_every_watcher_sighting() {
     let r = Roster::start(roster_bin()).await;
     let target = format!("roster={}", r.endpoint());
-    let (ok, out, err) = bench(&["discovery", "--watchers", "50", "--conns", "3", "--instances", "5", "--target", &target]).await;
+    let (ok, out, err) =
+        bench(&["discovery", "--watchers", "50", "--conns", "3", "--instances", "5", "--target", &target]).await;
     assert!(ok, "bench discovery failed:\n{out}\n{err}");
     let f = row(&out, "appear ->50 watchers");
     assert_eq!(f[0], "roster", "{out}");
@@ -75,7 +91,12 @@ async fn discovery_counts_every_watcher_sighting() {
 async fn keys_in(ch: Channel, prefix: &str) -> i64 {
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().unwrap() += 1;
-    let req = RangeRequest { key: prefix.as_bytes().to_vec().into(), range_end: end.into(), count_only: true, ..Default::default() };
+    let req = RangeRequest {
+        key: prefix.as_bytes().to_vec().into(),
+        range_end: end.into(),
+        count_only: true,
+        ..Default::default()
+    };
     KvClient::new(ch).range(req).await.unwrap().into_inner().count
 }
 
@@ -97,7 +118,20 @@ async fn put_range_and_memory_run_side_by_side_on_roster_and_etcd() {
     };
 
     // Sequential keys 0..300 (digits only): each server then holds exactly 300.
-    let args = two(&["put", "--total", "300", "--conns", "2", "--clients", "8", "--sequential-keys", "--key-space", "300", "--key-size", "6"]);
+    let args = two(&[
+        "put",
+        "--total",
+        "300",
+        "--conns",
+        "2",
+        "--clients",
+        "8",
+        "--sequential-keys",
+        "--key-space",
+        "300",
+        "--key-size",
+        "6",
+    ]);
     let (ok, out, err) = bench(&args).await;
     assert!(ok, "bench put failed:\n{out}\n{err}");
     let f = rows(&out, "put 2x8 seq");
@@ -111,7 +145,8 @@ async fn put_range_and_memory_run_side_by_side_on_roster_and_etcd() {
     assert_eq!(keys_in(e.channel(), "0").await, 300, "etcd");
 
     // Each range checks that it got its one key back.
-    let args = two(&["range", "--keys", "40", "--total", "300", "--conns", "2", "--clients", "4", "--consistency", "s"]);
+    let args =
+        two(&["range", "--keys", "40", "--total", "300", "--conns", "2", "--clients", "4", "--consistency", "s"]);
     let (ok, out, err) = bench(&args).await;
     assert!(ok, "bench range failed:\n{out}\n{err}");
     let f = rows(&out, "range serial 2x4");

@@ -29,14 +29,7 @@ async fn etcd_with_auth() -> Option<Etcd> {
         vec!["user", "grant-role", "root", "root"],
         vec!["user", "add", "svc:svcpw"],
         vec!["role", "add", "svc"],
-        vec![
-            "role",
-            "grant-permission",
-            "svc",
-            "--prefix=true",
-            "readwrite",
-            "/services/",
-        ],
+        vec!["role", "grant-permission", "svc", "--prefix=true", "readwrite", "/services/"],
         vec!["user", "grant-role", "svc", "svc"],
         vec!["auth", "enable"],
     ] {
@@ -55,11 +48,7 @@ fn client(etcd: &Etcd, user: Option<(&str, &str)>) -> Client {
 }
 
 fn put(k: &'static str, v: &'static str) -> PutRequest {
-    PutRequest {
-        key: k.into(),
-        value: v.into(),
-        ..Default::default()
-    }
+    PutRequest { key: k.into(), value: v.into(), ..Default::default() }
 }
 
 fn message(e: roster::Error) -> String {
@@ -78,28 +67,16 @@ async fn sdk_authenticates_and_reauthenticates_after_token_expiry_on_etcd() {
     svc.put(put("/services/a", "1")).await.unwrap();
 
     // etcd's refusals reach the caller verbatim.
-    let anon = client(&etcd, None)
-        .put(put("/services/a", "x"))
-        .await
-        .unwrap_err();
+    let anon = client(&etcd, None).put(put("/services/a", "x")).await.unwrap_err();
     assert_eq!(message(anon), "etcdserver: user name is empty");
-    let wrong = client(&etcd, Some(("svc", "nope")))
-        .put(put("/services/a", "x"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        message(wrong),
-        "etcdserver: authentication failed, invalid user ID or password"
-    );
+    let wrong = client(&etcd, Some(("svc", "nope"))).put(put("/services/a", "x")).await.unwrap_err();
+    assert_eq!(message(wrong), "etcdserver: authentication failed, invalid user ID or password");
     let denied = svc.put(put("/other", "x")).await.unwrap_err();
     assert_eq!(message(denied), "etcdserver: permission denied");
 
     // A token taken now expires while unused ...
     let token = AuthClient::new(etcd.channel())
-        .authenticate(AuthenticateRequest {
-            name: "svc".into(),
-            password: "svcpw".into(),
-        })
+        .authenticate(AuthenticateRequest { name: "svc".into(), password: "svcpw".into() })
         .await
         .unwrap()
         .into_inner()
@@ -112,41 +89,20 @@ async fn sdk_authenticates_and_reauthenticates_after_token_expiry_on_etcd() {
     // ... as the client's own did. A watch opened first with it is
     // refused by etcd ("permission denied"); the client authenticates
     // again and reopens it once.
-    let create = WatchCreateRequest {
-        key: "/services/a".into(),
-        ..Default::default()
-    };
+    let create = WatchCreateRequest { key: "/services/a".into(), ..Default::default() };
     let mut w = svc.watch_stream(create).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), w.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), w.message()).await.unwrap().unwrap().unwrap();
     assert!(first.created && !first.canceled, "{first:?}");
     // Unary calls authenticate again and go on.
     svc.put(put("/services/a", "2")).await.unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(5), w.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), w.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(&event.events[0].kv.as_ref().unwrap().value[..], b"2");
-    let got = svc
-        .range(RangeRequest {
-            key: "/services/a".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let got = svc.range(RangeRequest { key: "/services/a".into(), ..Default::default() }).await.unwrap();
     assert_eq!(&got.kvs[0].value[..], b"2");
 }
 
 /// Waits (bounded) for `want` among the changes of `service`.
-async fn next_insert(
-    changes: &mut (impl tokio_stream::Stream<Item = Change> + Unpin),
-    id: &str,
-    within: Duration,
-) {
+async fn next_insert(changes: &mut (impl tokio_stream::Stream<Item = Change> + Unpin), id: &str, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -165,10 +121,7 @@ async fn registration_and_discovery_survive_token_expiry_and_etcd_restart() {
         return;
     };
     let svc = Registry::new(client(&etcd, Some(("svc", "svcpw")))).with_ttl(Duration::from_secs(6));
-    let reg = svc
-        .register(Instance::new("hello", "127.0.0.1:50051").with_id("one"))
-        .await
-        .unwrap();
+    let reg = svc.register(Instance::new("hello", "127.0.0.1:50051").with_id("one")).await.unwrap();
     reg.registered(Duration::from_secs(5)).await.unwrap();
     // Discovery as the same scoped user, so its watch needs the token too.
     let hello = svc.discover("hello");
@@ -177,57 +130,31 @@ async fn registration_and_discovery_survive_token_expiry_and_etcd_restart() {
     let mut changes = Box::pin(hello.changes());
     let ctl = Etcdctl::new(etcd.endpoint());
     // A config watch as the same user.
-    ctl.run(&["--user", ROOT, "put", "/services/cfg.json", r#"{"n":1}"#])
-        .await
-        .ok();
+    ctl.run(&["--user", ROOT, "put", "/services/cfg.json", r#"{"n":1}"#]).await.ok();
     let cfg: roster::config::Config<serde_json::Value> =
-        roster::config::watch(svc.client(), "/services/cfg.json")
-            .await
-            .unwrap();
+        roster::config::watch(svc.client(), "/services/cfg.json").await.unwrap();
     assert_eq!(cfg.get()["n"], 1);
 
     // Past the token's TTL, the key is deleted: putting it back needs a
     // new token.
     tokio::time::sleep(TOKEN_TTL + Duration::from_secs(1)).await;
-    ctl.run(&["--user", ROOT, "del", "/services/hello/one"])
-        .await
-        .ok();
+    ctl.run(&["--user", ROOT, "del", "/services/hello/one"]).await.ok();
     next_insert(&mut changes, "one", Duration::from_secs(10)).await;
 
     // etcd restarts and forgets every token: streams reconnect with a stale
     // one, the watch is refused until the client authenticates again.
     etcd.restart().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    ctl.run(&["--user", ROOT, "del", "/services/hello/one"])
-        .await
-        .ok();
+    ctl.run(&["--user", ROOT, "del", "/services/hello/one"]).await.ok();
     next_insert(&mut changes, "one", Duration::from_secs(15)).await;
-    let listed = ctl
-        .run(&[
-            "--user",
-            ROOT,
-            "get",
-            "/services/hello/one",
-            "--print-value-only",
-        ])
-        .await
-        .ok();
-    assert!(
-        listed.stdout.contains("127.0.0.1:50051"),
-        "{}",
-        listed.stdout
-    );
+    let listed = ctl.run(&["--user", ROOT, "get", "/services/hello/one", "--print-value-only"]).await.ok();
+    assert!(listed.stdout.contains("127.0.0.1:50051"), "{}", listed.stdout);
     assert_eq!(hello.instances().len(), 1);
     // The config watch followed too: a change after the restart arrives.
-    ctl.run(&["--user", ROOT, "put", "/services/cfg.json", r#"{"n":2}"#])
-        .await
-        .ok();
+    ctl.run(&["--user", ROOT, "put", "/services/cfg.json", r#"{"n":2}"#]).await.ok();
     let start = Instant::now();
     while cfg.get()["n"] != 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "config change after the restart not seen"
-        );
+        assert!(start.elapsed() < Duration::from_secs(15), "config change after the restart not seen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reg.deregister().await.unwrap();
@@ -243,19 +170,8 @@ async fn cli_user_flag_password_file_and_env_authenticate() {
     std::fs::write(&pwfile, "svcpw\n").unwrap();
     let ls = |extra: &[&str], env: Option<&str>| {
         let mut cmd = tokio::process::Command::new(roster_bin());
-        cmd.args([
-            "--log",
-            "warn",
-            "ls",
-            "--json",
-            "--endpoints",
-            &etcd.endpoint(),
-            "--timeout",
-            "3",
-        ])
-        .args(extra);
-        cmd.env_remove("ROSTER_USER")
-            .stdin(std::process::Stdio::null());
+        cmd.args(["--log", "warn", "ls", "--json", "--endpoints", &etcd.endpoint(), "--timeout", "3"]).args(extra);
+        cmd.env_remove("ROSTER_USER").stdin(std::process::Stdio::null());
         if let Some(u) = env {
             cmd.env("ROSTER_USER", u);
         }
@@ -263,38 +179,22 @@ async fn cli_user_flag_password_file_and_env_authenticate() {
     };
     for (extra, env) in [
         (vec!["--user", "svc:svcpw"], None),
-        (
-            vec!["--user", "svc", "--password-file", pwfile.to_str().unwrap()],
-            None,
-        ),
+        (vec!["--user", "svc", "--password-file", pwfile.to_str().unwrap()], None),
         (vec![], Some("svc:svcpw")),
     ] {
         let out = ls(&extra, env).await.unwrap();
-        assert!(
-            out.status.success(),
-            "{extra:?} {env:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{extra:?} {env:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     for (extra, want) in [
         (vec![], "etcdserver: user name is empty"),
-        (
-            vec!["--user", "svc:bad"],
-            "etcdserver: authentication failed, invalid user ID or password",
-        ),
+        (vec!["--user", "svc:bad"], "etcdserver: authentication failed, invalid user ID or password"),
         // No password, no file, no terminal: a hint, not a hang.
         (vec!["--user", "svc"], "has no password"),
     ] {
         let out = ls(&extra, None).await.unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(want),
-            "{extra:?}: {err}"
-        );
-        assert!(
-            !err.contains("svcpw") && !err.contains(":bad"),
-            "a password was printed: {err}"
-        );
+        assert!(!out.status.success() && err.contains(want), "{extra:?}: {err}");
+        assert!(!err.contains("svcpw") && !err.contains(":bad"), "a password was printed: {err}");
     }
 }
 
@@ -325,15 +225,7 @@ async fn cn_is_the_user(on_etcd: bool) {
     let root = ca.client("root", "root");
     let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let (cert, key, cafile) = (s(&server.cert), s(&server.key), s(&ca.cert));
-    let args = [
-        "--cert-file",
-        &cert,
-        "--key-file",
-        &key,
-        "--trusted-ca-file",
-        &cafile,
-        "--client-cert-auth",
-    ];
+    let args = ["--cert-file", &cert, "--key-file", &key, "--trusted-ca-file", &cafile, "--client-cert-auth"];
     // Whichever runs, the other stays None and is dropped at the end.
     let (etcd, roster) = if on_etcd {
         (Some(Etcd::try_start_tls(&args).await.unwrap_or_else(|e| panic!("etcd with TLS: {e}"))), None)
@@ -371,14 +263,7 @@ async fn cn_is_the_user(on_etcd: bool) {
         &["user", "grant-role", "root", "root"],
         &["user", "add", "svc:svcpw"],
         &["role", "add", "svc"],
-        &[
-            "role",
-            "grant-permission",
-            "svc",
-            "--prefix=true",
-            "readwrite",
-            "/services/",
-        ],
+        &["role", "grant-permission", "svc", "--prefix=true", "readwrite", "/services/"],
         &["user", "grant-role", "svc", "svc"],
         &["auth", "enable"],
     ] {
@@ -387,22 +272,13 @@ async fn cn_is_the_user(on_etcd: bool) {
     // CN "svc" writes under /services/ with no password, and nowhere else.
     run(ctl(&svc), &["put", "/services/x", "1"]).await.ok();
     let denied = run(ctl(&svc), &["put", "/other", "1"]).await.err();
-    assert!(
-        denied.stderr.contains("etcdserver: permission denied"),
-        "{}",
-        denied.stderr
-    );
+    assert!(denied.stderr.contains("etcdserver: permission denied"), "{}", denied.stderr);
     // The SDK with the same certificate and no credentials.
     let mut cfg = ClientConfig::new([https.clone()]);
-    cfg.tls = Some(
-        ClientConfig::tls_from_files(Some(&ca.cert), Some(&svc.cert), Some(&svc.key)).unwrap(),
-    );
+    cfg.tls = Some(ClientConfig::tls_from_files(Some(&ca.cert), Some(&svc.cert), Some(&svc.key)).unwrap());
     let sdk = Client::new(cfg).unwrap();
     sdk.put(put("/services/y", "2")).await.unwrap();
-    assert_eq!(
-        message(sdk.put(put("/other", "2")).await.unwrap_err()),
-        "etcdserver: permission denied"
-    );
+    assert_eq!(message(sdk.put(put("/other", "2")).await.unwrap_err()), "etcdserver: permission denied");
 }
 
 /// `roster auth enable` and `roster auth grant-service hello svc` on
@@ -425,12 +301,25 @@ async fn a_grant_service_credential_registers_only_its_service_across_token_expi
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let password_in = |out: &str, user: &str| -> String {
-        let line = out.lines().find(|l| l.starts_with(&format!("Created user {user} with password "))).unwrap_or_else(|| panic!("{out}"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("Created user {user} with password ")))
+            .unwrap_or_else(|| panic!("{out}"));
         line.rsplit(' ').next().unwrap().to_owned()
     };
     let out = cli(vec!["auth".into(), "enable".into(), "--endpoints".into(), ep.clone()]).await;
     let root = format!("root:{}", password_in(&out, "root"));
-    let out = cli(vec!["auth".into(), "grant-service".into(), "hello".into(), "svc".into(), "--user".into(), root.clone(), "--endpoints".into(), ep.clone()]).await;
+    let out = cli(vec![
+        "auth".into(),
+        "grant-service".into(),
+        "hello".into(),
+        "svc".into(),
+        "--user".into(),
+        root.clone(),
+        "--endpoints".into(),
+        ep.clone(),
+    ])
+    .await;
     let svc_pw = password_in(&out, "svc");
 
     let svc_client = || {
@@ -450,7 +339,8 @@ async fn a_grant_service_credential_registers_only_its_service_across_token_expi
     assert_eq!(message(refused), "etcdserver: permission denied");
     // Registering as another service says so at once, not after a timeout.
     let started = Instant::now();
-    let refused = svc.register(Instance::new("other", "127.0.0.1:50052").with_id("x")).await.err().expect("registered as other");
+    let refused =
+        svc.register(Instance::new("other", "127.0.0.1:50052").with_id("x")).await.err().expect("registered as other");
     assert_eq!(message(refused), "etcdserver: permission denied");
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     let ctl = Etcdctl::new(ep.clone());

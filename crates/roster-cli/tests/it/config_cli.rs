@@ -2,7 +2,7 @@
 //! and against real etcd.
 
 use crate::support::roster_bin;
-use roster_testkit::{require_etcd, Etcd, Etcdctl, Roster};
+use roster_testkit::{Etcd, Etcdctl, Roster, require_etcd};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -41,7 +41,8 @@ async fn scenario(target: &str, endpoint: String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("limits");
     std::fs::write(&file, "rps: 500\nburst: 50\n").unwrap();
-    let (ok, _, err) = roster(&endpoint, &["set", "/config/limits", "--file", file.to_str().unwrap(), "--format", "yaml"]).await;
+    let (ok, _, err) =
+        roster(&endpoint, &["set", "/config/limits", "--file", file.to_str().unwrap(), "--format", "yaml"]).await;
     assert!(ok, "{target}: {err}");
     let (_, out, _) = roster(&endpoint, &["get", "/config/", "--prefix"]).await;
     assert_eq!(out, "/config/app.toml\nworkers = 4\n/config/limits\nrps: 500\nburst: 50\n", "{target}");
@@ -56,7 +57,8 @@ async fn scenario(target: &str, endpoint: String) {
         .unwrap();
     let mut out = BufReader::new(watch.stdout.take().unwrap()).lines();
     let mut err = BufReader::new(watch.stderr.take().unwrap()).lines();
-    let mut next = async || tokio::time::timeout(Duration::from_secs(10), out.next_line()).await.unwrap().unwrap().unwrap();
+    let mut next =
+        async || tokio::time::timeout(Duration::from_secs(10), out.next_line()).await.unwrap().unwrap().unwrap();
     assert!(next().await.starts_with("# revision "), "{target}");
     assert_eq!(next().await, "workers = 4");
     assert!(roster(&endpoint, &["set", "/config/app.toml", "workers = 8"]).await.0);

@@ -42,19 +42,10 @@ impl Chrome {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        let mut chrome = Chrome {
-            driver: child,
-            browser: None,
-        };
+        let mut chrome = Chrome { driver: child, browser: None };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen on {port}"
-            );
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut caps = serde_json::Map::new();
@@ -115,44 +106,26 @@ async fn disappears(b: &Browser, css: &str, within: Duration) -> Duration {
         if b.find_all(Locator::Css(css)).await.unwrap().is_empty() {
             return start.elapsed();
         }
-        assert!(
-            start.elapsed() < within,
-            "{css} still there after {within:?}"
-        );
+        assert!(start.elapsed() < within, "{css} still there after {within:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 async fn text(b: &Browser, css: &str) -> String {
-    b.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    b.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
 }
 
 async fn click(b: &Browser, css: &str) {
-    b.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    b.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
 }
 
 /// Marks the document, so that a later check tells a reload apart.
 async fn mark(b: &Browser) {
-    b.execute("window.__rosterMark = 42;", vec![])
-        .await
-        .unwrap();
+    b.execute("window.__rosterMark = 42;", vec![]).await.unwrap();
 }
 
 async fn still_marked(b: &Browser) -> bool {
-    b.execute("return window.__rosterMark === 42;", vec![])
-        .await
-        .unwrap()
-        == json!(true)
+    b.execute("return window.__rosterMark === 42;", vec![]).await.unwrap() == json!(true)
 }
 
 fn screenshots_dir() -> PathBuf {
@@ -165,10 +138,7 @@ async fn screenshot(b: &Browser, name: &str) {
     let png = b.screenshot().await.unwrap();
     let path = screenshots_dir().join(format!("{name}.png"));
     std::fs::write(&path, png).unwrap();
-    println!(
-        "screenshot: {}",
-        path.canonicalize().unwrap_or(path).display()
-    );
+    println!("screenshot: {}", path.canonicalize().unwrap_or(path).display());
 }
 
 fn sdk(endpoint: &str) -> Client {
@@ -176,13 +146,7 @@ fn sdk(endpoint: &str) -> Client {
 }
 
 async fn value_of(c: &Client, key: &str) -> Option<Vec<u8>> {
-    let r = c
-        .range(RangeRequest {
-            key: key.as_bytes().to_vec().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let r = c.range(RangeRequest { key: key.as_bytes().to_vec().into(), ..Default::default() }).await.unwrap();
     r.kvs.first().map(|kv| kv.value.to_vec())
 }
 
@@ -232,18 +196,12 @@ async fn live_updates(b: &Browser, ui: &str, endpoint: &str, c: &Client) {
     // The event stream is open once the status says so.
     let start = Instant::now();
     while !text(b, "#live-status").await.starts_with("live") {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the page never went live"
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "the page never went live");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     mark(b).await;
     let registry = Registry::new(c.clone());
-    let reg = registry
-        .register(Instance::new("late", "127.0.0.1:7001"))
-        .await
-        .unwrap();
+    let reg = registry.register(Instance::new("late", "127.0.0.1:7001")).await.unwrap();
     reg.registered(Duration::from_secs(5)).await.unwrap();
     let took = appears(b, "tr[data-service=\"late\"]", Duration::from_secs(3)).await;
     println!("registered after load: visible after {took:?}");
@@ -252,53 +210,24 @@ async fn live_updates(b: &Browser, ui: &str, endpoint: &str, c: &Client) {
 
     // A registration whose process dies: gone once its 2 s TTL runs out.
     let mut proc = tokio::process::Command::new(roster_bin())
-        .args([
-            "register",
-            "doomed",
-            "127.0.0.1:7002",
-            "--ttl",
-            "2",
-            "--endpoints",
-            endpoint,
-        ])
+        .args(["register", "doomed", "127.0.0.1:7002", "--ttl", "2", "--endpoints", endpoint])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     b.goto(&format!("{ui}/services/doomed")).await.unwrap();
-    appears(
-        b,
-        "tr[data-key=\"/services/doomed/127.0.0.1:7002\"]",
-        Duration::from_secs(5),
-    )
-    .await;
+    appears(b, "tr[data-key=\"/services/doomed/127.0.0.1:7002\"]", Duration::from_secs(5)).await;
     mark(b).await;
     // A TTL counting down is on the row.
-    let ttl: i64 = b
-        .find(Locator::Css("span.ttl"))
-        .await
-        .unwrap()
-        .attr("data-ttl")
-        .await
-        .unwrap()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ttl: i64 =
+        b.find(Locator::Css("span.ttl")).await.unwrap().attr("data-ttl").await.unwrap().unwrap().parse().unwrap();
     assert!((0..=2).contains(&ttl), "ttl {ttl}");
     proc.start_kill().unwrap(); // SIGKILL
     proc.wait().await.unwrap();
-    let gone = disappears(
-        b,
-        "tr[data-key=\"/services/doomed/127.0.0.1:7002\"]",
-        Duration::from_secs(8),
-    )
-    .await;
+    let gone = disappears(b, "tr[data-key=\"/services/doomed/127.0.0.1:7002\"]", Duration::from_secs(8)).await;
     println!("kill -9: row gone after {gone:?}");
-    assert!(
-        gone > Duration::from_millis(500),
-        "gone after {gone:?}: before the lease could expire"
-    );
+    assert!(gone > Duration::from_millis(500), "gone after {gone:?}: before the lease could expire");
     assert!(still_marked(b).await, "the page reloaded");
     reg.deregister().await.unwrap();
 }
@@ -306,25 +235,12 @@ async fn live_updates(b: &Browser, ui: &str, endpoint: &str, c: &Client) {
 async fn actions(b: &Browser, ui: &str, c: &Client) {
     // A live SDK registration follows Drain; the others are keys put by hand.
     let registry = Registry::new(c.clone()).with_ttl(Duration::from_secs(10));
-    let reg = registry
-        .register(
-            Instance::new("shop", "10.0.0.1:80")
-                .with_id("a")
-                .with_zone("eu-1"),
-        )
-        .await
-        .unwrap();
+    let reg = registry.register(Instance::new("shop", "10.0.0.1:80").with_id("a").with_zone("eu-1")).await.unwrap();
     let lease = reg.registered(Duration::from_secs(5)).await.unwrap();
     let a = reg.key().to_owned();
     let discovery = registry.discover("shop");
     discovery.ready().await;
-    let w = put_instance(
-        c,
-        &Instance::new("shop", "10.0.0.2:80")
-            .with_id("w")
-            .with_zone("eu-2"),
-    )
-    .await;
+    let w = put_instance(c, &Instance::new("shop", "10.0.0.2:80").with_id("w").with_zone("eu-2")).await;
     let d = put_instance(c, &Instance::new("shop", "10.0.0.3:80").with_id("d")).await;
     b.goto(&format!("{ui}/services/shop")).await.unwrap();
     appears(b, &sel(&d), Duration::from_secs(3)).await;
@@ -335,49 +251,29 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     // lease) and the page shows it drained, from its marker.
     click(b, &format!("{} a[href*='action=drain']", sel(&a))).await;
     appears(b, "#confirm", Duration::from_secs(3)).await;
-    assert!(
-        text(b, "main")
-            .await
-            .contains("Drain: a drain marker on its own lease"),
-        "confirmation page"
-    );
+    assert!(text(b, "main").await.contains("Drain: a drain marker on its own lease"), "confirmation page");
     click(b, "#confirm").await;
     appears(b, "#flash", Duration::from_secs(5)).await;
     let flash = text(b, "#flash").await;
     assert!(flash.contains("shop/a drained"), "{flash}");
     // The key went first; the status follows within the same step.
-    let paused = tokio::time::timeout(
-        Duration::from_secs(2),
-        async { reg.status().wait_for(|s| *s == roster::RegistrationStatus::Paused).await.is_ok() },
-    )
+    let paused = tokio::time::timeout(Duration::from_secs(2), async {
+        reg.status().wait_for(|s| *s == roster::RegistrationStatus::Paused).await.is_ok()
+    })
     .await;
     assert!(paused == Ok(true), "paused by the drain: {:?}", *reg.status().borrow());
     assert_eq!(value_of(c, &a).await, None, "key withdrawn");
     let marker = registry.drain_key_of("shop", "a");
-    let held = c
-        .range(RangeRequest {
-            key: marker.clone().into_bytes().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .kvs;
+    let held =
+        c.range(RangeRequest { key: marker.clone().into_bytes().into(), ..Default::default() }).await.unwrap().kvs;
     assert_eq!(held.first().map(|kv| kv.lease), Some(lease), "marker on the instance's lease");
     let start = Instant::now();
     while listed("a") {
         assert!(start.elapsed() < Duration::from_secs(3), "discovery still lists a drained instance");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    appears(
-        b,
-        &format!("{}[data-drained]", sel(&a)),
-        Duration::from_secs(2),
-    )
-    .await;
-    assert!(
-        text(b, &sel(&a)).await.contains("10.0.0.1:80"),
-        "a drained instance still shows its address"
-    );
+    appears(b, &format!("{}[data-drained]", sel(&a)), Duration::from_secs(2)).await;
+    assert!(text(b, &sel(&a)).await.contains("10.0.0.1:80"), "a drained instance still shows its address");
     b.goto(&format!("{ui}/")).await.unwrap();
     appears(b, "tr[data-service=\"shop\"]", Duration::from_secs(3)).await;
     let row = text(b, "tr[data-service=\"shop\"]").await;
@@ -391,10 +287,9 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     appears(b, "#flash", Duration::from_secs(5)).await;
     let flash = text(b, "#flash").await;
     assert!(flash.contains("shop/a resumed"), "{flash}");
-    let back = tokio::time::timeout(
-        Duration::from_secs(2),
-        async { reg.status().wait_for(|s| *s == roster::RegistrationStatus::Registered { lease }).await.is_ok() },
-    )
+    let back = tokio::time::timeout(Duration::from_secs(2), async {
+        reg.status().wait_for(|s| *s == roster::RegistrationStatus::Registered { lease }).await.is_ok()
+    })
     .await;
     assert!(back == Ok(true), "registered again on the same lease: {:?}", *reg.status().borrow());
     assert!(value_of(c, &a).await.is_some(), "key back");
@@ -405,9 +300,7 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        b.find(Locator::Css(&format!("{}[data-drained]", sel(&a))))
-            .await
-            .is_err(),
+        b.find(Locator::Css(&format!("{}[data-drained]", sel(&a)))).await.is_err(),
         "still shown drained after resume"
     );
 
@@ -418,19 +311,13 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     click(b, "#confirm").await;
     appears(b, "#flash", Duration::from_secs(6)).await;
     let flash = text(b, "#flash").await;
-    assert!(
-        flash.contains("does not follow drain requests; set its weight to 0 instead"),
-        "{flash}"
-    );
+    assert!(flash.contains("does not follow drain requests; set its weight to 0 instead"), "{flash}");
     assert_eq!(value_of(c, &registry.drain_key_of("shop", "w")).await, None, "marker taken back");
     let inst = Instance::from_value("shop", "w", &value_of(c, &w).await.unwrap()).unwrap();
     assert_eq!(inst.weight, 100);
 
     // Weight.
-    let input = b
-        .find(Locator::Css(&format!("{} input.weight", sel(&w))))
-        .await
-        .unwrap();
+    let input = b.find(Locator::Css(&format!("{} input.weight", sel(&w)))).await.unwrap();
     input.clear().await.unwrap();
     input.send_keys("7").await.unwrap();
     click(b, &format!("{} form.inline button", sel(&w))).await;
@@ -450,37 +337,21 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     disappears(b, &sel(&d), Duration::from_secs(2)).await;
 
     // Filters: by zone.
-    b.goto(&format!("{ui}/services/shop?zone=eu-2"))
-        .await
-        .unwrap();
+    b.goto(&format!("{ui}/services/shop?zone=eu-2")).await.unwrap();
     appears(b, &sel(&w), Duration::from_secs(2)).await;
-    assert!(
-        b.find_all(Locator::Css(&sel(&a))).await.unwrap().is_empty(),
-        "zone filter"
-    );
+    assert!(b.find_all(Locator::Css(&sel(&a))).await.unwrap().is_empty(), "zone filter");
     screenshot(b, "service-instances").await;
     reg.deregister().await.unwrap();
 }
 
 async fn set_value(b: &Browser, v: &str) {
-    b.execute(
-        "document.getElementById('value').value = arguments[0];",
-        vec![json!(v)],
-    )
-    .await
-    .unwrap();
+    b.execute("document.getElementById('value').value = arguments[0];", vec![json!(v)]).await.unwrap();
 }
 
 async fn config_edits(b: &Browser, ui: &str, c: &Client) {
     let key = "/config/app.json";
     let original = r#"{"workers": 2}"#;
-    c.put(PutRequest {
-        key: key.into(),
-        value: original.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.put(PutRequest { key: key.into(), value: original.into(), ..Default::default() }).await.unwrap();
     let page = format!("{ui}/config/key?key={key}");
 
     // Invalid: refused with the message `roster config set` gives.
@@ -489,8 +360,7 @@ async fn config_edits(b: &Browser, ui: &str, c: &Client) {
     click(b, "#review").await;
     appears(b, "#validation", Duration::from_secs(3)).await;
     let shown = text(b, "#validation").await;
-    let expected =
-        roster::config::check_value(roster::config::Format::Json, br#"{"workers": "#).unwrap_err();
+    let expected = roster::config::check_value(roster::config::Format::Json, br#"{"workers": "#).unwrap_err();
     assert_eq!(shown, expected);
     assert_eq!(value_of(c, key).await.unwrap(), original.as_bytes());
 
@@ -498,53 +368,23 @@ async fn config_edits(b: &Browser, ui: &str, c: &Client) {
     set_value(b, r#"{"workers": 3}"#).await;
     click(b, "#review").await;
     appears(b, "#publish", Duration::from_secs(3)).await;
-    assert!(
-        text(b, "pre.diff").await.contains(r#"+ {"workers": 3}"#),
-        "{}",
-        text(b, "pre.diff").await
-    );
-    c.put(PutRequest {
-        key: key.into(),
-        value: r#"{"workers": 9}"#.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    assert!(text(b, "pre.diff").await.contains(r#"+ {"workers": 3}"#), "{}", text(b, "pre.diff").await);
+    c.put(PutRequest { key: key.into(), value: r#"{"workers": 9}"#.into(), ..Default::default() }).await.unwrap();
     click(b, "#publish").await;
     appears(b, "#conflict", Duration::from_secs(3)).await;
-    assert!(
-        text(b, "#conflict")
-            .await
-            .contains("was changed by someone else"),
-        "{}",
-        text(b, "#conflict").await
-    );
+    assert!(text(b, "#conflict").await.contains("was changed by someone else"), "{}", text(b, "#conflict").await);
     assert_eq!(value_of(c, key).await.unwrap(), br#"{"workers": 9}"#);
     screenshot(b, "config-conflict").await;
 
     // Rollback to the original value.
     b.goto(&page).await.unwrap();
     let first_rev: i64 = {
-        let rows = b
-            .find_all(Locator::Css("table.history tr[data-revision]"))
-            .await
-            .unwrap();
-        rows.last()
-            .unwrap()
-            .attr("data-revision")
-            .await
-            .unwrap()
-            .unwrap()
-            .parse()
-            .unwrap()
+        let rows = b.find_all(Locator::Css("table.history tr[data-revision]")).await.unwrap();
+        rows.last().unwrap().attr("data-revision").await.unwrap().unwrap().parse().unwrap()
     };
     click(b, &format!("tr[data-revision=\"{first_rev}\"] button")).await;
     appears(b, "#flash", Duration::from_secs(3)).await;
-    assert!(
-        text(b, "#flash").await.contains("Rolled back"),
-        "{}",
-        text(b, "#flash").await
-    );
+    assert!(text(b, "#flash").await.contains("Rolled back"), "{}", text(b, "#flash").await);
     assert_eq!(value_of(c, key).await.unwrap(), original.as_bytes());
     screenshot(b, "config-key").await;
 }
@@ -553,11 +393,7 @@ async fn paging(b: &Browser, ui: &str, c: &Client) {
     const N: usize = 100_000;
     let start = Instant::now();
     // 128 puts per txn (etcd's limit), 16 txns in flight.
-    let batches: Vec<Vec<usize>> = (0..N)
-        .collect::<Vec<_>>()
-        .chunks(128)
-        .map(<[usize]>::to_vec)
-        .collect();
+    let batches: Vec<Vec<usize>> = (0..N).collect::<Vec<_>>().chunks(128).map(<[usize]>::to_vec).collect();
     let mut set = tokio::task::JoinSet::new();
     for batch in batches {
         while set.len() >= 16 {
@@ -575,12 +411,7 @@ async fn paging(b: &Browser, ui: &str, c: &Client) {
                     })),
                 })
                 .collect();
-            c.txn(TxnRequest {
-                success,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+            c.txn(TxnRequest { success, ..Default::default() }).await.unwrap();
         });
     }
     while let Some(r) = set.join_next().await {
@@ -588,17 +419,10 @@ async fn paging(b: &Browser, ui: &str, c: &Client) {
     }
     println!("loaded {N} keys in {:?}", start.elapsed());
     b.goto(&format!("{ui}/keys?prefix=/bulk/")).await.unwrap();
-    assert!(
-        text(b, "#key-count").await.starts_with("100000 keys"),
-        "{}",
-        text(b, "#key-count").await
-    );
+    assert!(text(b, "#key-count").await.starts_with("100000 keys"), "{}", text(b, "#key-count").await);
     let first = |n: usize| format!("/bulk/{n:06}");
     for page in 0..3 {
-        let rows = b
-            .find_all(Locator::Css("table.keys tbody th"))
-            .await
-            .unwrap();
+        let rows = b.find_all(Locator::Css("table.keys tbody th")).await.unwrap();
         assert_eq!(rows.len(), 100);
         assert_eq!(rows[0].text().await.unwrap(), first(page * 100));
         click(b, "#next-page").await;
@@ -606,20 +430,10 @@ async fn paging(b: &Browser, ui: &str, c: &Client) {
         appears(b, &first_row, Duration::from_secs(3)).await;
     }
     // The last page: 50 keys and no next link.
-    b.goto(&format!("{ui}/keys?prefix=/bulk/&after=/bulk/099949"))
-        .await
-        .unwrap();
-    let rows = b
-        .find_all(Locator::Css("table.keys tbody th"))
-        .await
-        .unwrap();
+    b.goto(&format!("{ui}/keys?prefix=/bulk/&after=/bulk/099949")).await.unwrap();
+    let rows = b.find_all(Locator::Css("table.keys tbody th")).await.unwrap();
     assert_eq!(rows.len(), 50);
-    assert!(
-        b.find_all(Locator::Css("#next-page"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(b.find_all(Locator::Css("#next-page")).await.unwrap().is_empty());
     screenshot(b, "keys").await;
 }
 
@@ -632,33 +446,16 @@ async fn coordination(b: &Browser, ui: &str, c: &Client) {
     let wait = tokio::spawn(async move { queued.lock().await });
     b.goto(&format!("{ui}/coordination")).await.unwrap();
     let waiter_key = format!("/locks/nightly/{:x}", waiter.lease());
-    appears(
-        b,
-        &format!("li[data-key=\"{waiter_key}\"]"),
-        Duration::from_secs(3),
-    )
-    .await;
+    appears(b, &format!("li[data-key=\"{waiter_key}\"]"), Duration::from_secs(3)).await;
     let row = text(b, "tr[data-name=\"/locks/nightly\"]").await;
-    assert!(
-        row.contains(&format!("/locks/nightly/{:x}", holder.lease())),
-        "holder: {row}"
-    );
+    assert!(row.contains(&format!("/locks/nightly/{:x}", holder.lease())), "holder: {row}");
     screenshot(b, "coordination").await;
     // The holder lets go: the waiter holds it, and the page shows that live.
     guard.unlock().await.unwrap();
     let held = wait.await.unwrap().unwrap();
     assert_eq!(held.key(), waiter_key);
-    disappears(
-        b,
-        &format!("li[data-key=\"{waiter_key}\"]"),
-        Duration::from_secs(2),
-    )
-    .await;
-    assert!(
-        text(b, "tr[data-name=\"/locks/nightly\"]")
-            .await
-            .contains(&waiter_key)
-    );
+    disappears(b, &format!("li[data-key=\"{waiter_key}\"]"), Duration::from_secs(2)).await;
+    assert!(text(b, "tr[data-name=\"/locks/nightly\"]").await.contains(&waiter_key));
     held.unlock().await.unwrap();
     holder.close().await.unwrap();
     waiter.close().await.unwrap();
@@ -676,18 +473,8 @@ async fn screenshots(b: &Browser, ui: &str) {
 
 async fn login(b: &Browser, ui: &str, user: &str, password: &str) {
     b.goto(&format!("{ui}/login")).await.unwrap();
-    b.find(Locator::Css("#user"))
-        .await
-        .unwrap()
-        .send_keys(user)
-        .await
-        .unwrap();
-    b.find(Locator::Css("#password"))
-        .await
-        .unwrap()
-        .send_keys(password)
-        .await
-        .unwrap();
+    b.find(Locator::Css("#user")).await.unwrap().send_keys(user).await.unwrap();
+    b.find(Locator::Css("#password")).await.unwrap().send_keys(password).await.unwrap();
     click(b, "#sign-in").await;
     appears(b, "span.user", Duration::from_secs(5)).await;
 }
@@ -697,32 +484,21 @@ async fn auth_read_only(b: &Browser) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = Roster::try_start_in_with_args(roster_bin(), dir.path(), &["--bcrypt-cost", "4"])
-        .await
-        .unwrap();
+    let server = Roster::try_start_in_with_args(roster_bin(), dir.path(), &["--bcrypt-cost", "4"]).await.unwrap();
     let ctl = Etcdctl::new(server.endpoint());
     for cmd in [
         &["user", "add", "root:rootpw"][..],
         &["user", "grant-role", "root", "root"],
         &["user", "add", "viewer:viewerpw"],
         &["role", "add", "viewer"],
-        &[
-            "role",
-            "grant-permission",
-            "viewer",
-            "--prefix=true",
-            "read",
-            "/",
-        ],
+        &["role", "grant-permission", "viewer", "--prefix=true", "read", "/"],
         &["user", "grant-role", "viewer", "viewer"],
         &["auth", "enable"],
     ] {
         ctl.run(cmd).await.ok();
     }
     let ui = format!("{}/ui", server.http_url());
-    let root =
-        Client::new(ClientConfig::new([server.endpoint()]).with_credentials("root", "rootpw"))
-            .unwrap();
+    let root = Client::new(ClientConfig::new([server.endpoint()]).with_credentials("root", "rootpw")).unwrap();
     let key = put_instance(&root, &Instance::new("vault", "10.1.0.1:80").with_id("v1")).await;
 
     // Not signed in: the console asks for credentials.
@@ -737,10 +513,7 @@ async fn auth_read_only(b: &Browser) {
     println!("under auth: visible after {took:?}");
     assert!(took < Duration::from_secs(1), "appeared after {took:?}");
     assert!(
-        b.find_all(Locator::Css("td.actions, a.button, form.inline"))
-            .await
-            .unwrap()
-            .is_empty(),
+        b.find_all(Locator::Css("td.actions, a.button, form.inline")).await.unwrap().is_empty(),
         "read-only user sees actions"
     );
     screenshot(b, "read-only-user").await;
@@ -756,21 +529,13 @@ async fn auth_read_only(b: &Browser) {
         .await
         .unwrap();
     assert_eq!(status, json!(403));
-    assert!(
-        value_of(&root, &key).await.is_some(),
-        "the forged action did something"
-    );
+    assert!(value_of(&root, &key).await.is_some(), "the forged action did something");
 
     // root, in the same browser, gets the buttons.
     click(b, "form[action='/ui/logout'] button").await;
     login(b, &ui, "root", "rootpw").await;
     b.goto(&format!("{ui}/services/vault")).await.unwrap();
-    appears(
-        b,
-        &format!("{} td.actions", sel(&key)),
-        Duration::from_secs(3),
-    )
-    .await;
+    appears(b, &format!("{} td.actions", sel(&key)), Duration::from_secs(3)).await;
     click(b, "form[action='/ui/logout'] button").await;
 }
 
@@ -781,23 +546,14 @@ async fn real_etcd(b: &Browser) {
     let etcd = Etcd::start().await;
     let port = free_port();
     let mut console = tokio::process::Command::new(roster_bin())
-        .args([
-            "console",
-            "--endpoints",
-            &etcd.endpoint(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
+        .args(["console", "--endpoints", &etcd.endpoint(), "--listen", &format!("127.0.0.1:{port}")])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         assert!(Instant::now() < deadline, "roster console did not listen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -806,10 +562,7 @@ async fn real_etcd(b: &Browser) {
     b.goto(&format!("{ui}/")).await.unwrap();
     let start = Instant::now();
     while !text(b, "#live-status").await.starts_with("live") {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the page never went live against etcd"
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "the page never went live against etcd");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let key = put_instance(&c, &Instance::new("on-etcd", "10.2.0.1:80").with_id("e1")).await;
@@ -825,10 +578,7 @@ async fn real_etcd(b: &Browser) {
     assert!(flash.contains("does not follow drain requests"), "{flash}");
     assert!(value_of(&c, &key).await.is_some(), "a key put by hand stays");
     b.goto(&format!("{ui}/registry")).await.unwrap();
-    assert!(
-        text(b, "main").await.contains("3.4"),
-        "etcd's version on the registry page"
-    );
+    assert!(text(b, "main").await.contains("3.4"), "etcd's version on the registry page");
     screenshot(b, "registry-etcd").await;
     console.start_kill().unwrap();
     console.wait().await.unwrap();
@@ -841,34 +591,20 @@ async fn first_event(http: &str, last_id: Option<i64>) -> (String, i64) {
     let host = http.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
     let header = last_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
-    let req =
-        format!("GET /ui/events HTTP/1.1\r\nHost: {host}\r\n{header}Connection: close\r\n\r\n");
+    let req = format!("GET /ui/events HTTP/1.1\r\nHost: {host}\r\n{header}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let n = tokio::time::timeout_at(deadline.into(), s.read(&mut buf))
-            .await
-            .expect("no event within 3 s")
-            .unwrap();
+        let n = tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await.expect("no event within 3 s").unwrap();
         assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&got);
-        if let Some(ev) = text
-            .split("\r\n\r\n")
-            .nth(1)
-            .and_then(|body| body.split("\n\n").find(|e| e.contains("id:")))
+        if let Some(ev) = text.split("\r\n\r\n").nth(1).and_then(|body| body.split("\n\n").find(|e| e.contains("id:")))
         {
-            let field = |name: &str| {
-                ev.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().to_owned())
-            };
-            return (
-                field("event:").unwrap_or_default(),
-                field("id:").unwrap().parse().unwrap(),
-            );
+            let field = |name: &str| ev.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+            return (field("event:").unwrap_or_default(), field("id:").unwrap().parse().unwrap());
         }
     }
 }
@@ -896,18 +632,9 @@ async fn event_stream_resumes_from_last_event_id() {
         if id == rev {
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the console's watch is at {id}, not {rev}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "the console's watch is at {id}, not {rev}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        first_event(&server.http_url(), Some(rev - 2)).await,
-        ("change".to_owned(), rev)
-    );
-    assert_eq!(
-        first_event(&server.http_url(), Some(rev)).await,
-        ("hello".to_owned(), rev)
-    );
+    assert_eq!(first_event(&server.http_url(), Some(rev - 2)).await, ("change".to_owned(), rev));
+    assert_eq!(first_event(&server.http_url(), Some(rev)).await, ("hello".to_owned(), rev));
 }

@@ -53,11 +53,7 @@ async fn dump(ch: &Channel, prefix: &str) -> (i64, BTreeMap<String, (String, i64
         .map(|kv| {
             (
                 String::from_utf8(kv.key.to_vec()).unwrap(),
-                (
-                    String::from_utf8(kv.value.to_vec()).unwrap(),
-                    kv.create_revision,
-                    kv.mod_revision,
-                ),
+                (String::from_utf8(kv.value.to_vec()).unwrap(), kv.create_revision, kv.mod_revision),
             )
         })
         .collect();
@@ -83,19 +79,11 @@ fn spawn_writers(
                     }
                     let key = format!("crash/{cycle}/{w:02}/{i:06}");
                     let value = format!("v-{cycle}-{w}-{i}");
-                    let req = PutRequest {
-                        key: key.clone().into(),
-                        value: value.clone().into(),
-                        ..Default::default()
-                    };
+                    let req = PutRequest { key: key.clone().into(), value: value.clone().into(), ..Default::default() };
                     match tokio::time::timeout(Duration::from_secs(5), kv.put(req)).await {
                         Ok(Ok(resp)) => {
                             let revision = resp.into_inner().header.map_or(0, |h| h.revision);
-                            acks.lock().unwrap().push(Ack {
-                                key,
-                                value,
-                                revision,
-                            });
+                            acks.lock().unwrap().push(Ack { key, value, revision });
                         }
                         // The server is gone (or hung): this writer is done.
                         _ => break,
@@ -108,23 +96,13 @@ fn spawn_writers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_write() {
-    let seed: u64 = std::env::var("ROSTER_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                % 1_000_000
-        });
+    let seed: u64 = std::env::var("ROSTER_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000
+    });
     eprintln!("crash test seed {seed} (ROSTER_CRASH_SEED={seed} reproduces the kill delays)");
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
-    let dir = tempfile::Builder::new()
-        .prefix("roster-crash")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("roster-crash").tempdir().unwrap();
     let mut server = Roster::start_in(roster_bin(), dir.path()).await;
     let mut all: Vec<Ack> = Vec::new();
     let mut last_rev = 0i64;
@@ -138,10 +116,7 @@ async fn kill_9_loses_no_acknowledged_write() {
         server.kill_9();
         stop.store(true, Ordering::Relaxed);
         for w in writers {
-            tokio::time::timeout(Duration::from_secs(10), w)
-                .await
-                .expect("writer stops after the kill")
-                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), w).await.expect("writer stops after the kill").unwrap();
         }
         let acked = std::mem::take(&mut *acks.lock().unwrap());
         assert!(
@@ -158,8 +133,7 @@ async fn kill_9_loses_no_acknowledged_write() {
         let mut missing = Vec::new();
         for a in &all {
             match kvs.get(&a.key) {
-                Some((v, create, modr))
-                    if *v == a.value && *create == a.revision && *modr == a.revision => {}
+                Some((v, create, modr)) if *v == a.value && *create == a.revision && *modr == a.revision => {}
                 other => missing.push(format!("{a:?} -> {other:?}")),
             }
         }
@@ -168,22 +142,11 @@ async fn kill_9_loses_no_acknowledged_write() {
             "cycle {cycle} (seed {seed}, kill after {delay:?}): {} of {} acknowledged puts lost or changed, e.g.:\n{}\nlog:\n{}",
             missing.len(),
             all.len(),
-            missing
-                .iter()
-                .take(10)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n"),
+            missing.iter().take(10).cloned().collect::<Vec<_>>().join("\n"),
             server.log().tail(30)
         );
-        assert!(
-            rev >= max_acked,
-            "cycle {cycle}: store revision {rev} < highest acknowledged revision {max_acked}"
-        );
-        assert!(
-            rev >= last_rev,
-            "cycle {cycle}: revision went backwards across a restart: {last_rev} -> {rev}"
-        );
+        assert!(rev >= max_acked, "cycle {cycle}: store revision {rev} < highest acknowledged revision {max_acked}");
+        assert!(rev >= last_rev, "cycle {cycle}: revision went backwards across a restart: {last_rev} -> {rev}");
         last_rev = rev;
         eprintln!(
             "cycle {cycle}: killed after {delay:?}; {} acked this cycle, {} in all, all present; revision {rev}",
@@ -193,16 +156,8 @@ async fn kill_9_loses_no_acknowledged_write() {
     }
     // Every acknowledged put got a revision of its own.
     let revs: HashSet<i64> = all.iter().map(|a| a.revision).collect();
-    assert_eq!(
-        revs.len(),
-        all.len(),
-        "two acknowledged puts share a revision"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(120),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_eq!(revs.len(), all.len(), "two acknowledged puts share a revision");
+    assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
 }
 
 /// Puts `n` keys, acknowledged, then crashes the server.
@@ -213,18 +168,10 @@ async fn write_then_crash(dir: &Path, n: usize) -> Vec<Ack> {
     for i in 0..n {
         let (key, value) = (format!("wal/{i:03}"), format!("value-{i}"));
         let resp = kv
-            .put(PutRequest {
-                key: key.clone().into(),
-                value: value.clone().into(),
-                ..Default::default()
-            })
+            .put(PutRequest { key: key.clone().into(), value: value.clone().into(), ..Default::default() })
             .await
             .unwrap();
-        acks.push(Ack {
-            key,
-            value,
-            revision: resp.into_inner().header.unwrap().revision,
-        });
+        acks.push(Ack { key, value, revision: resp.into_inner().header.unwrap().revision });
     }
     server.kill_9();
     acks
@@ -245,10 +192,8 @@ async fn assert_all_present(server: &Roster, acks: &[Ack]) {
 }
 
 fn append(path: &Path, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     f.write_all(bytes).unwrap();
     f.sync_all().unwrap();
 }
@@ -260,10 +205,7 @@ fn assert_no_panic(server: &Roster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_wal_tail_is_cut_off() {
-    let dir = tempfile::Builder::new()
-        .prefix("roster-wal")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("roster-wal").tempdir().unwrap();
     let acks = write_then_crash(dir.path(), 20).await;
     let wal = dir.path().join("wal");
     assert!(wal.exists(), "the store keeps its log at <data-dir>/wal");
@@ -281,24 +223,12 @@ async fn torn_wal_tail_is_cut_off() {
     // The log continues after the cut: a new write survives another crash.
     let mut kv = KvClient::new(server.channel());
     let resp = kv
-        .put(PutRequest {
-            key: "wal/after".into(),
-            value: "x".into(),
-            ..Default::default()
-        })
+        .put(PutRequest { key: "wal/after".into(), value: "x".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
-    let after = Ack {
-        key: "wal/after".into(),
-        value: "x".into(),
-        revision: resp.header.unwrap().revision,
-    };
-    assert_eq!(
-        after.revision,
-        acks.last().unwrap().revision + 1,
-        "revisions continue where the log was cut"
-    );
+    let after = Ack { key: "wal/after".into(), value: "x".into(), revision: resp.header.unwrap().revision };
+    assert_eq!(after.revision, acks.last().unwrap().revision + 1, "revisions continue where the log was cut");
     server.kill_9();
     server.restart().await;
     let mut expected = acks.clone();
@@ -309,10 +239,7 @@ async fn torn_wal_tail_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_wal_tail_is_cut_off() {
-    let dir = tempfile::Builder::new()
-        .prefix("roster-wal")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("roster-wal").tempdir().unwrap();
     let acks = write_then_crash(dir.path(), 20).await;
     let wal = dir.path().join("wal");
     let mut rng = StdRng::seed_from_u64(7);
@@ -334,10 +261,7 @@ async fn garbage_wal_tail_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_wal_record_before_valid_ones_refuses_to_start_clearly() {
-    let dir = tempfile::Builder::new()
-        .prefix("roster-wal")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("roster-wal").tempdir().unwrap();
     let acks = write_then_crash(dir.path(), 20).await;
     let wal = dir.path().join("wal");
     let mut bytes = std::fs::read(&wal).unwrap();
@@ -347,20 +271,10 @@ async fn corrupt_wal_record_before_valid_ones_refuses_to_start_clearly() {
     std::fs::write(&wal, &bytes).unwrap();
 
     match Roster::try_start_in(roster_bin(), dir.path()).await {
-        Ok(server) => panic!(
-            "started on a log with damage before valid records; log:\n{}",
-            server.log().read()
-        ),
+        Ok(server) => panic!("started on a log with damage before valid records; log:\n{}", server.log().read()),
         Err(e) => {
-            assert!(
-                e.status.is_some_and(|s| !s.success()),
-                "must exit with an error status: {e}"
-            );
-            assert!(
-                !e.log.contains("panicked"),
-                "must refuse cleanly, not panic:\n{}",
-                e.log
-            );
+            assert!(e.status.is_some_and(|s| !s.success()), "must exit with an error status: {e}");
+            assert!(!e.log.contains("panicked"), "must refuse cleanly, not panic:\n{}", e.log);
             assert!(
                 e.log.contains("corrupt") && e.log.contains("--repair-wal"),
                 "must say the log is corrupt and how to repair:\n{}",
@@ -374,10 +288,6 @@ async fn corrupt_wal_record_before_valid_ones_refuses_to_start_clearly() {
         .await
         .unwrap_or_else(|e| panic!("--repair-wal must start: {e}"));
     let (_, kvs) = dump(&server.channel(), "wal/").await;
-    assert!(
-        kvs.len() < acks.len(),
-        "repair cut the log at the damaged record: {} keys",
-        kvs.len()
-    );
+    assert!(kvs.len() < acks.len(), "repair cut the log at the damaged record: {} keys", kvs.len());
     assert_no_panic(&server);
 }

@@ -63,20 +63,11 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 
 /// Keys collide on purpose: prefixes of each other, 0xff bytes, a NUL.
-const KEYS: &[&[u8]] = &[
-    b"a", b"ab", b"abc", b"b", b"b\xff", b"c", b"c\0", b"d", b"foo/x", b"foo/y", b"\xff",
-];
+const KEYS: &[&[u8]] = &[b"a", b"ab", b"abc", b"b", b"b\xff", b"c", b"c\0", b"d", b"foo/x", b"foo/y", b"\xff"];
 /// Few values, so VALUE compares and VALUE sorts hit ties often.
 const VALUES: &[&[u8]] = &[b"", b"v", b"w", b"x1", b"\x00\xff", b"zz"];
 /// Explicit lease IDs, so both sides hand out the same IDs.
-const LEASE_IDS: &[i64] = &[
-    0x1001,
-    0x1002,
-    0x1003,
-    0x1004,
-    0x1005,
-    0x7fff_0000_0000_0001,
-];
+const LEASE_IDS: &[i64] = &[0x1001, 0x1002, 0x1003, 0x1004, 0x1005, 0x7fff_0000_0000_0001];
 /// Watch streams per side; watch ids are per stream.
 const STREAMS: usize = 3;
 /// How long a barrier waits for in-flight watch events.
@@ -106,22 +97,15 @@ async fn harness_reports_a_planted_difference() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
     let mut kv = KvClient::new(b.channel());
-    kv.put(PutRequest {
-        key: b"a".to_vec().into(),
-        value: b"planted".to_vec().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    kv.put(PutRequest { key: b"a".to_vec().into(), value: b"planted".to_vec().into(), ..Default::default() })
+        .await
+        .unwrap();
     let (ca, cb) = (a.channel(), b.channel());
     let res = tokio::spawn(async move { run_seed(1, "etcd", ca, "etcd+planted", cb).await }).await;
     let err = res.expect_err("a planted difference went unnoticed");
     let msg = err.into_panic();
     let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(
-        msg.contains("DIFFERENTIAL MISMATCH"),
-        "unexpected failure: {msg}"
-    );
+    assert!(msg.contains("DIFFERENTIAL MISMATCH"), "unexpected failure: {msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,28 +130,15 @@ async fn roster_matches_etcd() {
 
 fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("ROSTER_DIFF_SEED") {
-        return s
-            .split(',')
-            .map(|x| {
-                x.trim()
-                    .parse()
-                    .expect("ROSTER_DIFF_SEED: comma-separated u64s")
-            })
-            .collect();
+        return s.split(',').map(|x| x.trim().parse().expect("ROSTER_DIFF_SEED: comma-separated u64s")).collect();
     }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     // Two fixed seeds (stable coverage) and two fresh ones (new coverage).
     vec![1, 2, t % 1_000_000_007, (t / 7) % 1_000_000_009]
 }
 
 fn ops_per_seed() -> usize {
-    std::env::var("ROSTER_DIFF_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300)
+    std::env::var("ROSTER_DIFF_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(300)
 }
 
 fn verbose() -> bool {
@@ -228,8 +199,7 @@ macro_rules! open_bidi {
                                 break;
                             }
                             Err(st) => {
-                                *e.lock().unwrap() =
-                                    Some(format!("{:?}: {}", st.code(), st.message()));
+                                *e.lock().unwrap() = Some(format!("{:?}: {}", st.code(), st.message()));
                                 break;
                             }
                         }
@@ -238,12 +208,7 @@ macro_rules! open_bidi {
                 Err(st) => *e.lock().unwrap() = Some(format!("{:?}: {}", st.code(), st.message())),
             }
         });
-        Bidi {
-            tx,
-            got,
-            error,
-            task,
-        }
+        Bidi { tx, got, error, task }
     }};
 }
 
@@ -262,9 +227,7 @@ impl Side {
             name,
             kv: KvClient::new(ch.clone()).max_decoding_message_size(64 << 20),
             lease: LeaseClient::new(ch.clone()),
-            watches: (0..STREAMS)
-                .map(|_| open_bidi!(WatchClient::new(ch.clone()), watch))
-                .collect(),
+            watches: (0..STREAMS).map(|_| open_bidi!(WatchClient::new(ch.clone()), watch)).collect(),
             keepalive: open_bidi!(LeaseClient::new(ch.clone()), lease_keep_alive),
         }
     }
@@ -285,14 +248,8 @@ enum Op {
     TimeToLive(LeaseTimeToLiveRequest),
     Leases,
     KeepAlive(LeaseKeepAliveRequest),
-    Watch {
-        stream: usize,
-        req: WatchCreateRequest,
-    },
-    Cancel {
-        stream: usize,
-        watch_id: i64,
-    },
+    Watch { stream: usize, req: WatchCreateRequest },
+    Cancel { stream: usize, watch_id: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -344,8 +301,7 @@ impl Reply {
 
     fn revision(&self) -> i64 {
         let mut rev = 0;
-        self.clone()
-            .headers(&mut |h| rev = rev.max(h.as_ref().map_or(0, |h| h.revision)));
+        self.clone().headers(&mut |h| rev = rev.max(h.as_ref().map_or(0, |h| h.revision)));
         rev
     }
 }
@@ -377,16 +333,10 @@ fn normalize(op: &Op, reply: &mut Reply) {
 }
 
 fn normalize_txn(req: &TxnRequest, resp: &mut TxnResponse) {
-    let branch = if resp.succeeded {
-        &req.success
-    } else {
-        &req.failure
-    };
+    let branch = if resp.succeeded { &req.success } else { &req.failure };
     for (op, r) in branch.iter().zip(resp.responses.iter_mut()) {
         match (&op.request, &mut r.response) {
-            (Some(Request::RequestRange(q)), Some(Response::ResponseRange(r))) => {
-                normalize_range(q, r)
-            }
+            (Some(Request::RequestRange(q)), Some(Response::ResponseRange(r))) => normalize_range(q, r),
             (Some(Request::RequestTxn(q)), Some(Response::ResponseTxn(r))) => normalize_txn(q, r),
             _ => {}
         }
@@ -526,13 +476,9 @@ impl Gen {
 
     fn lease_for_put(&mut self) -> i64 {
         match self.rng.random_range(0..20) {
-            0..=3 if !self.leases.is_empty() => *self
-                .leases
-                .iter()
-                .collect::<Vec<_>>()
-                .choose(&mut self.rng)
-                .copied()
-                .unwrap(),
+            0..=3 if !self.leases.is_empty() => {
+                *self.leases.iter().collect::<Vec<_>>().choose(&mut self.rng).copied().unwrap()
+            }
             4 => *LEASE_IDS.choose(&mut self.rng).unwrap(),
             _ => 0,
         }
@@ -552,16 +498,8 @@ impl Gen {
     fn put(&mut self) -> PutRequest {
         let ignore_value = self.p(0.1);
         let ignore_lease = self.p(0.1);
-        let value = if ignore_value && self.p(0.8) {
-            Vec::new()
-        } else {
-            self.value()
-        };
-        let lease = if ignore_lease && self.p(0.8) {
-            0
-        } else {
-            self.lease_for_put()
-        };
+        let value = if ignore_value && self.p(0.8) { Vec::new() } else { self.value() };
+        let lease = if ignore_lease && self.p(0.8) { 0 } else { self.lease_for_put() };
         PutRequest {
             key: self.key().into(),
             value: value.into(),
@@ -575,41 +513,25 @@ impl Gen {
     fn delete(&mut self) -> DeleteRangeRequest {
         let key = self.key();
         let range_end = self.range_end(&key, 0.5);
-        DeleteRangeRequest {
-            key: key.into(),
-            range_end: range_end.into(),
-            prev_kv: self.p(0.5),
-        }
+        DeleteRangeRequest { key: key.into(), range_end: range_end.into(), prev_kv: self.p(0.5) }
     }
 
     fn range(&mut self) -> RangeRequest {
         let key = self.key();
         let range_end = self.range_end(&key, 0.3);
         let sort_order = self.rng.random_range(0..3);
-        let sort_target = if self.p(0.4) {
-            0
-        } else {
-            self.rng.random_range(0..5)
-        };
+        let sort_target = if self.p(0.4) { 0 } else { self.rng.random_range(0..5) };
         let count_only = self.p(0.1);
         // keys_only drops the values that a VALUE sort orders by, which
         // would leave the tie normalization blind; that pair is not sent.
         let keys_only = sort_target != SortTarget::Value as i32 && self.p(0.2);
         let rev_filter = |g: &mut Gen| {
-            if g.p(0.15) {
-                g.rng.random_range(0..=g.rev + 1)
-            } else {
-                0
-            }
+            if g.p(0.15) { g.rng.random_range(0..=g.rev + 1) } else { 0 }
         };
         RangeRequest {
             key: key.into(),
             range_end: range_end.into(),
-            limit: if self.p(0.3) {
-                self.rng.random_range(1..5)
-            } else {
-                0
-            },
+            limit: if self.p(0.3) { self.rng.random_range(1..5) } else { 0 },
             revision: self.revision_for_read(),
             sort_order,
             sort_target,
@@ -629,16 +551,12 @@ impl Gen {
         let target = self.rng.random_range(0..5);
         let union = match CompareTarget::try_from(target).unwrap() {
             CompareTarget::Version => TargetUnion::Version(self.rng.random_range(0..4)),
-            CompareTarget::Create => {
-                TargetUnion::CreateRevision(self.rng.random_range(0..=self.rev + 1))
-            }
+            CompareTarget::Create => TargetUnion::CreateRevision(self.rng.random_range(0..=self.rev + 1)),
             CompareTarget::Mod => TargetUnion::ModRevision(self.rng.random_range(0..=self.rev + 1)),
             CompareTarget::Value => TargetUnion::Value(self.value().into()),
-            CompareTarget::Lease => TargetUnion::Lease(if self.p(0.5) {
-                0
-            } else {
-                *LEASE_IDS.choose(&mut self.rng).unwrap()
-            }),
+            CompareTarget::Lease => {
+                TargetUnion::Lease(if self.p(0.5) { 0 } else { *LEASE_IDS.choose(&mut self.rng).unwrap() })
+            }
         };
         Compare {
             result: self.rng.random_range(0..4),
@@ -650,16 +568,10 @@ impl Gen {
     }
 
     fn txn(&mut self, depth: u32) -> TxnRequest {
-        let compare = (0..self.rng.random_range(0..=3))
-            .map(|_| self.compare())
-            .collect();
+        let compare = (0..self.rng.random_range(0..=3)).map(|_| self.compare()).collect();
         let success = self.txn_ops(depth);
         let failure = self.txn_ops(depth);
-        TxnRequest {
-            compare,
-            success,
-            failure,
-        }
+        TxnRequest { compare, success, failure }
     }
 
     fn txn_ops(&mut self, depth: u32) -> Vec<RequestOp> {
@@ -669,9 +581,7 @@ impl Gen {
                 0..=6 => {
                     let put = self.put();
                     let key = put.key.clone();
-                    ops.push(RequestOp {
-                        request: Some(Request::RequestPut(put)),
-                    });
+                    ops.push(RequestOp { request: Some(Request::RequestPut(put)) });
                     // A read of what the txn just wrote must see it.
                     if self.p(0.5) {
                         let mut r = self.range();
@@ -704,9 +614,7 @@ impl Gen {
                 _ if depth < 2 => Request::RequestTxn(self.txn(depth + 1)),
                 _ => continue,
             };
-            ops.push(RequestOp {
-                request: Some(request),
-            });
+            ops.push(RequestOp { request: Some(request) });
         }
         ops
     }
@@ -714,7 +622,7 @@ impl Gen {
     fn compaction(&mut self) -> CompactionRequest {
         let revision = match self.rng.random_range(0..20) {
             0 => 0,
-            1..=2 => self.compacted, // already compacted
+            1..=2 => self.compacted,                          // already compacted
             3..=4 => self.rev + self.rng.random_range(1..=3), // future
             5 => self.rev,
             _ => {
@@ -724,10 +632,7 @@ impl Gen {
                 self.rng.random_range(lo..=hi)
             }
         };
-        CompactionRequest {
-            revision,
-            physical: self.p(0.5),
-        }
+        CompactionRequest { revision, physical: self.p(0.5) }
     }
 
     fn watch(&mut self) -> (usize, WatchCreateRequest) {
@@ -803,32 +708,24 @@ impl Gen {
                         1..=9 => 600,
                         _ => 3600,
                     };
-                    Op::Grant(LeaseGrantRequest {
-                        ttl,
-                        id: *LEASE_IDS.choose(&mut self.rng).unwrap(),
-                    })
+                    Op::Grant(LeaseGrantRequest { ttl, id: *LEASE_IDS.choose(&mut self.rng).unwrap() })
                 }
-                80..=82 => Op::Revoke(LeaseRevokeRequest {
-                    id: *LEASE_IDS.choose(&mut self.rng).unwrap(),
-                }),
+                80..=82 => Op::Revoke(LeaseRevokeRequest { id: *LEASE_IDS.choose(&mut self.rng).unwrap() }),
                 83..=85 => Op::TimeToLive(LeaseTimeToLiveRequest {
                     id: *LEASE_IDS.choose(&mut self.rng).unwrap(),
                     keys: self.p(0.7),
                 }),
                 86..=87 => Op::Leases,
-                88..=90 | 97..=99 => Op::KeepAlive(LeaseKeepAliveRequest {
-                    id: *LEASE_IDS.choose(&mut self.rng).unwrap(),
-                }),
+                88..=90 | 97..=99 => {
+                    Op::KeepAlive(LeaseKeepAliveRequest { id: *LEASE_IDS.choose(&mut self.rng).unwrap() })
+                }
                 91..=94 if self.watches.len() < 20 => {
                     let (stream, req) = self.watch();
                     Op::Watch { stream, req }
                 }
                 95..=96 if !live_watches.is_empty() => {
                     let w = live_watches.choose(&mut self.rng).unwrap();
-                    Op::Cancel {
-                        stream: w.stream,
-                        watch_id: w.id,
-                    }
+                    Op::Cancel { stream: w.stream, watch_id: w.id }
                 }
                 _ => continue,
             };
@@ -867,33 +764,16 @@ async fn apply(side: &mut Side, op: &Op) -> Reply {
     match op.clone() {
         Op::Put(r) => bounded_reply(async { Reply::from(kv.put(r).await, Reply::Put) }).await,
         Op::Range(r) => bounded_reply(async { Reply::from(kv.range(r).await, Reply::Range) }).await,
-        Op::Delete(r) => {
-            bounded_reply(async { Reply::from(kv.delete_range(r).await, Reply::Delete) }).await
-        }
+        Op::Delete(r) => bounded_reply(async { Reply::from(kv.delete_range(r).await, Reply::Delete) }).await,
         Op::Txn(r) => bounded_reply(async { Reply::from(kv.txn(r).await, Reply::Txn) }).await,
-        Op::Compact(r) => {
-            bounded_reply(async { Reply::from(kv.compact(r).await, Reply::Compact) }).await
-        }
-        Op::Grant(r) => {
-            bounded_reply(async { Reply::from(lease.lease_grant(r).await, Reply::Grant) }).await
-        }
-        Op::Revoke(r) => {
-            bounded_reply(async { Reply::from(lease.lease_revoke(r).await, Reply::Revoke) }).await
-        }
+        Op::Compact(r) => bounded_reply(async { Reply::from(kv.compact(r).await, Reply::Compact) }).await,
+        Op::Grant(r) => bounded_reply(async { Reply::from(lease.lease_grant(r).await, Reply::Grant) }).await,
+        Op::Revoke(r) => bounded_reply(async { Reply::from(lease.lease_revoke(r).await, Reply::Revoke) }).await,
         Op::TimeToLive(r) => {
-            bounded_reply(async {
-                Reply::from(lease.lease_time_to_live(r).await, Reply::TimeToLive)
-            })
-            .await
+            bounded_reply(async { Reply::from(lease.lease_time_to_live(r).await, Reply::TimeToLive) }).await
         }
         Op::Leases => {
-            bounded_reply(async {
-                Reply::from(
-                    lease.lease_leases(LeaseLeasesRequest {}).await,
-                    Reply::Leases,
-                )
-            })
-            .await
+            bounded_reply(async { Reply::from(lease.lease_leases(LeaseLeasesRequest {}).await, Reply::Leases) }).await
         }
         Op::KeepAlive(r) => {
             let before = side.keepalive.len();
@@ -906,14 +786,8 @@ async fn apply(side: &mut Side, op: &Op) -> Reply {
         Op::Watch { stream, req } => {
             let s = &side.watches[stream];
             let before = s.len();
-            s.send(WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(req)),
-            });
-            let found = wait_for(
-                || s.snapshot().into_iter().skip(before).find(|r| r.created),
-                BARRIER,
-            )
-            .await;
+            s.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(req)) });
+            let found = wait_for(|| s.snapshot().into_iter().skip(before).find(|r| r.created), BARRIER).await;
             match found {
                 Some(resp) => Reply::Watch(resp),
                 None => Reply::NoAnswer(format!("no created response; stream: {:?}", s.error())),
@@ -922,16 +796,9 @@ async fn apply(side: &mut Side, op: &Op) -> Reply {
         Op::Cancel { stream, watch_id } => {
             let s = &side.watches[stream];
             let before = s.len();
-            s.send(WatchRequest {
-                request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })),
-            });
+            s.send(WatchRequest { request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })) });
             let found = wait_for(
-                || {
-                    s.snapshot()
-                        .into_iter()
-                        .skip(before)
-                        .find(|r| r.canceled && r.watch_id == watch_id)
-                },
+                || s.snapshot().into_iter().skip(before).find(|r| r.canceled && r.watch_id == watch_id),
                 BARRIER,
             )
             .await;
@@ -977,11 +844,7 @@ fn verdict(a: &Reply, b: &Reply) -> Verdict {
             }
         });
     }
-    if a == b {
-        Verdict::RaftTermOnly
-    } else {
-        Verdict::Differ
-    }
+    if a == b { Verdict::RaftTermOnly } else { Verdict::Differ }
 }
 
 /// The remaining TTL runs on each side's clock: a difference of 2 s is fine.
@@ -1002,11 +865,7 @@ fn first_difference(a: &str, b: &str) -> String {
             return format!("line {}:\n  A: {}\n  B: {}", i + 1, la.trim(), lb.trim());
         }
     }
-    format!(
-        "one is a prefix of the other ({} vs {} lines)",
-        a.lines().count(),
-        b.lines().count()
-    )
+    format!("one is a prefix of the other ({} vs {} lines)", a.lines().count(), b.lines().count())
 }
 
 // ---------------------------------------------------------------------------
@@ -1024,9 +883,7 @@ struct Run {
 
 async fn run_seed(seed: u64, a_name: &'static str, a: Channel, b_name: &'static str, b: Channel) {
     let n = ops_per_seed();
-    eprintln!(
-        "differential {a_name} vs {b_name}: seed {seed}, {n} ops (reproduce with ROSTER_DIFF_SEED={seed})"
-    );
+    eprintln!("differential {a_name} vs {b_name}: seed {seed}, {n} ops (reproduce with ROSTER_DIFF_SEED={seed})");
     let started = Instant::now();
     let mut run = Run {
         seed,
@@ -1037,20 +894,9 @@ async fn run_seed(seed: u64, a_name: &'static str, a: Channel, b_name: &'static 
         raft_term_diffs: Vec::new(),
     };
     // The oracle: every key, from the first write on, with prev_kv.
-    let oracle = WatchCreateRequest {
-        key: vec![0].into(),
-        range_end: vec![0].into(),
-        prev_kv: true,
-        ..Default::default()
-    };
-    run.step(
-        usize::MAX,
-        Op::Watch {
-            stream: 0,
-            req: oracle,
-        },
-    )
-    .await;
+    let oracle =
+        WatchCreateRequest { key: vec![0].into(), range_end: vec![0].into(), prev_kv: true, ..Default::default() };
+    run.step(usize::MAX, Op::Watch { stream: 0, req: oracle }).await;
     for _ in 0..2 {
         let (stream, req) = run.model.watch();
         run.step(usize::MAX, Op::Watch { stream, req }).await;
@@ -1064,18 +910,9 @@ async fn run_seed(seed: u64, a_name: &'static str, a: Channel, b_name: &'static 
         run.raft_term_diffs.is_empty(),
         "seed {seed}: header.raft_term differs ({} responses), e.g.:\n{}",
         run.raft_term_diffs.len(),
-        run.raft_term_diffs
-            .iter()
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        run.raft_term_diffs.iter().take(3).cloned().collect::<Vec<_>>().join("\n")
     );
-    let errors = run
-        .history
-        .iter()
-        .filter(|(_, r)| matches!(r, Reply::Error { .. }))
-        .count();
+    let errors = run.history.iter().filter(|(_, r)| matches!(r, Reply::Error { .. })).count();
     eprintln!(
         "differential seed {seed}: {n} ops identical in {:?} (final revision {}, {errors} errors, {} watches: {responses} responses, {events} events)",
         started.elapsed(),
@@ -1101,24 +938,15 @@ impl Run {
         }
         match verdict(&ra, &rb) {
             Verdict::Same => {}
-            Verdict::RaftTermOnly => self
-                .raft_term_diffs
-                .push(format!("op #{i} {op:?}:\n  A: {ra:?}\n  B: {rb:?}")),
+            Verdict::RaftTermOnly => self.raft_term_diffs.push(format!("op #{i} {op:?}:\n  A: {ra:?}\n  B: {rb:?}")),
             Verdict::Differ => self.fail(i, &op, &ra, &rb),
         }
         self.model.observe(&op, &ra);
         match (&op, &ra) {
-            (Op::Watch { stream, req }, Reply::Watch(created)) => {
-                self.new_watch(*stream, req, created).await
-            }
+            (Op::Watch { stream, req }, Reply::Watch(created)) => self.new_watch(*stream, req, created).await,
             (Op::Cancel { stream, watch_id }, Reply::Watch(_)) => {
                 let rev = self.model.rev;
-                if let Some(w) = self
-                    .model
-                    .watches
-                    .iter_mut()
-                    .find(|w| w.stream == *stream && w.id == *watch_id)
-                {
+                if let Some(w) = self.model.watches.iter_mut().find(|w| w.stream == *stream && w.id == *watch_id) {
                     w.cancelled_at = Some(rev);
                 }
             }
@@ -1129,23 +957,13 @@ impl Run {
 
     fn fail(&self, i: usize, op: &Op, a: &Reply, b: &Reply) -> ! {
         let (pa, pb) = (format!("{a:#?}"), format!("{b:#?}"));
-        let context: Vec<String> = self
-            .history
-            .iter()
-            .rev()
-            .take(5)
-            .rev()
-            .map(|(op, r)| format!("  {op:?}\n    -> {r:?}"))
-            .collect();
+        let context: Vec<String> =
+            self.history.iter().rev().take(5).rev().map(|(op, r)| format!("  {op:?}\n    -> {r:?}")).collect();
         panic!(
             "\n=== DIFFERENTIAL MISMATCH (seed {seed}, op {at}) ===\nreproduce: ROSTER_DIFF_SEED={seed}\n\
              last ops before it:\n{ctx}\n\nrequest:\n{op:#?}\n\n{an} (A):\n{pa}\n\n{bn} (B):\n{pb}\n\nfirst difference: {diff}\n",
             seed = self.seed,
-            at = if i == usize::MAX {
-                "setup".to_string()
-            } else {
-                format!("#{i}")
-            },
+            at = if i == usize::MAX { "setup".to_string() } else { format!("#{i}") },
             ctx = context.join("\n"),
             an = self.a.name,
             bn = self.b.name,
@@ -1153,30 +971,13 @@ impl Run {
         );
     }
 
-    async fn new_watch(
-        &mut self,
-        stream: usize,
-        req: &WatchCreateRequest,
-        created: &WatchResponse,
-    ) {
+    async fn new_watch(&mut self, stream: usize, req: &WatchCreateRequest, created: &WatchResponse) {
         let created_rev = created.header.as_ref().map_or(0, |h| h.revision);
         let refused = created.canceled;
-        let start = if req.start_revision == 0 {
-            created_rev + 1
-        } else {
-            req.start_revision
-        };
-        let compacted =
-            req.start_revision != 0 && req.start_revision < self.model.compacted && !refused;
-        let spec = WatchSpec {
-            stream,
-            id: created.watch_id,
-            req: req.clone(),
-            start,
-            compacted,
-            cancelled_at: None,
-            refused,
-        };
+        let start = if req.start_revision == 0 { created_rev + 1 } else { req.start_revision };
+        let compacted = req.start_revision != 0 && req.start_revision < self.model.compacted && !refused;
+        let spec =
+            WatchSpec { stream, id: created.watch_id, req: req.clone(), start, compacted, cancelled_at: None, refused };
         self.model.watches.push(spec.clone());
         if refused {
             return;
@@ -1186,16 +987,7 @@ impl Run {
             let id = spec.id;
             for side in [&self.a, &self.b] {
                 let s = &side.watches[stream];
-                wait_for(
-                    || {
-                        s.snapshot()
-                            .iter()
-                            .any(|r| r.watch_id == id && r.canceled)
-                            .then_some(())
-                    },
-                    BARRIER,
-                )
-                .await;
+                wait_for(|| s.snapshot().iter().any(|r| r.watch_id == id && r.canceled).then_some(()), BARRIER).await;
             }
             return;
         }
@@ -1217,20 +1009,12 @@ impl Run {
         let oracle = &self.a.watches[0];
         let id = self.model.watches[0].id;
         let events = || -> Vec<roster_api::mvccpb::Event> {
-            oracle
-                .snapshot()
-                .into_iter()
-                .filter(|r| r.watch_id == id)
-                .flat_map(|r| r.events)
-                .collect()
+            oracle.snapshot().into_iter().filter(|r| r.watch_id == id).flat_map(|r| r.events).collect()
         };
         let done = wait_for(
             || {
                 let ev = events();
-                let last = ev
-                    .last()
-                    .and_then(|e| e.kv.as_ref())
-                    .map_or(1, |kv| kv.mod_revision);
+                let last = ev.last().and_then(|e| e.kv.as_ref()).map_or(1, |kv| kv.mod_revision);
                 (last >= rev).then_some(ev)
             },
             BARRIER,
@@ -1254,10 +1038,10 @@ impl Run {
             .filter(|e| {
                 let kv = e.kv.as_ref().expect("event kv");
                 let put = e.r#type == EventType::Put as i32;
-                let filtered = w.req.filters.iter().any(|f| {
-                    (*f == FilterType::Noput as i32 && put)
-                        || (*f == FilterType::Nodelete as i32 && !put)
-                });
+                let filtered =
+                    w.req.filters.iter().any(|f| {
+                        (*f == FilterType::Noput as i32 && put) || (*f == FilterType::Nodelete as i32 && !put)
+                    });
                 kv.mod_revision >= w.start
                     && w.cancelled_at.is_none_or(|c| kv.mod_revision <= c)
                     && range.contains(&kv.key)
@@ -1267,12 +1051,7 @@ impl Run {
     }
 
     fn delivered(side: &Side, w: &WatchSpec) -> usize {
-        side.watches[w.stream]
-            .snapshot()
-            .iter()
-            .filter(|r| r.watch_id == w.id)
-            .map(|r| r.events.len())
-            .sum()
+        side.watches[w.stream].snapshot().iter().filter(|r| r.watch_id == w.id).map(|r| r.events.len()).sum()
     }
 
     async fn await_owed(&self, w: &WatchSpec, owed: usize) {
@@ -1292,13 +1071,7 @@ impl Run {
 
     /// Every live watch has everything it is owed, on both sides.
     async fn barrier(&self) {
-        let watches: Vec<WatchSpec> = self
-            .model
-            .watches
-            .iter()
-            .filter(|w| w.cancelled_at.is_none())
-            .cloned()
-            .collect();
+        let watches: Vec<WatchSpec> = self.model.watches.iter().filter(|w| w.cancelled_at.is_none()).cloned().collect();
         for w in &watches {
             let owed = self.owed(w).await;
             self.await_owed(w, owed).await;
@@ -1315,11 +1088,8 @@ impl Run {
         for w in &self.model.watches {
             let mut per_side = Vec::new();
             for side in [&self.a, &self.b] {
-                let mut rs: Vec<WatchResponse> = side.watches[w.stream]
-                    .snapshot()
-                    .into_iter()
-                    .filter(|r| r.watch_id == w.id)
-                    .collect();
+                let mut rs: Vec<WatchResponse> =
+                    side.watches[w.stream].snapshot().into_iter().filter(|r| r.watch_id == w.id).collect();
                 for r in &mut rs {
                     zero_ids(&mut r.header);
                 }
@@ -1350,13 +1120,7 @@ impl Run {
                     .collect()
             };
             if strip(ra) == strip(rb) {
-                self.raft_term_diffs.push(format!(
-                    "watch {}/{}: {:?} vs {:?}",
-                    w.stream,
-                    w.id,
-                    ra.first(),
-                    rb.first()
-                ));
+                self.raft_term_diffs.push(format!("watch {}/{}: {:?} vs {:?}", w.stream, w.id, ra.first(), rb.first()));
                 continue;
             }
             let same_events = wrap(ra) == wrap(rb);

@@ -21,7 +21,11 @@ fn gateway(args: &[&str]) -> Child {
 }
 
 async fn status(url: &str) -> u16 {
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url]).output().await.unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url])
+        .output()
+        .await
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
 }
 
@@ -51,7 +55,13 @@ async fn gateway_follows_its_config_key_and_sighup() {
     let addr = health.trim_start_matches("http://").trim_end_matches('/').to_owned();
     ctl.run(&["put", "/services/regsvc/r1", &format!("{{\"Addr\":\"{addr}\"}}")]).await.ok();
 
-    ctl.run(&["put", "/config/gateway.toml", "auto_routes = false\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/a\"\n"]).await.ok();
+    ctl.run(&[
+        "put",
+        "/config/gateway.toml",
+        "auto_routes = false\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/a\"\n",
+    ])
+    .await
+    .ok();
     let port = roster_testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
     let gw = gateway(&["--listen", &listen, "--endpoints", &ep, "--config-key", "/config/gateway.toml"]);
@@ -59,7 +69,13 @@ async fn gateway_follows_its_config_key_and_sighup() {
     assert_eq!(status(&format!("http://{listen}/b/health")).await, 404);
 
     // The key changes: /b routes, /a no longer does.
-    ctl.run(&["put", "/config/gateway.toml", "auto_routes = false\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/b\"\n"]).await.ok();
+    ctl.run(&[
+        "put",
+        "/config/gateway.toml",
+        "auto_routes = false\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/b\"\n",
+    ])
+    .await
+    .ok();
     until_status(&format!("http://{listen}/b/health"), 200, Duration::from_secs(5)).await;
     assert_eq!(status(&format!("http://{listen}/a/health")).await, 404);
     // A bad config is refused; the running one stays.
@@ -87,7 +103,11 @@ async fn gateway_follows_its_config_key_and_sighup() {
 
     // A bad file is a clear error at start.
     std::fs::write(&file, "[[route]]\nservice = \"x\"\nretries = \"many\"\n").unwrap();
-    let out = Command::new(roster_bin()).args(["gateway", "--config", file.to_str().unwrap(), "--endpoints", &ep]).output().await.unwrap();
+    let out = Command::new(roster_bin())
+        .args(["gateway", "--config", file.to_str().unwrap(), "--endpoints", &ep])
+        .output()
+        .await
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("gateway.toml") && err.contains("retries"), "{err}");
@@ -105,12 +125,20 @@ async fn a_reload_that_changes_the_prefix_is_refused_with_a_clear_message() {
     Etcdctl::new(ep.clone()).run(&["put", "/services/regsvc/r1", &format!("{{\"Addr\":\"{addr}\"}}")]).await.ok();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
-    std::fs::write(&file, "auto_routes = false\nmax_services = 4\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/c\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "auto_routes = false\nmax_services = 4\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/c\"\n",
+    )
+    .unwrap();
     let listen = format!("127.0.0.1:{}", roster_testkit::free_port());
     let mut gw = gateway(&["--listen", &listen, "--endpoints", &ep, "--config", file.to_str().unwrap()]);
     until_status(&format!("http://{listen}/c/health"), 200, Duration::from_secs(10)).await;
 
-    std::fs::write(&file, "auto_routes = false\nprefix = \"/other\"\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/d\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "auto_routes = false\nprefix = \"/other\"\n[[route]]\nservice = \"regsvc\"\npath_prefix = \"/d\"\n",
+    )
+    .unwrap();
     sig(&gw, "-HUP");
     let mut lines = tokio::io::BufReader::new(gw.stderr.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(5), async {

@@ -25,10 +25,7 @@ fn interop_bin() -> Option<PathBuf> {
     BIN.get_or_init(|| {
         let go = require_go()?;
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let (building, out) = (
-            dir.join(format!("go-interop.{}.tmp", std::process::id())),
-            dir.join("go-interop"),
-        );
+        let (building, out) = (dir.join(format!("go-interop.{}.tmp", std::process::id())), dir.join("go-interop"));
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go/interop");
         let built = std::process::Command::new(go)
             .args(["build", "-o"])
@@ -42,11 +39,7 @@ fn interop_bin() -> Option<PathBuf> {
             .env("GOPROXY", "off")
             .output()
             .expect("run go build");
-        assert!(
-            built.status.success(),
-            "go build failed:\n{}",
-            String::from_utf8_lossy(&built.stderr)
-        );
+        assert!(built.status.success(), "go build failed:\n{}", String::from_utf8_lossy(&built.stderr));
         std::fs::rename(&building, &out).expect("move the Go binary in place");
         Some(out)
     })
@@ -68,18 +61,9 @@ async fn scenario(bin: PathBuf, target: &str, endpoint: String) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let id = format!("h{i}");
-        servers.push(tokio::spawn(hello::serve(
-            l,
-            id.clone(),
-            std::future::pending(),
-        )));
+        servers.push(tokio::spawn(hello::serve(l, id.clone(), std::future::pending())));
         let reg = registry
-            .register(
-                Instance::new("hello", addr)
-                    .with_id(id)
-                    .with_zone("z1")
-                    .with_meta("k", "v"),
-            )
+            .register(Instance::new("hello", addr).with_id(id).with_zone("z1").with_meta("k", "v"))
             .await
             .unwrap();
         reg.registered(Duration::from_secs(5)).await.unwrap();
@@ -111,11 +95,7 @@ async fn scenario(bin: PathBuf, target: &str, endpoint: String) {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{target}: the Go client failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "{target}: the Go client failed ({}):\n{stdout}\n{stderr}", out.status);
     assert!(!stderr.contains("unhashable"), "{target}: {stderr}");
     let counts: BTreeMap<&str, u32> = stdout
         .lines()
@@ -126,11 +106,7 @@ async fn scenario(bin: PathBuf, target: &str, endpoint: String) {
         })
         .collect();
     // Round robin over three ready instances: 30 calls, 10 each.
-    assert_eq!(
-        counts,
-        BTreeMap::from([("h1", 10), ("h2", 10), ("h3", 10)]),
-        "{target}:\n{stdout}"
-    );
+    assert_eq!(counts, BTreeMap::from([("h1", 10), ("h2", 10), ("h3", 10)]), "{target}:\n{stdout}");
 
     // Go registers with endpoints.Manager; the SDK discovers it, with the
     // metadata Go wrote, and sees it leave.
@@ -159,41 +135,22 @@ async fn scenario(bin: PathBuf, target: &str, endpoint: String) {
         .expect("Go registered within 30 s")
         .unwrap();
     assert_eq!(line.as_deref(), Some("registered"), "{target}");
-    eventually(
-        &format!("{target}: the SDK discovers the Go endpoint"),
-        Duration::from_secs(5),
-        async || {
-            d.instances().iter().any(|i| {
-                i.id == "go1"
-                    && i.addr == "127.0.0.1:7777"
-                    && i.meta.get("zone").map(String::as_str) == Some("go-zone")
-            })
-        },
-    )
+    eventually(&format!("{target}: the SDK discovers the Go endpoint"), Duration::from_secs(5), async || {
+        d.instances().iter().any(|i| {
+            i.id == "go1" && i.addr == "127.0.0.1:7777" && i.meta.get("zone").map(String::as_str) == Some("go-zone")
+        })
+    })
     .await;
     drop(go.stdin.take()); // closing stdin deletes the endpoint
-    let status = tokio::time::timeout(Duration::from_secs(10), go.wait())
-        .await
-        .expect("Go exits")
-        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), go.wait()).await.expect("Go exits").unwrap();
     assert!(status.success(), "{target}: {status}");
-    eventually(
-        &format!("{target}: the Go endpoint leaves"),
-        Duration::from_secs(5),
-        async || !d.instances().iter().any(|i| i.id == "go1"),
-    )
+    eventually(&format!("{target}: the Go endpoint leaves"), Duration::from_secs(5), async || {
+        !d.instances().iter().any(|i| i.id == "go1")
+    })
     .await;
     // The SDK's own instances kept what they were registered with.
-    let h1 = d
-        .instances()
-        .into_iter()
-        .find(|i| i.id == "h1")
-        .expect("h1 listed");
-    assert_eq!(
-        (h1.zone.as_str(), h1.meta.get("k").map(String::as_str)),
-        ("z1", Some("v")),
-        "{target}"
-    );
+    let h1 = d.instances().into_iter().find(|i| i.id == "h1").expect("h1 listed");
+    assert_eq!((h1.zone.as_str(), h1.meta.get("k").map(String::as_str)), ("z1", Some("v")), "{target}");
 
     for r in regs {
         r.deregister().await.unwrap();

@@ -16,17 +16,17 @@
 use crate::support::roster_bin;
 use bytes::{BufMut, Bytes, BytesMut};
 use roster_api::etcdserverpb::{
-    kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient, watch_request::RequestUnion,
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCancelRequest, WatchCreateRequest, WatchRequest,
+    WatchCancelRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient, lease_client::LeaseClient, request_op,
+    watch_client::WatchClient, watch_request::RequestUnion,
 };
 use roster_testkit::Roster;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -142,7 +142,10 @@ impl Harness {
         // still yields samples.
         let min_end = Instant::now() + Duration::from_secs(1);
         let mut during = self.put_while(|| task.is_finished() && Instant::now() >= min_end, 20_000).await;
-        let out = task.await.expect("the hostile client panicked").unwrap_or_else(|_| panic!("{what}: the hostile client ran over {HOSTILE_MAX:?}"));
+        let out = task
+            .await
+            .expect("the hostile client panicked")
+            .unwrap_or_else(|_| panic!("{what}: the hostile client ran over {HOSTILE_MAX:?}"));
         let peak = sampler.stop();
         let p = p99(&mut during);
         let bound = (self.idle_p99 * P99_FACTOR).max(P99_FLOOR);
@@ -156,7 +159,11 @@ impl Harness {
             self.rss_before / MIB,
             peak / MIB
         );
-        assert!(p <= bound, "{what}: the writer's put p99 was {p:?} during, {:?} idle (bound {bound:?})", self.idle_p99);
+        assert!(
+            p <= bound,
+            "{what}: the writer's put p99 was {p:?} during, {:?} idle (bound {bound:?})",
+            self.idle_p99
+        );
         assert!(
             growth <= max_rss_growth,
             "{what}: server RSS grew by {} MiB (bound {} MiB)",
@@ -173,7 +180,9 @@ impl Harness {
 /// decodes large answers, which on the test's runtime would hold up the
 /// writer's own tasks (a debug build decodes a 1 MiB catch-up response in
 /// tens of milliseconds).
-fn apart<T: Send + 'static>(hostile: impl Future<Output = T> + Send + 'static) -> JoinHandle<Result<T, tokio::time::error::Elapsed>> {
+fn apart<T: Send + 'static>(
+    hostile: impl Future<Output = T> + Send + 'static,
+) -> JoinHandle<Result<T, tokio::time::error::Elapsed>> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -232,8 +241,16 @@ impl Registration {
     }
 
     async fn assert_alive(&self, kv: &mut KvClient<Channel>, lease: &mut LeaseClient<Channel>, what: &str) {
-        assert!(!self.lost.load(Ordering::Relaxed), "{what}: a keepalive of the live registration failed or answered TTL 0");
-        let ttl = lease.lease_time_to_live(LeaseTimeToLiveRequest { id: self.id, keys: false }).await.unwrap().into_inner().ttl;
+        assert!(
+            !self.lost.load(Ordering::Relaxed),
+            "{what}: a keepalive of the live registration failed or answered TTL 0"
+        );
+        let ttl = lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id: self.id, keys: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .ttl;
         assert!(ttl > 0, "{what}: the registration's lease is gone (TTL {ttl})");
         let got = kv.range(RangeRequest { key: self.key.clone(), ..Default::default() }).await.unwrap().into_inner();
         assert_eq!(got.kvs.first().map(|kv| kv.lease), Some(self.id), "{what}: the registration's key is gone");
@@ -314,7 +331,11 @@ async fn populate(ch: &Channel) {
         });
     }
     let started = Instant::now();
-    let all = async { while let Some(r) = tasks.join_next().await { r.unwrap() } };
+    let all = async {
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap()
+        }
+    };
     tokio::time::timeout(Duration::from_secs(60), all).await.expect("populating took over 60 s");
     eprintln!("hostile: wrote {DATA_KEYS} keys in {:?}", started.elapsed());
 }
@@ -354,7 +375,10 @@ fn own_connection(r: &Roster) -> Channel {
 }
 
 fn connect_lazy(url: String) -> Channel {
-    tonic::transport::Endpoint::from_shared(url).expect("valid url").connect_timeout(Duration::from_secs(2)).connect_lazy()
+    tonic::transport::Endpoint::from_shared(url)
+        .expect("valid url")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
 }
 
 // === scenarios ===
@@ -408,7 +432,11 @@ async fn keepalive_flood_of_10000_leases_does_not_stall_writers() {
         });
     }
     let mut ids = Vec::with_capacity(LEASES);
-    let all = async { while let Some(r) = grants.join_next().await { ids.extend(r.unwrap()) } };
+    let all = async {
+        while let Some(r) = grants.join_next().await {
+            ids.extend(r.unwrap())
+        }
+    };
     tokio::time::timeout(Duration::from_secs(60), all).await.expect("granting took over 60 s");
     assert_eq!(ids.len(), LEASES);
 
@@ -433,7 +461,10 @@ async fn keepalive_flood_of_10000_leases_does_not_stall_writers() {
                             for (sent, id) in mine.iter().cycle().enumerate() {
                                 let Ok(place) = window.acquire().await else { return };
                                 place.forget();
-                                if until.done() || sent >= 2_000_000 || tx.send(LeaseKeepAliveRequest { id: *id }).await.is_err() {
+                                if until.done()
+                                    || sent >= 2_000_000
+                                    || tx.send(LeaseKeepAliveRequest { id: *id }).await.is_err()
+                                {
                                     return;
                                 }
                             }
@@ -441,7 +472,11 @@ async fn keepalive_flood_of_10000_leases_does_not_stall_writers() {
                     });
                     // Opened after the sender starts: etcd answers the
                     // headers only with its first renewal.
-                    let mut stream = LeaseClient::new(ch).lease_keep_alive(ReceiverStream::new(rx)).await.expect("keepalive stream").into_inner();
+                    let mut stream = LeaseClient::new(ch)
+                        .lease_keep_alive(ReceiverStream::new(rx))
+                        .await
+                        .expect("keepalive stream")
+                        .into_inner();
                     let mut got = 0u64;
                     while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
                         window.add_permits(1);
@@ -498,7 +533,8 @@ async fn watcher_that_never_reads_does_not_stall_writers_or_other_watchers() {
             // Raw HTTP/2, so nothing reads or acknowledges the answers.
             let send = raw_connection(&endpoint).await;
             let mut send = send.ready().await.unwrap();
-            let (answer, mut body) = send.send_request(grpc_request(&endpoint, "/etcdserverpb.Watch/Watch"), false).unwrap();
+            let (answer, mut body) =
+                send.send_request(grpc_request(&endpoint, "/etcdserverpb.Watch/Watch"), false).unwrap();
             for _ in 0..WATCHES {
                 let frame = grpc_frame(&create("/hostile/writer/".into(), "/hostile/writer0".into(), 0));
                 body.send_data(frame, false).unwrap();
@@ -512,7 +548,10 @@ async fn watcher_that_never_reads_does_not_stall_writers_or_other_watchers() {
         })
         .await;
     // The good watcher kept up: it saw the writer's last put within a second.
-    let last = h.kv.put(PutRequest { key: "/hostile/writer/last".into(), value: "x".into(), ..Default::default() }).await.unwrap();
+    let last =
+        h.kv.put(PutRequest { key: "/hostile/writer/last".into(), value: "x".into(), ..Default::default() })
+            .await
+            .unwrap();
     let last_rev = last.into_inner().header.unwrap().revision as u64;
     let deadline = Instant::now() + Duration::from_secs(1);
     while last_seen.load(Ordering::Relaxed) < last_rev && Instant::now() < deadline {
@@ -547,7 +586,8 @@ async fn watches_100000_on_one_stream_do_not_stall_writers() {
                 }
                 Some(tx)
             });
-            let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await.expect("watch stream").into_inner();
+            let mut stream =
+                WatchClient::new(ch).watch(ReceiverStream::new(rx)).await.expect("watch stream").into_inner();
             let mut created = 0u64;
             while created < WATCHES {
                 match stream.message().await {
@@ -599,12 +639,18 @@ async fn watch_from_revision_1_over_long_history_does_not_stall_writers() {
                 while data < DATA_KEYS {
                     match stream.message().await {
                         Ok(Some(resp)) => {
-                            data += resp.events.iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(b"/hostile/data/"))).count();
+                            data += resp
+                                .events
+                                .iter()
+                                .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(b"/hostile/data/")))
+                                .count();
                         }
                         other => panic!("catch-up ended after {data} events: {other:?}"),
                     }
                 }
-                let cancel = WatchRequest { request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 0 })) };
+                let cancel = WatchRequest {
+                    request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 0 })),
+                };
                 let _ = tx.send(cancel).await;
                 replays += 1;
             }
@@ -726,7 +772,11 @@ async fn calls_over_the_inflight_cap_get_etcds_too_many_requests() {
         for i in 0..64 {
             let mut kv = KvClient::new(r.channel());
             puts.spawn(async move {
-                let req = PutRequest { key: format!("/cap/{burst}/{i}").into_bytes().into(), value: "v".into(), ..Default::default() };
+                let req = PutRequest {
+                    key: format!("/cap/{burst}/{i}").into_bytes().into(),
+                    value: "v".into(),
+                    ..Default::default()
+                };
                 kv.put(req).await.map(drop)
             });
         }
@@ -748,7 +798,13 @@ async fn calls_over_the_inflight_cap_get_etcds_too_many_requests() {
     // Refused calls left no place taken: one put at a time always passes.
     let mut kv = KvClient::new(r.channel());
     for i in 0..10 {
-        kv.put(PutRequest { key: format!("/cap/after/{i}").into_bytes().into(), value: "v".into(), ..Default::default() }).await.expect("a put under the cap");
+        kv.put(PutRequest {
+            key: format!("/cap/after/{i}").into_bytes().into(),
+            value: "v".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a put under the cap");
     }
 }
 
@@ -768,15 +824,19 @@ async fn bench_hostile_prints_each_targets_ratio_side_by_side() {
     if let Some(e) = &etcd {
         args.extend(["--target".to_owned(), format!("etcd={}", e.endpoint())]);
     }
-    let out = tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::new(roster_bin()).args(&args).output())
-        .await
-        .expect("bench hostile ran over 60 s")
-        .unwrap();
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::new(roster_bin()).args(&args).output())
+            .await
+            .expect("bench hostile ran over 60 s")
+            .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "bench hostile failed:\n{stdout}\n{stderr}");
     // hostile range 2000  <target>  <ratio> x  <p50>  <p99>  <errors>  writer p99 idle ...
-    let rows: Vec<Vec<&str>> =
-        stdout.lines().filter_map(|l| l.strip_prefix("hostile range 2000")).map(|l| l.split_whitespace().collect()).collect();
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("hostile range 2000"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     let targets: Vec<&str> = rows.iter().map(|f| f[0]).collect();
     assert_eq!(targets, if etcd.is_some() { vec!["roster", "etcd"] } else { vec!["roster"] }, "{stdout}");
     for f in &rows {

@@ -5,14 +5,14 @@
 
 use crate::support::{outcome, roster_bin, zero_ids};
 use roster_api::etcdserverpb::{
-    kv_client::KvClient, lease_client::LeaseClient, LeaseGrantRequest, LeaseRevokeRequest, RangeRequest, ResponseHeader,
+    LeaseGrantRequest, LeaseRevokeRequest, RangeRequest, ResponseHeader, kv_client::KvClient, lease_client::LeaseClient,
 };
 use roster_api::v3electionpb::{
-    election_client::ElectionClient, CampaignRequest, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
-    ResignRequest,
+    CampaignRequest, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest, ResignRequest,
+    election_client::ElectionClient,
 };
-use roster_api::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
-use roster_testkit::{require_etcd, Etcd, Roster};
+use roster_api::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};
+use roster_testkit::{Etcd, Roster, require_etcd};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -70,10 +70,13 @@ async fn script(ch: Channel) -> Vec<String> {
     let elect = ElectionClient::new(ch.clone());
 
     // --- Lock ---
-    let a = t.note("lock l A", outcome(lock.clone().lock(LockRequest { name: "l".into(), lease: A }).await).map(|mut r| {
-        r.header = h(r.header);
-        r
-    }));
+    let a = t.note(
+        "lock l A",
+        outcome(lock.clone().lock(LockRequest { name: "l".into(), lease: A }).await).map(|mut r| {
+            r.header = h(r.header);
+            r
+        }),
+    );
     let mut waiter = {
         let mut lock = lock.clone();
         tokio::spawn(async move { outcome(lock.lock(LockRequest { name: "l".into(), lease: B }).await) })
@@ -83,10 +86,13 @@ async fn script(ch: Channel) -> Vec<String> {
     let r = outcome(lock.clone().unlock(UnlockRequest { key: key_a }).await).map(|r| h(r.header));
     t.note("unlock A", r);
     let b = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("B gets the lock").unwrap();
-    t.note("lock l B", b.map(|mut r| {
-        r.header = h(r.header);
-        r
-    }));
+    t.note(
+        "lock l B",
+        b.map(|mut r| {
+            r.header = h(r.header);
+            r
+        }),
+    );
     let r = outcome(lock.clone().lock(LockRequest { name: "l".into(), lease: 0x999 }).await).map(|r| r.key);
     t.note("lock with a missing lease", r);
 
@@ -100,7 +106,9 @@ async fn script(ch: Channel) -> Vec<String> {
     // handler Unknown), so the step records only that the call ended at its
     // deadline; what the server leaves behind is checked below.
     let r = outcome(lock.clone().lock(req).await).map(|r| r.key).map_err(|(code, _)| match code {
-        tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => "ended at its deadline".to_string(),
+        tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+            "ended at its deadline".to_string()
+        }
         other => format!("{other:?}"),
     });
     t.0.push(format!("lock m C times out: {r:?}"));
@@ -112,10 +120,13 @@ async fn script(ch: Channel) -> Vec<String> {
     t.note("leader before any campaign", r);
     let ca = outcome(elect.clone().campaign(CampaignRequest { name: "e".into(), lease: A, value: "a".into() }).await);
     let leader_a: LeaderKey = t
-        .note("campaign A", ca.map(|mut r| {
-            r.header = h(r.header);
-            r
-        }))
+        .note(
+            "campaign A",
+            ca.map(|mut r| {
+                r.header = h(r.header);
+                r
+            }),
+        )
         .and_then(|r| r.leader)
         .expect("A leads");
     let r = outcome(elect.clone().leader(LeaderRequest { name: "e".into() }).await).map(leader_resp);
@@ -134,7 +145,8 @@ async fn script(ch: Channel) -> Vec<String> {
         })
     };
     t.0.push(format!("campaign B waits: {}", still_waiting(&mut candidate_b).await));
-    let r = outcome(elect.clone().proclaim(ProclaimRequest { leader: Some(leader_a.clone()), value: "a2".into() }).await);
+    let r =
+        outcome(elect.clone().proclaim(ProclaimRequest { leader: Some(leader_a.clone()), value: "a2".into() }).await);
     t.note("proclaim a2", r.map(|r| h(r.header)));
     next_observed(&mut t, "after proclaim").await;
     let stale = LeaderKey { rev: leader_a.rev + 1000, ..leader_a.clone() };
@@ -147,10 +159,13 @@ async fn script(ch: Channel) -> Vec<String> {
     let r = outcome(elect.clone().resign(ResignRequest { leader: Some(leader_a.clone()) }).await);
     t.note("resign A", r.map(|r| h(r.header)));
     let b = tokio::time::timeout(Duration::from_secs(5), candidate_b).await.expect("B elected").unwrap();
-    t.note("campaign B", b.map(|mut r| {
-        r.header = h(r.header);
-        r
-    }));
+    t.note(
+        "campaign B",
+        b.map(|mut r| {
+            r.header = h(r.header);
+            r
+        }),
+    );
     next_observed(&mut t, "after resign").await;
     let r = outcome(elect.clone().resign(ResignRequest { leader: Some(leader_a) }).await);
     t.note("resign A again", r.map(|r| h(r.header)));
@@ -160,17 +175,23 @@ async fn script(ch: Channel) -> Vec<String> {
     let r = outcome(elect.clone().leader(LeaderRequest { name: "e".into() }).await).map(leader_resp);
     t.note("leader after B's lease is revoked", r);
     let r = outcome(elect.clone().campaign(CampaignRequest { name: "e".into(), lease: C, value: "c".into() }).await);
-    t.note("campaign C", r.map(|mut r| {
-        r.header = h(r.header);
-        r
-    }));
+    t.note(
+        "campaign C",
+        r.map(|mut r| {
+            r.header = h(r.header);
+            r
+        }),
+    );
     next_observed(&mut t, "after C is elected").await;
     // Campaigning again with the same lease and a new value proclaims it.
     let r = outcome(elect.clone().campaign(CampaignRequest { name: "e".into(), lease: C, value: "c2".into() }).await);
-    t.note("campaign C again", r.map(|mut r| {
-        r.header = h(r.header);
-        r
-    }));
+    t.note(
+        "campaign C again",
+        r.map(|mut r| {
+            r.header = h(r.header);
+            r
+        }),
+    );
     next_observed(&mut t, "after C campaigns again").await;
     t.0
 }

@@ -57,7 +57,8 @@ async fn nospace_transcript(channel: Channel, endpoint: &str) -> (Vec<String>, b
     // etcdctl prints the member id; the transcript names it generically.
     let generic = |s: &str| s.replace(&member.to_string(), "<member>");
 
-    let get = AlarmRequest { action: alarm_request::AlarmAction::Get as i32, member_id: 0, alarm: AlarmType::None as i32 };
+    let get =
+        AlarmRequest { action: alarm_request::AlarmAction::Get as i32, member_id: 0, alarm: AlarmType::None as i32 };
     t.note("alarm GET before", outcome(mt.alarm(get).await).map(|r| r.alarms));
 
     let mut filled = 0;
@@ -91,13 +92,19 @@ async fn nospace_transcript(channel: Channel, endpoint: &str) -> (Vec<String>, b
 
     // etcd may apply the put it refuses (its apply-time quota check answers
     // NOSPACE after writing, its up-front check before): count what is there.
-    let count = RangeRequest { key: b"k".to_vec().into(), range_end: b"l".to_vec().into(), count_only: true, ..Default::default() };
+    let count = RangeRequest {
+        key: b"k".to_vec().into(),
+        range_end: b"l".to_vec().into(),
+        count_only: true,
+        ..Default::default()
+    };
     let present = kv.range(count).await.unwrap().into_inner().count;
     assert!(present == filled as i64 || present == filled as i64 + 1, "{present} keys after {filled} puts");
     let all = DeleteRangeRequest { key: b"k".to_vec().into(), range_end: b"l".to_vec().into(), ..Default::default() };
     let deleted = outcome(kv.delete_range(all).await).map(|r| r.deleted);
     t.note("delete every key", deleted.clone().map(|n| n == present));
-    let current = kv.range(RangeRequest { key: b"a".to_vec().into(), ..Default::default() }).await.unwrap().into_inner();
+    let current =
+        kv.range(RangeRequest { key: b"a".to_vec().into(), ..Default::default() }).await.unwrap().into_inner();
     let rev = current.header.unwrap().revision;
     t.note("compact", outcome(kv.compact(CompactionRequest { revision: rev, physical: true }).await).map(|_| ()));
     t.note("put after compaction", outcome(kv.put(put("a", b"b".to_vec())).await).map(|_| ()));
@@ -114,7 +121,10 @@ async fn nospace_transcript(channel: Channel, endpoint: &str) -> (Vec<String>, b
     t.note("etcdctl alarm disarm", generic(&disarm.stdout));
     t.note("etcdctl alarm list after disarm", ctl.run(&["alarm", "list"]).await.ok().stdout);
     t.note("put after disarm", outcome(kv.put(put("a", b"b".to_vec())).await).map(|_| ()));
-    t.note("lease grant after disarm", outcome(lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await).map(|_| ()));
+    t.note(
+        "lease grant after disarm",
+        outcome(lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await).map(|_| ()),
+    );
     let status = mt.status(StatusRequest {}).await.unwrap().into_inner();
     t.note("status errors after disarm", status.errors);
     (t.lines, present > filled as i64)
@@ -140,7 +150,12 @@ async fn nospace_transcript_matches_etcd() {
     assert!(want.contains(&"etcdctl alarm list after disarm: \"\"".to_owned()), "etcd: {want:#?}");
     assert!(want.contains(&"put after disarm: Ok(())".to_owned()), "etcd: {want:#?}");
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-        assert_eq!(g, w, "step {i} differs\netcd:   {want:#?}\nroster: {got:#?}\nroster log:\n{}", roster.log().tail(30));
+        assert_eq!(
+            g,
+            w,
+            "step {i} differs\netcd:   {want:#?}\nroster: {got:#?}\nroster log:\n{}",
+            roster.log().tail(30)
+        );
     }
     assert_eq!(got.len(), want.len());
 }
@@ -153,7 +168,11 @@ async fn nospace_alarm_survives_kill_9() {
     let mut roster = Roster::start_in(roster_bin(), dir.path()).await;
     let mut mt = MaintenanceClient::new(roster.channel());
     let member = mt.status(StatusRequest {}).await.unwrap().into_inner().header.unwrap().member_id;
-    let activate = AlarmRequest { action: alarm_request::AlarmAction::Activate as i32, member_id: member, alarm: AlarmType::Nospace as i32 };
+    let activate = AlarmRequest {
+        action: alarm_request::AlarmAction::Activate as i32,
+        member_id: member,
+        alarm: AlarmType::Nospace as i32,
+    };
     let raised = mt.alarm(activate).await.unwrap().into_inner().alarms;
     assert_eq!(raised, vec![AlarmMember { member_id: member, alarm: AlarmType::Nospace as i32 }]);
     roster.kill_9();
@@ -168,7 +187,11 @@ async fn nospace_alarm_survives_kill_9() {
     let refused = outcome(kv.put(put("a", b"b".to_vec())).await).map(|_| ());
     assert_eq!(refused, Err((tonic::Code::ResourceExhausted, NOSPACE.to_owned())));
     let mut mt = MaintenanceClient::new(roster.channel());
-    let disarm = AlarmRequest { action: alarm_request::AlarmAction::Deactivate as i32, member_id: member, alarm: AlarmType::Nospace as i32 };
+    let disarm = AlarmRequest {
+        action: alarm_request::AlarmAction::Deactivate as i32,
+        member_id: member,
+        alarm: AlarmType::Nospace as i32,
+    };
     mt.alarm(disarm).await.unwrap();
     kv.put(put("a", b"b".to_vec())).await.expect("writes again once disarmed");
 }
@@ -215,7 +238,11 @@ async fn periodic_auto_compaction_runs_on_roster() {
         .await
         .unwrap_or_else(|e| panic!("roster serve did not start: {e}"));
     write_some(roster.channel()).await;
-    assert!(wait_compacted(roster.channel(), Duration::from_secs(10)).await, "roster never compacted; log:\n{}", roster.log().tail(20));
+    assert!(
+        wait_compacted(roster.channel(), Duration::from_secs(10)).await,
+        "roster never compacted; log:\n{}",
+        roster.log().tail(20)
+    );
     let mut kv = KvClient::new(roster.channel());
     let now = kv.range(RangeRequest { key: b"k".to_vec().into(), ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(now.kvs[0].value, b"v4".to_vec(), "compaction keeps the live data");

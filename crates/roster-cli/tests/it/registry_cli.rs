@@ -2,7 +2,7 @@
 //! against `roster serve` and against real etcd.
 
 use crate::support::roster_bin;
-use roster_testkit::{require_etcd, require_etcdctl, Etcd, Etcdctl, Roster};
+use roster_testkit::{Etcd, Etcdctl, Roster, require_etcd, require_etcdctl};
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -10,7 +10,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 async fn ls_json(endpoint: &str) -> Vec<Value> {
-    let out = Command::new(roster_bin()).args(["--log", "warn", "ls", "--json", "--endpoints", endpoint]).output().await.unwrap();
+    let out = Command::new(roster_bin())
+        .args(["--log", "warn", "ls", "--json", "--endpoints", endpoint])
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "roster ls failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
 }
@@ -57,11 +61,17 @@ async fn scenario(endpoint: String) {
     // A watcher started first sees the instance arrive and leave.
     let (mut watch, mut lines) = watch_json(&endpoint);
 
-    let reg = register(&endpoint, &["hello", "127.0.0.1:50051", "--id", "a", "--ttl", "5", "--zone", "eu-1", "--meta", "k=v"]);
+    let reg = register(
+        &endpoint,
+        &["hello", "127.0.0.1:50051", "--id", "a", "--ttl", "5", "--zone", "eu-1", "--meta", "k=v"],
+    );
     until("registered", Duration::from_secs(10), &endpoint, |l| l.len() == 1).await;
     let listed = ls_json(&endpoint).await;
     let i = &listed[0];
-    assert_eq!((i["service"].as_str(), i["id"].as_str(), i["addr"].as_str()), (Some("hello"), Some("a"), Some("127.0.0.1:50051")));
+    assert_eq!(
+        (i["service"].as_str(), i["id"].as_str(), i["addr"].as_str()),
+        (Some("hello"), Some("a"), Some("127.0.0.1:50051"))
+    );
     assert_eq!((i["zone"].as_str(), i["meta"]["k"].as_str()), (Some("eu-1"), Some("v")));
     let ttl = i["ttl_remaining"].as_i64().unwrap();
     assert!((1..=5).contains(&ttl), "lease TTL remaining {ttl}");
@@ -99,10 +109,12 @@ async fn scenario(endpoint: String) {
     // A failing health check withdraws the instance while the process lives.
     let port = roster_testkit::free_port();
     let check = format!("tcp://127.0.0.1:{port}");
-    let _checked = register(&endpoint, &["hello", "127.0.0.1:50052", "--id", "b", "--check", &check, "--check-interval", "1"]);
+    let _checked =
+        register(&endpoint, &["hello", "127.0.0.1:50052", "--id", "b", "--check", &check, "--check-interval", "1"]);
     until("withdrawn while the check fails", Duration::from_secs(10), &endpoint, |l| l.is_empty()).await;
     let _listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    until("restored once the check passes", Duration::from_secs(10), &endpoint, |l| l.iter().any(|i| i["id"] == "b")).await;
+    until("restored once the check passes", Duration::from_secs(10), &endpoint, |l| l.iter().any(|i| i["id"] == "b"))
+        .await;
     let _ = watch.kill().await;
 }
 
@@ -134,7 +146,9 @@ async fn foreign_values(endpoint: String) {
     ctl.run(&["put", "/services/hello/ep", r#"{"Op":0,"Addr":"127.0.0.1:9001","Metadata":{"zone":"z1"}}"#]).await.ok();
     until("both foreign instances listed", Duration::from_secs(10), &endpoint, |l| l.len() == 2).await;
     let listed = ls_json(&endpoint).await;
-    let by_id = |id: &str| listed.iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("{id} not listed: {listed:?}")).clone();
+    let by_id = |id: &str| {
+        listed.iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("{id} not listed: {listed:?}")).clone()
+    };
     assert_eq!(by_id("plain")["addr"], "127.0.0.1:9000");
     assert_eq!(by_id("ep")["addr"], "127.0.0.1:9001");
     assert!(listed.iter().all(|i| i["id"] != "bad"), "{listed:?}");
@@ -180,8 +194,14 @@ async fn bad_arguments_get_helpful_errors() {
         (vec!["register", "hello", "127.0.0.1:1", "--meta", "novalue"], "expected k=v"),
         (vec!["register", "hello", "127.0.0.1:1", "--ttl", "1"], "at least 2 seconds"),
         (vec!["register", "hello", "127.0.0.1:1", "--check", "ftp://x:1"], "unsupported scheme"),
-        (vec!["register", "hello", "127.0.0.1:1", "--check", "tcp://127.0.0.1:1", "--check-rise", "0"], "rise and fall must be at least 1"),
-        (vec!["register", "hello", "127.0.0.1:1", "--check", "tcp://127.0.0.1:1", "--check-fall", "0"], "rise and fall must be at least 1"),
+        (
+            vec!["register", "hello", "127.0.0.1:1", "--check", "tcp://127.0.0.1:1", "--check-rise", "0"],
+            "rise and fall must be at least 1",
+        ),
+        (
+            vec!["register", "hello", "127.0.0.1:1", "--check", "tcp://127.0.0.1:1", "--check-fall", "0"],
+            "rise and fall must be at least 1",
+        ),
         (vec!["ls", "--endpoints", "127.0.0.1:1"], "cannot reach any registry endpoint"),
     ] {
         let out = Command::new(roster_bin()).args(&args).output().await.unwrap();
@@ -194,13 +214,55 @@ async fn bad_arguments_get_helpful_errors() {
 /// A CA and a server certificate for 127.0.0.1, made with openssl.
 fn make_certs(dir: &std::path::Path) {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
+        let out =
+            std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=roster-test-ca"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.ext"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=roster-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +290,12 @@ async fn registers_and_lists_over_tls_against_etcd() {
     let ls = |extra: Vec<String>| {
         let url = url.clone();
         async move {
-            Command::new(roster_bin()).args(["--log", "warn", "ls", "--json", "--endpoints", &url, "--timeout", "2"]).args(extra).output().await.unwrap()
+            Command::new(roster_bin())
+                .args(["--log", "warn", "ls", "--json", "--endpoints", &url, "--timeout", "2"])
+                .args(extra)
+                .output()
+                .await
+                .unwrap()
         }
     };
     let start = Instant::now();
@@ -237,7 +304,19 @@ async fn registers_and_lists_over_tls_against_etcd() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _reg = Command::new(roster_bin())
-        .args(["--log", "warn", "register", "hello", "127.0.0.1:50051", "--id", "tls", "--endpoints", &url, "--cacert", ca])
+        .args([
+            "--log",
+            "warn",
+            "register",
+            "hello",
+            "127.0.0.1:50051",
+            "--id",
+            "tls",
+            "--endpoints",
+            &url,
+            "--cacert",
+            ca,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -262,7 +341,7 @@ async fn registers_and_lists_over_tls_against_etcd() {
 /// and no watcher ever sees an instance vanish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_kill_9_and_restart_keeps_every_registration() {
-    use roster::{Change, Client, ClientConfig, Instance, Registry, RegistrationStatus};
+    use roster::{Change, Client, ClientConfig, Instance, RegistrationStatus, Registry};
     use tokio_stream::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let mut server = Roster::start_in(roster_bin(), dir.path()).await;
@@ -271,7 +350,12 @@ async fn registry_kill_9_and_restart_keeps_every_registration() {
     let registry = Registry::new(Client::new(cfg).unwrap()).with_ttl(Duration::from_secs(4));
     let mut regs = Vec::new();
     for i in 0..3 {
-        regs.push(registry.register(Instance::new("svc", format!("127.0.0.1:{}", 7000 + i)).with_id(format!("i{i}"))).await.unwrap());
+        regs.push(
+            registry
+                .register(Instance::new("svc", format!("127.0.0.1:{}", 7000 + i)).with_id(format!("i{i}")))
+                .await
+                .unwrap(),
+        );
     }
     let d = registry.discover("svc");
     d.ready().await;
@@ -308,19 +392,28 @@ async fn registry_kill_9_and_restart_keeps_every_registration() {
 #[tokio::test]
 async fn demo_exits_by_itself_and_shows_traffic_moving_with_no_failed_call() {
     // No --log: the demo's own default (warn) keeps INFO lines out of its narration.
-    let out = tokio::time::timeout(Duration::from_secs(60), Command::new(roster_bin()).arg("demo").env_remove("RUST_LOG").output())
-        .await
-        .expect("demo ends within a minute")
-        .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(roster_bin()).arg("demo").env_remove("RUST_LOG").output(),
+    )
+    .await
+    .expect("demo ends within a minute")
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("hello-2 crashes"), "{stdout}");
     let last = stdout.lines().find(|l| l.contains("final tally")).expect("a final tally");
     let count = |name: &str| -> u64 {
-        last.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).and_then(|n| n.parse().ok()).unwrap_or(0)
+        last.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     };
     assert!(count("hello-4") > 0, "the new server got calls: {last}");
-    assert!(count("hello-1") > count("hello-2") && count("hello-3") > count("hello-2"), "traffic moved off the crashed one: {last}");
+    assert!(
+        count("hello-1") > count("hello-2") && count("hello-3") > count("hello-2"),
+        "traffic moved off the crashed one: {last}"
+    );
     assert_eq!(count("errors"), 0, "calls hello-2 would take go to the others: {last}");
     assert!(last.contains("errors=0"), "{last}");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -20,12 +20,7 @@ const LEASE_A: i64 = 0x1234;
 const LEASE_B: i64 = 0x7fff_0000_0000_0001;
 
 fn put(k: &[u8], v: &[u8], lease: i64) -> PutRequest {
-    PutRequest {
-        key: k.to_vec().into(),
-        value: v.to_vec().into(),
-        lease,
-        ..Default::default()
-    }
+    PutRequest { key: k.to_vec().into(), value: v.to_vec().into(), lease, ..Default::default() }
 }
 
 /// Puts, overwrites, deletes, a txn of two puts, binary keys and values,
@@ -37,63 +32,18 @@ async fn build_history(ch: &Channel) -> i64 {
     kv.put(put(b"a", b"1", 0)).await.unwrap();
     kv.put(put(b"a", b"2", 0)).await.unwrap();
     kv.put(put(b"b", b"x", 0)).await.unwrap();
-    kv.delete_range(DeleteRangeRequest {
-        key: b"b".to_vec().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    kv.delete_range(DeleteRangeRequest { key: b"b".to_vec().into(), ..Default::default() }).await.unwrap();
     kv.put(put(&[0xff, 0, 1], &[0, 0xfe, 0], 0)).await.unwrap();
-    lease
-        .lease_grant(LeaseGrantRequest {
-            ttl: 600,
-            id: LEASE_A,
-        })
-        .await
-        .unwrap();
-    lease
-        .lease_grant(LeaseGrantRequest {
-            ttl: 300,
-            id: LEASE_B,
-        })
-        .await
-        .unwrap();
-    kv.put(put(b"svc/1", b"10.0.0.1:80", LEASE_A))
-        .await
-        .unwrap();
-    kv.put(put(b"svc/2", b"10.0.0.2:80", LEASE_A))
-        .await
-        .unwrap();
-    let ops = [b"d", b"e"].map(|k| RequestOp {
-        request: Some(Request::RequestPut(put(k, b"txn", 0))),
-    });
-    kv.txn(TxnRequest {
-        success: ops.to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let compact = kv
-        .put(put(b"a", b"3", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
-    kv.compact(CompactionRequest {
-        revision: compact,
-        physical: true,
-    })
-    .await
-    .unwrap();
+    lease.lease_grant(LeaseGrantRequest { ttl: 600, id: LEASE_A }).await.unwrap();
+    lease.lease_grant(LeaseGrantRequest { ttl: 300, id: LEASE_B }).await.unwrap();
+    kv.put(put(b"svc/1", b"10.0.0.1:80", LEASE_A)).await.unwrap();
+    kv.put(put(b"svc/2", b"10.0.0.2:80", LEASE_A)).await.unwrap();
+    let ops = [b"d", b"e"].map(|k| RequestOp { request: Some(Request::RequestPut(put(k, b"txn", 0))) });
+    kv.txn(TxnRequest { success: ops.to_vec(), ..Default::default() }).await.unwrap();
+    let compact = kv.put(put(b"a", b"3", 0)).await.unwrap().into_inner().header.unwrap().revision;
+    kv.compact(CompactionRequest { revision: compact, physical: true }).await.unwrap();
     kv.put(put(b"a", b"4", 0)).await.unwrap();
-    kv.delete_range(DeleteRangeRequest {
-        key: b"d".to_vec().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    kv.delete_range(DeleteRangeRequest { key: b"d".to_vec().into(), ..Default::default() }).await.unwrap();
     kv.put(put(b"big", &vec![7u8; 20_000], 0)).await.unwrap();
     compact
 }
@@ -104,12 +54,8 @@ async fn build_history(ch: &Channel) -> i64 {
 async fn dump(ch: &Channel, compact: i64) -> Vec<String> {
     let mut kv = KvClient::new(ch.clone());
     let mut lease = LeaseClient::new(ch.clone());
-    let all = |revision| RangeRequest {
-        key: vec![0].into(),
-        range_end: vec![0].into(),
-        revision,
-        ..Default::default()
-    };
+    let all =
+        |revision| RangeRequest { key: vec![0].into(), range_end: vec![0].into(), revision, ..Default::default() };
     let now = kv.range(all(0)).await.unwrap().into_inner();
     let rev = now.header.unwrap().revision;
     let show = |kvs: &[KeyValue]| {
@@ -128,43 +74,21 @@ async fn dump(ch: &Channel, compact: i64) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut out = vec![
-        format!("revision {rev}"),
-        format!("now: {}", show(&now.kvs)),
-    ];
+    let mut out = vec![format!("revision {rev}"), format!("now: {}", show(&now.kvs))];
     for r in compact..=rev {
         let at = kv.range(all(r)).await.unwrap().into_inner();
         out.push(format!("at {r}: {}", show(&at.kvs)));
     }
     let below = kv.range(all(compact - 1)).await.unwrap_err();
-    out.push(format!(
-        "at {}: {:?} {}",
-        compact - 1,
-        below.code(),
-        below.message()
-    ));
-    let mut ids: Vec<i64> = lease
-        .lease_leases(LeaseLeasesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .leases
-        .iter()
-        .map(|l| l.id)
-        .collect();
+    out.push(format!("at {}: {:?} {}", compact - 1, below.code(), below.message()));
+    let mut ids: Vec<i64> =
+        lease.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner().leases.iter().map(|l| l.id).collect();
     ids.sort();
     for id in ids {
-        let t = lease
-            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
-            .await
-            .unwrap()
-            .into_inner();
+        let t = lease.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true }).await.unwrap().into_inner();
         let mut keys = t.keys.clone();
         keys.sort();
-        out.push(format!(
-            "lease {id:x} granted {} keys {keys:?}",
-            t.granted_ttl
-        ));
+        out.push(format!("lease {id:x} granted {} keys {keys:?}", t.granted_ttl));
     }
     out
 }
@@ -172,18 +96,9 @@ async fn dump(ch: &Channel, compact: i64) -> Vec<String> {
 /// The dump sees what the history made, so equal dumps mean something.
 fn assert_meaningful(dump: &[String]) {
     let text = dump.join("\n");
-    assert!(
-        text.contains("lease 1234 granted 600 keys") && text.contains("svc/1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("lease 7fff000000000001 granted 300 keys []"),
-        "{text}"
-    );
-    assert!(
-        text.contains("OutOfRange etcdserver: mvcc: required revision has been compacted"),
-        "{text}"
-    );
+    assert!(text.contains("lease 1234 granted 600 keys") && text.contains("svc/1"), "{text}");
+    assert!(text.contains("lease 7fff000000000001 granted 300 keys []"), "{text}");
+    assert!(text.contains("OutOfRange etcdserver: mvcc: required revision has been compacted"), "{text}");
     assert!(text.contains(r#"b"\xff\0\x01"=3"#), "{text}");
 }
 
@@ -196,7 +111,12 @@ async fn hashes(ch: &Channel, compact: i64, rev: i64) -> Vec<String> {
         match m.hash_kv(HashKvRequest { revision: r }).await {
             Ok(h) => {
                 let h = h.into_inner();
-                out.push(format!("hashkv {r}: {:08x} compacted at {} header rev {}", h.hash, h.compact_revision, h.header.unwrap().revision));
+                out.push(format!(
+                    "hashkv {r}: {:08x} compacted at {} header rev {}",
+                    h.hash,
+                    h.compact_revision,
+                    h.header.unwrap().revision
+                ));
             }
             Err(s) => out.push(format!("hashkv {r}: {:?} {}", s.code(), s.message())),
         }
@@ -213,12 +133,7 @@ fn assert_same(what: &str, expected: &[String], got: &[String]) {
             .filter(|(a, b)| a != b)
             .map(|(a, b)| format!("  expected {a}\n  got      {b}"))
             .collect();
-        panic!(
-            "{what}: the states differ ({} vs {} lines):\n{}",
-            expected.len(),
-            got.len(),
-            diff.join("\n")
-        );
+        panic!("{what}: the states differ ({} vs {} lines):\n{}", expected.len(), got.len(), diff.join("\n"));
     }
 }
 
@@ -243,11 +158,7 @@ async fn etcd_from_snapshot(file: &Path, dir: &Path) -> Etcd {
 }
 
 async fn roster(args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(roster_bin())
-        .args(args)
-        .output()
-        .await
-        .unwrap()
+    tokio::process::Command::new(roster_bin()).args(args).output().await.unwrap()
 }
 
 #[tokio::test]
@@ -266,40 +177,23 @@ async fn roster_snapshot_restores_into_etcd_with_everything_etcd_keeps() {
     assert!(saved.success(), "etcdctl snapshot save: {}", saved.stderr);
 
     // etcd's reader and ours agree on the file.
-    let theirs = ctl
-        .run(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"])
-        .await;
-    assert!(
-        theirs.success(),
-        "etcdctl snapshot status: {}",
-        theirs.stderr
-    );
+    let theirs = ctl.run(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]).await;
+    assert!(theirs.success(), "etcdctl snapshot status: {}", theirs.stderr);
     let ours = roster(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]).await;
-    assert!(
-        ours.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ours.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&ours.stdout).trim(),
-        theirs.stdout.trim()
-    );
+    assert!(ours.status.success(), "{}", String::from_utf8_lossy(&ours.stderr));
+    assert_eq!(String::from_utf8_lossy(&ours.stdout).trim(), theirs.stdout.trim());
     let status: serde_json::Value = serde_json::from_str(theirs.stdout.trim()).unwrap();
-    assert_eq!(
-        format!("revision {}", status["revision"]),
-        expected[0],
-        "snapshot status names the store revision"
-    );
+    assert_eq!(format!("revision {}", status["revision"]), expected[0], "snapshot status names the store revision");
 
     let etcd = etcd_from_snapshot(&file, dir.path()).await;
-    assert_same(
-        "etcd restored from roster's snapshot",
-        &expected,
-        &dump(&etcd.channel(), compact).await,
-    );
+    assert_same("etcd restored from roster's snapshot", &expected, &dump(&etcd.channel(), compact).await);
     let rev: i64 = status["revision"].as_i64().unwrap();
     let ours = hashes(&server.channel(), compact, rev).await;
-    assert_eq!(ours, hashes(&etcd.channel(), compact, rev).await, "HashKV on roster and on the etcd restored from its snapshot");
+    assert_eq!(
+        ours,
+        hashes(&etcd.channel(), compact, rev).await,
+        "HashKV on roster and on the etcd restored from its snapshot"
+    );
     assert!(ours.iter().any(|l| l.contains("required revision has been compacted")), "{ours:?}");
     assert!(ours.iter().any(|l| l.contains("future revision")), "{ours:?}");
     let distinct: std::collections::HashSet<&str> =
@@ -318,36 +212,16 @@ async fn etcd_snapshot_restores_into_roster_with_everything_etcd_keeps() {
     let expected = dump(&etcd.channel(), compact).await;
 
     let file = dir.path().join("etcd.snap");
-    let saved = Etcdctl::new(etcd.endpoint())
-        .run(&["snapshot", "save", file.to_str().unwrap()])
-        .await;
+    let saved = Etcdctl::new(etcd.endpoint()).run(&["snapshot", "save", file.to_str().unwrap()]).await;
     assert!(saved.success(), "etcdctl snapshot save: {}", saved.stderr);
     let data = dir.path().join("roster-data");
-    let out = roster(&[
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "roster snapshot restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = roster(&["snapshot", "restore", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]).await;
+    assert!(out.status.success(), "roster snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("restored") && stdout.contains("roster serve --data-dir"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("restored") && stdout.contains("roster serve --data-dir"), "{stdout}");
 
     let server = Roster::start_in(roster_bin(), &data).await;
-    assert_same(
-        "roster restored from etcd's snapshot",
-        &expected,
-        &dump(&server.channel(), compact).await,
-    );
+    assert_same("roster restored from etcd's snapshot", &expected, &dump(&server.channel(), compact).await);
     let rev: i64 = expected[0].trim_start_matches("revision ").parse().unwrap();
     assert_eq!(
         hashes(&etcd.channel(), compact, rev).await,
@@ -358,39 +232,13 @@ async fn etcd_snapshot_restores_into_roster_with_everything_etcd_keeps() {
     // And back again: roster's own snapshot of the restored data, saved
     // with roster's CLI, restores into roster once more.
     let again = dir.path().join("again.snap");
-    let out = roster(&[
-        "snapshot",
-        "save",
-        again.to_str().unwrap(),
-        "--endpoints",
-        &server.endpoint(),
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "roster snapshot save: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = roster(&["snapshot", "save", again.to_str().unwrap(), "--endpoints", &server.endpoint()]).await;
+    assert!(out.status.success(), "roster snapshot save: {}", String::from_utf8_lossy(&out.stderr));
     let data2 = dir.path().join("roster-data-2");
-    let out = roster(&[
-        "snapshot",
-        "restore",
-        again.to_str().unwrap(),
-        "--data-dir",
-        data2.to_str().unwrap(),
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = roster(&["snapshot", "restore", again.to_str().unwrap(), "--data-dir", data2.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let server2 = Roster::start_in(roster_bin(), &data2).await;
-    assert_same(
-        "roster restored from roster's snapshot",
-        &expected,
-        &dump(&server2.channel(), compact).await,
-    );
+    assert_same("roster restored from roster's snapshot", &expected, &dump(&server2.channel(), compact).await);
 }
 
 /// A damaged snapshot gets a clear error from `roster snapshot restore`,
@@ -401,23 +249,9 @@ async fn damaged_snapshots_are_refused_and_write_nothing() {
     let server = Roster::start(roster_bin()).await;
     build_history(&server.channel()).await;
     let good = dir.path().join("good.snap");
-    let out = roster(&[
-        "snapshot",
-        "save",
-        good.to_str().unwrap(),
-        "--endpoints",
-        &server.endpoint(),
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !dir.path().join("good.snap.part").exists(),
-        "no partial file is left"
-    );
+    let out = roster(&["snapshot", "save", good.to_str().unwrap(), "--endpoints", &server.endpoint()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("good.snap.part").exists(), "no partial file is left");
     let bytes = std::fs::read(&good).unwrap();
 
     let mut wrong_sha = bytes.clone();
@@ -426,11 +260,7 @@ async fn damaged_snapshots_are_refused_and_write_nothing() {
     let mut flipped_body = bytes.clone();
     flipped_body[4096 * 3 + 100] ^= 0x10;
     let cases: [(&str, Vec<u8>, &str); 4] = [
-        (
-            "truncated",
-            bytes[..bytes.len() / 2].to_vec(),
-            "snapshot missing hash",
-        ),
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), "snapshot missing hash"),
         ("wrong-sha", wrong_sha, "sha256 mismatch"),
         ("flipped-body", flipped_body, "sha256 mismatch"),
         ("not-bolt", vec![b'x'; 4096 + 32], "not a bbolt database"),
@@ -440,23 +270,14 @@ async fn damaged_snapshots_are_refused_and_write_nothing() {
         std::fs::write(&file, content).unwrap();
         let data = dir.path().join(format!("data-{name}"));
         let skip = name == "not-bolt";
-        let mut args = vec![
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
+        let mut args = vec!["snapshot", "restore", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
         if skip {
             args.push("--skip-hash-check");
         }
         let out = roster(&args).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: restore succeeded");
-        assert!(
-            stderr.contains(expect),
-            "{name}: expected {expect:?} in:\n{stderr}"
-        );
+        assert!(stderr.contains(expect), "{name}: expected {expect:?} in:\n{stderr}");
         assert!(!data.exists(), "{name}: restore left a data dir");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -468,20 +289,9 @@ async fn damaged_snapshots_are_refused_and_write_nothing() {
 
     let existing = dir.path().join("existing");
     std::fs::create_dir(&existing).unwrap();
-    let out = roster(&[
-        "snapshot",
-        "restore",
-        good.to_str().unwrap(),
-        "--data-dir",
-        existing.to_str().unwrap(),
-    ])
-    .await;
+    let out = roster(&["snapshot", "restore", good.to_str().unwrap(), "--data-dir", existing.to_str().unwrap()]).await;
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("exists"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `--backup-dir`: etcd snapshot files appear at start and every interval,
@@ -614,9 +424,12 @@ async fn users_roles_and_passwords_move_with_the_snapshot_both_ways() {
 
     // Snapshot needs root on both.
     let back = dir.path().join("roster-auth.snap");
-    let denied = Etcdctl::new(server.endpoint()).run(&["--user", "alice:apw", "snapshot", "save", back.to_str().unwrap()]).await;
+    let denied =
+        Etcdctl::new(server.endpoint()).run(&["--user", "alice:apw", "snapshot", "save", back.to_str().unwrap()]).await;
     assert!(!denied.success() && !back.exists(), "alice may not take a snapshot: {}", denied.stderr);
-    let r = Etcdctl::new(server.endpoint()).run(&["--user", "root:rootpw", "snapshot", "save", back.to_str().unwrap()]).await;
+    let r = Etcdctl::new(server.endpoint())
+        .run(&["--user", "root:rootpw", "snapshot", "save", back.to_str().unwrap()])
+        .await;
     assert!(r.success(), "{}", r.stderr);
     let etcd2 = etcd_from_snapshot(&back, dir.path()).await;
     assert_eq!(auth_transcript(&etcd2.endpoint()).await, expected, "etcd restored from roster's snapshot");
@@ -633,7 +446,15 @@ async fn maintenance_transcript(endpoint: &str, pid_member: &str) -> Vec<String>
     let lease_id = lease.stdout.split_whitespace().nth(1).unwrap_or("none").to_owned();
     let scrub = |s: &str| {
         let mut s = s.replace(endpoint, "<endpoint>").replace(&lease_id, "<lease>").replace(pid_member, "<member>");
-        for key in ["\"cluster_id\":", "\"member_id\":", "\"leader\":", "\"dbSize\":", "\"dbSizeInUse\":", "\"raftIndex\":", "\"raftAppliedIndex\":"] {
+        for key in [
+            "\"cluster_id\":",
+            "\"member_id\":",
+            "\"leader\":",
+            "\"dbSize\":",
+            "\"dbSizeInUse\":",
+            "\"raftIndex\":",
+            "\"raftAppliedIndex\":",
+        ] {
             while let Some(at) = s.find(key) {
                 let start = at + key.len();
                 let end = s[start..].find([',', '}']).map_or(s.len(), |e| start + e);

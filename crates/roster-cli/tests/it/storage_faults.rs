@@ -14,7 +14,9 @@ use crate::support::http_get;
 use crate::support::roster_bin;
 use roster_api::etcdserverpb::kv_client::KvClient;
 use roster_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use roster_api::etcdserverpb::{request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest};
+use roster_api::etcdserverpb::{
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, request_op::Request,
+};
 use roster_testkit::Roster;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,7 +33,10 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::Builder::new().prefix("roster-full").tempdir().unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).output();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
         match out {
             Ok(o) if o.status.success() => Some(Tmpfs { dir }),
             other => {
@@ -89,11 +94,20 @@ async fn fill(ch: Channel) -> Outcomes {
                         break;
                     }
                     let key = format!("full/{w:02}/{i:05}");
-                    let r = kv.put(PutRequest { key: key.clone().into(), value: vec![b'x'; 2048].into(), ..Default::default() }).await;
+                    let r = kv
+                        .put(PutRequest {
+                            key: key.clone().into(),
+                            value: vec![b'x'; 2048].into(),
+                            ..Default::default()
+                        })
+                        .await;
                     match r {
                         Ok(resp) => out.push((key, Some(resp.into_inner().header.unwrap().revision))),
                         Err(status) => {
-                            assert!(status.message().contains("storage failed"), "a full disk fails writes clearly: {status:?}");
+                            assert!(
+                                status.message().contains("storage failed"),
+                                "a full disk fails writes clearly: {status:?}"
+                            );
                             failures += 1;
                             out.push((key, None));
                         }
@@ -155,7 +169,9 @@ async fn disk_full_fails_stop_and_a_restart_on_a_larger_disk_has_every_acknowled
     check(&server.channel(), &outcomes, "after restart").await;
     assert_eq!(http_get(&server.http_url(), "/health").await.0, 200);
     let mut kv = KvClient::new(server.channel());
-    kv.put(PutRequest { key: "full/after".into(), value: "ok".into(), ..Default::default() }).await.expect("writes work again");
+    kv.put(PutRequest { key: "full/after".into(), value: "ok".into(), ..Default::default() })
+        .await
+        .expect("writes work again");
 }
 
 /// Before batches could be any size, a record over 64 MiB was acknowledged
@@ -201,7 +217,8 @@ async fn delete_range_over_a_million_keys_survives_kill_9() {
     let count = |kv: &mut KvClient<Channel>| {
         let mut kv = kv.clone();
         async move {
-            let r = RangeRequest { key: "big/".into(), range_end: "big0".into(), count_only: true, ..Default::default() };
+            let r =
+                RangeRequest { key: "big/".into(), range_end: "big0".into(), count_only: true, ..Default::default() };
             kv.range(r).await.unwrap().into_inner().count
         }
     };

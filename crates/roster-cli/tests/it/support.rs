@@ -9,11 +9,8 @@ pub fn roster_bin() -> &'static str {
 
 /// The gRPC outcome reduced to what clients see: the message, or the error's
 /// code and exact text.
-pub fn outcome<T>(
-    r: Result<tonic::Response<T>, tonic::Status>,
-) -> Result<T, (tonic::Code, String)> {
-    r.map(tonic::Response::into_inner)
-        .map_err(|s| (s.code(), s.message().to_owned()))
+pub fn outcome<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T, (tonic::Code, String)> {
+    r.map(tonic::Response::into_inner).map_err(|s| (s.code(), s.message().to_owned()))
 }
 
 /// Header fields that legitimately differ between two servers.

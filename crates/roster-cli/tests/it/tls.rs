@@ -31,14 +31,7 @@ fn certs() -> Option<Certs> {
     let server = ca.server("server", "first-server");
     let client = ca.client("client", "alice");
     let rogue = other.client("rogue", "mallory");
-    Some(Certs {
-        ca,
-        other,
-        server,
-        client,
-        rogue,
-        _dir: dir,
-    })
+    Some(Certs { ca, other, server, client, rogue, _dir: dir })
 }
 
 fn s(p: &Path) -> &str {
@@ -56,9 +49,7 @@ async fn serve_mtls(c: &Certs, extra: &[&str]) -> Roster {
         "--client-cert-auth",
     ];
     args.extend_from_slice(extra);
-    Roster::try_start_tls(roster_bin(), &args)
-        .await
-        .unwrap_or_else(|e| panic!("roster serve with TLS: {e}"))
+    Roster::try_start_tls(roster_bin(), &args).await.unwrap_or_else(|e| panic!("roster serve with TLS: {e}"))
 }
 
 /// etcdctl over https with the given TLS flags, failing fast.
@@ -66,10 +57,7 @@ async fn ctl(endpoint: &str, tls: &[&str], cmd: &[&str]) -> CtlOutput {
     let mut args: Vec<&str> = tls.to_vec();
     args.extend(["--dial-timeout=1s", "--command-timeout=3s"]);
     args.extend_from_slice(cmd);
-    Etcdctl::new(endpoint)
-        .with_timeout(Duration::from_secs(15))
-        .run(&args)
-        .await
+    Etcdctl::new(endpoint).with_timeout(Duration::from_secs(15)).run(&args).await
 }
 
 fn sdk(endpoint: String, tls: Option<tonic::transport::ClientTlsConfig>) -> Client {
@@ -81,11 +69,7 @@ fn sdk(endpoint: String, tls: Option<tonic::transport::ClientTlsConfig>) -> Clie
 }
 
 fn put(k: &'static str, v: &'static str) -> PutRequest {
-    PutRequest {
-        key: k.into(),
-        value: v.into(),
-        ..Default::default()
-    }
+    PutRequest { key: k.into(), value: v.into(), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,58 +85,30 @@ async fn client_cert_auth_admits_only_clients_signed_by_the_trusted_ca() {
     // etcdctl with a CA-signed client certificate.
     let good = ["--cacert", ca, "--cert", cert, "--key", key];
     ctl(&https, &good, &["put", "/tls/k", "v1"]).await.ok();
-    assert_eq!(
-        ctl(&https, &good, &["get", "/tls/k", "--print-value-only"])
-            .await
-            .ok()
-            .stdout
-            .trim(),
-        "v1"
-    );
+    assert_eq!(ctl(&https, &good, &["get", "/tls/k", "--print-value-only"]).await.ok().stdout.trim(), "v1");
     // Without a client certificate, with one from another CA, and over plaintext.
     let refused = [
         ("no client certificate", https.clone(), vec!["--cacert", ca]),
         (
             "another CA's certificate",
             https.clone(),
-            vec![
-                "--cacert",
-                ca,
-                "--cert",
-                s(&c.rogue.cert),
-                "--key",
-                s(&c.rogue.key),
-            ],
+            vec!["--cacert", ca, "--cert", s(&c.rogue.cert), "--key", s(&c.rogue.key)],
         ),
         ("plaintext", format!("http://{}", server.endpoint()), vec![]),
     ];
     for (what, endpoint, tls) in &refused {
         let out = ctl(endpoint, tls, &["put", "/tls/k", "stolen"]).await;
-        assert!(
-            !out.success(),
-            "etcdctl with {what} was served: {}",
-            out.stdout
-        );
+        assert!(!out.success(), "etcdctl with {what} was served: {}", out.stdout);
     }
 
     // The SDK the same way.
-    let identity =
-        ClientConfig::tls_from_files(Some(&c.ca.cert), Some(&c.client.cert), Some(&c.client.key))
-            .unwrap();
+    let identity = ClientConfig::tls_from_files(Some(&c.ca.cert), Some(&c.client.cert), Some(&c.client.key)).unwrap();
     let client = sdk(https.clone(), Some(identity));
     client.put(put("/tls/sdk", "v2")).await.unwrap();
-    let got = client
-        .range(RangeRequest {
-            key: "/tls/k".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let got = client.range(RangeRequest { key: "/tls/k".into(), ..Default::default() }).await.unwrap();
     assert_eq!(&got.kvs[0].value[..], b"v1");
     let no_cert = ClientConfig::tls_from_files(Some(&c.ca.cert), None, None).unwrap();
-    let rogue =
-        ClientConfig::tls_from_files(Some(&c.ca.cert), Some(&c.rogue.cert), Some(&c.rogue.key))
-            .unwrap();
+    let rogue = ClientConfig::tls_from_files(Some(&c.ca.cert), Some(&c.rogue.cert), Some(&c.rogue.key)).unwrap();
     for (what, client) in [
         ("no client certificate", sdk(https.clone(), Some(no_cert))),
         ("another CA's certificate", sdk(https.clone(), Some(rogue))),
@@ -162,14 +118,7 @@ async fn client_cert_auth_admits_only_clients_signed_by_the_trusted_ca() {
         assert!(r.is_err(), "the SDK with {what} was served");
     }
     // Nothing the refused clients sent was written.
-    assert_eq!(
-        ctl(&https, &good, &["get", "/tls/k", "--print-value-only"])
-            .await
-            .ok()
-            .stdout
-            .trim(),
-        "v1"
-    );
+    assert_eq!(ctl(&https, &good, &["get", "/tls/k", "--print-value-only"]).await.ok().stdout.trim(), "v1");
 }
 
 /// The subject the server presents, as `openssl s_client` prints it.
@@ -191,10 +140,7 @@ async fn served_subject(endpoint: &str, c: &Certs) -> String {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("subject="))
-        .unwrap_or_else(|| panic!("no subject in:\n{text}"));
+    let line = text.lines().find(|l| l.starts_with("subject=")).unwrap_or_else(|| panic!("no subject in:\n{text}"));
     line.to_owned()
 }
 
@@ -210,21 +156,11 @@ async fn certificate_swapped_on_disk_is_served_on_the_next_handshake() {
     let Some(c) = certs() else { return };
     // The server reads copies, so that the test can replace them.
     let live = tempfile::tempdir().unwrap();
-    let (cert, key) = (
-        live.path().join("server.pem"),
-        live.path().join("server.key"),
-    );
+    let (cert, key) = (live.path().join("server.pem"), live.path().join("server.key"));
     swap_in(&c.server.cert, &cert);
     swap_in(&c.server.key, &key);
-    let args = [
-        "--cert-file",
-        s(&cert),
-        "--key-file",
-        s(&key),
-        "--trusted-ca-file",
-        s(&c.ca.cert),
-        "--client-cert-auth",
-    ];
+    let args =
+        ["--cert-file", s(&cert), "--key-file", s(&key), "--trusted-ca-file", s(&c.ca.cert), "--client-cert-auth"];
     let server = Roster::try_start_tls(roster_bin(), &args).await.unwrap();
     let endpoint = server.endpoint();
     assert!(served_subject(&endpoint, &c).await.contains("first-server"));
@@ -233,39 +169,14 @@ async fn certificate_swapped_on_disk_is_served_on_the_next_handshake() {
     let renewed = c.ca.server("renewed", "second-server");
     swap_in(&renewed.key, &key);
     swap_in(&renewed.cert, &cert);
-    assert!(
-        served_subject(&endpoint, &c)
-            .await
-            .contains("second-server"),
-        "the renewed certificate was not served"
-    );
+    assert!(served_subject(&endpoint, &c).await.contains("second-server"), "the renewed certificate was not served");
 
     // A broken file on disk keeps the last good pair in service.
-    std::fs::write(
-        &cert,
-        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
-    assert!(
-        served_subject(&endpoint, &c)
-            .await
-            .contains("second-server")
-    );
-    let identity =
-        ClientConfig::tls_from_files(Some(&c.ca.cert), Some(&c.client.cert), Some(&c.client.key))
-            .unwrap();
-    sdk(format!("https://{endpoint}"), Some(identity))
-        .put(put("/tls/after-swap", "ok"))
-        .await
-        .unwrap();
-    assert!(
-        server
-            .log()
-            .read()
-            .contains("does not load; still serving the previous one"),
-        "{}",
-        server.log().tail(20)
-    );
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n").unwrap();
+    assert!(served_subject(&endpoint, &c).await.contains("second-server"));
+    let identity = ClientConfig::tls_from_files(Some(&c.ca.cert), Some(&c.client.cert), Some(&c.client.key)).unwrap();
+    sdk(format!("https://{endpoint}"), Some(identity)).put(put("/tls/after-swap", "ok")).await.unwrap();
+    assert!(server.log().read().contains("does not load; still serving the previous one"), "{}", server.log().tail(20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,16 +223,7 @@ async fn trusted_ca_swapped_on_disk_is_used_on_the_next_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_listener_serves_https_and_refuses_bad_tls_flags() {
     let Some(c) = certs() else { return };
-    let server = serve_mtls(
-        &c,
-        &[
-            "--http-cert-file",
-            s(&c.server.cert),
-            "--http-key-file",
-            s(&c.server.key),
-        ],
-    )
-    .await;
+    let server = serve_mtls(&c, &["--http-cert-file", s(&c.server.cert), "--http-key-file", s(&c.server.key)]).await;
     let health = server.http_url().replace("http://", "https://") + "/health";
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "5", "--cacert", s(&c.ca.cert), &health])
@@ -342,33 +244,12 @@ async fn http_listener_serves_https_and_refuses_bad_tls_flags() {
     for (args, want) in [
         (vec!["--listen", "https://127.0.0.1:0"], "needs --cert-file"),
         (
-            vec![
-                "--listen",
-                "http://127.0.0.1:0",
-                "--cert-file",
-                s(&c.server.cert),
-                "--key-file",
-                s(&c.server.key),
-            ],
+            vec!["--listen", "http://127.0.0.1:0", "--cert-file", s(&c.server.cert), "--key-file", s(&c.server.key)],
             "plaintext but --cert-file",
         ),
+        (vec!["--cert-file", s(&c.server.cert), "--key-file", s(&c.ca.cert)], "--key-file"),
         (
-            vec![
-                "--cert-file",
-                s(&c.server.cert),
-                "--key-file",
-                s(&c.ca.cert),
-            ],
-            "--key-file",
-        ),
-        (
-            vec![
-                "--cert-file",
-                s(&c.server.cert),
-                "--key-file",
-                s(&c.server.key),
-                "--client-cert-auth",
-            ],
+            vec!["--cert-file", s(&c.server.cert), "--key-file", s(&c.server.key), "--client-cert-auth"],
             "--trusted-ca-file",
         ),
     ] {
@@ -379,27 +260,14 @@ async fn http_listener_serves_https_and_refuses_bad_tls_flags() {
             .await
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(want),
-            "{args:?}: {err}"
-        );
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
     }
 }
 
 /// curl's status code and HTTP version for `url`, trusting `ca`.
 async fn curl(url: &str, ca: &Path, extra: &[&str]) -> (u16, String) {
     let out = tokio::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{http_version}",
-            "--max-time",
-            "5",
-            "--cacert",
-            s(ca),
-        ])
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--max-time", "5", "--cacert", s(ca)])
         .args(extra)
         .arg(url)
         .output()
@@ -422,37 +290,13 @@ async fn gateway_terminates_tls_with_h2_and_http1_and_reaches_its_registry_over_
     // A backend: the registry's own plaintext health endpoint.
     let backend = server.http_url().trim_start_matches("http://").to_owned();
     let good = ["--cacert", ca, "--cert", cert, "--key", key];
-    ctl(
-        &https,
-        &good,
-        &[
-            "put",
-            "/services/regsvc/r1",
-            &format!("{{\"Addr\":\"{backend}\"}}"),
-        ],
-    )
-    .await
-    .ok();
+    ctl(&https, &good, &["put", "/services/regsvc/r1", &format!("{{\"Addr\":\"{backend}\"}}")]).await.ok();
 
     let listen = format!("127.0.0.1:{}", roster_testkit::free_port());
     let _gw = tokio::process::Command::new(roster_bin())
-        .args([
-            "--log",
-            "warn",
-            "gateway",
-            "--no-admin",
-            "--listen",
-            &listen,
-            "--endpoints",
-            &https,
-        ])
+        .args(["--log", "warn", "gateway", "--no-admin", "--listen", &listen, "--endpoints", &https])
         .args(["--cacert", ca, "--cert", cert, "--key", key])
-        .args([
-            "--cert-file",
-            s(&c.server.cert),
-            "--key-file",
-            s(&c.server.key),
-        ])
+        .args(["--cert-file", s(&c.server.cert), "--key-file", s(&c.server.key)])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -461,28 +305,13 @@ async fn gateway_terminates_tls_with_h2_and_http1_and_reaches_its_registry_over_
     let url = format!("https://{listen}/regsvc/health");
     let start = std::time::Instant::now();
     while curl(&url, &c.ca.cert, &["--http1.1"]).await.0 != 200 {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the gateway over TLS never routed to regsvc"
-        );
+        assert!(start.elapsed() < Duration::from_secs(15), "the gateway over TLS never routed to regsvc");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        curl(&url, &c.ca.cert, &["--http1.1"]).await,
-        (200, "1.1".to_owned())
-    );
-    assert_eq!(
-        curl(&url, &c.ca.cert, &["--http2"]).await,
-        (200, "2".to_owned()),
-        "ALPN h2"
-    );
+    assert_eq!(curl(&url, &c.ca.cert, &["--http1.1"]).await, (200, "1.1".to_owned()));
+    assert_eq!(curl(&url, &c.ca.cert, &["--http2"]).await, (200, "2".to_owned()), "ALPN h2");
     // Plaintext to the TLS port is not served.
-    assert_eq!(
-        curl(&format!("http://{listen}/regsvc/health"), &c.ca.cert, &[])
-            .await
-            .0,
-        0
-    );
+    assert_eq!(curl(&format!("http://{listen}/regsvc/health"), &c.ca.cert, &[]).await.0, 0);
 
     // The same TLS from the config file's [tls], client certificates
     // required: served to a CA-signed client only.

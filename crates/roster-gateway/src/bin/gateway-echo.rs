@@ -41,8 +41,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let id: Arc<str> = args.id.clone().unwrap_or_else(|| addr.to_string()).into();
     let _registration = match &args.register {
         Some(service) => {
-            let registry = roster::Registry::new(roster::Client::new(roster::ClientConfig::from_list(&args.endpoints))?)
-                .with_ttl(Duration::from_secs(args.ttl));
+            let registry =
+                roster::Registry::new(roster::Client::new(roster::ClientConfig::from_list(&args.endpoints))?)
+                    .with_ttl(Duration::from_secs(args.ttl));
             let inst = roster::Instance::new(service.as_str(), addr.to_string()).with_id(id.to_string());
             Some(registry.register(inst).await?)
         }
@@ -73,7 +74,8 @@ async fn answer(id: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
         status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
     }
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let (xff, proto, xhost, conn) = (header("x-forwarded-for"), header("x-forwarded-proto"), header("x-forwarded-host"), header("x-secret"));
+    let (xff, proto, xhost, conn) =
+        (header("x-forwarded-for"), header("x-forwarded-proto"), header("x-forwarded-host"), header("x-secret"));
     let method = req.method().to_string();
     let query = req.uri().query().unwrap_or("").to_owned();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();

@@ -13,10 +13,10 @@
 //! `cargo test -p roster-gateway --lib fuzz` runs a few thousand cases;
 //! `-- --ignored fuzz` runs the long campaign.
 
-use super::request::{parse_request, Parsed};
+use super::request::{Parsed, parse_request};
 use crate::config::Config;
 use proptest::prelude::*;
-use proptest::sample::{select, Index};
+use proptest::sample::{Index, select};
 use std::net::SocketAddr;
 
 /// What the reference makes of the start of a byte stream.
@@ -51,7 +51,11 @@ fn tchar(b: u8) -> bool {
 }
 
 fn elements(v: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(v).split(',').map(|e| e.trim_matches([' ', '\t']).to_owned()).filter(|e| !e.is_empty()).collect()
+    String::from_utf8_lossy(v)
+        .split(',')
+        .map(|e| e.trim_matches([' ', '\t']).to_owned())
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
 fn reference(input: &[u8]) -> Reference {
@@ -82,7 +86,9 @@ fn reference(input: &[u8]) -> Reference {
         return Reference::Reject("target bytes");
     }
     for (i, _) in target.iter().enumerate().filter(|(_, b)| **b == b'%') {
-        if !(target.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && target.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+        if !(target.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && target.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
             return Reference::Reject("pct-encoding");
         }
     }
@@ -121,10 +127,12 @@ fn reference(input: &[u8]) -> Reference {
     let lengths: Vec<&[u8]> = msg.values("content-length").collect();
     let content_length = match lengths[..] {
         [] => None,
-        [v] if !v.is_empty() && v.iter().all(u8::is_ascii_digit) => match std::str::from_utf8(v).unwrap().parse::<u64>() {
-            Ok(n) => Some(n),
-            Err(_) => return Reference::Reject("Content-Length overflow"),
-        },
+        [v] if !v.is_empty() && v.iter().all(u8::is_ascii_digit) => {
+            match std::str::from_utf8(v).unwrap().parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => return Reference::Reject("Content-Length overflow"),
+            }
+        }
         _ => return Reference::Reject("Content-Length"),
     };
     let codings: Vec<String> = msg.values("transfer-encoding").flat_map(elements).collect();
@@ -139,9 +147,15 @@ fn reference(input: &[u8]) -> Reference {
     }
     // httparse, as a second opinion, ends the head in the same place.
     let mut slots = [httparse::EMPTY_HEADER; 128];
-    assert_eq!(httparse::Request::new(&mut slots).parse(input), Ok(httparse::Status::Complete(msg.head_len)), "httparse disagrees on a valid head");
+    assert_eq!(
+        httparse::Request::new(&mut slots).parse(input),
+        Ok(httparse::Status::Complete(msg.head_len)),
+        "httparse disagrees on a valid head"
+    );
     let special = msg.headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("upgrade") || n.eq_ignore_ascii_case("expect") || (n.eq_ignore_ascii_case("content-type") && v.starts_with(b"application/grpc"))
+        n.eq_ignore_ascii_case("upgrade")
+            || n.eq_ignore_ascii_case("expect")
+            || (n.eq_ignore_ascii_case("content-type") && v.starts_with(b"application/grpc"))
     });
     if !http11 || te || special || !msg.target.starts_with('/') || msg.method == "CONNECT" {
         return Reference::Hyper;
@@ -153,11 +167,24 @@ fn reference(input: &[u8]) -> Reference {
 /// not Host, not hop-by-hop, not named by Connection, not forwarding.
 fn end_to_end(m: &Message) -> Vec<(String, Vec<u8>)> {
     let named: Vec<String> = m.values("connection").flat_map(elements).collect();
-    let hop = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade"];
-    let ours = ["host", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+    let hop = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
+    let ours =
+        ["host", "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
     m.headers
         .iter()
-        .filter(|(n, _)| !hop.iter().chain(&ours).any(|h| n.eq_ignore_ascii_case(h)) && !named.iter().any(|c| n.eq_ignore_ascii_case(c)))
+        .filter(|(n, _)| {
+            !hop.iter().chain(&ours).any(|h| n.eq_ignore_ascii_case(h))
+                && !named.iter().any(|c| n.eq_ignore_ascii_case(c))
+        })
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
         .collect()
 }
@@ -165,17 +192,28 @@ fn end_to_end(m: &Message) -> Vec<(String, Vec<u8>)> {
 /// Runs one input through the fast path and checks it against the reference.
 fn check(input: &[u8]) -> Result<(), TestCaseError> {
     // Every target routes to `echo`, unchanged, so targets compare as sent.
-    let config = Config::parse("[[route]]\nservice = \"echo\"\npath_prefix = \"/\"\nstrip_prefix = false\n", "fuzz").expect("valid");
+    let config = Config::parse("[[route]]\nservice = \"echo\"\npath_prefix = \"/\"\nstrip_prefix = false\n", "fuzz")
+        .expect("valid");
     let peer: SocketAddr = "127.0.0.9:4000".parse().expect("an address");
     let want = reference(input);
     let text = || String::from_utf8_lossy(input).into_owned();
     match parse_request(input) {
-        Parsed::Bad(why) => prop_assert!(matches!(want, Reference::Reject(_) | Reference::Incomplete), "refused ({why}) a valid request {:?}: {want:?}", text()),
-        Parsed::Partial => prop_assert!(matches!(want, Reference::Incomplete | Reference::Reject(_)), "waits on {:?}: {want:?}", text()),
+        Parsed::Bad(why) => prop_assert!(
+            matches!(want, Reference::Reject(_) | Reference::Incomplete),
+            "refused ({why}) a valid request {:?}: {want:?}",
+            text()
+        ),
+        Parsed::Partial => prop_assert!(
+            matches!(want, Reference::Incomplete | Reference::Reject(_)),
+            "waits on {:?}: {want:?}",
+            text()
+        ),
         Parsed::TooManyHeaders => prop_assert!(false, "at most 40 headers are generated"),
         Parsed::Hyper { .. } => prop_assert_eq!(want, Reference::Hyper, "handed {:?} to hyper", text()),
         Parsed::Complete(head) => {
-            let Reference::Plain(msg) = want else { return Err(TestCaseError::fail(format!("forwarded {:?}: reference {want:?}", text()))) };
+            let Reference::Plain(msg) = want else {
+                return Err(TestCaseError::fail(format!("forwarded {:?}: reference {want:?}", text())));
+            };
             prop_assert_eq!(head.head_len, msg.head_len, "head end");
             prop_assert_eq!(head.content_length, msg.content_length, "body length");
             prop_assert_eq!(head.method.as_str(), msg.method.as_str());
@@ -188,7 +226,10 @@ fn check(input: &[u8]) -> Result<(), TestCaseError> {
             let body = &input[head.head_len..head.head_len + body_len.min(available)];
             upstream.extend_from_slice(body);
             let Reference::Plain(sent) = reference(&upstream) else {
-                return Err(TestCaseError::fail(format!("upstream bytes are not one plain request: {:?}", String::from_utf8_lossy(&upstream))));
+                return Err(TestCaseError::fail(format!(
+                    "upstream bytes are not one plain request: {:?}",
+                    String::from_utf8_lossy(&upstream)
+                )));
             };
             prop_assert_eq!(&sent.target, &msg.target);
             prop_assert_eq!(&sent.method, &msg.method);
@@ -213,28 +254,103 @@ const SMUGGLED: &str = "GET /secret HTTP/1.1\r\nHost: internal\r\n\r\n";
 /// One header line, chosen to hit the framing rules often.
 fn header() -> impl Strategy<Value = String> {
     let name = select(vec![
-        "Host", "host", "Content-Length", "content-length", "Transfer-Encoding", "transfer-encoding", "Connection", "X-Forwarded-For",
-        "X-Forwarded-Host", "Upgrade", "Expect", "Content-Type", "Keep-Alive", "TE", "X-A", "x-b", "Content-Length ", "Host\t", "",
-        "X A", "Content_Length",
+        "Host",
+        "host",
+        "Content-Length",
+        "content-length",
+        "Transfer-Encoding",
+        "transfer-encoding",
+        "Connection",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "Upgrade",
+        "Expect",
+        "Content-Type",
+        "Keep-Alive",
+        "TE",
+        "X-A",
+        "x-b",
+        "Content-Length ",
+        "Host\t",
+        "",
+        "X A",
+        "Content_Length",
     ]);
     let value = select(vec![
-        "", "a", "t", "t:80", "[::1]:8080", "a/b", "a b", "0", "5", "40", "007", "+5", "-1", "5, 5", "5,", " 7 ", "0x5", "18446744073709551616",
-        "99999", "chunked", "Chunked", "gzip, chunked", "chunked, gzip", "chunked, chunked", "identity", ",chunked", "chunked;q=1",
-        "close", "keep-alive", "content-length", "transfer-encoding", "host, close", "Content-Length, x-a", "x-b", "websocket",
-        "100-continue", "application/grpc", "text/plain", "10.0.0.1", "a\tb", "caf\u{e9}", "a\0b", "a\rb", "a\x7fb", "a\x01b",
+        "",
+        "a",
+        "t",
+        "t:80",
+        "[::1]:8080",
+        "a/b",
+        "a b",
+        "0",
+        "5",
+        "40",
+        "007",
+        "+5",
+        "-1",
+        "5, 5",
+        "5,",
+        " 7 ",
+        "0x5",
+        "18446744073709551616",
+        "99999",
+        "chunked",
+        "Chunked",
+        "gzip, chunked",
+        "chunked, gzip",
+        "chunked, chunked",
+        "identity",
+        ",chunked",
+        "chunked;q=1",
+        "close",
+        "keep-alive",
+        "content-length",
+        "transfer-encoding",
+        "host, close",
+        "Content-Length, x-a",
+        "x-b",
+        "websocket",
+        "100-continue",
+        "application/grpc",
+        "text/plain",
+        "10.0.0.1",
+        "a\tb",
+        "caf\u{e9}",
+        "a\0b",
+        "a\rb",
+        "a\x7fb",
+        "a\x01b",
     ]);
     let sep = select(vec![": ", ":", ":\t", " : ", ":  ", ": "]);
-    let eol = select(vec!["\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\n", "\r", "\r\n folded\r\n", "\r\n\tfolded\r\n"]);
+    let eol =
+        select(vec!["\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\n", "\r", "\r\n folded\r\n", "\r\n\tfolded\r\n"]);
     (name, sep, value, eol).prop_map(|(n, s, v, e)| format!("{n}{s}{v}{e}"))
 }
 
 fn request() -> impl Strategy<Value = Vec<u8>> {
     let method = select(vec!["GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH", "CONNECT", "G@T", "get", ""]);
     let target = select(vec![
-        "/echo/x", "/", "/a/b?x=1&y=2", "/a%2Fb", "/a%", "/a%zz", "/a#frag", "/caf\u{e9}", "/a b", "*", "http://a/x", "a:443", "/a?{x}|y",
-        "/\x7f", "//", "/a?b=%41",
+        "/echo/x",
+        "/",
+        "/a/b?x=1&y=2",
+        "/a%2Fb",
+        "/a%",
+        "/a%zz",
+        "/a#frag",
+        "/caf\u{e9}",
+        "/a b",
+        "*",
+        "http://a/x",
+        "a:443",
+        "/a?{x}|y",
+        "/\x7f",
+        "//",
+        "/a?b=%41",
     ]);
-    let version = select(vec!["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "http/1.1", "HTTP/1.1 "]);
+    let version =
+        select(vec!["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "http/1.1", "HTTP/1.1 "]);
     let line_sep = select(vec![" ", " ", " ", "  ", "\t"]);
     let host = select(vec!["Host: t\r\n", "Host: t\r\n", "Host: t\r\n", "", "Host: t\r\nHost: u\r\n"]);
     let body = select(vec![
@@ -245,7 +361,12 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
         format!("{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len()),
         format!("{SMUGGLED}{SMUGGLED}"),
     ]);
-    let len_header = select(vec![None, None, Some("Content-Length: {len}\r\n"), Some("Content-Length: {len}\r\nConnection: content-length\r\n")]);
+    let len_header = select(vec![
+        None,
+        None,
+        Some("Content-Length: {len}\r\n"),
+        Some("Content-Length: {len}\r\nConnection: content-length\r\n"),
+    ]);
     let end = select(vec!["\r\n", "\r\n", "\r\n", "\r\n", "\n", "\r\r\n"]);
     (method, line_sep, target, version, host, len_header, prop::collection::vec(header(), 0..6), end, body).prop_map(
         |(method, sp, target, version, host, len_header, headers, end, body)| {
@@ -265,7 +386,8 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
 
 /// A request with up to three single-byte edits.
 fn mutated() -> impl Strategy<Value = Vec<u8>> {
-    let byte = select(vec![b'\r', b'\n', 0, b'\t', b' ', b':', b',', b'+', b'-', b'%', b'#', 0x7f, 0xe9, b'a', b'0', b'5']);
+    let byte =
+        select(vec![b'\r', b'\n', 0, b'\t', b' ', b':', b',', b'+', b'-', b'%', b'#', 0x7f, 0xe9, b'a', b'0', b'5']);
     let edit = (0u8..3, any::<Index>(), byte);
     (request(), prop::collection::vec(edit, 0..4)).prop_map(|(mut bytes, edits)| {
         for (op, at, b) in edits {

@@ -207,12 +207,7 @@ pub async fn serve(
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Handover::Done,
                 Err(_) => {
-                    answer_error(
-                        &mut client,
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request body not received in time",
-                    )
-                    .await;
+                    answer_error(&mut client, StatusCode::REQUEST_TIMEOUT, "request body not received in time").await;
                     return Handover::Done;
                 }
             }
@@ -243,25 +238,13 @@ async fn exchange(
 ) -> io::Result<bool> {
     let ask = head.ask(head_bytes, peer);
     let mut exchange = FastExchange::new(pool, &head.method, body, head_bytes.len());
-    match proxy
-        .pipeline(&ask, head.lines(head_bytes), &mut exchange)
-        .await
-    {
+    match proxy.pipeline(&ask, head.lines(head_bytes), &mut exchange).await {
         Reply::Deliver { answer, permit } => {
             // Held until the answer is relayed.
             let _permit = permit;
             let no_body = head.method == Method::HEAD;
             let idle = proxy.config.load().response_idle_timeout;
-            relay(
-                client,
-                pool,
-                answer,
-                exchange.rbuf,
-                no_body,
-                head.close,
-                idle,
-            )
-            .await
+            relay(client, pool, answer, exchange.rbuf, no_body, head.close, idle).await
         }
         Reply::Error(reply) => write_reply(client, &reply, head.close).await,
     }
@@ -304,9 +287,8 @@ impl<'a> FastExchange<'a> {
 
     /// The bytes sent to `instance`.
     fn request(&self, instance: &str) -> Vec<u8> {
-        let mut request = Vec::with_capacity(
-            self.request_line.len() + instance.len() + self.headers.len() + self.body.len() + 10,
-        );
+        let mut request =
+            Vec::with_capacity(self.request_line.len() + instance.len() + self.headers.len() + self.body.len() + 10);
         request.extend_from_slice(&self.request_line);
         header_line(&mut request, b"host", instance.as_bytes());
         request.extend_from_slice(&self.headers);
@@ -321,8 +303,7 @@ impl Exchange for FastExchange<'_> {
 
     fn target(&mut self, path: &str) {
         self.request_line.clear();
-        self.request_line
-            .extend_from_slice(self.method.as_str().as_bytes());
+        self.request_line.extend_from_slice(self.method.as_str().as_bytes());
         self.request_line.push(b' ');
         self.request_line.extend_from_slice(path.as_bytes());
         self.request_line.extend_from_slice(b" HTTP/1.1\r\n");
@@ -341,23 +322,9 @@ impl Exchange for FastExchange<'_> {
         if self.rbuf.capacity() == 0 {
             self.rbuf.reserve(4096);
         }
-        match send(
-            self.pool,
-            instance,
-            &request,
-            &mut self.rbuf,
-            self.idempotent,
-        )
-        .await
-        {
-            Ok((conn, head)) => Ok(Upstreamed {
-                conn,
-                addr: instance.to_owned(),
-                head,
-            }),
-            Err(SendError::Connect(e)) => {
-                Err(Fault::Connect(format!("cannot connect to {instance}: {e}")))
-            }
+        match send(self.pool, instance, &request, &mut self.rbuf, self.idempotent).await {
+            Ok((conn, head)) => Ok(Upstreamed { conn, addr: instance.to_owned(), head }),
+            Err(SendError::Connect(e)) => Err(Fault::Connect(format!("cannot connect to {instance}: {e}"))),
             Err(SendError::Exchange(e)) => Err(Fault::Transport(format!("{instance}: {e}"))),
         }
     }
@@ -386,13 +353,7 @@ pub(crate) fn upstream_head(
     let target = crate::route::route(config, ask.host, ask.path, false)?;
     let pool = Pool::default();
     let mut exchange = FastExchange::new(&pool, &head.method, &[], head.head_len);
-    crate::pipeline::forward(
-        config,
-        &ask,
-        &target.path,
-        head.lines(head_bytes),
-        &mut exchange,
-    );
+    crate::pipeline::forward(config, &ask, &target.path, head.lines(head_bytes), &mut exchange);
     Some(exchange.request(instance))
 }
 
@@ -467,11 +428,7 @@ struct ResponseHead {
     head: Vec<u8>,
 }
 
-async fn write_and_read_head(
-    conn: &mut TcpStream,
-    request: &[u8],
-    rbuf: &mut BytesMut,
-) -> io::Result<ResponseHead> {
+async fn write_and_read_head(conn: &mut TcpStream, request: &[u8], rbuf: &mut BytesMut) -> io::Result<ResponseHead> {
     conn.write_all(request).await?;
     loop {
         rbuf.reserve(4096);
@@ -487,21 +444,13 @@ async fn write_and_read_head(
             }
         }
         if rbuf.len() > MAX_RESPONSE_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "response head too large",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
         }
     }
 }
 
 fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
-    let invalid = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("invalid response: {what}"),
-        )
-    };
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("invalid response: {what}"));
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let head_len = match resp.parse(buf) {
@@ -511,9 +460,7 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
     };
     let status = resp.code.ok_or_else(|| invalid("no status"))?;
     if status == 101 {
-        return Err(invalid(
-            "101 Switching Protocols without an upgrade request",
-        ));
+        return Err(invalid("101 Switching Protocols without an upgrade request"));
     }
     let http10 = resp.version == Some(0);
     let mut transfer_encoding = false;
@@ -525,10 +472,7 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
             let v = std::str::from_utf8(h.value).unwrap_or("");
-            chunked = v
-                .rsplit(',')
-                .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            chunked = v.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
             if !chunked {
                 upstream_close = true;
             }
@@ -577,13 +521,7 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
             header_line(&mut head, n.as_bytes(), h.value);
         }
     }
-    Ok(Some(ResponseHead {
-        status,
-        head_len,
-        framing,
-        upstream_close,
-        head,
-    }))
+    Ok(Some(ResponseHead { status, head_len, framing, upstream_close, head }))
 }
 
 /// Sends the response head and relays the body as it arrives. Returns
@@ -601,16 +539,8 @@ async fn relay(
     // A client that stops reading, or an instance that stops sending, gives
     // up the upstream connection after `idle`: both are dropped on return.
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "response idle timeout");
-    let Upstreamed {
-        mut conn,
-        addr,
-        head: resp,
-    } = answer;
-    let framing = if no_body {
-        Framing::Empty
-    } else {
-        resp.framing
-    };
+    let Upstreamed { mut conn, addr, head: resp } = answer;
+    let framing = if no_body { Framing::Empty } else { resp.framing };
     let close = client_close || framing == Framing::UntilClose;
     let mut out = resp.head;
     if close {
@@ -624,15 +554,11 @@ async fn relay(
     let (n, mut done) = end.take(&rbuf)?;
     let mut extra = n < rbuf.len();
     out.extend_from_slice(&rbuf[..n]);
-    tokio::time::timeout(idle, client.write_all(&out))
-        .await
-        .map_err(|_| timed_out())??;
+    tokio::time::timeout(idle, client.write_all(&out)).await.map_err(|_| timed_out())??;
     while !done {
         rbuf.clear();
         rbuf.reserve(16 * 1024);
-        let got = tokio::time::timeout(idle, conn.read_buf(&mut rbuf))
-            .await
-            .map_err(|_| timed_out())??;
+        let got = tokio::time::timeout(idle, conn.read_buf(&mut rbuf)).await.map_err(|_| timed_out())??;
         if got == 0 {
             if framing == Framing::UntilClose {
                 break;
@@ -646,9 +572,7 @@ async fn relay(
         };
         done = complete;
         extra = n < rbuf.len();
-        tokio::time::timeout(idle, client.write_all(&rbuf[..n]))
-            .await
-            .map_err(|_| timed_out())??;
+        tokio::time::timeout(idle, client.write_all(&rbuf[..n])).await.map_err(|_| timed_out())??;
     }
     if framing != Framing::UntilClose && !resp.upstream_close && !extra {
         pool.put(&addr, conn);
@@ -690,10 +614,7 @@ impl BodyEnd {
                 Ok(Some(n)) => (n, true),
                 Ok(None) => (data.len(), false),
                 Err(()) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "bad chunked body from the instance",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunked body from the instance"));
                 }
             },
             BodyEnd::UntilClose => (data.len(), false),
@@ -733,11 +654,7 @@ impl ChunkedEnd {
                 ChunkState::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         let digit = (b as char).to_digit(16).expect("a hex digit") as u64;
-                        self.size = self
-                            .size
-                            .checked_mul(16)
-                            .and_then(|s| s.checked_add(digit))
-                            .ok_or(())?;
+                        self.size = self.size.checked_mul(16).and_then(|s| s.checked_add(digit)).ok_or(())?;
                     }
                     b';' | b' ' | b'\t' => self.state = ChunkState::Extension,
                     b'\r' => self.state = ChunkState::SizeLf,
@@ -752,11 +669,7 @@ impl ChunkedEnd {
                     if b != b'\n' {
                         return Err(());
                     }
-                    self.state = if self.size == 0 {
-                        ChunkState::Trailer(true)
-                    } else {
-                        ChunkState::Data
-                    };
+                    self.state = if self.size == 0 { ChunkState::Trailer(true) } else { ChunkState::Data };
                 }
                 ChunkState::Data => {
                     let n = self.size.min((data.len() - i) as u64);
@@ -781,11 +694,8 @@ impl ChunkedEnd {
                     self.state = ChunkState::Size;
                 }
                 ChunkState::Trailer(line_start) => {
-                    self.state = if b == b'\r' {
-                        ChunkState::TrailerLf(line_start)
-                    } else {
-                        ChunkState::Trailer(false)
-                    };
+                    self.state =
+                        if b == b'\r' { ChunkState::TrailerLf(line_start) } else { ChunkState::Trailer(false) };
                 }
                 ChunkState::TrailerLf(blank) => {
                     if b != b'\n' {
@@ -809,12 +719,7 @@ impl ChunkedEnd {
 /// connection stays open.
 async fn write_reply(client: &mut TcpStream, reply: &ErrorReply, close: bool) -> io::Result<bool> {
     let mut text = Vec::with_capacity(160 + reply.body.len());
-    let _ = write!(
-        text,
-        "HTTP/1.1 {} {}\r\n",
-        reply.status.as_u16(),
-        reply.status.canonical_reason().unwrap_or("")
-    );
+    let _ = write!(text, "HTTP/1.1 {} {}\r\n", reply.status.as_u16(), reply.status.canonical_reason().unwrap_or(""));
     for (name, value) in &reply.headers {
         header_line(&mut text, name.as_bytes(), value.as_bytes());
     }
@@ -843,42 +748,26 @@ mod tests {
 
     #[test]
     fn the_end_of_a_chunked_body_is_found_across_splits() {
-        let body =
-            b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
         for split in 0..body.len() {
             let mut c = ChunkedEnd::default();
             let first = c.feed(&body[..split]).unwrap();
             let end = match first {
                 Some(n) => n,
-                None => {
-                    split
-                        + c.feed(&body[split..])
-                            .unwrap()
-                            .expect("ends in the second part")
-                }
+                None => split + c.feed(&body[split..]).unwrap().expect("ends in the second part"),
             };
             assert_eq!(end, body.len(), "split at {split}");
         }
         let mut c = ChunkedEnd::default();
-        assert_eq!(
-            c.feed(b"0\r\n\r\nNEXT").unwrap(),
-            Some(5),
-            "bytes after the body are not part of it"
-        );
+        assert_eq!(c.feed(b"0\r\n\r\nNEXT").unwrap(), Some(5), "bytes after the body are not part of it");
         assert!(ChunkedEnd::default().feed(b"zz\r\n").is_err());
-        assert!(
-            ChunkedEnd::default().feed(b"3\r\nabcX").is_err(),
-            "data must end with CRLF"
-        );
+        assert!(ChunkedEnd::default().feed(b"3\r\nabcX").is_err(), "data must end with CRLF");
     }
 
     #[test]
     fn response_heads_give_framing_and_drop_hop_by_hop_headers() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-app: 2\r\n\r\nhello").unwrap().unwrap();
-        assert_eq!(
-            (r.status, r.framing, r.upstream_close),
-            (200, Framing::Length(5), false)
-        );
+        assert_eq!((r.status, r.framing, r.upstream_close), (200, Framing::Length(5), false));
         let text = String::from_utf8(r.head).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 200 OK\r\n")
@@ -886,38 +775,19 @@ mod tests {
                 && text.contains("Content-Length: 5"),
             "{text}"
         );
-        assert!(
-            !text.to_ascii_lowercase().contains("connection") && !text.contains("x-hop"),
-            "{text}"
-        );
+        assert!(!text.to_ascii_lowercase().contains("connection") && !text.contains("x-hop"), "{text}");
 
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(r.framing, Framing::Chunked);
-        assert!(
-            !String::from_utf8(r.head)
-                .unwrap()
-                .contains("Content-Length"),
-            "chunked wins over a length"
-        );
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
-        assert_eq!((r.framing, r.upstream_close), (Framing::UntilClose, true));
-        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n")
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n")
             .unwrap()
             .unwrap();
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(!String::from_utf8(r.head).unwrap().contains("Content-Length"), "chunked wins over a length");
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!((r.framing, r.upstream_close), (Framing::UntilClose, true));
+        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").unwrap().unwrap();
         assert_eq!(r.framing, Framing::Empty);
-        assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
-                .is_err()
-        );
-        assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-")
-                .unwrap()
-                .is_none()
-        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-").unwrap().is_none());
     }
 
     #[test]
@@ -925,17 +795,9 @@ mod tests {
         let config = Config::default();
         let peer: SocketAddr = "127.0.0.7:4000".parse().unwrap();
         let req = b"GET /echo/a/b?x=1 HTTP/1.1\r\nHost: gw:8080\r\nConnection: x-secret\r\nx-secret: 1\r\nX-Forwarded-For: 10.0.0.1\r\nx-app: kept\r\n\r\n";
-        let Parsed::Complete(head) = parse_request(req) else {
-            panic!("a complete head")
-        };
-        assert_eq!(
-            (head.head_len, head.target(req), head.close),
-            (req.len(), "/echo/a/b?x=1", false)
-        );
-        let up = String::from_utf8(
-            upstream_head(req, &head, &config, peer, "i:1").expect("routed to echo"),
-        )
-        .unwrap();
+        let Parsed::Complete(head) = parse_request(req) else { panic!("a complete head") };
+        assert_eq!((head.head_len, head.target(req), head.close), (req.len(), "/echo/a/b?x=1", false));
+        let up = String::from_utf8(upstream_head(req, &head, &config, peer, "i:1").expect("routed to echo")).unwrap();
         assert_eq!(
             up,
             "GET /a/b?x=1 HTTP/1.1\r\nhost: i:1\r\nx-app: kept\r\nx-forwarded-for: 127.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw:8080\r\n\r\n"
@@ -948,22 +810,19 @@ mod tests {
             b"POST /echo/x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
             b"GET http://example/x HTTP/1.1\r\nHost: example\r\n\r\n",
         ] {
-            assert!(matches!(parse_request(hyper_case), Parsed::Hyper { .. }), "{}", String::from_utf8_lossy(hyper_case));
+            assert!(
+                matches!(parse_request(hyper_case), Parsed::Hyper { .. }),
+                "{}",
+                String::from_utf8_lossy(hyper_case)
+            );
         }
-        assert!(matches!(
-            parse_request(b"GET /x HTTP/1.1\r\nHost: a\r\n"),
-            Parsed::Partial
-        ));
-        assert!(matches!(
-            parse_request(b"NOT A REQUEST\r\n\r\n"),
-            Parsed::Bad(_)
-        ));
+        assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nHost: a\r\n"), Parsed::Partial));
+        assert!(matches!(parse_request(b"NOT A REQUEST\r\n\r\n"), Parsed::Bad(_)));
         assert!(matches!(
             parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             Parsed::Bad(_)
         ));
-        let Parsed::Complete(h) =
-            parse_request(b"GET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        let Parsed::Complete(h) = parse_request(b"GET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         else {
             panic!()
         };

@@ -51,11 +51,7 @@ impl RequestHead {
     }
 
     /// What the pipeline needs to know of this request.
-    pub fn ask<'h>(
-        &'h self,
-        head: &'h [u8],
-        client: std::net::SocketAddr,
-    ) -> crate::pipeline::Ask<'h> {
+    pub fn ask<'h>(&'h self, head: &'h [u8], client: std::net::SocketAddr) -> crate::pipeline::Ask<'h> {
         crate::pipeline::Ask {
             client,
             method: &self.method,
@@ -75,16 +71,8 @@ impl RequestHead {
     }
 
     /// The header lines, as name and value.
-    pub fn lines<'h>(
-        &'h self,
-        head: &'h [u8],
-    ) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone {
-        self.lines.iter().map(move |r| {
-            (
-                &head[r[0] as usize..r[1] as usize],
-                &head[r[2] as usize..r[3] as usize],
-            )
-        })
+    pub fn lines<'h>(&'h self, head: &'h [u8]) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone {
+        self.lines.iter().map(move |r| (&head[r[0] as usize..r[1] as usize], &head[r[2] as usize..r[3] as usize]))
     }
 }
 
@@ -173,8 +161,7 @@ pub(crate) fn parse_request(buf: &[u8]) -> Parsed {
             for_hyper = true;
             tunnel = true;
         } else if name.eq_ignore_ascii_case("expect")
-            || (name.eq_ignore_ascii_case("content-type")
-                && h.value.starts_with(b"application/grpc"))
+            || (name.eq_ignore_ascii_case("content-type") && h.value.starts_with(b"application/grpc"))
         {
             for_hyper = true;
         } else if name.eq_ignore_ascii_case("connection") {
@@ -197,12 +184,7 @@ pub(crate) fn parse_request(buf: &[u8]) -> Parsed {
     }
     // HTTP/1.0 keep-alive rules, chunked bodies, upgrades, absolute and
     // authority forms: hyper knows them, and re-encodes what it forwards.
-    if version != 1
-        || transfer_encoding
-        || for_hyper
-        || !target.starts_with('/')
-        || method == "CONNECT"
-    {
+    if version != 1 || transfer_encoding || for_hyper || !target.starts_with('/') || method == "CONNECT" {
         let body = if tunnel {
             BodyFraming::Tunnel
         } else if chunked {
@@ -253,8 +235,7 @@ fn request_target(t: &str) -> Result<(), &'static str> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                    && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
                 {
                     return Err("malformed percent-encoding in the request target");
                 }
@@ -272,8 +253,7 @@ fn request_target(t: &str) -> Result<(), &'static str> {
 
 /// `uri-host [":" port]` as bytes: reg-name, IPv4 or a bracketed IPv6.
 fn valid_host(h: &str) -> bool {
-    h.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+    h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
 /// 1*DIGIT around optional whitespace, within u64.
@@ -287,11 +267,7 @@ pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
 
 /// The non-empty elements of a comma-separated header list.
 fn list(v: &[u8]) -> impl Iterator<Item = &str> {
-    std::str::from_utf8(v)
-        .unwrap_or("")
-        .split(',')
-        .map(|t| t.trim_matches([' ', '\t']))
-        .filter(|t| !t.is_empty())
+    std::str::from_utf8(v).unwrap_or("").split(',').map(|t| t.trim_matches([' ', '\t'])).filter(|t| !t.is_empty())
 }
 
 fn is_token(b: u8) -> bool {
@@ -331,35 +307,19 @@ mod tests {
     }
 
     fn forwarded_with(head: &str, config: &Config) -> (String, u64) {
-        let Parsed::Complete(h) = parse(head) else {
-            panic!("not forwarded by the fast path: {head:?}")
-        };
-        let up = super::super::upstream_head(
-            head.as_bytes(),
-            &h,
-            config,
-            "127.0.0.9:4000".parse().unwrap(),
-            "i:1",
-        )
-        .expect("routed");
-        (
-            String::from_utf8(up).unwrap(),
-            h.content_length.unwrap_or(0),
-        )
+        let Parsed::Complete(h) = parse(head) else { panic!("not forwarded by the fast path: {head:?}") };
+        let up = super::super::upstream_head(head.as_bytes(), &h, config, "127.0.0.9:4000".parse().unwrap(), "i:1")
+            .expect("routed");
+        (String::from_utf8(up).unwrap(), h.content_length.unwrap_or(0))
     }
 
     #[test]
     fn connection_naming_content_length_never_strips_the_framing_header() {
-        let (up, len) = forwarded(
-            "POST /echo/x HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 40\r\n\r\n",
-        );
+        let (up, len) =
+            forwarded("POST /echo/x HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 40\r\n\r\n");
         assert_eq!(len, 40);
         assert_eq!(up.matches("content-length: 40\r\n").count(), 1, "{up}");
-        assert_eq!(
-            up.to_ascii_lowercase().matches("content-length").count(),
-            1,
-            "{up}"
-        );
+        assert_eq!(up.to_ascii_lowercase().matches("content-length").count(), 1, "{up}");
     }
 
     #[test]
@@ -371,76 +331,39 @@ mod tests {
             ),
             Parsed::Hyper { .. }
         ));
-        let (up, _) = forwarded(
-            "GET /echo/x HTTP/1.1\r\nHost: a\r\nConnection: transfer-encoding, host, close\r\n\r\n",
-        );
-        assert!(
-            !up.to_ascii_lowercase().contains("transfer-encoding") && up.contains("host: i:1\r\n"),
-            "{up}"
-        );
+        let (up, _) =
+            forwarded("GET /echo/x HTTP/1.1\r\nHost: a\r\nConnection: transfer-encoding, host, close\r\n\r\n");
+        assert!(!up.to_ascii_lowercase().contains("transfer-encoding") && up.contains("host: i:1\r\n"), "{up}");
     }
 
     #[test]
     fn content_length_with_transfer_encoding_is_refused() {
-        refused(
-            "POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
-        refused(
-            "POST /echo/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
-        );
+        refused("POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        refused("POST /echo/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
         refused("POST /echo/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
     }
 
     #[test]
     fn duplicated_content_length_is_refused_even_when_equal() {
-        refused(
-            "POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-        );
-        refused(
-            "POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-        );
+        refused("POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        refused("POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
         refused("POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n");
     }
 
     #[test]
     fn signed_or_non_digit_content_length_is_refused() {
-        for v in [
-            "+5",
-            "-5",
-            "5a",
-            "0x5",
-            "5 5",
-            "",
-            "1_000",
-            "99999999999999999999999",
-        ] {
-            refused(&format!(
-                "POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: {v}\r\n\r\n"
-            ));
+        for v in ["+5", "-5", "5a", "0x5", "5 5", "", "1_000", "99999999999999999999999"] {
+            refused(&format!("POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: {v}\r\n\r\n"));
         }
-        assert_eq!(
-            forwarded("POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length:  007 \r\n\r\n").1,
-            7
-        );
+        assert_eq!(forwarded("POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length:  007 \r\n\r\n").1, 7);
     }
 
     #[test]
     fn transfer_encoding_not_ending_in_a_single_chunked_is_refused() {
-        for v in [
-            "gzip",
-            "chunked, gzip",
-            "chunked, chunked",
-            "identity",
-            "chunked;x=1",
-            "\"chunked\"",
-        ] {
-            refused(&format!(
-                "POST /echo/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {v}\r\n\r\n"
-            ));
+        for v in ["gzip", "chunked, gzip", "chunked, chunked", "identity", "chunked;x=1", "\"chunked\""] {
+            refused(&format!("POST /echo/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {v}\r\n\r\n"));
         }
-        refused(
-            "POST /echo/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
+        refused("POST /echo/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n");
         refused("POST /echo/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert!(matches!(
             parse("POST /echo/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
@@ -472,14 +395,7 @@ mod tests {
 
     #[test]
     fn ctl_and_nul_in_names_and_values_are_refused() {
-        for bad in [
-            "X-A: a\0b",
-            "X-A: a\x01b",
-            "X-A: a\x7fb",
-            "X\0A: 1",
-            "X\x1bA: 1",
-            "X-A: \x0b",
-        ] {
+        for bad in ["X-A: a\0b", "X-A: a\x01b", "X-A: a\x7fb", "X\0A: 1", "X\x1bA: 1", "X-A: \x0b"] {
             refused(&format!("GET /echo/x HTTP/1.1\r\nHost: a\r\n{bad}\r\n\r\n"));
         }
         // HTAB and obs-text are field content.
@@ -495,10 +411,7 @@ mod tests {
         refused("GET  /echo/x HTTP/1.1\r\nHost: a\r\n\r\n");
         refused("GET /echo/x  HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(
-            forwarded("GET /echo/a%2Fb?q=%41&x={y} HTTP/1.1\r\nHost: a\r\n\r\n")
-                .0
-                .lines()
-                .next(),
+            forwarded("GET /echo/a%2Fb?q=%41&x={y} HTTP/1.1\r\nHost: a\r\n\r\n").0.lines().next(),
             Some("GET /a%2Fb?q=%41&x={y} HTTP/1.1")
         );
     }
@@ -509,17 +422,17 @@ mod tests {
         refused("GET /echo/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
         refused("GET /echo/x HTTP/1.1\r\nHost: a/b\r\n\r\n");
         refused("GET /echo/x HTTP/1.1\r\nHost: a b\r\n\r\n");
-        assert!(
-            matches!(parse("GET /echo/x HTTP/1.0\r\n\r\n"), Parsed::Hyper { .. }),
-            "HTTP/1.0 needs no Host"
-        );
+        assert!(matches!(parse("GET /echo/x HTTP/1.0\r\n\r\n"), Parsed::Hyper { .. }), "HTTP/1.0 needs no Host");
     }
 
     #[test]
     fn forwarding_headers_are_replaced_unless_the_client_is_a_trusted_proxy() {
         let head = "GET /echo/x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: b\r\n\r\n";
         let (up, _) = forwarded(head);
-        assert!(up.ends_with("x-forwarded-for: 127.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"), "{up}");
+        assert!(
+            up.ends_with("x-forwarded-for: 127.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"),
+            "{up}"
+        );
         assert!(!up.contains("6.6.6.6"), "{up}");
         let config = Config::parse("trusted_proxies = [\"127.0.0.0/8\"]\n", "t").unwrap();
         let (up, _) = forwarded_with(head, &config);
@@ -527,8 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn the_forwarded_head_has_exactly_one_framing_header_and_only_the_gateways_forwarding_headers()
-    {
+    fn the_forwarded_head_has_exactly_one_framing_header_and_only_the_gateways_forwarding_headers() {
         let (up, _) = forwarded(
             "POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nKeep-Alive: 5\r\nTE: trailers\r\n\r\n",
         );
@@ -537,9 +449,6 @@ mod tests {
             "POST /x HTTP/1.1\r\nhost: i:1\r\ncontent-length: 3\r\nx-forwarded-for: 127.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"
         );
         let (up, _) = forwarded("GET /echo/x HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(
-            !up.contains("content-length"),
-            "no body, no framing header: {up}"
-        );
+        assert!(!up.contains("content-length"), "no body, no framing header: {up}");
     }
 }

@@ -47,17 +47,8 @@ pub struct StrictIo {
 }
 
 impl StrictIo {
-    pub fn new(
-        prefix: BytesMut,
-        stream: TcpStream,
-        max_head: usize,
-        header_timeout: Duration,
-    ) -> StrictIo {
-        let state = if prefix.starts_with(b"PRI ") {
-            State::Passthrough
-        } else {
-            State::Head
-        };
+    pub fn new(prefix: BytesMut, stream: TcpStream, max_head: usize, header_timeout: Duration) -> StrictIo {
+        let state = if prefix.starts_with(b"PRI ") { State::Passthrough } else { State::Head };
         StrictIo {
             stream,
             pending: prefix,
@@ -74,20 +65,11 @@ impl StrictIo {
         tracing::debug!(%status, why, "request refused on the hyper path");
         let reply = ErrorReply::plain(status, why);
         let mut text = Vec::with_capacity(160 + reply.body.len());
-        let _ = write!(
-            text,
-            "HTTP/1.1 {} {}\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        );
+        let _ = write!(text, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
         for (name, value) in &reply.headers {
             super::request::header_line(&mut text, name.as_bytes(), value.as_bytes());
         }
-        let _ = write!(
-            text,
-            "content-length: {}\r\nconnection: close\r\n\r\n",
-            reply.body.len()
-        );
+        let _ = write!(text, "content-length: {}\r\nconnection: close\r\n\r\n", reply.body.len());
         text.extend_from_slice(&reply.body);
         self.refusal = Some((text, 0));
         self.pending.clear();
@@ -131,40 +113,24 @@ impl StrictIo {
                 },
                 State::Head => {
                     let (head_len, next) = match parse_request(&self.pending) {
-                        Parsed::Complete(head) => {
-                            (head.head_len, State::Body(head.content_length.unwrap_or(0)))
+                        Parsed::Complete(head) => (head.head_len, State::Body(head.content_length.unwrap_or(0))),
+                        Parsed::Hyper { head_len, body: BodyFraming::Length(n) } => (head_len, State::Body(n)),
+                        Parsed::Hyper { head_len, body: BodyFraming::Chunked } => {
+                            (head_len, State::Chunked(ChunkedEnd::default()))
                         }
-                        Parsed::Hyper {
-                            head_len,
-                            body: BodyFraming::Length(n),
-                        } => (head_len, State::Body(n)),
-                        Parsed::Hyper {
-                            head_len,
-                            body: BodyFraming::Chunked,
-                        } => (head_len, State::Chunked(ChunkedEnd::default())),
-                        Parsed::Hyper {
-                            head_len,
-                            body: BodyFraming::Tunnel,
-                        } => (head_len, State::Passthrough),
+                        Parsed::Hyper { head_len, body: BodyFraming::Tunnel } => (head_len, State::Passthrough),
                         Parsed::Partial if self.pending.len() >= self.max_head => {
-                            self.refuse(
-                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                "request head too large",
-                            );
+                            self.refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large");
                             return;
                         }
                         Parsed::Partial => {
                             if self.head_deadline.is_none() {
-                                self.head_deadline =
-                                    Some(Box::pin(tokio::time::sleep(self.header_timeout)));
+                                self.head_deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
                             }
                             return;
                         }
                         Parsed::TooManyHeaders => {
-                            self.refuse(
-                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                "too many header fields",
-                            );
+                            self.refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields");
                             return;
                         }
                         Parsed::Bad(why) => {
@@ -173,10 +139,7 @@ impl StrictIo {
                         }
                     };
                     if head_len > self.max_head {
-                        self.refuse(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "request head too large",
-                        );
+                        self.refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large");
                         return;
                     }
                     self.head_deadline = None;
@@ -190,11 +153,7 @@ impl StrictIo {
 }
 
 impl AsyncRead for StrictIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if !this.ready.is_empty() {
@@ -234,10 +193,7 @@ impl AsyncRead for StrictIo {
                     if let Some(deadline) = this.head_deadline.as_mut()
                         && deadline.as_mut().poll(cx).is_ready()
                     {
-                        this.refuse(
-                            StatusCode::REQUEST_TIMEOUT,
-                            "request head not received in time",
-                        );
+                        this.refuse(StatusCode::REQUEST_TIMEOUT, "request head not received in time");
                         continue;
                     }
                     return Poll::Pending;
@@ -248,11 +204,7 @@ impl AsyncRead for StrictIo {
 }
 
 impl AsyncWrite for StrictIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 

@@ -19,7 +19,8 @@ fn capture_access_log() -> std::sync::Arc<parking_lot::Mutex<String>> {
             meta.target() == "roster_gateway::access" && CAPTURING.load(std::sync::atomic::Ordering::Relaxed)
         });
         let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || Capture(sink.clone()));
-        let subscriber = tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(layer, only_access));
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(layer, only_access));
         tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in this test binary");
         log
     })
@@ -57,7 +58,10 @@ async fn the_access_log_redacts_query_strings_when_configured_on_both_engines() 
             let a = get(c, &gw.url(&format!("{path}?token=s3cret-{engine}"))).await;
             assert_eq!(a.status, StatusCode::OK, "{engine}: {}", a.json);
             let text = log.lock().clone();
-            let line = text.lines().find(|l| l.contains(&format!("{path}?"))).unwrap_or_else(|| panic!("{engine}: no access line for {path}: {text}"));
+            let line = text
+                .lines()
+                .find(|l| l.contains(&format!("{path}?")))
+                .unwrap_or_else(|| panic!("{engine}: no access line for {path}: {text}"));
             assert_eq!(line.contains("s3cret"), !redact, "{engine}, config {toml:?}: {line}");
             assert_eq!(line.contains(&format!("{path}?REDACTED")), redact, "{engine}, config {toml:?}: {line}");
         }

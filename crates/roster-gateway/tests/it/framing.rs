@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_cleanly_and_the_gateway_stays_up() {
     let (reg, _stop) = registry().await;
@@ -31,13 +30,16 @@ async fn bad_input_is_refused_cleanly_and_the_gateway_stays_up() {
     slow.write_all(b"GET /echo/x HTTP/1.1\r\nHost: a\r\n").await.unwrap();
     let t = Instant::now();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await.expect("closed by the gateway");
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await.expect("closed by the gateway");
     assert!(t.elapsed() < Duration::from_secs(3), "slow client held on for {:?}", t.elapsed());
     // The admin listener drops one too.
     let mut slow = TcpStream::connect(gw.admin).await.unwrap();
     slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n").await.unwrap();
     let t = Instant::now();
-    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await.expect("admin closed the slow client");
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf))
+        .await
+        .expect("admin closed the slow client");
     assert!(t.elapsed() < Duration::from_secs(3), "slow admin client held on for {:?}", t.elapsed());
     // An upstream that hangs: bounded by the timeouts, answered 504.
     let t = Instant::now();
@@ -109,9 +111,14 @@ async fn framing_backend(registry: &str, service: &str) -> (roster::Registration
                             "x-t: 1\r\n\r\n".into(),
                         ],
                         "/close" => vec!["HTTP/1.1 200 OK\r\nx-kind: close\r\n\r\nuntil ".into(), "close".into()],
-                        "/hints" => vec!["HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n".into(), "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()],
+                        "/hints" => vec![
+                            "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n".into(),
+                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into(),
+                        ],
                         "/drop" => vec!["HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndrop".into()],
-                        _ if method == "HEAD" => vec![format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", path.len())],
+                        _ if method == "HEAD" => {
+                            vec![format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", path.len())]
+                        }
                         _ => vec![format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}", path.len())],
                     };
                     for p in pieces {
@@ -131,7 +138,6 @@ async fn framing_backend(registry: &str, service: &str) -> (roster::Registration
     let registration = sdk(registry).register(inst).await.unwrap();
     (registration, task)
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_body_framing_is_relayed_and_connections_stay_in_step() {
@@ -166,16 +172,19 @@ async fn every_body_framing_is_relayed_and_connections_stay_in_step() {
     .await
     .unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("closed after the last answer").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("closed after the last answer")
+        .unwrap();
     let out = String::from_utf8_lossy(&out).into_owned();
     assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{out}");
-    let (one, three) = (out.find("\r\n\r\n/one").expect("first answer"), out.find("\r\n\r\n/three").expect("third answer"));
+    let (one, three) =
+        (out.find("\r\n\r\n/one").expect("first answer"), out.find("\r\n\r\n/three").expect("third answer"));
     assert!(one < three, "{out}");
     assert!(!out.contains("/two"), "a HEAD answer has no body: {out}");
     assert!(out.contains("content-length: 4\r\n"), "the HEAD answer keeps its length: {out}");
     assert!(out.ends_with("/three"), "{out}");
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_moves_from_the_fast_path_to_hyper_between_requests() {
@@ -188,7 +197,9 @@ async fn a_connection_moves_from_the_fast_path_to_hyper_between_requests() {
     let a = read_answer(&mut s, &mut buf).await;
     assert!(a.starts_with("HTTP/1.1 200") && a.contains("\"path\":\"/first\""), "{a}");
     // A chunked body is hyper's to read: the same connection carries on.
-    s.write_all(b"POST /echo/second HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await.unwrap();
+    s.write_all(b"POST /echo/second HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
     let a = read_answer(&mut s, &mut buf).await;
     assert!(a.starts_with("HTTP/1.1 200") && a.contains("\"path\":\"/second\"") && a.contains("\"body_len\":3"), "{a}");
     s.write_all(b"GET /echo/third HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
@@ -200,15 +211,18 @@ async fn a_connection_moves_from_the_fast_path_to_hyper_between_requests() {
 /// the in-process registry, which is registered as a service itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bidirectional_grpc_stream_flows_through_the_gateway() {
-    use roster_api::etcdserverpb::{kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion};
     use roster_api::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
+    use roster_api::etcdserverpb::{kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion};
     let (reg, _stop) = registry().await;
     let _self = sdk(&reg).register(roster::Instance::new("etcd-api", reg.clone()).with_id("r1")).await.unwrap();
-    let gw = Gw::start(&reg, "[[route]]\nservice = \"etcd-api\"\ngrpc = [\"etcdserverpb.Watch\", \"etcdserverpb.KV\"]\n").await;
+    let gw =
+        Gw::start(&reg, "[[route]]\nservice = \"etcd-api\"\ngrpc = [\"etcdserverpb.Watch\", \"etcdserverpb.KV\"]\n")
+            .await;
     let ch = tonic::transport::Channel::from_shared(gw.url("")).unwrap().connect().await.unwrap();
 
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut events = WatchClient::new(ch.clone()).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut events =
+        WatchClient::new(ch.clone()).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let mut kv = KvClient::new(ch);
     // Two watches created one after the other on the open stream, each
     // seeing its own put: messages flow both ways for the stream's life.
@@ -225,7 +239,11 @@ async fn a_bidirectional_grpc_stream_flows_through_the_gateway() {
 }
 
 async fn next_message<T>(s: &mut tonic::Streaming<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), s.message()).await.expect("a message in time").unwrap().expect("stream open")
+    tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("a message in time")
+        .unwrap()
+        .expect("stream open")
 }
 
 // === Smuggling: the backend must see only what the gateway routed ===

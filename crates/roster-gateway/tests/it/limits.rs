@@ -31,7 +31,12 @@ fn rss() -> u64 {
 
 /// Sends `count` pipelined requests for random names on one connection,
 /// `batch` at a time; returns how many answers had each status.
-async fn random_names(addr: SocketAddr, seed: u64, count: usize, batch: usize) -> std::collections::BTreeMap<u16, usize> {
+async fn random_names(
+    addr: SocketAddr,
+    seed: u64,
+    count: usize,
+    batch: usize,
+) -> std::collections::BTreeMap<u16, usize> {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut x = seed | 1;
     let mut statuses = std::collections::BTreeMap::new();
@@ -125,7 +130,11 @@ async fn forwarding_headers_are_replaced_unless_from_trusted_proxies_on_both_eng
     for (toml, want) in [("", "127.0.0.1"), ("trusted_proxies = [\"127.0.0.0/8\"]\n", "6.6.6.6, 127.0.0.1")] {
         let gw = Gw::start(&reg, toml).await;
         for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
-            let req = Request::get(gw.url("/echo/x")).header("x-forwarded-for", "6.6.6.6").header("x-forwarded-proto", "https").body(Full::default()).unwrap();
+            let req = Request::get(gw.url("/echo/x"))
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("x-forwarded-proto", "https")
+                .body(Full::default())
+                .unwrap();
             let a = send(c, req).await;
             assert_eq!(a.json["x_forwarded_for"], want, "{engine}, config {toml:?}");
             assert_eq!(a.json["x_forwarded_proto"], if toml.is_empty() { "http" } else { "https" }, "{engine}");
@@ -145,7 +154,12 @@ async fn error_bodies_never_show_instance_addresses_unless_debug_errors() {
         let gw = Gw::start(&reg, toml).await;
         for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
             let a = get(c, &gw.url("/dead/x")).await;
-            assert_eq!((a.status, a.json["service"].as_str()), (StatusCode::BAD_GATEWAY, Some("dead")), "{engine}: {}", a.json);
+            assert_eq!(
+                (a.status, a.json["service"].as_str()),
+                (StatusCode::BAD_GATEWAY, Some("dead")),
+                "{engine}: {}",
+                a.json
+            );
             assert_eq!(a.json.to_string().contains(&dead), shown, "{engine}, config {toml:?}: {}", a.json);
         }
     }
@@ -181,12 +195,18 @@ async fn a_client_that_never_reads_gives_up_its_upstream_connection_at_the_timeo
     let _r = sdk(&reg).register(roster::Instance::new("endless", addr).with_id("e1")).await.unwrap();
     let gw = Gw::start(&reg, "response_idle_timeout_ms = 300\n").await;
     // HTTP/1.0 is hyper's; the same request in HTTP/1.1 is the fast path's.
-    for (engine, request) in [("fast path", &b"GET /endless/x HTTP/1.1\r\nHost: t\r\n\r\n"[..]), ("hyper", b"GET /endless/x HTTP/1.0\r\n\r\n")] {
+    for (engine, request) in [
+        ("fast path", &b"GET /endless/x HTTP/1.1\r\nHost: t\r\n\r\n"[..]),
+        ("hyper", b"GET /endless/x HTTP/1.0\r\n\r\n"),
+    ] {
         let mut client = TcpStream::connect(gw.addr).await.unwrap();
         client.write_all(request).await.unwrap();
         let asked = Instant::now();
         // The client never reads; the gateway's writes stall, then it lets go.
-        let at = tokio::time::timeout(Duration::from_secs(10), broke.recv()).await.expect("the upstream connection was closed").unwrap();
+        let at = tokio::time::timeout(Duration::from_secs(10), broke.recv())
+            .await
+            .expect("the upstream connection was closed")
+            .unwrap();
         let held = at - asked;
         eprintln!("{engine}: upstream connection released {held:?} after the request");
         assert!(held >= Duration::from_millis(300) && held < Duration::from_secs(3), "{engine}: held for {held:?}");
@@ -239,21 +259,28 @@ async fn a_connection_flood_above_the_cap_is_refused_while_routed_traffic_keeps_
     for _ in 0..3 {
         held.push(TcpStream::connect(gw.addr).await.unwrap());
     }
-    assert!(closed_unread(TcpStream::connect(gw.addr).await.unwrap(), Duration::from_secs(2)).await, "over max_connections_per_ip");
+    assert!(
+        closed_unread(TcpStream::connect(gw.addr).await.unwrap(), Duration::from_secs(2)).await,
+        "over max_connections_per_ip"
+    );
     let first = held.remove(0);
     drop(first);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut again = TcpStream::connect(gw.addr).await.unwrap();
     again.write_all(b"GET /echo/x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
     let mut buf = Vec::new();
-    assert!(read_answer(&mut again, &mut buf).await.starts_with("HTTP/1.1 200"), "a closed connection gives its slot back");
+    assert!(
+        read_answer(&mut again, &mut buf).await.starts_with("HTTP/1.1 200"),
+        "a closed connection gives its slot back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_answers_429_with_retry_after_at_the_configured_rate_on_both_engines() {
     let (reg, _stop) = registry().await;
     let _b = Backend::start(&reg, "echo", "r1").await;
-    let gw = Gw::start(&reg, "[[route]]\nservice = \"echo\"\nrate_limit_per_second = 20\nrate_limit_burst = 10\n").await;
+    let gw =
+        Gw::start(&reg, "[[route]]\nservice = \"echo\"\nrate_limit_per_second = 20\nrate_limit_burst = 10\n").await;
     let h1 = http();
     let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
@@ -324,7 +351,8 @@ async fn a_reload_applies_max_services_and_refuses_a_new_prefix() {
     assert_eq!(gw.gateway.config().max_services, 2);
     assert_eq!(get(&c, &gw.url("/two/x")).await.status, StatusCode::OK, "the raised max_services took effect");
 
-    let e = gw.gateway.reload(Config::parse("prefix = \"/elsewhere\"\nmax_services = 5\n", "t").unwrap()).unwrap_err().0;
+    let e =
+        gw.gateway.reload(Config::parse("prefix = \"/elsewhere\"\nmax_services = 5\n", "t").unwrap()).unwrap_err().0;
     assert!(e.contains("prefix cannot change") && e.contains("/elsewhere") && e.contains("restart"), "{e}");
     let kept = gw.gateway.config();
     assert_eq!((kept.prefix.as_str(), kept.max_services), ("/services", 2), "a refused reload changes nothing");
@@ -340,7 +368,8 @@ async fn a_streaming_answer_holds_its_concurrency_slot_until_its_body_ends_on_bo
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(2);
+                let (tx, rx) =
+                    tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(2);
                 tokio::spawn(async move {
                     let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"x")))).await;
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -360,11 +389,14 @@ async fn a_streaming_answer_holds_its_concurrency_slot_until_its_body_ends_on_bo
     let h1 = http();
     let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     for (engine, c) in [("fast path", &h1), ("hyper", &h2)] {
-        let first = tokio::time::timeout(Duration::from_secs(5), c.get(gw.url("/drip/x").parse().unwrap())).await.unwrap().unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), c.get(gw.url("/drip/x").parse().unwrap()))
+            .await
+            .unwrap()
+            .unwrap();
         if first.status() != StatusCode::OK {
             panic!("{engine}: {:?}", first.into_body().collect().await.unwrap().to_bytes());
         }
-        
+
         let (status, headers, _) = text(c, &gw.url("/drip/x")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{engine}: the first answer's body is still flowing");
         assert_eq!(headers["retry-after"], "1", "{engine}");

@@ -142,7 +142,8 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
             if buf.len() >= end + len {
                 let answer = String::from_utf8_lossy(&buf[..end + len]).into_owned();
                 buf.drain(..end + len);
@@ -157,8 +158,12 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
 }
 
 async fn text(c: &HttpClient, url: &str) -> (StatusCode, http::HeaderMap, String) {
-    let resp = tokio::time::timeout(Duration::from_secs(10), c.get(url.parse().unwrap())).await.expect("answered in time").unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.get(url.parse().unwrap()))
+        .await
+        .expect("answered in time")
+        .unwrap();
     let (parts, body) = resp.into_parts();
-    let body = tokio::time::timeout(Duration::from_secs(10), body.collect()).await.expect("body in time").unwrap().to_bytes();
+    let body =
+        tokio::time::timeout(Duration::from_secs(10), body.collect()).await.expect("body in time").unwrap().to_bytes();
     (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
 }

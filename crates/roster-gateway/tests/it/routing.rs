@@ -134,7 +134,9 @@ async fn kill_9_under_load_loses_no_idempotent_request() {
                         Ok(Ok(resp)) => {
                             let status = resp.status();
                             let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let id = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["id"].as_str().map(str::to_owned));
+                            let id = serde_json::from_slice::<Value>(&body)
+                                .ok()
+                                .and_then(|v| v["id"].as_str().map(str::to_owned));
                             (status.as_u16(), id)
                         }
                         _ => (0, None),
@@ -149,7 +151,9 @@ async fn kill_9_under_load_loses_no_idempotent_request() {
     let mut failures = Vec::new();
     let mut after_kill: Vec<Option<String>> = Vec::new();
     let mut killed = false;
-    while let Some((_, (status, id))) = tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await.expect("load finished in time") {
+    while let Some((_, (status, id))) =
+        tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await.expect("load finished in time")
+    {
         seen += 1;
         if status != 200 {
             failures.push(status);
@@ -166,10 +170,18 @@ async fn kill_9_under_load_loses_no_idempotent_request() {
         w.await.unwrap();
     }
     assert_eq!(seen, TOTAL / 16 * 16);
-    assert!(failures.is_empty(), "{} of {seen} requests failed: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {seen} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
     // The dead instance is dropped: nothing from it in the last half.
     let tail = &after_kill[after_kill.len() / 2..];
-    assert!(tail.iter().all(|id| id.as_deref() != Some(backends[1].id.as_str())), "traffic still reached the killed instance");
+    assert!(
+        tail.iter().all(|id| id.as_deref() != Some(backends[1].id.as_str())),
+        "traffic still reached the killed instance"
+    );
     assert!(tail.iter().any(|id| id.as_deref() == Some("k1")) && tail.iter().any(|id| id.as_deref() == Some("k3")));
     eprintln!("{seen} requests in {:?}, none failed; kill -9 after {}", started.elapsed(), TOTAL / 4);
 }

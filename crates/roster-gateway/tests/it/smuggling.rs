@@ -32,7 +32,13 @@ async fn logging_backend(registry: &str, service: &str) -> (Log, roster::Registr
                         let mut slots = [httparse::EMPTY_HEADER; 64];
                         let mut req = httparse::Request::new(&mut slots);
                         if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                            let header = |name: &str| req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).into_owned()).collect::<Vec<_>>();
+                            let header = |name: &str| {
+                                req.headers
+                                    .iter()
+                                    .filter(|h| h.name.eq_ignore_ascii_case(name))
+                                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                                    .collect::<Vec<_>>()
+                            };
                             let lengths = header("content-length");
                             let body_len = lengths.first().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
                             let entry = Seen {
@@ -58,7 +64,8 @@ async fn logging_backend(registry: &str, service: &str) -> (Log, roster::Registr
                         }
                     }
                     buf.drain(..end);
-                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}", entry.target.len(), entry.target);
+                    let answer =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}", entry.target.len(), entry.target);
                     seen.lock().push(entry);
                     if s.write_all(answer.as_bytes()).await.is_err() {
                         return;
@@ -67,7 +74,8 @@ async fn logging_backend(registry: &str, service: &str) -> (Log, roster::Registr
             });
         }
     });
-    let registration = sdk(registry).register(roster::Instance::new(service, addr.to_string()).with_id("log1")).await.unwrap();
+    let registration =
+        sdk(registry).register(roster::Instance::new(service, addr.to_string()).with_id("log1")).await.unwrap();
     (log, registration)
 }
 
@@ -120,7 +128,9 @@ impl Smuggle {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let _ = s.write_all(b"GET /logged/after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
         let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the gateway closes the connection");
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the gateway closes the connection");
         let other = raw(self.gw.addr, b"GET /logged/other HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
         assert!(other.starts_with("HTTP/1.1 200") && other.ends_with("/other"), "{other}");
         let mut out = String::from_utf8_lossy(&out).into_owned();
@@ -156,13 +166,23 @@ const SMUGGLED: &str = "GET /secret HTTP/1.1\r\nHost: internal\r\n\r\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_naming_content_length_cannot_smuggle_a_second_request() {
     let f = smuggle_fixture().await;
-    for (engine, named) in ENGINES.into_iter().flat_map(|e| ["content-length", "Content-Length, close", "keep-alive, content-length"].map(|n| (e, n))) {
-        let attack = format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nConnection: {named}\r\nContent-Length: {}\r\n\r\n{SMUGGLED}", SMUGGLED.len());
+    for (engine, named) in ENGINES
+        .into_iter()
+        .flat_map(|e| ["content-length", "Content-Length, close", "keep-alive, content-length"].map(|n| (e, n)))
+    {
+        let attack = format!(
+            "POST /logged/x HTTP/1.1\r\nHost: t\r\nConnection: {named}\r\nContent-Length: {}\r\n\r\n{SMUGGLED}",
+            SMUGGLED.len()
+        );
         let answer = f.attack(engine, attack.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\r\n\r\n/x"), "{engine:?}: {answer:?}");
         let log = f.take_log();
         let first = &log[0];
-        assert_eq!((first.method.as_str(), first.target.as_str(), first.body_len, first.content_lengths), ("POST", "/x", SMUGGLED.len(), 1), "{engine:?}");
+        assert_eq!(
+            (first.method.as_str(), first.target.as_str(), first.body_len, first.content_lengths),
+            ("POST", "/x", SMUGGLED.len(), 1),
+            "{engine:?}"
+        );
         assert!(log.iter().all(|s| s.target != "/secret" && s.host != "internal"), "{engine:?}: smuggled: {log:?}");
         let targets: Vec<_> = log.iter().map(|s| s.target.as_str()).collect();
         assert!(targets == ["/x", "/other"] || targets == ["/x", "/after", "/other"], "{engine:?}: {targets:?}");
@@ -173,7 +193,9 @@ async fn connection_naming_content_length_cannot_smuggle_a_second_request() {
 async fn connection_naming_transfer_encoding_cannot_smuggle_a_second_request() {
     let f = smuggle_fixture().await;
     let chunk = format!("{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len());
-    let attack = format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}");
+    let attack = format!(
+        "POST /logged/x HTTP/1.1\r\nHost: t\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}"
+    );
     for engine in ENGINES {
         let answer = f.attack(engine, attack.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{engine:?}: {answer:?}");
@@ -188,9 +210,18 @@ async fn content_length_with_transfer_encoding_gets_400_and_close() {
     let f = smuggle_fixture().await;
     let chunk = format!("0\r\n\r\n{SMUGGLED}");
     for head in [
-        format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n", chunk.len()),
-        format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: {}\r\n\r\n", chunk.len()),
-        format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: {}\r\n\r\n", chunk.len()),
+        format!(
+            "POST /logged/x HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            chunk.len()
+        ),
+        format!(
+            "POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: {}\r\n\r\n",
+            chunk.len()
+        ),
+        format!(
+            "POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: {}\r\n\r\n",
+            chunk.len()
+        ),
     ] {
         f.refused(format!("{head}{chunk}").as_bytes()).await;
     }
@@ -200,7 +231,12 @@ async fn content_length_with_transfer_encoding_gets_400_and_close() {
 async fn duplicated_and_signed_content_length_get_400_and_close() {
     let f = smuggle_fixture().await;
     let n = SMUGGLED.len();
-    for lengths in [format!("Content-Length: 0\r\nContent-Length: {n}"), format!("Content-Length: {n}\r\nContent-Length: {n}"), format!("Content-Length: +{n}"), format!("Content-Length: {n}, 0")] {
+    for lengths in [
+        format!("Content-Length: 0\r\nContent-Length: {n}"),
+        format!("Content-Length: {n}\r\nContent-Length: {n}"),
+        format!("Content-Length: +{n}"),
+        format!("Content-Length: {n}, 0"),
+    ] {
         f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\n{lengths}\r\n\r\n{SMUGGLED}").as_bytes()).await;
     }
 }
@@ -209,8 +245,12 @@ async fn duplicated_and_signed_content_length_get_400_and_close() {
 async fn obs_fold_gets_400_and_close() {
     let f = smuggle_fixture().await;
     let n = SMUGGLED.len();
-    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n Content-Length: {n}\r\n\r\n{SMUGGLED}").as_bytes()).await;
-    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\t{n}\r\n\r\n{SMUGGLED}").as_bytes()).await;
+    f.refused(
+        format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n Content-Length: {n}\r\n\r\n{SMUGGLED}").as_bytes(),
+    )
+    .await;
+    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\t{n}\r\n\r\n{SMUGGLED}").as_bytes())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +266,11 @@ async fn whitespace_before_the_colon_gets_400_and_close() {
     let f = smuggle_fixture().await;
     let n = SMUGGLED.len();
     f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nContent-Length : {n}\r\n\r\n{SMUGGLED}").as_bytes()).await;
-    f.refused(format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{SMUGGLED}").as_bytes()).await;
+    f.refused(
+        format!("POST /logged/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{SMUGGLED}")
+            .as_bytes(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,12 +287,17 @@ async fn a_head_too_slow_or_too_large_on_a_hyper_connection_gets_408_or_431_and_
     let (reg, _stop) = registry().await;
     let (log, _registration) = logging_backend(&reg, "logged").await;
     let gw = Gw::start(&reg, "header_read_timeout_ms = 300\nmax_header_bytes = 8192\n").await;
-    for (rest, status) in [(b"GET /logged/slow HTTP/1.1\r\nHost: t\r\n".to_vec(), "408"), ([&b"GET /logged/big HTTP/1.1\r\nX-A: "[..], &[b'a'; 9000]].concat(), "431")] {
+    for (rest, status) in [
+        (b"GET /logged/slow HTTP/1.1\r\nHost: t\r\n".to_vec(), "408"),
+        ([&b"GET /logged/big HTTP/1.1\r\nX-A: "[..], &[b'a'; 9000]].concat(), "431"),
+    ] {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
         s.write_all(&[PRIMER, &rest].concat()).await.unwrap();
         let started = Instant::now();
         let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the gateway closes the connection");
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the gateway closes the connection");
         let out = String::from_utf8_lossy(&out);
         let after = out.split_once("\r\n\r\n/primer").unwrap_or_else(|| panic!("the primer was answered: {out:?}")).1;
         assert!(after.starts_with(&format!("HTTP/1.1 {status}")), "{status}: {out:?}");
@@ -265,7 +314,11 @@ async fn crlf_in_an_instance_address_never_reaches_a_header() {
     // registry can still put one.
     let client = roster::Client::new(roster::ClientConfig::new([f.registry.clone()])).unwrap();
     let value = serde_json::json!({"Op": 0, "Addr": "127.0.0.1:1\r\nx-injected: 1", "Metadata": {"id": "evil", "service": "forged"}});
-    let put = roster_api::etcdserverpb::PutRequest { key: "/services/forged/evil".into(), value: value.to_string().into(), ..Default::default() };
+    let put = roster_api::etcdserverpb::PutRequest {
+        key: "/services/forged/evil".into(),
+        value: value.to_string().into(),
+        ..Default::default()
+    };
     client.put(put).await.unwrap();
     let answer = raw(f.gw.addr, b"GET /forged/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503") && !answer.contains("x-injected"), "{answer:?}");

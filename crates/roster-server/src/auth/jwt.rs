@@ -54,17 +54,12 @@ pub enum JwtError {
     UnknownMethod(String),
     #[error("JWT sign-method ES512 (P-521) is not supported; use ES256 or ES384")]
     Es512,
-    #[error(
-        "JWT sign-method {0} needs a key: give pub-key=<file> to verify, priv-key=<file> to sign too"
-    )]
+    #[error("JWT sign-method {0} needs a key: give pub-key=<file> to verify, priv-key=<file> to sign too")]
     MissingKey(&'static str),
     #[error("JWT sign-method {0} signs with a shared secret: give it as priv-key=<file>")]
     HmacNeedsPrivKey(&'static str),
     #[error("cannot read JWT key {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("JWT key {path}: {why}")]
     BadKey { path: PathBuf, why: String },
     #[error("JWT keys {pub_key} and {priv_key} are not one key pair")]
@@ -73,14 +68,8 @@ pub enum JwtError {
 
 #[derive(Clone, Copy)]
 enum Family {
-    Rsa(
-        &'static dyn signature::RsaEncoding,
-        &'static signature::RsaParameters,
-    ),
-    Ecdsa(
-        &'static signature::EcdsaSigningAlgorithm,
-        &'static signature::EcdsaVerificationAlgorithm,
-    ),
+    Rsa(&'static dyn signature::RsaEncoding, &'static signature::RsaParameters),
+    Ecdsa(&'static signature::EcdsaSigningAlgorithm, &'static signature::EcdsaVerificationAlgorithm),
     Ed25519,
     Hmac(hmac::Algorithm),
 }
@@ -88,38 +77,14 @@ enum Family {
 fn family(method: &str) -> Result<(&'static str, Family), JwtError> {
     use signature::*;
     Ok(match method {
-        "RS256" => (
-            "RS256",
-            Family::Rsa(&RSA_PKCS1_SHA256, &RSA_PKCS1_2048_8192_SHA256),
-        ),
-        "RS384" => (
-            "RS384",
-            Family::Rsa(&RSA_PKCS1_SHA384, &RSA_PKCS1_2048_8192_SHA384),
-        ),
-        "RS512" => (
-            "RS512",
-            Family::Rsa(&RSA_PKCS1_SHA512, &RSA_PKCS1_2048_8192_SHA512),
-        ),
-        "PS256" => (
-            "PS256",
-            Family::Rsa(&RSA_PSS_SHA256, &RSA_PSS_2048_8192_SHA256),
-        ),
-        "PS384" => (
-            "PS384",
-            Family::Rsa(&RSA_PSS_SHA384, &RSA_PSS_2048_8192_SHA384),
-        ),
-        "PS512" => (
-            "PS512",
-            Family::Rsa(&RSA_PSS_SHA512, &RSA_PSS_2048_8192_SHA512),
-        ),
-        "ES256" => (
-            "ES256",
-            Family::Ecdsa(&ECDSA_P256_SHA256_FIXED_SIGNING, &ECDSA_P256_SHA256_FIXED),
-        ),
-        "ES384" => (
-            "ES384",
-            Family::Ecdsa(&ECDSA_P384_SHA384_FIXED_SIGNING, &ECDSA_P384_SHA384_FIXED),
-        ),
+        "RS256" => ("RS256", Family::Rsa(&RSA_PKCS1_SHA256, &RSA_PKCS1_2048_8192_SHA256)),
+        "RS384" => ("RS384", Family::Rsa(&RSA_PKCS1_SHA384, &RSA_PKCS1_2048_8192_SHA384)),
+        "RS512" => ("RS512", Family::Rsa(&RSA_PKCS1_SHA512, &RSA_PKCS1_2048_8192_SHA512)),
+        "PS256" => ("PS256", Family::Rsa(&RSA_PSS_SHA256, &RSA_PSS_2048_8192_SHA256)),
+        "PS384" => ("PS384", Family::Rsa(&RSA_PSS_SHA384, &RSA_PSS_2048_8192_SHA384)),
+        "PS512" => ("PS512", Family::Rsa(&RSA_PSS_SHA512, &RSA_PSS_2048_8192_SHA512)),
+        "ES256" => ("ES256", Family::Ecdsa(&ECDSA_P256_SHA256_FIXED_SIGNING, &ECDSA_P256_SHA256_FIXED)),
+        "ES384" => ("ES384", Family::Ecdsa(&ECDSA_P384_SHA384_FIXED_SIGNING, &ECDSA_P384_SHA384_FIXED)),
         "ES512" => return Err(JwtError::Es512),
         "EdDSA" => ("EdDSA", Family::Ed25519),
         "HS256" => ("HS256", Family::Hmac(hmac::HMAC_SHA256)),
@@ -153,10 +118,7 @@ pub struct Jwt {
 impl std::fmt::Debug for Jwt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key material.
-        f.debug_struct("Jwt")
-            .field("options", &self.options)
-            .field("verify_only", &self.signer.is_none())
-            .finish()
+        f.debug_struct("Jwt").field("options", &self.options).field("verify_only", &self.signer.is_none()).finish()
     }
 }
 
@@ -182,16 +144,8 @@ impl Jwt {
     /// Reads and checks the keys now, so a bad file fails the start.
     pub fn load(options: JwtOptions) -> Result<Jwt, JwtError> {
         let (alg, fam) = family(&options.sign_method)?;
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|source| JwtError::Read {
-                path: p.to_owned(),
-                source,
-            })
-        };
-        let bad = |p: &Path, why: &str| JwtError::BadKey {
-            path: p.to_owned(),
-            why: why.to_owned(),
-        };
+        let read = |p: &Path| std::fs::read(p).map_err(|source| JwtError::Read { path: p.to_owned(), source });
+        let bad = |p: &Path, why: &str| JwtError::BadKey { path: p.to_owned(), why: why.to_owned() };
         if let Family::Hmac(h) = fam {
             let Some(p) = &options.priv_key else {
                 return Err(JwtError::HmacNeedsPrivKey(alg));
@@ -258,15 +212,9 @@ impl Jwt {
     /// verify-only.
     pub(crate) fn issue(&self, info: &AuthInfo) -> Option<String> {
         let signer = self.signer.as_ref()?;
-        let exp = (SystemTime::now() + self.options.ttl)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let exp = (SystemTime::now() + self.options.ttl).duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let header = format!(r#"{{"alg":"{}","typ":"JWT"}}"#, self.alg);
-        let claims = Claims {
-            exp,
-            revision: info.revision,
-            username: &info.user,
-        };
+        let claims = Claims { exp, revision: info.revision, username: &info.user };
         let claims = serde_json::to_vec(&claims).ok()?;
         let mut token = URL_SAFE_NO_PAD.encode(header);
         token.push('.');
@@ -297,8 +245,7 @@ impl Jwt {
         if parts.next().is_some() {
             return None;
         }
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
+        let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
         if header.get("alg")?.as_str()? != self.alg {
             return None;
         }
@@ -311,8 +258,7 @@ impl Jwt {
         if !ok {
             return None;
         }
-        let claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
+        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
         let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs() as f64;
         // Go's jwt MapClaims: valid before exp, from nbf and iat on.
         let time = |name: &str| claims.get(name).map(serde_json::Value::as_f64);
@@ -333,10 +279,7 @@ impl Jwt {
         if revision < 0.0 {
             return None;
         }
-        Some(AuthInfo {
-            user,
-            revision: revision as u64,
-        })
+        Some(AuthInfo { user, revision: revision as u64 })
     }
 }
 
@@ -347,35 +290,28 @@ fn private_key(fam: Family, pem: &[u8], rng: &SystemRandom) -> Result<Signer, St
         .ok_or("no PEM private key in the file")?;
     let rejected = |e: ring::error::KeyRejected| format!("key rejected: {e}");
     match (fam, kind) {
-        (Family::Rsa(enc, _), SectionKind::RsaPrivateKey) => Ok(Signer::Rsa(
-            rsa::KeyPair::from_der(&der).map_err(rejected)?,
-            enc,
-        )),
-        (Family::Rsa(enc, _), SectionKind::PrivateKey) => Ok(Signer::Rsa(
-            rsa::KeyPair::from_pkcs8(&der).map_err(rejected)?,
-            enc,
-        )),
-        (Family::Ecdsa(alg, _), SectionKind::PrivateKey) => Ok(Signer::Ecdsa(
-            signature::EcdsaKeyPair::from_pkcs8(alg, &der, rng).map_err(rejected)?,
-        )),
+        (Family::Rsa(enc, _), SectionKind::RsaPrivateKey) => {
+            Ok(Signer::Rsa(rsa::KeyPair::from_der(&der).map_err(rejected)?, enc))
+        }
+        (Family::Rsa(enc, _), SectionKind::PrivateKey) => {
+            Ok(Signer::Rsa(rsa::KeyPair::from_pkcs8(&der).map_err(rejected)?, enc))
+        }
+        (Family::Ecdsa(alg, _), SectionKind::PrivateKey) => {
+            Ok(Signer::Ecdsa(signature::EcdsaKeyPair::from_pkcs8(alg, &der, rng).map_err(rejected)?))
+        }
         (Family::Ecdsa(alg, _), SectionKind::EcPrivateKey) => {
             let (private, public) = sec1(&der).ok_or("not a SEC1 EC private key")?;
-            let public = public.ok_or(
-                "the SEC1 key does not carry its public key; convert it with `openssl pkcs8 -topk8 -nocrypt`",
-            )?;
+            let public = public
+                .ok_or("the SEC1 key does not carry its public key; convert it with `openssl pkcs8 -topk8 -nocrypt`")?;
             Ok(Signer::Ecdsa(
                 signature::EcdsaKeyPair::from_private_key_and_public_key(alg, private, public, rng)
                     .map_err(rejected)?,
             ))
         }
-        (Family::Ed25519, SectionKind::PrivateKey) => Ok(Signer::Ed25519(
-            signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(rejected)?,
-        )),
-        (fam, kind) => Err(format!(
-            "a {} PEM block is not a {} private key",
-            section_name(kind),
-            family_name(fam)
-        )),
+        (Family::Ed25519, SectionKind::PrivateKey) => {
+            Ok(Signer::Ed25519(signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(rejected)?))
+        }
+        (fam, kind) => Err(format!("a {} PEM block is not a {} private key", section_name(kind), family_name(fam))),
     }
 }
 
@@ -396,11 +332,7 @@ fn public_key(fam: Family, pem: &[u8]) -> Result<Vec<u8>, String> {
     let ok = match fam {
         Family::Rsa(..) => alg.0 == RSA,
         Family::Ecdsa(a, _) => {
-            let curve = if std::ptr::eq(a, &signature::ECDSA_P256_SHA256_FIXED_SIGNING) {
-                P256
-            } else {
-                P384
-            };
+            let curve = if std::ptr::eq(a, &signature::ECDSA_P256_SHA256_FIXED_SIGNING) { P256 } else { P384 };
             alg.0 == EC && alg.1 == Some(curve)
         }
         Family::Ed25519 => alg.0 == ED25519,
@@ -415,9 +347,7 @@ fn public_key(fam: Family, pem: &[u8]) -> Result<Vec<u8>, String> {
 fn family_name(fam: Family) -> &'static str {
     match fam {
         Family::Rsa(..) => "RSA",
-        Family::Ecdsa(a, _) if std::ptr::eq(a, &signature::ECDSA_P256_SHA256_FIXED_SIGNING) => {
-            "P-256 EC"
-        }
+        Family::Ecdsa(a, _) if std::ptr::eq(a, &signature::ECDSA_P256_SHA256_FIXED_SIGNING) => "P-256 EC",
         Family::Ecdsa(..) => "P-384 EC",
         Family::Ed25519 => "Ed25519",
         Family::Hmac(_) => "HMAC",
@@ -510,21 +440,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("secret");
         std::fs::write(&p, secret).unwrap();
-        let jwt = Jwt::load(JwtOptions {
-            sign_method: "HS256".into(),
-            pub_key: None,
-            priv_key: Some(p),
-            ttl,
-        })
-        .unwrap();
+        let jwt = Jwt::load(JwtOptions { sign_method: "HS256".into(), pub_key: None, priv_key: Some(p), ttl }).unwrap();
         (jwt, dir)
     }
 
     fn alice() -> AuthInfo {
-        AuthInfo {
-            user: "alice".into(),
-            revision: 7,
-        }
+        AuthInfo { user: "alice".into(), revision: 7 }
     }
 
     #[test]
@@ -537,10 +458,7 @@ mod tests {
         assert_eq!(header, br#"{"alg":"HS256","typ":"JWT"}"#);
         let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert!(claims.starts_with(r#"{"exp":"#), "{claims}");
-        assert!(
-            claims.ends_with(r#","revision":7,"username":"alice"}"#),
-            "{claims}"
-        );
+        assert!(claims.ends_with(r#","revision":7,"username":"alice"}"#), "{claims}");
         assert_eq!(jwt.info(&t), Some(alice()));
     }
 
@@ -548,10 +466,7 @@ mod tests {
     fn expired_forged_and_malformed_tokens_are_refused() {
         let (jwt, _d) = hs(b"s3cret", Duration::from_secs(60));
         let t = jwt.issue(&alice()).unwrap();
-        assert_eq!(
-            jwt.info_at(&t, SystemTime::now() + Duration::from_secs(61)),
-            None
-        );
+        assert_eq!(jwt.info_at(&t, SystemTime::now() + Duration::from_secs(61)), None);
         let (other, _d2) = hs(b"other", Duration::from_secs(60));
         assert_eq!(other.info(&t), None, "another secret's token");
         let mut forged = t.clone();
@@ -610,11 +525,7 @@ mod tests {
     fn eddsa_signs_and_a_server_with_only_the_public_key_verifies() {
         let rng = SystemRandom::new();
         let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let public = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-            .unwrap()
-            .public_key()
-            .as_ref()
-            .to_vec();
+        let public = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap().public_key().as_ref().to_vec();
         // SubjectPublicKeyInfo { id-Ed25519, BIT STRING key }.
         let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
         spki.extend_from_slice(&public);
@@ -635,12 +546,7 @@ mod tests {
         assert_eq!(verifier.info(&token), Some(alice()));
         assert_eq!(verifier.issue(&alice()), None, "verify-only");
         // A public key of another type is refused at load.
-        let e = Jwt::load(JwtOptions {
-            sign_method: "ES256".into(),
-            ..opts(Some(&p), None)
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Jwt::load(JwtOptions { sign_method: "ES256".into(), ..opts(Some(&p), None) }).unwrap_err().to_string();
         assert!(e.contains("is not a P-256 EC key"), "{e}");
         // A private key that is not the public key's pair is refused.
         let other = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
@@ -660,10 +566,7 @@ mod tests {
     fn der_reader_refuses_truncated_input() {
         assert_eq!(tlv(&[0x30, 0x05, 1, 2]), None);
         assert_eq!(tlv(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
-        assert_eq!(
-            tlv(&[0x30, 0x81, 2, 1, 2]),
-            Some((0x30, &[1u8, 2][..], &[][..]))
-        );
+        assert_eq!(tlv(&[0x30, 0x81, 2, 1, 2]), Some((0x30, &[1u8, 2][..], &[][..])));
         assert_eq!(spki(&[0x30, 0x00]), None);
         assert_eq!(sec1(&[0x30, 0x03, 0x02, 0x01, 0x01]), None);
     }

@@ -66,11 +66,7 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig {
-            token: AuthToken::Simple,
-            token_ttl: Duration::from_secs(300),
-            bcrypt_cost: 10,
-        }
+        AuthConfig { token: AuthToken::Simple, token_ttl: Duration::from_secs(300), bcrypt_cost: 10 }
     }
 }
 
@@ -104,10 +100,7 @@ pub(crate) enum Need<'a> {
     /// Unknown with an "auth: " text.
     Maintenance,
     /// These ranges, and write on every key attached to these leases.
-    Keys {
-        spans: Vec<Span<'a>>,
-        leases: Vec<i64>,
-    },
+    Keys { spans: Vec<Span<'a>>, leases: Vec<i64> },
 }
 
 /// A request type that knows what it needs. Requests that fail validation
@@ -158,25 +151,14 @@ impl Gate {
     }
 
     /// Who is calling: the token's user, else the certificate's, else nobody.
-    pub(crate) fn identify(
-        &self,
-        meta: &MetadataMap,
-        ext: &http::Extensions,
-    ) -> Result<Option<AuthInfo>, EtcdError> {
+    pub(crate) fn identify(&self, meta: &MetadataMap, ext: &http::Extensions) -> Result<Option<AuthInfo>, EtcdError> {
         if let Some(v) = meta.get("token").or_else(|| meta.get("authorization")) {
             let raw = v.to_str().map_err(|_| EtcdError::InvalidAuthToken)?;
             let raw = raw.strip_prefix("Bearer ").unwrap_or(raw);
-            return self
-                .tokens
-                .info(raw)
-                .map(Some)
-                .ok_or(EtcdError::InvalidAuthToken);
+            return self.tokens.info(raw).map(Some).ok_or(EtcdError::InvalidAuthToken);
         }
         if let Some(CertUser(name)) = ext.get::<CertUser>() {
-            return Ok(Some(AuthInfo {
-                user: name.clone(),
-                revision: self.index().revision,
-            }));
+            return Ok(Some(AuthInfo { user: name.clone(), revision: self.index().revision }));
         }
         Ok(None)
     }
@@ -283,26 +265,15 @@ impl Gate {
 // === what each request needs ===
 
 fn read<'a>(key: &'a [u8], range_end: &'a [u8]) -> Span<'a> {
-    Span {
-        key: Cow::Borrowed(key),
-        range_end: Cow::Borrowed(range_end),
-        write: false,
-    }
+    Span { key: Cow::Borrowed(key), range_end: Cow::Borrowed(range_end), write: false }
 }
 
 fn write<'a>(key: &'a [u8], range_end: &'a [u8]) -> Span<'a> {
-    Span {
-        key: Cow::Borrowed(key),
-        range_end: Cow::Borrowed(range_end),
-        write: true,
-    }
+    Span { key: Cow::Borrowed(key), range_end: Cow::Borrowed(range_end), write: true }
 }
 
 fn keys(spans: Vec<Span<'_>>) -> Need<'_> {
-    Need::Keys {
-        spans,
-        leases: vec![],
-    }
+    Need::Keys { spans, leases: vec![] }
 }
 
 /// etcd's `checkTxnAuth`: every compare reads, and both branches' ops need
@@ -347,11 +318,7 @@ impl Guarded for pb::PutRequest {
         }
         // A lease whose keys the user may not write cannot take new keys
         // either: the user could not revoke it.
-        let leases = if self.lease != 0 {
-            vec![self.lease]
-        } else {
-            vec![]
-        };
+        let leases = if self.lease != 0 { vec![self.lease] } else { vec![] };
         Need::Keys { spans, leases }
     }
 }
@@ -394,10 +361,7 @@ impl Guarded for pb::LeaseGrantRequest {
 
 impl Guarded for pb::LeaseRevokeRequest {
     fn need(&self) -> Need<'_> {
-        Need::Keys {
-            spans: vec![],
-            leases: vec![self.id],
-        }
+        Need::Keys { spans: vec![], leases: vec![self.id] }
     }
 }
 
@@ -448,11 +412,7 @@ need!(Admin:
 fn recipe(name: &[u8], joins: bool) -> Need<'static> {
     let prefix = roster_api::ops::prefix_of(name);
     let end = roster_api::range::prefix_end(&prefix);
-    let span = |write| Span {
-        key: Cow::Owned(prefix.clone()),
-        range_end: Cow::Owned(end.clone()),
-        write,
-    };
+    let span = |write| Span { key: Cow::Owned(prefix.clone()), range_end: Cow::Owned(end.clone()), write };
     let mut spans = vec![span(false)];
     if joins {
         spans.push(span(true));

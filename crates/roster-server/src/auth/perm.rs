@@ -55,11 +55,7 @@ impl KeySet {
         }
         // Swallow every span that starts inside (or right at the end of) ours.
         loop {
-            let next = self
-                .spans
-                .range(start.clone()..)
-                .next()
-                .map(|(s, e)| (s.clone(), e.clone()));
+            let next = self.spans.range(start.clone()..).next().map(|(s, e)| (s.clone(), e.clone()));
             let Some((s, e)) = next else { break };
             if !end.is_empty() && s > end {
                 break;
@@ -74,11 +70,7 @@ impl KeySet {
 
     /// Whether `[start, end)` lies inside the set.
     pub(crate) fn covers(&self, start: &[u8], end: &[u8]) -> bool {
-        match self
-            .spans
-            .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(start)))
-            .next_back()
-        {
+        match self.spans.range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(start))).next_back() {
             Some((_, e)) => end_le(end, e) && (e.is_empty() || start < &e[..]),
             None => false,
         }
@@ -110,10 +102,7 @@ impl PermIndex {
     pub(crate) fn build(t: &AuthTables) -> PermIndex {
         let mut users = HashMap::with_capacity(t.users.len());
         for (name, u) in &t.users {
-            let mut p = UserPerms {
-                roles: u.roles.clone(),
-                ..Default::default()
-            };
+            let mut p = UserPerms { roles: u.roles.clone(), ..Default::default() };
             for role in &u.roles {
                 if role == roster_store::auth::ROOT {
                     p.root = true;
@@ -132,18 +121,12 @@ impl PermIndex {
             }
             users.insert(name.clone(), p);
         }
-        PermIndex {
-            enabled: t.enabled,
-            revision: t.revision,
-            users,
-        }
+        PermIndex { enabled: t.enabled, revision: t.revision, users }
     }
 
     /// Whether `user` was granted `role` (etcd's HasRole).
     pub(crate) fn holds(&self, user: &str, role: &str) -> bool {
-        self.users
-            .get(user)
-            .is_some_and(|u| u.roles.iter().any(|r| r == role))
+        self.users.get(user).is_some_and(|u| u.roles.iter().any(|r| r == role))
     }
 }
 
@@ -160,29 +143,15 @@ mod tests {
     }
 
     fn spans(s: &KeySet) -> Vec<(String, String)> {
-        s.spans
-            .iter()
-            .map(|(a, b)| {
-                (
-                    String::from_utf8_lossy(a).into(),
-                    String::from_utf8_lossy(b).into(),
-                )
-            })
-            .collect()
+        s.spans.iter().map(|(a, b)| (String::from_utf8_lossy(a).into(), String::from_utf8_lossy(b).into())).collect()
     }
 
     #[test]
     fn overlapping_and_touching_grants_merge() {
         let s = set(&[("b", "d"), ("a", "b"), ("c", "f"), ("x", "z")]);
-        assert_eq!(
-            spans(&s),
-            vec![("a".into(), "f".into()), ("x".into(), "z".into())]
-        );
+        assert_eq!(spans(&s), vec![("a".into(), "f".into()), ("x".into(), "z".into())]);
         let s = set(&[("m", ""), ("a", "c"), ("n", "p")]);
-        assert_eq!(
-            spans(&s),
-            vec![("a".into(), "c".into()), ("m".into(), "".into())]
-        );
+        assert_eq!(spans(&s), vec![("a".into(), "c".into()), ("m".into(), "".into())]);
         let s = set(&[("a", "c"), ("b", "")]);
         assert_eq!(spans(&s), vec![("a".into(), "".into())]);
     }
@@ -204,14 +173,8 @@ mod tests {
 
     #[test]
     fn single_keys_and_from_key_requests_map_to_intervals() {
-        assert_eq!(
-            interval(b"k", b""),
-            (Bytes::from_static(b"k"), Bytes::from_static(b"k\0"))
-        );
-        assert_eq!(
-            interval(b"k", b"\0"),
-            (Bytes::from_static(b"k"), Bytes::new())
-        );
+        assert_eq!(interval(b"k", b""), (Bytes::from_static(b"k"), Bytes::from_static(b"k\0")));
+        assert_eq!(interval(b"k", b"\0"), (Bytes::from_static(b"k"), Bytes::new()));
         let s = set(&[("k", "k\0")]);
         let (a, b) = interval(b"k", b"");
         assert!(s.covers(&a, &b));

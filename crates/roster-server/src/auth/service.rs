@@ -24,9 +24,7 @@ impl Server {
     /// Applies an auth change, then rebuilds the permission index.
     async fn auth_change(&self, c: AuthChange) -> Result<(), Status> {
         let forget = match &c {
-            AuthChange::UserDelete { name } | AuthChange::UserChangePassword { name, .. } => {
-                Some(name.clone())
-            }
+            AuthChange::UserDelete { name } | AuthChange::UserChangePassword { name, .. } => Some(name.clone()),
             _ => None,
         };
         let disable = matches!(c, AuthChange::Disable);
@@ -65,22 +63,16 @@ impl Server {
             return Err(EtcdError::AuthFailed.into());
         }
         let hash = String::from_utf8_lossy(&user.password).into_owned();
-        let ok =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
         if !ok {
             return Err(EtcdError::AuthFailed.into());
         }
         self.gate()
             .tokens
-            .issue(AuthInfo {
-                user: name,
-                revision: tables.revision,
-            })
-            .ok_or_else(|| {
-                EtcdError::Plain("auth: token signing attempted with verify-only key".into()).into()
-            })
+            .issue(AuthInfo { user: name, revision: tables.revision })
+            .ok_or_else(|| EtcdError::Plain("auth: token signing attempted with verify-only key".into()).into())
     }
 }
 
@@ -88,10 +80,7 @@ impl Server {
 
 #[tonic::async_trait]
 impl Auth for Server {
-    async fn auth_enable(
-        &self,
-        req: Request<AuthEnableRequest>,
-    ) -> Result<Response<AuthEnableResponse>, Status> {
+    async fn auth_enable(&self, req: Request<AuthEnableRequest>) -> Result<Response<AuthEnableResponse>, Status> {
         self.unary(method!("AuthEnable"), req, |_| async move {
             self.auth_change(AuthChange::Enable).await?;
             Ok(AuthEnableResponse { header: None })
@@ -99,10 +88,7 @@ impl Auth for Server {
         .await
     }
 
-    async fn auth_disable(
-        &self,
-        req: Request<AuthDisableRequest>,
-    ) -> Result<Response<AuthDisableResponse>, Status> {
+    async fn auth_disable(&self, req: Request<AuthDisableRequest>) -> Result<Response<AuthDisableResponse>, Status> {
         self.unary(method!("AuthDisable"), req, |_| async move {
             self.auth_change(AuthChange::Disable).await?;
             Ok(AuthDisableResponse { header: None })
@@ -110,39 +96,23 @@ impl Auth for Server {
         .await
     }
 
-    async fn auth_status(
-        &self,
-        req: Request<AuthStatusRequest>,
-    ) -> Result<Response<AuthStatusResponse>, Status> {
+    async fn auth_status(&self, req: Request<AuthStatusRequest>) -> Result<Response<AuthStatusResponse>, Status> {
         self.unary(method!("AuthStatus"), req, |_| async move {
             let t = self.store().auth_tables();
-            Ok(AuthStatusResponse {
-                header: None,
-                enabled: t.enabled,
-                auth_revision: t.revision,
-            })
+            Ok(AuthStatusResponse { header: None, enabled: t.enabled, auth_revision: t.revision })
         })
         .await
     }
 
-    async fn authenticate(
-        &self,
-        req: Request<AuthenticateRequest>,
-    ) -> Result<Response<AuthenticateResponse>, Status> {
+    async fn authenticate(&self, req: Request<AuthenticateRequest>) -> Result<Response<AuthenticateResponse>, Status> {
         self.unary(method!("Authenticate"), req, |r| async move {
             let token = self.login(r.name, r.password).await?;
-            Ok(AuthenticateResponse {
-                header: None,
-                token,
-            })
+            Ok(AuthenticateResponse { header: None, token })
         })
         .await
     }
 
-    async fn user_add(
-        &self,
-        req: Request<AuthUserAddRequest>,
-    ) -> Result<Response<AuthUserAddResponse>, Status> {
+    async fn user_add(&self, req: Request<AuthUserAddRequest>) -> Result<Response<AuthUserAddResponse>, Status> {
         self.unary(method!("UserAdd"), req, |r| async move {
             let no_password = r.options.is_some_and(|o| o.no_password);
             // Hash only for a name the store may accept, so a typo costs no bcrypt.
@@ -153,42 +123,25 @@ impl Auth for Server {
             } else {
                 self.hash(r.password).await?
             };
-            self.auth_change(AuthChange::UserAdd {
-                name: r.name,
-                password,
-                no_password,
-            })
-            .await?;
+            self.auth_change(AuthChange::UserAdd { name: r.name, password, no_password }).await?;
             Ok(AuthUserAddResponse { header: None })
         })
         .await
     }
 
-    async fn user_get(
-        &self,
-        req: Request<AuthUserGetRequest>,
-    ) -> Result<Response<AuthUserGetResponse>, Status> {
+    async fn user_get(&self, req: Request<AuthUserGetRequest>) -> Result<Response<AuthUserGetResponse>, Status> {
         self.unary(method!("UserGet"), req, |r| async move {
             let t = self.store().auth_tables();
             let u = t.user(&r.name).ok_or(EtcdError::UserNotFound)?;
-            Ok(AuthUserGetResponse {
-                header: None,
-                roles: u.roles.clone(),
-            })
+            Ok(AuthUserGetResponse { header: None, roles: u.roles.clone() })
         })
         .await
     }
 
-    async fn user_list(
-        &self,
-        req: Request<AuthUserListRequest>,
-    ) -> Result<Response<AuthUserListResponse>, Status> {
+    async fn user_list(&self, req: Request<AuthUserListRequest>) -> Result<Response<AuthUserListResponse>, Status> {
         self.unary(method!("UserList"), req, |_| async move {
             let users = self.store().auth_tables().users.keys().cloned().collect();
-            Ok(AuthUserListResponse {
-                header: None,
-                users,
-            })
+            Ok(AuthUserListResponse { header: None, users })
         })
         .await
     }
@@ -198,8 +151,7 @@ impl Auth for Server {
         req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
         self.unary(method!("UserDelete"), req, |r| async move {
-            self.auth_change(AuthChange::UserDelete { name: r.name })
-                .await?;
+            self.auth_change(AuthChange::UserDelete { name: r.name }).await?;
             Ok(AuthUserDeleteResponse { header: None })
         })
         .await
@@ -218,11 +170,7 @@ impl Auth for Server {
             } else {
                 Bytes::from(r.hashed_password.into_bytes())
             };
-            self.auth_change(AuthChange::UserChangePassword {
-                name: r.name,
-                password,
-            })
-            .await?;
+            self.auth_change(AuthChange::UserChangePassword { name: r.name, password }).await?;
             Ok(AuthUserChangePasswordResponse { header: None })
         })
         .await
@@ -233,11 +181,7 @@ impl Auth for Server {
         req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
         self.unary(method!("UserGrantRole"), req, |r| async move {
-            self.auth_change(AuthChange::UserGrantRole {
-                user: r.user,
-                role: r.role,
-            })
-            .await?;
+            self.auth_change(AuthChange::UserGrantRole { user: r.user, role: r.role }).await?;
             Ok(AuthUserGrantRoleResponse { header: None })
         })
         .await
@@ -248,53 +192,33 @@ impl Auth for Server {
         req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
         self.unary(method!("UserRevokeRole"), req, |r| async move {
-            self.auth_change(AuthChange::UserRevokeRole {
-                name: r.name,
-                role: r.role,
-            })
-            .await?;
+            self.auth_change(AuthChange::UserRevokeRole { name: r.name, role: r.role }).await?;
             Ok(AuthUserRevokeRoleResponse { header: None })
         })
         .await
     }
 
-    async fn role_add(
-        &self,
-        req: Request<AuthRoleAddRequest>,
-    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+    async fn role_add(&self, req: Request<AuthRoleAddRequest>) -> Result<Response<AuthRoleAddResponse>, Status> {
         self.unary(method!("RoleAdd"), req, |r| async move {
-            self.auth_change(AuthChange::RoleAdd { name: r.name })
-                .await?;
+            self.auth_change(AuthChange::RoleAdd { name: r.name }).await?;
             Ok(AuthRoleAddResponse { header: None })
         })
         .await
     }
 
-    async fn role_get(
-        &self,
-        req: Request<AuthRoleGetRequest>,
-    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+    async fn role_get(&self, req: Request<AuthRoleGetRequest>) -> Result<Response<AuthRoleGetResponse>, Status> {
         self.unary(method!("RoleGet"), req, |r| async move {
             let t = self.store().auth_tables();
             let role = t.role(&r.role).ok_or(EtcdError::RoleNotFound)?;
-            Ok(AuthRoleGetResponse {
-                header: None,
-                perm: role.key_permission.clone(),
-            })
+            Ok(AuthRoleGetResponse { header: None, perm: role.key_permission.clone() })
         })
         .await
     }
 
-    async fn role_list(
-        &self,
-        req: Request<AuthRoleListRequest>,
-    ) -> Result<Response<AuthRoleListResponse>, Status> {
+    async fn role_list(&self, req: Request<AuthRoleListRequest>) -> Result<Response<AuthRoleListResponse>, Status> {
         self.unary(method!("RoleList"), req, |_| async move {
             let roles = self.store().auth_tables().roles.keys().cloned().collect();
-            Ok(AuthRoleListResponse {
-                header: None,
-                roles,
-            })
+            Ok(AuthRoleListResponse { header: None, roles })
         })
         .await
     }
@@ -304,8 +228,7 @@ impl Auth for Server {
         req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
         self.unary(method!("RoleDelete"), req, |r| async move {
-            self.auth_change(AuthChange::RoleDelete { name: r.role })
-                .await?;
+            self.auth_change(AuthChange::RoleDelete { name: r.role }).await?;
             Ok(AuthRoleDeleteResponse { header: None })
         })
         .await
@@ -317,8 +240,7 @@ impl Auth for Server {
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
         self.unary(method!("RoleGrantPermission"), req, |r| async move {
             let perm = r.perm.unwrap_or_default();
-            self.auth_change(AuthChange::RoleGrantPermission { name: r.name, perm })
-                .await?;
+            self.auth_change(AuthChange::RoleGrantPermission { name: r.name, perm }).await?;
             Ok(AuthRoleGrantPermissionResponse { header: None })
         })
         .await
@@ -329,11 +251,7 @@ impl Auth for Server {
         req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
         self.unary(method!("RoleRevokePermission"), req, |r| async move {
-            let change = AuthChange::RoleRevokePermission {
-                role: r.role,
-                key: r.key,
-                range_end: r.range_end,
-            };
+            let change = AuthChange::RoleRevokePermission { role: r.role, key: r.key, range_end: r.range_end };
             self.auth_change(change).await?;
             Ok(AuthRoleRevokePermissionResponse { header: None })
         })

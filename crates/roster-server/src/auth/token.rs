@@ -40,18 +40,12 @@ pub(crate) struct SimpleTokens {
 
 impl SimpleTokens {
     pub(crate) fn new(ttl: Duration) -> Self {
-        SimpleTokens {
-            ttl,
-            map: Mutex::new(HashMap::new()),
-            seq: Default::default(),
-        }
+        SimpleTokens { ttl, map: Mutex::new(HashMap::new()), seq: Default::default() }
     }
 
     pub(crate) fn issue(&self, info: AuthInfo) -> String {
         let mut rng = rand::rng();
-        let random: String = (0..16)
-            .map(|_| rng.sample(rand::distr::Alphabetic) as char)
-            .collect();
+        let random: String = (0..16).map(|_| rng.sample(rand::distr::Alphabetic) as char).collect();
         let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let token = format!("{random}.{n}");
         let now = Instant::now();
@@ -59,13 +53,7 @@ impl SimpleTokens {
         if map.len() >= SWEEP_FROM {
             map.retain(|_, e| e.deadline > now);
         }
-        map.insert(
-            token.clone(),
-            Entry {
-                info,
-                deadline: now + self.ttl,
-            },
-        );
+        map.insert(token.clone(), Entry { info, deadline: now + self.ttl });
         token
     }
 
@@ -138,10 +126,7 @@ mod tests {
     use super::*;
 
     fn info(u: &str) -> AuthInfo {
-        AuthInfo {
-            user: u.into(),
-            revision: 3,
-        }
+        AuthInfo { user: u.into(), revision: 3 }
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! v3electionpb.Election: Campaign, Proclaim, Leader, Observe, Resign.
 
-use super::{plain, delete_if_created_at, enqueue, leader, session_lease, unknown, wait_deletes, Withdraw};
+use super::{Withdraw, delete_if_created_at, enqueue, leader, plain, session_lease, unknown, wait_deletes};
 use crate::Server;
+use crate::responses::{self, Feed, Responses};
 use roster_api::etcdserverpb::{TxnRequest, WatchCreateRequest};
-use roster_api::mvccpb::{event::EventType, KeyValue};
+use roster_api::mvccpb::{KeyValue, event::EventType};
 use roster_api::ops;
 use roster_api::v3electionpb::{
-    election_server::Election, CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse,
-    ProclaimRequest, ProclaimResponse, ResignRequest, ResignResponse,
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest, ProclaimResponse,
+    ResignRequest, ResignResponse, election_server::Election,
 };
-use crate::responses::{self, Feed, Responses};
 use tonic::{Request, Response, Status};
 
 const CAMPAIGN: &str = "/v3electionpb.Election/Campaign";
@@ -24,54 +24,61 @@ const ERR_MISSING_LEADER: &str = "\"leader\" field must be provided";
 #[tonic::async_trait]
 impl Election for Server {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
-        self.unary(CAMPAIGN, req, |r| plain(async move {
-            let store = self.store();
-            let lease = session_lease(store, r.lease).await?;
-            let prefix = ops::prefix_of(&r.name);
-            let key = ops::lease_key(&prefix, lease);
-            let (resp, rev, holder) = enqueue(store, &prefix, &key, &r.value, lease).await?;
-            let mut withdraw = Withdraw { store: store.clone(), key: key.clone(), rev, armed: true };
-            if !resp.succeeded {
-                // Already a candidate: take the new value.
-                let value = ops::kvs_of(resp.responses.first()).first().map(|kv| kv.value.clone()).unwrap_or_default();
-                if value != r.value && !proclaim(self, &key, rev, lease, &r.value).await? {
-                    return Err(unknown(ERR_NOT_LEADER));
+        self.unary(CAMPAIGN, req, |r| {
+            plain(async move {
+                let store = self.store();
+                let lease = session_lease(store, r.lease).await?;
+                let prefix = ops::prefix_of(&r.name);
+                let key = ops::lease_key(&prefix, lease);
+                let (resp, rev, holder) = enqueue(store, &prefix, &key, &r.value, lease).await?;
+                let mut withdraw = Withdraw { store: store.clone(), key: key.clone(), rev, armed: true };
+                if !resp.succeeded {
+                    // Already a candidate: take the new value.
+                    let value =
+                        ops::kvs_of(resp.responses.first()).first().map(|kv| kv.value.clone()).unwrap_or_default();
+                    if value != r.value && !proclaim(self, &key, rev, lease, &r.value).await? {
+                        return Err(unknown(ERR_NOT_LEADER));
+                    }
                 }
-            }
-            if holder != rev {
-                wait_deletes(self, &prefix, rev - 1).await?;
-            }
-            withdraw.armed = false;
-            let leader = LeaderKey { name: r.name, key: key.into(), rev, lease };
-            Ok(CampaignResponse { header: resp.header, leader: Some(leader) })
-        }))
+                if holder != rev {
+                    wait_deletes(self, &prefix, rev - 1).await?;
+                }
+                withdraw.armed = false;
+                let leader = LeaderKey { name: r.name, key: key.into(), rev, lease };
+                Ok(CampaignResponse { header: resp.header, leader: Some(leader) })
+            })
+        })
         .await
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
-        self.unary(PROCLAIM, req, |r| plain(async move {
-            let l = r.leader.ok_or_else(|| unknown(ERR_MISSING_LEADER))?;
-            let txn = TxnRequest {
-                compare: vec![ops::created_at(l.key.clone(), l.rev)],
-                success: vec![ops::put_op(l.key, r.value, l.lease)],
-                failure: vec![],
-            };
-            let resp = self.store().txn(txn).await?;
-            if !resp.succeeded {
-                return Err(unknown(ERR_NOT_LEADER));
-            }
-            Ok(ProclaimResponse { header: resp.header })
-        }))
+        self.unary(PROCLAIM, req, |r| {
+            plain(async move {
+                let l = r.leader.ok_or_else(|| unknown(ERR_MISSING_LEADER))?;
+                let txn = TxnRequest {
+                    compare: vec![ops::created_at(l.key.clone(), l.rev)],
+                    success: vec![ops::put_op(l.key, r.value, l.lease)],
+                    failure: vec![],
+                };
+                let resp = self.store().txn(txn).await?;
+                if !resp.succeeded {
+                    return Err(unknown(ERR_NOT_LEADER));
+                }
+                Ok(ProclaimResponse { header: resp.header })
+            })
+        })
         .await
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
-        self.unary(LEADER, req, |r| plain(async move {
-            match leader(self.store(), &ops::prefix_of(&r.name)).await? {
-                (header, Some(kv)) => Ok(LeaderResponse { header: Some(header), kv: Some(kv) }),
-                (_, None) => Err(unknown(ERR_NO_LEADER)),
-            }
-        }))
+        self.unary(LEADER, req, |r| {
+            plain(async move {
+                match leader(self.store(), &ops::prefix_of(&r.name)).await? {
+                    (header, Some(kv)) => Ok(LeaderResponse { header: Some(header), kv: Some(kv) }),
+                    (_, None) => Err(unknown(ERR_NO_LEADER)),
+                }
+            })
+        })
         .await
     }
 
@@ -96,11 +103,13 @@ impl Election for Server {
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        self.unary(RESIGN, req, |r| plain(async move {
-            let l = r.leader.ok_or_else(|| unknown(ERR_MISSING_LEADER))?;
-            let resp = delete_if_created_at(self.store(), &l.key, l.rev).await?;
-            Ok(ResignResponse { header: resp.header })
-        }))
+        self.unary(RESIGN, req, |r| {
+            plain(async move {
+                let l = r.leader.ok_or_else(|| unknown(ERR_MISSING_LEADER))?;
+                let resp = delete_if_created_at(self.store(), &l.key, l.rev).await?;
+                Ok(ResignResponse { header: resp.header })
+            })
+        })
         .await
     }
 }
@@ -137,7 +146,13 @@ async fn observe(server: &Server, prefix: &[u8], tx: &Feed<LeaderResponse>) -> R
         }
         // Follow the leader's key until it goes.
         let (control, mut events) = store.watch_stream();
-        control.create(WatchCreateRequest { key: kv.key.clone(), start_revision: header.revision + 1, ..Default::default() }).await;
+        control
+            .create(WatchCreateRequest {
+                key: kv.key.clone(),
+                start_revision: header.revision + 1,
+                ..Default::default()
+            })
+            .await;
         'follow: while let Some(resp) = events.next().await {
             if resp.canceled {
                 break;
@@ -162,7 +177,14 @@ async fn observe(server: &Server, prefix: &[u8], tx: &Feed<LeaderResponse>) -> R
 async fn next_put(server: &Server, prefix: &[u8], from: i64) -> Result<Option<KeyValue>, Status> {
     let (control, mut events) = server.store().watch_stream();
     let end = roster_api::range::prefix_end(prefix);
-    control.create(WatchCreateRequest { key: prefix.to_vec().into(), range_end: end.into(), start_revision: from, ..Default::default() }).await;
+    control
+        .create(WatchCreateRequest {
+            key: prefix.to_vec().into(),
+            range_end: end.into(),
+            start_revision: from,
+            ..Default::default()
+        })
+        .await;
     while let Some(resp) = events.next().await {
         if resp.canceled {
             return Ok(None);

@@ -16,7 +16,11 @@ async fn status_leader_is_the_listed_member() {
     assert_eq!(ml.members[0].name, "it");
     assert_eq!(ml.members[0].client_ur_ls, vec![format!("http://{}", srv.grpc_addr())]);
     let h = ml.header.unwrap();
-    assert_eq!((h.cluster_id, h.member_id, h.revision), (CLUSTER_ID, MEMBER_ID, 0), "etcd's MemberList has no revision");
+    assert_eq!(
+        (h.cluster_id, h.member_id, h.revision),
+        (CLUSTER_ID, MEMBER_ID, 0),
+        "etcd's MemberList has no revision"
+    );
 
     let alarms = MaintenanceClient::new(ch).alarm(AlarmRequest::default()).await.unwrap().into_inner();
     assert!(alarms.alarms.is_empty());

@@ -13,18 +13,19 @@ mod kv;
 mod serving;
 mod streams;
 
-use roster_api::etcdserverpb::{
-    auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, request_op, response_op, watch_client::WatchClient,
-    watch_request::RequestUnion, AlarmRequest, AuthenticateRequest, LeaseGrantRequest, LeaseKeepAliveRequest, MemberListRequest,
-    PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest,
-};
 use roster_api::MAX_REQUEST_BYTES;
-use roster_server::{serve, ServerConfig, ServerError};
+use roster_api::etcdserverpb::{
+    AlarmRequest, AuthenticateRequest, LeaseGrantRequest, LeaseKeepAliveRequest, MemberListRequest, PutRequest,
+    RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest, auth_client::AuthClient,
+    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, request_op, response_op, watch_client::WatchClient,
+    watch_request::RequestUnion,
+};
+use roster_server::{ServerConfig, ServerError, serve};
 use roster_store::{ManualClock, Store};
 use roster_testkit::InProcess;
-use std::sync::Arc;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -45,7 +46,8 @@ impl TestServer {
     }
 
     async fn start_with(store: Store, tweak: impl FnOnce(&mut ServerConfig)) -> InProcess {
-        let mut config = ServerConfig { cluster_id: CLUSTER_ID, member_id: MEMBER_ID, name: "it".into(), ..Default::default() };
+        let mut config =
+            ServerConfig { cluster_id: CLUSTER_ID, member_id: MEMBER_ID, name: "it".into(), ..Default::default() };
         tweak(&mut config);
         InProcess::start_with(None, config, store).await
     }
@@ -58,4 +60,3 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 fn put(k: &str, v: &str) -> PutRequest {
     PutRequest { key: k.to_owned().into(), value: v.to_owned().into(), ..Default::default() }
 }
-

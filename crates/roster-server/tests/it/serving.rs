@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn grpc_health_reports_serving() {
-    use tonic_health::pb::{health_client::HealthClient, health_check_response::ServingStatus, HealthCheckRequest};
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     let mut srv = TestServer::start().await;
     let mut health = HealthClient::new(srv.channel().await);
     for service in ["", "etcdserverpb.KV", "etcdserverpb.Watch"] {

@@ -43,7 +43,8 @@ async fn keepalive_on_unknown_lease_answers_ttl_zero() {
 
 #[tokio::test]
 async fn progress_notify_reaches_watchers_that_asked() {
-    let mut srv = TestServer::start_with(Store::in_memory(), |c| c.progress_notify_interval = Duration::from_millis(50)).await;
+    let mut srv =
+        TestServer::start_with(Store::in_memory(), |c| c.progress_notify_interval = Duration::from_millis(50)).await;
     let (tx, rx) = mpsc::channel(4);
     let mut stream = WatchClient::new(srv.channel().await).watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
     let create = WatchCreateRequest { key: "p".into(), progress_notify: true, ..Default::default() };
@@ -65,7 +66,8 @@ async fn expired_leases_are_revoked_by_the_server() {
     let store = Store::in_memory_with_clock(clock.clone());
     let mut srv = TestServer::start_with(store, |c| c.lease_tick = Duration::from_millis(10)).await;
     let ch = srv.channel().await;
-    let grant = LeaseClient::new(ch.clone()).lease_grant(LeaseGrantRequest { ttl: 2, id: 0 }).await.unwrap().into_inner();
+    let grant =
+        LeaseClient::new(ch.clone()).lease_grant(LeaseGrantRequest { ttl: 2, id: 0 }).await.unwrap().into_inner();
     let mut kv = KvClient::new(ch);
     kv.put(PutRequest { lease: grant.id, ..put("leased", "v") }).await.unwrap();
 

@@ -13,10 +13,9 @@
 
 use proptest::prelude::*;
 use roster_store::pb::{
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
-    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
 };
 use roster_store::{Store, StoreConfig, StoreError};
 use std::path::Path;
@@ -32,7 +31,8 @@ fn open(dir: &Path, snapshot_min_bytes: u64) -> Result<Store, StoreError> {
 }
 
 async fn dump(s: &Store) -> Dump {
-    let r = s.range(RangeRequest { key: vec![0].into(), range_end: vec![0].into(), ..Default::default() }).await.unwrap();
+    let r =
+        s.range(RangeRequest { key: vec![0].into(), range_end: vec![0].into(), ..Default::default() }).await.unwrap();
     let kvs = r
         .kvs
         .into_iter()
@@ -49,7 +49,9 @@ async fn history(s: &Store, n: usize) {
         let key = format!("k{:02}", i % 17);
         match i % 6 {
             0 | 1 => {
-                s.put(PutRequest { key: key.into(), value: vec![b'v'; 1 + i * 7 % 300].into(), ..Default::default() }).await.unwrap();
+                s.put(PutRequest { key: key.into(), value: vec![b'v'; 1 + i * 7 % 300].into(), ..Default::default() })
+                    .await
+                    .unwrap();
             }
             2 => {
                 s.put(PutRequest { key: key.into(), value: format!("leased-{i}").into(), lease, ..Default::default() })
@@ -58,7 +60,11 @@ async fn history(s: &Store, n: usize) {
             }
             3 => {
                 let put = |k: String| RequestOp {
-                    request: Some(Request::RequestPut(PutRequest { key: k.into(), value: "t".into(), ..Default::default() })),
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: k.into(),
+                        value: "t".into(),
+                        ..Default::default()
+                    })),
                 };
                 let cmp = Compare {
                     key: "k00".into(),
@@ -67,9 +73,13 @@ async fn history(s: &Store, n: usize) {
                     target_union: Some(TargetUnion::Version(0)),
                     ..Default::default()
                 };
-                s.txn(TxnRequest { compare: vec![cmp], success: vec![put(format!("t{i}a")), put(format!("t{i}b"))], failure: vec![] })
-                    .await
-                    .unwrap();
+                s.txn(TxnRequest {
+                    compare: vec![cmp],
+                    success: vec![put(format!("t{i}a")), put(format!("t{i}b"))],
+                    failure: vec![],
+                })
+                .await
+                .unwrap();
             }
             4 => {
                 s.delete_range(DeleteRangeRequest { key: key.into(), ..Default::default() }).await.unwrap();
@@ -159,7 +169,10 @@ async fn try_open(dir: &Path, file: &str, bytes: &[u8]) -> Outcome {
         Err(StoreError::Corrupt(msg)) => {
             let path = dir.join(file);
             assert!(msg.contains(&path.display().to_string()), "the error names the file: {msg}");
-            assert!(file != "wal" || (msg.contains("byte") && msg.contains("--repair-wal")), "the error names the offset and the way out: {msg}");
+            assert!(
+                file != "wal" || (msg.contains("byte") && msg.contains("--repair-wal")),
+                "the error names the offset and the way out: {msg}"
+            );
             Outcome::Refused
         }
         Err(e) => panic!("damage must be reported as corruption, got {e}"),
@@ -254,18 +267,32 @@ async fn every_flip_class_in_a_snapshot_refuses_to_start() {
     let wal = std::fs::read(dir.path().join("wal")).unwrap();
     assert!(snap.len() > 100, "a snapshot was written");
     let body_mid = 20 + (snap.len() - 20) / 2;
-    for (what, offset) in [("magic", 0), ("crc", 9), ("length", 12), ("length high", 19), ("body start", 20), ("body middle", body_mid), ("body end", snap.len() - 1)] {
+    for (what, offset) in [
+        ("magic", 0),
+        ("crc", 9),
+        ("length", 12),
+        ("length high", 19),
+        ("body start", 20),
+        ("body middle", body_mid),
+        ("body end", snap.len() - 1),
+    ] {
         for bit in [0, 5, 7] {
             let mut bytes = snap.clone();
             bytes[offset] ^= 1 << bit;
             let dir = scratch();
             std::fs::write(dir.path().join("wal"), &wal).unwrap();
-            assert!(matches!(try_open(dir.path(), "snapshot", &bytes).await, Outcome::Refused), "snapshot {what} bit {bit}");
+            assert!(
+                matches!(try_open(dir.path(), "snapshot", &bytes).await, Outcome::Refused),
+                "snapshot {what} bit {bit}"
+            );
         }
     }
     let dir2 = scratch();
     std::fs::write(dir2.path().join("wal"), &wal).unwrap();
-    assert!(matches!(try_open(dir2.path(), "snapshot", &snap[..snap.len() - 1]).await, Outcome::Refused), "truncated snapshot");
+    assert!(
+        matches!(try_open(dir2.path(), "snapshot", &snap[..snap.len() - 1]).await, Outcome::Refused),
+        "truncated snapshot"
+    );
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -7,7 +7,7 @@
 //! - a restart on the real disk recovers every acknowledged put, exactly.
 
 use bytes::Bytes;
-use roster_store::fault::{Fault, FaultyDisk, EIO, ENOSPC};
+use roster_store::fault::{EIO, ENOSPC, Fault, FaultyDisk};
 use roster_store::pb::{PutRequest, RangeRequest};
 use roster_store::{Disk, EtcdError, FileKind, OsDisk, Store, StoreConfig};
 use std::collections::BTreeMap;
@@ -32,7 +32,9 @@ async fn put_concurrently(s: &Store) -> Outcomes {
                 let mut out = Vec::new();
                 for i in 0..EACH {
                     let key = format!("w{w:02}/{i:03}");
-                    let r = s.put(PutRequest { key: key.clone().into(), value: key.clone().into(), ..Default::default() }).await;
+                    let r = s
+                        .put(PutRequest { key: key.clone().into(), value: key.clone().into(), ..Default::default() })
+                        .await;
                     let rev = match r {
                         Ok(resp) => Some(resp.header.unwrap().revision),
                         Err(EtcdError::Internal(why)) => {
@@ -64,7 +66,9 @@ async fn check(s: &Store, outcomes: &Outcomes, when: &str) {
     for (key, rev) in outcomes {
         let got = read(s, key).await;
         match rev {
-            Some(rev) => assert_eq!(got, Some((Bytes::from(key.clone()), *rev)), "{when}: acknowledged {key} must be readable"),
+            Some(rev) => {
+                assert_eq!(got, Some((Bytes::from(key.clone()), *rev)), "{when}: acknowledged {key} must be readable")
+            }
             None => assert_eq!(got, None, "{when}: failed put {key} must never be readable"),
         }
     }

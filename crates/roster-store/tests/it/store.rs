@@ -8,7 +8,7 @@ use roster_store::pb::{
     response_op::Response,
     *,
 };
-use roster_store::{mvccpb::event::EventType, EtcdError, ManualClock, Store, StoreConfig};
+use roster_store::{EtcdError, ManualClock, Store, StoreConfig, mvccpb::event::EventType};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +79,10 @@ async fn only_real_changes_add_a_revision() {
     assert_eq!(s.revision(), 2, "keepalive adds none");
     let t = s.txn(TxnRequest { compare: vec![], success: vec![op_range("a")], failure: vec![] }).await.unwrap();
     assert_eq!(t.header.unwrap().revision, 2, "read-only txn adds none");
-    let t = s.txn(TxnRequest { compare: vec![], success: vec![op_put("x", "1"), op_put("y", "1")], failure: vec![] }).await.unwrap();
+    let t = s
+        .txn(TxnRequest { compare: vec![], success: vec![op_put("x", "1"), op_put("y", "1")], failure: vec![] })
+        .await
+        .unwrap();
     assert_eq!(t.header.unwrap().revision, 3, "a write txn adds exactly one");
     let d = s.delete_range(DeleteRangeRequest { key: b("x"), range_end: b("z"), ..Default::default() }).await.unwrap();
     assert_eq!((d.deleted, d.header.unwrap().revision), (2, 4));
@@ -91,7 +94,11 @@ async fn only_real_changes_add_a_revision() {
 async fn range_inside_txn_sees_earlier_puts() {
     let (s, _) = store();
     let t = s
-        .txn(TxnRequest { compare: vec![], success: vec![op_range("k"), op_put("k", "v"), op_range("k")], failure: vec![] })
+        .txn(TxnRequest {
+            compare: vec![],
+            success: vec![op_range("k"), op_put("k", "v"), op_range("k")],
+            failure: vec![],
+        })
         .await
         .unwrap();
     let ranges: Vec<&RangeResponse> = t
@@ -115,8 +122,14 @@ async fn compares_on_missing_keys() {
         let s = s.clone();
         async move { s.txn(TxnRequest { compare: vec![c], success: vec![], failure: vec![] }).await.unwrap().succeeded }
     };
-    assert!(!run(cmp("nope", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value(Bytes::new()))).await, "VALUE on a missing key is false");
-    assert!(run(cmp("nope", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))).await, "others compare with 0");
+    assert!(
+        !run(cmp("nope", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value(Bytes::new()))).await,
+        "VALUE on a missing key is false"
+    );
+    assert!(
+        run(cmp("nope", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))).await,
+        "others compare with 0"
+    );
     assert!(run(cmp("nope", CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(0))).await);
     assert!(run(cmp("nope", CompareTarget::Lease, CompareResult::Equal, TargetUnion::Lease(0))).await);
     put(&s, "a1", "x").await;
@@ -131,8 +144,12 @@ async fn compares_on_missing_keys() {
 #[tokio::test]
 async fn failed_txn_checks_change_nothing() {
     let (s, _) = store();
-    let bad_lease = RequestOp { request: Some(Request::RequestPut(PutRequest { key: b("b"), lease: 99, ..Default::default() })) };
-    let err = s.txn(TxnRequest { compare: vec![], success: vec![op_put("a", "1"), bad_lease], failure: vec![] }).await.unwrap_err();
+    let bad_lease =
+        RequestOp { request: Some(Request::RequestPut(PutRequest { key: b("b"), lease: 99, ..Default::default() })) };
+    let err = s
+        .txn(TxnRequest { compare: vec![], success: vec![op_put("a", "1"), bad_lease], failure: vec![] })
+        .await
+        .unwrap_err();
     assert_eq!(err, EtcdError::LeaseNotFound);
     assert_eq!(s.revision(), 1);
     assert!(get(&s, range("a", "")).await.kvs.is_empty());
@@ -156,7 +173,9 @@ async fn nested_txn_compares_see_the_state_before_the_txn() {
         .unwrap();
     assert_eq!(get(&s, range("then", "")).await.kvs.len(), 1, "k did not exist when the txn began");
     match &t.responses[1].response {
-        Some(Response::ResponseTxn(n)) => assert_eq!(n.header, Some(ResponseHeader::default()), "etcd leaves nested headers empty"),
+        Some(Response::ResponseTxn(n)) => {
+            assert_eq!(n.header, Some(ResponseHeader::default()), "etcd leaves nested headers empty")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -173,7 +192,10 @@ async fn put_flags_follow_etcd() {
     assert_eq!(s.put(both).await.unwrap_err(), EtcdError::LeaseNotFound, "a standalone put checks the lease first");
     let l = s.lease_grant(LeaseGrantRequest { ttl: 10, id: 7 }).await.unwrap();
     put_lease(&s, "a", l.id).await.unwrap();
-    let r = s.put(PutRequest { key: b("a"), value: b("new"), ignore_lease: true, prev_kv: true, ..Default::default() }).await.unwrap();
+    let r = s
+        .put(PutRequest { key: b("a"), value: b("new"), ignore_lease: true, prev_kv: true, ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(r.prev_kv.unwrap().value, "v");
     let kv = &get(&s, range("a", "")).await.kvs[0];
     assert_eq!((kv.value.clone(), kv.lease), (b("new"), 7), "ignore_lease keeps the lease");
@@ -198,11 +220,14 @@ async fn range_options() {
     };
     let r = get(&s, all(|r| r.limit = 2)).await;
     assert_eq!((keys(&r), r.more, r.count), (vec!["a".into(), "b".into()], true, 4));
-    let r = get(&s, all(|r| {
-        r.sort_target = SortTarget::Value as i32;
-        r.sort_order = SortOrder::Descend as i32;
-        r.limit = 2;
-    }))
+    let r = get(
+        &s,
+        all(|r| {
+            r.sort_target = SortTarget::Value as i32;
+            r.sort_order = SortOrder::Descend as i32;
+            r.limit = 2;
+        }),
+    )
     .await;
     assert_eq!(keys(&r), vec!["b", "a"], "sort happens before limit");
     let r = get(&s, all(|r| r.sort_target = SortTarget::Mod as i32)).await;
@@ -211,10 +236,13 @@ async fn range_options() {
     assert_eq!((r.kvs.len(), r.count), (0, 4));
     let r = get(&s, all(|r| r.keys_only = true)).await;
     assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
-    let r = get(&s, all(|r| {
-        r.min_mod_revision = 4;
-        r.limit = 1;
-    }))
+    let r = get(
+        &s,
+        all(|r| {
+            r.min_mod_revision = 4;
+            r.limit = 1;
+        }),
+    )
     .await;
     assert_eq!((keys(&r), r.count, r.more), (vec!["b".into()], 4, true), "count is taken before filters");
     let r = get(&s, all(|r| r.max_create_revision = 3)).await;
@@ -324,7 +352,10 @@ async fn lease_grant_errors() {
     let (s, _) = store();
     s.lease_grant(LeaseGrantRequest { ttl: 5, id: 3 }).await.unwrap();
     assert_eq!(s.lease_grant(LeaseGrantRequest { ttl: 5, id: 3 }).await.unwrap_err(), EtcdError::LeaseExists);
-    assert_eq!(s.lease_grant(LeaseGrantRequest { ttl: 9_000_000_001, id: 4 }).await.unwrap_err(), EtcdError::LeaseTtlTooLarge);
+    assert_eq!(
+        s.lease_grant(LeaseGrantRequest { ttl: 9_000_000_001, id: 4 }).await.unwrap_err(),
+        EtcdError::LeaseTtlTooLarge
+    );
     assert_eq!(s.lease_leases().unwrap().leases.iter().map(|l| l.id).collect::<Vec<_>>(), vec![3]);
 }
 
@@ -353,7 +384,9 @@ async fn watch_sends_created_then_one_response_per_revision() {
     let created = next(&mut ev).await;
     assert!(created.created && !created.canceled);
     assert_eq!((created.watch_id, created.header.unwrap().revision), (0, 1), "ids start at 0");
-    s.txn(TxnRequest { compare: vec![], success: vec![op_put("k1", "a"), op_put("k2", "b")], failure: vec![] }).await.unwrap();
+    s.txn(TxnRequest { compare: vec![], success: vec![op_put("k1", "a"), op_put("k2", "b")], failure: vec![] })
+        .await
+        .unwrap();
     put(&s, "k1", "c").await;
     s.delete_range(DeleteRangeRequest { key: b("k1"), ..Default::default() }).await.unwrap();
     let r = next(&mut ev).await;
@@ -458,7 +491,8 @@ async fn concurrent_writes_and_watch_creation_lose_nothing() {
     let mut streams = Vec::new();
     for _ in 0..20 {
         let (ctl, mut ev) = s.watch_stream();
-        ctl.create(WatchCreateRequest { key: b("k"), range_end: b("l"), start_revision: 2, ..Default::default() }).await;
+        ctl.create(WatchCreateRequest { key: b("k"), range_end: b("l"), start_revision: 2, ..Default::default() })
+            .await;
         assert!(next(&mut ev).await.created);
         streams.push((ctl, ev));
         tokio::task::yield_now().await;
@@ -476,7 +510,8 @@ async fn concurrent_writes_and_watch_creation_lose_nothing() {
 // === durability ===
 
 fn on_disk(dir: &std::path::Path, clock: Arc<ManualClock>, snapshot_min_bytes: u64) -> Store {
-    Store::open(StoreConfig { data_dir: Some(dir.to_owned()), clock, snapshot_min_bytes, ..Default::default() }).unwrap()
+    Store::open(StoreConfig { data_dir: Some(dir.to_owned()), clock, snapshot_min_bytes, ..Default::default() })
+        .unwrap()
 }
 
 #[tokio::test]
@@ -501,7 +536,10 @@ async fn restart_recovers_writes_revisions_and_leases_with_full_ttl() {
         assert_eq!(s.revision(), rev, "snapshot_min={snapshot_min}");
         let r = get(&s, range("k", "l")).await;
         assert_eq!(r.count, 49);
-        assert_eq!(s.range(RangeRequest { key: b("k"), revision: 9, ..Default::default() }).await.unwrap_err(), EtcdError::Compacted);
+        assert_eq!(
+            s.range(RangeRequest { key: b("k"), revision: 9, ..Default::default() }).await.unwrap_err(),
+            EtcdError::Compacted
+        );
         assert_eq!(get(&s, RangeRequest { key: b("k05"), revision: 20, ..Default::default() }).await.kvs[0].value, "5");
         let t = s.lease_time_to_live(LeaseTimeToLiveRequest { id: 5, keys: true }).unwrap();
         assert_eq!((t.ttl, t.keys), (10, vec![b("leased")]), "the lease has its full TTL again, keys attached");
@@ -574,7 +612,9 @@ async fn watch_from_the_past_after_a_restart_replays_snapshot_and_log() {
     for i in 0..60 {
         put(&s, &format!("k{:02}", i % 7), &"v".repeat(40)).await;
         if i % 9 == 8 {
-            s.delete_range(DeleteRangeRequest { key: b(&format!("k{:02}", i % 7)), ..Default::default() }).await.unwrap();
+            s.delete_range(DeleteRangeRequest { key: b(&format!("k{:02}", i % 7)), ..Default::default() })
+                .await
+                .unwrap();
         }
     }
     s.compact(CompactionRequest { revision: 10, physical: true }).await.unwrap();
@@ -596,13 +636,14 @@ async fn watch_from_the_past_after_a_restart_replays_snapshot_and_log() {
 /// log and from a snapshot, and auth changes never move the key revision.
 #[tokio::test]
 async fn auth_tables_survive_restart_from_log_and_snapshot() {
-    use roster_store::auth::ROOT;
     use roster_store::AuthChange as C;
+    use roster_store::auth::ROOT;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::default());
     let s = on_disk(dir.path(), clock.clone(), u64::MAX);
     let rev = s.revision();
-    let perm = roster_store::authpb::Permission { perm_type: 2, key: b("/services/hello/"), range_end: b("/services/hello0") };
+    let perm =
+        roster_store::authpb::Permission { perm_type: 2, key: b("/services/hello/"), range_end: b("/services/hello0") };
     for c in [
         C::UserAdd { name: ROOT.into(), password: b("$2b$hash"), no_password: false },
         C::RoleAdd { name: ROOT.into() },

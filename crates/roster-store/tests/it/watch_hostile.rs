@@ -11,12 +11,12 @@
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use roster_store::mvccpb::{event::EventType, Event, KeyValue};
-use roster_store::pb::{
-    request_op::Request, watch_create_request::FilterType, CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp,
-    TxnRequest, WatchCreateRequest, WatchResponse,
-};
 use roster_api::range::prefix_end;
+use roster_store::mvccpb::{Event, KeyValue, event::EventType};
+use roster_store::pb::{
+    CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchResponse,
+    request_op::Request, watch_create_request::FilterType,
+};
 use roster_store::{Store, WatchControl, WatchEvents};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -35,7 +35,10 @@ async fn try_next(ev: &mut WatchEvents) -> Option<WatchResponse> {
 }
 
 async fn next(ev: &mut WatchEvents) -> WatchResponse {
-    tokio::time::timeout(Duration::from_secs(10), ev.next()).await.expect("watch response in time").expect("stream open")
+    tokio::time::timeout(Duration::from_secs(10), ev.next())
+        .await
+        .expect("watch response in time")
+        .expect("stream open")
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {
@@ -190,7 +193,12 @@ fn record(seen: &mut HashMap<(usize, i64), Seen>, stream: usize, r: WatchRespons
     assert!(s.created, "events only after created");
     assert!(s.canceled.is_none(), "no events after canceled");
     let revs: Vec<i64> = r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
-    assert!(revs[0] > s.last_rev, "a revision is never split over responses, nor repeated: {} after {}", revs[0], s.last_rev);
+    assert!(
+        revs[0] > s.last_rev,
+        "a revision is never split over responses, nor repeated: {} after {}",
+        revs[0],
+        s.last_rev
+    );
     if revs.first() != revs.last() {
         s.batches += 1;
     }
@@ -261,8 +269,21 @@ async fn differential_case(seed: u64, steps: usize) -> usize {
             }
             45..=49 => {
                 let (key, end) = random_range(&mut rng);
-                store.delete_range(DeleteRangeRequest { key: key.clone(), range_end: end.clone(), ..Default::default() }).await.unwrap();
-                let spec = Spec { stream: 0, id: 0, key, end, start: 0, prev_kv: false, no_put: false, no_delete: false, canceled: false };
+                store
+                    .delete_range(DeleteRangeRequest { key: key.clone(), range_end: end.clone(), ..Default::default() })
+                    .await
+                    .unwrap();
+                let spec = Spec {
+                    stream: 0,
+                    id: 0,
+                    key,
+                    end,
+                    start: 0,
+                    prev_kv: false,
+                    no_put: false,
+                    no_delete: false,
+                    canceled: false,
+                };
                 let doomed: Vec<_> = model.live.keys().filter(|k| spec.covers(k)).map(|k| (k.clone(), None)).collect();
                 model.apply(&doomed);
             }
@@ -275,11 +296,22 @@ async fn differential_case(seed: u64, steps: usize) -> usize {
                 for i in 0..n {
                     let k = b(keys.swap_remove(rng.random_range(0..keys.len())));
                     if i > 0 && rng.random_bool(0.3) {
-                        ops.push(RequestOp { request: Some(Request::RequestDeleteRange(DeleteRangeRequest { key: k.clone(), ..Default::default() })) });
+                        ops.push(RequestOp {
+                            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                                key: k.clone(),
+                                ..Default::default()
+                            })),
+                        });
                         changes.push((k, None));
                     } else {
                         let v = Bytes::from(format!("t{step}/{i}"));
-                        ops.push(RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.clone(), value: v.clone(), ..Default::default() })) });
+                        ops.push(RequestOp {
+                            request: Some(Request::RequestPut(PutRequest {
+                                key: k.clone(),
+                                value: v.clone(),
+                                ..Default::default()
+                            })),
+                        });
                         changes.push((k, Some(v)));
                     }
                 }
@@ -311,8 +343,19 @@ async fn differential_case(seed: u64, steps: usize) -> usize {
                 let id = st.next_id;
                 st.next_id += 1;
                 let start = if start_revision == 0 { model.rev + 1 } else { start_revision };
-                specs.push(Spec { stream: si, id, key: key.clone(), end: end.clone(), start, prev_kv, no_put, no_delete, canceled: false });
-                let req = WatchCreateRequest { key, range_end: end, start_revision, prev_kv, filters, ..Default::default() };
+                specs.push(Spec {
+                    stream: si,
+                    id,
+                    key: key.clone(),
+                    end: end.clone(),
+                    start,
+                    prev_kv,
+                    no_put,
+                    no_delete,
+                    canceled: false,
+                });
+                let req =
+                    WatchCreateRequest { key, range_end: end, start_revision, prev_kv, filters, ..Default::default() };
                 while_draining(st.ctl.create(req), &mut st.ev, &mut seen, si).await;
             }
             72..=75 => {
@@ -356,7 +399,14 @@ async fn differential_case(seed: u64, steps: usize) -> usize {
             if s.canceled.is_some() || (!spec.canceled && s.events.len() >= want.len()) {
                 break;
             }
-            assert!(Instant::now() < deadline, "seed {seed}: watcher {} on stream {} stuck at {}/{} events", spec.id, spec.stream, s.events.len(), want.len());
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: watcher {} on stream {} stuck at {}/{} events",
+                spec.id,
+                spec.stream,
+                s.events.len(),
+                want.len()
+            );
             let st = &mut streams[spec.stream];
             let r = next(&mut st.ev).await;
             record(&mut seen, spec.stream, r);
@@ -371,7 +421,10 @@ async fn differential_case(seed: u64, steps: usize) -> usize {
     for spec in &specs {
         let want = spec.expected(&model);
         let s = &seen[&(spec.stream, spec.id)];
-        let ctx = format!("seed {seed}: watcher {} on stream {} over {:?}..{:?} from {}", spec.id, spec.stream, spec.key, spec.end, spec.start);
+        let ctx = format!(
+            "seed {seed}: watcher {} on stream {} over {:?}..{:?} from {}",
+            spec.id, spec.stream, spec.key, spec.end, spec.start
+        );
         assert!(s.created, "{ctx}: created");
         batches += s.batches;
         match s.canceled {
@@ -379,16 +432,27 @@ async fn differential_case(seed: u64, steps: usize) -> usize {
                 assert!(want.starts_with(&s.events), "{ctx}: a compacted watcher saw a prefix of its events");
                 assert!(s.last_rev < compact, "{ctx}: canceled only below the compaction");
             }
-            _ if spec.canceled => assert!(want.starts_with(&s.events), "{ctx}: a canceled watcher saw a prefix of its events"),
+            _ if spec.canceled => {
+                assert!(want.starts_with(&s.events), "{ctx}: a canceled watcher saw a prefix of its events")
+            }
             Some(_) => panic!("{ctx}: canceled without asking"),
-            None => assert!(s.events == want, "{ctx}: exactly its events, in order\n got {:?}\nwant {:?}", revs(&s.events), revs(&want)),
+            None => assert!(
+                s.events == want,
+                "{ctx}: exactly its events, in order\n got {:?}\nwant {:?}",
+                revs(&s.events),
+                revs(&want)
+            ),
         }
     }
     batches
 }
 
 fn revs(evs: &[Event]) -> Vec<(i64, String)> {
-    evs.iter().map(|e| (e.kv.as_ref().unwrap().mod_revision, String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).into_owned())).collect()
+    evs.iter()
+        .map(|e| {
+            (e.kv.as_ref().unwrap().mod_revision, String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).into_owned())
+        })
+        .collect()
 }
 
 /// Random interleavings of writes, watches, cancels, compactions and slow
@@ -417,7 +481,10 @@ async fn concurrent_writers_and_slow_readers_lose_nothing() {
             for i in 0..3000u32 {
                 let key = Bytes::from(format!("z/{}", i % 50));
                 let value = if i % 97 == 0 { big.clone() } else { Bytes::from(i.to_string()) };
-                let r = store.put(PutRequest { key: key.clone(), value: value.clone(), ..Default::default() }).await.unwrap();
+                let r = store
+                    .put(PutRequest { key: key.clone(), value: value.clone(), ..Default::default() })
+                    .await
+                    .unwrap();
                 writes.push((r.header.unwrap().revision, key, value));
                 // An in-memory store writes at once: pace it, so that the
                 // watchers are created while writes go on, on any machine.
@@ -469,7 +536,17 @@ async fn concurrent_writers_and_slow_readers_lose_nothing() {
     assert!(specs.len() > 10, "watchers were created while writes went on");
     let mut behind = 0;
     for (si, id, key, end, start) in &specs {
-        let spec = Spec { stream: *si, id: *id, key: key.clone(), end: end.clone(), start: *start, prev_kv: false, no_put: false, no_delete: false, canceled: false };
+        let spec = Spec {
+            stream: *si,
+            id: *id,
+            key: key.clone(),
+            end: end.clone(),
+            start: *start,
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+            canceled: false,
+        };
         // A watcher from now starts after the revision its `created` carries.
         let want = |s: &Seen| -> Vec<(i64, Bytes, Bytes)> {
             let from = if *start == 0 { s.created_rev + 1 } else { *start };
@@ -486,11 +563,22 @@ async fn concurrent_writers_and_slow_readers_lose_nothing() {
         }
     }
     for (si, id, key, end, start) in &specs {
-        let spec = Spec { stream: *si, id: *id, key: key.clone(), end: end.clone(), start: *start, prev_kv: false, no_put: false, no_delete: false, canceled: false };
+        let spec = Spec {
+            stream: *si,
+            id: *id,
+            key: key.clone(),
+            end: end.clone(),
+            start: *start,
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+            canceled: false,
+        };
         let s = &seen[&(*si, *id)];
         behind += s.batches;
         let from = if *start == 0 { s.created_rev + 1 } else { *start };
-        let want: Vec<(i64, Bytes, Bytes)> = writes.iter().filter(|w| w.0 >= from && spec.covers(&w.1)).cloned().collect();
+        let want: Vec<(i64, Bytes, Bytes)> =
+            writes.iter().filter(|w| w.0 >= from && spec.covers(&w.1)).cloned().collect();
         let got: Vec<(i64, Bytes, Bytes)> = s
             .events
             .iter()
@@ -563,7 +651,12 @@ async fn writer_latency_holds_with_100k_watchers_on_one_stream() {
     }
     for i in 0..N {
         let p = format!("/p/{i}/");
-        ctl.create(WatchCreateRequest { key: b(&p), range_end: Bytes::from(prefix_end(p.as_bytes())), ..Default::default() }).await;
+        ctl.create(WatchCreateRequest {
+            key: b(&p),
+            range_end: Bytes::from(prefix_end(p.as_bytes())),
+            ..Default::default()
+        })
+        .await;
     }
     eprintln!("created {} watchers in {:?}", 2 * N, t.elapsed());
     assert_eq!(store.status().watchers, 2 * N as u64);
@@ -585,7 +678,8 @@ async fn writer_latency_holds_with_100k_watchers_on_one_stream() {
         }
     }
     want_tx.send(want.values().map(Vec::len).sum()).unwrap();
-    let (mut got, max_queued) = tokio::time::timeout(Duration::from_secs(30), reader).await.expect("reader done in time").unwrap();
+    let (mut got, max_queued) =
+        tokio::time::timeout(Duration::from_secs(30), reader).await.expect("reader done in time").unwrap();
     got.retain(|_, v| !v.is_empty());
     assert_eq!(got, want, "each watcher got exactly the events of its keys");
     assert!(max_queued <= WatchEvents::QUEUE_BYTES);
@@ -624,7 +718,13 @@ async fn watch_from_revision_1_over_a_million_revisions_does_not_stall_writers()
     let idle = idle_p99(&store, "/x", &v, 500).await;
 
     let (ctl, mut ev) = store.watch_stream();
-    ctl.create(WatchCreateRequest { key: b("\0"), range_end: Bytes::from_static(b"\0"), start_revision: 1, ..Default::default() }).await;
+    ctl.create(WatchCreateRequest {
+        key: b("\0"),
+        range_end: Bytes::from_static(b"\0"),
+        start_revision: 1,
+        ..Default::default()
+    })
+    .await;
     assert!(next(&mut ev).await.created);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
@@ -691,7 +791,11 @@ async fn a_stream_nobody_reads_stays_under_its_byte_budget_and_does_not_slow_wri
         revs.push(rev);
         assert!(ev.queued_bytes() <= WatchEvents::QUEUE_BYTES, "{} bytes queued", ev.queued_bytes());
     }
-    assert!(ev.queued_bytes() > WatchEvents::QUEUE_BYTES / 2, "the queue filled up to its budget: {}", ev.queued_bytes());
+    assert!(
+        ev.queued_bytes() > WatchEvents::QUEUE_BYTES / 2,
+        "the queue filled up to its budget: {}",
+        ev.queued_bytes()
+    );
     assert_bounded("a stream nobody reads", idle, p99(lat));
     assert!(next(&mut ev).await.created);
     let mut seen = Vec::new();

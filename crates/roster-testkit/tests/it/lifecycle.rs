@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
         Err(_) => false,
     }
 }
@@ -50,15 +48,9 @@ async fn etcdctl_runs_and_background_runs_die_with_their_handle() {
     // From revision 2 (the put above), however late the watch starts.
     let mut watch = ctl.spawn(&["watch", "k", "--rev", "2"]);
     let pid = watch.pid().expect("running");
-    assert_eq!(
-        watch.expect_lines(3, Duration::from_secs(10)).await,
-        ["PUT", "k", "v"]
-    );
+    assert_eq!(watch.expect_lines(3, Duration::from_secs(10)).await, ["PUT", "k", "v"]);
     drop(watch);
-    assert!(
-        gone_within(pid, Duration::from_secs(5)).await,
-        "etcdctl {pid} survived its handle"
-    );
+    assert!(gone_within(pid, Duration::from_secs(5)).await, "etcdctl {pid} survived its handle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,13 +61,7 @@ async fn a_cluster_fails_over_and_dropping_it_kills_every_member_even_a_stopped_
     let mut cluster = EtcdCluster::start().await;
     let endpoints = cluster.endpoints();
     assert_eq!(endpoints.len(), 3);
-    assert_eq!(
-        endpoints
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len(),
-        3
-    );
+    assert_eq!(endpoints.iter().collect::<std::collections::BTreeSet<_>>().len(), 3);
     let leader = cluster.leader().await;
     let pids: Vec<u32> = (0..3).map(|i| cluster.pid(i).expect("running")).collect();
 

@@ -25,9 +25,7 @@ impl RetryBudget {
     pub const CAP: u64 = 100;
 
     pub fn new() -> RetryBudget {
-        RetryBudget {
-            milli: AtomicU64::new(Self::RESERVE * MILLI),
-        }
+        RetryBudget { milli: AtomicU64::new(Self::RESERVE * MILLI) }
     }
 
     /// One request: `percent` hundredths of a token (capped at 100%).
@@ -41,20 +39,13 @@ impl RetryBudget {
         if self.milli.load(Ordering::Relaxed) >= cap {
             return;
         }
-        let _ = self
-            .milli
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                (t < cap).then(|| (t + add).min(cap))
-            });
+        let _ =
+            self.milli.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t < cap).then(|| (t + add).min(cap)));
     }
 
     /// One retry: `true` (and a token spent) if the budget allows it.
     pub fn withdraw(&self) -> bool {
-        self.milli
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                t.checked_sub(MILLI)
-            })
-            .is_ok()
+        self.milli.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(MILLI)).is_ok()
     }
 }
 
@@ -79,10 +70,7 @@ mod tests {
                     granted += usize::from(b.withdraw());
                 }
             }
-            assert!(
-                (205..=210).contains(&granted),
-                "20% of 1000 plus the reserve of 10, got {granted}"
-            );
+            assert!((205..=210).contains(&granted), "20% of 1000 plus the reserve of 10, got {granted}");
         }
     }
 

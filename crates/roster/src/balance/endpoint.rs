@@ -271,7 +271,8 @@ impl Guard {
         }
         let size = self.shared().size.load(Ordering::Relaxed);
         let cap = size * self.shared().health.max_ejected_percent as usize / 100;
-        let reserved = self.shared().ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1));
+        let reserved =
+            self.shared().ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1));
         if reserved.is_ok() {
             self.eject(now);
         }
@@ -289,7 +290,12 @@ impl Guard {
         }
         let size = self.shared().size.load(Ordering::Relaxed);
         let cap = size * self.shared().health.max_ejected_percent as usize / 100;
-        if self.shared().ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).is_ok() {
+        if self
+            .shared()
+            .ejected
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1))
+            .is_ok()
+        {
             self.eject(now);
         } else {
             s.failures.fetch_add(1, Ordering::Relaxed);

@@ -30,16 +30,16 @@ mod endpoint;
 mod policy;
 
 pub use budget::RetryBudget;
-pub use endpoint::{EndpointStats, Guard, HealthConfig};
 use endpoint::Ejections;
+pub use endpoint::{EndpointStats, Guard, HealthConfig};
 pub use policy::Policy;
 
 use crate::instance::Instance;
 use arc_swap::ArcSwap;
 use endpoint::now_ms;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// One instance with its live statistics.
 #[derive(Debug)]
@@ -179,9 +179,13 @@ impl Balancer {
         let max = self.max_in_flight;
         let usable = |i: usize| {
             let e = &set.endpoints[i];
-            e.stats.available() && (max == 0 || e.stats.in_flight() < max) && !avoid.iter().any(|a| Arc::ptr_eq(a, &e.stats))
+            e.stats.available()
+                && (max == 0 || e.stats.in_flight() < max)
+                && !avoid.iter().any(|a| Arc::ptr_eq(a, &e.stats))
         };
-        let ok = |i: usize| (!local || set.endpoints[i].instance.zone.as_str() == self.zone.as_deref().unwrap_or("")) && usable(i);
+        let ok = |i: usize| {
+            (!local || set.endpoints[i].instance.zone.as_str() == self.zone.as_deref().unwrap_or("")) && usable(i)
+        };
         let idx = match self.policy {
             Policy::RoundRobin => self.round_robin(&set, local, ok),
             Policy::WeightedRoundRobin => self.weighted(&set, ok, usable),

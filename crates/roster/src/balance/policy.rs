@@ -28,7 +28,7 @@ impl std::str::FromStr for Policy {
             other => {
                 return Err(format!(
                     "unknown policy {other:?}; use round-robin, weighted, random, least-request or consistent-hash"
-                ))
+                ));
             }
         })
     }

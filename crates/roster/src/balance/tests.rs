@@ -61,7 +61,9 @@ fn consistent_hash_moves_about_one_nth_of_keys() {
     let b = Balancer::new(Policy::ConsistentHash);
     b.update(ids.iter().map(|id| inst(id, 100, "")));
     let keys: Vec<String> = (0..10_000).map(|k| format!("user-{k}")).collect();
-    let place = |b: &Balancer| -> Vec<String> { keys.iter().map(|k| b.pick(Some(k.as_bytes())).unwrap().instance().id.clone()).collect() };
+    let place = |b: &Balancer| -> Vec<String> {
+        keys.iter().map(|k| b.pick(Some(k.as_bytes())).unwrap().instance().id.clone()).collect()
+    };
     let before = place(&b);
     let same = place(&b);
     assert_eq!(before, same, "the same key goes to the same instance");
@@ -116,7 +118,8 @@ fn a_latency_average_halves_per_half_life_without_samples() {
 #[test]
 fn least_request_tries_a_once_slow_idle_endpoint_again_after_aging() {
     let half_life = Duration::from_millis(40);
-    let b = Balancer::new(Policy::LeastRequest).with_health(HealthConfig { latency_half_life: half_life, ..Default::default() });
+    let b = Balancer::new(Policy::LeastRequest)
+        .with_health(HealthConfig { latency_half_life: half_life, ..Default::default() });
     b.update([inst("a", 100, ""), inst("b", 100, ""), inst("c", 100, "")]);
     // Every endpoint really answers in 0.2 ms.
     let answer = |b: &Balancer, picks: usize| {
@@ -163,11 +166,16 @@ fn failures_eject_with_a_cap_and_a_probe_readmits() {
     };
     fail_on(&b, &["a", "b", "c"], 24);
     let set = b.set();
-    let ejected: Vec<_> = set.endpoints.iter().filter(|e| e.stats.is_ejected()).map(|e| e.instance.id.clone()).collect();
+    let ejected: Vec<_> =
+        set.endpoints.iter().filter(|e| e.stats.is_ejected()).map(|e| e.instance.id.clone()).collect();
     assert_eq!(ejected.len(), 2, "at most 50% ejected, got {ejected:?}");
     let seen = counts(&pick_ids(&b, 20));
     assert!(ejected.iter().all(|id| !seen.contains_key(id)), "ejected endpoints get no traffic");
-    assert_eq!(seen.values().copied().collect::<std::collections::BTreeSet<_>>(), [10].into(), "the others share evenly: {seen:?}");
+    assert_eq!(
+        seen.values().copied().collect::<std::collections::BTreeSet<_>>(),
+        [10].into(),
+        "the others share evenly: {seen:?}"
+    );
     // After the backoff, exactly one probe goes through; success readmits.
     std::thread::sleep(Duration::from_millis(60));
     let probes: Vec<_> = (0..8).filter_map(|_| b.pick(None)).filter(|g| ejected.contains(&g.instance().id)).collect();
@@ -180,7 +188,13 @@ fn failures_eject_with_a_cap_and_a_probe_readmits() {
 
 #[test]
 fn a_failed_probe_ejects_for_longer() {
-    let health = HealthConfig { consecutive_failures: 1, base_ejection: Duration::from_millis(30), max_ejection: Duration::from_secs(5), max_ejected_percent: 50, ..Default::default() };
+    let health = HealthConfig {
+        consecutive_failures: 1,
+        base_ejection: Duration::from_millis(30),
+        max_ejection: Duration::from_secs(5),
+        max_ejected_percent: 50,
+        ..Default::default()
+    };
     let b = Balancer::new(Policy::RoundRobin).with_health(health);
     b.update(["a", "b"].iter().map(|id| inst(id, 1, "")));
     loop {

@@ -1,19 +1,19 @@
 //! Leader election.
 
-use super::{wait_deletes, Session};
-use roster_api::ops::{created_at, delete_op, first_created, get, kvs_of, put_op as put_with_lease, range_op};
+use super::{Session, wait_deletes};
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::task::DropGuard;
+use roster_api::etcdserverpb::{TxnRequest, WatchCreateRequest};
+use roster_api::mvccpb::{KeyValue, event::EventType};
+use roster_api::ops::{created_at, delete_op, first_created, get, kvs_of, put_op as put_with_lease, range_op};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use roster_api::etcdserverpb::{TxnRequest, WatchCreateRequest};
-use roster_api::mvccpb::{event::EventType, KeyValue};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// An election named by a key prefix. Candidates campaign through their
 /// [`Session`]; observers need only a client.
@@ -51,7 +51,11 @@ impl Election {
         let value: Vec<u8> = value.into();
         let key = format!("{}{:x}", self.prefix, session.lease());
         let put = put_with_lease(key.as_str(), value.clone(), session.lease());
-        let txn = TxnRequest { compare: vec![created_at(key.as_str(), 0)], success: vec![put], failure: vec![range_op(get(key.as_str()))] };
+        let txn = TxnRequest {
+            compare: vec![created_at(key.as_str(), 0)],
+            success: vec![put],
+            failure: vec![range_op(get(key.as_str()))],
+        };
         let resp = self.client.txn(txn).await?;
         let mut leader = LeaderKey { name: self.name().to_owned(), key, revision: 0, lease: session.lease() };
         if resp.succeeded {
@@ -78,7 +82,11 @@ impl Election {
     /// [`Error::NotLeader`] if `leader` no longer leads.
     pub async fn proclaim(&self, leader: &LeaderKey, value: impl Into<Vec<u8>>) -> Result<()> {
         let put = put_with_lease(leader.key.as_str(), value.into(), leader.lease);
-        let txn = TxnRequest { compare: vec![created_at(leader.key.as_str(), leader.revision)], success: vec![put], failure: vec![] };
+        let txn = TxnRequest {
+            compare: vec![created_at(leader.key.as_str(), leader.revision)],
+            success: vec![put],
+            failure: vec![],
+        };
         if self.client.txn(txn).await?.succeeded { Ok(()) } else { Err(Error::NotLeader) }
     }
 
@@ -86,7 +94,11 @@ impl Election {
     /// candidacy that already ended is not an error.
     pub async fn resign(&self, leader: &LeaderKey) -> Result<()> {
         let del = delete_op(leader.key.as_str());
-        let txn = TxnRequest { compare: vec![created_at(leader.key.as_str(), leader.revision)], success: vec![del], failure: vec![] };
+        let txn = TxnRequest {
+            compare: vec![created_at(leader.key.as_str(), leader.revision)],
+            success: vec![del],
+            failure: vec![],
+        };
         self.client.txn(txn).await?;
         Ok(())
     }

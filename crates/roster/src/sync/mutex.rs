@@ -1,10 +1,10 @@
 //! A distributed mutex with fencing.
 
-use super::{wait_deletes, Session};
-use roster_api::ops::{created_at, delete_op, first_created, get, kvs_of, put_op as put_with_lease, range_op};
+use super::{Session, wait_deletes};
 use crate::error::{Error, Result};
 use roster_api::etcdserverpb::{Compare, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest};
 use roster_api::mvccpb::event::EventType;
+use roster_api::ops::{created_at, delete_op, first_created, get, kvs_of, put_op as put_with_lease, range_op};
 
 /// A lock named by a key prefix, held through a [`Session`].
 ///
@@ -62,7 +62,12 @@ impl Mutex {
     pub async fn try_lock(&self) -> Result<Option<MutexGuard>> {
         let (rev, owner) = self.enqueue().await?;
         if owner == rev {
-            return Ok(Some(MutexGuard { session: self.session.clone(), key: self.key(), revision: rev, released: false }));
+            return Ok(Some(MutexGuard {
+                session: self.session.clone(),
+                key: self.key(),
+                revision: rev,
+                released: false,
+            }));
         }
         delete_if_created_at(&self.session, &self.key(), rev).await?;
         Ok(None)
@@ -78,7 +83,11 @@ impl Mutex {
         let absent = created_at(key.as_str(), 0);
         let put = put_with_lease(key.as_str(), Vec::new(), self.session.lease());
         let owner = range_op(first_created(self.prefix.as_bytes()));
-        let txn = TxnRequest { compare: vec![absent], success: vec![put, owner.clone()], failure: vec![range_op(get(key.as_str())), owner] };
+        let txn = TxnRequest {
+            compare: vec![absent],
+            success: vec![put, owner.clone()],
+            failure: vec![range_op(get(key.as_str())), owner],
+        };
         let resp = self.session.client().txn(txn).await?;
         let rev = if resp.succeeded {
             resp.header.as_ref().map_or(0, |h| h.revision)
@@ -181,7 +190,12 @@ impl MutexGuard {
 impl Drop for MutexGuard {
     fn drop(&mut self) {
         if !self.released {
-            drop(DeleteOnDrop { session: self.session.clone(), key: std::mem::take(&mut self.key), rev: self.revision, armed: true });
+            drop(DeleteOnDrop {
+                session: self.session.clone(),
+                key: std::mem::take(&mut self.key),
+                rev: self.revision,
+                armed: true,
+            });
         }
     }
 }

@@ -125,12 +125,16 @@ impl KeepAlive {
                     break;
                 }
                 Err(None) if Instant::now() >= deadline => {
-                    tracing::warn!(lease = format_args!("{:x}", self.lease), "session lost: no renewal confirmed within the TTL");
+                    tracing::warn!(
+                        lease = format_args!("{:x}", self.lease),
+                        "session lost: no renewal confirmed within the TTL"
+                    );
                     break;
                 }
                 // `stream` moved the client off the endpoint that failed.
                 Err(None) | Ok(()) => {
-                    tokio::time::sleep(backoff.next_delay().min(deadline.saturating_duration_since(Instant::now()))).await;
+                    tokio::time::sleep(backoff.next_delay().min(deadline.saturating_duration_since(Instant::now())))
+                        .await;
                 }
             }
         }

@@ -81,7 +81,12 @@ async fn a_session_outlives_a_stopped_member() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut lc = LeaseClient::new(cluster.channel(leader));
-    let ttl = lc.lease_time_to_live(LeaseTimeToLiveRequest { id: session.lease(), keys: false }).await.unwrap().into_inner().ttl;
+    let ttl = lc
+        .lease_time_to_live(LeaseTimeToLiveRequest { id: session.lease(), keys: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .ttl;
     assert!(ttl > 0, "the session's lease is gone (TTL {ttl})");
     session.close().await.unwrap();
     cluster.resume(target);
@@ -129,7 +134,9 @@ async fn a_lock_waiter_on_a_stopped_member_takes_the_lock_when_it_is_released() 
     held.unlock().await.unwrap();
     let (token, session) = tokio::time::timeout(CHANGE_LIMIT, waiter)
         .await
-        .unwrap_or_else(|_| panic!("the waiter did not take the lock within {CHANGE_LIMIT:?} of the release; member stopped"))
+        .unwrap_or_else(|_| {
+            panic!("the waiter did not take the lock within {CHANGE_LIMIT:?} of the release; member stopped")
+        })
         .unwrap();
     let token = token.expect("lock() failed instead of moving to another member");
     assert!(token > holder_token, "the waiter's token {token} is not newer than the holder's {holder_token}");
@@ -185,7 +192,12 @@ async fn read(cluster: &EtcdCluster, i: usize) -> Result<BTreeMap<String, KeyVal
 }
 
 /// [`roster_testkit::eventually`], with the cluster's logs on a timeout.
-async fn eventually(cluster: &EtcdCluster, what: &str, limit: Duration, f: impl AsyncFnMut() -> Result<(), String>) -> Duration {
+async fn eventually(
+    cluster: &EtcdCluster,
+    what: &str,
+    limit: Duration,
+    f: impl AsyncFnMut() -> Result<(), String>,
+) -> Duration {
     roster_testkit::eventually_or(what, limit, f, || cluster.logs(30)).await
 }
 
@@ -286,7 +298,10 @@ async fn failover(fault: Fault) {
         },
         async {
             let fresh = registry.register(Instance::new(SERVICE, "127.0.0.1:7000").with_id("new")).await.unwrap();
-            fresh.registered(CHANGE_LIMIT).await.unwrap_or_else(|e| panic!("new instance not registered after the fault: {e}"));
+            fresh
+                .registered(CHANGE_LIMIT)
+                .await
+                .unwrap_or_else(|e| panic!("new instance not registered after the fault: {e}"));
             (fresh, fault_at.elapsed())
         }
     );
@@ -316,7 +331,8 @@ async fn failover(fault: Fault) {
     let hold = Instant::now() + 2 * TTL;
     while Instant::now() < hold {
         for &i in &survivors {
-            let listed: BTreeSet<String> = read(&cluster, i).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs(30))).into_keys().collect();
+            let listed: BTreeSet<String> =
+                read(&cluster, i).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs(30))).into_keys().collect();
             assert_eq!(listed, expected, "member {i} lost registrations {:?} after the fault", fault_at.elapsed());
         }
         for (k, w) in watchers.iter().enumerate() {
@@ -351,11 +367,12 @@ async fn failover(fault: Fault) {
         Fault::KillLeader => cluster.restart(target).await,
         Fault::StopLeader | Fault::StopFollower => cluster.resume(target),
     }
-    let caught_up = eventually(&cluster, "the member that came back lists the same set", Duration::from_secs(15), async || {
-        let listed: BTreeSet<String> = read(&cluster, target).await?.into_keys().collect();
-        if listed == expected { Ok(()) } else { Err(format!("{listed:?}")) }
-    })
-    .await;
+    let caught_up =
+        eventually(&cluster, "the member that came back lists the same set", Duration::from_secs(15), async || {
+            let listed: BTreeSet<String> = read(&cluster, target).await?.into_keys().collect();
+            if listed == expected { Ok(()) } else { Err(format!("{listed:?}")) }
+        })
+        .await;
     eprintln!("{fault:?}: member {target} back and caught up after {caught_up:?}");
     // A watcher on it alone sees the same set.
     let late = Registry::new(client(&[cluster.endpoint(target)])).discover(SERVICE);
@@ -370,27 +387,42 @@ async fn failover(fault: Fault) {
     // once any lease granted by an abandoned attempt has expired; and every
     // watcher and registration settled.
     let keys = expected.len();
-    eventually(&cluster, "one lease per registration everywhere, every watcher settled", 2 * TTL + Duration::from_secs(5), async || {
-        for i in 0..CLUSTER_SIZE {
-            let mut lc = LeaseClient::new(cluster.channel(i));
-            let n = lc.lease_leases(LeaseLeasesRequest {}).await.map_err(|s| format!("{s:?}"))?.into_inner().leases.len();
-            if n != keys {
-                return Err(format!("member {i}: {n} leases for {keys} registrations"));
+    eventually(
+        &cluster,
+        "one lease per registration everywhere, every watcher settled",
+        2 * TTL + Duration::from_secs(5),
+        async || {
+            for i in 0..CLUSTER_SIZE {
+                let mut lc = LeaseClient::new(cluster.channel(i));
+                let n = lc
+                    .lease_leases(LeaseLeasesRequest {})
+                    .await
+                    .map_err(|s| format!("{s:?}"))?
+                    .into_inner()
+                    .leases
+                    .len();
+                if n != keys {
+                    return Err(format!("member {i}: {n} leases for {keys} registrations"));
+                }
+                let listed = read(&cluster, i).await?;
+                let leases: BTreeSet<i64> = listed.values().map(|kv| kv.lease).collect();
+                if listed.keys().cloned().collect::<BTreeSet<_>>() != expected || leases.len() != keys {
+                    return Err(format!("member {i}: {listed:?}"));
+                }
             }
-            let listed = read(&cluster, i).await?;
-            let leases: BTreeSet<i64> = listed.values().map(|kv| kv.lease).collect();
-            if listed.keys().cloned().collect::<BTreeSet<_>>() != expected || leases.len() != keys {
-                return Err(format!("member {i}: {listed:?}"));
+            match watchers.iter().chain([&late]).find(|w| ids(w) != expected) {
+                Some(w) => Err(format!("watcher {:?}", ids(w))),
+                None if !regs
+                    .iter()
+                    .chain([&fresh])
+                    .all(|r| matches!(*r.status().borrow(), RegistrationStatus::Registered { .. })) =>
+                {
+                    Err("a registration is not registered".into())
+                }
+                None => Ok(()),
             }
-        }
-        match watchers.iter().chain([&late]).find(|w| ids(w) != expected) {
-            Some(w) => Err(format!("watcher {:?}", ids(w))),
-            None if !regs.iter().chain([&fresh]).all(|r| matches!(*r.status().borrow(), RegistrationStatus::Registered { .. })) => {
-                Err("a registration is not registered".into())
-            }
-            None => Ok(()),
-        }
-    })
+        },
+    )
     .await;
 
     // Anything a watcher saw removed meanwhile was really deleted: its key
@@ -398,11 +430,16 @@ async fn failover(fault: Fault) {
     // anything (etcd before 3.4.31 / 3.5.13 revokes every lease it thinks
     // expired: etcd-io/etcd#15247), and then every instance registered again.
     let end = read(&cluster, target).await.unwrap();
-    let recreated: BTreeSet<String> = (1..INSTANCES).map(id).filter(|k| end[k].create_revision != before[k].create_revision).collect();
+    let recreated: BTreeSet<String> =
+        (1..INSTANCES).map(id).filter(|k| end[k].create_revision != before[k].create_revision).collect();
     let (_, changes) = monitor.stop();
     for (k, log) in changes.iter().enumerate() {
         let gone: BTreeSet<String> = removed(log).iter().map(|c| id_of(c).to_owned()).collect();
-        assert!(gone.is_subset(&recreated), "watcher {k} saw instances removed that were never deleted: {}", story(log));
+        assert!(
+            gone.is_subset(&recreated),
+            "watcher {k} saw instances removed that were never deleted: {}",
+            story(log)
+        );
     }
     if !recreated.is_empty() {
         let version = etcd_version(&cluster, target).await;

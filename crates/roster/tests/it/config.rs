@@ -3,12 +3,12 @@
 
 use crate::support;
 
-use roster::config::{self, ConfigEvent, Format, Options};
 use roster::Client;
+use roster::config::{self, ConfigEvent, Format, Options};
 use roster_api::etcdserverpb::{DeleteRangeRequest, PutRequest};
 use serde::Deserialize;
 use std::time::Duration;
-use support::{client, eventually, on_roster_and_etcd, Server};
+use support::{Server, client, eventually, on_roster_and_etcd};
 use tokio_stream::StreamExt;
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -19,7 +19,11 @@ struct App {
 }
 
 async fn put(c: &Client, key: &str, value: &str) -> i64 {
-    let r = c.put(PutRequest { key: key.as_bytes().to_vec().into(), value: value.as_bytes().to_vec().into(), ..Default::default() });
+    let r = c.put(PutRequest {
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
+        ..Default::default()
+    });
     r.await.unwrap().header.unwrap().revision
 }
 
@@ -43,7 +47,10 @@ async fn a_change_reaches_100_watchers() {
         assert!(watchers.iter().all(|w| w.get().workers == 1));
         let rev = put(&c, "/config/fanout.json", r#"{"workers": 8, "mode": "fast"}"#).await;
         for (i, w) in watchers.iter().enumerate() {
-            eventually(&format!("{target}: watcher {i} sees the change"), Duration::from_secs(5), || w.get().workers == 8).await;
+            eventually(&format!("{target}: watcher {i} sees the change"), Duration::from_secs(5), || {
+                w.get().workers == 8
+            })
+            .await;
             assert_eq!(*w.get(), App { workers: 8, mode: "fast".into() });
             assert_eq!(w.revision(), rev);
         }
@@ -105,7 +112,10 @@ async fn formats_are_chosen_by_suffix_or_explicitly() {
     put(&c, "/config/a.toml", "workers = 4\n").await;
     put(&c, "/config/plain", "workers = 5\n").await;
     assert_eq!(config::watch::<App>(&c, "/config/a.json").await.unwrap().get().workers, 1);
-    assert_eq!(*config::watch::<App>(&c, "/config/a.yaml").await.unwrap().get(), App { workers: 2, mode: "yaml".into() });
+    assert_eq!(
+        *config::watch::<App>(&c, "/config/a.yaml").await.unwrap().get(),
+        App { workers: 2, mode: "yaml".into() }
+    );
     assert_eq!(config::watch::<App>(&c, "/config/a.yml").await.unwrap().get().workers, 3);
     assert_eq!(config::watch::<App>(&c, "/config/a.toml").await.unwrap().get().workers, 4);
     let e = config::watch::<App>(&c, "/config/plain").await.err().unwrap().to_string();
@@ -201,11 +211,23 @@ async fn every_update_is_in_effect_when_it_is_announced() {
     let reader = cfg.clone();
     let checker = support::spin_read(cfg.changes(), N as usize, move |_, ev| {
         let ConfigEvent::Updated { value, revision, .. } = ev else { panic!("unexpected {ev:?}") };
-        assert!(reader.revision() >= revision, "revision {revision} announced while {} is in effect", reader.revision());
-        assert!(reader.get().workers >= value.workers, "workers {} announced while {} is in effect", value.workers, reader.get().workers);
+        assert!(
+            reader.revision() >= revision,
+            "revision {revision} announced while {} is in effect",
+            reader.revision()
+        );
+        assert!(
+            reader.get().workers >= value.workers,
+            "workers {} announced while {} is in effect",
+            value.workers,
+            reader.get().workers
+        );
     });
     for n in 2..=N + 1 {
         put(&c, "/config/order.json", &format!(r#"{{"workers": {n}}}"#)).await;
     }
-    tokio::task::spawn_blocking(move || checker.join()).await.unwrap().expect("the reader saw an update before it was in effect");
+    tokio::task::spawn_blocking(move || checker.join())
+        .await
+        .unwrap()
+        .expect("the reader saw an update before it was in effect");
 }

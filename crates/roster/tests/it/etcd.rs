@@ -2,12 +2,12 @@
 //! real etcd: admin delete/revoke repair, and resync after a compaction that
 //! happened while the watcher was cut off.
 
-use roster::{Client, ClientConfig, Instance, Registry};
-use roster_api::etcdserverpb::{kv_client::KvClient, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest};
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use crate::support::eventually;
+use roster::{Client, ClientConfig, Instance, Registry};
+use roster_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, kv_client::KvClient};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -103,7 +103,8 @@ async fn admin_delete_or_revoke_is_repaired_within_a_second_etcd() {
 async fn compaction_while_disconnected_resyncs_to_the_exact_set_etcd() {
     let Some(etcd) = etcd().await else { return };
     let mut kv = KvClient::new(etcd.channel());
-    let put = |k: &str, v: &str| PutRequest { key: k.to_owned().into(), value: v.to_owned().into(), ..Default::default() };
+    let put =
+        |k: &str, v: &str| PutRequest { key: k.to_owned().into(), value: v.to_owned().into(), ..Default::default() };
     for i in 0..4 {
         kv.put(put(&format!("/services/hello/i{i}"), &format!("127.0.0.1:60{i:02}"))).await.unwrap();
     }
@@ -115,13 +116,18 @@ async fn compaction_while_disconnected_resyncs_to_the_exact_set_etcd() {
     eventually("marked stale", Duration::from_secs(5), || d.is_stale()).await;
     assert_eq!(ids(&d).len(), 4, "an error never empties the list");
     for i in 0..2 {
-        kv.delete_range(DeleteRangeRequest { key: format!("/services/hello/i{i}").into(), ..Default::default() }).await.unwrap();
+        kv.delete_range(DeleteRangeRequest { key: format!("/services/hello/i{i}").into(), ..Default::default() })
+            .await
+            .unwrap();
     }
     kv.put(put("/services/hello/new", "127.0.0.1:7000")).await.unwrap();
     let rev = kv.put(put("/services/hello/i3", "127.0.0.1:7003")).await.unwrap().into_inner().header.unwrap().revision;
     kv.compact(CompactionRequest { revision: rev, physical: true }).await.unwrap();
     proxy.restore();
-    eventually("resynced", Duration::from_secs(10), || ids(&d) == BTreeSet::from(["i2".into(), "i3".into(), "new".into()])).await;
+    eventually("resynced", Duration::from_secs(10), || {
+        ids(&d) == BTreeSet::from(["i2".into(), "i3".into(), "new".into()])
+    })
+    .await;
     eventually("fresh again", Duration::from_secs(5), || !d.is_stale()).await;
     assert_eq!(d.instances().into_iter().find(|i| i.id == "i3").unwrap().addr, "127.0.0.1:7003");
 }

@@ -16,10 +16,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 async fn listed(d: &Discovery, id: &str, want: bool) {
     let what = format!("{id} {}", if want { "listed" } else { "withdrawn" });
-    roster_testkit::eventually(&what, WAIT, async || {
-        d.instances().iter().any(|i| i.id == id) == want
-    })
-    .await;
+    roster_testkit::eventually(&what, WAIT, async || d.instances().iter().any(|i| i.id == id) == want).await;
 }
 
 fn status(reg: &Registration) -> RegistrationStatus {
@@ -48,11 +45,7 @@ impl Stepped {
                 gate.acquire().await.expect("the gate stays open").forget();
                 let pass = passing.load(Ordering::SeqCst);
                 done.fetch_add(1, Ordering::SeqCst);
-                if pass {
-                    Ok(())
-                } else {
-                    Err("flipped to failing".into())
-                }
+                if pass { Ok(()) } else { Err("flipped to failing".into()) }
             }
         });
         (s, check)
@@ -64,10 +57,7 @@ impl Stepped {
         let want = self.done.load(Ordering::SeqCst) + 1;
         self.gate.add_permits(1);
         let done = self.done.clone();
-        roster_testkit::eventually("the probe ran", WAIT, async || {
-            done.load(Ordering::SeqCst) >= want
-        })
-        .await;
+        roster_testkit::eventually("the probe ran", WAIT, async || done.load(Ordering::SeqCst) >= want).await;
         // The verdict travels through the task; give it a moment.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -86,10 +76,7 @@ async fn custom_check_withdraws_after_fall_failures_in_a_row_and_restores_after_
         .with_rise(2)
         .with_fall(3);
     step.gate.add_permits(1); // the first probe decides: it passes
-    let reg = registry
-        .register_checked(Instance::new("svc", "127.0.0.1:1").with_id("c"), check)
-        .await
-        .unwrap();
+    let reg = registry.register_checked(Instance::new("svc", "127.0.0.1:1").with_id("c"), check).await.unwrap();
     reg.registered(WAIT).await.unwrap();
     listed(&d, "c", true).await;
 
@@ -152,20 +139,11 @@ async fn an_instance_whose_first_probe_fails_is_not_registered_until_it_passes()
         .with_fall(1);
     let registering = tokio::spawn({
         let registry = registry.clone();
-        async move {
-            registry
-                .register_checked(Instance::new("svc", "127.0.0.1:1").with_id("late"), check)
-                .await
-                .unwrap()
-        }
+        async move { registry.register_checked(Instance::new("svc", "127.0.0.1:1").with_id("late"), check).await.unwrap() }
     });
     step.probe(false).await;
     let reg = registering.await.unwrap();
-    assert!(
-        matches!(status(&reg), RegistrationStatus::Unhealthy { .. }),
-        "{:?}",
-        status(&reg)
-    );
+    assert!(matches!(status(&reg), RegistrationStatus::Unhealthy { .. }), "{:?}", status(&reg));
     assert!(d.instances().is_empty(), "listed before any probe passed");
     step.probe(true).await;
     assert!(d.instances().is_empty(), "rise=2: one pass is not enough");
@@ -180,10 +158,7 @@ async fn checked(registry: &Registry, id: &str, check: Check) -> Registration {
         .with_timeout(Duration::from_millis(500))
         .with_rise(2)
         .with_fall(2);
-    registry
-        .register_checked(Instance::new("svc", "127.0.0.1:1").with_id(id), check)
-        .await
-        .unwrap()
+    registry.register_checked(Instance::new("svc", "127.0.0.1:1").with_id(id), check).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,26 +196,13 @@ async fn http_check_follows_the_status_the_server_answers() {
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
-                let head = if ok {
-                    "HTTP/1.1 200 OK"
-                } else {
-                    "HTTP/1.1 503 Service Unavailable"
-                };
-                let _ = s
-                    .write_all(
-                        format!("{head}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                            .as_bytes(),
-                    )
-                    .await;
+                let head = if ok { "HTTP/1.1 200 OK" } else { "HTTP/1.1 503 Service Unavailable" };
+                let _ =
+                    s.write_all(format!("{head}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
             });
         }
     });
-    let _reg = checked(
-        &registry,
-        "http",
-        Check::parse(&format!("http://{addr}/healthz")).unwrap(),
-    )
-    .await;
+    let _reg = checked(&registry, "http", Check::parse(&format!("http://{addr}/healthz")).unwrap()).await;
     listed(&d, "http", true).await;
     healthy.store(false, Ordering::SeqCst);
     listed(&d, "http", false).await;
@@ -257,9 +219,7 @@ async fn grpc_check_follows_the_serving_status() {
     let d = registry.discover("svc");
     d.ready().await;
     let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("hello.Greeter", ServingStatus::Serving)
-        .await;
+    reporter.set_service_status("hello.Greeter", ServingStatus::Serving).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let grpc = tokio::spawn(
@@ -267,20 +227,11 @@ async fn grpc_check_follows_the_serving_status() {
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let _reg = checked(
-        &registry,
-        "grpc",
-        Check::parse(&format!("grpc://{addr}/hello.Greeter")).unwrap(),
-    )
-    .await;
+    let _reg = checked(&registry, "grpc", Check::parse(&format!("grpc://{addr}/hello.Greeter")).unwrap()).await;
     listed(&d, "grpc", true).await;
-    reporter
-        .set_service_status("hello.Greeter", ServingStatus::NotServing)
-        .await;
+    reporter.set_service_status("hello.Greeter", ServingStatus::NotServing).await;
     listed(&d, "grpc", false).await;
-    reporter
-        .set_service_status("hello.Greeter", ServingStatus::Serving)
-        .await;
+    reporter.set_service_status("hello.Greeter", ServingStatus::Serving).await;
     listed(&d, "grpc", true).await;
     grpc.abort();
 }

@@ -4,11 +4,11 @@
 use crate::support;
 
 use roster::{Change, Instance, RegistrationStatus};
-use support::{eventually, Server};
 use roster_api::etcdserverpb::{DeleteRangeRequest, RangeRequest};
 use roster_store::{Store, StoreConfig};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use support::{Server, eventually};
 use tokio_stream::StreamExt;
 
 fn ids(d: &roster::Discovery) -> BTreeSet<String> {
@@ -63,7 +63,13 @@ async fn admin_delete_or_revoke_is_repaired_within_a_second() {
     let exists = || {
         let client = client.clone();
         async move {
-            client.range(RangeRequest { key: "/services/hello/a".into(), ..Default::default() }).await.unwrap().kvs.len() == 1
+            client
+                .range(RangeRequest { key: "/services/hello/a".into(), ..Default::default() })
+                .await
+                .unwrap()
+                .kvs
+                .len()
+                == 1
         }
     };
     client.delete_range(DeleteRangeRequest { key: "/services/hello/a".into(), ..Default::default() }).await.unwrap();
@@ -72,10 +78,13 @@ async fn admin_delete_or_revoke_is_repaired_within_a_second() {
         assert!(start.elapsed() < Duration::from_secs(1), "key not put back within 1 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let lease = client.range(RangeRequest { key: "/services/hello/a".into(), ..Default::default() }).await.unwrap().kvs[0].lease;
+    let lease = client.range(RangeRequest { key: "/services/hello/a".into(), ..Default::default() }).await.unwrap().kvs
+        [0]
+    .lease;
     client.lease_revoke(lease).await.unwrap();
     roster_testkit::eventually("re-registered on a new lease within 1 s", Duration::from_secs(1), async || {
-        let kvs = client.range(RangeRequest { key: "/services/hello/a".into(), ..Default::default() }).await.unwrap().kvs;
+        let kvs =
+            client.range(RangeRequest { key: "/services/hello/a".into(), ..Default::default() }).await.unwrap().kvs;
         kvs.first().is_some_and(|kv| kv.lease != lease)
     })
     .await;
@@ -134,7 +143,10 @@ async fn compaction_while_disconnected_resyncs_to_the_exact_set() {
     {
         let store = Store::open(StoreConfig { data_dir: Some(dir.path().to_owned()), ..Default::default() }).unwrap();
         for i in 0..2 {
-            store.delete_range(DeleteRangeRequest { key: format!("/services/hello/i{i}").into(), ..Default::default() }).await.unwrap();
+            store
+                .delete_range(DeleteRangeRequest { key: format!("/services/hello/i{i}").into(), ..Default::default() })
+                .await
+                .unwrap();
         }
         store.put(put("/services/hello/new", "127.0.0.1:7000")).await.unwrap();
         store.put(put("/services/hello/i3", "127.0.0.1:7003")).await.unwrap();
@@ -142,7 +154,10 @@ async fn compaction_while_disconnected_resyncs_to_the_exact_set() {
         store.compact(roster_api::etcdserverpb::CompactionRequest { revision: rev, physical: true }).await.unwrap();
     }
     server.restart().await;
-    eventually("resynced", Duration::from_secs(10), || ids(&d) == BTreeSet::from(["i2".into(), "i3".into(), "new".into()])).await;
+    eventually("resynced", Duration::from_secs(10), || {
+        ids(&d) == BTreeSet::from(["i2".into(), "i3".into(), "new".into()])
+    })
+    .await;
     eventually("fresh again", Duration::from_secs(5), || !d.is_stale()).await;
     let i3 = d.instances().into_iter().find(|i| i.id == "i3").unwrap();
     assert_eq!(i3.addr, "127.0.0.1:7003", "updates made while away are applied");
@@ -168,7 +183,9 @@ fn put(k: &str, v: &str) -> roster_api::etcdserverpb::PutRequest {
     roster_api::etcdserverpb::PutRequest { key: k.to_owned().into(), value: v.to_owned().into(), ..Default::default() }
 }
 
-async fn futures_join<F: std::future::Future<Output = roster::Result<roster::Registration>>>(fs: impl Iterator<Item = F>) -> Vec<roster::Registration> {
+async fn futures_join<F: std::future::Future<Output = roster::Result<roster::Registration>>>(
+    fs: impl Iterator<Item = F>,
+) -> Vec<roster::Registration> {
     let mut out = Vec::new();
     for f in fs {
         out.push(f.await.unwrap());
@@ -204,8 +221,16 @@ async fn every_change_is_in_the_snapshot_when_it_is_emitted() {
     // Adds first, then removes: each kind is monotonic, so a late check
     // cannot be fooled by a later change to the same id.
     let checker = support::spin_read(d.changes(), 2 * N, move |n, change| match change {
-        Change::Added(i) => assert!(reader.snapshot().instances.contains_key(&i.id), "added {} was emitted before the snapshot held it", i.id),
-        Change::Removed(i) => assert!(!reader.snapshot().instances.contains_key(&i.id), "removal of {} was emitted before the snapshot dropped it", i.id),
+        Change::Added(i) => assert!(
+            reader.snapshot().instances.contains_key(&i.id),
+            "added {} was emitted before the snapshot held it",
+            i.id
+        ),
+        Change::Removed(i) => assert!(
+            !reader.snapshot().instances.contains_key(&i.id),
+            "removal of {} was emitted before the snapshot dropped it",
+            i.id
+        ),
         other => panic!("change {n}: unexpected {other:?}"),
     });
     let client = reg.client().clone();
@@ -216,5 +241,8 @@ async fn every_change_is_in_the_snapshot_when_it_is_emitted() {
         let key = format!("/services/order/i{n}");
         client.delete_range(DeleteRangeRequest { key: key.into_bytes().into(), ..Default::default() }).await.unwrap();
     }
-    tokio::task::spawn_blocking(move || checker.join()).await.unwrap().expect("the reader saw a change before its snapshot");
+    tokio::task::spawn_blocking(move || checker.join())
+        .await
+        .unwrap()
+        .expect("the reader saw a change before its snapshot");
 }

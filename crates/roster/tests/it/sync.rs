@@ -5,7 +5,7 @@
 
 use crate::support;
 
-use roster::sync::{put_op, Election, Mutex, Session};
+use roster::sync::{Election, Mutex, Session, put_op};
 use roster::{Client, Error};
 use roster_api::etcdserverpb::RangeRequest;
 use roster_testkit::Etcdctl;
@@ -129,7 +129,9 @@ async fn a_lost_lock_is_noticed_and_its_fenced_writes_fail() {
 
         // The holder's lease is forced to end (as when it pauses past its TTL).
         c.lease_revoke(holder.lease()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(2), guard.lost()).await.unwrap_or_else(|_| panic!("{target}: loss not noticed"));
+        tokio::time::timeout(Duration::from_secs(2), guard.lost())
+            .await
+            .unwrap_or_else(|_| panic!("{target}: loss not noticed"));
         assert!(!guard.held().await.unwrap());
 
         // A second process takes the lock with a larger token...
@@ -163,10 +165,15 @@ async fn waiters_take_the_lock_in_order_and_an_abandoned_wait_leaves_no_key() {
             Session::new(&c, Duration::from_secs(10)).await.unwrap(),
         ];
         let first = Mutex::new(&sessions[0], "/test/locks/order").lock().await.unwrap();
-        assert!(Mutex::new(&sessions[2], "/test/locks/order").try_lock().await.unwrap().is_none(), "{target}: try_lock got a held lock");
+        assert!(
+            Mutex::new(&sessions[2], "/test/locks/order").try_lock().await.unwrap().is_none(),
+            "{target}: try_lock got a held lock"
+        );
 
         // An abandoned wait withdraws its key.
-        let abandoned = tokio::time::timeout(Duration::from_millis(300), Mutex::new(&sessions[2], "/test/locks/order").lock()).await;
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(300), Mutex::new(&sessions[2], "/test/locks/order").lock())
+                .await;
         assert!(abandoned.is_err(), "{target}: lock taken twice");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let m1 = Mutex::new(&sessions[1], "/test/locks/order");
@@ -213,7 +220,10 @@ async fn locks_exclude_etcdctl_lock_both_ways() {
         let session = Session::new(&c, Duration::from_secs(10)).await.unwrap();
         let m = Mutex::new(&session, "/test/interop-lock");
         let mut ours = tokio::spawn(async move { m.lock().await });
-        assert!(tokio::time::timeout(Duration::from_millis(500), &mut ours).await.is_err(), "{target}: took a lock etcdctl holds");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut ours).await.is_err(),
+            "{target}: took a lock etcdctl holds"
+        );
         held.terminate();
         let guard = tokio::time::timeout(Duration::from_secs(5), ours).await.unwrap().unwrap().unwrap();
 
@@ -253,7 +263,10 @@ async fn elections_interoperate_with_etcdctl_elect_both_ways() {
         let session = Session::new(&c, Duration::from_secs(10)).await.unwrap();
         let (e2, s2) = (e.clone(), session.clone());
         let mut campaign = tokio::spawn(async move { e2.campaign(&s2, "from-rust").await });
-        assert!(tokio::time::timeout(Duration::from_millis(500), &mut campaign).await.is_err(), "{target}: two leaders");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut campaign).await.is_err(),
+            "{target}: two leaders"
+        );
         theirs.terminate();
         let leader = tokio::time::timeout(Duration::from_secs(5), campaign).await.unwrap().unwrap().unwrap();
         let next = tokio::time::timeout(Duration::from_secs(5), observed.next()).await.unwrap().unwrap();
@@ -261,9 +274,15 @@ async fn elections_interoperate_with_etcdctl_elect_both_ways() {
 
         // We lead; `etcdctl elect -l` observes our value and its changes.
         let mut listener = ctl.spawn(&["elect", "-l", "/test/interop-elect"]);
-        assert_eq!(listener.expect_lines(2, Duration::from_secs(10)).await, vec![leader.key.clone(), "from-rust".to_owned()]);
+        assert_eq!(
+            listener.expect_lines(2, Duration::from_secs(10)).await,
+            vec![leader.key.clone(), "from-rust".to_owned()]
+        );
         e.proclaim(&leader, "proclaimed").await.unwrap();
-        assert_eq!(listener.expect_lines(2, Duration::from_secs(5)).await, vec![leader.key.clone(), "proclaimed".to_owned()]);
+        assert_eq!(
+            listener.expect_lines(2, Duration::from_secs(5)).await,
+            vec![leader.key.clone(), "proclaimed".to_owned()]
+        );
         let seen = tokio::time::timeout(Duration::from_secs(5), observed.next()).await.unwrap().unwrap();
         assert_eq!(&seen.value[..], b"proclaimed");
 

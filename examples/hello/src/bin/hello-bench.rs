@@ -6,8 +6,8 @@
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use hello::pb::hello_client::HelloClient;
 use hello::Greeter;
+use hello::pb::hello_client::HelloClient;
 use roster::balance::Policy;
 use roster::grpc::{Channel, ChannelConfig};
 use roster::{Client, Instance, Registry};
@@ -92,7 +92,13 @@ where
             (hist, ops, errors)
         }));
     }
-    let mut f = Figures { ops: 0, secs: 0.0, hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"), errors: 0, cpu: Duration::ZERO };
+    let mut f = Figures {
+        ops: 0,
+        secs: 0.0,
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+        errors: 0,
+        cpu: Duration::ZERO,
+    };
     for t in tasks {
         let (h, ops, errors) = t.await.expect("caller task");
         f.hist.add(h).expect("same bounds");
@@ -105,7 +111,14 @@ where
 }
 
 fn row(name: &str, f: &Figures) {
-    println!("{name:<34} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1}", f.rate(), f.ms(0.5), f.ms(0.99), f.errors, f.cpu_us());
+    println!(
+        "{name:<34} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1}",
+        f.rate(),
+        f.ms(0.5),
+        f.ms(0.99),
+        f.errors,
+        f.cpu_us()
+    );
 }
 
 #[tokio::main]
@@ -117,9 +130,15 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let registry_addr = listener.local_addr()?.to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let registry_task = tokio::spawn(roster_server::serve(listener, None, roster_store::Store::in_memory(), Default::default(), async {
-        let _ = stop_rx.await;
-    }));
+    let registry_task = tokio::spawn(roster_server::serve(
+        listener,
+        None,
+        roster_store::Store::in_memory(),
+        Default::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let registry = Registry::new(Client::connect([registry_addr])?);
 
     // Three greeters, registered.
@@ -138,11 +157,17 @@ async fn main() -> anyhow::Result<()> {
     let discovery = registry.discover(hello::SERVICE);
     discovery.ready().await;
 
-    let roster_channel = Channel::new(discovery.clone(), ChannelConfig { policy: Policy::LeastRequest, ..Default::default() })?;
-    let endpoints = addrs.iter().map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("valid").tcp_nodelay(true));
+    let roster_channel =
+        Channel::new(discovery.clone(), ChannelConfig { policy: Policy::LeastRequest, ..Default::default() })?;
+    let endpoints = addrs
+        .iter()
+        .map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("valid").tcp_nodelay(true));
     let tonic_channel = tonic::transport::Channel::balance_list(endpoints);
 
-    println!("{:<34} {:>10} {:>9} {:>9} {:>7} {:>12}", "scenario / channel", "calls/s", "p50 ms", "p99 ms", "errors", "cpu us/call");
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>7} {:>12}",
+        "scenario / channel", "calls/s", "p50 ms", "p99 ms", "errors", "cpu us/call"
+    );
     for (scenario, slow) in [("3 equal instances", 0), ("one instance slow", args.slow_ms)] {
         greeters[0].delay_us.store(slow * 1000, Ordering::Relaxed);
         eprintln!("== {scenario}: {} callers, {}s each", args.clients, duration.as_secs());

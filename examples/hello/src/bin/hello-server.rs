@@ -30,16 +30,21 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
     let args = Args::parse();
     // Installed before registering: a SIGTERM that lands right after the
     // registration must still deregister, not kill the process outright.
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
     let addr = listener.local_addr()?.to_string();
     let id = args.id.clone().unwrap_or_else(|| addr.clone());
 
-    let registry = Registry::new(Client::new(ClientConfig::from_list(&args.endpoints))?).with_ttl(Duration::from_secs(args.ttl));
+    let registry =
+        Registry::new(Client::new(ClientConfig::from_list(&args.endpoints))?).with_ttl(Duration::from_secs(args.ttl));
     let mut inst = Instance::new(hello::SERVICE, &addr).with_id(&id).with_weight(args.weight).with_zone(&args.zone);
     inst.protocol = "grpc".into();
     let reg = registry.register(inst).await?;
@@ -62,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Resolves on SIGTERM or SIGINT; the handlers are in place on return.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     Ok(async move {
