@@ -659,7 +659,8 @@ async fn auth_tables_survive_restart_from_log_and_snapshot() {
     assert_eq!(s.revision(), rev, "auth changes make no key revision");
     let before = s.auth_tables();
     assert!(before.enabled);
-    assert_eq!(before.revision, 9, "a fresh store is at auth revision 1; eight changes");
+    // etcd 3.4 bumps the auth revision on every change but `auth enable`.
+    assert_eq!(before.revision, 8, "a fresh store is at auth revision 1; seven changes bump it, enable does not");
     drop(s);
     let s = on_disk(dir.path(), clock.clone(), u64::MAX);
     assert_eq!(*s.auth_tables(), *before, "replayed from the log");
