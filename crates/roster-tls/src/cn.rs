@@ -16,8 +16,10 @@ const VERSION: u8 = 0xa0;
 /// id-at-commonName, 2.5.4.3.
 const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
 
-/// One DER element: tag, contents, and what follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+/// One DER element: tag, contents, and what follows it. Lengths are
+/// checked against the input; `None` for anything malformed or over 4 GiB.
+/// Also the JWT key reader's (roster-server), so DER is read one way.
+pub fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
@@ -37,7 +39,7 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (t, body, rest) = element(input)?;
+    let (t, body, rest) = der_element(input)?;
     (t == tag).then_some((body, rest))
 }
 
@@ -49,11 +51,11 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     let (tbs, _) = expect(cert, SEQUENCE)?;
     let mut rest = tbs;
     if rest.first() == Some(&VERSION) {
-        rest = element(rest)?.2;
+        rest = der_element(rest)?.2;
     }
     // serialNumber, signature, issuer, validity.
     for _ in 0..4 {
-        rest = element(rest)?.2;
+        rest = der_element(rest)?.2;
     }
     let (mut rdns, _) = expect(rest, SEQUENCE)?;
     let mut found = None;
@@ -65,7 +67,7 @@ pub fn common_name(der: &[u8]) -> Option<String> {
             set = next;
             let (oid, value) = expect(atv, OID)?;
             if oid == CN_OID {
-                let (tag, text, _) = element(value)?;
+                let (tag, text, _) = der_element(value)?;
                 found = string_value(tag, text).or(found);
             }
         }

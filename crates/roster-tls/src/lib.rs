@@ -25,7 +25,7 @@ mod cn;
 mod incoming;
 mod reload;
 
-pub use cn::common_name;
+pub use cn::{common_name, der_element};
 pub use incoming::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, Peer, TlsIncoming};
 pub use tokio_rustls::server::TlsStream;
 

@@ -23,6 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{self, KeyPair};
 use ring::{hmac, rsa};
+use roster_tls::der_element as tlv;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -364,27 +365,7 @@ fn section_name(kind: SectionKind) -> &'static str {
     }
 }
 
-// === a minimal DER reader, for the two structures ring does not parse ===
-
-/// One DER element: (tag, contents), and what follows it.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
+// === the two DER structures ring does not parse, read with roster-tls's element reader ===
 
 /// SubjectPublicKeyInfo: ((algorithm OID, parameter OID), key bits).
 #[allow(clippy::type_complexity)]
