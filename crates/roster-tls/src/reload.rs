@@ -32,15 +32,54 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
     Some(Stamp { modified: m.modified().ok(), len: m.len(), ino })
 }
 
+/// A value built from files, built again on the first use after any of
+/// them changes. A std mutex held only to compare stamps and, rarely, to
+/// rebuild: handshakes are synchronous here, and a rebuild must not run
+/// twice at once. Stamps are taken even when the rebuild fails, so a
+/// broken file is reported once, not on every handshake; the next change
+/// is tried again.
+struct Reloading<T> {
+    files: Vec<PathBuf>,
+    current: Mutex<(Vec<Option<Stamp>>, T)>,
+}
+
+impl<T: Clone> Reloading<T> {
+    fn new(files: Vec<PathBuf>, build: impl FnOnce() -> Result<T, TlsError>) -> Result<Self, TlsError> {
+        let stamps = files.iter().map(|f| stamp(f)).collect();
+        let value = build()?;
+        Ok(Reloading { files, current: Mutex::new((stamps, value)) })
+    }
+
+    /// The value in service, rebuilt first if a file changed; `changed`
+    /// hears how a rebuild went (a failed one keeps the previous value).
+    fn get(&self, build: impl FnOnce() -> Result<T, TlsError>, changed: impl FnOnce(Result<(), &TlsError>)) -> T {
+        let now: Vec<_> = self.files.iter().map(|f| stamp(f)).collect();
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.0 == now {
+            return cur.1.clone();
+        }
+        cur.0 = now;
+        match build() {
+            Ok(v) => {
+                changed(Ok(()));
+                cur.1 = v;
+            }
+            Err(e) => changed(Err(&e)),
+        }
+        cur.1.clone()
+    }
+
+    /// The value in service, without looking at the files.
+    fn last(&self) -> T {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+}
+
 pub(crate) struct ReloadingCert {
     cert_file: PathBuf,
     key_file: PathBuf,
     provider: Arc<CryptoProvider>,
-    /// The pair in service and the stamps of the files it was last read
-    /// (or tried) from. A std mutex held only to compare stamps and, rarely,
-    /// to reload: handshakes are synchronous here, and a reload must not
-    /// run twice at once.
-    current: Mutex<(Option<Stamp>, Option<Stamp>, Arc<CertifiedKey>)>,
+    current: Reloading<Arc<CertifiedKey>>,
 }
 
 impl std::fmt::Debug for ReloadingCert {
@@ -54,30 +93,19 @@ impl std::fmt::Debug for ReloadingCert {
 
 impl ReloadingCert {
     pub(crate) fn load(cert_file: PathBuf, key_file: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
-        let stamps = (stamp(&cert_file), stamp(&key_file));
-        let key = read_pair(&cert_file, &key_file, &provider)?;
-        Ok(ReloadingCert { cert_file, key_file, provider, current: Mutex::new((stamps.0, stamps.1, key)) })
+        let current =
+            Reloading::new(vec![cert_file.clone(), key_file.clone()], || read_pair(&cert_file, &key_file, &provider))?;
+        Ok(ReloadingCert { cert_file, key_file, provider, current })
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
-        let now = (stamp(&self.cert_file), stamp(&self.key_file));
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if (cur.0, cur.1) == now {
-            return cur.2.clone();
-        }
-        // Stamped even when the load fails, so a broken file is reported
-        // once, not on every handshake; the next change is tried again.
-        (cur.0, cur.1) = now;
-        match read_pair(&self.cert_file, &self.key_file, &self.provider) {
-            Ok(key) => {
-                tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate changed on disk; serving the new one");
-                cur.2 = key;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "TLS certificate changed on disk but does not load; still serving the previous one")
-            }
-        }
-        cur.2.clone()
+        self.current.get(
+            || read_pair(&self.cert_file, &self.key_file, &self.provider),
+            |outcome| match outcome {
+                Ok(()) => tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate changed on disk; serving the new one"),
+                Err(e) => tracing::warn!(error = %e, "TLS certificate changed on disk but does not load; still serving the previous one"),
+            },
+        )
     }
 }
 
@@ -115,9 +143,7 @@ fn read_pair(
 pub(crate) struct ReloadingRoots {
     ca_file: PathBuf,
     provider: Arc<CryptoProvider>,
-    /// The verifier in service and the stamp of the file it was built
-    /// from; held only to compare stamps and, rarely, to rebuild.
-    current: Mutex<(Option<Stamp>, Arc<dyn ClientCertVerifier>)>,
+    current: Reloading<Arc<dyn ClientCertVerifier>>,
 }
 
 impl std::fmt::Debug for ReloadingRoots {
@@ -140,28 +166,18 @@ fn verifier(
 
 impl ReloadingRoots {
     pub(crate) fn load(ca_file: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
-        let stamp = stamp(&ca_file);
-        let inner = verifier(&ca_file, &provider)?;
-        Ok(ReloadingRoots { ca_file, provider, current: Mutex::new((stamp, inner)) })
+        let current = Reloading::new(vec![ca_file.clone()], || verifier(&ca_file, &provider))?;
+        Ok(ReloadingRoots { ca_file, provider, current })
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        let now = stamp(&self.ca_file);
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if cur.0 == now {
-            return cur.1.clone();
-        }
-        cur.0 = now;
-        match verifier(&self.ca_file, &self.provider) {
-            Ok(v) => {
-                tracing::info!(ca_file = %self.ca_file.display(), "trusted CA file changed on disk; verifying client certificates with it");
-                cur.1 = v;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "trusted CA file changed on disk but does not load; still using the previous CAs")
-            }
-        }
-        cur.1.clone()
+        self.current.get(
+            || verifier(&self.ca_file, &self.provider),
+            |outcome| match outcome {
+                Ok(()) => tracing::info!(ca_file = %self.ca_file.display(), "trusted CA file changed on disk; verifying client certificates with it"),
+                Err(e) => tracing::warn!(error = %e, "trusted CA file changed on disk but does not load; still using the previous CAs"),
+            },
+        )
     }
 }
 
@@ -195,7 +211,7 @@ impl ClientCertVerifier for ReloadingRoots {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let cur = self.current.last();
         cur.verify_tls12_signature(message, cert, dss)
     }
 
@@ -205,7 +221,7 @@ impl ClientCertVerifier for ReloadingRoots {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let cur = self.current.last();
         cur.verify_tls13_signature(message, cert, dss)
     }
 
