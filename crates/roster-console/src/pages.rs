@@ -1030,9 +1030,9 @@ async fn registry(State(shared): St, headers: HeaderMap) -> Response {
             None => p { "No scheduled backups (or none reported by the registry)." },
             Some(serde_json::Value::Null) => p { "None taken yet." },
             Some(b) => dl.facts {
-                dt { "Path" } dd { code { (b["path"].as_str().unwrap_or("?")) } }
-                dt { "Revision" } dd { (b["revision"]) }
-                dt { "Age" } dd { (human(b["age_seconds"].as_u64().unwrap_or(0))) }
+                dt { "Path" } dd #backup-path { code { (b["path"].as_str().unwrap_or("?")) } }
+                dt { "Revision" } dd #backup-revision { (b["revision"]) }
+                dt { "Age" } dd #backup-age { (human(b["age_seconds"].as_u64().unwrap_or(0))) }
             },
         }
         h2 { "Live figures" }

@@ -186,19 +186,171 @@ async fn console_in_chromium() {
     coordination(b, &ui, &c).await;
     screenshots(b, &ui).await;
     auth_read_only(b).await;
+    read_only_flag(b).await;
+    latest_backup(b).await;
+    compaction_resync(b).await;
     real_etcd(b).await;
     chrome.stop().await;
+}
+
+/// `roster console --endpoints <endpoint> [args]` on a free loopback port,
+/// once it listens; killed on drop. Returns the process and the `/ui` URL.
+async fn spawn_console(endpoint: &str, args: &[&str]) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let console = tokio::process::Command::new(roster_bin())
+        .args(["console", "--endpoints", endpoint, "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "roster console did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (console, format!("http://127.0.0.1:{port}/ui"))
+}
+
+/// Waits until the page's event stream is open.
+async fn goes_live(b: &Browser, what: &str) {
+    let start = Instant::now();
+    while !text(b, "#live-status").await.starts_with("live") {
+        assert!(start.elapsed() < Duration::from_secs(5), "the page never went live {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `--console-read-only`: no action buttons or edit forms, and an action
+/// sent anyway (the confirm page typed in by hand) is refused with 403.
+async fn read_only_flag(b: &Browser) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Roster::try_start_in_with_args(roster_bin(), dir.path(), &["--console-read-only"]).await.unwrap();
+    let ui = format!("{}/ui", server.http_url());
+    let c = sdk(&server.endpoint());
+    let key = put_instance(&c, &Instance::new("frozen", "10.3.0.1:80").with_id("f1")).await;
+    c.put(PutRequest { key: "/config/frozen.json".into(), value: r#"{"a":1}"#.into(), ..Default::default() })
+        .await
+        .unwrap();
+    b.goto(&format!("{ui}/services/frozen")).await.unwrap();
+    appears(b, &sel(&key), Duration::from_secs(3)).await;
+    assert_eq!(text(b, "span.badge").await, "read-only");
+    assert!(
+        b.find_all(Locator::Css("td.actions, a.button, form.inline")).await.unwrap().is_empty(),
+        "a read-only console shows actions"
+    );
+    b.goto(&format!("{ui}/config")).await.unwrap();
+    assert!(b.find_all(Locator::Css("details.new")).await.unwrap().is_empty(), "a read-only console offers a new key");
+    b.goto(&format!("{ui}/config/key?key=/config/frozen.json")).await.unwrap();
+    assert!(b.find_all(Locator::Css("textarea")).await.unwrap().is_empty(), "a read-only console offers an edit");
+    // The action anyway: the confirm page by its URL, then its button.
+    b.goto(&format!("{ui}/confirm?action=deregister&key={key}")).await.unwrap();
+    click(b, "#confirm").await;
+    appears(b, "p.error[role=alert]", Duration::from_secs(3)).await;
+    assert_eq!(text(b, "h1").await, "Forbidden");
+    assert!(text(b, "p.error").await.contains("read-only (--console-read-only)"), "{}", text(b, "p.error").await);
+    assert!(value_of(&c, &key).await.is_some(), "a read-only console deregistered an instance");
+    screenshot(b, "read-only-console").await;
+}
+
+/// The Registry page shows the latest scheduled backup (`--backup-dir`).
+async fn latest_backup(b: &Browser) {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let backup_dir = backups.path().to_str().unwrap();
+    let server = Roster::try_start_in_with_args(roster_bin(), dir.path(), &["--backup-dir", backup_dir]).await.unwrap();
+    let ui = format!("{}/ui", server.http_url());
+    // The backup taken at start is listed once it is written.
+    let start = Instant::now();
+    loop {
+        b.goto(&format!("{ui}/registry")).await.unwrap();
+        if !b.find_all(Locator::Css("#backup-path")).await.unwrap().is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no backup shown: {}", text(b, "main").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let path = text(b, "#backup-path").await;
+    assert!(path.starts_with(backup_dir), "backup path {path} is not under {backup_dir}");
+    let file = std::fs::read_dir(backups.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| path.ends_with(e.file_name().to_str().unwrap()));
+    assert!(file.is_some(), "the page names {path}, which is not in {backup_dir}");
+    let rev: i64 = text(b, "#backup-revision").await.parse().unwrap();
+    assert!(rev >= 1, "backup revision {rev}");
+    screenshot(b, "registry-backup").await;
+}
+
+/// The registry compacts past the console's watch while the console cannot
+/// reach it: the open page is told to resync, and shows the registry as it
+/// now is, without a reload.
+async fn compaction_resync(b: &Browser) {
+    if require_etcdctl().is_none() {
+        return;
+    }
+    // What the registry will hold when the console next reaches it: more
+    // revisions than the console has seen, compacted.
+    let later = tempfile::tempdir().unwrap();
+    {
+        let mut ahead = Roster::start_in(roster_bin(), later.path()).await;
+        let c = sdk(&ahead.endpoint());
+        for i in 0..30 {
+            c.put(PutRequest {
+                key: format!("/filler/{i}").into_bytes().into(),
+                value: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let inst = Instance::new("after-compaction", "10.4.0.1:80").with_id("n1");
+        let rev = c
+            .put(PutRequest {
+                key: "/services/after-compaction/n1".into(),
+                value: inst.to_value().into_bytes().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .header
+            .unwrap()
+            .revision;
+        Etcdctl::new(ahead.endpoint()).run(&["compact", &rev.to_string()]).await.ok();
+        ahead.kill_9();
+    }
+    let now = tempfile::tempdir().unwrap();
+    let mut server = Roster::start_in(roster_bin(), now.path()).await;
+    let (mut console, ui) = spawn_console(&server.endpoint(), &[]).await;
+    b.goto(&format!("{ui}/")).await.unwrap();
+    goes_live(b, "before the compaction").await;
+    mark(b).await;
+    // The registry goes away and comes back compacted beyond the console.
+    server.kill_9();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", later.path().display()))
+        .arg(now.path())
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    server.restart().await;
+    let start = Instant::now();
+    while text(b, "#live-status").await != "live · resynced" {
+        assert!(start.elapsed() < Duration::from_secs(10), "no resync: status {}", text(b, "#live-status").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    appears(b, "tr[data-service=\"after-compaction\"]", Duration::from_secs(3)).await;
+    assert!(still_marked(b).await, "the page reloaded");
+    console.start_kill().unwrap();
+    console.wait().await.unwrap();
 }
 
 async fn live_updates(b: &Browser, ui: &str, endpoint: &str, c: &Client) {
     b.goto(&format!("{ui}/")).await.unwrap();
     appears(b, "#live-status", Duration::from_secs(2)).await;
-    // The event stream is open once the status says so.
-    let start = Instant::now();
-    while !text(b, "#live-status").await.starts_with("live") {
-        assert!(start.elapsed() < Duration::from_secs(5), "the page never went live");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    goes_live(b, "on roster").await;
     mark(b).await;
     let registry = Registry::new(c.clone());
     let reg = registry.register(Instance::new("late", "127.0.0.1:7001")).await.unwrap();
@@ -544,27 +696,10 @@ async fn real_etcd(b: &Browser) {
         return;
     }
     let etcd = Etcd::start().await;
-    let port = free_port();
-    let mut console = tokio::process::Command::new(roster_bin())
-        .args(["console", "--endpoints", &etcd.endpoint(), "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "roster console did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let ui = format!("http://127.0.0.1:{port}/ui");
+    let (mut console, ui) = spawn_console(&etcd.endpoint(), &[]).await;
     let c = sdk(&etcd.endpoint());
     b.goto(&format!("{ui}/")).await.unwrap();
-    let start = Instant::now();
-    while !text(b, "#live-status").await.starts_with("live") {
-        assert!(start.elapsed() < Duration::from_secs(5), "the page never went live against etcd");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    goes_live(b, "against etcd").await;
     let key = put_instance(&c, &Instance::new("on-etcd", "10.2.0.1:80").with_id("e1")).await;
     let took = appears(b, "tr[data-service=\"on-etcd\"]", Duration::from_secs(3)).await;
     println!("against etcd: visible after {took:?}");
