@@ -7,14 +7,19 @@
 //! reload), the instance actions (checked with the SDK), configuration
 //! edits (validation, a concurrent edit refused, rollback), paging through
 //! 100,000 keys, a read-only user under auth, and the same page against a
-//! real etcd. Screenshots of the main views go to
-//! `target/console-screenshots/`.
+//! real etcd; `--console-read-only`, the latest backup, and the resync after
+//! a compaction the console's watch missed. Screenshots of the main views
+//! go to `target/console-screenshots/`.
+//!
+//! Without a browser: the event stream resuming from `Last-Event-ID`, and
+//! the console refusing to serve on a non-loopback address (in a network
+//! namespace the test creates) without TLS or auth.
 
 use crate::support::roster_bin;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use roster::{Client, ClientConfig, Instance, Registry};
 use roster_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, request_op};
-use roster_testkit::{Etcd, Etcdctl, Roster, free_port, require_etcd, require_etcdctl, which};
+use roster_testkit::{Etcd, Etcdctl, Roster, free_port, http_get, require_etcd, require_etcdctl, which};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -772,4 +777,104 @@ async fn event_stream_resumes_from_last_event_id() {
     }
     assert_eq!(first_event(&server.http_url(), Some(rev - 2)).await, ("change".to_owned(), rev));
     assert_eq!(first_event(&server.http_url(), Some(rev)).await, ("hello".to_owned(), rev));
+}
+
+/// Set inside the network namespace [`exposed_console_serves_nothing_without_tls_or_auth`] creates.
+const IN_NETNS: &str = "ROSTER_TEST_IN_NETNS";
+/// A non-loopback address, on the namespace's own `lo`.
+const EXPOSED_IP: &str = "10.77.0.1";
+
+/// On a non-loopback address without TLS, the console serves nothing while
+/// the registry has auth off, serves the login once auth is on, and serves
+/// everything with `--console-insecure`. The address lives in a network
+/// namespace this test creates (`unshare -rn`), so nothing is reachable
+/// from outside: the test re-runs itself in there.
+#[tokio::test]
+async fn exposed_console_serves_nothing_without_tls_or_auth() {
+    if std::env::var_os(IN_NETNS).is_some() {
+        return exposed_console_in_namespace().await;
+    }
+    let Some(unshare) = which("unshare") else {
+        panic!("`unshare` (util-linux) is missing: it makes the network namespace this test needs");
+    };
+    if !std::process::Command::new(&unshare).args(["-rn", "true"]).status().is_ok_and(|s| s.success()) {
+        // The kernel (or a container policy) refuses user namespaces: an
+        // environment limit, not a missing tool.
+        eprintln!("\n!!! SKIPPED: this kernel refuses `unshare -rn` (user and network namespaces) !!!\n");
+        return;
+    }
+    let name = "console::exposed_console_serves_nothing_without_tls_or_auth";
+    let out = std::process::Command::new(unshare)
+        .arg("-rn")
+        .arg(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_NETNS, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("1 passed"), "{name} failed in its namespace (output above)");
+}
+
+/// `roster serve --in-memory` with `--http` on the exposed address; its
+/// HTTP address and the process (killed on drop).
+async fn serve_exposed(
+    extra: &[&str],
+) -> (std::net::SocketAddr, String, tokio::process::Child, tempfile::NamedTempFile) {
+    let (grpc, http) = (free_port(), free_port());
+    let http_addr: std::net::SocketAddr = format!("{EXPOSED_IP}:{http}").parse().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = tokio::process::Command::new(roster_bin())
+        .args(["serve", "--in-memory", "--listen", &format!("127.0.0.1:{grpc}"), "--http", &http_addr.to_string()])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(http_addr).await.is_err() {
+        assert!(Instant::now() < deadline, "roster serve did not listen on {http_addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (http_addr, format!("127.0.0.1:{grpc}"), child, log)
+}
+
+async fn exposed_console_in_namespace() {
+    for args in [&["link", "set", "lo", "up"][..], &["addr", "add", &format!("{EXPOSED_IP}/32"), "dev", "lo"]] {
+        let ok = std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?} failed in the test's namespace");
+    }
+    let (http, grpc, _server, log) = serve_exposed(&[]).await;
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logged.contains("reachable beyond this machine without TLS"), "no warning at start:\n{logged}");
+    // Auth off: every console page is refused; health is still served.
+    for path in ["/ui/", "/ui/keys", "/ui/registry", "/ui/events"] {
+        let (status, body) = http_get(http, path).await.unwrap();
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("reachable beyond loopback without TLS"), "{path}: {body}");
+    }
+    assert_eq!(http_get(http, "/health").await.unwrap().0, 200);
+    // Auth on: the console asks for credentials (never shows data unasked).
+    if require_etcdctl().is_some() {
+        let ctl = Etcdctl::new(grpc);
+        for cmd in [&["user", "add", "root:rootpw"][..], &["user", "grant-role", "root", "root"], &["auth", "enable"]] {
+            ctl.run(cmd).await.ok();
+        }
+        let start = Instant::now();
+        loop {
+            let (status, body) = http_get(http, "/ui/").await.unwrap();
+            if status != 403 {
+                assert!(body.contains("sign-in") || status == 303, "{status}: {body}");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "still refused with auth on: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Asked for explicitly: served.
+    let (http, _, _insecure, _) = serve_exposed(&["--console-insecure"]).await;
+    let (status, body) = http_get(http, "/ui/").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Services"), "{body}");
 }
