@@ -61,6 +61,22 @@ pub struct ServeArgs {
     #[command(flatten)]
     console: crate::console_cmd::ConsoleOpts,
 
+    /// With TLS on --listen: the CA the console at /ui/ trusts for this
+    /// server's own certificate, which must then name the address it dials
+    /// (--listen's IP, 127.0.0.1 for 0.0.0.0) [default: --trusted-ca-file].
+    #[arg(long, value_name = "FILE")]
+    console_cacert: Option<PathBuf>,
+
+    /// With --client-cert-auth: the client certificate the console presents
+    /// to this server. Its CN is never used as a login: with auth on, the
+    /// console still asks every visitor for registry credentials.
+    #[arg(long, value_name = "FILE", requires = "console_key")]
+    console_cert: Option<PathBuf>,
+
+    /// Private key of --console-cert.
+    #[arg(long, value_name = "FILE", requires = "console_cert")]
+    console_key: Option<PathBuf>,
+
     /// Directory for the write-ahead log, snapshots and the member identity.
     /// Created if missing; only one server may use it at a time.
     #[arg(long, default_value = "./roster-data", value_name = "DIR")]
@@ -590,7 +606,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 }
 
 /// The console for `--http`, talking to this server's gRPC listener
-/// through the SDK like any other client.
+/// through the SDK like any other client (over TLS when it has TLS).
 fn console_routes(
     args: &ServeArgs,
     grpc: SocketAddr,
@@ -598,16 +614,30 @@ fn console_routes(
     http: SocketAddr,
     http_tls: bool,
 ) -> Result<Option<axum::Router>> {
-    if grpc_tls {
-        // It would need a client certificate and CA of its own to reach
-        // the gRPC listener; `roster console --cacert ...` does that.
-        tracing::warn!(
-            "the console is not served at /ui/: the gRPC listener has TLS (run `roster console` with --cacert)"
-        );
-        return Ok(None);
-    }
     let local = |a: SocketAddr| if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a };
-    let client = roster::ClientConfig::new([local(grpc).to_string()]);
+    let mut client = roster::ClientConfig::new([local(grpc).to_string()]);
+    if grpc_tls {
+        let Some(ca) = args.console_cacert.as_ref().or(args.tls.trusted_ca_file.as_ref()) else {
+            tracing::warn!(
+                "the console is not served at /ui/: the gRPC listener has TLS and the console has no CA to check \
+                 it with (give --console-cacert, the CA that signed --cert-file)"
+            );
+            return Ok(None);
+        };
+        if args.tls.client_cert_auth && args.console_cert.is_none() {
+            tracing::warn!(
+                "the console is not served at /ui/: --client-cert-auth needs a client certificate for it \
+                 (give --console-cert and --console-key, signed by --trusted-ca-file)"
+            );
+            return Ok(None);
+        }
+        client = roster::ClientConfig::new([format!("https://{}", local(grpc))]);
+        client.tls = Some(roster::ClientConfig::tls_from_files(
+            Some(ca),
+            args.console_cert.as_deref(),
+            args.console_key.as_deref(),
+        )?);
+    }
     // Its own /health and /metrics, read over plain HTTP only.
     let http_base = (!http_tls).then(|| format!("http://{}", local(http)));
     Ok(Some(args.console.console(client, http, http_tls, http_base)?.router()))

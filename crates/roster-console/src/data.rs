@@ -21,10 +21,6 @@ fn err(e: roster::Error) -> String {
     }
 }
 
-pub fn is_auth_refusal(msg: &str) -> bool {
-    ["etcdserver: user name is empty", "etcdserver: invalid auth token", "etcdserver: permission denied"].contains(&msg)
-}
-
 /// One registered instance and what its key says about it. A drained
 /// instance has no key (its registration withdrew it): it is read from its
 /// drain marker, which holds its value and lives on its lease.

@@ -680,12 +680,7 @@ impl Client {
             }
             // As etcd's client: credentials for a server without auth are
             // not an error.
-            Err(s)
-                if s.code() == Code::FailedPrecondition
-                    && s.message() == "etcdserver: authentication is not enabled" =>
-            {
-                None
-            }
+            Err(s) if is_auth_not_enabled(&s) => None,
             Err(s) => return Err(Error::Status(s)),
         };
         tracing::debug!(user = %creds.user, with_token = token.is_some(), "authenticated");
@@ -933,4 +928,9 @@ mod tests {
         auth.invalidate(second);
         assert_eq!(auth.settled(), None);
     }
+}
+
+/// etcd's answer to Authenticate while auth is off.
+pub(crate) fn is_auth_not_enabled(s: &tonic::Status) -> bool {
+    s.code() == Code::FailedPrecondition && s.message() == "etcdserver: authentication is not enabled"
 }

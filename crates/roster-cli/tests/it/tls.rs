@@ -345,3 +345,75 @@ async fn gateway_terminates_tls_with_h2_and_http1_and_reaches_its_registry_over_
     }
     assert_eq!(curl(&url, &c.ca.cert, &["--http1.1"]).await.0, 0, "served without a client certificate");
 }
+
+/// `GET /ui/` on `roster serve`'s plain `--http` listener until `done`
+/// says yes (the console's probes settle within a few seconds).
+async fn ui_until(server: &Roster, what: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let http: std::net::SocketAddr = server.http_url().trim_start_matches("http://").parse().unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = roster_testkit::http_get(http, "/ui/").await.unwrap();
+        if done(status, &body) {
+            return (status, body);
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With TLS and client certificates on the gRPC listener, `roster serve`'s
+/// console reaches it over mTLS with `--console-cert`; without one it is
+/// not served (and says why).
+#[tokio::test]
+async fn console_on_an_mtls_server_reaches_it_with_its_own_certificate() {
+    let Some(c) = certs() else { return };
+    let console = c.ca.client("console", "console");
+    let (cert, key) = (s(&console.cert), s(&console.key));
+    let server = serve_mtls(&c, &["--console-cert", cert, "--console-key", key]).await;
+    let https = format!("https://{}", server.endpoint());
+    let identity = ClientConfig::tls_from_files(Some(&c.ca.cert), Some(&c.client.cert), Some(&c.client.key)).unwrap();
+    let sdk = sdk(https, Some(identity));
+    let inst = roster::Instance::new("over-mtls", "10.5.0.1:80").with_id("m1");
+    sdk.put(PutRequest {
+        key: "/services/over-mtls/m1".into(),
+        value: inst.to_value().into_bytes().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ui_until(&server, "the console over mTLS", |status, body| status == 200 && body.contains("over-mtls")).await;
+
+    let bare = serve_mtls(&c, &[]).await;
+    let http: std::net::SocketAddr = bare.http_url().trim_start_matches("http://").parse().unwrap();
+    assert_eq!(roster_testkit::http_get(http, "/ui/").await.unwrap().0, 404);
+    assert!(bare.log().read().contains("give --console-cert and --console-key"), "{}", bare.log().read());
+}
+
+/// The console's client certificate names a user (here root), and under
+/// auth on a request with no token passes as that user. The console must
+/// still ask every visitor to sign in, never serve pages as its CN.
+#[tokio::test]
+async fn console_client_certificate_is_never_a_login() {
+    let Some(c) = certs() else { return };
+    if require_etcdctl().is_none() {
+        return;
+    }
+    let root = c.ca.client("console-root", "root");
+    let server = serve_mtls(&c, &["--console-cert", s(&root.cert), "--console-key", s(&root.key)]).await;
+    let https = format!("https://{}", server.endpoint());
+    let good = ["--cacert", s(&c.ca.cert), "--cert", s(&root.cert), "--key", s(&root.key)];
+    for cmd in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["put", "/services/secret/s1", "10.6.0.1:80"],
+    ] {
+        ctl(&https, &good, cmd).await.ok();
+    }
+    ui_until(&server, "auth off", |status, body| status == 200 && body.contains("secret")).await;
+    ctl(&https, &good, &["auth", "enable"]).await.ok();
+    // Reads with the certificate alone still pass as root...
+    assert!(ctl(&https, &good, &["get", "/services/secret/s1"]).await.ok().stdout.contains("10.6.0.1"));
+    // ...but the console sends visitors to sign in (303 to /ui/login).
+    let (_, body) = ui_until(&server, "auth on", |status, body| status == 303 || body.contains("sign-in")).await;
+    assert!(!body.contains("10.6.0.1"), "the console served a page as its certificate's user: {body}");
+}
