@@ -876,6 +876,11 @@ fn is_probe_answer(r: &WatchResponse) -> bool {
     r.watch_id == -1 && r.events.is_empty() && !r.created && !r.canceled
 }
 
+/// etcd's answer to Authenticate while auth is off.
+pub(crate) fn is_auth_not_enabled(s: &tonic::Status) -> bool {
+    s.code() == Code::FailedPrecondition && s.message() == "etcdserver: authentication is not enabled"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,9 +933,4 @@ mod tests {
         auth.invalidate(second);
         assert_eq!(auth.settled(), None);
     }
-}
-
-/// etcd's answer to Authenticate while auth is off.
-pub(crate) fn is_auth_not_enabled(s: &tonic::Status) -> bool {
-    s.code() == Code::FailedPrecondition && s.message() == "etcdserver: authentication is not enabled"
 }
