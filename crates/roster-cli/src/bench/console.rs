@@ -11,6 +11,10 @@
 //!   every page open (read from the target's `/metrics`), so the
 //!   console's extra load shows as one watch whatever the page count.
 //!
+//! - with `--keys N`: N more keys, then the key browser's pages (the first,
+//!   one from the middle, the last, and a prefix search), each the median
+//!   of five GETs, checked for the right first key and count.
+//!
 //! The console runs in this process, against the target like any client.
 //! Everything is bounded: the load, `--changes`, and a deadline per event.
 
@@ -38,6 +42,10 @@ pub struct ConsoleBench {
     /// Changes timed, 50 ms apart.
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// Keys (`/bench-keys/NNNNNNN`) loaded for the key-browser figures; 0
+    /// skips them. They are deleted afterwards.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    keys: u64,
 }
 
 type Http = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
@@ -50,7 +58,11 @@ struct Row {
     event_p99: Duration,
     visible_p99: Duration,
     watchers: [Option<f64>; 3],
+    /// First page, a middle page, the last page, a prefix search.
+    browser: Option<[Duration; 4]>,
 }
+
+const BROWSER: [&str; 4] = ["first page", "middle page", "last page", "prefix search"];
 
 pub async fn run(args: ConsoleBench) -> Result<()> {
     let mut rows = Vec::new();
@@ -86,8 +98,8 @@ pub async fn run(args: ConsoleBench) -> Result<()> {
             format!("{}/{}/{}", w[0], w[1], w[2])
         );
     }
+    let ratio = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64().max(1e-9);
     if let [a, b, ..] = &rows[..] {
-        let ratio = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64().max(1e-9);
         println!(
             "ratio {}/{}: first render {:.2}, event p99 {:.2}, visible p99 {:.2}",
             a.name,
@@ -96,6 +108,20 @@ pub async fn run(args: ConsoleBench) -> Result<()> {
             ratio(a.event_p99, b.event_p99),
             ratio(a.visible_p99, b.visible_p99)
         );
+    }
+    if args.keys > 0 {
+        println!("\nkey browser over {} keys (median of 5 GETs each)", args.keys);
+        println!("{:<10} {:>13} {:>13} {:>13} {:>14}", "target", BROWSER[0], BROWSER[1], BROWSER[2], BROWSER[3]);
+        for r in &rows {
+            let b = r.browser.unwrap_or_default();
+            println!("{:<10} {:>13.1?} {:>13.1?} {:>13.1?} {:>14.1?}", r.name, b[0], b[1], b[2], b[3]);
+        }
+        if let [a, b, ..] = &rows[..]
+            && let (Some(x), Some(y)) = (a.browser, b.browser)
+        {
+            let parts: Vec<String> = (0..4).map(|i| format!("{} {:.2}", BROWSER[i], ratio(x[i], y[i]))).collect();
+            println!("ratio {}/{}: {}", a.name, b.name, parts.join(", "));
+        }
     }
     Ok(())
 }
@@ -208,6 +234,7 @@ async fn one(args: &ConsoleBench, name: &str, endpoint: &str, metrics: Option<St
     for s in streams {
         s.abort();
     }
+    let browser = if args.keys > 0 { Some(key_browser(&client, &http, &base, args.keys).await?) } else { None };
     let _ = stop_tx.send(());
     let _ = server.await;
     drop(console);
@@ -228,7 +255,83 @@ async fn one(args: &ConsoleBench, name: &str, endpoint: &str, metrics: Option<St
         event_p99: pct(&latencies, 0.99),
         visible_p99: pct(&visible, 0.99),
         watchers: [watchers_before, watchers_console, watchers_pages],
+        browser,
     })
+}
+
+/// Loads `n` keys, times the key browser's pages over them, deletes them.
+async fn key_browser(client: &Client, http: &Http, base: &str, n: u64) -> Result<[Duration; 4]> {
+    const PREFIX: &str = "/bench-keys/";
+    if n < 1000 {
+        bail!("--keys is 0 (no key-browser figures) or at least 1000");
+    }
+    let key = |i: u64| format!("{PREFIX}{i:07}");
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let mut done = 0u64;
+    for chunk_start in (0..n).step_by(128) {
+        while set.len() >= 8 {
+            set.join_next().await.context("join")???;
+        }
+        let success = (chunk_start..(chunk_start + 128).min(n))
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: key(i).into_bytes().into(),
+                    value: Bytes::from_static(b"v"),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let c = client.clone();
+        set.spawn(async move { c.txn(TxnRequest { success, ..Default::default() }).await.map(|_| ()) });
+        done = (chunk_start + 128).min(n);
+        if done % 100_000 < 128 {
+            eprintln!("  {done}/{n} keys loaded ({:.0?})", started.elapsed());
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    eprintln!("  {done} keys loaded in {:.1?}", started.elapsed());
+    let mid = n / 2;
+    let last_page_after = n.saturating_sub(51);
+    // A three-digit prefix: a thousandth of the seven-digit space.
+    let search = format!("{PREFIX}{:03}", (n / 2) / 10_000);
+    let pages = [
+        (format!("/ui/keys?prefix={PREFIX}"), key(0), n),
+        (format!("/ui/keys?prefix={PREFIX}&after={}", key(mid - 1)), key(mid), n - mid),
+        (format!("/ui/keys?prefix={PREFIX}&after={}", key(last_page_after)), key(last_page_after + 1), 50.min(n)),
+        (format!("/ui/keys?prefix={search}"), format!("{search}0000"), 0),
+    ];
+    let mut out = [Duration::ZERO; 4];
+    for (i, (path, first, count)) in pages.iter().enumerate() {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let s = Instant::now();
+            let (status, body) = get(http, &format!("{base}{path}"), false).await?;
+            times.push(s.elapsed());
+            if status != 200 || !body.contains(&format!("key={first}\"")) {
+                bail!(
+                    "{}: the page does not start at {first} ({status}): {}",
+                    BROWSER[i],
+                    &body[..body.len().min(300)]
+                );
+            }
+            if *count > 0 && !body.contains(&format!(">{count} keys from here")) {
+                bail!("{}: the page does not count {count} keys", BROWSER[i]);
+            }
+        }
+        times.sort();
+        out[i] = times[2];
+    }
+    client
+        .delete_range(DeleteRangeRequest {
+            key: PREFIX.into(),
+            range_end: roster_api::range::prefix_end(PREFIX.as_bytes()).into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(out)
 }
 
 /// `services` x `instances` on one lease, 128 puts per txn, 8 in flight.
