@@ -119,8 +119,11 @@ impl Ctx {
         }
     }
 
-    /// Waits (briefly) until a read sees revision `rev`: the watch may
-    /// tell of a revision before every read path shows it.
+    /// Waits (briefly) until a read sees revision `rev`. One server shows
+    /// a revision to reads before its watchers hear of it (roster since the
+    /// store published to watchers first, a bug now fixed; etcd always),
+    /// but in a cluster the console's watch and its reads may be served by
+    /// different members, and a lagging one shows an older revision.
     async fn caught_up(&self, rev: i64) {
         if rev <= 0 {
             return;

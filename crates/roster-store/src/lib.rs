@@ -690,12 +690,17 @@ impl Shared {
     /// Makes a durable batch visible: readers, then watchers, then writers.
     fn publish(&self, batch: &mut Pending) {
         let mut hub = self.hub.lock();
+        // Readers first: a watcher woken by an event may read at once, and
+        // must see at least that revision (etcd's order too). New watchers
+        // go by `hub.visible`, under the lock held until it is set.
+        if batch.rev > hub.visible {
+            self.visible.store(batch.rev, Ordering::Release);
+        }
         for (rev, events) in &batch.events {
             hub.publish(*rev, events);
         }
         if batch.rev > hub.visible {
             hub.visible = batch.rev;
-            self.visible.store(batch.rev, Ordering::Release);
         }
         drop(hub);
         if let Some(&c) = batch.compactions.iter().max() {
