@@ -63,5 +63,11 @@
   });
   es.addEventListener("resync", function () { say("live · resynced"); refresh(); });
   es.onerror = function () { say("reconnecting…"); };
+  // A page left for another keeps no stream open: over HTTP/1.1 a browser
+  // allows six connections per host, and streams of pages it keeps for
+  // "back" would hold them, stalling the next page's load. Coming back to
+  // such a page re-reads it.
+  window.addEventListener("pagehide", function () { es.close(); });
+  window.addEventListener("pageshow", function (e) { if (e.persisted) location.reload(); });
   if (areas.indexOf("all") >= 0) setInterval(refresh, 2000);
 })();

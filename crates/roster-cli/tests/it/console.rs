@@ -186,6 +186,8 @@ async fn console_in_chromium() {
 
     live_updates(b, &ui, &server.endpoint(), &c).await;
     actions(b, &ui, &c).await;
+    filters(b, &ui, &c).await;
+    many_pages_in_a_row_do_not_stall(b, &ui).await;
     config_edits(b, &ui, &c).await;
     paging(b, &ui, &c).await;
     coordination(b, &ui, &c).await;
@@ -499,6 +501,75 @@ async fn actions(b: &Browser, ui: &str, c: &Client) {
     assert!(b.find_all(Locator::Css(&sel(&a))).await.unwrap().is_empty(), "zone filter");
     screenshot(b, "service-instances").await;
     reg.deregister().await.unwrap();
+}
+
+/// Search, and the tag and metadata filters, typed into the form as a
+/// keyboard user would (Enter submits).
+async fn filters(b: &Browser, ui: &str, c: &Client) {
+    let mut canary = Instance::new("catalog", "10.7.0.1:80").with_id("c1").with_zone("eu-1").with_meta("team", "blue");
+    canary.tags = vec!["canary".into()];
+    canary.version = "2.1.0".into();
+    let stable = Instance::new("catalog", "10.7.0.2:80").with_id("c2").with_zone("eu-1").with_meta("team", "red");
+    let other = Instance::new("billing", "10.7.0.3:80").with_id("b1").with_meta("team", "blue");
+    let (k1, k2, k3) = (put_instance(c, &canary).await, put_instance(c, &stable).await, put_instance(c, &other).await);
+    let shown = async |keys: &[&str]| -> Vec<bool> {
+        let mut out = Vec::new();
+        for k in keys {
+            out.push(!b.find_all(Locator::Css(&sel(k))).await.unwrap().is_empty());
+        }
+        out
+    };
+    let submit = async |field: &str, value: &str| {
+        let input = b.find(Locator::Css(field)).await.unwrap();
+        input.clear().await.unwrap();
+        input.send_keys(&format!("{value}\u{E007}")).await.unwrap(); // Enter
+        let start = Instant::now();
+        while !b.current_url().await.unwrap().as_str().contains(&format!("={}", value.replace('=', "%3D"))) {
+            assert!(start.elapsed() < Duration::from_secs(3), "the filter form did not submit {value}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    b.goto(&format!("{ui}/services/catalog")).await.unwrap();
+    appears(b, &sel(&k2), Duration::from_secs(3)).await;
+    submit("#tag", "canary").await;
+    assert_eq!(shown(&[&k1, &k2]).await, [true, false], "tag filter");
+    b.goto(&format!("{ui}/services/catalog")).await.unwrap();
+    submit("#meta", "team=red").await;
+    assert_eq!(shown(&[&k1, &k2]).await, [false, true], "metadata filter");
+    // Search across services: a version, then a metadata value.
+    b.goto(&format!("{ui}/")).await.unwrap();
+    submit("#q", "2.1.0").await;
+    let rows = b.find_all(Locator::Css("tr[data-service]")).await.unwrap();
+    let mut names = Vec::new();
+    for r in rows {
+        names.push(r.attr("data-service").await.unwrap().unwrap());
+    }
+    assert_eq!(names, ["catalog"], "search by version");
+    b.goto(&format!("{ui}/")).await.unwrap();
+    submit("#q", "blue").await;
+    appears(b, "tr[data-service=\"billing\"]", Duration::from_secs(2)).await;
+    appears(b, "tr[data-service=\"catalog\"]", Duration::from_secs(2)).await;
+    for k in [k1, k2, k3] {
+        c.delete_range(roster_api::etcdserverpb::DeleteRangeRequest {
+            key: k.into_bytes().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// Pages left behind keep no event stream open: over HTTP/1.1 Chromium
+/// allows six connections per host, and the streams of pages it kept for
+/// "back" once stalled the seventh page's load for a minute.
+async fn many_pages_in_a_row_do_not_stall(b: &Browser, ui: &str) {
+    for i in 0..12 {
+        let start = Instant::now();
+        b.goto(&format!("{ui}/?q=page-{i}")).await.unwrap();
+        goes_live(b, "after many pages").await;
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(3), "page {i} took {took:?} to load and go live");
+    }
 }
 
 async fn set_value(b: &Browser, v: &str) {
