@@ -7,7 +7,7 @@
 
 use crate::support::roster_bin;
 use roster::{Client, ClientConfig, Instance, Registry};
-use roster_testkit::{Etcd, Roster, eventually, require_etcd, require_go};
+use roster_testkit::{Etcd, Roster, eventually, require_etcd};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
