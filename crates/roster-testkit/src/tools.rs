@@ -1,7 +1,7 @@
 //! Finding the external tools, and skipping (loudly) without them.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The first executable named `name` on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -50,13 +50,42 @@ pub fn require_openssl() -> Option<PathBuf> {
 /// grpc-go (Debian's GOPATH packages under `/usr/share/gocode`) are there;
 /// otherwise as [`require_etcd`].
 pub fn require_go() -> Option<PathBuf> {
+    require_go_with(&["go.etcd.io/etcd/clientv3/naming/resolver", "google.golang.org/grpc"])
+}
+
+/// As [`require_go`], for a program that imports `sources` (GOPATH import
+/// paths under `/usr/share/gocode/src`).
+pub fn require_go_with(sources: &[&str]) -> Option<PathBuf> {
     const PACKAGES: &str = "golang-go golang-etcd-server-dev golang-google-grpc-dev";
     let go = require_from("go", PACKAGES)?;
-    let sources = ["go.etcd.io/etcd/clientv3/naming/resolver", "google.golang.org/grpc"];
     match sources.iter().find(|s| !std::path::Path::new(GOPATH).join("src").join(s).is_dir()) {
         None => Some(go),
         Some(missing) => require_from(&format!("{GOPATH}/src/{missing}"), PACKAGES),
     }
+}
+
+/// Builds the Go program `main.go` in `src` (importing `sources`) to `out`,
+/// offline in GOPATH mode over Debian's sources: nothing is downloaded. It
+/// is built beside `out` and renamed over it, so a run elsewhere that is
+/// using the old binary keeps it. `None` (after [`require_go`]'s notice)
+/// without Go or the sources; a failed build panics with go's output.
+pub fn go_build(src: &Path, sources: &[&str], out: &Path) -> Option<PathBuf> {
+    let go = require_go_with(sources)?;
+    let building = out.with_extension(format!("{}.tmp", std::process::id()));
+    let built = std::process::Command::new(go)
+        .args(["build", "-o"])
+        .arg(&building)
+        .arg("main.go")
+        .current_dir(src)
+        .env("GOPATH", GOPATH)
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off")
+        .output()
+        .expect("run go build");
+    assert!(built.status.success(), "go build failed:\n{}", String::from_utf8_lossy(&built.stderr));
+    std::fs::rename(&building, out).expect("move the Go binary in place");
+    Some(out.to_owned())
 }
 
 /// Where Debian's Go packages keep their sources, as a GOPATH.

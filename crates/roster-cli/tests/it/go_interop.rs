@@ -7,9 +7,9 @@
 
 use crate::support::roster_bin;
 use roster::{Client, ClientConfig, Instance, Registry};
-use roster_testkit::{Etcd, Roster, eventually, require_etcd, require_go};
+use roster_testkit::{Etcd, Roster, eventually, require_etcd};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -23,25 +23,9 @@ use tokio::net::TcpListener;
 fn interop_bin() -> Option<PathBuf> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
-        let go = require_go()?;
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let (building, out) = (dir.join(format!("go-interop.{}.tmp", std::process::id())), dir.join("go-interop"));
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go/interop");
-        let built = std::process::Command::new(go)
-            .args(["build", "-o"])
-            .arg(&building)
-            .arg("main.go")
-            .current_dir(src)
-            // GOPATH mode over Debian's sources: nothing is downloaded.
-            .env("GOPATH", roster_testkit::GOPATH)
-            .env("GO111MODULE", "off")
-            .env("GOFLAGS", "")
-            .env("GOPROXY", "off")
-            .output()
-            .expect("run go build");
-        assert!(built.status.success(), "go build failed:\n{}", String::from_utf8_lossy(&built.stderr));
-        std::fs::rename(&building, &out).expect("move the Go binary in place");
-        Some(out)
+        let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go/interop"));
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-interop");
+        roster_testkit::go_build(src, &["go.etcd.io/etcd/clientv3/naming/resolver", "google.golang.org/grpc"], &out)
     })
     .clone()
 }
