@@ -7,8 +7,10 @@
 //! removed instance finish normally: they hold their own connection handle.
 //!
 //! Unlike tonic's `balance_channel`, load is real (in-flight count and
-//! latency feed least-request), weights and zones reach the balancer, and a
-//! failed instance is ejected for a while and probed, not evicted for good.
+//! latency feed least-request, which passes over an instance several times
+//! slower than the other candidate: see [`Policy::LeastRequest`]), weights
+//! and zones reach the balancer, and a failed instance is ejected for a
+//! while and probed, not evicted for good.
 //!
 //! # Calls that never reached an instance are sent again
 //!
