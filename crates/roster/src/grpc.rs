@@ -625,6 +625,31 @@ enum Payload {
     Once(Arc<Mutex<Option<Unread>>>),
 }
 
+/// The chunks read so far; the first is held inline.
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+}
+
+impl Chunks {
+    fn push(&mut self, d: Bytes) {
+        if self.first.is_none() { self.first = Some(d) } else { self.more.push(d) }
+    }
+
+    fn concat(self) -> Bytes {
+        match self.first {
+            None => Bytes::new(),
+            Some(first) if self.more.is_empty() => first,
+            Some(first) => [&[first][..], &self.more].concat().concat().into(),
+        }
+    }
+
+    fn into_deque(self) -> VecDeque<Bytes> {
+        self.first.into_iter().chain(self.more).collect()
+    }
+}
+
 /// A body no attempt has read yet: what was buffered, then the rest.
 struct Unread {
     prefix: VecDeque<Bytes>,
@@ -636,16 +661,11 @@ impl Payload {
     /// within that is kept whole.
     async fn take(mut body: Body, cap: usize) -> Result<Payload, BoxError> {
         use http_body::Body as _;
-        let mut chunks: Vec<Bytes> = Vec::new();
+        // A unary body is one chunk: it is held without a vector (an
+        // allocation on every call).
+        let mut chunks = Chunks::default();
         let mut len = 0;
-        let kept = |chunks: Vec<Bytes>, trailers| {
-            let data = match chunks.len() {
-                0 => Bytes::new(),
-                1 => chunks.into_iter().next().expect("one"),
-                _ => chunks.concat().into(),
-            };
-            Ok(Payload::Kept { data, trailers })
-        };
+        let kept = |chunks: Chunks, trailers| Ok(Payload::Kept { data: chunks.concat(), trailers });
         loop {
             if body.is_end_stream() {
                 return kept(chunks, None);
@@ -671,7 +691,7 @@ impl Payload {
                 Poll::Pending => break,
             }
         }
-        Ok(Payload::Once(Arc::new(Mutex::new(Some(Unread { prefix: chunks.into(), rest: body })))))
+        Ok(Payload::Once(Arc::new(Mutex::new(Some(Unread { prefix: chunks.into_deque(), rest: body })))))
     }
 
     /// The body for one attempt, and the flag it sets once read (kept
