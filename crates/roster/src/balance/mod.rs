@@ -205,9 +205,14 @@ impl Balancer {
     /// ejected or full, and the error says when the first ejection ends
     /// (`None`: only a finished request frees one).
     pub fn capacity(&self) -> Result<(), Option<std::time::Duration>> {
-        let set = self.set.load();
         let max = self.max_in_flight;
-        if set.endpoints.is_empty() || (max == 0 && self.ejections.ejected.load(Ordering::Relaxed) == 0) {
+        // The common case (no cap, nothing ejected) answers before loading
+        // the set: `poll_ready` asks on every call.
+        if max == 0 && self.ejections.ejected.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let set = self.set.load();
+        if set.endpoints.is_empty() {
             return Ok(());
         }
         let mut soonest: Option<u64> = None;
