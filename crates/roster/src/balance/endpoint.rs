@@ -53,6 +53,48 @@ fn sample_latency() -> bool {
     })
 }
 
+/// An endpoint whose latency average is more than this many times the
+/// other candidate's loses a least-request comparison whatever the two
+/// in-flight counts. In-flight times latency models an endpoint that serves
+/// one request after another; a server that serves many at once keeps its
+/// latency while its in-flight count grows, so that score alone hands a
+/// much slower endpoint a steady share (the calls that make a p99).
+pub const SLOW_FACTOR: u64 = 3;
+
+/// ... and at least this much slower (ns): below it, jitter would decide.
+pub const SLOW_MIN_GAP_NS: u64 = 1_000_000;
+
+/// Whether latency average `slow` is an outlier beside `fast` (both
+/// measured; an unmeasured endpoint is compared by score alone).
+fn outlier(slow: u64, fast: u64) -> bool {
+    fast > 0 && slow / SLOW_FACTOR > fast && slow - fast >= SLOW_MIN_GAP_NS
+}
+
+/// Least-request's choice between two candidates at `now`: whether `b`
+/// is the better one. A latency outlier loses (see [`SLOW_FACTOR`]);
+/// otherwise the lower in-flight-times-latency score wins, `a` on a tie.
+/// The outlier is demoted only while its average stays high: without new
+/// samples it halves per half-life, so it is tried again within seconds,
+/// and it is also chosen whenever the faster candidate cannot take the
+/// request (ejected, or at its in-flight cap). When the fast endpoints slow
+/// down under the load, the ratio falls under the factor and the share
+/// returns.
+pub(crate) fn prefer_second(a: &EndpointStats, b: &EndpointStats, now: u64, half_life_ms: u64) -> bool {
+    let (la, lb) = (a.ewma_at(now, half_life_ms), b.ewma_at(now, half_life_ms));
+    if outlier(la, lb) {
+        return true;
+    }
+    if outlier(lb, la) {
+        return false;
+    }
+    b.cost(lb) < a.cost(la)
+}
+
+/// The clock least-request picks age latency averages by.
+pub(crate) fn recent_ms() -> u64 {
+    RECENT_MS.load(Ordering::Relaxed)
+}
+
 /// When and for how long failing endpoints are taken out.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
@@ -158,13 +200,13 @@ impl EndpointStats {
     }
 
     /// Lower is better: in-flight requests weighted by typical latency.
-    pub(crate) fn score(&self, half_life_ms: u64) -> u64 {
-        self.score_at(RECENT_MS.load(Ordering::Relaxed), half_life_ms)
+    #[cfg(test)]
+    pub(crate) fn score_at(&self, now: u64, half_life_ms: u64) -> u64 {
+        self.cost(self.ewma_at(now, half_life_ms))
     }
 
-    pub(crate) fn score_at(&self, now: u64, half_life_ms: u64) -> u64 {
-        let lat = self.ewma_at(now, half_life_ms).max(1_000);
-        (self.in_flight.load(Ordering::Relaxed) as u64 + 1).saturating_mul(lat)
+    fn cost(&self, ewma_ns: u64) -> u64 {
+        (self.in_flight.load(Ordering::Relaxed) as u64 + 1).saturating_mul(ewma_ns.max(1_000))
     }
 
     /// Folds in a latency measured at `now` (see [`now_ms`]).

@@ -7,8 +7,10 @@
 //! an instance keeps its history while others come and go.
 //!
 //! - [`Policy`]: round robin, smooth weighted round robin, random,
-//!   least-request (power of two choices) and consistent hash (ring with
-//!   virtual nodes).
+//!   least-request (power of two choices on in-flight count times a
+//!   decaying latency average, where an endpoint more than
+//!   [`SLOW_FACTOR`] times slower than the other candidate loses whatever
+//!   the counts) and consistent hash (ring with virtual nodes).
 //! - Passive health ([`HealthConfig`]): consecutive failures eject an
 //!   endpoint for a backoff that grows; at most `max_ejected_percent` of the
 //!   set is ejected; when the backoff ends one probe request is let through
@@ -31,7 +33,7 @@ mod policy;
 
 pub use budget::RetryBudget;
 use endpoint::Ejections;
-pub use endpoint::{EndpointStats, Guard, HealthConfig};
+pub use endpoint::{EndpointStats, Guard, HealthConfig, SLOW_FACTOR, SLOW_MIN_GAP_NS};
 pub use policy::Policy;
 
 use crate::instance::Instance;
@@ -203,9 +205,14 @@ impl Balancer {
     /// ejected or full, and the error says when the first ejection ends
     /// (`None`: only a finished request frees one).
     pub fn capacity(&self) -> Result<(), Option<std::time::Duration>> {
-        let set = self.set.load();
         let max = self.max_in_flight;
-        if set.endpoints.is_empty() || (max == 0 && self.ejections.ejected.load(Ordering::Relaxed) == 0) {
+        // The common case (no cap, nothing ejected) answers before loading
+        // the set: `poll_ready` asks on every call.
+        if max == 0 && self.ejections.ejected.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let set = self.set.load();
+        if set.endpoints.is_empty() {
             return Ok(());
         }
         let mut soonest: Option<u64> = None;
@@ -291,8 +298,9 @@ impl Balancer {
         (0..n).map(|k| at(start + k)).find(|&i| ok(i))
     }
 
-    /// Power of two choices: the better of two distinct random endpoints,
-    /// scored by in-flight requests and latency.
+    /// Power of two choices: the better of two distinct random endpoints
+    /// (see [`endpoint::prefer_second`]): a latency outlier loses, else the
+    /// lower in-flight count times latency average wins.
     fn least_request(&self, set: &Set, local: bool, ok: impl Fn(usize) -> bool) -> Option<usize> {
         let sub = self.candidates(set, local);
         let n = if local { sub.len() } else { set.endpoints.len() };
@@ -314,7 +322,7 @@ impl Balancer {
         // Scores are read from the stats `ok` just touched, still in cache.
         let (sa, sb) = (&set.endpoints[a].stats, &set.endpoints[b].stats);
         let half_life = self.ejections.health.latency_half_life.as_millis() as u64;
-        Some(if sb.score(half_life) < sa.score(half_life) { b } else { a })
+        Some(if endpoint::prefer_second(sa, sb, endpoint::recent_ms(), half_life) { b } else { a })
     }
 
     fn hashed(&self, set: &Set, key: &[u8], ok: impl Fn(usize) -> bool) -> Option<usize> {

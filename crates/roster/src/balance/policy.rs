@@ -7,7 +7,12 @@ pub enum Policy {
     /// interleaved rather than bursty.
     WeightedRoundRobin,
     Random,
-    /// Power of two choices on in-flight count times latency EWMA.
+    /// Power of two choices: of two random endpoints, one whose latency
+    /// average is over [`SLOW_FACTOR`](super::SLOW_FACTOR) times the
+    /// other's (and 1 ms more) loses; otherwise the lower in-flight count
+    /// times latency average wins. Averages decay without samples (see
+    /// [`HealthConfig::latency_half_life`](super::HealthConfig)), so a
+    /// demoted endpoint is measured again within seconds.
     #[default]
     LeastRequest,
     /// A ring with virtual nodes; the key comes from the request. When one

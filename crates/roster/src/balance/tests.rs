@@ -239,3 +239,70 @@ fn stats_survive_set_updates_and_empty_sets_pick_nothing() {
     b.update([]);
     assert!(b.pick(None).is_none());
 }
+
+/// Two fast endpoints busy with many requests at once, a third 10x slower
+/// and idle: in-flight times latency alone would send it requests (31 x
+/// 2 ms > 1 x 20 ms), and those requests are the p99. It gets none while
+/// the others can take them.
+#[test]
+fn least_request_passes_over_a_latency_outlier_whatever_the_in_flight_counts() {
+    let b = balancer(Policy::LeastRequest, &[("fast1", 1), ("fast2", 1), ("slow", 1)]);
+    let set = b.set();
+    let stats = |id: &str| set.endpoints.iter().find(|e| e.instance.id == id).unwrap().stats.clone();
+    let now = endpoint::now_ms();
+    for (id, ms) in [("fast1", 2), ("fast2", 2), ("slow", 20)] {
+        stats(id).record_latency_at(Duration::from_millis(ms), now, 2_000);
+    }
+    let mut held = Vec::new();
+    while stats("fast1").in_flight() < 30 || stats("fast2").in_flight() < 30 {
+        let g = b.pick(None).unwrap();
+        assert_ne!(g.instance().id, "slow", "picked the outlier with {} requests in flight elsewhere", held.len());
+        held.push(g);
+    }
+    let (fast1, slow) = (stats("fast1"), stats("slow"));
+    assert!(!endpoint::prefer_second(&fast1, &slow, now, 2_000) && endpoint::prefer_second(&slow, &fast1, now, 2_000));
+    // Once the fast ones slow down under the load (8 ms: no longer over 3x
+    // faster), in-flight counts balance again and the third takes a share.
+    for id in ["fast1", "fast2"] {
+        for _ in 0..20 {
+            stats(id).record_latency_at(Duration::from_millis(8), now, 2_000);
+        }
+    }
+    // It wins every pair it is in (two of three): 1 x 20 ms < 31 x 8 ms.
+    let c = counts(&pick_ids(&b, 300));
+    assert!(c.get("slow").copied().unwrap_or(0) > 150, "{c:?}");
+}
+
+/// The outlier rule needs both more than a 3x ratio and a 1 ms gap, and both
+/// endpoints measured; otherwise the score (in-flight times latency) decides.
+#[test]
+fn the_latency_outlier_rule_needs_a_ratio_a_gap_and_two_measurements() {
+    let h = 2_000;
+    let with = |lat_us: u64, in_flight: usize| {
+        let s = Arc::new(EndpointStats::default());
+        if lat_us > 0 {
+            s.record_latency_at(Duration::from_micros(lat_us), 1_000, h);
+        }
+        (0..in_flight).for_each(|_| s.admit());
+        s
+    };
+    let prefers_b = |a: &EndpointStats, b: &EndpointStats| endpoint::prefer_second(a, b, 1_000, h);
+    // 5x and 8 ms slower: the outlier loses though it is idle.
+    assert!(!prefers_b(&with(2_000, 40), &with(10_000, 0)));
+    assert!(prefers_b(&with(10_000, 0), &with(2_000, 40)));
+    // Exactly 3x: not an outlier; 41 x 2 ms > 1 x 6 ms.
+    assert!(prefers_b(&with(2_000, 40), &with(6_000, 0)));
+    // 6x but only 0.5 ms apart: jitter, so the score decides.
+    assert!(prefers_b(&with(100, 40), &with(600, 0)));
+    // Unmeasured: compared by score (at the 1 us floor) only.
+    assert!(prefers_b(&with(2_000, 40), &with(0, 0)));
+    // Equal scores: the first candidate.
+    assert!(!prefers_b(&with(2_000, 1), &with(2_000, 1)));
+    // A demoted endpoint gets no samples, so its average ages while the
+    // other's stays fresh: two half-lives take 10 ms to 2.5 ms, and the idle
+    // endpoint wins on score again (1 x 2.5 ms < 41 x 1.2 ms).
+    let (fast, slow) = (with(2_000, 40), with(10_000, 0));
+    fast.record_latency_at(Duration::from_micros(2_000), 1_000 + 2 * h, h);
+    fast.record_latency_at(Duration::from_micros(2_000), 1_000 + 2 * h, h);
+    assert!(endpoint::prefer_second(&fast, &slow, 1_000 + 2 * h, h));
+}

@@ -2,7 +2,8 @@
 //! against tonic's own `Channel::balance_list`, over the same three hello
 //! instances, in one run: first with equal instances, then with one made
 //! slow. Everything runs in this process on loopback, including the
-//! registry, and stops by itself.
+//! registry, and stops by itself. The last column is the share of calls
+//! the first instance (`g0`, the slow one in the second scenario) answered.
 
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -29,6 +30,9 @@ struct Args {
     slow_ms: u64,
 }
 
+/// The instance made slow in the second scenario.
+const FIRST: &str = "g0";
+
 struct Figures {
     ops: u64,
     secs: f64,
@@ -36,6 +40,8 @@ struct Figures {
     errors: u64,
     /// Process CPU time (user + system) over the measurement.
     cpu: Duration,
+    /// Calls answered by the first instance (the slow one when one is).
+    on_first: u64,
 }
 
 impl Figures {
@@ -50,6 +56,9 @@ impl Figures {
     /// compete for the cores, so it compares two builds run back to back.
     fn cpu_us(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+    fn first_share(&self) -> f64 {
+        self.on_first as f64 * 100.0 / self.ops.max(1) as f64
     }
 }
 
@@ -78,18 +87,19 @@ where
         let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            let (mut ops, mut errors) = (0, 0);
+            let (mut ops, mut errors, mut on_first) = (0, 0, 0);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 match c.say(hello::pb::SayRequest { name: "bench".into() }).await {
-                    Ok(_) => {
+                    Ok(r) => {
                         ops += 1;
+                        on_first += u64::from(r.get_ref().instance == FIRST);
                         let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
                     }
                     Err(_) => errors += 1,
                 }
             }
-            (hist, ops, errors)
+            (hist, ops, errors, on_first)
         }));
     }
     let mut f = Figures {
@@ -98,9 +108,11 @@ where
         hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
         errors: 0,
         cpu: Duration::ZERO,
+        on_first: 0,
     };
     for t in tasks {
-        let (h, ops, errors) = t.await.expect("caller task");
+        let (h, ops, errors, on_first) = t.await.expect("caller task");
+        f.on_first += on_first;
         f.hist.add(h).expect("same bounds");
         f.ops += ops;
         f.errors += errors;
@@ -112,12 +124,13 @@ where
 
 fn row(name: &str, f: &Figures) {
     println!(
-        "{name:<34} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1}",
+        "{name:<34} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1} {:>8.2}",
         f.rate(),
         f.ms(0.5),
         f.ms(0.99),
         f.errors,
-        f.cpu_us()
+        f.cpu_us(),
+        f.first_share()
     );
 }
 
@@ -165,8 +178,8 @@ async fn main() -> anyhow::Result<()> {
     let tonic_channel = tonic::transport::Channel::balance_list(endpoints);
 
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>7} {:>12}",
-        "scenario / channel", "calls/s", "p50 ms", "p99 ms", "errors", "cpu us/call"
+        "{:<34} {:>10} {:>9} {:>9} {:>7} {:>12} {:>8}",
+        "scenario / channel", "calls/s", "p50 ms", "p99 ms", "errors", "cpu us/call", "g0 %"
     );
     for (scenario, slow) in [("3 equal instances", 0), ("one instance slow", args.slow_ms)] {
         greeters[0].delay_us.store(slow * 1000, Ordering::Relaxed);
