@@ -151,16 +151,23 @@ pub(crate) fn percent_encode(message: &str) -> String {
 }
 
 impl Proxy {
-    /// Runs one request through the pipeline and records it.
-    pub(crate) async fn pipeline<'h, E, I>(&self, ask: &Ask<'_>, headers: I, exchange: &mut E) -> Reply<E::Answer>
+    /// Runs one request through the pipeline and records it. `config` is
+    /// the engine's current one: the fast path reads it through a
+    /// per-connection [`arc_swap::Cache`], as an `Arc` clone per request
+    /// was two contended atomic writes shared by every worker thread.
+    pub(crate) async fn pipeline<'h, E, I>(
+        &self,
+        config: &Config,
+        ask: &Ask<'_>,
+        headers: I,
+        exchange: &mut E,
+    ) -> Reply<E::Answer>
     where
         E: Exchange,
         I: Iterator<Item = Line<'h>> + Clone,
     {
         let started = Instant::now();
-        // Held for the request, which may stream for long: not a guard.
-        let config = self.config.load_full();
-        let (reply, service, instance, retries) = match self.attempts(&config, ask, headers, exchange).await {
+        let (reply, service, instance, retries) = match self.attempts(config, started, ask, headers, exchange).await {
             Ok((answer, permit, service, instance, retries)) => {
                 (Reply::Deliver { answer, permit }, service, instance, retries)
             }
@@ -194,6 +201,7 @@ impl Proxy {
     async fn attempts<'h, E, I>(
         &self,
         config: &Config,
+        started: Instant,
         ask: &Ask<'_>,
         headers: I,
         exchange: &mut E,
@@ -209,7 +217,7 @@ impl Proxy {
         let policies: &Policies = target.policies;
         let upstream = self
             .upstreams
-            .get(&service, policies.policy, FIRST_LIST_WAIT, target.configured)
+            .get(&service, policies.policy, FIRST_LIST_WAIT, target.configured, started)
             .await
             .map_err(|e| Failure::unavailable(service.clone(), e))?;
         let permit = upstream
@@ -225,7 +233,7 @@ impl Proxy {
             exchange.body().await.map_err(|detail| Failure::BadRequest { service: service.clone(), detail })?;
 
         let idempotent = ask.grpc || is_idempotent(ask.method);
-        let deadline = Instant::now() + policies.timeout;
+        let deadline = started + policies.timeout;
         let mut attempts =
             Attempts::new(&self.metrics, &upstream.budget, &service, policies, deadline, idempotent, replayable);
         loop {

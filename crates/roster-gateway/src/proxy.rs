@@ -98,10 +98,10 @@ impl Proxy {
             incoming: Some(body),
             body: RequestBody::Replayable(None),
         };
-        match self.pipeline(&ask, lines.iter().copied(), &mut exchange).await {
-            Reply::Deliver { answer, permit } => {
-                relay_response(answer, permit, self.config.load().response_idle_timeout)
-            }
+        // Held for the request, which may stream for long: not a guard.
+        let config = self.config.load_full();
+        match self.pipeline(&config, &ask, lines.iter().copied(), &mut exchange).await {
+            Reply::Deliver { answer, permit } => relay_response(answer, permit, config.response_idle_timeout),
             Reply::Error(e) => e.into_response(),
         }
     }

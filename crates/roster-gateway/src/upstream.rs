@@ -87,13 +87,16 @@ impl Upstreams {
     }
 
     /// The upstream for `service`, waiting up to `wait` for its first list
-    /// if it is new. `configured` says a route names the service.
+    /// if it is new. `configured` says a route names the service; `now` is
+    /// when the request started (marks the upstream used without another
+    /// clock read per request).
     pub async fn get(
         &self,
         service: &str,
         policy: Policy,
         wait: Duration,
         configured: bool,
+        now: Instant,
     ) -> Result<Arc<Upstream>, Unavailable> {
         // The hot path: a shared lock and no allocation.
         let known = self
@@ -131,7 +134,7 @@ impl Upstreams {
                 }
             }
         };
-        let now = self.now();
+        let now = now.saturating_duration_since(self.started).as_secs();
         if up.used.load(Ordering::Relaxed) != now {
             up.used.store(now, Ordering::Relaxed);
         }

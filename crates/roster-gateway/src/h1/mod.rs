@@ -18,6 +18,7 @@ mod fuzz;
 mod request;
 pub(crate) mod strict;
 
+use crate::config::Config;
 use crate::pipeline::{ErrorReply, Exchange, Reply, connection_tokens, hop_by_hop};
 use crate::proxy::{Fault, Proxy, REPLAY_LIMIT, is_idempotent};
 use bytes::{Buf, BytesMut};
@@ -114,6 +115,9 @@ pub async fn serve(
         let c = proxy.config.load();
         (c.header_read_timeout, c.max_header_bytes.max(8192))
     };
+    // Reloads show on the next request; reading the current config costs
+    // one atomic load, with no shared write.
+    let mut config = arc_swap::Cache::new(&proxy.config);
     let mut buf = BytesMut::with_capacity(4096);
     // The first head is bounded from the accept; later ones from their first byte.
     let mut head_started = Some(Instant::now());
@@ -215,7 +219,7 @@ pub async fn serve(
         let head_bytes = buf.split_to(head.head_len);
         let body = buf.split_to(body_len as usize);
         head_started = None;
-        match exchange(&mut client, peer, proxy, pool, &head, &head_bytes, &body).await {
+        match exchange(&mut client, peer, proxy, config.load(), pool, &head, &head_bytes, &body).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Handover::Done,
         }
@@ -227,10 +231,12 @@ pub async fn serve(
 
 /// One request on the fast path: through the pipeline, then the answer
 /// relayed as bytes. `Ok(true)` keeps the client connection for another.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     client: &mut TcpStream,
     peer: SocketAddr,
     proxy: &Proxy,
+    config: &Config,
     pool: &Pool,
     head: &RequestHead,
     head_bytes: &[u8],
@@ -238,12 +244,12 @@ async fn exchange(
 ) -> io::Result<bool> {
     let ask = head.ask(head_bytes, peer);
     let mut exchange = FastExchange::new(pool, &head.method, body, head_bytes.len());
-    match proxy.pipeline(&ask, head.lines(head_bytes), &mut exchange).await {
+    match proxy.pipeline(config, &ask, head.lines(head_bytes), &mut exchange).await {
         Reply::Deliver { answer, permit } => {
             // Held until the answer is relayed.
             let _permit = permit;
             let no_body = head.method == Method::HEAD;
-            let idle = proxy.config.load().response_idle_timeout;
+            let idle = config.response_idle_timeout;
             relay(client, pool, answer, exchange.rbuf, no_body, head.close, idle).await
         }
         Reply::Error(reply) => write_reply(client, &reply, head.close).await,
@@ -344,7 +350,7 @@ impl Exchange for FastExchange<'_> {
 pub(crate) fn upstream_head(
     buf: &[u8],
     head: &RequestHead,
-    config: &crate::config::Config,
+    config: &Config,
     peer: SocketAddr,
     instance: &str,
 ) -> Option<Vec<u8>> {
@@ -554,7 +560,7 @@ async fn relay(
     let (n, mut done) = end.take(&rbuf)?;
     let mut extra = n < rbuf.len();
     out.extend_from_slice(&rbuf[..n]);
-    tokio::time::timeout(idle, client.write_all(&out)).await.map_err(|_| timed_out())??;
+    write_within(client, &out, idle).await?;
     while !done {
         rbuf.clear();
         rbuf.reserve(16 * 1024);
@@ -572,7 +578,7 @@ async fn relay(
         };
         done = complete;
         extra = n < rbuf.len();
-        tokio::time::timeout(idle, client.write_all(&rbuf[..n])).await.map_err(|_| timed_out())??;
+        write_within(client, &rbuf[..n], idle).await?;
     }
     if framing != Framing::UntilClose && !resp.upstream_close && !extra {
         pool.put(&addr, conn);
@@ -581,6 +587,24 @@ async fn relay(
         let _ = client.shutdown().await;
     }
     Ok(!close)
+}
+
+/// Writes `data` to the client, failing with `TimedOut` when it takes
+/// nothing for `idle`. Most answers fit the socket buffer in one write,
+/// which then needs no timer (a clock read and a runtime handle per
+/// request otherwise); the rest are bounded as before.
+async fn write_within(client: &mut TcpStream, data: &[u8], idle: Duration) -> io::Result<()> {
+    let rest = match client.try_write(data) {
+        Ok(n) => &data[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => data,
+        Err(e) => return Err(e),
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(idle, client.write_all(rest))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "response idle timeout"))?
 }
 
 /// Where a response body ends, followed over the bytes that pass through.
@@ -744,7 +768,6 @@ pub(crate) async fn answer_error(client: &mut TcpStream, status: StatusCode, mes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
     fn the_end_of_a_chunked_body_is_found_across_splits() {
