@@ -870,8 +870,12 @@ async fn exposed_console_serves_nothing_without_tls_or_auth() {
     };
     if !std::process::Command::new(&unshare).args(["-rn", "true"]).status().is_ok_and(|s| s.success()) {
         // The kernel (or a container policy) refuses user namespaces: an
-        // environment limit, not a missing tool.
-        eprintln!("\n!!! SKIPPED: this kernel refuses `unshare -rn` (user and network namespaces) !!!\n");
+        // environment limit, not a missing tool. CI never skips.
+        let msg = "!!! SKIPPED: this kernel refuses `unshare -rn` (user and network namespaces) !!!";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true: tests must not skip)");
+        }
+        eprintln!("\n{msg}\n");
         return;
     }
     let name = "console::exposed_console_serves_nothing_without_tls_or_auth";
