@@ -77,7 +77,12 @@ impl Upstreams {
     }
 
     fn now(&self) -> u64 {
-        self.started.elapsed().as_secs()
+        self.secs_at(Instant::now())
+    }
+
+    /// Whole seconds from the start to `at`: the clock `used` is kept in.
+    fn secs_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_secs()
     }
 
     /// Sets `max_services`. Lowered below what is held, nothing is dropped:
@@ -134,7 +139,7 @@ impl Upstreams {
                 }
             }
         };
-        let now = now.saturating_duration_since(self.started).as_secs();
+        let now = self.secs_at(now);
         if up.used.load(Ordering::Relaxed) != now {
             up.used.store(now, Ordering::Relaxed);
         }
