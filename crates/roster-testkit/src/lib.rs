@@ -37,9 +37,7 @@ pub use inproc::InProcess;
 pub use poll::{Outcome, eventually, eventually_or, http_get};
 pub use server::{Etcd, Roster, ServerLog, StartFailure};
 pub use tls::{Pair, TestCa};
-pub use tools::{
-    GOPATH, free_port, go_build, require_etcd, require_etcdctl, require_go, require_go_with, require_openssl, which,
-};
+pub use tools::{GOPATH, free_port, go_build, require_etcd, require_etcdctl, require_go, require_openssl, which};
 
 /// How long a server may take to answer after it was spawned.
 pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

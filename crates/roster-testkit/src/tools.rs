@@ -46,19 +46,13 @@ pub fn require_openssl() -> Option<PathBuf> {
     require_from("openssl", "openssl")
 }
 
-/// The path of `go`, when it and the Go sources of etcd's client and
-/// grpc-go (Debian's GOPATH packages under `/usr/share/gocode`) are there;
-/// otherwise as [`require_etcd`].
-pub fn require_go() -> Option<PathBuf> {
-    require_go_with(&["go.etcd.io/etcd/clientv3/naming/resolver", "google.golang.org/grpc"])
-}
-
-/// As [`require_go`], for a program that imports `sources` (GOPATH import
-/// paths under `/usr/share/gocode/src`).
-pub fn require_go_with(sources: &[&str]) -> Option<PathBuf> {
+/// The path of `go`, when it and the Go sources a program imports
+/// (`sources`: GOPATH import paths under `/usr/share/gocode/src`, from
+/// Debian's golang-* packages) are there; otherwise as [`require_etcd`].
+pub fn require_go(sources: &[&str]) -> Option<PathBuf> {
     const PACKAGES: &str = "golang-go golang-etcd-server-dev golang-google-grpc-dev";
     let go = require_from("go", PACKAGES)?;
-    match sources.iter().find(|s| !std::path::Path::new(GOPATH).join("src").join(s).is_dir()) {
+    match sources.iter().find(|s| !Path::new(GOPATH).join("src").join(s).is_dir()) {
         None => Some(go),
         Some(missing) => require_from(&format!("{GOPATH}/src/{missing}"), PACKAGES),
     }
@@ -70,7 +64,7 @@ pub fn require_go_with(sources: &[&str]) -> Option<PathBuf> {
 /// using the old binary keeps it. `None` (after [`require_go`]'s notice)
 /// without Go or the sources; a failed build panics with go's output.
 pub fn go_build(src: &Path, sources: &[&str], out: &Path) -> Option<PathBuf> {
-    let go = require_go_with(sources)?;
+    let go = require_go(sources)?;
     let building = out.with_extension(format!("{}.tmp", std::process::id()));
     let built = std::process::Command::new(go)
         .args(["build", "-o"])
